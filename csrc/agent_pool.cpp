@@ -1,0 +1,300 @@
+#include "agent_pool.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <unordered_map>
+
+namespace sovereign {
+
+namespace {
+
+inline bool positive_finite(double x) { return x > 0.0 && std::isfinite(x); }
+
+uint64_t fnv1a(const void* data, size_t n, uint64_t h = 0xcbf29ce484222325ULL) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ULL;
+  return h;
+}
+
+constexpr uint64_t kSnapshotMagic = 0x31504f4f4c565353ULL;  // "SSVLOOP1"
+
+struct SnapshotHeader {
+  uint64_t magic;
+  uint32_t layout_version;
+  uint32_t header_size;
+  uint64_t fingerprint;  // of the state structs' sizes and capacities
+  uint64_t n_agents, n_series, n_symbols;
+  uint64_t payload_bytes;
+  uint64_t checksum;  // FNV-1a of the payload
+};
+
+uint64_t layout_fingerprint() {
+  const uint64_t parts[] = {sizeof(AgentConfig), sizeof(AgentState), sizeof(SeriesState),
+                            sizeof(PoolCounters), kMaxPivotK, kMaxMomentumM, kMaxLevels,
+                            static_cast<uint64_t>(Reject::kCount)};
+  return fnv1a(parts, sizeof(parts));
+}
+
+template <class T>
+void append(std::string& out, const std::vector<T>& v) {
+  out.append(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+
+template <class T>
+void take(const char*& p, std::vector<T>& v, size_t n) {
+  v.resize(n);
+  std::memcpy(static_cast<void*>(v.data()), p, n * sizeof(T));
+  p += n * sizeof(T);
+}
+
+[[noreturn]] void refuse(const std::string& why) {
+  throw std::invalid_argument("cannot restore AgentPool snapshot: " + why);
+}
+
+}  // namespace
+
+uint32_t AgentPool::add_agent(uint32_t symbol, uint32_t timeframe_s, const AgentParams& params) {
+  if (symbol > kMaxSymbol) {
+    throw std::invalid_argument("symbol " + std::to_string(symbol) + " is not in [0, " +
+                                std::to_string(kMaxSymbol) + "]");
+  }
+  if (timeframe_s < 1 || timeframe_s > kMaxTimeframeS) {
+    throw std::invalid_argument("timeframe_s " + std::to_string(timeframe_s) + " is not in [1, " +
+                                std::to_string(kMaxTimeframeS) + "]");
+  }
+  params.validate();
+  const auto id = static_cast<uint32_t>(configs_.size());
+  configs_.push_back(AgentConfig{symbol, timeframe_s, params});
+  states_.emplace_back();
+  agent_series_.push_back(series_for(symbol, timeframe_s));
+  routes_dirty_ = true;
+  return id;
+}
+
+uint32_t AgentPool::series_for(uint32_t symbol, uint32_t timeframe_s) {
+  const uint64_t key = uint64_t{symbol} << 32 | timeframe_s;
+  auto found = series_index_.find(key);
+  if (found != series_index_.end()) return found->second;
+  SeriesState st{};
+  st.symbol = symbol;
+  st.timeframe_s = timeframe_s;
+  st.tf_ns = int64_t{timeframe_s} * 1'000'000'000;
+  st.open_start = st.open_end = kNoBar;
+  st.closed_end = kNoBar;
+  series_.push_back(st);
+  series_index_.emplace(key, static_cast<uint32_t>(series_.size() - 1));
+  if (symbol >= last_ts_.size()) last_ts_.resize(symbol + 1, 0);
+  return static_cast<uint32_t>(series_.size() - 1);
+}
+
+void AgentPool::rebuild_routes() {
+  const size_t n_series = series_.size();
+  series_agent_offsets_.assign(n_series + 1, 0);
+  for (uint32_t s : agent_series_) ++series_agent_offsets_[s + 1];
+  for (size_t s = 0; s < n_series; ++s) series_agent_offsets_[s + 1] += series_agent_offsets_[s];
+  series_agents_.resize(agent_series_.size());
+  std::vector<uint32_t> fill(series_agent_offsets_.begin(), series_agent_offsets_.end() - 1);
+  for (uint32_t a = 0; a < agent_series_.size(); ++a) series_agents_[fill[agent_series_[a]]++] = a;
+
+  const size_t n_symbols = last_ts_.size();
+  symbol_series_offsets_.assign(n_symbols + 1, 0);
+  for (const SeriesState& s : series_) ++symbol_series_offsets_[s.symbol + 1];
+  for (size_t y = 0; y < n_symbols; ++y) symbol_series_offsets_[y + 1] += symbol_series_offsets_[y];
+  symbol_series_.resize(n_series);
+  fill.assign(symbol_series_offsets_.begin(), symbol_series_offsets_.end() - 1);
+  for (uint32_t s = 0; s < n_series; ++s) symbol_series_[fill[series_[s].symbol]++] = s;
+  routes_dirty_ = false;
+}
+
+size_t AgentPool::on_ticks(const Tick* ticks, size_t n, std::vector<Signal>& out) {
+  if (routes_dirty_) rebuild_routes();
+  const size_t n_symbols = last_ts_.size();
+  size_t accepted = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const Tick& t = ticks[i];
+    if (!positive_finite(t.bid) || !positive_finite(t.ask)) { reject(Reject::kBadPrice); continue; }
+    if (t.ask < t.bid) { reject(Reject::kCrossed); continue; }
+    if (!(t.volume >= 0.0) || !std::isfinite(t.volume)) { reject(Reject::kBadVolume); continue; }
+    if (t.ts_ns <= 0) { reject(Reject::kBadTimestamp); continue; }
+    const uint32_t sym = t.symbol;
+    if (sym >= n_symbols || symbol_series_offsets_[sym] == symbol_series_offsets_[sym + 1]) {
+      reject(Reject::kUnknownSymbol);
+      continue;
+    }
+    if (t.ts_ns < last_ts_[sym]) { reject(Reject::kBackwards); continue; }
+    const uint32_t* first = symbol_series_.data() + symbol_series_offsets_[sym];
+    const uint32_t* last = symbol_series_.data() + symbol_series_offsets_[sym + 1];
+    bool late = false;
+    for (const uint32_t* s = first; s != last; ++s) late |= t.ts_ns < series_[*s].closed_end;
+    if (late) { reject(Reject::kLate); continue; }
+
+    last_ts_[sym] = t.ts_ns;
+    ++accepted;
+    for (const uint32_t* s = first; s != last; ++s) {
+      SeriesState& ss = series_[*s];
+      if (t.ts_ns < ss.open_end) {  // same period (ts >= open_start since time moves forward)
+        ss.high = std::max(ss.high, t.bid);
+        ss.low = std::min(ss.low, t.bid);
+        ss.close = t.bid;
+        ss.volume_sum += t.volume;
+        ++ss.tick_count;
+        continue;
+      }
+      if (ss.open_start != kNoBar) close_bar(*s, out);
+      ss.open_start = t.ts_ns - t.ts_ns % ss.tf_ns;  // ts > 0, so this is the floor
+      ss.open_end = ss.open_start + ss.tf_ns;
+      ss.open = ss.high = ss.low = ss.close = t.bid;
+      ss.volume_sum = t.volume;
+      ss.tick_count = 1;
+    }
+  }
+  counters_.ticks += accepted;
+  return accepted;
+}
+
+size_t AgentPool::on_bars(const Bar* bars, size_t n, std::vector<Signal>& out) {
+  if (routes_dirty_) rebuild_routes();
+  const size_t n_symbols = last_ts_.size();
+  size_t accepted = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const Bar& b = bars[i];
+    bool ohlc_ok = positive_finite(b.open) && positive_finite(b.high) && positive_finite(b.low) &&
+                   positive_finite(b.close) && b.low <= std::min(b.open, b.close) &&
+                   b.high >= std::max(b.open, b.close) && b.timeframe_s >= 1;
+    if (!ohlc_ok) { reject(Reject::kBadBar); continue; }
+    if (!(b.volume >= 0.0) || !std::isfinite(b.volume)) { reject(Reject::kBadVolume); continue; }
+    if (b.ts_ns <= 0) { reject(Reject::kBadTimestamp); continue; }
+    if (b.ts_ns % (int64_t{b.timeframe_s} * 1'000'000'000) != 0) { reject(Reject::kMisaligned); continue; }
+    uint32_t series = UINT32_MAX;
+    if (b.symbol < n_symbols) {
+      for (uint32_t j = symbol_series_offsets_[b.symbol]; j < symbol_series_offsets_[b.symbol + 1]; ++j) {
+        if (series_[symbol_series_[j]].timeframe_s == b.timeframe_s) series = symbol_series_[j];
+      }
+    }
+    if (series == UINT32_MAX) { reject(Reject::kUnknownSymbol); continue; }
+    SeriesState& ss = series_[series];
+    if (b.ts_ns < ss.closed_end || (ss.open_start != kNoBar && b.ts_ns < ss.open_end)) {
+      reject(Reject::kBackwards);
+      continue;
+    }
+    if (ss.open_start != kNoBar) close_bar(series, out);  // a tick-built bar before it
+    ss.closed_end = b.ts_ns + ss.tf_ns;
+    ++counters_.bars;
+    ++accepted;
+    run_agents(series, b, out);
+  }
+  return accepted;
+}
+
+void AgentPool::close_bar(uint32_t series, std::vector<Signal>& out) {
+  SeriesState& ss = series_[series];
+  Bar bar{ss.open_start, ss.open, ss.high, ss.low, ss.close,
+          ss.volume_sum > 0.0 ? ss.volume_sum : static_cast<double>(ss.tick_count),
+          ss.symbol, ss.timeframe_s};
+  ss.closed_end = ss.open_end;
+  ss.open_start = ss.open_end = kNoBar;
+  ++counters_.bars;
+  run_agents(series, bar, out);
+}
+
+void AgentPool::run_agents(uint32_t series, const Bar& bar, std::vector<Signal>& out) {
+  for (uint32_t j = series_agent_offsets_[series]; j < series_agent_offsets_[series + 1]; ++j) {
+    const uint32_t a = series_agents_[j];
+    Signal sig;
+    if (agent_on_bar(configs_[a], states_[a], bar, a, sig)) {
+      out.push_back(sig);
+      ++counters_.signals;
+    }
+  }
+}
+
+void AgentPool::flush(int64_t now_ns, std::vector<Signal>& out) {
+  if (routes_dirty_) rebuild_routes();
+  for (uint32_t s = 0; s < series_.size(); ++s) {
+    if (series_[s].open_start != kNoBar && series_[s].open_end <= now_ns) close_bar(s, out);
+  }
+}
+
+void AgentPool::flush_all(std::vector<Signal>& out) { flush(INT64_MAX, out); }
+
+size_t AgentPool::memory_bytes() const {
+  auto bytes = [](const auto& v) { return v.capacity() * sizeof(v[0]); };
+  return bytes(configs_) + bytes(states_) + bytes(series_) + bytes(last_ts_) + bytes(agent_series_) +
+         bytes(series_agent_offsets_) + bytes(series_agents_) + bytes(symbol_series_offsets_) +
+         bytes(symbol_series_) + sizeof(*this);
+}
+
+std::string AgentPool::snapshot() const {
+  std::string payload;
+  append(payload, configs_);
+  append(payload, states_);
+  append(payload, series_);
+  append(payload, last_ts_);
+  payload.append(reinterpret_cast<const char*>(&counters_), sizeof(counters_));
+
+  SnapshotHeader h{kSnapshotMagic, kLayoutVersion, sizeof(SnapshotHeader), layout_fingerprint(),
+                   configs_.size(), series_.size(), last_ts_.size(), payload.size(),
+                   fnv1a(payload.data(), payload.size())};
+  std::string blob(reinterpret_cast<const char*>(&h), sizeof(h));
+  blob += payload;
+  return blob;
+}
+
+void AgentPool::restore(const std::string& blob) {
+  SnapshotHeader h{};
+  if (blob.size() < sizeof(h)) refuse("it is " + std::to_string(blob.size()) + " bytes, too short for a header");
+  std::memcpy(&h, blob.data(), sizeof(h));
+  if (h.magic != kSnapshotMagic) refuse("not an AgentPool snapshot (bad magic)");
+  if (h.layout_version != kLayoutVersion || h.header_size != sizeof(h) || h.fingerprint != layout_fingerprint()) {
+    refuse("it has layout version " + std::to_string(h.layout_version) + ", this build reads version " +
+           std::to_string(kLayoutVersion) + (h.layout_version == kLayoutVersion ? " (different state layout)" : ""));
+  }
+  const uint64_t expect = h.n_agents * (sizeof(AgentConfig) + sizeof(AgentState)) +
+                          h.n_series * sizeof(SeriesState) + h.n_symbols * sizeof(int64_t) + sizeof(PoolCounters);
+  if (h.payload_bytes != expect || blob.size() != sizeof(h) + expect) {
+    refuse("its size (" + std::to_string(blob.size()) + " bytes) does not match its header");
+  }
+  const char* p = blob.data() + sizeof(h);
+  if (fnv1a(p, h.payload_bytes) != h.checksum) refuse("checksum mismatch (corrupt data)");
+
+  std::vector<AgentConfig> configs;
+  take(p, configs, h.n_agents);
+  if (!configs_.empty()) {
+    if (configs.size() != configs_.size()) {
+      refuse("it holds " + std::to_string(configs.size()) + " agents, this pool has " +
+             std::to_string(configs_.size()));
+    }
+    for (size_t a = 0; a < configs.size(); ++a) {
+      const AgentConfig& x = configs[a];
+      const AgentConfig& y = configs_[a];
+      if (x.symbol != y.symbol || x.timeframe_s != y.timeframe_s || !(x.params == y.params)) {
+        refuse("agent " + std::to_string(a) + " differs from this pool's (symbol, timeframe or parameters)");
+      }
+    }
+  }
+  AgentPool fresh;
+  try {
+    for (const AgentConfig& c : configs) fresh.add_agent(c.symbol, c.timeframe_s, c.params);
+  } catch (const std::invalid_argument& e) {
+    refuse(e.what());
+  }
+  fresh.rebuild_routes();
+  if (fresh.series_.size() != h.n_series || fresh.last_ts_.size() != h.n_symbols) {
+    refuse("its series do not match its agents");
+  }
+  take(p, fresh.states_, h.n_agents);
+  std::vector<SeriesState> series;
+  take(p, series, h.n_series);
+  for (size_t s = 0; s < series.size(); ++s) {
+    if (series[s].symbol != fresh.series_[s].symbol || series[s].timeframe_s != fresh.series_[s].timeframe_s) {
+      refuse("its series do not match its agents");
+    }
+  }
+  fresh.series_ = std::move(series);
+  take(p, fresh.last_ts_, h.n_symbols);
+  std::memcpy(&fresh.counters_, p, sizeof(PoolCounters));
+  *this = std::move(fresh);
+}
+
+}  // namespace sovereign

@@ -1,0 +1,112 @@
+// AgentPool: thousands of agents in contiguous arrays, fed by tick or bar batches.
+//
+// Agents that share (symbol, timeframe) share one BarSeries, so a tick costs one bar
+// update per distinct timeframe of its symbol; the analyzers run only when a bar closes.
+// Bad input is rejected and counted by reason, never processed.
+//
+// Thread safety: none. One pool belongs to one thread (a worker's hot loop).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "agent.hpp"
+#include "records.hpp"
+
+namespace sovereign {
+
+enum class Reject : uint32_t {
+  kBadPrice,       // bid or ask NaN, infinite, zero or negative
+  kCrossed,        // ask < bid
+  kBadVolume,      // volume NaN, infinite or negative
+  kBadTimestamp,   // ts_ns <= 0
+  kBackwards,      // older than the symbol's previous tick / the series' previous bar
+  kUnknownSymbol,  // no agent trades this symbol (or this symbol/timeframe, for bars)
+  kLate,           // belongs to a bar period that a flush already closed
+  kBadBar,         // OHLC not finite/positive, or high/low not enclosing open/close
+  kMisaligned,     // bar ts_ns not a multiple of its timeframe
+  kCount
+};
+inline constexpr const char* kRejectNames[] = {
+    "bad_price", "crossed", "bad_volume", "bad_timestamp", "backwards",
+    "unknown_symbol", "late", "bad_bar", "misaligned"};
+static_assert(std::size(kRejectNames) == static_cast<size_t>(Reject::kCount));
+
+inline constexpr uint32_t kMaxSymbol = (1u << 20) - 1;
+inline constexpr uint32_t kMaxTimeframeS = 7 * 86400;
+inline constexpr int64_t kNoBar = INT64_MIN;
+
+// The bar being built for one (symbol, timeframe), plus where the last one ended.
+struct SeriesState {
+  uint32_t symbol;
+  uint32_t timeframe_s;
+  int64_t tf_ns;
+  int64_t open_start;   // period start of the bar being built, kNoBar if none
+  int64_t open_end;     // open_start + tf_ns
+  int64_t closed_end;   // end of the last closed period: data before it is late
+  double open, high, low, close;
+  double volume_sum;
+  uint64_t tick_count;
+};
+
+struct PoolCounters {
+  uint64_t ticks = 0;    // accepted
+  uint64_t bars = 0;     // closed bars delivered to series
+  uint64_t signals = 0;
+  std::array<uint64_t, static_cast<size_t>(Reject::kCount)> rejected{};
+};
+
+class AgentPool {
+ public:
+  // Adds an agent and returns its id (ids are dense, in order of addition).
+  // Throws std::invalid_argument for an out-of-range symbol, timeframe or parameter.
+  uint32_t add_agent(uint32_t symbol, uint32_t timeframe_s, const AgentParams& params);
+
+  // Process a batch; signals are appended to `out`. Returns the number accepted.
+  size_t on_ticks(const Tick* ticks, size_t n, std::vector<Signal>& out);
+  size_t on_bars(const Bar* bars, size_t n, std::vector<Signal>& out);
+
+  // Closes every open bar whose period has ended by now_ns (a quiet market must not
+  // hold a bar open). flush_all closes them all, as at the end of a data set; a tick
+  // for a period closed this way is then rejected as late.
+  void flush(int64_t now_ns, std::vector<Signal>& out);
+  void flush_all(std::vector<Signal>& out);
+
+  // The whole pool (agents, their state, open bars, counters) as bytes, and back.
+  // restore() into an empty pool adopts the snapshot's agents; into a configured pool
+  // it requires the same agents in the same order. Throws std::invalid_argument on a
+  // foreign, corrupt or other-version snapshot, leaving the pool untouched.
+  std::string snapshot() const;
+  void restore(const std::string& blob);
+
+  size_t size() const { return configs_.size(); }
+  const AgentConfig& config(uint32_t id) const { return configs_.at(id); }
+  const AgentState& state(uint32_t id) const { return states_.at(id); }
+  const PoolCounters& counters() const { return counters_; }
+  size_t memory_bytes() const;  // heap held by the pool's arrays
+
+ private:
+  uint32_t series_for(uint32_t symbol, uint32_t timeframe_s);
+  void rebuild_routes();
+  void close_bar(uint32_t series, std::vector<Signal>& out);
+  void run_agents(uint32_t series, const Bar& bar, std::vector<Signal>& out);
+  void reject(Reject why) { ++counters_.rejected[static_cast<size_t>(why)]; }
+
+  std::vector<AgentConfig> configs_;
+  std::vector<AgentState> states_;
+  std::vector<SeriesState> series_;
+  std::vector<int64_t> last_ts_;  // per symbol id up to the largest traded: newest tick ts, 0 if none
+  PoolCounters counters_;
+  // Derived from configs_ (rebuilt, never snapshotted): agents per series, series per
+  // symbol as CSR arrays so routing a tick touches two small contiguous ranges.
+  std::unordered_map<uint64_t, uint32_t> series_index_;  // (symbol << 32 | timeframe_s) -> series
+  std::vector<uint32_t> agent_series_;
+  std::vector<uint32_t> series_agent_offsets_, series_agents_;
+  std::vector<uint32_t> symbol_series_offsets_, symbol_series_;
+  bool routes_dirty_ = false;
+};
+
+}  // namespace sovereign

@@ -1,0 +1,44 @@
+// BounceDetector: a bar that probes the nearest level within tol and closes back away
+// from it with a long enough wick (DESIGN.md section 3).
+#pragma once
+
+#include <algorithm>
+
+#include "bar_context.hpp"
+#include "levels.hpp"
+#include "params.hpp"
+
+namespace sovereign {
+
+struct BounceDetector {
+  static void update(const AgentParams& p, const LevelsState& s, BarContext& ctx) {
+    if (!ctx.atr_ready) return;
+    const Bar& b = ctx.bar;
+    const double range = b.high - b.low;
+    if (!(range > 0.0)) return;
+    const double tol = ctx.tol;
+    // Nearest support: highest price <= C; nearest resistance: lowest price >= C.
+    // Strict comparisons keep the older level when two stand at the same price.
+    const Level* sup = nullptr;
+    const Level* res = nullptr;
+    for (int32_t j = 0; j < s.count; ++j) {
+      const Level& l = s.level[j];
+      if (l.kind == kSupport && l.price <= b.close && (!sup || l.price > sup->price)) sup = &l;
+      if (l.kind == kResistance && l.price >= b.close && (!res || l.price < res->price)) res = &l;
+    }
+    double lower_wick = (std::min(b.open, b.close) - b.low) / range;
+    double upper_wick = (b.high - std::max(b.open, b.close)) / range;
+    bool bull = sup && b.low >= sup->price - tol && b.low <= sup->price + tol &&
+                b.close > sup->price && lower_wick >= p.wick;
+    bool bear = res && b.high >= res->price - tol && b.high <= res->price + tol &&
+                b.close < res->price && upper_wick >= p.wick;
+    if (bull == bear) return;  // neither, or both at once
+    const Level& at = bull ? *sup : *res;
+    ctx.bounce_side = bull ? 1 : -1;
+    ctx.bounce_level = at.price;
+    ctx.bounce_touches = at.touches;
+    ctx.bounce_wick = bull ? lower_wick : upper_wick;
+  }
+};
+
+}  // namespace sovereign

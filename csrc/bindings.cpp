@@ -1,0 +1,372 @@
+// sovereign._core: the Python face of the C++ hot path. Batches cross the boundary as
+// numpy structured arrays; no per-record Python work, and the GIL is released while C++
+// works on a batch.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include "agent_pool.hpp"
+#include "records.hpp"
+#include "ring.hpp"
+
+namespace py = pybind11;
+using namespace sovereign;
+
+namespace {
+
+// A 1-D, C-contiguous view of `arr` as records of type R, or TypeError.
+template <class R>
+py::array_t<R> as_records(const py::array& arr, const char* what) {
+  if (!arr.dtype().equal(py::dtype::of<R>()) || arr.ndim() != 1) {
+    throw py::type_error(std::string(what) + " expects a 1-D array of " +
+                         py::str(py::dtype::of<R>()).cast<std::string>() + ", got ndim=" +
+                         std::to_string(arr.ndim()) + " dtype " + py::str(arr.dtype()).cast<std::string>());
+  }
+  return py::array_t<R, py::array::c_style>::ensure(arr);
+}
+
+template <class R>
+py::array_t<R> to_array(const std::vector<R>& v) {
+  py::array_t<R> out(static_cast<py::ssize_t>(v.size()));
+  if (!v.empty()) std::memcpy(out.mutable_data(), v.data(), v.size() * sizeof(R));
+  return out;
+}
+
+int64_t timeout_ns(std::optional<double> seconds) {
+  if (!seconds) return -1;
+  if (!(*seconds >= 0.0) || !std::isfinite(*seconds)) {
+    throw py::value_error("timeout must be a finite number of seconds >= 0 or None, got " +
+                          std::to_string(*seconds));
+  }
+  return static_cast<int64_t>(*seconds * 1e9);
+}
+
+// Lets a blocked push/pop notice Ctrl-C: polled by the wait loop while it sleeps.
+struct SignalCheck {
+  bool interrupted = false;
+  bool operator()() {
+    py::gil_scoped_acquire gil;
+    interrupted = PyErr_CheckSignals() != 0;
+    return !interrupted;
+  }
+  void raise_if_interrupted() const {
+    if (interrupted) throw py::error_already_set();
+  }
+};
+
+FullPolicy parse_policy(const std::string& s) {
+  if (s == "wait") return FullPolicy::kWait;
+  if (s == "drop") return FullPolicy::kDrop;
+  throw py::value_error("on_full must be 'wait' or 'drop', got '" + s + "'");
+}
+
+template <class R>
+void bind_ring(py::module_& m, const char* name, const char* doc) {
+  using Ring = ShmRing<R>;
+  py::class_<Ring>(m, name, doc)
+      .def_static(
+          "create",
+          [](const std::string& n, uint64_t capacity, const std::string& on_full) {
+            return Ring::create(n, capacity, parse_policy(on_full));
+          },
+          py::arg("name"), py::arg("capacity"), py::arg("on_full") = "wait",
+          "Create the ring `name` and own it (the owner unlinks it on close). on_full: "
+          "'wait' (producer waits for room) or 'drop' (counts what does not fit).")
+      .def_static("attach", &Ring::attach, py::arg("name"), "Attach to a ring another process created.")
+      .def(
+          "push",
+          [](Ring& r, const py::array& arr, std::optional<double> timeout) {
+            auto recs = as_records<R>(arr, "push");
+            int64_t t = timeout_ns(timeout);
+            SignalCheck check;
+            size_t n;
+            {
+              py::gil_scoped_release nogil;
+              n = r.push(recs.data(), static_cast<size_t>(recs.size()), t, check);
+            }
+            check.raise_if_interrupted();
+            return n;
+          },
+          py::arg("records"), py::arg("timeout") = py::none(),
+          "Push records; returns how many went in. 'wait' rings wait for room up to "
+          "`timeout` seconds (None: as long as it takes); 'drop' rings count the rest as dropped.")
+      .def(
+          "pop",
+          [](Ring& r, size_t max_n, double timeout) {
+            int64_t t = timeout_ns(timeout);
+            py::array_t<R> out(static_cast<py::ssize_t>(max_n));
+            SignalCheck check;
+            size_t n;
+            {
+              py::gil_scoped_release nogil;
+              n = r.pop(out.mutable_data(), max_n, t, check);
+            }
+            check.raise_if_interrupted();
+            out.resize({static_cast<py::ssize_t>(n)}, false);
+            return out;
+          },
+          py::arg("max_n"), py::arg("timeout") = 0.0,
+          "Pop up to max_n records into a new array; if empty, wait up to `timeout` seconds.")
+      .def(
+          "pop_into",
+          [](Ring& r, py::array& arr, double timeout) {
+            if (!arr.dtype().equal(py::dtype::of<R>()) || arr.ndim() != 1 ||
+                !(arr.flags() & py::array::c_style) || !arr.writeable()) {
+              throw py::type_error("pop_into expects a writable, C-contiguous 1-D array of the ring's dtype");
+            }
+            int64_t t = timeout_ns(timeout);
+            auto* dst = static_cast<R*>(arr.mutable_data());
+            size_t cap = static_cast<size_t>(arr.size());
+            SignalCheck check;
+            size_t n;
+            {
+              py::gil_scoped_release nogil;
+              n = r.pop(dst, cap, t, check);
+            }
+            check.raise_if_interrupted();
+            return n;
+          },
+          py::arg("out"), py::arg("timeout") = 0.0,
+          "Pop into a preallocated array (no allocation); returns the count.")
+      .def("stats",
+           [](const Ring& r) {
+             RingStats s = r.stats();
+             py::dict d;
+             d["capacity"] = s.capacity;
+             d["depth"] = s.depth;
+             d["pushed"] = s.pushed;
+             d["popped"] = s.popped;
+             d["dropped"] = s.dropped;
+             d["full_waits"] = s.full_waits;
+             d["high_water"] = s.high_water;
+             d["owner_pid"] = s.owner_pid;
+             d["on_full"] = s.full_policy == FullPolicy::kWait ? "wait" : "drop";
+             return d;
+           })
+      .def("close", &Ring::close, "Unmap; the owner also unlinks the name. Idempotent.")
+      .def("__enter__", [](Ring& r) -> Ring& { return r; }, py::return_value_policy::reference)
+      .def("__exit__", [](Ring& r, const py::args&) { r.close(); })
+      .def_property_readonly("name", &Ring::name)
+      .def_property_readonly("capacity", &Ring::capacity)
+      .def_property_readonly("owner", &Ring::owner)
+      .def_property_readonly("reclaimed", &Ring::reclaimed, "True if create() removed a dead owner's segment.")
+      .def_property_readonly("closed", [](const Ring& r) { return !r.is_open(); })
+      .def_property_readonly_static("dtype", [](const py::object&) { return py::dtype::of<R>(); });
+}
+
+// ---- AgentPool parameters from Python keywords.
+
+int32_t int_param(const char* key, const py::handle& v) {
+  if (!py::isinstance<py::int_>(v) || py::isinstance<py::bool_>(v)) {
+    throw py::value_error(std::string("agent parameter ") + key + " must be an integer, got " +
+                          py::repr(v).cast<std::string>());
+  }
+  long long x = v.cast<long long>();
+  if (x < INT32_MIN || x > INT32_MAX) {
+    throw py::value_error(std::string("agent parameter ") + key + ": " + std::to_string(x) + " is out of range");
+  }
+  return static_cast<int32_t>(x);
+}
+
+double real_param(const char* key, const py::handle& v) {
+  if (!(py::isinstance<py::float_>(v) || py::isinstance<py::int_>(v)) || py::isinstance<py::bool_>(v)) {
+    throw py::value_error(std::string("agent parameter ") + key + " must be a number, got " +
+                          py::repr(v).cast<std::string>());
+  }
+  return v.cast<double>();
+}
+
+AgentParams parse_params(const py::kwargs& kw) {
+  AgentParams p;
+  for (auto item : kw) {
+    std::string key = item.first.cast<std::string>();
+    py::handle v = item.second;
+    if (key == "atr_n") p.atr_n = int_param("atr_n", v);
+    else if (key == "k") p.k = int_param("k", v);
+    else if (key == "m") p.m = int_param("m", v);
+    else if (key == "max_levels") p.max_levels = int_param("max_levels", v);
+    else if (key == "tol_mult") p.tol_mult = real_param("tol_mult", v);
+    else if (key == "surge_rv") p.surge_rv = real_param("surge_rv", v);
+    else if (key == "wick") p.wick = real_param("wick", v);
+    else if (key == "min_conviction") p.min_conviction = real_param("min_conviction", v);
+    else if (key == "weights") {
+      py::list w;
+      try {
+        w = py::list(py::reinterpret_borrow<py::object>(v));
+      } catch (const py::error_already_set&) {
+        throw py::value_error("agent parameter weights must be a sequence of 4 numbers");
+      }
+      if (w.size() != 4) {
+        throw py::value_error("agent parameter weights must have 4 numbers (level, trend, momentum, "
+                              "bounce), got " + std::to_string(w.size()));
+      }
+      for (int i = 0; i < 4; ++i) p.weights[i] = real_param("weights", w[i]);
+    } else {
+      throw py::value_error("unknown agent parameter '" + key +
+                            "'; known: atr_n, tol_mult, k, m, surge_rv, max_levels, wick, weights, min_conviction");
+    }
+  }
+  p.validate();
+  return p;
+}
+
+py::dict params_dict(const AgentParams& p) {
+  py::dict d;
+  d["atr_n"] = p.atr_n;
+  d["tol_mult"] = p.tol_mult;
+  d["k"] = p.k;
+  d["m"] = p.m;
+  d["surge_rv"] = p.surge_rv;
+  d["max_levels"] = p.max_levels;
+  d["wick"] = p.wick;
+  d["weights"] = py::make_tuple(p.weights[0], p.weights[1], p.weights[2], p.weights[3]);
+  d["min_conviction"] = p.min_conviction;
+  return d;
+}
+
+py::object maybe(bool defined, double v) { return defined ? py::object(py::float_(v)) : py::object(py::none()); }
+
+py::dict agent_state_dict(const AgentPool& pool, uint32_t id) {
+  if (id >= pool.size()) throw py::index_error("no agent " + std::to_string(id) + " (pool has " + std::to_string(pool.size()) + ")");
+  const AgentConfig& c = pool.config(id);
+  const AgentState& s = pool.state(id);
+  py::dict d;
+  d["agent"] = id;
+  d["symbol"] = c.symbol;
+  d["timeframe_s"] = c.timeframe_s;
+  d["bars"] = s.bars;
+  d["atr"] = maybe(s.atr.ready, s.atr.atr);
+  d["tol"] = maybe(s.atr.ready, c.params.tol_mult * s.atr.atr);
+  d["trend"] = s.trend.direction;
+  d["trend_strength"] = s.trend.strength;
+  py::list highs, lows;
+  if (s.trend.highs == 2) highs.append(s.trend.h1);
+  if (s.trend.highs >= 1) highs.append(s.trend.h2);
+  if (s.trend.lows == 2) lows.append(s.trend.l1);
+  if (s.trend.lows >= 1) lows.append(s.trend.l2);
+  d["swing_highs"] = highs;
+  d["swing_lows"] = lows;
+  py::dict mom;
+  mom["rv"] = maybe(s.momentum.rv == s.momentum.rv, s.momentum.rv);
+  mom["vb"] = maybe(s.momentum.vb_ready, s.momentum.vb);
+  mom["obv"] = maybe(s.bars > 0, s.momentum.obv);
+  mom["surge"] = s.momentum.surge;
+  d["momentum"] = mom;
+  py::list levels;
+  for (int32_t j = 0; j < s.levels.count; ++j) {
+    const Level& l = s.levels.level[j];
+    py::dict ld;
+    ld["price"] = l.price;
+    ld["touches"] = l.touches;
+    ld["kind"] = l.kind == kSupport ? "support" : "resistance";
+    ld["last_ts"] = l.last_ts;
+    levels.append(ld);
+  }
+  d["levels"] = levels;
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "Sovereign's C++ hot path: records, shared-memory rings, analyzers and AgentPool.";
+  PYBIND11_NUMPY_DTYPE(Tick, ts_ns, bid, ask, last, volume, symbol, flags);
+  PYBIND11_NUMPY_DTYPE(Bar, ts_ns, open, high, low, close, volume, symbol, timeframe_s);
+  PYBIND11_NUMPY_DTYPE(Signal, ts_ns, agent, symbol, side, conviction, entry, stop, target, level);
+  m.attr("LAYOUT_VERSION") = kLayoutVersion;
+  m.attr("TICK_DTYPE") = py::dtype::of<Tick>();
+  m.attr("BAR_DTYPE") = py::dtype::of<Bar>();
+  m.attr("SIGNAL_DTYPE") = py::dtype::of<Signal>();
+  m.attr("MAX_SYMBOL") = kMaxSymbol;
+  py::register_exception<ShmError>(m, "RingError", PyExc_OSError);
+
+  bind_ring<Tick>(m, "TickRing", "SPSC ring of ticks in POSIX shared memory.");
+  bind_ring<Signal>(m, "SignalRing", "SPSC ring of signals in POSIX shared memory.");
+
+  py::class_<AgentPool>(m, "AgentPool", "Agents in contiguous storage, fed tick or bar batches.")
+      .def(py::init<>())
+      .def(
+          "add_agent",
+          [](AgentPool& pool, int64_t symbol, int64_t timeframe_s, const py::kwargs& kw) {
+            if (symbol < 0 || symbol > kMaxSymbol) {
+              throw py::value_error("symbol " + std::to_string(symbol) + " is not in [0, " + std::to_string(kMaxSymbol) + "]");
+            }
+            if (timeframe_s < 1 || timeframe_s > kMaxTimeframeS) {
+              throw py::value_error("timeframe_s " + std::to_string(timeframe_s) + " is not in [1, " +
+                                    std::to_string(kMaxTimeframeS) + "]");
+            }
+            return pool.add_agent(static_cast<uint32_t>(symbol), static_cast<uint32_t>(timeframe_s), parse_params(kw));
+          },
+          py::arg("symbol"), py::arg("timeframe_s") = 3600,
+          "Add an agent and return its id. Parameters as in DESIGN.md section 3.")
+      .def(
+          "on_ticks",
+          [](AgentPool& pool, const py::array& arr) {
+            auto ticks = as_records<Tick>(arr, "on_ticks");
+            std::vector<Signal> out;
+            {
+              py::gil_scoped_release nogil;
+              pool.on_ticks(ticks.data(), static_cast<size_t>(ticks.size()), out);
+            }
+            return to_array(out);
+          },
+          py::arg("ticks"), "Feed a batch of ticks; returns the signals of the bars it closed.")
+      .def(
+          "on_bars",
+          [](AgentPool& pool, const py::array& arr) {
+            auto bars = as_records<Bar>(arr, "on_bars");
+            std::vector<Signal> out;
+            {
+              py::gil_scoped_release nogil;
+              pool.on_bars(bars.data(), static_cast<size_t>(bars.size()), out);
+            }
+            return to_array(out);
+          },
+          py::arg("bars"), "Feed closed bars (routed by symbol and timeframe_s); returns signals.")
+      .def(
+          "flush",
+          [](AgentPool& pool, std::optional<int64_t> now_ns) {
+            std::vector<Signal> out;
+            if (now_ns) pool.flush(*now_ns, out);
+            else pool.flush_all(out);
+            return to_array(out);
+          },
+          py::arg("now_ns") = py::none(),
+          "Close open bars whose period ended by now_ns (all of them if None); returns signals.")
+      .def("snapshot", [](const AgentPool& pool) { return py::bytes(pool.snapshot()); })
+      .def(
+          "restore", [](AgentPool& pool, const py::bytes& blob) { pool.restore(std::string(blob)); },
+          py::arg("blob"), "Restore a snapshot (see AgentPool::restore for the rules).")
+      .def("agent_state", &agent_state_dict, py::arg("agent"))
+      .def(
+          "agent_config",
+          [](const AgentPool& pool, uint32_t id) {
+            if (id >= pool.size()) throw py::index_error("no agent " + std::to_string(id));
+            const AgentConfig& c = pool.config(id);
+            py::dict d = params_dict(c.params);
+            d["symbol"] = c.symbol;
+            d["timeframe_s"] = c.timeframe_s;
+            return d;
+          },
+          py::arg("agent"))
+      .def("stats",
+           [](const AgentPool& pool) {
+             const PoolCounters& c = pool.counters();
+             py::dict rejected;
+             for (size_t i = 0; i < c.rejected.size(); ++i) rejected[kRejectNames[i]] = c.rejected[i];
+             py::dict d;
+             d["agents"] = pool.size();
+             d["ticks"] = c.ticks;
+             d["bars"] = c.bars;
+             d["signals"] = c.signals;
+             d["rejected"] = rejected;
+             return d;
+           })
+      .def("memory_bytes", &AgentPool::memory_bytes)
+      .def("__len__", &AgentPool::size);
+}

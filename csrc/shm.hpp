@@ -1,0 +1,160 @@
+// POSIX shared-memory segments, and the identity of the process that owns one.
+//
+// A segment is created by exactly one owner, which unlinks it on close. A crashed owner
+// leaves its segment behind; ProcessIdentity lets the next creator tell a live owner from
+// a dead one (pid plus the kernel's start time, so a recycled pid is not mistaken for it).
+#pragma once
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace sovereign {
+
+class ShmError : public std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+struct ProcessIdentity {
+  int32_t pid = 0;
+  uint64_t start_time = 0;  // field 22 of /proc/<pid>/stat, in clock ticks since boot
+
+  static ProcessIdentity self() { return of(static_cast<int32_t>(::getpid())); }
+
+  // The identity of a running process, or {pid, 0} when it cannot be read (gone).
+  static ProcessIdentity of(int32_t pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+    // The command name (field 2) may contain spaces and parentheses: skip to the last ')'.
+    auto close = text.rfind(')');
+    if (close == std::string::npos) return {pid, 0};
+    std::istringstream fields(text.substr(close + 2));
+    std::string field;
+    for (int i = 3; i <= 22 && (fields >> field); ++i) {
+      if (i == 22) return {pid, std::stoull(field)};
+    }
+    return {pid, 0};
+  }
+
+  bool alive() const {
+    if (pid <= 0) return false;
+    if (::kill(pid, 0) != 0 && errno == ESRCH) return false;
+    return of(pid).start_time == start_time;
+  }
+};
+
+inline std::string shm_path(const std::string& name) {
+  if (name.empty() || name.size() > 200) {
+    throw std::invalid_argument("shared-memory name must be 1..200 characters, got " +
+                                std::to_string(name.size()));
+  }
+  for (char c : name) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '-' || c == '.';
+    if (!ok) {
+      throw std::invalid_argument("shared-memory name '" + name +
+                                  "' may only contain letters, digits, '_', '-' and '.'");
+    }
+  }
+  return "/" + name;
+}
+
+// A mapped POSIX shared-memory object. Move-only; unmaps on destruction.
+class ShmSegment {
+ public:
+  ShmSegment() = default;
+  ShmSegment(ShmSegment&& o) noexcept { *this = std::move(o); }
+  ShmSegment& operator=(ShmSegment&& o) noexcept {
+    std::swap(name_, o.name_);
+    std::swap(data_, o.data_);
+    std::swap(size_, o.size_);
+    return *this;
+  }
+  ShmSegment(const ShmSegment&) = delete;
+  ShmSegment& operator=(const ShmSegment&) = delete;
+  ~ShmSegment() { unmap(); }
+
+  // Creates a new segment of `size` bytes, zero-filled. Returns an empty segment (no
+  // throw) if one of that name already exists, so the caller can inspect and reclaim it.
+  static ShmSegment create(const std::string& name, size_t size) {
+    std::string path = shm_path(name);
+    int fd = ::shm_open(path.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+    if (fd < 0 && errno == EEXIST) return ShmSegment();
+    if (fd < 0) fail("create", name);
+    if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
+      int err = errno;
+      ::close(fd);
+      ::shm_unlink(path.c_str());
+      errno = err;
+      fail("size", name);
+    }
+    return map(fd, name, size);
+  }
+
+  // Maps an existing segment whole. Throws ShmError if there is none of that name.
+  static ShmSegment open(const std::string& name) {
+    int fd = ::shm_open(shm_path(name).c_str(), O_RDWR, 0);
+    if (fd < 0) fail("open", name);
+    struct stat st{};
+    if (::fstat(fd, &st) != 0) {
+      ::close(fd);
+      fail("stat", name);
+    }
+    if (st.st_size == 0) {
+      ::close(fd);
+      throw ShmError("shared-memory segment '" + name + "' is empty (not initialised)");
+    }
+    return map(fd, name, static_cast<size_t>(st.st_size));
+  }
+
+  static void unlink(const std::string& name) { ::shm_unlink(shm_path(name).c_str()); }
+
+  bool valid() const { return data_ != nullptr; }
+  void* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& name() const { return name_; }
+
+  void unmap() {
+    if (data_ != nullptr) ::munmap(data_, size_);
+    data_ = nullptr;
+    size_ = 0;
+  }
+
+ private:
+  static ShmSegment map(int fd, const std::string& name, size_t size) {
+    void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int err = errno;
+    ::close(fd);  // the mapping keeps the object alive
+    if (p == MAP_FAILED) {
+      errno = err;
+      fail("map", name);
+    }
+    ShmSegment s;
+    s.name_ = name;
+    s.data_ = p;
+    s.size_ = size;
+    return s;
+  }
+
+  [[noreturn]] static void fail(const char* what, const std::string& name) {
+    throw ShmError("cannot " + std::string(what) + " shared-memory segment '" + name +
+                   "': " + std::strerror(errno));
+  }
+
+  std::string name_;
+  void* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+}  // namespace sovereign

@@ -1,0 +1,75 @@
+"""The public face of the C++ core: record dtypes, shared-memory rings and AgentPool.
+
+The dtypes are spelled out here, field by field with explicit offsets, and checked at
+import against the layouts the extension was compiled with, so a stale build fails
+loudly instead of reading records at the wrong offsets.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sovereign import _core
+
+__all__ = [
+    "AgentPool",
+    "BAR_DTYPE",
+    "LAYOUT_VERSION",
+    "RingError",
+    "SIGNAL_DTYPE",
+    "SignalRing",
+    "TICK_DTYPE",
+    "TICK_FLAG_ASK",
+    "TICK_FLAG_BID",
+    "TICK_FLAG_LAST",
+    "TICK_FLAG_VOLUME",
+    "TickRing",
+]
+
+
+def _record(itemsize: int, *fields: tuple[str, str, int]) -> np.dtype:
+    names, formats, offsets = zip(*fields)
+    return np.dtype(
+        {"names": list(names), "formats": list(formats), "offsets": list(offsets), "itemsize": itemsize}
+    )
+
+
+TICK_DTYPE = _record(
+    48,
+    ("ts_ns", "<i8", 0), ("bid", "<f8", 8), ("ask", "<f8", 16), ("last", "<f8", 24),
+    ("volume", "<f8", 32), ("symbol", "<u4", 40), ("flags", "<u4", 44),
+)  # fmt: skip
+BAR_DTYPE = _record(
+    56,
+    ("ts_ns", "<i8", 0), ("open", "<f8", 8), ("high", "<f8", 16), ("low", "<f8", 24),
+    ("close", "<f8", 32), ("volume", "<f8", 40), ("symbol", "<u4", 48), ("timeframe_s", "<u4", 52),
+)  # fmt: skip
+SIGNAL_DTYPE = _record(
+    64,
+    ("ts_ns", "<i8", 0), ("agent", "<u4", 8), ("symbol", "<u4", 12), ("side", "i1", 16),
+    ("conviction", "<f8", 24), ("entry", "<f8", 32), ("stop", "<f8", 40), ("target", "<f8", 48),
+    ("level", "<f8", 56),
+)  # fmt: skip
+
+# MT5's TICK_FLAG_* bits: which fields a tick changed.
+TICK_FLAG_BID = 2
+TICK_FLAG_ASK = 4
+TICK_FLAG_LAST = 8
+TICK_FLAG_VOLUME = 16
+
+for _name, _ours, _theirs in (
+    ("TICK_DTYPE", TICK_DTYPE, _core.TICK_DTYPE),
+    ("BAR_DTYPE", BAR_DTYPE, _core.BAR_DTYPE),
+    ("SIGNAL_DTYPE", SIGNAL_DTYPE, _core.SIGNAL_DTYPE),
+):
+    if _ours != _theirs:
+        raise ImportError(
+            f"sovereign._core was built with another {_name} layout ({_theirs}); rebuild it with "
+            f"'pip install .'"
+        )
+
+LAYOUT_VERSION: int = _core.LAYOUT_VERSION
+AgentPool = _core.AgentPool
+TickRing = _core.TickRing
+SignalRing = _core.SignalRing
+RingError = _core.RingError
