@@ -277,7 +277,8 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "Sovereign's C++ hot path: records, shared-memory rings, analyzers and AgentPool.";
   PYBIND11_NUMPY_DTYPE(Tick, ts_ns, bid, ask, last, volume, symbol, flags);
   PYBIND11_NUMPY_DTYPE(Bar, ts_ns, open, high, low, close, volume, symbol, timeframe_s);
-  PYBIND11_NUMPY_DTYPE(Signal, ts_ns, agent, symbol, side, conviction, entry, stop, target, level);
+  PYBIND11_NUMPY_DTYPE(Signal, ts_ns, agent, symbol, side, flags, touches, timeframe_s, conviction, entry, stop,
+                       target, level);
   m.attr("LAYOUT_VERSION") = kLayoutVersion;
   m.attr("TICK_DTYPE") = py::dtype::of<Tick>();
   m.attr("BAR_DTYPE") = py::dtype::of<Bar>();

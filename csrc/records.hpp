@@ -46,12 +46,20 @@ struct Bar {
   static constexpr uint32_t kTypeId = 2;
 };
 
+enum SignalFlags : uint8_t {
+  kSignalSurge = 1,  // the bar's relative volume reached surge_rv
+};
+
+// No padding anywhere: numpy drops unnamed padding when it promotes structured dtypes
+// (np.concatenate), which would silently change the record's layout.
 struct Signal {
   int64_t ts_ns;  // close time of the bar that produced it (period start + timeframe)
   uint32_t agent;
   uint32_t symbol;
-  int8_t side;  // +1 buy, -1 sell
-  uint8_t pad_[7];
+  int8_t side;   // +1 buy, -1 sell
+  uint8_t flags;  // SignalFlags
+  uint16_t touches;  // of the level it bounced from (saturates at 65535)
+  uint32_t timeframe_s;  // the agent's; a signal lives for one bar of it
   double conviction;
   double entry;
   double stop;
@@ -64,7 +72,8 @@ static_assert(sizeof(Tick) == 48 && alignof(Tick) == 8);
 static_assert(offsetof(Tick, bid) == 8 && offsetof(Tick, volume) == 32);
 static_assert(offsetof(Tick, symbol) == 40 && offsetof(Tick, flags) == 44);
 static_assert(sizeof(Bar) == 56 && offsetof(Bar, symbol) == 48 && offsetof(Bar, timeframe_s) == 52);
-static_assert(sizeof(Signal) == 64 && offsetof(Signal, side) == 16 && offsetof(Signal, conviction) == 24);
+static_assert(sizeof(Signal) == 64 && offsetof(Signal, side) == 16 && offsetof(Signal, touches) == 18);
+static_assert(offsetof(Signal, timeframe_s) == 20 && offsetof(Signal, conviction) == 24);
 static_assert(offsetof(Signal, level) == 56);
 static_assert(std::is_trivially_copyable_v<Tick> && std::is_trivially_copyable_v<Bar> &&
               std::is_trivially_copyable_v<Signal>);

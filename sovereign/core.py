@@ -17,6 +17,7 @@ __all__ = [
     "LAYOUT_VERSION",
     "RingError",
     "SIGNAL_DTYPE",
+    "SIGNAL_FLAG_SURGE",
     "SignalRing",
     "TICK_DTYPE",
     "TICK_FLAG_ASK",
@@ -47,7 +48,7 @@ BAR_DTYPE = _record(
 SIGNAL_DTYPE = _record(
     64,
     ("ts_ns", "<i8", 0), ("agent", "<u4", 8), ("symbol", "<u4", 12), ("side", "i1", 16),
-    ("conviction", "<f8", 24), ("entry", "<f8", 32), ("stop", "<f8", 40), ("target", "<f8", 48),
+    ("flags", "u1", 17), ("touches", "<u2", 18), ("timeframe_s", "<u4", 20), ("conviction", "<f8", 24), ("entry", "<f8", 32), ("stop", "<f8", 40), ("target", "<f8", 48),
     ("level", "<f8", 56),
 )  # fmt: skip
 
@@ -56,6 +57,8 @@ TICK_FLAG_BID = 2
 TICK_FLAG_ASK = 4
 TICK_FLAG_LAST = 8
 TICK_FLAG_VOLUME = 16
+# Signal.flags bits.
+SIGNAL_FLAG_SURGE = 1
 
 for _name, _ours, _theirs in (
     ("TICK_DTYPE", TICK_DTYPE, _core.TICK_DTYPE),

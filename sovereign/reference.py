@@ -35,6 +35,9 @@ class Signal(NamedTuple):
     agent: int
     symbol: int
     side: int
+    flags: int
+    touches: int
+    timeframe_s: int
     conviction: float
     entry: float
     stop: float
@@ -173,7 +176,11 @@ class ReferenceAgent:
         else:
             target = entry + d * 2 * abs(entry - stop)
         close_ns = ts + self.timeframe_s * 1_000_000_000
-        return Signal(close_ns, self.agent, self.symbol, d, conviction, entry, stop, target, lvl.price)
+        surge = self.rv is not None and self.rv >= p.surge_rv
+        return Signal(
+            close_ns, self.agent, self.symbol, d, int(surge), min(lvl.touches, 65535), self.timeframe_s,
+            conviction, entry, stop, target, lvl.price,
+        )  # fmt: skip
 
     def _absorb(self, price: float, kind: str, ts: int, tol: float) -> None:
         if self.levels:

@@ -43,6 +43,9 @@ struct Conviction {
     out.agent = agent;
     out.symbol = ctx.bar.symbol;
     out.side = static_cast<int8_t>(d);
+    out.flags = ctx.surge ? kSignalSurge : 0;
+    out.touches = static_cast<uint16_t>(std::min(ctx.bounce_touches, 65535));
+    out.timeframe_s = static_cast<uint32_t>((ctx.close_ns - ctx.bar.ts_ns) / 1'000'000'000);
     out.conviction = conviction;
     out.entry = entry;
     out.stop = stop;

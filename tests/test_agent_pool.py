@@ -1,0 +1,324 @@
+"""AgentPool: parameters, bad input, no look-ahead, snapshot/restore, memory, GIL."""
+
+from __future__ import annotations
+
+import struct
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sovereign.core import SIGNAL_DTYPE, TICK_DTYPE, AgentPool
+from sovereign.sim import simulate_ticks
+from tests.helpers import NS, T0, random_bars, ticks
+
+PARAM_SETS = [{}, {"k": 2, "atr_n": 5, "m": 5, "wick": 0.3, "min_conviction": 0.4}]
+
+
+def make_pool(n_symbols: int = 3, tfs: tuple[int, ...] = (60, 300)) -> AgentPool:
+    pool = AgentPool()
+    for sym in range(n_symbols):
+        for tf in tfs:
+            for p in PARAM_SETS:
+                pool.add_agent(sym, tf, **p)
+    return pool
+
+
+@pytest.fixture(scope="module")
+def market() -> np.ndarray:
+    return simulate_ticks(3, 20_000, seed=5, mean_interval_s=0.5)
+
+
+def run_all(pool: AgentPool, data: np.ndarray) -> np.ndarray:
+    return np.concatenate([pool.on_ticks(data), pool.flush()])
+
+
+# ---- parameters
+
+
+def test_add_agent_returns_dense_ids_and_keeps_its_config() -> None:
+    pool = AgentPool()
+    assert pool.add_agent(symbol=0, timeframe_s=3600) == 0
+    assert pool.add_agent(symbol=7, timeframe_s=60, k=5, weights=[0.25, 0.25, 0.25, 0.25]) == 1
+    assert len(pool) == 2
+    cfg = pool.agent_config(1)
+    assert (cfg["symbol"], cfg["timeframe_s"], cfg["k"], cfg["atr_n"]) == (7, 60, 5, 14)
+    assert cfg["weights"] == (0.25, 0.25, 0.25, 0.25)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"atr_n": 0}, "atr_n: 0 is not in"),
+        ({"k": 17}, r"k: 17 is not in \[1, 16\]"),
+        ({"m": 0}, "m: 0 is not in"),
+        ({"max_levels": 65}, "max_levels: 65"),
+        ({"tol_mult": -1.0}, "tol_mult"),
+        ({"tol_mult": float("nan")}, "tol_mult"),
+        ({"wick": 1.0}, r"wick: 1 is not in \[0, 1\)"),
+        ({"min_conviction": 1.5}, "min_conviction"),
+        ({"weights": (0.5, 0.5, 0.5, 0.5)}, "a sum of 1"),
+        ({"weights": (1.0, 0.0, 0.0)}, "must have 4 numbers"),
+        ({"weights": 3}, "sequence of 4 numbers"),
+        ({"atr_n": 14.5}, "atr_n must be an integer"),
+        ({"atr_n": True}, "atr_n must be an integer"),
+        ({"wick": "0.4"}, "wick must be a number"),
+        ({"atrn": 14}, "unknown agent parameter 'atrn'"),
+        ({"symbol": -1}, r"symbol -1 is not in \[0, "),
+        ({"timeframe_s": 0}, "timeframe_s 0 is not in"),
+    ],
+)
+def test_bad_parameters_raise_value_error_naming_them(kwargs: dict, message: str) -> None:
+    pool = AgentPool()
+    args = {"symbol": 0, "timeframe_s": 60, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        pool.add_agent(**args)
+    assert len(pool) == 0
+
+
+def test_wrong_array_types_raise_type_error() -> None:
+    pool = make_pool()
+    with pytest.raises(TypeError, match="on_ticks expects a 1-D array"):
+        pool.on_ticks(np.zeros(3))
+    with pytest.raises(TypeError, match="on_bars expects"):
+        pool.on_bars(np.zeros(3, TICK_DTYPE))
+
+
+# ---- bad input: rejected, counted, never a signal, and the rest is unchanged
+
+
+BAD_TICKS = {
+    "bad_price": [(1, float("nan"), 1.0), (1, float("inf"), float("inf")), (1, 0.0, 1.0), (1, -2.0, 1.0),
+                  (1, 1.0, float("nan"))],
+    "crossed": [(1, 1.2, 1.1)],
+    "bad_volume": [(1, 1.0, 1.1, -1.0), (1, 1.0, 1.1, float("nan")), (1, 1.0, 1.1, float("inf"))],
+    "bad_timestamp": [(0, 1.0, 1.1), (-5, 1.0, 1.1)],
+}  # fmt: skip
+
+
+def interleave_bad(good: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, int]]:
+    """The good stream with bad ticks of every kind inserted at random places."""
+    rows = list(good)
+    counts: dict[str, int] = {}
+    for reason, specs in BAD_TICKS.items():
+        for spec in specs:
+            for _ in range(5):
+                at = int(rng.integers(1, len(rows)))
+                prev = rows[at - 1]
+                t = ticks([spec])[0]
+                t["symbol"] = prev["symbol"]
+                if t["ts_ns"] == 1:
+                    t["ts_ns"] = prev["ts_ns"]
+                rows.insert(at, t)
+                counts[reason] = counts.get(reason, 0) + 1
+    for _ in range(5):  # going backwards in time for its symbol
+        at = int(rng.integers(100, len(rows)))
+        t = rows[at - 1].copy()
+        t["ts_ns"] -= 10 * NS
+        rows.insert(at, t)
+    counts["backwards"] = 5
+    for _ in range(5):  # a symbol no agent trades
+        at = int(rng.integers(1, len(rows)))
+        t = rows[at - 1].copy()
+        t["symbol"] = 99
+        rows.insert(at, t)
+    counts["unknown_symbol"] = 5
+    return np.array(rows, TICK_DTYPE), counts
+
+
+def test_bad_ticks_are_rejected_counted_and_change_nothing(market: np.ndarray) -> None:
+    clean = run_all(make_pool(), market)
+    dirty_ticks, counts = interleave_bad(market, np.random.default_rng(0))
+    pool = make_pool()
+    dirty = run_all(pool, dirty_ticks)
+    assert len(clean) > 0
+    assert np.array_equal(dirty, clean)
+    stats = pool.stats()
+    for reason, n in counts.items():
+        assert stats["rejected"][reason] == n, reason
+    assert stats["ticks"] == len(market)
+
+
+def test_a_batch_of_only_garbage_yields_no_signal() -> None:
+    rng = np.random.default_rng(1)
+    garbage = np.frombuffer(rng.bytes(48 * 5000), TICK_DTYPE).copy()
+    pool = make_pool()
+    out = run_all(pool, garbage)
+    assert len(out) == 0 or np.all(np.isfinite(out["conviction"]))
+    assert sum(pool.stats()["rejected"].values()) + pool.stats()["ticks"] == len(garbage)
+
+
+def test_bad_bars_are_rejected_and_counted() -> None:
+    pool = AgentPool()
+    pool.add_agent(0, 60)
+    good = random_bars(5)
+    bad = good.copy()
+    bad[0]["high"] = bad[0]["low"] - 1  # high below low
+    bad[1]["close"] = float("nan")
+    bad[2]["ts_ns"] += 1  # not on a minute boundary
+    bad[3]["timeframe_s"] = 300  # no agent on M5
+    bad[3]["ts_ns"] = T0 + 300 * NS
+    bad[4]["volume"] = -1
+    pool.on_bars(bad)
+    pool.on_bars(good[3:4])
+    pool.on_bars(good[2:3])  # older than the bar before it
+    r = pool.stats()["rejected"]
+    assert (r["bad_bar"], r["misaligned"], r["unknown_symbol"], r["bad_volume"], r["backwards"]) == (2, 1, 1, 1, 1)
+    assert pool.stats()["bars"] == 1
+
+
+# ---- bars from ticks, flush
+
+
+def test_bars_are_built_from_bid_and_aligned_to_the_timeframe() -> None:
+    pool = AgentPool()
+    pool.add_agent(0, 60, atr_n=1)
+    t = ticks([(T0 + 5 * NS, 1.0, 1.1, 2), (T0 + 20 * NS, 1.3, 1.4, 3), (T0 + 59 * NS, 0.9, 1.0, 4),
+               (T0 + 61 * NS, 1.0, 1.1)])  # fmt: skip
+    pool.on_ticks(t)
+    s = pool.agent_state(0)
+    assert s["bars"] == 1 and s["momentum"]["obv"] == 9  # volume 2 + 3 + 4
+    pool.flush()
+    assert pool.agent_state(0)["atr"] == max(1.0 - 1.0, abs(1.0 - 0.9), abs(1.0 - 0.9))
+
+
+def test_volume_falls_back_to_tick_count() -> None:
+    pool = AgentPool()
+    pool.add_agent(0, 60)
+    pool.on_ticks(ticks([(T0 + i * NS, 1.0, 1.1, 0.0) for i in range(7)]))
+    pool.flush()
+    assert pool.agent_state(0)["momentum"]["obv"] == 7
+
+
+def test_flush_closes_only_ended_periods_and_late_ticks_are_rejected() -> None:
+    pool = AgentPool()
+    pool.add_agent(0, 60)
+    pool.add_agent(0, 300)
+    pool.on_ticks(ticks([(T0 + 10 * NS, 1.0, 1.1)]))
+    pool.flush(T0 + 59 * NS)
+    assert pool.stats()["bars"] == 0
+    pool.flush(T0 + 60 * NS)  # the M1 bar has ended, the M5 bar has not
+    assert pool.stats()["bars"] == 1
+    pool.on_ticks(ticks([(T0 + 30 * NS, 1.0, 1.1)]))  # belongs to the closed M1 bar
+    assert pool.stats()["rejected"]["late"] == 1
+    pool.on_ticks(ticks([(T0 + 70 * NS, 1.0, 1.1)]))
+    assert pool.stats()["ticks"] == 2
+
+
+# ---- no look-ahead
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 2999))
+def test_appending_bars_never_changes_earlier_signals(n: int) -> None:
+    data = random_bars(3000, seed=7)
+    full = make_pool(1, (60,))
+    all_signals = full.on_bars(data)
+    prefix = make_pool(1, (60,))
+    early = prefix.on_bars(data[:n])
+    known_by = data[n - 1]["ts_ns"] + 60 * NS
+    assert np.array_equal(early, all_signals[all_signals["ts_ns"] <= known_by])
+
+
+# ---- snapshot / restore
+
+
+@settings(max_examples=25, deadline=None)
+@given(cut=st.floats(0, 1))
+def test_restore_mid_stream_emits_exactly_what_an_unbroken_pool_emits(market: np.ndarray, cut: float) -> None:
+    at = int(cut * len(market))
+    unbroken = make_pool()
+    want = run_all(unbroken, market)
+    first = make_pool()
+    head = first.on_ticks(market[:at])
+    blob = first.snapshot()
+    del first
+    resumed = AgentPool()  # an empty pool adopts the snapshot's agents
+    resumed.restore(blob)
+    tail = run_all(resumed, market[at:])
+    assert np.array_equal(np.concatenate([head, tail]), want)
+    assert resumed.stats() == unbroken.stats()
+    assert resumed.snapshot() == unbroken.snapshot()
+
+
+def test_restore_into_an_identically_configured_pool(market: np.ndarray) -> None:
+    pool = make_pool()
+    pool.on_ticks(market[:5000])
+    again = make_pool()
+    again.restore(pool.snapshot())
+    assert [again.agent_state(a) for a in range(len(pool))] == [pool.agent_state(a) for a in range(len(pool))]
+
+
+def test_restore_refuses_a_pool_with_other_agents(market: np.ndarray) -> None:
+    blob = make_pool().snapshot()
+    fewer = make_pool(2)
+    with pytest.raises(ValueError, match=r"it holds 12 agents, this pool has 8"):
+        fewer.restore(blob)
+    other = AgentPool()
+    for a in range(12):
+        other.add_agent(0, 60, k=4)
+    with pytest.raises(ValueError, match="agent 0 differs"):
+        other.restore(blob)
+
+
+def test_restore_refuses_other_versions_and_corrupt_data(market: np.ndarray) -> None:
+    pool = make_pool()
+    pool.on_ticks(market[:3000])
+    blob = pool.snapshot()
+    target = AgentPool()
+    other_version = blob[:8] + struct.pack("<I", 99) + blob[12:]
+    with pytest.raises(ValueError, match="layout version 99, this build reads version 1"):
+        target.restore(other_version)
+    flipped = bytearray(blob)
+    flipped[len(blob) // 2] ^= 0x40
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        target.restore(bytes(flipped))
+    with pytest.raises(ValueError, match="does not match its header"):
+        target.restore(blob[:-1])
+    with pytest.raises(ValueError, match="too short"):
+        target.restore(b"")
+    with pytest.raises(ValueError, match="bad magic"):
+        target.restore(b"\0" * len(blob))
+    assert len(target) == 0  # untouched by every failed restore
+
+
+# ---- memory and the GIL
+
+
+def test_memory_per_agent_is_within_8_kib() -> None:
+    pool = AgentPool()
+    for sym in range(100):
+        for j in range(100):
+            pool.add_agent(sym, 60 * (1 + j % 10), k=1 + j % 16)
+    assert pool.memory_bytes() / len(pool) <= 8192
+
+
+def test_on_ticks_releases_the_gil(market: np.ndarray) -> None:
+    pool = make_pool()
+    big = np.concatenate([market] * 10)
+    big["ts_ns"] += np.repeat(np.arange(10, dtype=np.int64) * 10**15, len(market))
+    started = threading.Event()
+    progress = 0
+
+    def work() -> None:
+        started.set()
+        pool.on_ticks(big)
+
+    t = threading.Thread(target=work)
+    t.start()
+    started.wait()
+    while t.is_alive():  # without a released GIL this loop could not run meanwhile
+        progress += 1
+    t.join()
+    assert progress > 1000
+    assert pool.stats()["ticks"] == len(big)
+
+
+def test_signals_come_back_as_signal_records(market: np.ndarray) -> None:
+    out = run_all(make_pool(), market)
+    assert out.dtype == SIGNAL_DTYPE and len(out) > 0
+    assert set(np.unique(out["side"])) <= {-1, 1}
+    assert np.all((out["conviction"] >= 0) & (out["conviction"] <= 1))
+    assert np.all(np.diff(out["ts_ns"]) >= 0)

@@ -1,0 +1,254 @@
+"""TickRing: shared memory between real processes, its header checks and counters."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from sovereign.core import TICK_DTYPE, RingError, SignalRing, TickRing
+from tests.helpers import ring_name
+
+CTX = mp.get_context("spawn")
+
+
+def seq_ticks(start: int, n: int) -> np.ndarray:
+    t = np.zeros(n, TICK_DTYPE)
+    t["ts_ns"] = np.arange(start, start + n)
+    t["bid"] = 1.0
+    t["ask"] = 1.0
+    return t
+
+
+# ---- a long-lived producer process, driven over a pipe (one spawn for many examples)
+
+
+def _producer(conn) -> None:  # runs in the child
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        name, batch_sizes = msg
+        try:
+            with TickRing.attach(name) as ring:
+                seq = 0
+                for n in batch_sizes:
+                    sent = ring.push(seq_ticks(seq, n), timeout=20.0)
+                    seq += sent
+                    if sent != n:
+                        break
+            conn.send(seq)
+        except Exception as e:  # report, and stay alive for the next example
+            conn.send(repr(e))
+
+
+@pytest.fixture(scope="module")
+def producer():
+    parent, child = CTX.Pipe()
+    proc = CTX.Process(target=_producer, args=(child,), daemon=True)
+    proc.start()
+    yield parent
+    parent.send(None)
+    proc.join(10)
+
+
+def drain(ring: TickRing, total: int, rng: np.random.Generator) -> np.ndarray:
+    got = [np.zeros(0, TICK_DTYPE)]
+    count = 0
+    deadline = time.monotonic() + 30
+    while count < total:
+        assert time.monotonic() < deadline, f"consumer got {count} of {total}"
+        part = ring.pop(int(rng.integers(1, 700)), timeout=0.01)
+        got.append(part)
+        count += len(part)
+    return np.concatenate(got)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batch_sizes=st.lists(st.integers(0, 600), min_size=1, max_size=40),
+    log2_capacity=st.integers(1, 10),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_cross_process_nothing_lost_duplicated_or_reordered(producer, batch_sizes, log2_capacity, seed):
+    total = sum(batch_sizes)
+    with TickRing.create(ring_name("x"), 2**log2_capacity) as ring:
+        producer.send((ring.name, batch_sizes))
+        got = drain(ring, total, np.random.default_rng(seed))
+        assert producer.recv() == total
+        assert len(got) == total
+        assert np.array_equal(got["ts_ns"], np.arange(total))
+        s = ring.stats()
+        assert (s["pushed"], s["popped"], s["depth"], s["dropped"]) == (total, total, 0, 0)
+        assert s["high_water"] <= s["capacity"]
+
+
+def test_push_pop_wraps_around_and_preserves_records() -> None:
+    with TickRing.create(ring_name(), 8) as ring:
+        seq = 0
+        out = []
+        for n in [5, 3, 7, 1, 8, 6]:
+            assert ring.push(seq_ticks(seq, n)) == n
+            seq += n
+            out.append(ring.pop(100))
+        got = np.concatenate(out)
+        assert np.array_equal(got["ts_ns"], np.arange(seq))
+
+
+def test_drop_policy_counts_what_does_not_fit() -> None:
+    with TickRing.create(ring_name(), 16, on_full="drop") as ring:
+        assert ring.push(seq_ticks(0, 10)) == 10
+        assert ring.push(seq_ticks(10, 10)) == 6
+        s = ring.stats()
+        assert (s["dropped"], s["depth"], s["pushed"], s["on_full"]) == (4, 16, 16, "drop")
+        assert np.array_equal(ring.pop(100)["ts_ns"], np.arange(16))
+
+
+def test_wait_policy_times_out_without_dropping() -> None:
+    with TickRing.create(ring_name(), 4) as ring:
+        assert ring.push(seq_ticks(0, 6), timeout=0.05) == 4
+        s = ring.stats()
+        assert (s["dropped"], s["full_waits"], s["depth"]) == (0, 1, 4)
+
+
+def test_pop_waits_for_the_first_record_up_to_the_timeout() -> None:
+    with TickRing.create(ring_name(), 4) as ring:
+        assert len(ring.pop(4, timeout=0.02)) == 0
+        assert len(ring.pop(4)) == 0
+
+
+def test_pop_into_reuses_a_buffer() -> None:
+    with TickRing.create(ring_name(), 64) as ring:
+        ring.push(seq_ticks(0, 10))
+        buf = np.zeros(4, TICK_DTYPE)
+        assert ring.pop_into(buf) == 4
+        assert list(buf["ts_ns"]) == [0, 1, 2, 3]
+        with pytest.raises(TypeError):
+            ring.pop_into(np.zeros(4, np.float64))
+
+
+def _report_stats(name, conn) -> None:
+    ring = TickRing.attach(name)
+    conn.send(ring.stats())
+    ring.close()
+
+
+def test_counters_are_readable_from_another_process() -> None:
+    with TickRing.create(ring_name(), 32, on_full="drop") as ring:
+        ring.push(seq_ticks(0, 40))
+        ring.pop(5)
+        parent, child = CTX.Pipe()
+        p = CTX.Process(target=_report_stats, args=(ring.name, child))
+        p.start()
+        stats = parent.recv()
+        p.join(10)
+    assert (stats["pushed"], stats["popped"], stats["dropped"], stats["depth"]) == (32, 5, 8, 27)
+    assert stats["owner_pid"] == os.getpid() and stats["high_water"] == 32
+
+
+def test_owner_unlinks_on_close_attacher_does_not() -> None:
+    name = ring_name()
+    ring = TickRing.create(name, 8)
+    other = TickRing.attach(name)
+    other.close()
+    assert Path(f"/dev/shm/{name}").exists()
+    ring.close()
+    ring.close()  # idempotent
+    assert not Path(f"/dev/shm/{name}").exists()
+    with pytest.raises(RingError, match="No such file"):
+        TickRing.attach(name)
+    with pytest.raises(Exception, match="closed"):
+        ring.pop(1)
+
+
+def test_attach_to_foreign_segment_fails_clearly() -> None:
+    name = ring_name("foreign")
+    Path(f"/dev/shm/{name}").write_bytes(os.urandom(4096))
+    try:
+        with pytest.raises(RingError, match="not a Sovereign ring"):
+            TickRing.attach(name)
+    finally:
+        os.unlink(f"/dev/shm/{name}")
+    Path(f"/dev/shm/{name}").write_bytes(b"x" * 10)
+    try:
+        with pytest.raises(RingError, match="smaller than a ring header"):
+            TickRing.attach(name)
+    finally:
+        os.unlink(f"/dev/shm/{name}")
+
+
+def test_attach_to_ring_of_other_records_fails_clearly() -> None:
+    with SignalRing.create(ring_name(), 8) as sig:
+        with pytest.raises(RingError, match="records of type 3 .64 bytes., expected type 1 .48 bytes."):
+            TickRing.attach(sig.name)
+
+
+def test_attach_to_other_layout_version_fails_clearly() -> None:
+    with TickRing.create(ring_name(), 8) as ring:
+        with open(f"/dev/shm/{ring.name}", "r+b") as f:
+            f.seek(8)  # layout_version follows the 8-byte magic
+            f.write(struct.pack("<I", 999))
+        with pytest.raises(RingError, match="layout version 999, this build speaks 1"):
+            TickRing.attach(ring.name)
+
+
+def _create_and_hang(name, conn) -> None:
+    ring = TickRing.create(name, 8)
+    ring.push(seq_ticks(0, 3))
+    conn.send("ready")
+    time.sleep(60)
+
+
+def test_stale_segment_of_a_dead_owner_is_reclaimed() -> None:
+    name = ring_name("stale")
+    parent, child = CTX.Pipe()
+    p = CTX.Process(target=_create_and_hang, args=(name, child))
+    p.start()
+    assert parent.recv() == "ready"
+    with pytest.raises(RingError, match=rf"owner \(pid {p.pid}\) is alive"):
+        TickRing.create(name, 8)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(10)
+    assert Path(f"/dev/shm/{name}").exists()  # the crash left it behind
+    with TickRing.create(name, 16) as ring:
+        assert ring.reclaimed and ring.owner
+        assert ring.stats()["depth"] == 0 and ring.capacity == 16
+
+
+@pytest.mark.parametrize("capacity", [0, 1, 3, 1000])
+def test_capacity_must_be_a_power_of_two(capacity: int) -> None:
+    with pytest.raises(ValueError, match="power of two"):
+        TickRing.create(ring_name(), capacity)
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "has space", "x" * 201])
+def test_bad_names_are_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="shared-memory name"):
+        TickRing.create(name, 8)
+
+
+def test_bad_arguments_are_refused() -> None:
+    with TickRing.create(ring_name(), 8) as ring:
+        with pytest.raises(TypeError, match="push expects a 1-D array"):
+            ring.push(np.zeros(3, np.float64))
+        with pytest.raises(TypeError):
+            ring.push(np.zeros((2, 2), TICK_DTYPE))
+        with pytest.raises(ValueError, match="timeout"):
+            ring.push(seq_ticks(0, 1), timeout=-1.0)
+    with pytest.raises(ValueError, match="on_full"):
+        TickRing.create(ring_name(), 8, on_full="block")
+
+
+def test_non_contiguous_input_is_copied_not_misread() -> None:
+    with TickRing.create(ring_name(), 16) as ring:
+        t = seq_ticks(0, 10)
+        assert ring.push(t[::2]) == 5
+        assert list(ring.pop(10)["ts_ns"]) == [0, 2, 4, 6, 8]
