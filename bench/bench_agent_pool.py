@@ -60,7 +60,8 @@ def test_agent_pool_throughput(benchmark, report, market, one_core) -> None:
     ref = build(ReferencePool)
     t = time.perf_counter()
     ref.on_ticks(sample)
-    report("agent_pool", "pure-Python ticks/s (1000 agents)", len(sample) / (time.perf_counter() - t), "ticks/s")
+    rate = len(sample) / (time.perf_counter() - t)
+    report("agent_pool", "pure-Python ticks/s (1000 agents)", rate, "ticks/s")
 
 
 def test_memory_per_agent(benchmark, report) -> None:

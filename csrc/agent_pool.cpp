@@ -30,9 +30,9 @@ struct SnapshotHeader {
 };
 
 uint64_t layout_fingerprint() {
-  const uint64_t parts[] = {sizeof(AgentConfig), sizeof(AgentState), sizeof(SeriesState),
-                            sizeof(PoolCounters), kMaxPivotK, kMaxMomentumM, kMaxLevels,
-                            static_cast<uint64_t>(Reject::kCount)};
+  const uint64_t parts[] = {
+      sizeof(AgentConfig), sizeof(AgentState), sizeof(SeriesState), sizeof(PoolCounters),
+      kMaxPivotK,          kMaxMomentumM,      kMaxLevels,          static_cast<uint64_t>(Reject::kCount)};
   return fnv1a(parts, sizeof(parts));
 }
 
@@ -113,21 +113,39 @@ size_t AgentPool::on_ticks(const Tick* ticks, size_t n, std::vector<Signal>& out
   size_t accepted = 0;
   for (size_t i = 0; i < n; ++i) {
     const Tick& t = ticks[i];
-    if (!positive_finite(t.bid) || !positive_finite(t.ask)) { reject(Reject::kBadPrice); continue; }
-    if (t.ask < t.bid) { reject(Reject::kCrossed); continue; }
-    if (!(t.volume >= 0.0) || !std::isfinite(t.volume)) { reject(Reject::kBadVolume); continue; }
-    if (t.ts_ns <= 0) { reject(Reject::kBadTimestamp); continue; }
+    if (!positive_finite(t.bid) || !positive_finite(t.ask)) {
+      reject(Reject::kBadPrice);
+      continue;
+    }
+    if (t.ask < t.bid) {
+      reject(Reject::kCrossed);
+      continue;
+    }
+    if (!(t.volume >= 0.0) || !std::isfinite(t.volume)) {
+      reject(Reject::kBadVolume);
+      continue;
+    }
+    if (t.ts_ns <= 0) {
+      reject(Reject::kBadTimestamp);
+      continue;
+    }
     const uint32_t sym = t.symbol;
     if (sym >= n_symbols || symbol_series_offsets_[sym] == symbol_series_offsets_[sym + 1]) {
       reject(Reject::kUnknownSymbol);
       continue;
     }
-    if (t.ts_ns < last_ts_[sym]) { reject(Reject::kBackwards); continue; }
+    if (t.ts_ns < last_ts_[sym]) {
+      reject(Reject::kBackwards);
+      continue;
+    }
     const uint32_t* first = symbol_series_.data() + symbol_series_offsets_[sym];
     const uint32_t* last = symbol_series_.data() + symbol_series_offsets_[sym + 1];
     bool late = false;
     for (const uint32_t* s = first; s != last; ++s) late |= t.ts_ns < series_[*s].closed_end;
-    if (late) { reject(Reject::kLate); continue; }
+    if (late) {
+      reject(Reject::kLate);
+      continue;
+    }
 
     last_ts_[sym] = t.ts_ns;
     ++accepted;
@@ -162,17 +180,32 @@ size_t AgentPool::on_bars(const Bar* bars, size_t n, std::vector<Signal>& out) {
     bool ohlc_ok = positive_finite(b.open) && positive_finite(b.high) && positive_finite(b.low) &&
                    positive_finite(b.close) && b.low <= std::min(b.open, b.close) &&
                    b.high >= std::max(b.open, b.close) && b.timeframe_s >= 1;
-    if (!ohlc_ok) { reject(Reject::kBadBar); continue; }
-    if (!(b.volume >= 0.0) || !std::isfinite(b.volume)) { reject(Reject::kBadVolume); continue; }
-    if (b.ts_ns <= 0) { reject(Reject::kBadTimestamp); continue; }
-    if (b.ts_ns % (int64_t{b.timeframe_s} * 1'000'000'000) != 0) { reject(Reject::kMisaligned); continue; }
+    if (!ohlc_ok) {
+      reject(Reject::kBadBar);
+      continue;
+    }
+    if (!(b.volume >= 0.0) || !std::isfinite(b.volume)) {
+      reject(Reject::kBadVolume);
+      continue;
+    }
+    if (b.ts_ns <= 0) {
+      reject(Reject::kBadTimestamp);
+      continue;
+    }
+    if (b.ts_ns % (int64_t{b.timeframe_s} * 1'000'000'000) != 0) {
+      reject(Reject::kMisaligned);
+      continue;
+    }
     uint32_t series = UINT32_MAX;
     if (b.symbol < n_symbols) {
       for (uint32_t j = symbol_series_offsets_[b.symbol]; j < symbol_series_offsets_[b.symbol + 1]; ++j) {
         if (series_[symbol_series_[j]].timeframe_s == b.timeframe_s) series = symbol_series_[j];
       }
     }
-    if (series == UINT32_MAX) { reject(Reject::kUnknownSymbol); continue; }
+    if (series == UINT32_MAX) {
+      reject(Reject::kUnknownSymbol);
+      continue;
+    }
     SeriesState& ss = series_[series];
     if (b.ts_ns < ss.closed_end || (ss.open_start != kNoBar && b.ts_ns < ss.open_end)) {
       reject(Reject::kBackwards);
@@ -189,9 +222,10 @@ size_t AgentPool::on_bars(const Bar* bars, size_t n, std::vector<Signal>& out) {
 
 void AgentPool::close_bar(uint32_t series, std::vector<Signal>& out) {
   SeriesState& ss = series_[series];
-  Bar bar{ss.open_start, ss.open, ss.high, ss.low, ss.close,
-          ss.volume_sum > 0.0 ? ss.volume_sum : static_cast<double>(ss.tick_count),
-          ss.symbol, ss.timeframe_s};
+  Bar bar{ss.open_start, ss.open,
+          ss.high,       ss.low,
+          ss.close,      ss.volume_sum > 0.0 ? ss.volume_sum : static_cast<double>(ss.tick_count),
+          ss.symbol,     ss.timeframe_s};
   ss.closed_end = ss.open_end;
   ss.open_start = ss.open_end = kNoBar;
   ++counters_.bars;
@@ -233,9 +267,9 @@ std::string AgentPool::snapshot() const {
   append(payload, last_ts_);
   payload.append(reinterpret_cast<const char*>(&counters_), sizeof(counters_));
 
-  SnapshotHeader h{kSnapshotMagic, kLayoutVersion, sizeof(SnapshotHeader), layout_fingerprint(),
-                   configs_.size(), series_.size(), last_ts_.size(), payload.size(),
-                   fnv1a(payload.data(), payload.size())};
+  SnapshotHeader h{kSnapshotMagic,       kLayoutVersion,  sizeof(SnapshotHeader),
+                   layout_fingerprint(), configs_.size(), series_.size(),
+                   last_ts_.size(),      payload.size(),  fnv1a(payload.data(), payload.size())};
   std::string blob(reinterpret_cast<const char*>(&h), sizeof(h));
   blob += payload;
   return blob;
@@ -243,15 +277,19 @@ std::string AgentPool::snapshot() const {
 
 void AgentPool::restore(const std::string& blob) {
   SnapshotHeader h{};
-  if (blob.size() < sizeof(h)) refuse("it is " + std::to_string(blob.size()) + " bytes, too short for a header");
+  if (blob.size() < sizeof(h))
+    refuse("it is " + std::to_string(blob.size()) + " bytes, too short for a header");
   std::memcpy(&h, blob.data(), sizeof(h));
   if (h.magic != kSnapshotMagic) refuse("not an AgentPool snapshot (bad magic)");
-  if (h.layout_version != kLayoutVersion || h.header_size != sizeof(h) || h.fingerprint != layout_fingerprint()) {
+  if (h.layout_version != kLayoutVersion || h.header_size != sizeof(h) ||
+      h.fingerprint != layout_fingerprint()) {
     refuse("it has layout version " + std::to_string(h.layout_version) + ", this build reads version " +
-           std::to_string(kLayoutVersion) + (h.layout_version == kLayoutVersion ? " (different state layout)" : ""));
+           std::to_string(kLayoutVersion) +
+           (h.layout_version == kLayoutVersion ? " (different state layout)" : ""));
   }
   const uint64_t expect = h.n_agents * (sizeof(AgentConfig) + sizeof(AgentState)) +
-                          h.n_series * sizeof(SeriesState) + h.n_symbols * sizeof(int64_t) + sizeof(PoolCounters);
+                          h.n_series * sizeof(SeriesState) + h.n_symbols * sizeof(int64_t) +
+                          sizeof(PoolCounters);
   if (h.payload_bytes != expect || blob.size() != sizeof(h) + expect) {
     refuse("its size (" + std::to_string(blob.size()) + " bytes) does not match its header");
   }
@@ -276,9 +314,7 @@ void AgentPool::restore(const std::string& blob) {
   AgentPool fresh;
   try {
     for (const AgentConfig& c : configs) fresh.add_agent(c.symbol, c.timeframe_s, c.params);
-  } catch (const std::invalid_argument& e) {
-    refuse(e.what());
-  }
+  } catch (const std::invalid_argument& e) { refuse(e.what()); }
   fresh.rebuild_routes();
   if (fresh.series_.size() != h.n_series || fresh.last_ts_.size() != h.n_symbols) {
     refuse("its series do not match its agents");
@@ -287,7 +323,8 @@ void AgentPool::restore(const std::string& blob) {
   std::vector<SeriesState> series;
   take(p, series, h.n_series);
   for (size_t s = 0; s < series.size(); ++s) {
-    if (series[s].symbol != fresh.series_[s].symbol || series[s].timeframe_s != fresh.series_[s].timeframe_s) {
+    if (series[s].symbol != fresh.series_[s].symbol ||
+        series[s].timeframe_s != fresh.series_[s].timeframe_s) {
       refuse("its series do not match its agents");
     }
   }

@@ -30,9 +30,9 @@ enum class Reject : uint32_t {
   kMisaligned,     // bar ts_ns not a multiple of its timeframe
   kCount
 };
-inline constexpr const char* kRejectNames[] = {
-    "bad_price", "crossed", "bad_volume", "bad_timestamp", "backwards",
-    "unknown_symbol", "late", "bad_bar", "misaligned"};
+inline constexpr const char* kRejectNames[] = {"bad_price",     "crossed",   "bad_volume",
+                                               "bad_timestamp", "backwards", "unknown_symbol",
+                                               "late",          "bad_bar",   "misaligned"};
 static_assert(std::size(kRejectNames) == static_cast<size_t>(Reject::kCount));
 
 inline constexpr uint32_t kMaxSymbol = (1u << 20) - 1;
@@ -44,17 +44,17 @@ struct SeriesState {
   uint32_t symbol;
   uint32_t timeframe_s;
   int64_t tf_ns;
-  int64_t open_start;   // period start of the bar being built, kNoBar if none
-  int64_t open_end;     // open_start + tf_ns
-  int64_t closed_end;   // end of the last closed period: data before it is late
+  int64_t open_start;  // period start of the bar being built, kNoBar if none
+  int64_t open_end;    // open_start + tf_ns
+  int64_t closed_end;  // end of the last closed period: data before it is late
   double open, high, low, close;
   double volume_sum;
   uint64_t tick_count;
 };
 
 struct PoolCounters {
-  uint64_t ticks = 0;    // accepted
-  uint64_t bars = 0;     // closed bars delivered to series
+  uint64_t ticks = 0;  // accepted
+  uint64_t bars = 0;   // closed bars delivered to series
   uint64_t signals = 0;
   std::array<uint64_t, static_cast<size_t>(Reject::kCount)> rejected{};
 };

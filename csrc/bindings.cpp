@@ -23,9 +23,9 @@ namespace {
 template <class R>
 py::array_t<R> as_records(const py::array& arr, const char* what) {
   if (!arr.dtype().equal(py::dtype::of<R>()) || arr.ndim() != 1) {
-    throw py::type_error(std::string(what) + " expects a 1-D array of " +
-                         py::str(py::dtype::of<R>()).cast<std::string>() + ", got ndim=" +
-                         std::to_string(arr.ndim()) + " dtype " + py::str(arr.dtype()).cast<std::string>());
+    throw py::type_error(
+        std::string(what) + " expects a 1-D array of " + py::str(py::dtype::of<R>()).cast<std::string>() +
+        ", got ndim=" + std::to_string(arr.ndim()) + " dtype " + py::str(arr.dtype()).cast<std::string>());
   }
   return py::array_t<R, py::array::c_style>::ensure(arr);
 }
@@ -149,12 +149,14 @@ void bind_ring(py::module_& m, const char* name, const char* doc) {
              return d;
            })
       .def("close", &Ring::close, "Unmap; the owner also unlinks the name. Idempotent.")
-      .def("__enter__", [](Ring& r) -> Ring& { return r; }, py::return_value_policy::reference)
+      .def(
+          "__enter__", [](Ring& r) -> Ring& { return r; }, py::return_value_policy::reference)
       .def("__exit__", [](Ring& r, const py::args&) { r.close(); })
       .def_property_readonly("name", &Ring::name)
       .def_property_readonly("capacity", &Ring::capacity)
       .def_property_readonly("owner", &Ring::owner)
-      .def_property_readonly("reclaimed", &Ring::reclaimed, "True if create() removed a dead owner's segment.")
+      .def_property_readonly("reclaimed", &Ring::reclaimed,
+                             "True if create() removed a dead owner's segment.")
       .def_property_readonly("closed", [](const Ring& r) { return !r.is_open(); })
       .def_property_readonly_static("dtype", [](const py::object&) { return py::dtype::of<R>(); });
 }
@@ -168,7 +170,8 @@ int32_t int_param(const char* key, const py::handle& v) {
   }
   long long x = v.cast<long long>();
   if (x < INT32_MIN || x > INT32_MAX) {
-    throw py::value_error(std::string("agent parameter ") + key + ": " + std::to_string(x) + " is out of range");
+    throw py::value_error(std::string("agent parameter ") + key + ": " + std::to_string(x) +
+                          " is out of range");
   }
   return static_cast<int32_t>(x);
 }
@@ -186,14 +189,22 @@ AgentParams parse_params(const py::kwargs& kw) {
   for (auto item : kw) {
     std::string key = item.first.cast<std::string>();
     py::handle v = item.second;
-    if (key == "atr_n") p.atr_n = int_param("atr_n", v);
-    else if (key == "k") p.k = int_param("k", v);
-    else if (key == "m") p.m = int_param("m", v);
-    else if (key == "max_levels") p.max_levels = int_param("max_levels", v);
-    else if (key == "tol_mult") p.tol_mult = real_param("tol_mult", v);
-    else if (key == "surge_rv") p.surge_rv = real_param("surge_rv", v);
-    else if (key == "wick") p.wick = real_param("wick", v);
-    else if (key == "min_conviction") p.min_conviction = real_param("min_conviction", v);
+    if (key == "atr_n")
+      p.atr_n = int_param("atr_n", v);
+    else if (key == "k")
+      p.k = int_param("k", v);
+    else if (key == "m")
+      p.m = int_param("m", v);
+    else if (key == "max_levels")
+      p.max_levels = int_param("max_levels", v);
+    else if (key == "tol_mult")
+      p.tol_mult = real_param("tol_mult", v);
+    else if (key == "surge_rv")
+      p.surge_rv = real_param("surge_rv", v);
+    else if (key == "wick")
+      p.wick = real_param("wick", v);
+    else if (key == "min_conviction")
+      p.min_conviction = real_param("min_conviction", v);
     else if (key == "weights") {
       py::list w;
       try {
@@ -202,13 +213,16 @@ AgentParams parse_params(const py::kwargs& kw) {
         throw py::value_error("agent parameter weights must be a sequence of 4 numbers");
       }
       if (w.size() != 4) {
-        throw py::value_error("agent parameter weights must have 4 numbers (level, trend, momentum, "
-                              "bounce), got " + std::to_string(w.size()));
+        throw py::value_error(
+            "agent parameter weights must have 4 numbers (level, trend, momentum, "
+            "bounce), got " +
+            std::to_string(w.size()));
       }
       for (int i = 0; i < 4; ++i) p.weights[i] = real_param("weights", w[i]);
     } else {
-      throw py::value_error("unknown agent parameter '" + key +
-                            "'; known: atr_n, tol_mult, k, m, surge_rv, max_levels, wick, weights, min_conviction");
+      throw py::value_error(
+          "unknown agent parameter '" + key +
+          "'; known: atr_n, tol_mult, k, m, surge_rv, max_levels, wick, weights, min_conviction");
     }
   }
   p.validate();
@@ -229,10 +243,14 @@ py::dict params_dict(const AgentParams& p) {
   return d;
 }
 
-py::object maybe(bool defined, double v) { return defined ? py::object(py::float_(v)) : py::object(py::none()); }
+py::object maybe(bool defined, double v) {
+  return defined ? py::object(py::float_(v)) : py::object(py::none());
+}
 
 py::dict agent_state_dict(const AgentPool& pool, uint32_t id) {
-  if (id >= pool.size()) throw py::index_error("no agent " + std::to_string(id) + " (pool has " + std::to_string(pool.size()) + ")");
+  if (id >= pool.size())
+    throw py::index_error("no agent " + std::to_string(id) + " (pool has " + std::to_string(pool.size()) +
+                          ")");
   const AgentConfig& c = pool.config(id);
   const AgentState& s = pool.state(id);
   py::dict d;
@@ -277,8 +295,8 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "Sovereign's C++ hot path: records, shared-memory rings, analyzers and AgentPool.";
   PYBIND11_NUMPY_DTYPE(Tick, ts_ns, bid, ask, last, volume, symbol, flags);
   PYBIND11_NUMPY_DTYPE(Bar, ts_ns, open, high, low, close, volume, symbol, timeframe_s);
-  PYBIND11_NUMPY_DTYPE(Signal, ts_ns, agent, symbol, side, flags, touches, timeframe_s, conviction, entry, stop,
-                       target, level);
+  PYBIND11_NUMPY_DTYPE(Signal, ts_ns, agent, symbol, side, flags, touches, timeframe_s, conviction, entry,
+                       stop, target, level);
   m.attr("LAYOUT_VERSION") = kLayoutVersion;
   m.attr("TICK_DTYPE") = py::dtype::of<Tick>();
   m.attr("BAR_DTYPE") = py::dtype::of<Bar>();
@@ -295,13 +313,15 @@ PYBIND11_MODULE(_core, m) {
           "add_agent",
           [](AgentPool& pool, int64_t symbol, int64_t timeframe_s, const py::kwargs& kw) {
             if (symbol < 0 || symbol > kMaxSymbol) {
-              throw py::value_error("symbol " + std::to_string(symbol) + " is not in [0, " + std::to_string(kMaxSymbol) + "]");
+              throw py::value_error("symbol " + std::to_string(symbol) + " is not in [0, " +
+                                    std::to_string(kMaxSymbol) + "]");
             }
             if (timeframe_s < 1 || timeframe_s > kMaxTimeframeS) {
               throw py::value_error("timeframe_s " + std::to_string(timeframe_s) + " is not in [1, " +
                                     std::to_string(kMaxTimeframeS) + "]");
             }
-            return pool.add_agent(static_cast<uint32_t>(symbol), static_cast<uint32_t>(timeframe_s), parse_params(kw));
+            return pool.add_agent(static_cast<uint32_t>(symbol), static_cast<uint32_t>(timeframe_s),
+                                  parse_params(kw));
           },
           py::arg("symbol"), py::arg("timeframe_s") = 3600,
           "Add an agent and return its id. Parameters as in DESIGN.md section 3.")
@@ -333,8 +353,10 @@ PYBIND11_MODULE(_core, m) {
           "flush",
           [](AgentPool& pool, std::optional<int64_t> now_ns) {
             std::vector<Signal> out;
-            if (now_ns) pool.flush(*now_ns, out);
-            else pool.flush_all(out);
+            if (now_ns)
+              pool.flush(*now_ns, out);
+            else
+              pool.flush_all(out);
             return to_array(out);
           },
           py::arg("now_ns") = py::none(),

@@ -56,9 +56,9 @@ struct Signal {
   int64_t ts_ns;  // close time of the bar that produced it (period start + timeframe)
   uint32_t agent;
   uint32_t symbol;
-  int8_t side;   // +1 buy, -1 sell
-  uint8_t flags;  // SignalFlags
-  uint16_t touches;  // of the level it bounced from (saturates at 65535)
+  int8_t side;           // +1 buy, -1 sell
+  uint8_t flags;         // SignalFlags
+  uint16_t touches;      // of the level it bounced from (saturates at 65535)
   uint32_t timeframe_s;  // the agent's; a signal lives for one bar of it
   double conviction;
   double entry;

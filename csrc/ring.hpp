@@ -183,8 +183,12 @@ class ShmRing {
       return done;
     }
     h->full_waits.store(h->full_waits.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-    wait_until([&] { done += try_push(recs + done, n - done); return done == n; }, timeout_ns,
-               keep_waiting);
+    wait_until(
+        [&] {
+          done += try_push(recs + done, n - done);
+          return done == n;
+        },
+        timeout_ns, keep_waiting);
     return done;
   }
 
@@ -195,7 +199,12 @@ class ShmRing {
     check_open();
     size_t got = try_pop(out, max_n);
     if (got > 0 || max_n == 0 || timeout_ns == 0) return got;
-    wait_until([&] { got = try_pop(out, max_n); return got > 0; }, timeout_ns, keep_waiting);
+    wait_until(
+        [&] {
+          got = try_pop(out, max_n);
+          return got > 0;
+        },
+        timeout_ns, keep_waiting);
     return got;
   }
 
@@ -205,11 +214,15 @@ class ShmRing {
     // Load tail first: head only grows, so depth can never come out negative.
     uint64_t tail = h->tail.load(std::memory_order_acquire);
     uint64_t head = h->head.load(std::memory_order_acquire);
-    return {capacity_, head - tail, head, tail,
+    return {capacity_,
+            head - tail,
+            head,
+            tail,
             h->dropped.load(std::memory_order_relaxed),
             h->full_waits.load(std::memory_order_relaxed),
             h->high_water.load(std::memory_order_relaxed),
-            h->owner_pid, policy_};
+            h->owner_pid,
+            policy_};
   }
 
   const std::string& name() const { return seg_.name(); }
@@ -248,8 +261,8 @@ class ShmRing {
     }
     if (h->record_type != Record::kTypeId || h->record_size != sizeof(Record)) {
       return "it carries records of type " + std::to_string(h->record_type) + " (" +
-             std::to_string(h->record_size) + " bytes), expected type " +
-             std::to_string(Record::kTypeId) + " (" + std::to_string(sizeof(Record)) + " bytes)";
+             std::to_string(h->record_size) + " bytes), expected type " + std::to_string(Record::kTypeId) +
+             " (" + std::to_string(sizeof(Record)) + " bytes)";
     }
     uint64_t cap = h->capacity;
     if (cap < 2 || (cap & (cap - 1)) != 0 || seg_.size() < kRingDataOffset + cap * sizeof(Record)) {
@@ -272,8 +285,8 @@ class ShmRing {
       const auto* h = static_cast<const RingHeader*>(seg.data());
       ProcessIdentity owner{h->owner_pid, h->owner_start_time};
       if (h->magic.load(std::memory_order_acquire) == kRingMagic && owner.alive()) {
-        throw ShmError("ring '" + name + "' already exists and its owner (pid " +
-                       std::to_string(owner.pid) + ") is alive");
+        throw ShmError("ring '" + name + "' already exists and its owner (pid " + std::to_string(owner.pid) +
+                       ") is alive");
       }
     }
     ShmSegment::unlink(name);

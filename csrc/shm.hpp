@@ -60,8 +60,8 @@ inline std::string shm_path(const std::string& name) {
                                 std::to_string(name.size()));
   }
   for (char c : name) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '_' || c == '-' || c == '.';
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+              c == '-' || c == '.';
     if (!ok) {
       throw std::invalid_argument("shared-memory name '" + name +
                                   "' may only contain letters, digits, '_', '-' and '.'");

@@ -74,7 +74,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_signals(signals, args.show)
     stats = pool.stats()
     print(f"\n{len(pool)} agents, {stats['ticks']:,} ticks, {stats['bars']:,} bars closed, "
-          f"{stats['signals']:,} signals in {elapsed:.2f} s ({stats['ticks'] / elapsed / 1e6:.1f} M ticks/s); "
+          f"{stats['signals']:,} signals in {elapsed:.2f} s "
+          f"({stats['ticks'] / elapsed / 1e6:.1f} M ticks/s); "
           f"rejected: {sum(stats['rejected'].values())}")
     return 0
 

@@ -12,24 +12,24 @@ import numpy as np
 from sovereign import _core
 
 __all__ = [
-    "AgentPool",
     "BAR_DTYPE",
     "LAYOUT_VERSION",
-    "RingError",
     "SIGNAL_DTYPE",
     "SIGNAL_FLAG_SURGE",
-    "SignalRing",
     "TICK_DTYPE",
     "TICK_FLAG_ASK",
     "TICK_FLAG_BID",
     "TICK_FLAG_LAST",
     "TICK_FLAG_VOLUME",
+    "AgentPool",
+    "RingError",
+    "SignalRing",
     "TickRing",
 ]
 
 
 def _record(itemsize: int, *fields: tuple[str, str, int]) -> np.dtype:
-    names, formats, offsets = zip(*fields)
+    names, formats, offsets = zip(*fields, strict=True)
     return np.dtype(
         {"names": list(names), "formats": list(formats), "offsets": list(offsets), "itemsize": itemsize}
     )
@@ -48,7 +48,8 @@ BAR_DTYPE = _record(
 SIGNAL_DTYPE = _record(
     64,
     ("ts_ns", "<i8", 0), ("agent", "<u4", 8), ("symbol", "<u4", 12), ("side", "i1", 16),
-    ("flags", "u1", 17), ("touches", "<u2", 18), ("timeframe_s", "<u4", 20), ("conviction", "<f8", 24), ("entry", "<f8", 32), ("stop", "<f8", 40), ("target", "<f8", 48),
+    ("flags", "u1", 17), ("touches", "<u2", 18), ("timeframe_s", "<u4", 20),
+    ("conviction", "<f8", 24), ("entry", "<f8", 32), ("stop", "<f8", 40), ("target", "<f8", 48),
     ("level", "<f8", 56),
 )  # fmt: skip
 

@@ -9,8 +9,9 @@ arithmetic order as the definitions, so results agree with the C++ core bit for 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -171,10 +172,8 @@ class ReferenceAgent:
         entry = c
         stop = lvl.price - d * tol
         beyond = [lv.price for lv in self.levels if (lv.price > entry if d > 0 else lv.price < entry)]
-        if beyond:
-            target = min(beyond) if d > 0 else max(beyond)
-        else:
-            target = entry + d * 2 * abs(entry - stop)
+        fallback = entry + d * 2 * abs(entry - stop)
+        target = (min(beyond) if d > 0 else max(beyond)) if beyond else fallback
         close_ns = ts + self.timeframe_s * 1_000_000_000
         surge = self.rv is not None and self.rv >= p.surge_rv
         return Signal(

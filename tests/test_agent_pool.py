@@ -165,7 +165,8 @@ def test_bad_bars_are_rejected_and_counted() -> None:
     pool.on_bars(good[3:4])
     pool.on_bars(good[2:3])  # older than the bar before it
     r = pool.stats()["rejected"]
-    assert (r["bad_bar"], r["misaligned"], r["unknown_symbol"], r["bad_volume"], r["backwards"]) == (2, 1, 1, 1, 1)
+    counted = (r["bad_bar"], r["misaligned"], r["unknown_symbol"], r["bad_volume"], r["backwards"])
+    assert counted == (2, 1, 1, 1, 1)
     assert pool.stats()["bars"] == 1
 
 
@@ -257,7 +258,7 @@ def test_restore_refuses_a_pool_with_other_agents(market: np.ndarray) -> None:
     with pytest.raises(ValueError, match=r"it holds 12 agents, this pool has 8"):
         fewer.restore(blob)
     other = AgentPool()
-    for a in range(12):
+    for _ in range(12):
         other.add_agent(0, 60, k=4)
     with pytest.raises(ValueError, match="agent 0 differs"):
         other.restore(blob)

@@ -135,7 +135,7 @@ def test_momentum_by_hand() -> None:
     pool.add_agent(0, 60, m=3)
     closes = [10, 11, 10.5, 10.5, 12]
     vols = [1, 2, 3, 4, 10]
-    rows = bars([(c, c + 0.5, c - 0.5, c, v) for c, v in zip(closes, vols)])
+    rows = bars([(c, c + 0.5, c - 0.5, c, v) for c, v in zip(closes, vols, strict=True)])
     s, _ = feed_one_by_one(pool, rows)
     mom = [x["momentum"] for x in s]
     assert [x["rv"] for x in mom[:3]] == [None] * 3 and [x["vb"] for x in mom[:3]] == [None] * 3
@@ -214,7 +214,7 @@ def test_bearish_bounce_mirrors_bullish() -> None:
 
 def test_no_bounce_on_a_flat_bar_or_a_short_wick() -> None:
     for last in [(10, 10, 10, 10), (10.25, 10.5, 9.5, 10.5)]:
-        path = LEVEL_PATH[:9] + [last]
+        path = [*LEVEL_PATH[:9], last]
         params = {**LEVEL_PARAMS, "wick": 0.8 if last[1] != last[2] else 0.4}
         pool = AgentPool()
         pool.add_agent(0, 60, **params)

@@ -186,9 +186,9 @@ def test_attach_to_foreign_segment_fails_clearly() -> None:
 
 
 def test_attach_to_ring_of_other_records_fails_clearly() -> None:
-    with SignalRing.create(ring_name(), 8) as sig:
-        with pytest.raises(RingError, match="records of type 3 .64 bytes., expected type 1 .48 bytes."):
-            TickRing.attach(sig.name)
+    expected = r"records of type 3 \(64 bytes\), expected type 1 \(48 bytes\)"
+    with SignalRing.create(ring_name(), 8) as sig, pytest.raises(RingError, match=expected):
+        TickRing.attach(sig.name)
 
 
 def test_attach_to_other_layout_version_fails_clearly() -> None:

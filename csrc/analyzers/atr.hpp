@@ -21,8 +21,8 @@ struct Atr {
   static void update(const AgentParams& p, AtrState& s, BarContext& ctx) {
     const Bar& b = ctx.bar;
     if (ctx.index > 0) {
-      double tr = std::max({b.high - b.low, std::fabs(b.high - s.prev_close),
-                            std::fabs(b.low - s.prev_close)});
+      double tr =
+          std::max({b.high - b.low, std::fabs(b.high - s.prev_close), std::fabs(b.low - s.prev_close)});
       if (s.ready) {
         s.atr = (s.atr * (p.atr_n - 1) + tr) / p.atr_n;
       } else {

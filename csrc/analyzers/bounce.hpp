@@ -28,10 +28,10 @@ struct BounceDetector {
     }
     double lower_wick = (std::min(b.open, b.close) - b.low) / range;
     double upper_wick = (b.high - std::max(b.open, b.close)) / range;
-    bool bull = sup && b.low >= sup->price - tol && b.low <= sup->price + tol &&
-                b.close > sup->price && lower_wick >= p.wick;
-    bool bear = res && b.high >= res->price - tol && b.high <= res->price + tol &&
-                b.close < res->price && upper_wick >= p.wick;
+    bool bull = sup && b.low >= sup->price - tol && b.low <= sup->price + tol && b.close > sup->price &&
+                lower_wick >= p.wick;
+    bool bear = res && b.high >= res->price - tol && b.high <= res->price + tol && b.close < res->price &&
+                upper_wick >= p.wick;
     if (bull == bear) return;  // neither, or both at once
     const Level& at = bull ? *sup : *res;
     ctx.bounce_side = bull ? 1 : -1;

@@ -13,8 +13,8 @@ namespace sovereign {
 
 struct Conviction {
   // Returns true and fills `out` when the bounce in ctx earns a signal.
-  static bool score(const AgentParams& p, const LevelsState& s, const BarContext& ctx,
-                    uint32_t agent, Signal& out) {
+  static bool score(const AgentParams& p, const LevelsState& s, const BarContext& ctx, uint32_t agent,
+                    Signal& out) {
     if (ctx.bounce_side == 0) return false;
     const int d = ctx.bounce_side;
     const double level_score = std::min(ctx.bounce_touches, 5) / 5.0;

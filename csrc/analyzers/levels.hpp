@@ -48,8 +48,8 @@ struct LosslessLevels {
   }
 
  private:
-  static void absorb(const AgentParams& p, LevelsState& s, double price, LevelKind kind,
-                     int64_t ts, double tol) {
+  static void absorb(const AgentParams& p, LevelsState& s, double price, LevelKind kind, int64_t ts,
+                     double tol) {
     int32_t nearest = -1;
     double best = 0.0;
     for (int32_t j = 0; j < s.count; ++j) {

@@ -12,7 +12,7 @@
 namespace sovereign {
 
 struct MomentumState {
-  double volume[kMaxMomentumM] = {};  // bar j at slot j % m
+  double volume[kMaxMomentumM] = {};     // bar j at slot j % m
   int8_t direction[kMaxMomentumM] = {};  // +1 up bar, -1 down bar, 0 neither
   double prev_close = 0.0;
   double obv = 0.0;

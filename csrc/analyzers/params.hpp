@@ -11,7 +11,7 @@ namespace sovereign {
 
 // Fixed capacities keep every agent's state a flat, fixed-size record: contiguous in the
 // pool, copied by memcpy into snapshots. They bound the parameters below.
-inline constexpr int kMaxPivotK = 16;     // swing window k
+inline constexpr int kMaxPivotK = 16;      // swing window k
 inline constexpr int kMaxMomentumM = 128;  // momentum window m
 inline constexpr int kMaxLevels = 64;      // max_levels
 
@@ -27,10 +27,9 @@ struct AgentParams {
   double min_conviction = 0.55;
 
   bool operator==(const AgentParams& o) const {
-    return atr_n == o.atr_n && k == o.k && m == o.m && max_levels == o.max_levels &&
-           tol_mult == o.tol_mult && surge_rv == o.surge_rv && wick == o.wick &&
-           weights[0] == o.weights[0] && weights[1] == o.weights[1] &&
-           weights[2] == o.weights[2] && weights[3] == o.weights[3] &&
+    return atr_n == o.atr_n && k == o.k && m == o.m && max_levels == o.max_levels && tol_mult == o.tol_mult &&
+           surge_rv == o.surge_rv && wick == o.wick && weights[0] == o.weights[0] &&
+           weights[1] == o.weights[1] && weights[2] == o.weights[2] && weights[3] == o.weights[3] &&
            min_conviction == o.min_conviction;
   }
 

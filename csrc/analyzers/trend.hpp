@@ -40,9 +40,8 @@ struct TrendObserver {
     } else {
       s.direction = 0;
     }
-    s.strength = ctx.atr_ready
-                     ? std::clamp(((s.h2 - s.h1) + (s.l2 - s.l1)) / (2.0 * ctx.atr), -1.0, 1.0)
-                     : 0.0;
+    s.strength =
+        ctx.atr_ready ? std::clamp(((s.h2 - s.h1) + (s.l2 - s.l1)) / (2.0 * ctx.atr), -1.0, 1.0) : 0.0;
   }
 };
 
