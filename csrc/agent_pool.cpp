@@ -54,8 +54,8 @@ void take(const char*& p, std::vector<T>& v, size_t n) {
 
 }  // namespace
 
-uint32_t AgentPool::add_agent(uint32_t symbol, uint32_t timeframe_s, const AgentParams& params) {
-  if (symbol > kMaxSymbol) {
+uint32_t AgentPool::add_agent(int64_t symbol, int64_t timeframe_s, const AgentParams& params) {
+  if (symbol < 0 || symbol > kMaxSymbol) {
     throw std::invalid_argument("symbol " + std::to_string(symbol) + " is not in [0, " +
                                 std::to_string(kMaxSymbol) + "]");
   }
@@ -65,9 +65,11 @@ uint32_t AgentPool::add_agent(uint32_t symbol, uint32_t timeframe_s, const Agent
   }
   params.validate();
   const auto id = static_cast<uint32_t>(configs_.size());
-  configs_.push_back(AgentConfig{symbol, timeframe_s, params});
+  const auto sym = static_cast<uint32_t>(symbol);
+  const auto tf = static_cast<uint32_t>(timeframe_s);
+  configs_.push_back(AgentConfig{sym, tf, params});
   states_.emplace_back();
-  agent_series_.push_back(series_for(symbol, timeframe_s));
+  agent_series_.push_back(series_for(sym, tf));
   routes_dirty_ = true;
   return id;
 }

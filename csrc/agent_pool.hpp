@@ -63,7 +63,7 @@ class AgentPool {
  public:
   // Adds an agent and returns its id (ids are dense, in order of addition).
   // Throws std::invalid_argument for an out-of-range symbol, timeframe or parameter.
-  uint32_t add_agent(uint32_t symbol, uint32_t timeframe_s, const AgentParams& params);
+  uint32_t add_agent(int64_t symbol, int64_t timeframe_s, const AgentParams& params);
 
   // Process a batch; signals are appended to `out`. Returns the number accepted.
   size_t on_ticks(const Tick* ticks, size_t n, std::vector<Signal>& out);

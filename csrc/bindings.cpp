@@ -229,6 +229,18 @@ AgentParams parse_params(const py::kwargs& kw) {
   return p;
 }
 
+// AgentPool::on_ticks / on_bars with the GIL released while C++ works on the batch.
+template <class R, size_t (AgentPool::*Method)(const R*, size_t, std::vector<Signal>&)>
+py::array_t<Signal> feed(AgentPool& pool, const py::array& arr) {
+  auto recs = as_records<R>(arr, std::is_same_v<R, Tick> ? "on_ticks" : "on_bars");
+  std::vector<Signal> out;
+  {
+    py::gil_scoped_release nogil;
+    (pool.*Method)(recs.data(), static_cast<size_t>(recs.size()), out);
+  }
+  return to_array(out);
+}
+
 py::dict params_dict(const AgentParams& p) {
   py::dict d;
   d["atr_n"] = p.atr_n;
@@ -312,43 +324,14 @@ PYBIND11_MODULE(_core, m) {
       .def(
           "add_agent",
           [](AgentPool& pool, int64_t symbol, int64_t timeframe_s, const py::kwargs& kw) {
-            if (symbol < 0 || symbol > kMaxSymbol) {
-              throw py::value_error("symbol " + std::to_string(symbol) + " is not in [0, " +
-                                    std::to_string(kMaxSymbol) + "]");
-            }
-            if (timeframe_s < 1 || timeframe_s > kMaxTimeframeS) {
-              throw py::value_error("timeframe_s " + std::to_string(timeframe_s) + " is not in [1, " +
-                                    std::to_string(kMaxTimeframeS) + "]");
-            }
-            return pool.add_agent(static_cast<uint32_t>(symbol), static_cast<uint32_t>(timeframe_s),
-                                  parse_params(kw));
+            return pool.add_agent(symbol, timeframe_s, parse_params(kw));
           },
           py::arg("symbol"), py::arg("timeframe_s") = 3600,
           "Add an agent and return its id. Parameters as in DESIGN.md section 3.")
-      .def(
-          "on_ticks",
-          [](AgentPool& pool, const py::array& arr) {
-            auto ticks = as_records<Tick>(arr, "on_ticks");
-            std::vector<Signal> out;
-            {
-              py::gil_scoped_release nogil;
-              pool.on_ticks(ticks.data(), static_cast<size_t>(ticks.size()), out);
-            }
-            return to_array(out);
-          },
-          py::arg("ticks"), "Feed a batch of ticks; returns the signals of the bars it closed.")
-      .def(
-          "on_bars",
-          [](AgentPool& pool, const py::array& arr) {
-            auto bars = as_records<Bar>(arr, "on_bars");
-            std::vector<Signal> out;
-            {
-              py::gil_scoped_release nogil;
-              pool.on_bars(bars.data(), static_cast<size_t>(bars.size()), out);
-            }
-            return to_array(out);
-          },
-          py::arg("bars"), "Feed closed bars (routed by symbol and timeframe_s); returns signals.")
+      .def("on_ticks", &feed<Tick, &AgentPool::on_ticks>, py::arg("ticks"),
+           "Feed a batch of ticks; returns the signals of the bars it closed.")
+      .def("on_bars", &feed<Bar, &AgentPool::on_bars>, py::arg("bars"),
+           "Feed closed bars (routed by symbol and timeframe_s); returns signals.")
       .def(
           "flush",
           [](AgentPool& pool, std::optional<int64_t> now_ns) {
