@@ -1,0 +1,166 @@
+"""Durable state: one LMDB environment with the named databases of DESIGN.md section 5.
+
+Every write is a function run inside one write transaction, committed durably (fsync)
+before `write` returns. If the map fills, the transaction is aborted, the map doubled
+and the function run again, so callers never see MDB_MAP_FULL. A map grown by another
+process is adopted when a transaction begins. Each process opens its own StateStore
+after it starts (an LMDB environment must never cross a fork).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+import orjson
+
+DATABASES = ("orders", "positions", "risk", "coordinator", "bridge", "snapshots", "journal")
+DEFAULT_MAP_SIZE = 64 << 20
+MAX_MAP_SIZE = 1 << 40
+
+T = TypeVar("T")
+
+
+class StateError(RuntimeError):
+    """The state directory cannot be used as it is (corrupt, unreadable, no space)."""
+
+
+def u64_key(n: int) -> bytes:
+    """Big-endian u64: LMDB's byte order then sorts keys numerically."""
+    return struct.pack(">Q", n)
+
+
+def key_u64(key: bytes) -> int:
+    return int(struct.unpack(">Q", key)[0])
+
+
+class Txn:
+    """A transaction's view: records are orjson, keys are bytes, str or u64 ints."""
+
+    def __init__(self, store: StateStore, txn: lmdb.Transaction):
+        self._store = store
+        self._txn = txn
+
+    def get(self, db: str, key: bytes | str | int) -> Any:
+        raw = self._txn.get(_key(key), db=self._store.db(db))
+        return None if raw is None else orjson.loads(raw)
+
+    def put(self, db: str, key: bytes | str | int, record: Any) -> None:
+        self._txn.put(_key(key), orjson.dumps(record), db=self._store.db(db))
+
+    def put_bytes(self, db: str, key: bytes | str | int, blob: bytes) -> None:
+        self._txn.put(_key(key), blob, db=self._store.db(db))
+
+    def get_bytes(self, db: str, key: bytes | str | int) -> bytes | None:
+        raw = self._txn.get(_key(key), db=self._store.db(db))
+        return None if raw is None else bytes(raw)
+
+    def delete(self, db: str, key: bytes | str | int) -> bool:
+        return bool(self._txn.delete(_key(key), db=self._store.db(db)))
+
+    def items(self, db: str, start: bytes | str | int | None = None) -> Iterator[tuple[bytes, Any]]:
+        with self._txn.cursor(db=self._store.db(db)) as cur:
+            found = cur.set_range(_key(start)) if start is not None else cur.first()
+            while found:
+                yield bytes(cur.key()), orjson.loads(cur.value())
+                found = cur.next()
+
+    def count(self, db: str) -> int:
+        return int(self._txn.stat(self._store.db(db))["entries"])
+
+    def last_key(self, db: str) -> bytes | None:
+        with self._txn.cursor(db=self._store.db(db)) as cur:
+            return bytes(cur.key()) if cur.last() else None
+
+    def journal(self, event: str, **fields: Any) -> int:
+        """Append an audit record in this transaction; returns its sequence number."""
+        last = self.last_key("journal")
+        seq = 1 if last is None else key_u64(last) + 1
+        self.put("journal", seq, {"event": event, **fields})
+        return seq
+
+
+def _key(key: bytes | str | int) -> bytes:
+    if isinstance(key, bytes):
+        return key
+    if isinstance(key, str):
+        return key.encode()
+    return u64_key(key)
+
+
+class StateStore:
+    """The LMDB environment under `path` (a directory, created if missing)."""
+
+    def __init__(self, path: str | Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False):
+        self.path = Path(path)
+        try:
+            if not readonly:
+                self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._env = lmdb.open(
+                str(self.path), map_size=map_size, max_dbs=len(DATABASES), subdir=True,
+                readonly=readonly, sync=True, metasync=True, lock=True, create=not readonly,
+            )  # fmt: skip
+            self._dbs = {
+                name: self._env.open_db(name.encode(), create=not readonly) for name in DATABASES
+            }
+        except lmdb.InvalidError as e:
+            raise StateError(f"state at {self.path} is not a valid LMDB environment (corrupt?): {e}") from e
+        except (lmdb.Error, OSError) as e:
+            raise StateError(f"cannot open state at {self.path}: {e}") from e
+
+    def db(self, name: str) -> Any:
+        try:
+            return self._dbs[name]
+        except KeyError:
+            raise KeyError(f"no database {name!r}; there are {', '.join(DATABASES)}") from None
+
+    @property
+    def map_size(self) -> int:
+        return int(self._env.info()["map_size"])
+
+    def write(self, fn: Callable[[Txn], T]) -> T:
+        """Run fn in a write transaction and commit it durably. fn may run more than once
+        (after a map resize), so it must not have effects outside the transaction."""
+        while True:
+            try:
+                with self._begin(write=True) as txn:
+                    return fn(Txn(self, txn))
+            except lmdb.MapFullError:
+                self._grow()
+            except lmdb.Error as e:  # disk full, I/O error: the transaction was aborted whole
+                why = f"cannot write state at {self.path} (nothing of this write was kept): {e}"
+                raise StateError(why) from e
+
+    def read(self, fn: Callable[[Txn], T]) -> T:
+        with self._begin(write=False) as txn:
+            return fn(Txn(self, txn))
+
+    def _begin(self, write: bool) -> lmdb.Transaction:
+        try:
+            return self._env.begin(write=write)
+        except lmdb.MapResizedError:  # another process grew the map: adopt its size
+            self._env.set_mapsize(0)
+            return self._env.begin(write=write)
+
+    def _grow(self) -> None:
+        new = self.map_size * 2
+        if new > MAX_MAP_SIZE:
+            raise StateError(f"state at {self.path} would exceed {MAX_MAP_SIZE >> 30} GiB")
+        self._env.set_mapsize(new)
+
+    def copy_to(self, dest: str | Path) -> None:
+        """A consistent hot copy (compacted) into the empty directory dest."""
+        Path(dest).mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._env.copy(str(dest), compact=True)
+
+    def close(self) -> None:
+        self._env.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

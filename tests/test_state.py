@@ -1,0 +1,193 @@
+"""StateStore and OrderBook on real LMDB files, with real processes for crashes."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import resource
+import signal
+from pathlib import Path
+
+import pytest
+
+from sovereign.orders import LifecycleError, OrderBook, OrderState
+from sovereign.state import StateError, StateStore, key_u64
+
+CTX = mp.get_context("spawn")
+S = OrderState
+
+
+def test_records_round_trip_and_keys_sort_numerically(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "s") as st:
+        st.write(lambda t: [t.put("positions", f"EURUSD{i}", {"volume": i / 10}) for i in range(3)])
+        assert st.read(lambda t: t.get("positions", "EURUSD2")) == {"volume": 0.2}
+        for i in range(300):
+            st.write(lambda t, i=i: t.journal("tick", n=i))
+        seqs = st.read(lambda t: [key_u64(k) for k, _ in t.items("journal")])
+        assert seqs == list(range(1, 301))
+        with pytest.raises(KeyError, match="no database 'nope'"):
+            st.read(lambda t: t.get("nope", "x"))
+
+
+def test_a_failing_write_keeps_nothing(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "s") as st:
+        def half_done(t) -> None:
+            t.put("risk", "state", {"mode": "HALTED"})
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            st.write(half_done)
+        assert st.read(lambda t: t.get("risk", "state")) is None
+
+
+def test_the_map_grows_instead_of_failing(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "s", map_size=256 * 1024) as st:
+        blob = os.urandom(3000)
+        for i in range(2000):  # ~6 MB into a 256 KiB map
+            st.write(lambda t, i=i: t.put_bytes("snapshots", i, blob))
+        assert st.map_size > 6_000_000
+        assert st.read(lambda t: t.count("snapshots")) == 2000
+
+
+def _grow_elsewhere(path: str) -> None:
+    with StateStore(path, map_size=256 * 1024) as st:
+        for i in range(1000):
+            st.write(lambda t, i=i: t.put_bytes("snapshots", i, os.urandom(3000)))
+
+
+def test_a_map_grown_by_another_process_is_adopted(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    with StateStore(path, map_size=256 * 1024) as st:
+        st.write(lambda t: t.put("risk", "x", 1))
+        p = CTX.Process(target=_grow_elsewhere, args=(str(path),))
+        p.start()
+        p.join(60)
+        assert p.exitcode == 0
+        st.write(lambda t: t.put("risk", "y", 2))
+        seen = st.read(lambda t: (t.get("risk", "x"), t.get("risk", "y"), t.count("snapshots")))
+        assert seen == (1, 2, 1000)
+
+
+def _write_orders_forever(path: str, conn) -> None:
+    book = OrderBook(StateStore(path))
+    while True:
+        cid = book.create(symbol="EURUSD", side=1, volume=0.1)
+        conn.send(cid)  # only after the commit returned: acknowledged as durable
+
+
+def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    parent, child = CTX.Pipe()
+    p = CTX.Process(target=_write_orders_forever, args=(path, child))
+    p.start()
+    acked = [parent.recv() for _ in range(50)]
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(10)
+    while parent.poll():
+        acked.append(parent.recv())
+    book = OrderBook(StateStore(path))
+    ids = [o["client_order_id"] for o in book.in_state(S.INTENT)]
+    assert set(acked) <= set(ids) and ids == list(range(1, len(ids) + 1))
+    assert book.create(symbol="X") == len(ids) + 1  # ids are never reused
+
+
+def _fill_disk(path: str, conn) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    st = StateStore(path)
+    st.write(lambda t: t.put("positions", "kept", {"volume": 1.0}))
+    limit = os.path.getsize(os.path.join(path, "data.mdb")) + 64 * 1024
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # the disk is now "full"
+    try:
+        for i in range(10_000):
+            st.write(lambda t, i=i: t.put_bytes("snapshots", i, os.urandom(4000)))
+        conn.send("no error")
+    except StateError as e:
+        conn.send(str(e))
+
+
+def test_a_full_disk_is_a_clear_error_and_loses_nothing_committed(tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    parent, child = CTX.Pipe()
+    p = CTX.Process(target=_fill_disk, args=(path, child))
+    p.start()
+    msg = parent.recv()
+    p.join(30)
+    assert "cannot write state at" in msg and "File too large" in msg
+    with StateStore(path) as st:
+        assert st.read(lambda t: t.get("positions", "kept")) == {"volume": 1.0}
+
+
+def test_a_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    StateStore(path).close()
+    (path / "data.mdb").write_bytes(os.urandom(64 * 1024))
+    with pytest.raises(StateError, match="not a valid LMDB environment"):
+        StateStore(path)
+
+
+def test_readonly_open_of_missing_state_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StateError, match="cannot open state at"):
+        StateStore(tmp_path / "missing", readonly=True)
+
+
+def test_hot_copy_is_consistent(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "s") as st:
+        book = OrderBook(st)
+        cid = book.create(symbol="EURUSD")
+        st.copy_to(tmp_path / "backup")
+    with StateStore(tmp_path / "backup", readonly=True) as copy:
+        assert OrderBook(copy).get(cid)["symbol"] == "EURUSD"
+
+
+# ---- the order lifecycle
+
+
+def test_full_lifecycle_is_journaled_with_each_state(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "s") as st:
+        book = OrderBook(st)
+        cid = book.create(symbol="EURUSD", side=1, volume=0.3)
+        book.transition(cid, S.APPROVED, volume=0.2)
+        book.transition(cid, S.SUBMITTING)
+        book.transition(cid, S.ACCEPTED, ticket=991)
+        book.transition(cid, S.PARTIALLY_FILLED, filled=0.1)
+        final = book.transition(cid, S.FILLED, filled=0.2)
+        assert final["state"] == "FILLED" and final["ticket"] == 991 and final["volume"] == 0.2
+        journal = st.read(lambda t: [r for _, r in t.items("journal")])
+        assert [r["state"] for r in journal] == [
+            "INTENT", "APPROVED", "SUBMITTING", "ACCEPTED", "PARTIALLY_FILLED", "FILLED"]
+        assert journal[2]["previous"] == "APPROVED"
+
+
+@pytest.mark.parametrize(
+    ("path", "bad"),
+    [
+        ([], S.SUBMITTING),  # INTENT -> SUBMITTING skips risk
+        ([S.REJECTED], S.APPROVED),  # final
+        ([S.APPROVED, S.SUBMITTING, S.FILLED], S.CANCELED),
+        ([S.APPROVED], S.FILLED),  # never sent
+    ],
+)
+def test_illegal_transitions_are_refused_and_change_nothing(tmp_path: Path, path, bad) -> None:
+    with StateStore(tmp_path / "s") as st:
+        book = OrderBook(st)
+        cid = book.create(symbol="EURUSD")
+        for s in path:
+            book.transition(cid, s)
+        before = st.read(lambda t: list(t.items("journal")))
+        with pytest.raises(LifecycleError, match=f"-> {bad.value} is not allowed"):
+            book.transition(cid, bad)
+        assert st.read(lambda t: list(t.items("journal"))) == before
+    with pytest.raises(LifecycleError, match="no order with client_order_id 99"):
+        OrderBook(StateStore(tmp_path / "s")).transition(99, S.APPROVED)
+
+
+def test_orders_left_submitting_are_found_after_a_restart(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "s") as st:
+        book = OrderBook(st)
+        a, b = book.create(symbol="A"), book.create(symbol="B")
+        for cid in (a, b):
+            book.transition(cid, S.APPROVED)
+            book.transition(cid, S.SUBMITTING)
+        book.transition(b, S.ACCEPTED)
+    with StateStore(tmp_path / "s") as st:
+        assert [o["client_order_id"] for o in OrderBook(st).in_state(S.SUBMITTING)] == [a]
