@@ -1,0 +1,177 @@
+"""Configuration: one TOML file, validated before anything starts; no file means the
+embedded defaults (simulated market, paper broker, 1000 agents, state under ./state).
+
+Each field declares its type and allowed range next to its default, and one validator
+walks them, so every error names the key and what would be right:
+    config key risk.max_drawdown: 1.5 is not in (0, 1]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key."""
+
+
+def _f(default: Any, lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+       choices: tuple[Any, ...] = ()) -> Any:
+    return field(default=default, metadata={"lo": lo, "hi": hi, "lo_open": lo_open, "choices": choices})
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    state_dir: str = _f("state")
+    workers: int = _f(0, 0, 1024)  # 0: one per core but the first, at least one
+    cores: tuple[int, ...] = _f(())  # cores to pin workers to; empty: all but core 0
+    snapshot_interval_s: float = _f(60.0, 1.0, 86400.0)
+    shutdown_timeout_s: float = _f(20.0, 1.0, 600.0)
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    kind: str = _f("sim", choices=("sim", "replay"))
+    symbols: int = _f(100, 1, 100_000)
+    seed: int = _f(1)
+    pace: str = _f("fast", choices=("fast", "realtime"))
+    files: tuple[str, ...] = _f(())
+    layout: str = _f("generic", choices=("generic", "mt5"))
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    kind: str = _f("paper", choices=("paper", "mt5"))
+    initial_balance: float = _f(100_000.0, 0.0, 1e12, lo_open=True)
+    commission_per_lot: float = _f(7.0, 0.0, 1e6)
+    slippage_points: int = _f(0, 0, 10_000)
+
+
+@dataclass(frozen=True)
+class SymbolDefaults:
+    contract_size: float = _f(100_000.0, 0.0, 1e9, lo_open=True)
+    lot_step: float = _f(0.01, 0.0, 1e6, lo_open=True)
+    min_lot: float = _f(0.01, 0.0, 1e6, lo_open=True)
+    max_lot: float = _f(100.0, 0.0, 1e6, lo_open=True)
+
+
+@dataclass(frozen=True)
+class AgentsConfig:
+    preset: str = _f("default", choices=("default",))
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    threshold: float = _f(0.55, 0.0, 100.0, lo_open=True)
+    max_symbol_share: float = _f(0.25, 0.0, 1.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class RiskConfig:
+    risk_per_trade: float = _f(0.005, 0.0, 0.1, lo_open=True)
+    max_open_positions: int = _f(20, 1, 10_000)
+    max_symbol_exposure: float = _f(0.2, 0.0, 100.0, lo_open=True)  # notional / equity
+    max_gross_exposure: float = _f(2.0, 0.0, 1000.0, lo_open=True)
+    max_orders_per_minute: int = _f(60, 1, 100_000)
+    price_band: float = _f(0.01, 0.0, 1.0, lo_open=True)  # |order price / last - 1|
+    stale_after_s: float = _f(5.0, 0.0, 3600.0, lo_open=True)
+    daily_loss_limit: float = _f(0.03, 0.0, 1.0, lo_open=True)
+    max_drawdown: float = _f(0.10, 0.0, 1.0, lo_open=True)
+
+
+@dataclass(frozen=True)
+class Config:
+    system: SystemConfig = field(default_factory=SystemConfig)
+    feed: FeedConfig = field(default_factory=FeedConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    symbols: SymbolDefaults = field(default_factory=SymbolDefaults)
+    agents: AgentsConfig = field(default_factory=AgentsConfig)
+    coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
+    risk: RiskConfig = field(default_factory=RiskConfig)
+
+    def __post_init__(self) -> None:
+        if self.feed.kind == "replay" and not self.feed.files:
+            raise ConfigError("config key feed.files: a replay feed needs at least one file")
+        if self.symbols.min_lot > self.symbols.max_lot:
+            raise ConfigError(f"config key symbols.min_lot: {self.symbols.min_lot} is above "
+                              f"symbols.max_lot ({self.symbols.max_lot})")
+        if self.risk.daily_loss_limit > self.risk.max_drawdown:
+            raise ConfigError(f"config key risk.daily_loss_limit: {self.risk.daily_loss_limit} is above "
+                              f"risk.max_drawdown ({self.risk.max_drawdown}); a day's loss would halt "
+                              "the system before it could reduce")
+
+
+def load(path: str | Path | None = None) -> Config:
+    """The config in TOML file `path`, or the embedded defaults when path is None."""
+    if path is None:
+        return Config()
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    return from_dict(raw)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    return _build(Config, raw, "")
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key {prefix.rstrip('.')}: expected a table, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"config key {prefix}{unknown[0]} is unknown; known in "
+                          f"{prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}")
+    hints = get_type_hints(cls)
+    values = {}
+    for name, value in raw.items():
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(hints[name]):
+            values[name] = _build(hints[name], value, f"{key}.")
+        else:
+            values[name] = _check(key, hints[name], value, fields[name].metadata)
+    return cls(**values)
+
+
+def _check(key: str, kind: Any, value: Any, meta: Any) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if getattr(kind, "__origin__", None) is tuple:  # TOML arrays: kept as tuples, immutable
+        item = kind.__args__[0]
+        if not isinstance(value, list) or not all(
+            isinstance(v, item) and not isinstance(v, bool) for v in value
+        ):
+            plural = {int: "integers", float: "numbers", str: "strings"}[item]
+            raise ConfigError(f"config key {key}: expected a list of {plural}, got {value!r}")
+        return tuple(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"config key {key}: expected {_name(kind)}, got {value!r}")
+    choices = meta.get("choices", ())
+    if choices and value not in choices:
+        raise ConfigError(f"config key {key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if lo is not None and hi is not None:
+        lo_ok = value > lo if meta.get("lo_open") else value >= lo
+        if not (lo_ok and value <= hi):  # also catches NaN
+            bracket = "(" if meta.get("lo_open") else "["
+            raise ConfigError(f"config key {key}: {value} is not in {bracket}{lo:g}, {hi:g}]")
+    return value
+
+
+def _name(kind: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))

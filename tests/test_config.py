@@ -1,0 +1,67 @@
+"""Config: defaults, the example file, and a clear error naming the key for bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sovereign.config import Config, ConfigError, from_dict, load
+
+EXAMPLE = Path(__file__).parent.parent / "systemd" / "sovereign.toml"
+
+
+def test_no_file_means_the_embedded_defaults() -> None:
+    cfg = load(None)
+    assert (cfg.feed.kind, cfg.broker.kind, cfg.feed.symbols, cfg.system.state_dir) == (
+        "sim", "paper", 100, "state")
+
+
+def test_the_example_file_documents_exactly_the_defaults() -> None:
+    assert load(EXAMPLE) == Config()
+
+
+def test_a_partial_file_overrides_only_what_it_names(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[risk]\nmax_drawdown = 0.2\n[feed]\nsymbols = 5\n[system]\ncores = [1, 2]\n')
+    cfg = load(f)
+    assert (cfg.risk.max_drawdown, cfg.feed.symbols, cfg.system.cores) == (0.2, 5, (1, 2))
+    assert cfg.risk.risk_per_trade == Config().risk.risk_per_trade
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({"risk": {"max_drawdown": 1.5}}, r"risk.max_drawdown: 1.5 is not in \(0, 1\]"),
+        ({"risk": {"max_drawdown": 0}}, r"risk.max_drawdown: 0.0 is not in \(0, 1\]"),
+        ({"risk": {"max_drawdown": float("nan")}}, "risk.max_drawdown: nan is not in"),
+        ({"risk": {"max_drawdonw": 0.1}}, "risk.max_drawdonw is unknown; known in risk: risk_per_trade"),
+        ({"riskk": {}}, "riskk is unknown; known in the top level"),
+        ({"risk": 3}, "config key risk: expected a table"),
+        ({"feed": {"kind": "csv"}}, "feed.kind: 'csv' is not one of 'sim', 'replay'"),
+        ({"feed": {"symbols": "5"}}, "feed.symbols: expected an integer, got '5'"),
+        ({"feed": {"symbols": True}}, "feed.symbols: expected an integer, got True"),
+        ({"feed": {"symbols": 2.5}}, "feed.symbols: expected an integer, got 2.5"),
+        ({"system": {"cores": [1, "a"]}}, "system.cores: expected a list of integers"),
+        ({"system": {"cores": 3}}, "system.cores: expected a list of integers, got 3"),
+        ({"feed": {"kind": "replay"}}, "feed.files: a replay feed needs at least one file"),
+        ({"symbols": {"min_lot": 5.0, "max_lot": 1.0}}, "symbols.min_lot: 5.0 is above symbols.max_lot"),
+        ({"risk": {"daily_loss_limit": 0.5, "max_drawdown": 0.1}}, "risk.daily_loss_limit: 0.5 is above"),
+    ],
+)
+def test_bad_values_name_the_key(raw: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_dict(raw)
+
+
+def test_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist"):
+        load(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[risk\nmax_drawdown = ")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load(bad)
+    binary = tmp_path / "bin.toml"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="cannot be read"):
+        load(binary)
