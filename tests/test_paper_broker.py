@@ -1,0 +1,116 @@
+"""PaperBroker: fills, netting, stops, rejections, and accounting checked independently."""
+
+from __future__ import annotations
+
+import random
+from decimal import Decimal as D
+
+import pytest
+
+from sovereign.broker.paper import PaperBroker, Retcode, SymbolSpec
+from sovereign.sim import simulate_ticks
+
+
+def broker(**kw) -> PaperBroker:
+    specs = {0: SymbolSpec(), 1: SymbolSpec(contract_size=D(1), point=D("0.01"))}
+    b = PaperBroker(D(10_000), specs, **kw)
+    b.on_tick(0, 1, 1.1, 1.1002)
+    return b
+
+
+def test_market_orders_fill_at_ask_and_bid_plus_slippage_and_commission() -> None:
+    b = broker(commission_per_lot=D(7), slippage_points=2)
+    buy = b.market_order(1, 0, 1, D("0.10"))
+    assert (buy.retcode, buy.price, buy.commission) == (Retcode.DONE, D("1.10022"), D("0.70"))
+    sell = b.market_order(2, 0, -1, D("0.10"))
+    assert sell.price == D("1.09998") and sell.realized_pnl == (D("1.09998") - D("1.10022")) * D(10_000)
+    assert b.balance == D(10_000) - D("0.70") * 2 + sell.realized_pnl
+    assert not b.positions[0].lots
+
+
+def test_netting_reduces_then_flips_first_in_first_out() -> None:
+    b = broker()
+    b.market_order(1, 0, 1, D("0.10"))
+    b.on_tick(0, 2, 1.2, 1.2002)
+    b.market_order(2, 0, 1, D("0.20"))  # two lots: 0.1 @ 1.1002, 0.2 @ 1.2002
+    b.on_tick(0, 3, 1.3, 1.3002)
+    flip = b.market_order(3, 0, -1, D("0.50"))  # closes both, opens 0.2 short @ 1.3
+    first, second = (D("1.3") - D("1.1002")) * D("0.1"), (D("1.3") - D("1.2002")) * D("0.2")
+    assert flip.realized_pnl == (first + second) * 100_000
+    assert list(b.positions[0].lots) == [(D("-0.20"), D("1.3"))]
+    assert b.unrealized(0) == (D("1.3002") - D("1.3")) * D("-0.2") * 100_000
+
+
+def test_stop_loss_and_take_profit_close_on_later_ticks() -> None:
+    b = broker()
+    b.market_order(1, 0, 1, D("0.10"), sl=1.09, tp=1.12)
+    assert b.on_tick(0, 2, 1.095, 1.0952) == []
+    (stop,) = b.on_tick(0, 3, 1.0890, 1.0892)  # gapped through: filled at the bid, not at the stop
+    assert (stop.reason, stop.price, stop.side, stop.client_order_id) == ("sl", D("1.089"), -1, 0)
+    b.market_order(2, 0, -1, D("0.10"), sl=1.2, tp=1.05)
+    (tp,) = b.on_tick(0, 4, 1.0490, 1.0495)
+    assert (tp.reason, tp.price) == ("tp", D("1.0495"))
+
+
+def test_a_flipped_position_does_not_keep_the_old_stops() -> None:
+    b = broker()
+    b.market_order(1, 0, 1, D("0.10"), sl=1.09, tp=1.12)
+    b.market_order(2, 0, -1, D("0.30"))
+    pos = b.positions[0]
+    assert (pos.sl, pos.tp) == (None, None)
+    assert b.on_tick(0, 2, 1.2, 1.2002) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        ((0, 1, D("0.015")), Retcode.INVALID_VOLUME),
+        ((0, 1, D("0")), Retcode.INVALID_VOLUME),
+        ((0, 1, D("101")), Retcode.INVALID_VOLUME),
+        ((7, 1, D("0.1")), Retcode.PRICE_OFF),
+        ((0, 0, D("0.1")), Retcode.REJECT),
+        ((0, 1, D("90")), Retcode.NO_MONEY),  # 9 M notional at 1:100 needs 99 k margin
+    ],
+)
+def test_bad_orders_are_rejected_with_mt5_codes_and_change_nothing(args, code) -> None:
+    b = broker()
+    ex = b.market_order(1, *args)
+    assert ex.retcode == code and ex.reason
+    assert b.balance == D(10_000) and not any(p.lots for p in b.positions.values())
+
+
+def test_stops_on_the_wrong_side_are_rejected() -> None:
+    b = broker()
+    assert b.market_order(1, 0, 1, D("0.1"), sl=1.2).retcode == Retcode.INVALID_STOPS
+    assert b.market_order(1, 0, -1, D("0.1"), tp=1.2).retcode == Retcode.INVALID_STOPS
+
+
+def test_accounting_agrees_with_cash_flows_recomputed_from_the_fills() -> None:
+    """Equity from the broker's FIFO lots must equal initial + cash flows of every fill
+    + the open volume marked to market: an independent formulation, exactly (Decimal)."""
+    ticks = simulate_ticks(2, 3000, seed=9)
+    b = PaperBroker(D(1_000_000), {0: SymbolSpec(), 1: SymbolSpec()}, commission_per_lot=D("3.5"),
+                    slippage_points=1)
+    rng = random.Random(4)
+    fills = []
+    for t in ticks:
+        sym = int(t["symbol"])
+        fills += b.on_tick(sym, int(t["ts_ns"]), float(t["bid"]), float(t["ask"]))
+        if rng.random() < 0.05:
+            side = rng.choice([1, -1])
+            sl = float(t["bid"]) * (1 - side * 0.002) if rng.random() < 0.5 else None
+            ex = b.market_order(len(fills) + 1, sym, side, D(rng.randint(1, 50)) / 100, sl=sl)
+            assert ex.retcode == Retcode.DONE
+            fills.append(ex)
+    assert len(fills) > 200 and any(f.reason == "sl" for f in fills)
+    cash = D(1_000_000)
+    open_volume = {0: D(0), 1: D(0)}
+    for f in fills:
+        cash -= f.side * f.volume * f.price * 100_000 + f.commission
+        open_volume[f.symbol] += f.side * f.volume
+    marked = D(0)
+    for sym, vol in open_volume.items():
+        _, bid, ask = b.quotes[sym]
+        marked += vol * (bid if vol > 0 else ask) * 100_000
+    assert b.equity() == cash + marked
+    assert b.balance == D(1_000_000) + sum(f.realized_pnl - f.commission for f in fills)
