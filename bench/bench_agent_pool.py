@@ -12,22 +12,19 @@ import pytest
 
 from bench.conftest import median_seconds
 from sovereign.core import AgentPool
-from sovereign.presets import DEFAULT_AGENT_SETS
+from sovereign.presets import add_default_agents
 from sovereign.reference import ReferencePool
 from sovereign.sim import simulate_ticks
 
-# The default ten parameter sets per symbol, over M1, M5 and M15. The simulated ticks
-# are 0.25 s apart per symbol, so bars close often enough that the analyzers, not just
-# bar building, are measured (a bar close per ~240 ticks per M1 series).
-PARAM_SETS = DEFAULT_AGENT_SETS
+# The default ten agents per symbol, over M1, M5 and M15. The simulated ticks are 0.25 s
+# apart per symbol, so bars close often enough that the analyzers, not just bar
+# building, are measured (a bar close per ~240 ticks per M1 series).
 N_SYMBOLS = 100
 
 
 def build(pool_cls) -> object:
     pool = pool_cls()
-    for sym in range(N_SYMBOLS):
-        for tf, params in PARAM_SETS:
-            pool.add_agent(sym, tf, **params)
+    add_default_agents(pool, N_SYMBOLS)
     return pool
 
 

@@ -24,6 +24,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <utility>
 
 #include "records.hpp"
 #include "shm.hpp"
@@ -157,8 +158,22 @@ class ShmRing {
   }
 
   ShmRing() = default;
-  ShmRing(ShmRing&&) noexcept = default;
-  ShmRing& operator=(ShmRing&&) noexcept = default;
+  ShmRing(ShmRing&& o) noexcept { *this = std::move(o); }
+  // Closes (and, if owned, unlinks) the ring this one held; the source gives up ownership.
+  ShmRing& operator=(ShmRing&& o) noexcept {
+    if (this == &o) return *this;
+    close();
+    seg_ = std::move(o.seg_);
+    slots_ = o.slots_;
+    capacity_ = o.capacity_;
+    mask_ = o.mask_;
+    policy_ = o.policy_;
+    cached_tail_ = o.cached_tail_;
+    cached_head_ = o.cached_head_;
+    owner_ = std::exchange(o.owner_, false);
+    reclaimed_ = o.reclaimed_;
+    return *this;
+  }
   ~ShmRing() { close(); }
 
   // Unmaps; the owner also unlinks the name (attached processes keep their mapping).

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from sovereign.core import AgentPool
-from sovereign.presets import DEFAULT_AGENT_SETS
+from sovereign.presets import add_default_agents
 from sovereign.sim import simulate_ticks
 
 
@@ -61,9 +61,7 @@ def _print_signals(signals: np.ndarray, show: int) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     ticks = simulate_ticks(args.symbols, args.ticks_per_symbol, seed=args.seed, mean_interval_s=0.25)
     pool = AgentPool()
-    for sym in range(args.symbols):
-        for tf, params in DEFAULT_AGENT_SETS:
-            pool.add_agent(sym, tf, **params)
+    add_default_agents(pool, args.symbols)
     batches = []
     t = time.perf_counter()
     for at in range(0, len(ticks), 4096):

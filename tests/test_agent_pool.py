@@ -146,7 +146,7 @@ def test_a_batch_of_only_garbage_yields_no_signal() -> None:
     garbage = np.frombuffer(rng.bytes(48 * 5000), TICK_DTYPE).copy()
     pool = make_pool()
     out = run_all(pool, garbage)
-    assert len(out) == 0 or np.all(np.isfinite(out["conviction"]))
+    assert len(out) == 0  # (a random tick passes every check with probability ~1e-9)
     assert sum(pool.stats()["rejected"].values()) + pool.stats()["ticks"] == len(garbage)
 
 
