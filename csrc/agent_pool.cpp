@@ -161,7 +161,11 @@ size_t AgentPool::on_ticks(const Tick* ticks, size_t n, std::vector<Signal>& out
         ++ss.tick_count;
         continue;
       }
-      if (ss.open_start != kNoBar) close_bar(*s, out);
+      if (ss.open_start != kNoBar) {
+        const size_t before = out.size();
+        close_bar(*s, out);
+        for (size_t k = before; k < out.size(); ++k) out[k].origin_ns = t.recv_ns;
+      }
       ss.open_start = t.ts_ns - t.ts_ns % ss.tf_ns;  // ts > 0, so this is the floor
       ss.open_end = ss.open_start + ss.tf_ns;
       ss.open = ss.high = ss.low = ss.close = t.bid;

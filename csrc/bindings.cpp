@@ -5,12 +5,14 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <optional>
 #include <vector>
 
 #include "agent_pool.hpp"
+#include "quote_board.hpp"
 #include "records.hpp"
 #include "ring.hpp"
 
@@ -301,23 +303,98 @@ py::dict agent_state_dict(const AgentPool& pool, uint32_t id) {
   return d;
 }
 
+// A worker's hot loop in C++: ring -> AgentPool -> ring, with the GIL released throughout.
+// Returns to Python within about budget_s so the worker can heartbeat and take control messages.
+py::tuple pump(AgentPool& pool, ShmRing<Tick>& in, ShmRing<Signal>& out, double budget_s, size_t batch) {
+  int64_t budget = timeout_ns(budget_s);
+  if (batch == 0 || batch > (1u << 20)) throw py::value_error("batch must be in [1, 2^20]");
+  size_t ticks = 0, emitted = 0, pushed = 0;
+  {
+    py::gil_scoped_release nogil;
+    using clock = std::chrono::steady_clock;
+    const auto deadline = clock::now() + std::chrono::nanoseconds(budget);
+    auto go_on = [] { return true; };  // bounded by the deadline instead of Ctrl-C
+    std::vector<Tick> buf(batch);
+    std::vector<Signal> sigs;
+    for (;;) {
+      int64_t left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - clock::now()).count();
+      if (left <= 0) break;
+      size_t n = in.pop(buf.data(), batch, left, go_on);
+      if (n == 0) continue;
+      sigs.clear();
+      pool.on_ticks(buf.data(), n, sigs);
+      ticks += n;
+      if (!sigs.empty()) {
+        emitted += sigs.size();
+        pushed += out.push(sigs.data(), sigs.size(), 0, go_on);
+      }
+    }
+  }
+  return py::make_tuple(ticks, emitted, pushed);
+}
+
+void bind_quote_board(py::module_& m) {
+  py::class_<QuoteBoard>(m, "QuoteBoard",
+                         "Latest bid/ask per symbol in shared memory; one writer, seqlocked readers.")
+      .def_static("create", &QuoteBoard::create, py::arg("name"), py::arg("n_symbols"))
+      .def_static("attach", &QuoteBoard::attach, py::arg("name"))
+      .def(
+          "publish",
+          [](QuoteBoard& b, const py::array& arr) {
+            auto recs = as_records<Tick>(arr, "publish");
+            return b.publish(recs.data(), static_cast<size_t>(recs.size()));
+          },
+          py::arg("ticks"), "Write each tick's bid/ask into its symbol's slot; returns how many.")
+      .def(
+          "read",
+          [](const QuoteBoard& b, uint32_t symbol) {
+            Quote q = b.read(symbol);
+            return py::make_tuple(q.ts_ns, q.bid, q.ask, q.recv_ns);
+          },
+          py::arg("symbol"), "(ts_ns, bid, ask, recv_ns) of one symbol; ts_ns 0 if it has no quote yet.")
+      .def("snapshot",
+           [](const QuoteBoard& b) {
+             py::array_t<Quote> out(static_cast<py::ssize_t>(b.n_symbols()));
+             Quote* q = out.mutable_data();
+             for (uint32_t s = 0; s < b.n_symbols(); ++s) q[s] = b.read(s);
+             return out;
+           },
+           "Every slot, each read consistently, as an array of QUOTE_DTYPE indexed by symbol.")
+      .def("close", &QuoteBoard::close)
+      .def(
+          "__enter__", [](QuoteBoard& b) -> QuoteBoard& { return b; }, py::return_value_policy::reference)
+      .def("__exit__", [](QuoteBoard& b, const py::args&) { b.close(); })
+      .def_property_readonly("n_symbols", &QuoteBoard::n_symbols)
+      .def_property_readonly("updates", &QuoteBoard::updates)
+      .def_property_readonly("owner", &QuoteBoard::owner)
+      .def_property_readonly("name", &QuoteBoard::name)
+      .def_property_readonly("closed", [](const QuoteBoard& b) { return !b.is_open(); });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "Sovereign's C++ hot path: records, shared-memory rings, analyzers and AgentPool.";
-  PYBIND11_NUMPY_DTYPE(Tick, ts_ns, bid, ask, last, volume, symbol, flags);
+  PYBIND11_NUMPY_DTYPE(Tick, ts_ns, bid, ask, last, volume, symbol, flags, recv_ns);
   PYBIND11_NUMPY_DTYPE(Bar, ts_ns, open, high, low, close, volume, symbol, timeframe_s);
   PYBIND11_NUMPY_DTYPE(Signal, ts_ns, agent, symbol, side, flags, touches, timeframe_s, conviction, entry,
-                       stop, target, level);
+                       stop, target, level, origin_ns);
+  PYBIND11_NUMPY_DTYPE(Order, ts_ns, origin_ns, client_order_id, ticket, symbol, agent, side, kind, reason,
+                       retcode, volume, price, sl, tp, conviction, risk, commission);
+  PYBIND11_NUMPY_DTYPE(Quote, ts_ns, bid, ask, recv_ns);
   m.attr("LAYOUT_VERSION") = kLayoutVersion;
   m.attr("TICK_DTYPE") = py::dtype::of<Tick>();
   m.attr("BAR_DTYPE") = py::dtype::of<Bar>();
   m.attr("SIGNAL_DTYPE") = py::dtype::of<Signal>();
+  m.attr("ORDER_DTYPE") = py::dtype::of<Order>();
+  m.attr("QUOTE_DTYPE") = py::dtype::of<Quote>();
   m.attr("MAX_SYMBOL") = kMaxSymbol;
   py::register_exception<ShmError>(m, "RingError", PyExc_OSError);
 
   bind_ring<Tick>(m, "TickRing", "SPSC ring of ticks in POSIX shared memory.");
   bind_ring<Signal>(m, "SignalRing", "SPSC ring of signals in POSIX shared memory.");
+  bind_ring<Order>(m, "OrderRing", "SPSC ring of order intents, approved orders or execution reports.");
+  bind_quote_board(m);
 
   py::class_<AgentPool>(m, "AgentPool", "Agents in contiguous storage, fed tick or bar batches.")
       .def(py::init<>())
@@ -373,6 +450,11 @@ PYBIND11_MODULE(_core, m) {
              d["rejected"] = rejected;
              return d;
            })
+      .def("pump", &pump, py::arg("ticks"), py::arg("signals"), py::arg("budget_s"),
+           py::arg("batch") = 4096,
+           "A worker's hot loop: pop tick batches from `ticks`, run every agent, push the signals to "
+           "`signals`, for up to budget_s seconds, without the GIL. Returns (ticks, signals, "
+           "signals_pushed); signals that did not fit are counted as dropped by the signal ring.")
       .def("memory_bytes", &AgentPool::memory_bytes)
       .def("__len__", &AgentPool::size);
 }

@@ -245,7 +245,7 @@ class ReferencePool:
 
     def on_ticks(self, ticks: np.ndarray) -> np.ndarray:
         out: list[Signal] = []
-        for ts, bid, ask, _last, vol, sym, _flags in ticks.tolist():
+        for ts, bid, ask, _last, vol, sym, _flags, _recv in ticks.tolist():
             ok = (
                 math.isfinite(bid) and math.isfinite(ask) and bid > 0 and ask > 0 and ask >= bid
                 and math.isfinite(vol) and vol >= 0 and ts > 0 and sym in self._by_symbol

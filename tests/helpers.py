@@ -30,7 +30,7 @@ def ticks(rows: Sequence[Sequence[float]], *, symbol: int = 0) -> np.ndarray:
     for i, row in enumerate(rows):
         ts, bid, ask = row[:3]
         v = row[3] if len(row) > 3 else 1.0
-        out[i] = (ts, bid, ask, bid, v, symbol, 0)
+        out[i] = (ts, bid, ask, bid, v, symbol, 0, 0)
     return out
 
 

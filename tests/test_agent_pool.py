@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sovereign.core import SIGNAL_DTYPE, TICK_DTYPE, AgentPool
+from sovereign.core import LAYOUT_VERSION, SIGNAL_DTYPE, TICK_DTYPE, AgentPool
 from sovereign.sim import simulate_ticks
 from tests.helpers import NS, T0, random_bars, ticks
 
@@ -143,7 +143,7 @@ def test_bad_ticks_are_rejected_counted_and_change_nothing(market: np.ndarray) -
 
 def test_a_batch_of_only_garbage_yields_no_signal() -> None:
     rng = np.random.default_rng(1)
-    garbage = np.frombuffer(rng.bytes(48 * 5000), TICK_DTYPE).copy()
+    garbage = np.frombuffer(rng.bytes(TICK_DTYPE.itemsize * 5000), TICK_DTYPE).copy()
     pool = make_pool()
     out = run_all(pool, garbage)
     assert len(out) == 0  # (a random tick passes every check with probability ~1e-9)
@@ -270,7 +270,7 @@ def test_restore_refuses_other_versions_and_corrupt_data(market: np.ndarray) -> 
     blob = pool.snapshot()
     target = AgentPool()
     other_version = blob[:8] + struct.pack("<I", 99) + blob[12:]
-    with pytest.raises(ValueError, match="layout version 99, this build reads version 1"):
+    with pytest.raises(ValueError, match=f"layout version 99, this build reads version {LAYOUT_VERSION}"):
         target.restore(other_version)
     flipped = bytearray(blob)
     flipped[len(blob) // 2] ^= 0x40

@@ -187,7 +187,7 @@ def test_bounce_signal_by_hand() -> None:
     pool.add_agent(0, 60, **LEVEL_PARAMS)
     _, signals = feed_one_by_one(pool, bars(LEVEL_PATH))
     assert len(signals) == 1
-    ts, agent, symbol, side, flags, touches, tf, conviction, entry, stop, target, level = signals[0]
+    ts, agent, symbol, side, flags, touches, tf, conviction, entry, stop, target, level, origin = signals[0]
     # touches 2 -> 0.4; RANGE (equal highs) -> 0.5; vb undefined -> 0.5; wick 0.75
     expected = 0.30 * 0.4 + 0.25 * 0.5 + 0.20 * 0.5 + 0.25 * ((0.75 - 0.4) / (1 - 0.4))
     assert (ts, agent, symbol, side, flags, touches, tf) == (T0 + 10 * 60 * NS, 0, 0, 1, 0, 2, 60)
@@ -208,7 +208,7 @@ def test_bearish_bounce_mirrors_bullish() -> None:
     pool.add_agent(0, 60, **LEVEL_PARAMS)
     _, signals = feed_one_by_one(pool, bars(mirrored))
     assert len(signals) == 1
-    side, entry, stop, target, level = signals[0][3], *signals[0][-4:]
+    side, entry, stop, target, level = signals[0][3], *signals[0][-5:-1]
     assert (side, entry, level, stop, target) == (-1, 19.5, 20.375, 20.875, 18.5)
 
 
@@ -227,7 +227,7 @@ def test_target_falls_back_to_twice_the_risk_without_a_level_beyond() -> None:
     pool.add_agent(0, 60, **{**LEVEL_PARAMS, "max_levels": 1, "min_conviction": 0.4})
     _, signals = feed_one_by_one(pool, bars(LEVEL_PATH[:10]))
     assert len(signals) == 1
-    side, conviction, entry, stop, target, level = signals[0][3], *signals[0][-5:]
+    side, conviction, entry, stop, target, level = signals[0][3], *signals[0][-6:-1]
     assert (side, entry, level, stop) == (1, 10.5, 9.75, 9.25)
     assert target == 10.5 + 2 * (10.5 - 9.25) == 13.0
     assert conviction == 0.30 * 0.2 + 0.25 * 0.5 + 0.20 * 0.5 + 0.25 * ((0.75 - 0.4) / 0.6)

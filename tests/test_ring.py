@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sovereign.core import TICK_DTYPE, RingError, SignalRing, TickRing
+from sovereign.core import LAYOUT_VERSION, TICK_DTYPE, RingError, SignalRing, TickRing
 from tests.helpers import ring_name
 
 CTX = mp.get_context("spawn")
@@ -186,7 +186,7 @@ def test_attach_to_foreign_segment_fails_clearly() -> None:
 
 
 def test_attach_to_ring_of_other_records_fails_clearly() -> None:
-    expected = r"records of type 3 \(64 bytes\), expected type 1 \(48 bytes\)"
+    expected = r"records of type 3 \(72 bytes\), expected type 1 \(56 bytes\)"
     with SignalRing.create(ring_name(), 8) as sig, pytest.raises(RingError, match=expected):
         TickRing.attach(sig.name)
 
@@ -196,7 +196,7 @@ def test_attach_to_other_layout_version_fails_clearly() -> None:
         with open(f"/dev/shm/{ring.name}", "r+b") as f:
             f.seek(8)  # layout_version follows the 8-byte magic
             f.write(struct.pack("<I", 999))
-        with pytest.raises(RingError, match="layout version 999, this build speaks 1"):
+        with pytest.raises(RingError, match=f"layout version 999, this build speaks {LAYOUT_VERSION}"):
             TickRing.attach(ring.name)
 
 
