@@ -89,7 +89,7 @@ def test_accounting_agrees_with_cash_flows_recomputed_from_the_fills() -> None:
     """Equity from the broker's FIFO lots must equal initial + cash flows of every fill
     + the open volume marked to market: an independent formulation, exactly (Decimal)."""
     ticks = simulate_ticks(2, 3000, seed=9)
-    b = PaperBroker(D(1_000_000), {0: SymbolSpec(), 1: SymbolSpec()}, commission_per_lot=D("3.5"),
+    b = PaperBroker(D(10**9), {0: SymbolSpec(), 1: SymbolSpec()}, commission_per_lot=D("3.5"),
                     slippage_points=1)
     rng = random.Random(4)
     fills = []
@@ -103,7 +103,7 @@ def test_accounting_agrees_with_cash_flows_recomputed_from_the_fills() -> None:
             assert ex.retcode == Retcode.DONE
             fills.append(ex)
     assert len(fills) > 200 and any(f.reason == "sl" for f in fills)
-    cash = D(1_000_000)
+    cash = D(10**9)
     open_volume = {0: D(0), 1: D(0)}
     for f in fills:
         cash -= f.side * f.volume * f.price * 100_000 + f.commission
@@ -113,4 +113,4 @@ def test_accounting_agrees_with_cash_flows_recomputed_from_the_fills() -> None:
         _, bid, ask = b.quotes[sym]
         marked += vol * (bid if vol > 0 else ask) * 100_000
     assert b.equity() == cash + marked
-    assert b.balance == D(1_000_000) + sum(f.realized_pnl - f.commission for f in fills)
+    assert b.balance == D(10**9) + sum(f.realized_pnl - f.commission for f in fills)

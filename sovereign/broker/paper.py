@@ -1,19 +1,27 @@
 """PaperBroker: market orders filled on the live tick stream, netting positions, and an
-account kept exactly.
+account kept exactly (a Ledger: Decimal money, first-in first-out lots).
 
-Money is Decimal throughout. A float price from the feed becomes Decimal(repr(price)),
-the shortest decimal that is that float, so 1.1 stays 1.1. A position keeps its open lots
-first-in first-out, so realized P&L is an exact sum (no running average to round). The
-quote currency is taken as the account currency. Return codes are MT5's TRADE_RETCODE_*.
+Return codes are MT5's TRADE_RETCODE_*. Every execution gets a ticket, and the broker
+remembers the client ids it executed recently, so after a crash an order left in
+SUBMITTING is resolved by asking it (`find`), never by sending it again. Its whole state
+round-trips through `to_dict`/`load_dict` for the gateway to persist with each fill.
 Transport-free: the gateway (live) and the backtest drive the same class.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from dataclasses import dataclass, field
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 from enum import IntEnum
+from typing import Any
+
+import numpy as np
+
+from sovereign.ledger import Ledger, Position, to_decimal
+
+__all__ = ["Execution", "PaperBroker", "Position", "Retcode", "SymbolSpec", "to_decimal"]
+REMEMBERED_ORDERS = 100_000  # client ids kept for `find` after a crash
 
 
 class Retcode(IntEnum):
@@ -46,34 +54,42 @@ class Execution:
     ts_ns: int
     retcode: Retcode
     reason: str = ""  # "", "sl", "tp", or why it was rejected
+    ticket: int = 0  # the broker's deal ticket, 0 for a rejection
 
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("volume", "price", "commission", "realized_pnl"):
+            d[k] = str(d[k])
+        d["retcode"] = int(self.retcode)
+        return d
 
-@dataclass
-class Position:
-    lots: deque[tuple[Decimal, Decimal]] = field(default_factory=deque)  # (signed volume, price)
-    sl: Decimal | None = None
-    tp: Decimal | None = None
-
-    @property
-    def volume(self) -> Decimal:
-        return sum((v for v, _ in self.lots), Decimal(0))
-
-
-def to_decimal(price: float) -> Decimal:
-    return Decimal(repr(float(price)))
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Execution:
+        return cls(**{**d, "volume": Decimal(d["volume"]), "price": Decimal(d["price"]),
+                      "commission": Decimal(d["commission"]), "realized_pnl": Decimal(d["realized_pnl"]),
+                      "retcode": Retcode(d["retcode"])})  # fmt: skip
 
 
 class PaperBroker:
     def __init__(self, balance: Decimal, specs: dict[int, SymbolSpec], *,
                  commission_per_lot: Decimal = Decimal(0), slippage_points: int = 0,
                  leverage: Decimal = Decimal(100)):
-        self.balance = Decimal(balance)
+        self.ledger = Ledger(Decimal(balance), {s: spec.contract_size for s, spec in specs.items()})
         self.specs = specs
         self.commission_per_lot = Decimal(commission_per_lot)
         self.slippage_points = slippage_points
         self.leverage = Decimal(leverage)
-        self.positions: dict[int, Position] = {}
         self.quotes: dict[int, tuple[int, Decimal, Decimal]] = {}  # symbol -> (ts, bid, ask)
+        self.next_ticket = 1
+        self.executed: OrderedDict[int, Execution] = OrderedDict()  # recent, by client id
+
+    @property
+    def balance(self) -> Decimal:
+        return self.ledger.balance
+
+    @property
+    def positions(self) -> dict[int, Position]:
+        return self.ledger.positions
 
     # ---- market data
 
@@ -94,6 +110,45 @@ class PaperBroker:
         if not hit:
             return []
         return [self._fill(0, symbol, -1 if vol > 0 else 1, abs(vol), None, None, hit)]
+
+    def on_ticks(self, ticks: np.ndarray) -> list[Execution]:
+        """A batch of ticks (TICK_DTYPE, time order): stops and targets are checked tick by
+        tick for symbols with a position, and every symbol ends on its last quote."""
+        if len(ticks) == 0:
+            return []
+        syms = ticks["symbol"]
+        out: list[Execution] = []
+        watched = [s for s in self.ledger.open_symbols() if self.positions[s].sl or self.positions[s].tp]
+        for s in watched:  # few positions: one vectorized scan each, then one tick in Python
+            idx = np.flatnonzero(syms == s)
+            if len(idx) == 0:
+                continue
+            pos = self.positions[s]
+            long = pos.volume > 0
+            px = ticks["bid"][idx] if long else ticks["ask"][idx]
+            hit = np.zeros(len(idx), bool)
+            if pos.sl is not None:
+                hit |= px <= float(pos.sl) if long else px >= float(pos.sl)
+            if pos.tp is not None:
+                hit |= px >= float(pos.tp) if long else px <= float(pos.tp)
+            # float screening, Decimal decision: on_tick re-checks the candidate exactly
+            for j in idx[hit]:
+                t = ticks[j]
+                fills = self.on_tick(s, int(t["ts_ns"]), float(t["bid"]), float(t["ask"]))
+                if fills:
+                    out += fills
+                    break
+        rev_syms, first = np.unique(syms[::-1], return_index=True)
+        last = len(ticks) - 1 - first
+        for s, j in zip(rev_syms.tolist(), last.tolist(), strict=True):
+            q = self.quotes.get(s)
+            if q is None or q[0] <= int(ticks["ts_ns"][j]):
+                self.quotes[s] = (int(ticks["ts_ns"][j]), to_decimal(ticks["bid"][j]), to_decimal(ticks["ask"][j]))
+        return out
+
+    def find(self, client_order_id: int) -> Execution | None:
+        """The execution of an order this broker took, if it took it (crash recovery)."""
+        return self.executed.get(client_order_id)
 
     # ---- orders
 
@@ -130,16 +185,24 @@ class PaperBroker:
     # ---- account
 
     def equity(self) -> Decimal:
-        return self.balance + sum((self.unrealized(s) for s in self.positions), Decimal(0))
+        return self.balance + sum((self.unrealized(s) for s in self.ledger.open_symbols()), Decimal(0))
 
     def unrealized(self, symbol: int) -> Decimal:
-        pos = self.positions.get(symbol)
-        if pos is None or not pos.lots:
+        if not self.ledger.volume(symbol):
             return Decimal(0)
         _, bid, ask = self.quotes[symbol]
-        mark = bid if pos.volume > 0 else ask
-        size = self.specs[symbol].contract_size
-        return sum(((mark - p) * v * size for v, p in pos.lots), Decimal(0))
+        return self.ledger.unrealized(symbol, bid, ask)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ledger": self.ledger.to_dict(), "next_ticket": self.next_ticket,
+                "quotes": {str(s): [ts, str(b), str(a)] for s, (ts, b, a) in self.quotes.items()},
+                "executed": [e.to_dict() for e in self.executed.values()]}  # fmt: skip
+
+    def load_dict(self, d: dict[str, Any]) -> None:
+        self.ledger.load_dict(d["ledger"])
+        self.next_ticket = int(d["next_ticket"])
+        self.quotes = {int(s): (int(ts), Decimal(b), Decimal(a)) for s, (ts, b, a) in d["quotes"].items()}
+        self.executed = OrderedDict((e["client_order_id"], Execution.from_dict(e)) for e in d["executed"])
 
     def margin(self) -> Decimal:
         return sum((self._margin_of(s, p.volume) for s, p in self.positions.items()), Decimal(0))
@@ -163,30 +226,17 @@ class PaperBroker:
     def _fill(self, cid: int, symbol: int, side: int, volume: Decimal, sl: Decimal | None,
               tp: Decimal | None, reason: str) -> Execution:
         ts, bid, ask = self.quotes[symbol]
-        spec = self.specs[symbol]
-        price = (ask if side > 0 else bid) + side * self.slippage_points * spec.point
-        pos = self.positions.setdefault(symbol, Position())
-        direction_before = pos.volume > 0 if pos.lots else None
-        realized = Decimal(0)
-        left = volume
-        while left > 0 and pos.lots and (pos.lots[0][0] > 0) != (side > 0):  # close FIFO
-            lot_vol, lot_price = pos.lots[0]
-            take = min(left, abs(lot_vol))
-            realized += (price - lot_price) * take * spec.contract_size * (1 if lot_vol > 0 else -1)
-            left -= take
-            if take == abs(lot_vol):
-                pos.lots.popleft()
-            else:
-                pos.lots[0] = (lot_vol + side * take, lot_price)
-        if left > 0:
-            pos.lots.append((side * left, price))
-        if not pos.lots:
-            pos.sl = pos.tp = None
-        elif (pos.volume > 0) != direction_before or sl is not None or tp is not None:
-            pos.sl, pos.tp = sl, tp  # a new or flipped position never inherits the old stops
+        price = (ask if side > 0 else bid) + side * self.slippage_points * self.specs[symbol].point
         commission = self.commission_per_lot * volume
-        self.balance += realized - commission
-        return Execution(cid, symbol, side, volume, price, commission, realized, ts, Retcode.DONE, reason)
+        realized = self.ledger.fill(symbol, side, volume, price, commission, sl, tp)
+        ex = Execution(cid, symbol, side, volume, price, commission, realized, ts, Retcode.DONE, reason,
+                       self.next_ticket)
+        self.next_ticket += 1
+        if cid:
+            self.executed[cid] = ex
+            if len(self.executed) > REMEMBERED_ORDERS:
+                self.executed.popitem(last=False)
+        return ex
 
     def _reject(
         self, cid: int, symbol: int, side: int, volume: Decimal, code: Retcode, why: str

@@ -1,0 +1,104 @@
+"""Ledger: netting positions as first-in first-out lots and a balance, kept exactly.
+
+The paper broker keeps one (the broker's truth) and risk keeps one fed by execution
+reports (its view); the same code does both, so they cannot drift apart. Money is
+Decimal; a float price becomes Decimal(repr(price)), the shortest decimal that is that
+float, so 1.1 stays 1.1. The quote currency is taken as the account currency.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+ZERO = Decimal(0)
+
+
+def to_decimal(price: float) -> Decimal:
+    return Decimal(repr(float(price)))
+
+
+@dataclass
+class Position:
+    lots: deque[tuple[Decimal, Decimal]] = field(default_factory=deque)  # (signed volume, price)
+    sl: Decimal | None = None
+    tp: Decimal | None = None
+
+    @property
+    def volume(self) -> Decimal:
+        return sum((v for v, _ in self.lots), ZERO)
+
+
+class Ledger:
+    """Positions per symbol and the balance; contract_size(symbol) converts lots to units."""
+
+    def __init__(self, balance: Decimal, contract_sizes: dict[int, Decimal]):
+        self.balance = Decimal(balance)
+        self.contract_sizes = contract_sizes
+        self.positions: dict[int, Position] = {}
+
+    def volume(self, symbol: int) -> Decimal:
+        pos = self.positions.get(symbol)
+        return pos.volume if pos is not None else ZERO
+
+    def open_symbols(self) -> list[int]:
+        return [s for s, p in self.positions.items() if p.lots]
+
+    def fill(self, symbol: int, side: int, volume: Decimal, price: Decimal, commission: Decimal,
+             sl: Decimal | None = None, tp: Decimal | None = None) -> Decimal:
+        """Apply an execution; returns the P&L it realized (before commission)."""
+        size = self.contract_sizes[symbol]
+        pos = self.positions.setdefault(symbol, Position())
+        direction_before = pos.volume > 0 if pos.lots else None
+        realized = ZERO
+        left = volume
+        while left > 0 and pos.lots and (pos.lots[0][0] > 0) != (side > 0):  # close FIFO
+            lot_vol, lot_price = pos.lots[0]
+            take = min(left, abs(lot_vol))
+            realized += (price - lot_price) * take * size * (1 if lot_vol > 0 else -1)
+            left -= take
+            if take == abs(lot_vol):
+                pos.lots.popleft()
+            else:
+                pos.lots[0] = (lot_vol + side * take, lot_price)
+        if left > 0:
+            pos.lots.append((side * left, price))
+        if not pos.lots:
+            pos.sl = pos.tp = None
+        elif (pos.volume > 0) != direction_before or sl is not None or tp is not None:
+            pos.sl, pos.tp = sl, tp  # a new or flipped position never inherits the old stops
+        self.balance += realized - commission
+        return realized
+
+    def unrealized(self, symbol: int, bid: Decimal, ask: Decimal) -> Decimal:
+        pos = self.positions.get(symbol)
+        if pos is None or not pos.lots:
+            return ZERO
+        mark = bid if pos.volume > 0 else ask  # what closing it would get
+        size = self.contract_sizes[symbol]
+        return sum(((mark - p) * v * size for v, p in pos.lots), ZERO)
+
+    # ---- persistence: exact decimals as strings, so a restart restores them bit for bit
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "balance": str(self.balance),
+            "positions": {
+                str(s): {"lots": [[str(v), str(p)] for v, p in pos.lots],
+                         "sl": None if pos.sl is None else str(pos.sl),
+                         "tp": None if pos.tp is None else str(pos.tp)}
+                for s, pos in self.positions.items() if pos.lots
+            },
+        }  # fmt: skip
+
+    def load_dict(self, d: dict[str, Any]) -> None:
+        self.balance = Decimal(d["balance"])
+        self.positions = {}
+        for s, p in d["positions"].items():
+            self.positions[int(s)] = Position(
+                deque((Decimal(v), Decimal(px)) for v, px in p["lots"]),
+                None if p["sl"] is None else Decimal(p["sl"]),
+                None if p["tp"] is None else Decimal(p["tp"]),
+            )
