@@ -104,7 +104,9 @@ bool wait_until(Ready&& ready, int64_t timeout_ns, KeepWaiting&& keep_waiting) {
     if (timeout_ns >= 0 && elapsed_ns() >= timeout_ns) return false;
     if (!keep_waiting()) return false;
     std::this_thread::sleep_for(nap);
-    if (nap < std::chrono::microseconds(1000)) nap *= 2;
+    // Capped at 80 us: a consumer that went to sleep on an idle ring is back within that
+    // when records arrive (tick-to-order latency crosses three such hops).
+    if (nap < std::chrono::microseconds(80)) nap *= 2;
   }
 }
 

@@ -1,10 +1,13 @@
 """The `sovereign` command.
 
-For now `sovereign run` is a demo of the core: a simulated market for N symbols flows
-through an AgentPool of ten agents per symbol, and the signals are printed. (The next
-stage makes `run` start the whole system.)
+  sovereign run [--config FILE]   the whole system (supervisor, gateway, workers,
+                                  coordinator, risk) in the foreground; no file: the
+                                  embedded defaults (simulated market, paper broker,
+                                  1000 agents, state in ./state)
+  sovereign demo                  the C++ core alone on a simulated market
 
-Exit codes: 0 success, 2 bad arguments.
+Exit codes: 0 success (run: a clean shutdown), 1 an unclean shutdown, 2 bad arguments
+or an invalid config (nothing was started).
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 
-from sovereign.core import AgentPool
+from sovereign.core import AgentPool, RingError
 from sovereign.presets import add_default_agents
 from sovereign.sim import simulate_ticks
 
@@ -35,8 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sovereign", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run the core on a simulated market and print signals",
-                         epilog="example: sovereign run --symbols 20 --ticks-per-symbol 50000 --seed 7")
+    system = sub.add_parser("run", help="run the whole system in the foreground",
+                            epilog="example: sovereign run --config /etc/sovereign/sovereign.toml")
+    system.add_argument("--config", metavar="FILE", help="TOML config (default: the embedded defaults)")
+    system.add_argument("--max-ticks", type=_positive, dest="max_ticks",
+                        help="stop the feed after N ticks, then shut down cleanly (overrides feed.max_ticks)")
+    system.add_argument("--state-dir", help="state directory (overrides system.state_dir)")
+    run = sub.add_parser("demo", help="run the C++ core alone on a simulated market and print signals",
+                         epilog="example: sovereign demo --symbols 20 --ticks-per-symbol 50000 --seed 7")
     run.add_argument("--symbols", type=_positive, default=100, help="number of symbols (default 100)")
     run.add_argument("--ticks-per-symbol", type=_positive, default=20_000,
                      help="simulated ticks per symbol, about 0.25 s apart (default 20000)")
@@ -59,6 +69,27 @@ def _print_signals(signals: np.ndarray, show: int) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from sovereign import supervisor
+    from sovereign.config import ConfigError, load
+    from sovereign.data import DataError
+    from sovereign.state import StateError
+
+    try:
+        config = load(args.config)
+        if args.state_dir is not None:
+            config = replace(config, system=replace(config.system, state_dir=args.state_dir))
+        if args.max_ticks is not None:
+            config = replace(config, feed=replace(config.feed, max_ticks=args.max_ticks))
+        return supervisor.Supervisor(config, args.config).run()
+    except (ConfigError, DataError) as e:
+        print(f"sovereign: {e}", file=sys.stderr)
+        return 2
+    except (StateError, RingError) as e:
+        print(f"sovereign: cannot start: {e}", file=sys.stderr)
+        return 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
     ticks = simulate_ticks(args.symbols, args.ticks_per_symbol, seed=args.seed, mean_interval_s=0.25)
     pool = AgentPool()
     add_default_agents(pool, args.symbols)
@@ -80,7 +111,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return {"run": cmd_run}[args.command](args)
+    return {"run": cmd_run, "demo": cmd_demo}[args.command](args)
 
 
 if __name__ == "__main__":

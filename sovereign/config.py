@@ -36,6 +36,7 @@ class SystemConfig:
     cores: tuple[int, ...] = _f(())  # cores to pin workers to; empty: all but core 0
     snapshot_interval_s: float = _f(60.0, 1.0, 86400.0)
     shutdown_timeout_s: float = _f(20.0, 1.0, 600.0)
+    heartbeat_timeout_s: float = _f(10.0, 0.5, 600.0)  # a child silent this long is hung: restarted
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ class FeedConfig:
     symbols: int = _f(100, 1, 100_000)
     seed: int = _f(1)
     pace: str = _f("fast", choices=("fast", "realtime"))
+    tick_interval_s: float = _f(1.0, 0.0, 3600.0, lo_open=True)  # sim: mean time between a symbol's ticks
+    max_ticks: int = _f(0, 0, 10**15)  # stop the feed after this many ticks (0: never), then shut down
     files: tuple[str, ...] = _f(())
     layout: str = _f("generic", choices=("generic", "mt5"))
 
@@ -62,6 +65,7 @@ class SymbolDefaults:
     lot_step: float = _f(0.01, 0.0, 1e6, lo_open=True)
     min_lot: float = _f(0.01, 0.0, 1e6, lo_open=True)
     max_lot: float = _f(100.0, 0.0, 1e6, lo_open=True)
+    point: float = _f(0.00001, 0.0, 1e6, lo_open=True)  # slippage and MT5 spreads are in points
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from sovereign.state import StateStore, Txn, key_u64
+from sovereign.state import StateStore, Txn
 
 
 class OrderState(str, Enum):
@@ -43,23 +43,70 @@ class LifecycleError(ValueError):
     """A transition the order lifecycle does not allow."""
 
 
+NEXT_ID_KEY = "next_client_order_id"  # in the coordinator database
+
+
+def reserve_ids(t: Txn, n: int) -> int:
+    """Reserve n client order ids in transaction t; returns the first."""
+    first = t.get("coordinator", NEXT_ID_KEY) or 1
+    t.put("coordinator", NEXT_ID_KEY, first + n)
+    return int(first)
+
+
+class ClientIds:
+    """Client order ids for one process. Every process that creates orders draws from one
+    counter in LMDB, a block at a time (one durable commit per block), so ids are unique
+    across processes and never reused; a crash only skips the rest of a block."""
+
+    def __init__(self, store: StateStore, block: int = 1024):
+        self.store = store
+        self.block = block
+        self._next = self._end = 0
+
+    def next(self) -> int:
+        if self._next >= self._end:
+            self._next = self.store.write(lambda t: reserve_ids(t, self.block))
+            self._end = self._next + self.block
+        self._next += 1
+        return self._next - 1
+
+
 class OrderBook:
-    """Orders by client_order_id (u64, allocated here, never reused)."""
+    """Orders by client_order_id (u64, never reused)."""
 
     def __init__(self, store: StateStore):
         self.store = store
 
     def create(self, **fields: Any) -> int:
-        """Record a new order in INTENT; returns its client_order_id."""
+        """Record a new order in INTENT with a fresh client id; returns the id."""
 
         def tx(t: Txn) -> int:
-            last = t.last_key("orders")
-            cid = 1 if last is None else key_u64(last) + 1
+            cid = reserve_ids(t, 1)
             t.put("orders", cid, {**fields, "client_order_id": cid, "state": S.INTENT.value})
             t.journal("order", client_order_id=cid, state=S.INTENT.value, **fields)
             return cid
 
         return self.store.write(tx)
+
+    def advance(self, t: Txn, cid: int, path: list[OrderState], **fields: Any) -> dict[str, Any]:
+        """In transaction t, take order cid (created in INTENT if new) through each state of
+        path in turn, every step checked and journaled; fields merge into the record."""
+        order = t.get("orders", cid)
+        if order is None:
+            order = {"client_order_id": cid, "state": S.INTENT.value}
+            t.journal("order", client_order_id=cid, state=S.INTENT.value)
+        for step, new in enumerate(path):
+            old = OrderState(order["state"])
+            if new not in TRANSITIONS[old]:
+                allowed = ", ".join(sorted(s.value for s in TRANSITIONS[old])) or "none (final)"
+                raise LifecycleError(f"order {cid}: {old.value} -> {new.value} is not allowed; from "
+                                     f"{old.value} only {allowed}")
+            order["state"] = new.value
+            extra = fields if step == len(path) - 1 else {}
+            t.journal("order", client_order_id=cid, state=new.value, previous=old.value, **extra)
+        order.update(fields)
+        t.put("orders", cid, order)
+        return order
 
     def transition(self, cid: int, new: OrderState, **fields: Any) -> dict[str, Any]:
         """Move order cid to `new`, merging fields; durable before it returns."""

@@ -30,8 +30,14 @@ class SimMarket:
     `next`, which keeps everything inside a call vectorized.
     """
 
-    def __init__(self, n_symbols: int = 100, *, seed: int = 1, start_ns: int = DEFAULT_START_NS,
-                 mean_interval_s: float = 1.0):
+    def __init__(
+        self,
+        n_symbols: int = 100,
+        *,
+        seed: int = 1,
+        start_ns: int = DEFAULT_START_NS,
+        mean_interval_s: float = 1.0,
+    ):
         if n_symbols < 1:
             raise ValueError(f"n_symbols must be >= 1, got {n_symbols}")
         if not mean_interval_s > 0:
@@ -40,7 +46,7 @@ class SimMarket:
         self.rng = np.random.default_rng(seed)
         self.clock_ns = int(start_ns)
         self.gap_ns = mean_interval_s * NS / n_symbols  # mean gap of the merged stream
-        base = self.rng.choice([1.0, 1.3, 20.0, 150.0, 2000.0], n_symbols) * self.rng.uniform(0.8, 1.2, n_symbols)
+        base = self.rng.uniform(0.6, 1.8, n_symbols)  # FX-like, so one set of symbol specs fits all
         self.anchor = np.log(base)  # log-mid where the current regime started
         self.raw = np.zeros(n_symbols)  # the walk since then
         self.regime = np.zeros(n_symbols, np.int64)
@@ -58,8 +64,8 @@ class SimMarket:
         sigma = rng.uniform(0.5e-4, 1.5e-4, k) * np.where(regime == BURST, 3.0, 1.0)
         self.regime[syms] = regime
         self.sigma[syms] = sigma
-        self.drift[syms] = np.where(regime == TREND, rng.choice([-1.0, 1.0], k) * sigma * rng.uniform(0.05, 0.2, k),
-                                    0.0)
+        slope = rng.choice([-1.0, 1.0], k) * sigma * rng.uniform(0.05, 0.2, k)
+        self.drift[syms] = np.where(regime == TREND, slope, 0.0)
         self.width[syms] = sigma * rng.uniform(15, 40, k)
         self.left[syms] = rng.integers(300, 3000, k)
 
@@ -90,8 +96,8 @@ class SimMarket:
         half_spread = mid * (0.4e-4 + 2.0 * self.sigma[syms]) / 2
         out = np.zeros(n, TICK_DTYPE)
         out["ts_ns"] = ts
-        out["bid"] = mid - half_spread
-        out["ask"] = mid + half_spread
+        out["bid"] = np.round(mid - half_spread, 5)  # quoted to the point, as FX is
+        out["ask"] = np.maximum(np.round(mid + half_spread, 5), out["bid"] + 1e-5)
         out["last"] = mid
         out["volume"] = rng.poisson(1.0 + self.sigma[syms] / 1e-4 * 2.0) + 1.0
         out["symbol"] = syms

@@ -4,7 +4,8 @@ account kept exactly (a Ledger: Decimal money, first-in first-out lots).
 Return codes are MT5's TRADE_RETCODE_*. Every execution gets a ticket, and the broker
 remembers the client ids it executed recently, so after a crash an order left in
 SUBMITTING is resolved by asking it (`find`), never by sending it again. Its whole state
-round-trips through `to_dict`/`load_dict` for the gateway to persist with each fill.
+(but the executions, which the gateway keeps one record each) round-trips through
+`to_dict`/`load_dict` for the gateway to persist with each fill.
 Transport-free: the gateway (live) and the backtest drive the same class.
 """
 
@@ -79,9 +80,23 @@ class PaperBroker:
         self.commission_per_lot = Decimal(commission_per_lot)
         self.slippage_points = slippage_points
         self.leverage = Decimal(leverage)
-        self.quotes: dict[int, tuple[int, Decimal, Decimal]] = {}  # symbol -> (ts, bid, ask)
+        self._quotes: dict[int, tuple[int, Decimal, Decimal]] = {}  # symbol -> (ts, bid, ask)
+        self._raw: dict[int, tuple[int, float, float]] = {}  # newer float quotes from on_ticks
         self.next_ticket = 1
         self.executed: OrderedDict[int, Execution] = OrderedDict()  # recent, by client id
+
+    @property
+    def quotes(self) -> dict[int, tuple[int, Decimal, Decimal]]:
+        """symbol -> (ts_ns, bid, ask), the latest of each, as Decimals."""
+        for s in list(self._raw):
+            self.quote(s)
+        return self._quotes
+
+    def quote(self, symbol: int) -> tuple[int, Decimal, Decimal] | None:
+        raw = self._raw.pop(symbol, None)
+        if raw is not None:
+            self._quotes[symbol] = (raw[0], to_decimal(raw[1]), to_decimal(raw[2]))
+        return self._quotes.get(symbol)
 
     @property
     def balance(self) -> Decimal:
@@ -96,7 +111,8 @@ class PaperBroker:
     def on_tick(self, symbol: int, ts_ns: int, bid: float, ask: float) -> list[Execution]:
         """Update the quote; close the position at market if its stop or target is hit."""
         b, a = to_decimal(bid), to_decimal(ask)
-        self.quotes[symbol] = (ts_ns, b, a)
+        self._raw.pop(symbol, None)
+        self._quotes[symbol] = (ts_ns, b, a)
         pos = self.positions.get(symbol)
         if pos is None or not pos.lots:
             return []
@@ -138,12 +154,11 @@ class PaperBroker:
                 if fills:
                     out += fills
                     break
+        # Every symbol ends on its last quote; converted to Decimal only when used.
         rev_syms, first = np.unique(syms[::-1], return_index=True)
-        last = len(ticks) - 1 - first
-        for s, j in zip(rev_syms.tolist(), last.tolist(), strict=True):
-            q = self.quotes.get(s)
-            if q is None or q[0] <= int(ticks["ts_ns"][j]):
-                self.quotes[s] = (int(ticks["ts_ns"][j]), to_decimal(ticks["bid"][j]), to_decimal(ticks["ask"][j]))
+        last = ticks[len(ticks) - 1 - first]
+        self._raw.update(zip(rev_syms.tolist(), zip(last["ts_ns"].tolist(), last["bid"].tolist(),
+                                                    last["ask"].tolist(), strict=True), strict=True))
         return out
 
     def find(self, client_order_id: int) -> Execution | None:
@@ -157,7 +172,7 @@ class PaperBroker:
         """Fill a market order at the current quote (ask to buy, bid to sell) plus slippage.
         sl/tp, when given, become the position's (netting: the newest order sets them)."""
         spec = self.specs.get(symbol)
-        quote = self.quotes.get(symbol)
+        quote = self.quote(symbol)
         volume = Decimal(volume)
         if spec is None or quote is None:
             return self._reject(client_order_id, symbol, side, volume, Retcode.PRICE_OFF,
@@ -190,19 +205,17 @@ class PaperBroker:
     def unrealized(self, symbol: int) -> Decimal:
         if not self.ledger.volume(symbol):
             return Decimal(0)
-        _, bid, ask = self.quotes[symbol]
+        _, bid, ask = self.quote(symbol)  # type: ignore[misc]
         return self.ledger.unrealized(symbol, bid, ask)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"ledger": self.ledger.to_dict(), "next_ticket": self.next_ticket,
-                "quotes": {str(s): [ts, str(b), str(a)] for s, (ts, b, a) in self.quotes.items()},
-                "executed": [e.to_dict() for e in self.executed.values()]}  # fmt: skip
+        """The account (positions, balance) and ticket counter; executions are persisted
+        one by one by the caller (Execution.to_dict), quotes come back with the next tick."""
+        return {"ledger": self.ledger.to_dict(), "next_ticket": self.next_ticket}
 
     def load_dict(self, d: dict[str, Any]) -> None:
         self.ledger.load_dict(d["ledger"])
         self.next_ticket = int(d["next_ticket"])
-        self.quotes = {int(s): (int(ts), Decimal(b), Decimal(a)) for s, (ts, b, a) in d["quotes"].items()}
-        self.executed = OrderedDict((e["client_order_id"], Execution.from_dict(e)) for e in d["executed"])
 
     def margin(self) -> Decimal:
         return sum((self._margin_of(s, p.volume) for s, p in self.positions.items()), Decimal(0))
@@ -213,7 +226,7 @@ class PaperBroker:
         if volume == 0:
             return Decimal(0)
         if price is None:
-            _, bid, ask = self.quotes[symbol]
+            _, bid, ask = self.quote(symbol)  # type: ignore[misc]
             price = (bid + ask) / 2
         return abs(volume) * self.specs[symbol].contract_size * price / self.leverage
 
@@ -225,7 +238,7 @@ class PaperBroker:
 
     def _fill(self, cid: int, symbol: int, side: int, volume: Decimal, sl: Decimal | None,
               tp: Decimal | None, reason: str) -> Execution:
-        ts, bid, ask = self.quotes[symbol]
+        ts, bid, ask = self.quote(symbol)  # type: ignore[misc]
         price = (ask if side > 0 else bid) + side * self.slippage_points * self.specs[symbol].point
         commission = self.commission_per_lot * volume
         realized = self.ledger.fill(symbol, side, volume, price, commission, sl, tp)
@@ -241,6 +254,6 @@ class PaperBroker:
     def _reject(
         self, cid: int, symbol: int, side: int, volume: Decimal, code: Retcode, why: str
     ) -> Execution:
-        ts = self.quotes.get(symbol, (0, None, None))[0]
+        ts = (self.quote(symbol) or (0, None, None))[0]
         zero = Decimal(0)
         return Execution(cid, symbol, side, volume, zero, zero, zero, ts, code, why)

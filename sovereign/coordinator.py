@@ -1,0 +1,153 @@
+"""Coordinator: merges the signals of every agent per symbol and allots capital.
+
+A signal lives for one bar of its agent's timeframe (until ts_ns + timeframe_s, on the
+market clock: the newest signal time seen). Per symbol, net = sum of side * conviction
+over the live signals, the newest per agent; opposite signals cancel. When |net| reaches
+the threshold in a direction the symbol is not already positioned in (and no order for
+it is in flight), the coordinator emits an order intent:
+
+    conviction = |net|
+    risk       = min(risk_per_trade * |net|, max_symbol_share * risk_per_trade * max_open_positions)
+
+`risk` is the fraction of equity to lose if the stop is hit; the cap keeps one symbol
+from taking more than its share of the risk the whole book may carry. Entry, stop and
+target come from the strongest live signal in that direction. Risk sizes the order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+
+import numpy as np
+
+from sovereign.config import Config
+from sovereign.core import ORDER_DTYPE, ORDER_FILL, ORDER_INTENT, SIGNAL_DTYPE, OrderRing, SignalRing
+from sovereign.ledger import ZERO, to_decimal
+from sovereign.orders import ClientIds
+from sovereign.runtime import RUNNING, STOPPED, Child
+from sovereign.state import StateStore
+
+NS = 1_000_000_000
+BOOK_KEY = "book"  # risk's ledger in the positions database
+SIGNAL_BATCH = 4096
+IN_FLIGHT_S = 60  # market seconds an intent blocks another for its symbol without an answer
+
+
+@dataclass
+class LiveSignal:
+    expires_ns: int
+    side: int
+    conviction: float
+    entry: float
+    stop: float
+    target: float
+    origin_ns: int
+
+
+class Coordinator:
+    def __init__(self, config: Config, next_id: Callable[[], int]):
+        self.config = config
+        self.next_id = next_id
+        self.clock_ns = 0
+        self.live: dict[int, dict[int, LiveSignal]] = {}  # symbol -> agent -> newest signal
+        self.volume: dict[int, Decimal] = {}  # symbol -> net lots
+        self.position: dict[int, int] = {}  # symbol -> direction of the open position
+        self.in_flight: dict[int, tuple[int, int]] = {}  # symbol -> (client id, expires_ns)
+        self.intents = 0
+
+    def cap(self) -> float:
+        r = self.config.risk
+        return self.config.coordinator.max_symbol_share * r.risk_per_trade * r.max_open_positions
+
+    def on_signals(self, signals: np.ndarray) -> np.ndarray:
+        """Signals in (SIGNAL_DTYPE); order intents out (ORDER_DTYPE)."""
+        if len(signals) == 0:
+            return np.zeros(0, ORDER_DTYPE)
+        self.clock_ns = max(self.clock_ns, int(signals["ts_ns"].max()))
+        touched: dict[int, int] = {}  # symbol -> origin_ns of its newest signal
+        for s in signals.tolist():
+            ts, agent, symbol, side, _flags, _touches, tf, conviction, entry, stop, target, _lvl, origin = s
+            self.live.setdefault(symbol, {})[agent] = LiveSignal(
+                ts + tf * NS, side, conviction, entry, stop, target, origin
+            )
+            touched[symbol] = max(touched.get(symbol, 0), origin)
+        out = [self._decide(symbol, origin) for symbol, origin in touched.items()]
+        return np.array([o for o in out if o is not None], ORDER_DTYPE)
+
+    def _decide(self, symbol: int, origin_ns: int) -> tuple | None:
+        live = self.live[symbol]
+        for agent in [a for a, s in live.items() if s.expires_ns <= self.clock_ns]:
+            del live[agent]
+        net = sum(s.side * s.conviction for s in live.values())
+        if abs(net) < self.config.coordinator.threshold:
+            return None
+        side = 1 if net > 0 else -1
+        if self.position.get(symbol, 0) == side:
+            return None
+        flight = self.in_flight.get(symbol)
+        if flight is not None and flight[1] > self.clock_ns:
+            return None
+        agent, best = max(((a, s) for a, s in live.items() if s.side == side), key=lambda x: x[1].conviction)
+        risk = min(self.config.risk.risk_per_trade * abs(net), self.cap())
+        cid = self.next_id()
+        self.in_flight[symbol] = (cid, self.clock_ns + IN_FLIGHT_S * NS)
+        self.intents += 1
+        return (self.clock_ns, origin_ns, cid, 0, symbol, agent, side, ORDER_INTENT, 0, 0,
+                0.0, best.entry, best.stop, best.target, abs(net), risk, 0.0)  # fmt: skip
+
+    def on_reports(self, reports: np.ndarray) -> None:
+        """Execution reports (ORDER_DTYPE, kind FILL or REJECT): each symbol's net volume,
+        exactly (lots as decimals), and the end of an order's flight."""
+        for r in reports.tolist():
+            cid, symbol, side, kind, volume = r[2], r[4], r[6], r[7], r[10]
+            flight = self.in_flight.get(symbol)
+            if flight is not None and flight[0] == cid:
+                del self.in_flight[symbol]
+            if kind == ORDER_FILL:
+                self.volume[symbol] = self.volume.get(symbol, ZERO) + side * to_decimal(volume)
+                vol = self.volume[symbol]
+                self.position[symbol] = 0 if vol == 0 else (1 if vol > 0 else -1)
+
+    def load_positions(self, volumes: dict[int, Decimal]) -> None:
+        """Net volume per symbol at start-up, from the book risk keeps in LMDB."""
+        self.volume = dict(volumes)
+        self.position = {s: (1 if v > 0 else -1) for s, v in volumes.items() if v != 0}
+
+
+def run(child: Child, config: Config) -> None:
+    """The coordinator process: signal rings -> Coordinator -> intent ring; reports back."""
+    layout = child.layout
+    store = StateStore(config.system.state_dir)
+    coord = Coordinator(config, ClientIds(store).next)
+    book = store.read(lambda t: t.get("positions", BOOK_KEY))
+    if book is not None:
+        coord.load_positions({int(s): sum((Decimal(v) for v, _ in p["lots"]), ZERO)
+                              for s, p in book["positions"].items()})  # fmt: skip
+    signal_rings = [SignalRing.attach(layout.signal_ring(k)) for k in range(layout.n_workers)]
+    reports = OrderRing.attach(layout.reports_coordinator)
+    intents = OrderRing.attach(layout.intents)
+    sig_buf = np.zeros(SIGNAL_BATCH, SIGNAL_DTYPE)
+    rep_buf = np.zeros(reports.capacity, ORDER_DTYPE)
+    signals, next_beat = 0, 0.0
+    while not child.stop_requested:
+        got = 0
+        for ring in signal_rings:  # wait on the signals (the latency path), not the reports
+            n = ring.pop_into(sig_buf, timeout=0.0002 / len(signal_rings))
+            if n:
+                got += n
+                out = coord.on_signals(sig_buf[:n])
+                if len(out):
+                    intents.push(out, timeout=1.0)
+        signals += got
+        n = reports.pop_into(rep_buf, timeout=0.0)
+        if n:
+            coord.on_reports(rep_buf[:n])
+        if time.monotonic() >= next_beat:
+            next_beat = time.monotonic() + 0.05
+            child.messages()
+            child.beat(RUNNING, signals=signals, orders=coord.intents)
+    child.beat(STOPPED, signals=signals, orders=coord.intents)
+    store.close()

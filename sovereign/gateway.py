@@ -1,0 +1,224 @@
+"""Gateway: the only source of market data and the only place an order leaves the system.
+
+Ticks: stamped with their receive time, published on the quote board, shown to the
+broker (stops and targets), and routed to the ring of the worker that owns the symbol.
+Orders: each approved order is committed durably in SUBMITTING, with its client id,
+*before* the broker is called; the result is committed with the broker's state. After a
+crash an order found in SUBMITTING is resolved from the broker's record of what it
+executed (`recover`), never sent again.
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+
+import numpy as np
+
+from sovereign.broker.paper import Execution, PaperBroker, Retcode
+from sovereign.config import Config
+from sovereign.core import ORDER_DTYPE, ORDER_FILL, ORDER_REJECT, OrderRing, QuoteBoard, TickRing
+from sovereign.feeds import Feed
+from sovereign.orders import OrderBook, OrderState
+from sovereign.risk import Reason
+from sovereign.runtime import FEED_DONE, RUNNING, STOPPED, Child, symbol_specs
+from sovereign.state import StateStore, Txn, u64_key
+
+EXIT_REASONS = {"sl": Reason.EXIT_SL, "tp": Reason.EXIT_TP}
+BROKER_KEY = "paper"
+FEED_BATCH = 2048  # ticks per loop: larger amortizes per-batch work, smaller checks orders sooner
+
+
+def exec_key(cid: int) -> bytes:
+    return b"exec:" + u64_key(cid)
+
+
+class Gateway:
+    def __init__(self, store: StateStore, broker: PaperBroker, worker_of: np.ndarray, n_workers: int):
+        self.store = store
+        self.book = OrderBook(store)
+        self.broker = broker
+        self.worker_of = worker_of
+        self.n_workers = n_workers
+        self.to_broker_ns: list[int] = []  # tick receive -> broker call, per order
+        self.to_gateway_ns: list[int] = []  # tick receive -> approved order at the gateway
+        self.orders = self.fills = self.rejects = 0
+        saved = store.read(lambda t: t.get("bridge", BROKER_KEY))
+        if saved is not None:
+            broker.load_dict(saved)
+
+    def recover(self) -> list[dict]:
+        """Resolve orders left in SUBMITTING by a crash: FILLED if the broker executed it,
+        else REJECTED. Never re-sends. Returns the corrections (also journaled)."""
+        fixes = []
+        for order in self.book.in_state(OrderState.SUBMITTING):
+            cid = order["client_order_id"]
+
+            def tx(t: Txn, cid: int = cid) -> dict:
+                done = t.get("bridge", exec_key(cid))
+                if done is not None and done["retcode"] == Retcode.DONE:
+                    rec = self.book.advance(t, cid, [OrderState.FILLED], price=done["price"], ticket=done["ticket"])
+                else:
+                    rec = self.book.advance(t, cid, [OrderState.REJECTED], why="not executed before a crash")
+                t.journal("recovered", client_order_id=cid, state=rec["state"])
+                return rec
+
+            fixes.append(self.store.write(tx))
+        return fixes
+
+    def route(self, ticks: np.ndarray) -> list[np.ndarray]:
+        """The batch split by owning worker, each part in time order."""
+        if self.n_workers == 1:
+            return [ticks]
+        w = self.worker_of[ticks["symbol"]]
+        order = np.argsort(w, kind="stable")
+        bounds = np.searchsorted(w[order], np.arange(self.n_workers + 1))
+        ordered = ticks[order]
+        return [ordered[bounds[k] : bounds[k + 1]] for k in range(self.n_workers)]
+
+    def on_ticks(self, ticks: np.ndarray) -> np.ndarray:
+        """Stops and targets hit by these ticks: executed, persisted, returned as reports."""
+        fills = self.broker.on_ticks(ticks)
+        if not fills:
+            return np.zeros(0, ORDER_DTYPE)
+
+        def tx(t: Txn) -> None:
+            for ex in fills:
+                t.put("bridge", b"deal:" + u64_key(ex.ticket), ex.to_dict())
+                t.journal("fill", **ex.to_dict())
+            t.put("bridge", BROKER_KEY, self.broker.to_dict())
+
+        self.store.write(tx)
+        self.fills += len(fills)
+        return np.array([_report(ex, None) for ex in fills], ORDER_DTYPE)
+
+    def on_orders(self, approved: np.ndarray) -> np.ndarray:
+        """Send approved orders (ORDER_DTYPE) to the broker; execution reports out.
+
+        Group commit: every order of the batch is committed in SUBMITTING in one durable
+        transaction before the first broker call, and the results in one after the last,
+        so a burst of orders costs two fsyncs, not two per order."""
+        fields = []
+        now = time.monotonic_ns()
+        for rec in approved:
+            self.to_gateway_ns.append(now - int(rec["origin_ns"]))
+            fields.append({"symbol": int(rec["symbol"]), "side": int(rec["side"]), "volume": float(rec["volume"]),
+                           "price": float(rec["price"]), "sl": float(rec["sl"]), "tp": float(rec["tp"]),
+                           "agent": int(rec["agent"]), "reason": Reason(int(rec["reason"])).name,
+                           "conviction": float(rec["conviction"]), "ts_ns": int(rec["ts_ns"])})  # fmt: skip
+        cids = [int(c) for c in approved["client_order_id"]]
+
+        def submitting(t: Txn) -> None:
+            for cid, f in zip(cids, fields, strict=True):
+                self.book.advance(t, cid, [OrderState.APPROVED, OrderState.SUBMITTING], **f)
+
+        self.store.write(submitting)
+        now = time.monotonic_ns()
+        self.to_broker_ns.extend(now - int(o) for o in approved["origin_ns"] if o)
+        executions = [
+            self.broker.market_order(cid, f["symbol"], f["side"], Decimal(repr(f["volume"])),
+                                     sl=f["sl"] or None, tp=f["tp"] or None)
+            for cid, f in zip(cids, fields, strict=True)
+        ]  # fmt: skip
+        def results(t: Txn) -> None:
+            for cid, ex in zip(cids, executions, strict=True):
+                self._record(t, cid, ex)
+            t.put("bridge", BROKER_KEY, self.broker.to_dict())
+
+        self.store.write(results)
+        self.orders += len(cids)
+        return np.array([_report(ex, rec) for ex, rec in zip(executions, approved, strict=True)], ORDER_DTYPE)
+
+    def _record(self, t: Txn, cid: int, ex: Execution) -> None:
+        t.put("bridge", exec_key(cid), ex.to_dict())
+        if ex.retcode == Retcode.DONE:
+            self.book.advance(t, cid, [OrderState.FILLED], fill_price=str(ex.price), ticket=ex.ticket,
+                              commission=str(ex.commission), realized_pnl=str(ex.realized_pnl))  # fmt: skip
+            self.fills += 1
+        else:
+            self.book.advance(t, cid, [OrderState.REJECTED], retcode=int(ex.retcode), why=ex.reason)
+            self.rejects += 1
+
+
+def _report(ex: Execution, rec: np.void | None) -> tuple:
+    done = ex.retcode == Retcode.DONE
+    reason = EXIT_REASONS.get(ex.reason, Reason.OK) if done else Reason.BROKER
+    origin = int(rec["origin_ns"]) if rec is not None else 0
+    agent = int(rec["agent"]) if rec is not None else 0xFFFFFFFF
+    conviction = float(rec["conviction"]) if rec is not None else 0.0
+    return (ex.ts_ns, origin, ex.client_order_id, ex.ticket, ex.symbol, agent, ex.side,
+            ORDER_FILL if done else ORDER_REJECT, int(reason), int(ex.retcode), float(ex.volume),
+            float(ex.price), 0.0, 0.0, conviction, 0.0, float(ex.commission))  # fmt: skip
+
+
+def make_broker(config: Config, n_symbols: int) -> PaperBroker:
+    b = config.broker
+    return PaperBroker(Decimal(repr(b.initial_balance)), symbol_specs(config, n_symbols),
+                       commission_per_lot=Decimal(repr(b.commission_per_lot)),
+                       slippage_points=b.slippage_points)  # fmt: skip
+
+
+def run(child: Child, config: Config) -> None:
+    """The gateway process: feed -> board, broker, worker rings; approved orders -> broker."""
+    layout = child.layout
+    store = StateStore(config.system.state_dir)
+    gw = Gateway(store, make_broker(config, layout.n_symbols), layout.worker_of(), layout.n_workers)
+    for fix in gw.recover():
+        print(f"gateway: recovered order {fix['client_order_id']} as {fix['state']}", flush=True)
+    feed = Feed(config)
+    rings = [TickRing.attach(layout.tick_ring(k)) for k in range(layout.n_workers)]
+    board = QuoteBoard.attach(layout.quotes)
+    approved = OrderRing.attach(layout.approved)
+    reports_out = [OrderRing.attach(layout.reports_risk), OrderRing.attach(layout.reports_coordinator)]
+    buf = np.zeros(approved.capacity, ORDER_DTYPE)
+    stalled = [False] * layout.n_workers
+    feeding, ticks, lost, next_beat = True, 0, 0, 0.0
+    started = time.monotonic()
+
+    def send_reports(reports: np.ndarray) -> None:
+        for ring in reports_out:
+            ring.push(reports, timeout=1.0)
+
+    while not child.stop_requested:
+        for msg in child.messages():
+            if msg[0] == "stop_feed":
+                feeding = False
+        batch = feed.next(FEED_BATCH) if feeding else buf[:0]
+        if len(batch):
+            batch["recv_ns"] = time.monotonic_ns()
+            board.publish(batch)
+            send_reports(gw.on_ticks(batch))
+            for k, part in enumerate(gw.route(batch)):
+                # A worker that stops taking ticks (dead, restarting) must not stall the
+                # others: after one timeout its ticks are counted as lost until it drains.
+                if stalled[k] and rings[k].stats()["depth"] < rings[k].capacity // 2:
+                    stalled[k] = False
+                pushed = rings[k].push(part, timeout=0.0 if stalled[k] else 0.25)
+                if pushed < len(part):
+                    stalled[k] = True
+                    lost += len(part) - pushed
+            ticks += len(batch)
+        n = approved.pop_into(buf, timeout=0.0 if len(batch) else 0.0005)
+        if n:
+            send_reports(gw.on_orders(buf[:n].copy()))
+        if time.monotonic() >= next_beat:
+            next_beat = time.monotonic() + 0.05
+            state = FEED_DONE if (feed.done or not feeding) else RUNNING
+            child.beat(state, ticks=ticks, orders=gw.orders, rejects=gw.rejects, dropped=lost)
+    _final_stats(store, gw, ticks, lost, feed_s=(feed.finished_at or time.monotonic()) - started)
+    child.beat(STOPPED, ticks=ticks, orders=gw.orders, rejects=gw.rejects, dropped=lost)
+    store.close()
+
+
+def _final_stats(store: StateStore, gw: Gateway, ticks: int, lost: int, feed_s: float) -> None:
+    def pct(xs: list[int]) -> dict[str, float]:
+        if not xs:
+            return {}
+        a = np.array(xs) / 1000.0
+        return {"n": len(xs), "p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)),
+                "max_us": float(a.max())}  # fmt: skip
+
+    store.write(lambda t: t.journal("gateway_stats", ticks=ticks, feed_s=feed_s, lost_ticks=lost, orders=gw.orders,
+                                    fills=gw.fills, rejects=gw.rejects,
+                                    tick_to_broker=pct(gw.to_broker_ns),
+                                    tick_to_gateway=pct(gw.to_gateway_ns)))  # fmt: skip

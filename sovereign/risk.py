@@ -1,0 +1,335 @@
+"""Risk: the guardian, the only component that can approve an order.
+
+It sizes each intent from its stop distance and the symbol's specs, checks every limit
+(each refusal carries a Reason), keeps its own book from execution reports (a Ledger,
+exact), marks it to market from the quote board, and holds the trading state:
+ACTIVE; REDUCING (exits only) after the day's loss limit, until the next UTC day;
+HALTED after the max drawdown from peak or on command, with every position flattened.
+
+Clock: `now_ns` is the market clock (the newest quote time), so a backtest decides
+exactly as live does. Transport-free; the process wrapper persists `events` and state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from decimal import ROUND_FLOOR, Decimal
+from enum import Enum, IntEnum
+from typing import Any
+
+import numpy as np
+
+from sovereign.broker.paper import SymbolSpec
+from sovereign.config import Config, RiskConfig
+from sovereign.core import NO_AGENT, ORDER_APPROVED, ORDER_DTYPE, ORDER_FILL, OrderRing, QuoteBoard
+from sovereign.ledger import ZERO, Ledger, to_decimal
+from sovereign.orders import ClientIds, OrderBook, OrderState
+from sovereign.runtime import RUNNING, STOPPED, Child, symbol_specs
+from sovereign.state import StateStore, Txn
+
+NS = 1_000_000_000
+DAY_NS = 86_400 * NS
+
+Quotes = Callable[[int], tuple[int, float, float, int]]  # symbol -> (ts_ns, bid, ask, recv_ns)
+
+
+class Reason(IntEnum):
+    """Why risk refused an intent, or why it sent an order of its own."""
+
+    OK = 0
+    HALTED = 1
+    REDUCING = 2
+    MAX_POSITIONS = 3
+    SYMBOL_EXPOSURE = 4
+    GROSS_EXPOSURE = 5
+    ORDER_RATE = 6
+    PRICE_BAND = 7
+    STALE_QUOTE = 8
+    NO_QUOTE = 9
+    VOLUME_TOO_SMALL = 10
+    BAD_STOP = 11
+    ALREADY_POSITIONED = 12
+    UNKNOWN_SYMBOL = 13
+    FLATTEN = 20  # an order of risk's own: closing everything
+    EXIT_SL = 21  # execution reports: the broker closed at the stop-loss
+    EXIT_TP = 22  # ... at the take-profit
+    BROKER = 30  # the broker refused the order (the report's retcode says why)
+
+
+class TradingState(str, Enum):
+    ACTIVE = "ACTIVE"
+    REDUCING = "REDUCING"
+    HALTED = "HALTED"
+
+
+class Risk:
+    def __init__(self, config: Config, specs: dict[int, SymbolSpec], next_id: Callable[[], int]):
+        self.limits: RiskConfig = config.risk
+        self.specs = specs
+        self.next_id = next_id
+        self.ledger = Ledger(Decimal(repr(config.broker.initial_balance)),
+                             {s: spec.contract_size for s, spec in specs.items()})  # fmt: skip
+        self.state = TradingState.ACTIVE
+        self.why = ""
+        self.peak = self.ledger.balance
+        self.day = -1
+        self.day_start = self.ledger.balance
+        self.equity = self.ledger.balance
+        self.approved_ts: deque[int] = deque()  # market times of recent approvals (order rate)
+        self.events: list[dict[str, Any]] = []  # for the journal; the wrapper drains it
+        self.rejected = dict.fromkeys(Reason, 0)
+
+    # ---- intents
+
+    def on_intents(self, intents: np.ndarray, quotes: Quotes, now_ns: int) -> tuple[np.ndarray, list]:
+        """Approved orders (ORDER_DTYPE) and the refused intents as (record, Reason) pairs."""
+        approved, refused = [], []
+        for rec in intents:
+            order, why = self._check(rec, quotes, now_ns)
+            if order is not None:
+                approved.append(order)
+                self.approved_ts.append(now_ns)
+            else:
+                self.rejected[why] += 1
+                refused.append((rec, why))
+        return np.array(approved, ORDER_DTYPE), refused
+
+    def _check(self, rec: np.void, quotes: Quotes, now_ns: int) -> tuple[np.void | None, Reason]:
+        symbol, side = int(rec["symbol"]), int(rec["side"])
+        spec = self.specs.get(symbol)
+        if spec is None:
+            return None, Reason.UNKNOWN_SYMBOL
+        if self.state is TradingState.HALTED:
+            return None, Reason.HALTED
+        qts, bid, ask, _ = quotes(symbol)
+        if qts == 0:
+            return None, Reason.NO_QUOTE
+        if now_ns - qts > self.limits.stale_after_s * NS:
+            return None, Reason.STALE_QUOTE
+        ref = ask if side > 0 else bid
+        if abs(ref / rec["price"] - 1.0) > self.limits.price_band:
+            return None, Reason.PRICE_BAND
+        current = self.ledger.volume(symbol)
+        if current != 0 and (current > 0) == (side > 0):
+            return None, Reason.ALREADY_POSITIONED
+        if self.state is TradingState.REDUCING and current == 0:
+            return None, Reason.REDUCING
+        while self.approved_ts and self.approved_ts[0] <= now_ns - 60 * NS:
+            self.approved_ts.popleft()
+        if len(self.approved_ts) >= self.limits.max_orders_per_minute:
+            return None, Reason.ORDER_RATE
+        closing = abs(current)
+        if self.state is TradingState.REDUCING:  # exits only: close, do not reverse
+            return self._order(rec, closing, ref, 0.0, 0.0, Reason.REDUCING), Reason.OK
+        stop = float(rec["sl"])
+        if (stop >= ref) if side > 0 else (stop <= ref):
+            return None, Reason.BAD_STOP
+        if current == 0 and len(self.ledger.open_symbols()) >= self.limits.max_open_positions:
+            return None, Reason.MAX_POSITIONS
+        budget = self.equity * Decimal(repr(float(rec["risk"])))
+        per_lot = to_decimal(abs(ref - stop)) * spec.contract_size
+        volume = (budget / per_lot / spec.lot_step).to_integral_value(ROUND_FLOOR) * spec.lot_step
+        volume = min(volume, spec.max_lot - closing)
+        if volume < spec.min_lot:
+            return None, Reason.VOLUME_TOO_SMALL
+        # Exposure limits cut the size down to what fits; refuse only if not a minimum lot.
+        per_lot_notional = spec.contract_size * to_decimal(ref)
+        symbol_room = self.equity * Decimal(repr(self.limits.max_symbol_exposure))
+        gross_room = self.equity * Decimal(repr(self.limits.max_gross_exposure)) - self._gross(quotes, skip=symbol)
+        for room, why in ((symbol_room, Reason.SYMBOL_EXPOSURE), (gross_room, Reason.GROSS_EXPOSURE)):
+            fits = (room / per_lot_notional / spec.lot_step).to_integral_value(ROUND_FLOOR) * spec.lot_step
+            if fits < spec.min_lot:
+                return None, why
+            volume = min(volume, fits)
+        tp = float(rec["tp"]) if ((rec["tp"] > ref) if side > 0 else (0 < rec["tp"] < ref)) else 0.0
+        return self._order(rec, closing + volume, ref, stop, tp, Reason.OK), Reason.OK
+
+    def _order(self, rec: np.void, volume: Decimal, price: float, sl: float, tp: float, why: Reason) -> np.void:
+        out = rec.copy()
+        out["kind"], out["volume"], out["price"] = ORDER_APPROVED, float(volume), price
+        out["sl"], out["tp"], out["reason"] = sl, tp, int(why)
+        return out
+
+    def _gross(self, quotes: Quotes, skip: int) -> Decimal:
+        total = ZERO
+        for s in self.ledger.open_symbols():
+            if s != skip:
+                total += abs(self.ledger.volume(s)) * self.specs[s].contract_size * to_decimal(quotes(s)[1])
+        return total
+
+    # ---- executions and marking
+
+    def on_reports(self, reports: np.ndarray) -> None:
+        for r in reports:
+            if r["kind"] == ORDER_FILL:
+                self.ledger.fill(int(r["symbol"]), int(r["side"]), to_decimal(r["volume"]),
+                                 to_decimal(r["price"]), to_decimal(r["commission"]))  # fmt: skip
+
+    def mark(self, quotes: Quotes, now_ns: int) -> np.ndarray:
+        """Mark the book to market; enforce the daily loss and drawdown limits. Returns the
+        flatten orders of an emergency shutdown (empty otherwise)."""
+        equity = self.ledger.balance
+        for s in self.ledger.open_symbols():
+            _, bid, ask, _ = quotes(s)
+            equity += self.ledger.unrealized(s, to_decimal(bid), to_decimal(ask))
+        self.equity = equity
+        self.peak = max(self.peak, equity)
+        day = now_ns // DAY_NS
+        if day != self.day:
+            self.day, self.day_start = day, equity
+            if self.state is TradingState.REDUCING:
+                self._set(TradingState.ACTIVE, "a new trading day")
+        if self.state is not TradingState.HALTED and equity <= self.peak * (1 - Decimal(repr(self.limits.max_drawdown))):
+            return self.halt(True, f"max drawdown: equity {equity:.2f} is more than {self.limits.max_drawdown:.1%} "
+                                   f"below the peak {self.peak:.2f}", quotes, now_ns)  # fmt: skip
+        loss_floor = self.day_start * (1 - Decimal(repr(self.limits.daily_loss_limit)))
+        if self.state is TradingState.ACTIVE and equity <= loss_floor:
+            self._set(TradingState.REDUCING, f"daily loss limit: equity {equity:.2f} is more than "
+                                             f"{self.limits.daily_loss_limit:.1%} below the day's start "
+                                             f"{self.day_start:.2f}")  # fmt: skip
+        return np.zeros(0, ORDER_DTYPE)
+
+    # ---- commands
+
+    def halt(self, flatten: bool, why: str, quotes: Quotes, now_ns: int) -> np.ndarray:
+        """HALTED: no new exposure. With flatten, an order closing every position."""
+        self._set(TradingState.HALTED, why)
+        if not flatten:
+            return np.zeros(0, ORDER_DTYPE)
+        return np.array([self._close(s, quotes, now_ns) for s in self.ledger.open_symbols()], ORDER_DTYPE)
+
+    def flatten(self, symbol: int, quotes: Quotes, now_ns: int) -> np.ndarray:
+        if not self.ledger.volume(symbol):
+            return np.zeros(0, ORDER_DTYPE)
+        return np.array([self._close(symbol, quotes, now_ns)], ORDER_DTYPE)
+
+    def resume(self) -> None:
+        if self.state is not TradingState.ACTIVE:
+            self.peak = self.equity  # the drawdown that halted it is acknowledged
+            self._set(TradingState.ACTIVE, "resumed by command")
+
+    def reload(self, limits: RiskConfig) -> None:
+        self.limits = limits
+        self.events.append({"event": "risk_limits_reloaded", "limits": limits.__dict__})
+
+    def _close(self, symbol: int, quotes: Quotes, now_ns: int) -> tuple:
+        vol = self.ledger.volume(symbol)
+        side = -1 if vol > 0 else 1
+        _, bid, ask, _ = quotes(symbol)
+        return (now_ns, 0, self.next_id(), 0, symbol, NO_AGENT, side, ORDER_APPROVED, int(Reason.FLATTEN), 0,
+                float(abs(vol)), ask if side > 0 else bid, 0.0, 0.0, 0.0, 0.0, 0.0)  # fmt: skip
+
+    def _set(self, state: TradingState, why: str) -> None:
+        if state is self.state and why == self.why:
+            return
+        self.events.append({"event": "trading_state", "state": state.value, "previous": self.state.value,
+                            "why": why, "equity": str(self.equity)})  # fmt: skip
+        self.state, self.why = state, why
+
+    # ---- persistence
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"state": self.state.value, "why": self.why, "peak": str(self.peak), "day": self.day,
+                "day_start": str(self.day_start), "equity": str(self.equity)}  # fmt: skip
+
+    def load_dict(self, d: dict[str, Any]) -> None:
+        self.state, self.why = TradingState(d["state"]), d["why"]
+        self.peak, self.day, self.day_start = Decimal(d["peak"]), int(d["day"]), Decimal(d["day_start"])
+        self.equity = Decimal(d["equity"])
+
+
+BOOK_KEY = "book"  # positions database: risk's ledger
+STATE_KEY = "state"  # risk database: trading state, peak, day
+
+
+def run(child: Child, config: Config) -> None:
+    """The risk process: intents -> checks -> approved ring; reports -> book; marking."""
+    from sovereign.gateway import BROKER_KEY  # the paper broker's persisted account
+
+    layout = child.layout
+    store = StateStore(config.system.state_dir)
+    risk = Risk(config, symbol_specs(config, layout.n_symbols), ClientIds(store).next)
+    saved, book, broker = store.read(lambda t: (t.get("risk", STATE_KEY), t.get("positions", BOOK_KEY),
+                                                t.get("bridge", BROKER_KEY)))  # fmt: skip
+    if saved is not None:
+        risk.load_dict(saved)
+    if book is not None:
+        risk.ledger.load_dict(book)
+    if broker is not None and broker["ledger"] != risk.ledger.to_dict():  # a crash between two commits
+        risk.ledger.load_dict(broker["ledger"])
+        store.write(lambda t: (t.journal("reconciled", source="broker", book=broker["ledger"]),
+                               t.put("positions", BOOK_KEY, broker["ledger"])))  # fmt: skip
+    board = QuoteBoard.attach(layout.quotes)
+    intents = OrderRing.attach(layout.intents)
+    reports = OrderRing.attach(layout.reports_risk)
+    approved = OrderRing.attach(layout.approved)
+    buf = np.zeros(intents.capacity, ORDER_DTYPE)
+    rep = np.zeros(reports.capacity, ORDER_DTYPE)
+    clock = [0]
+
+    def now() -> int:
+        clock[0] = max(clock[0], int(board.snapshot()["ts_ns"].max()))
+        return clock[0]
+
+    def persist(refused: list | None = None, book_changed: bool = False) -> None:
+        events, risk.events = risk.events, []
+
+        def tx(t: Txn) -> None:
+            for rec, why in refused or ():
+                OrderBook(store).advance(t, int(rec["client_order_id"]), [OrderState.REJECTED], reason=why.name,
+                                         symbol=int(rec["symbol"]), side=int(rec["side"]),
+                                         conviction=float(rec["conviction"]), ts_ns=int(rec["ts_ns"]))  # fmt: skip
+            for e in events:
+                t.journal(**e)
+            if book_changed:
+                t.put("positions", BOOK_KEY, risk.ledger.to_dict())
+            t.put("risk", STATE_KEY, risk.to_dict())
+
+        store.write(tx)
+
+    next_mark = next_save = next_beat = 0.0
+    while not child.stop_requested:
+        n = intents.pop_into(buf, timeout=0.0005)
+        if n:
+            ok, refused = risk.on_intents(buf[:n], board.read, now())
+            if len(ok):
+                approved.push(ok, timeout=1.0)
+            if refused:
+                persist(refused)
+        m = reports.pop_into(rep, timeout=0.0)
+        if m:
+            risk.on_reports(rep[:m])
+            persist(book_changed=True)
+        t = time.monotonic()
+        if t >= next_mark:
+            next_mark = t + 0.01
+            out = risk.mark(board.read, now())
+            for msg in child.messages():
+                out = np.concatenate([out, _command(risk, msg, board.read, now())])
+            if len(out):
+                approved.push(out, timeout=1.0)
+            if risk.events or t >= next_save:
+                next_save = t + 1.0
+                persist()
+        if t >= next_beat:
+            next_beat = t + 0.05
+            child.beat(RUNNING, orders=len(risk.approved_ts), rejects=sum(risk.rejected.values()))
+    persist(book_changed=True)
+    child.beat(STOPPED)
+    store.close()
+
+
+def _command(risk: Risk, msg: tuple, quotes: Quotes, now_ns: int) -> np.ndarray:
+    """Control messages from the supervisor (the ops CLI, SIGHUP)."""
+    kind = msg[0]
+    if kind == "halt":
+        return risk.halt(bool(msg[1]), str(msg[2]), quotes, now_ns)
+    if kind == "flatten":
+        return risk.flatten(int(msg[1]), quotes, now_ns)
+    if kind == "resume":
+        risk.resume()
+    elif kind == "reload":
+        risk.reload(msg[1])
+    return np.zeros(0, ORDER_DTYPE)

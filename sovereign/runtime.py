@@ -1,0 +1,223 @@
+"""What the processes share: the layout (ring names, which worker owns which symbol, which
+core each is pinned to), the heartbeat board in shared memory, and each child's start.
+
+The supervisor creates every ring, the quote board and the heartbeat board and owns them,
+so they outlive any child: a restarted worker attaches to the same rings and finds the
+ticks that queued while it was down.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sovereign.broker.paper import SymbolSpec
+from sovereign.config import Config
+from sovereign.ledger import to_decimal
+
+TICK_RING = 1 << 16
+SIGNAL_RING = 1 << 14
+ORDER_RING = 1 << 12
+
+# Child states on the heartbeat board.
+STARTING, RUNNING, FEED_DONE, STOPPING, STOPPED = 0, 1, 2, 3, 4
+STATE_NAMES = ("starting", "running", "feed done", "stopping", "stopped")
+
+HEARTBEAT_DTYPE = np.dtype([
+    ("pid", "<i8"), ("started_ns", "<i8"), ("beat_ns", "<i8"), ("state", "<i8"), ("core", "<i8"),
+    ("restarts", "<i8"),  # written by the supervisor; everything else by the child
+    ("ticks", "<u8"), ("signals", "<u8"), ("orders", "<u8"), ("rejects", "<u8"), ("dropped", "<u8"),
+    ("pad", "<u8", 5),
+])  # fmt: skip
+assert HEARTBEAT_DTYPE.itemsize == 128
+
+
+def monotonic_ns() -> int:
+    return time.monotonic_ns()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Names and placement for one running system (prefix: unique per supervisor)."""
+
+    prefix: str
+    n_symbols: int
+    n_workers: int
+    worker_cores: tuple[int | None, ...]
+    symbol_names: tuple[str, ...] = field(default=())
+
+    @staticmethod
+    def plan(config: Config, prefix: str, n_symbols: int, symbol_names: tuple[str, ...] = ()) -> Layout:
+        """Workers: config.system.workers, or one per core but the first (at least one),
+        pinned to config.system.cores or to the cores after the first, round-robin."""
+        available = sorted(os.sched_getaffinity(0))
+        n = config.system.workers or max(1, len(available) - 1)
+        n = min(n, n_symbols)
+        cores = list(config.system.cores) or available[1:] or available
+        bad = [c for c in cores if c not in available]
+        if bad:
+            from sovereign.config import ConfigError
+
+            raise ConfigError(f"config key system.cores: core {bad[0]} is not available to this process "
+                              f"(available: {', '.join(map(str, available))})")
+        pinned: tuple[int | None, ...] = tuple(cores[k % len(cores)] for k in range(n))
+        return Layout(prefix, n_symbols, n, pinned, symbol_names)
+
+    def worker_of(self) -> np.ndarray:
+        """symbol -> worker, round-robin: symbols of similar activity spread evenly."""
+        return (np.arange(self.n_symbols) % self.n_workers).astype(np.int64)
+
+    def symbols_of(self, worker: int) -> list[int]:
+        return list(range(worker, self.n_symbols, self.n_workers))
+
+    def service_cores(self) -> set[int] | None:
+        """Cores for the gateway, coordinator and risk: those no worker is pinned to, so
+        the hot loops keep their cores to themselves (None: every core has a worker)."""
+        free = set(os.sched_getaffinity(0)) - {c for c in self.worker_cores if c is not None}
+        return free or None
+
+    def roles(self) -> list[str]:
+        return ["gateway", "coordinator", "risk", *(f"worker-{k}" for k in range(self.n_workers))]
+
+    def slot(self, role: str) -> int:
+        return self.roles().index(role)
+
+    # Shared-memory names.
+    def tick_ring(self, k: int) -> str:
+        return f"{self.prefix}-ticks-{k}"
+
+    def signal_ring(self, k: int) -> str:
+        return f"{self.prefix}-signals-{k}"
+
+    @property
+    def intents(self) -> str:
+        return f"{self.prefix}-intents"
+
+    @property
+    def approved(self) -> str:
+        return f"{self.prefix}-approved"
+
+    @property
+    def reports_risk(self) -> str:
+        return f"{self.prefix}-reports-risk"
+
+    @property
+    def reports_coordinator(self) -> str:
+        return f"{self.prefix}-reports-coord"
+
+    @property
+    def quotes(self) -> str:
+        return f"{self.prefix}-quotes"
+
+    @property
+    def heartbeats(self) -> str:
+        return f"{self.prefix}-heartbeats"
+
+
+class Heartbeats:
+    """One 128-byte slot per process in /dev/shm. Each field has one writer (the child,
+    but `restarts`: the supervisor), and each is one aligned 8-byte word, so a reader
+    never sees a torn value."""
+
+    def __init__(self, name: str, n: int | None = None):
+        self.path = Path("/dev/shm") / name
+        self.owner = n is not None
+        if n is not None:
+            with self.path.open("w+b") as f:
+                f.truncate(n * HEARTBEAT_DTYPE.itemsize)
+        with self.path.open("r+b") as f:
+            self._map = mmap.mmap(f.fileno(), 0)
+        self.slots = np.frombuffer(self._map, HEARTBEAT_DTYPE)
+
+    def beat(self, slot: int, state: int, **counters: int) -> None:
+        s = self.slots[slot : slot + 1]
+        for k, v in counters.items():
+            s[k] = v
+        s["state"] = state
+        s["beat_ns"] = monotonic_ns()
+
+    def start(self, slot: int, core: int | None) -> None:
+        s = self.slots[slot : slot + 1]
+        s["pid"], s["started_ns"], s["core"] = os.getpid(), time.time_ns(), -1 if core is None else core
+        for k in ("ticks", "signals", "orders", "rejects", "dropped"):
+            s[k] = 0
+        self.beat(slot, STARTING)
+
+    def close(self) -> None:
+        del self.slots
+        self._map.close()
+        if self.owner:
+            self.path.unlink(missing_ok=True)
+
+
+def symbol_specs(config: Config, n_symbols: int) -> dict[int, SymbolSpec]:
+    d = config.symbols
+    spec = SymbolSpec(to_decimal(d.contract_size), to_decimal(d.lot_step), to_decimal(d.min_lot),
+                      to_decimal(d.max_lot), to_decimal(d.point))  # fmt: skip
+    return dict.fromkeys(range(n_symbols), spec)
+
+
+class Child:
+    """A child process's side: its slot, its control pipe and its stop flag."""
+
+    def __init__(self, role: str, layout: Layout, control: Connection, core: int | None = None):
+        self.role = role
+        self.layout = layout
+        self.slot = layout.slot(role)
+        self.control = control
+        self.stop_requested = False
+        _die_with_parent()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if core is not None:
+            os.sched_setaffinity(0, {core})
+        elif (cores := layout.service_cores()) is not None:
+            os.sched_setaffinity(0, cores)
+        self.hb = Heartbeats(layout.heartbeats)
+        self.hb.start(self.slot, core)
+        self._next_beat = 0
+
+    def _on_term(self, *_: Any) -> None:
+        self.stop_requested = True
+
+    def messages(self) -> list[tuple]:
+        """Control messages waiting (never blocks)."""
+        out = []
+        try:
+            while self.control.poll():
+                out.append(self.control.recv())
+        except (EOFError, OSError):  # the supervisor is gone: stop
+            self.stop_requested = True
+        for m in out:
+            if m[0] == "stop":
+                self.stop_requested = True
+        return out
+
+    def reply(self, message: Any) -> None:
+        try:
+            self.control.send(message)
+        except (BrokenPipeError, OSError):
+            self.stop_requested = True
+
+    def beat(self, state: int = RUNNING, **counters: int) -> None:
+        self.hb.beat(self.slot, state, **counters)
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to send SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), so no
+    orphaned worker keeps trading state to itself."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass

@@ -1,0 +1,77 @@
+"""Worker: one process pinned to one core, owning a disjoint set of symbols and all their
+agents. Its hot loop (AgentPool.pump: tick ring -> agents -> signal ring) runs in C++
+without the GIL; Python here only starts up, snapshots, heartbeats and takes control.
+
+A snapshot of the pool goes to LMDB every snapshot_interval_s and at shutdown; a
+restarted worker restores it and resumes without a warm-up (ticks it never saw between
+the snapshot and the crash are missing from its bars).
+"""
+
+from __future__ import annotations
+
+import time
+
+from sovereign.config import Config
+from sovereign.core import AgentPool, SignalRing, TickRing
+from sovereign.presets import DEFAULT_AGENT_SETS
+from sovereign.runtime import RUNNING, STOPPED, Child
+from sovereign.state import StateStore
+
+NS = 1_000_000_000
+FLUSH_GRACE_NS = 2 * NS  # realtime: a bar closes this long after its period, tick or not
+
+
+def build_pool(symbols: list[int]) -> AgentPool:
+    pool = AgentPool()
+    for s in symbols:
+        for tf, params in DEFAULT_AGENT_SETS:
+            pool.add_agent(s, tf, **params)
+    return pool
+
+
+def snapshot_key(k: int) -> str:
+    return f"worker-{k}"
+
+
+def restore(store: StateStore, pool: AgentPool, k: int) -> str:
+    """Restore worker k's snapshot if it has one for these agents; says what happened."""
+    blob = store.read(lambda t: t.get_bytes("snapshots", snapshot_key(k)))
+    if blob is None:
+        return "no snapshot: starting cold"
+    try:
+        pool.restore(blob)
+    except ValueError as e:
+        store.write(lambda t: t.journal("snapshot_refused", worker=k, why=str(e)))
+        return f"snapshot refused ({e}): starting cold"
+    store.write(lambda t: t.journal("snapshot_restored", worker=k, ticks=pool.stats()["ticks"]))
+    return f"restored snapshot ({pool.stats()['ticks']} ticks)"
+
+
+def save(store: StateStore, pool: AgentPool, k: int) -> None:
+    blob = pool.snapshot()
+    store.write(lambda t: t.put_bytes("snapshots", snapshot_key(k), blob))
+
+
+def run(child: Child, config: Config, k: int) -> None:
+    layout = child.layout
+    store = StateStore(config.system.state_dir)
+    pool = build_pool(layout.symbols_of(k))
+    print(f"worker-{k}: {len(pool)} agents on core {layout.worker_cores[k]}, {restore(store, pool, k)}", flush=True)
+    ticks_in = TickRing.attach(layout.tick_ring(k))
+    signals_out = SignalRing.attach(layout.signal_ring(k))
+    realtime = config.feed.pace == "realtime"
+    next_snapshot = time.monotonic() + config.system.snapshot_interval_s
+    while not child.stop_requested:
+        pool.pump(ticks_in, signals_out, 0.05)
+        if realtime:
+            signals_out.push(pool.flush(time.time_ns() - FLUSH_GRACE_NS))
+        child.messages()
+        if time.monotonic() >= next_snapshot:
+            save(store, pool, k)
+            next_snapshot = time.monotonic() + config.system.snapshot_interval_s
+        stats = pool.stats()
+        child.beat(RUNNING, ticks=stats["ticks"], signals=stats["signals"],
+                   rejects=sum(stats["rejected"].values()), dropped=signals_out.stats()["dropped"])
+    save(store, pool, k)
+    child.beat(STOPPED)
+    store.close()
