@@ -146,9 +146,10 @@ def _report(ex: Execution, rec: np.void | None) -> tuple:
     origin = int(rec["origin_ns"]) if rec is not None else 0
     agent = int(rec["agent"]) if rec is not None else 0xFFFFFFFF
     conviction = float(rec["conviction"]) if rec is not None else 0.0
+    sl, tp = (float(rec["sl"]), float(rec["tp"])) if rec is not None else (0.0, 0.0)
     return (ex.ts_ns, origin, ex.client_order_id, ex.ticket, ex.symbol, agent, ex.side,
             ORDER_FILL if done else ORDER_REJECT, int(reason), int(ex.retcode), float(ex.volume),
-            float(ex.price), 0.0, 0.0, conviction, 0.0, float(ex.commission))  # fmt: skip
+            float(ex.price), sl, tp, conviction, 0.0, float(ex.commission))  # fmt: skip
 
 
 def make_broker(config: Config, n_symbols: int) -> PaperBroker:

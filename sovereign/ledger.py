@@ -102,3 +102,17 @@ class Ledger:
                 None if p["sl"] is None else Decimal(p["sl"]),
                 None if p["tp"] is None else Decimal(p["tp"]),
             )
+
+
+def same_book(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two Ledger.to_dict() books hold the same amounts (1.6205 == 1.62050)."""
+
+    def norm(d: dict[str, Any]) -> tuple:
+        def dec(x: str | None) -> Decimal | None:
+            return None if x is None else Decimal(x)
+
+        positions = {s: ([(Decimal(v), Decimal(p)) for v, p in pos["lots"]], dec(pos["sl"]), dec(pos["tp"]))
+                     for s, pos in d["positions"].items()}  # fmt: skip
+        return Decimal(d["balance"]), positions
+
+    return norm(a) == norm(b)

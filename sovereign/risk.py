@@ -24,7 +24,7 @@ import numpy as np
 from sovereign.broker.paper import SymbolSpec
 from sovereign.config import Config, RiskConfig
 from sovereign.core import NO_AGENT, ORDER_APPROVED, ORDER_DTYPE, ORDER_FILL, OrderRing, QuoteBoard
-from sovereign.ledger import ZERO, Ledger, to_decimal
+from sovereign.ledger import ZERO, Ledger, same_book, to_decimal
 from sovereign.orders import ClientIds, OrderBook, OrderState
 from sovereign.runtime import RUNNING, STOPPED, Child, symbol_specs
 from sovereign.state import StateStore, Txn
@@ -80,6 +80,8 @@ class Risk:
         self.approved_ts: deque[int] = deque()  # market times of recent approvals (order rate)
         self.events: list[dict[str, Any]] = []  # for the journal; the wrapper drains it
         self.rejected = dict.fromkeys(Reason, 0)
+        self.flattening = False  # halted with flatten: keep closing whatever is open
+        self.closing: dict[int, int] = {}  # symbol -> client id of risk's close in flight
 
     # ---- intents
 
@@ -163,9 +165,13 @@ class Risk:
 
     def on_reports(self, reports: np.ndarray) -> None:
         for r in reports:
+            if self.closing.get(int(r["symbol"])) == r["client_order_id"]:
+                del self.closing[int(r["symbol"])]
             if r["kind"] == ORDER_FILL:
+                sl = to_decimal(r["sl"]) if r["sl"] else None
+                tp = to_decimal(r["tp"]) if r["tp"] else None
                 self.ledger.fill(int(r["symbol"]), int(r["side"]), to_decimal(r["volume"]),
-                                 to_decimal(r["price"]), to_decimal(r["commission"]))  # fmt: skip
+                                 to_decimal(r["price"]), to_decimal(r["commission"]), sl, tp)  # fmt: skip
 
     def mark(self, quotes: Quotes, now_ns: int) -> np.ndarray:
         """Mark the book to market; enforce the daily loss and drawdown limits. Returns the
@@ -181,7 +187,9 @@ class Risk:
             self.day, self.day_start = day, equity
             if self.state is TradingState.REDUCING:
                 self._set(TradingState.ACTIVE, "a new trading day")
-        if self.state is not TradingState.HALTED and equity <= self.peak * (1 - Decimal(repr(self.limits.max_drawdown))):
+        if self.state is TradingState.HALTED:
+            return self._flatten_open(quotes, now_ns)
+        if equity <= self.peak * (1 - Decimal(repr(self.limits.max_drawdown))):
             return self.halt(True, f"max drawdown: equity {equity:.2f} is more than {self.limits.max_drawdown:.1%} "
                                    f"below the peak {self.peak:.2f}", quotes, now_ns)  # fmt: skip
         loss_floor = self.day_start * (1 - Decimal(repr(self.limits.daily_loss_limit)))
@@ -196,9 +204,16 @@ class Risk:
     def halt(self, flatten: bool, why: str, quotes: Quotes, now_ns: int) -> np.ndarray:
         """HALTED: no new exposure. With flatten, an order closing every position."""
         self._set(TradingState.HALTED, why)
-        if not flatten:
+        self.flattening = self.flattening or flatten
+        return self._flatten_open(quotes, now_ns)
+
+    def _flatten_open(self, quotes: Quotes, now_ns: int) -> np.ndarray:
+        """While flattening, close every open position without a close in flight: a fill
+        of an order that was already on its way when the halt came is closed in turn."""
+        if not self.flattening:
             return np.zeros(0, ORDER_DTYPE)
-        return np.array([self._close(s, quotes, now_ns) for s in self.ledger.open_symbols()], ORDER_DTYPE)
+        todo = [s for s in self.ledger.open_symbols() if s not in self.closing]
+        return np.array([self._close(s, quotes, now_ns) for s in todo], ORDER_DTYPE)
 
     def flatten(self, symbol: int, quotes: Quotes, now_ns: int) -> np.ndarray:
         if not self.ledger.volume(symbol):
@@ -208,6 +223,7 @@ class Risk:
     def resume(self) -> None:
         if self.state is not TradingState.ACTIVE:
             self.peak = self.equity  # the drawdown that halted it is acknowledged
+            self.flattening = False
             self._set(TradingState.ACTIVE, "resumed by command")
 
     def reload(self, limits: RiskConfig) -> None:
@@ -218,7 +234,9 @@ class Risk:
         vol = self.ledger.volume(symbol)
         side = -1 if vol > 0 else 1
         _, bid, ask, _ = quotes(symbol)
-        return (now_ns, 0, self.next_id(), 0, symbol, NO_AGENT, side, ORDER_APPROVED, int(Reason.FLATTEN), 0,
+        cid = self.next_id()
+        self.closing[symbol] = cid
+        return (now_ns, 0, cid, 0, symbol, NO_AGENT, side, ORDER_APPROVED, int(Reason.FLATTEN), 0,
                 float(abs(vol)), ask if side > 0 else bid, 0.0, 0.0, 0.0, 0.0, 0.0)  # fmt: skip
 
     def _set(self, state: TradingState, why: str) -> None:
@@ -232,12 +250,14 @@ class Risk:
 
     def to_dict(self) -> dict[str, Any]:
         return {"state": self.state.value, "why": self.why, "peak": str(self.peak), "day": self.day,
-                "day_start": str(self.day_start), "equity": str(self.equity)}  # fmt: skip
+                "day_start": str(self.day_start), "equity": str(self.equity),
+                "flattening": self.flattening}  # fmt: skip
 
     def load_dict(self, d: dict[str, Any]) -> None:
         self.state, self.why = TradingState(d["state"]), d["why"]
         self.peak, self.day, self.day_start = Decimal(d["peak"]), int(d["day"]), Decimal(d["day_start"])
         self.equity = Decimal(d["equity"])
+        self.flattening = bool(d.get("flattening", False))
 
 
 BOOK_KEY = "book"  # positions database: risk's ledger
@@ -257,7 +277,7 @@ def run(child: Child, config: Config) -> None:
         risk.load_dict(saved)
     if book is not None:
         risk.ledger.load_dict(book)
-    if broker is not None and broker["ledger"] != risk.ledger.to_dict():  # a crash between two commits
+    if broker is not None and not same_book(broker["ledger"], risk.ledger.to_dict()):  # crashed in between
         risk.ledger.load_dict(broker["ledger"])
         store.write(lambda t: (t.journal("reconciled", source="broker", book=broker["ledger"]),
                                t.put("positions", BOOK_KEY, broker["ledger"])))  # fmt: skip

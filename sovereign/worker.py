@@ -41,8 +41,9 @@ def restore(store: StateStore, pool: AgentPool, k: int) -> str:
     try:
         pool.restore(blob)
     except ValueError as e:
-        store.write(lambda t: t.journal("snapshot_refused", worker=k, why=str(e)))
-        return f"snapshot refused ({e}): starting cold"
+        why = str(e)
+        store.write(lambda t: t.journal("snapshot_refused", worker=k, why=why))
+        return f"snapshot refused ({why}): starting cold"
     store.write(lambda t: t.journal("snapshot_restored", worker=k, ticks=pool.stats()["ticks"]))
     return f"restored snapshot ({pool.stats()['ticks']} ticks)"
 

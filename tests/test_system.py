@@ -1,0 +1,185 @@
+"""The whole system as real processes: `sovereign run` on the sim feed, read back from
+LMDB and the heartbeat board; kill -9 of a worker, SIGTERM, a drawdown halt, a bad config."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from sovereign.ledger import same_book
+from sovereign.runtime import RUNNING, Heartbeats, Layout
+from sovereign.state import StateStore
+
+ROLES_BEFORE_WORKERS = 3  # gateway, coordinator, risk; then worker-0..
+
+
+def start(tmp: Path, toml: str = "", *args: str) -> subprocess.Popen:
+    cfg = tmp / "sovereign.toml"
+    cfg.write_text(f'[system]\nstate_dir = "{tmp / "state"}"\nsnapshot_interval_s = 1.0\n' + toml)
+    return subprocess.Popen([sys.executable, "-m", "sovereign.cli", "run", "--config", str(cfg), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def journal(state: Path) -> list[dict]:
+    with StateStore(state, readonly=True) as st:
+        return st.read(lambda t: [v for _, v in t.items("journal")])
+
+
+def orders(state: Path) -> list[dict]:
+    with StateStore(state, readonly=True) as st:
+        return st.read(lambda t: [v for _, v in t.items("orders")])
+
+
+def board(proc: subprocess.Popen, timeout: float = 60) -> Heartbeats:
+    path = Path(f"/dev/shm/sov{proc.pid}-heartbeats")
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read()  # type: ignore[union-attr]
+        assert time.monotonic() < deadline, "the supervisor never created its heartbeat board"
+        time.sleep(0.05)
+    return Heartbeats(path.name)
+
+
+def wait_for(cond, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def test_ticks_become_signals_orders_fills_and_positions_in_lmdb(tmp_path: Path) -> None:
+    proc = start(tmp_path, "", "--max-ticks", "3000000")
+    code, out = finish(proc, 120)
+    assert code == 0, out
+    state = tmp_path / "state"
+    events = journal(state)
+    stats = next(e for e in events if e["event"] == "gateway_stats")
+    assert stats["ticks"] == 3_000_000 and stats["lost_ticks"] == 0
+    book = orders(state)
+    states = Counter(o["state"] for o in book)
+    assert states["FILLED"] >= 20, states
+    assert set(states) <= {"FILLED", "REJECTED"}, states  # nothing left open or in flight
+    filled = [o for o in book if o["state"] == "FILLED"]
+    assert all(o["ticket"] > 0 and o["fill_price"] for o in filled)
+    rejected = [o for o in book if o["state"] == "REJECTED"]
+    assert all(o.get("reason") or o.get("retcode") for o in rejected)  # every refusal says why
+    assert any(e["event"] == "fill" and e["reason"] in ("sl", "tp") for e in events)  # broker-side exits
+    with StateStore(state, readonly=True) as st:
+        risk_book = st.read(lambda t: t.get("positions", "book"))
+        broker = st.read(lambda t: t.get("bridge", "paper"))
+        snapshot = st.read(lambda t: t.get_bytes("snapshots", "worker-0"))
+        risk_state = st.read(lambda t: t.get("risk", "state"))
+    assert same_book(risk_book, broker["ledger"])  # risk's view and the broker's truth agree exactly
+    assert snapshot and risk_state["state"] in ("ACTIVE", "REDUCING")
+    assert "stopped clean=True undrained_records=0" in out
+
+
+def test_kill_9_worker_is_restarted_with_its_snapshot_while_the_rest_goes_on(tmp_path: Path) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs 2 cores: one for the worker, one for the rest")
+    proc = start(tmp_path, '[feed]\npace = "realtime"\ntick_interval_s = 0.02\n')
+    try:
+        hb = board(proc)
+        worker = ROLES_BEFORE_WORKERS
+        wait_for(lambda: all(hb.slots["state"] == RUNNING), 60, "every process running")
+        others = [int(p) for p in hb.slots["pid"][:ROLES_BEFORE_WORKERS]]
+        time.sleep(2.0)  # at least one periodic snapshot
+        victim = int(hb.slots[worker]["pid"])
+        gateway_ticks = int(hb.slots[0]["ticks"])
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: int(hb.slots[worker]["pid"]) != victim and hb.slots[worker]["state"] == RUNNING, 30,
+                 "the worker restarted")  # fmt: skip
+        assert int(hb.slots[0]["ticks"]) > gateway_ticks  # the gateway went on meanwhile
+        assert int(hb.slots[worker]["restarts"]) == 1
+        assert [int(p) for p in hb.slots["pid"][:ROLES_BEFORE_WORKERS]] == others  # untouched
+        proc.send_signal(signal.SIGTERM)
+        t = time.monotonic()
+        code, out = finish(proc, 60)
+        assert code == 0, out
+        assert time.monotonic() - t < 20  # the configured shutdown bound
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    events = journal(tmp_path / "state")
+    restart = next(e for e in events if e["event"] == "restart")
+    assert restart["process"] == "worker-0" and restart["why"] == "dead"
+    assert any(e["event"] == "snapshot_restored" and e["worker"] == 0 for e in events)
+    assert "snapshot_restored" in [e["event"] for e in events[events.index(restart):]]
+    assert not any(o["state"] in ("SUBMITTING", "APPROVED") for o in orders(tmp_path / "state"))
+
+
+def test_sigterm_stops_cleanly_and_loses_nothing(tmp_path: Path) -> None:
+    proc = start(tmp_path)
+    try:
+        hb = board(proc)
+        wait_for(lambda: all(hb.slots["state"] == RUNNING), 60, "every process running")
+        wait_for(lambda: int(hb.slots[0]["orders"]) >= 5, 60, "some orders")
+        proc.send_signal(signal.SIGTERM)
+        code, out = finish(proc, 60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert code == 0, out
+    assert "stopped clean=True undrained_records=0" in out
+    state = tmp_path / "state"
+    assert not any(o["state"] in ("SUBMITTING", "APPROVED", "INTENT") for o in orders(state))
+    with StateStore(state, readonly=True) as st:
+        book, broker = st.read(lambda t: (t.get("positions", "book"), t.get("bridge", "paper")))
+        assert same_book(book, broker["ledger"])
+    assert not list(Path("/dev/shm").glob(f"sov{proc.pid}-*"))  # shared memory removed
+
+
+def test_drawdown_past_the_limit_flattens_and_halts(tmp_path: Path) -> None:
+    toml = "[risk]\nmax_drawdown = 0.002\ndaily_loss_limit = 0.002\nrisk_per_trade = 0.01\n"
+    proc = start(tmp_path, toml, "--max-ticks", "6000000")
+    code, out = finish(proc, 180)
+    assert code == 0, out
+    state = tmp_path / "state"
+    events = journal(state)
+    halts = [e for e in events if e["event"] == "trading_state" and e["state"] == "HALTED"]
+    assert halts and "max drawdown" in halts[0]["why"], Counter(e["event"] for e in events)
+    flatten = [o for o in orders(state) if o.get("reason") == "FLATTEN"]
+    assert flatten and all(o["state"] == "FILLED" for o in flatten)
+    after_halt = {e["client_order_id"] for e in events[events.index(halts[0]):] if e["event"] == "order"}
+    opened = [o for o in orders(state) if o["client_order_id"] in after_halt and o["state"] == "FILLED"]
+    assert all(o.get("reason") == "FLATTEN" for o in opened)  # nothing but exits once halted
+    with StateStore(state, readonly=True) as st:
+        assert st.read(lambda t: t.get("risk", "state"))["state"] == "HALTED"
+        assert st.read(lambda t: t.get("bridge", "paper"))["ledger"]["positions"] == {}
+    refused_after = [o for o in orders(state) if o.get("reason") == "HALTED"]
+    assert all(o["state"] == "REJECTED" for o in refused_after)
+
+
+def test_invalid_config_fails_before_anything_starts(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(f'[system]\nstate_dir = "{tmp_path / "state"}"\n[risk]\nmax_drawdown = 1.5\n')
+    before = set(Path("/dev/shm").iterdir())
+    r = subprocess.run([sys.executable, "-m", "sovereign.cli", "run", "--config", str(cfg)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 2
+    assert "config key risk.max_drawdown: 1.5 is not in (0, 1]" in r.stderr
+    assert not (tmp_path / "state").exists()
+    assert set(Path("/dev/shm").iterdir()) == before
+
+
+def test_layout_default_fits_two_cores() -> None:
+    from sovereign.config import Config
+
+    layout = Layout.plan(Config(), "t", 100)
+    cores = sorted(os.sched_getaffinity(0))
+    assert layout.n_workers == max(1, len(cores) - 1)
+    assert all(c in cores for c in layout.worker_cores)
+    owned = sorted(s for k in range(layout.n_workers) for s in layout.symbols_of(k))
+    assert owned == list(range(100))  # every symbol has exactly one worker
