@@ -131,7 +131,7 @@ class Risk:
         if current == 0 and len(self.ledger.open_symbols()) >= self.limits.max_open_positions:
             return None, Reason.MAX_POSITIONS
         budget = self.equity * Decimal(repr(float(rec["risk"])))
-        per_lot = to_decimal(abs(ref - stop)) * spec.contract_size
+        per_lot = abs(to_decimal(ref) - to_decimal(stop)) * spec.contract_size  # exact: no float subtraction
         volume = (budget / per_lot / spec.lot_step).to_integral_value(ROUND_FLOOR) * spec.lot_step
         volume = min(volume, spec.max_lot - closing)
         if volume < spec.min_lot:

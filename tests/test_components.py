@@ -1,0 +1,344 @@
+"""The transport-free components and their shared-memory pieces, one process at a time:
+coordinator, risk, gateway recovery, the quote board, the worker's pump, feeds, CSV data."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import re
+from decimal import Decimal as D
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sovereign.broker.paper import Retcode
+from sovereign.config import Config, from_dict
+from sovereign.coordinator import Coordinator
+from sovereign.core import (
+    ORDER_APPROVED,
+    ORDER_DTYPE,
+    ORDER_FILL,
+    ORDER_INTENT,
+    SIGNAL_DTYPE,
+    TICK_DTYPE,
+    AgentPool,
+    QuoteBoard,
+    SignalRing,
+    TickRing,
+)
+from sovereign.data import DataError, load_csv, load_ticks
+from sovereign.feeds import Feed
+from sovereign.gateway import Gateway, exec_key, make_broker
+from sovereign.orders import OrderBook, OrderState
+from sovereign.presets import add_default_agents
+from sovereign.risk import Reason, Risk, TradingState
+from sovereign.runtime import symbol_specs
+from sovereign.sim import SimMarket, simulate_ticks
+from sovereign.state import StateStore
+from tests.helpers import ring_name
+
+NS = 1_000_000_000
+
+
+def signal(symbol: int, side: int, conviction: float, *, agent: int = 0, ts: int = 1000 * NS, tf: int = 60,
+           entry: float = 1.1, stop: float = 1.09, target: float = 1.12) -> tuple:  # fmt: skip
+    return (ts, agent, symbol, side, 0, 2, tf, conviction, entry, stop, target, stop, 7)
+
+
+def ids() -> object:
+    counter = iter(range(1, 10**6))
+    return lambda: next(counter)
+
+
+# ---- coordinator
+
+
+def test_coordinator_acts_on_net_conviction_and_cancels_opposites() -> None:
+    c = Coordinator(Config(), ids())
+    assert len(c.on_signals(np.array([signal(0, 1, 0.5)], SIGNAL_DTYPE))) == 0  # 0.5 < 0.55
+    out = c.on_signals(np.array([signal(0, 1, 0.3, agent=1)], SIGNAL_DTYPE))  # net 0.8
+    assert len(out) == 1
+    o = out[0]
+    assert (o["kind"], o["side"], o["symbol"], o["origin_ns"]) == (ORDER_INTENT, 1, 0, 7)
+    assert o["conviction"] == pytest.approx(0.8) and o["risk"] == pytest.approx(0.005 * 0.8)
+    assert o["agent"] == 0 and (o["price"], o["sl"], o["tp"]) == (1.1, 1.09, 1.12)  # the strongest
+    c2 = Coordinator(Config(), ids())
+    both = np.array([signal(1, 1, 0.7), signal(1, -1, 0.6, agent=1)], SIGNAL_DTYPE)
+    assert len(c2.on_signals(both)) == 0  # 0.7 - 0.6 cancels below the threshold
+
+
+def test_coordinator_signals_expire_after_one_bar_and_in_flight_blocks_repeats() -> None:
+    c = Coordinator(Config(), ids())
+    c.on_signals(np.array([signal(0, 1, 0.4, ts=1000 * NS)], SIGNAL_DTYPE))
+    later = np.array([signal(0, 1, 0.4, agent=1, ts=1061 * NS)], SIGNAL_DTYPE)  # the first expired at 1060 s
+    assert len(c.on_signals(later)) == 0
+    first = c.on_signals(np.array([signal(0, 1, 0.4, agent=2, ts=1062 * NS)], SIGNAL_DTYPE))
+    assert len(first) == 1
+    again = c.on_signals(np.array([signal(0, 1, 0.9, agent=3, ts=1063 * NS)], SIGNAL_DTYPE))
+    assert len(again) == 0  # an intent for symbol 0 is in flight
+    fill = np.zeros(1, ORDER_DTYPE)
+    fill[0]["client_order_id"], fill[0]["kind"], fill[0]["side"], fill[0]["volume"] = first[0]["client_order_id"], \
+        ORDER_FILL, 1, 0.3
+    c.on_reports(fill)
+    assert c.position[0] == 1
+    assert len(c.on_signals(np.array([signal(0, 1, 0.9, agent=4, ts=1064 * NS)], SIGNAL_DTYPE))) == 0  # long already
+    flip = c.on_signals(np.array([signal(0, -1, 5.0, agent=5, ts=1065 * NS)], SIGNAL_DTYPE))
+    assert len(flip) == 1 and flip[0]["side"] == -1
+
+
+def test_coordinator_caps_a_symbols_risk() -> None:
+    cfg = from_dict({"coordinator": {"max_symbol_share": 0.05}})
+    c = Coordinator(cfg, ids())
+    out = c.on_signals(np.array([signal(0, 1, 1.0, agent=a) for a in range(5)], SIGNAL_DTYPE))
+    assert out[0]["risk"] == pytest.approx(0.05 * 0.005 * 20)  # not 0.005 * 5
+
+
+# ---- risk
+
+
+def quotes_at(bid: float, ask: float, ts: int = 1000 * NS):  # type: ignore[no-untyped-def]
+    return lambda s: (ts, bid, ask, 0)
+
+
+def intent(symbol: int = 0, side: int = 1, price: float = 1.1002, sl: float = 1.0952, tp: float = 1.12,
+           risk: float = 0.005, cid: int = 1) -> np.ndarray:  # fmt: skip
+    rec = np.zeros(1, ORDER_DTYPE)
+    rec[0] = (1000 * NS, 5, cid, 0, symbol, 0, side, ORDER_INTENT, 0, 0, 0.0, price, sl, tp, 1.0, risk, 0.0)
+    return rec
+
+
+def make_risk(**risk: object) -> Risk:
+    cfg = from_dict({"risk": risk}) if risk else Config()
+    return Risk(cfg, symbol_specs(cfg, 4), ids())
+
+
+def test_risk_sizes_from_the_stop_distance_and_rounds_down_to_the_lot_step() -> None:
+    r = make_risk(max_symbol_exposure=100.0, max_gross_exposure=100.0)
+    ok, refused = r.on_intents(intent(), quotes_at(1.1000, 1.1002), 1000 * NS)
+    assert not refused
+    # 100000 * 0.005 = 500 at risk; 0.005 price distance * 100000 per lot = 500 per lot -> 1.00 lot
+    assert (ok[0]["kind"], ok[0]["volume"], ok[0]["price"], ok[0]["sl"]) == (ORDER_APPROVED, 1.0, 1.1002, 1.0952)
+    ok, _ = r.on_intents(intent(risk=0.00333, cid=2, symbol=1), quotes_at(1.1000, 1.1002), 1000 * NS)
+    assert ok[0]["volume"] == 0.66  # 0.666 rounded down
+
+
+def test_risk_caps_size_by_exposure_and_refuses_with_reasons() -> None:
+    r = make_risk()
+    ok, _ = r.on_intents(intent(), quotes_at(1.1000, 1.1002), 1000 * NS)
+    assert ok[0]["volume"] == 0.18  # 20% of 100000 equity / 110020 per lot
+    cases = [
+        (intent(sl=1.2), quotes_at(1.1, 1.1002), Reason.BAD_STOP),
+        (intent(price=1.2), quotes_at(1.1, 1.1002), Reason.PRICE_BAND),
+        (intent(), quotes_at(1.1, 1.1002, ts=990 * NS), Reason.STALE_QUOTE),
+        (intent(), quotes_at(1.1, 1.1002, ts=0), Reason.NO_QUOTE),
+        (intent(symbol=9), quotes_at(1.1, 1.1002), Reason.UNKNOWN_SYMBOL),
+        (intent(sl=0.5, risk=1e-6), quotes_at(1.1, 1.1002), Reason.VOLUME_TOO_SMALL),
+    ]
+    for rec, q, why in cases:
+        fresh = make_risk()
+        _, refused = fresh.on_intents(rec, q, 1000 * NS)
+        assert [w for _, w in refused] == [why], why
+
+
+def test_risk_limits_positions_and_order_rate() -> None:
+    r = make_risk(max_open_positions=1, max_orders_per_minute=2)
+    ok, _ = r.on_intents(intent(symbol=0), quotes_at(1.1, 1.1002), 1000 * NS)
+    fill = ok.copy()
+    fill["kind"] = ORDER_FILL
+    r.on_reports(fill)
+    _, refused = r.on_intents(intent(symbol=1, cid=2), quotes_at(1.1, 1.1002), 1000 * NS)
+    assert refused[0][1] == Reason.MAX_POSITIONS
+    _, refused = r.on_intents(intent(symbol=0, cid=3), quotes_at(1.1, 1.1002), 1000 * NS)
+    assert refused[0][1] == Reason.ALREADY_POSITIONED
+    r2 = make_risk(max_orders_per_minute=2)
+    for cid in range(3):
+        r2.on_intents(intent(symbol=cid, cid=cid), quotes_at(1.1, 1.1002), 1000 * NS)
+    assert r2.rejected[Reason.ORDER_RATE] == 1
+
+
+def test_daily_loss_reduces_until_the_next_day_and_drawdown_halts_and_flattens() -> None:
+    r = make_risk(daily_loss_limit=0.01, max_drawdown=0.05)
+    day0 = 20000 * 86400 * NS
+    r.mark(quotes_at(1.1, 1.1002, day0), day0)
+    ok, _ = r.on_intents(intent(), quotes_at(1.1, 1.1002, day0), day0)
+    fill = ok.copy()
+    fill["kind"] = ORDER_FILL
+    r.on_reports(fill)  # long 0.18 at 1.1002
+    r.mark(quotes_at(1.04, 1.0402, day0), day0)  # -0.0602 * 18000 = -1083.6: more than 1% lost
+    assert r.state is TradingState.REDUCING
+    _, refused = r.on_intents(intent(symbol=1, cid=2, price=1.0402), quotes_at(1.04, 1.0402, day0), day0)
+    assert refused[0][1] == Reason.REDUCING
+    ok, _ = r.on_intents(intent(side=-1, price=1.04, sl=1.05, cid=3), quotes_at(1.04, 1.0402, day0), day0)
+    assert ok[0]["volume"] == 0.18 and ok[0]["reason"] == Reason.REDUCING  # a close, not a reversal
+    r.mark(quotes_at(1.04, 1.0402, day0 + 86400 * NS), day0 + 86400 * NS)
+    assert r.state is TradingState.ACTIVE
+    out = r.mark(quotes_at(0.8, 0.8002, day0 + 86400 * NS), day0 + 86400 * NS)
+    assert r.state is TradingState.HALTED and "max drawdown" in r.why
+    assert len(out) == 1 and (out[0]["side"], out[0]["volume"], out[0]["reason"]) == (-1, 0.18, Reason.FLATTEN)
+    _, refused = r.on_intents(intent(symbol=2, cid=9, price=0.8002), quotes_at(0.8, 0.8002), day0 + 86400 * NS)
+    assert refused[0][1] == Reason.HALTED
+    assert [e["state"] for e in r.events if e["event"] == "trading_state"] == ["REDUCING", "ACTIVE", "HALTED"]
+
+
+# ---- gateway
+
+
+def test_gateway_commits_submitting_first_and_recovers_without_resending(tmp_path: Path) -> None:
+    cfg = Config()
+    store = StateStore(tmp_path / "s")
+    gw = Gateway(store, make_broker(cfg, 2), np.zeros(2, np.int64), 1)
+    ticks = simulate_ticks(2, 10, seed=3)
+    gw.on_ticks(ticks)
+    order = intent(price=float(ticks["ask"][-1]), sl=0.0, tp=0.0, cid=41, symbol=int(ticks["symbol"][-1]))
+    order["kind"], order["volume"] = ORDER_APPROVED, 0.1
+    (rep,) = gw.on_orders(order)
+    assert rep["kind"] == ORDER_FILL and rep["retcode"] == Retcode.DONE and rep["ticket"] > 0
+    book = OrderBook(store)
+    assert book.get(41)["state"] == "FILLED"
+    # A crash after SUBMITTING was committed: one order the broker took, one it never saw.
+    book.store.write(lambda t: book.advance(t, 42, [OrderState.APPROVED, OrderState.SUBMITTING]))
+    book.store.write(lambda t: book.advance(t, 43, [OrderState.APPROVED, OrderState.SUBMITTING]))
+    taken = store.read(lambda t: t.get("bridge", exec_key(41)))
+    store.write(lambda t: t.put("bridge", exec_key(42), {**taken, "client_order_id": 42}))
+    store.close()
+    store = StateStore(tmp_path / "s")
+    gw2 = Gateway(store, make_broker(cfg, 2), np.zeros(2, np.int64), 1)
+    assert gw2.broker.ledger.volume(int(ticks["symbol"][-1])) == D("0.1")  # the broker state came back
+    fixed = {f["client_order_id"]: f["state"] for f in gw2.recover()}
+    assert fixed == {42: "FILLED", 43: "REJECTED"}
+    assert gw2.orders == 0  # nothing was sent again
+
+
+def test_gateway_routes_each_symbol_to_its_worker() -> None:
+    ticks = simulate_ticks(10, 50, seed=1)
+    worker_of = np.arange(10) % 3
+    gw = Gateway.__new__(Gateway)
+    gw.worker_of, gw.n_workers = worker_of, 3
+    parts = gw.route(ticks)
+    assert sum(len(p) for p in parts) == len(ticks)
+    for k, part in enumerate(parts):
+        assert (worker_of[part["symbol"]] == k).all() and (np.diff(part["ts_ns"]) >= 0).all()
+
+
+# ---- shared memory: quote board and the worker's pump
+
+
+def _hammer(name: str, n: int) -> None:
+    with QuoteBoard.attach(name) as board:
+        t = np.zeros(1, TICK_DTYPE)
+        for i in range(1, n + 1):
+            t["ts_ns"], t["bid"], t["ask"], t["symbol"], t["recv_ns"] = i, i, i + 0.5, 0, i
+            board.publish(t)
+
+
+def test_quote_board_reads_are_never_torn_across_processes() -> None:
+    name = ring_name("qb")
+    with QuoteBoard.create(name, 4) as board:
+        writer = mp.get_context("spawn").Process(target=_hammer, args=(name, 300_000))
+        writer.start()
+        seen = 0
+        while writer.is_alive() or seen == 0:
+            ts, bid, ask, recv = board.read(0)
+            if ts:  # 0: the writer has not published yet
+                assert bid == ts and ask == ts + 0.5 and recv == ts  # one tick's fields, never a mix
+                seen += 1
+        writer.join()
+        assert board.read(0)[0] == 300_000 and board.updates == 300_000
+        assert board.read(3) == (0, 0.0, 0.0, 0)
+        with pytest.raises(IndexError):
+            board.read(4)
+        snap = board.snapshot()
+        assert snap["ts_ns"][0] == 300_000 and len(snap) == 4
+
+
+def test_pump_runs_the_pool_between_rings_like_on_ticks() -> None:
+    ticks = simulate_ticks(5, 4000, seed=2)
+    ticks["recv_ns"] = np.arange(len(ticks))
+    expected = AgentPool()
+    add_default_agents(expected, 5)
+    want = expected.on_ticks(ticks)
+    pool = AgentPool()
+    add_default_agents(pool, 5)
+    with TickRing.create(ring_name("pt"), 1 << 15) as tr, SignalRing.create(ring_name("ps"), 1 << 12) as sr:
+        tr.push(ticks)
+        n, emitted, pushed = pool.pump(tr, sr, 0.2)
+        got = sr.pop(1 << 12)
+    assert n == len(ticks) and emitted == pushed == len(want) > 0
+    assert got.tobytes() == want.tobytes()  # origin_ns is the recv_ns of the closing tick
+    assert (got["origin_ns"] > 0).all()
+
+
+# ---- feeds and data
+
+
+def test_sim_market_is_seeded_merged_and_structured() -> None:
+    a, b = SimMarket(20, seed=4).next(50_000), SimMarket(20, seed=4).next(50_000)
+    assert a.tobytes() == b.tobytes()
+    assert (np.diff(a["ts_ns"]) > 0).all() and (a["ask"] > a["bid"]).all() and (a["bid"] > 0).all()
+    assert set(np.unique(a["symbol"])) == set(range(20))
+
+
+def test_feed_stops_after_max_ticks() -> None:
+    feed = Feed(from_dict({"feed": {"max_ticks": 5000, "symbols": 3}}))
+    got = sum(len(feed.next(2048)) for _ in range(5))
+    assert got == 5000 and feed.done and len(feed.next(10)) == 0
+
+
+GENERIC_TICKS = """time,symbol,bid,ask,volume
+2026-01-02T00:00:00.100Z,EURUSD,1.1000,1.1002,1
+2026-01-02T00:00:00.250Z,GBPUSD,1.2700,1.2703,2
+1767312001000,EURUSD,1.1001,1.1003,1
+"""
+MT5_TICKS = "<DATE>\t<TIME>\t<BID>\t<ASK>\t<LAST>\t<VOLUME>\t<FLAGS>\n" \
+    "2026.01.02\t00:00:00.100\t1.1000\t1.1002\t\t\t6\n2026.01.02\t00:00:00.300\t\t1.1004\t\t\t4\n"
+MT5_BARS = "<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\t<TICKVOL>\t<VOL>\t<SPREAD>\n" \
+    "2026.01.02\t00:00:00\t1.1\t1.102\t1.099\t1.101\t40\t0\t12\n" \
+    "2026.01.02\t00:01:00\t1.101\t1.103\t1.1\t1.1005\t20\t0\t10\n"
+
+
+def test_csv_generic_and_mt5_layouts(tmp_path: Path) -> None:
+    (tmp_path / "g.csv").write_text(GENERIC_TICKS)
+    (tmp_path / "EURUSD_ticks.csv").write_text(MT5_TICKS)
+    (tmp_path / "GBPUSD_M1_2026.csv").write_text(MT5_BARS)
+    g = load_csv(tmp_path / "g.csv")
+    assert g.kind == "ticks" and g.names == ["EURUSD", "GBPUSD"]
+    assert g.records["ts_ns"].tolist() == [1767312000100000000, 1767312000250000000, 1767312001000000000]
+    m = load_csv(tmp_path / "EURUSD_ticks.csv", "mt5")
+    assert m.names == ["EURUSD"] and m.records["ask"].tolist() == [1.1002, 1.1004]  # empty bid: unchanged
+    assert m.records["bid"].tolist() == [1.1, 1.1]
+    bars = load_csv(tmp_path / "GBPUSD_M1_2026.csv", "mt5")
+    assert bars.kind == "bars" and bars.records["timeframe_s"].tolist() == [60, 60]
+    ticks, names = load_ticks([str(tmp_path / "GBPUSD_M1_2026.csv")], "mt5")
+    assert len(ticks) == 8 and names == ["GBPUSD"]
+    assert ticks["bid"][:4].tolist() == [1.1, 1.099, 1.102, 1.101]  # up bar: open, low, high, close
+    assert ticks["ask"][0] == pytest.approx(1.1 + 12e-5)
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("2026-01-02T00:00:01Z,EURUSD,abc,1.1", "3: bid 'abc' is not a number"),
+        ("2026-01-02T00:00:01Z,EURUSD,nan,1.1", "3: bid is nan"),
+        ("2026-01-02T00:00:01Z,EURUSD,0,1.1", "3: bid 0 is not a positive price"),
+        ("2026-01-02T00:00:01Z,EURUSD,1.2,1.1", "3: ask 1.1 is below bid 1.2"),
+        ("2026-01-01T00:00:01Z,EURUSD,1.1,1.2", "3: time goes backwards for EURUSD"),
+        ("yesterday,EURUSD,1.1,1.2", "3:"),
+        ("2026-01-02T00:00:01Z,EURUSD,1.1", "3: 3 fields, the header has 4"),
+    ],
+)
+def test_bad_rows_are_refused_with_file_and_line(tmp_path: Path, row: str, message: str) -> None:
+    f = tmp_path / "t.csv"
+    f.write_text(f"time,symbol,bid,ask\n2026-01-02T00:00:00Z,EURUSD,1.1,1.1002\n{row}\n")
+    with pytest.raises(DataError, match=re.escape(f"{f}:{message}")):
+        load_csv(f)
+
+
+def test_bad_files_are_refused_clearly(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="cannot read"):
+        load_csv(tmp_path / "missing.csv")
+    (tmp_path / "h.csv").write_text("a,b,c\n1,2,3\n")
+    with pytest.raises(DataError, match="h.csv:1: header a,b,c has neither the tick columns"):
+        load_csv(tmp_path / "h.csv")
+    (tmp_path / "X_M1.csv").write_text("<DATE>\t<TIME>\t<OPEN>\t<HIGH>\t<LOW>\t<CLOSE>\n2026.01.02\t00:00:00\t1\t0.9\t0.8\t1\n")
+    with pytest.raises(DataError, match="X_M1.csv:2: high 0.9 / low 0.8 do not enclose"):
+        load_csv(tmp_path / "X_M1.csv", "mt5")
