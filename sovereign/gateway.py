@@ -57,7 +57,9 @@ class Gateway:
             def tx(t: Txn, cid: int = cid) -> dict:
                 done = t.get("bridge", exec_key(cid))
                 if done is not None and done["retcode"] == Retcode.DONE:
-                    rec = self.book.advance(t, cid, [OrderState.FILLED], price=done["price"], ticket=done["ticket"])
+                    rec = self.book.advance(
+                        t, cid, [OrderState.FILLED], price=done["price"], ticket=done["ticket"]
+                    )
                 else:
                     rec = self.book.advance(t, cid, [OrderState.REJECTED], why="not executed before a crash")
                 t.journal("recovered", client_order_id=cid, state=rec["state"])
@@ -102,7 +104,8 @@ class Gateway:
         now = time.monotonic_ns()
         for rec in approved:
             self.to_gateway_ns.append(now - int(rec["origin_ns"]))
-            fields.append({"symbol": int(rec["symbol"]), "side": int(rec["side"]), "volume": float(rec["volume"]),
+            fields.append({"symbol": int(rec["symbol"]), "side": int(rec["side"]),
+                           "volume": float(rec["volume"]),
                            "price": float(rec["price"]), "sl": float(rec["sl"]), "tp": float(rec["tp"]),
                            "agent": int(rec["agent"]), "reason": Reason(int(rec["reason"])).name,
                            "conviction": float(rec["conviction"]), "ts_ns": int(rec["ts_ns"])})  # fmt: skip
@@ -120,6 +123,7 @@ class Gateway:
                                      sl=f["sl"] or None, tp=f["tp"] or None)
             for cid, f in zip(cids, fields, strict=True)
         ]  # fmt: skip
+
         def results(t: Txn) -> None:
             for cid, ex in zip(cids, executions, strict=True):
                 self._record(t, cid, ex)
@@ -219,7 +223,8 @@ def _final_stats(store: StateStore, gw: Gateway, ticks: int, lost: int, feed_s: 
         return {"n": len(xs), "p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)),
                 "max_us": float(a.max())}  # fmt: skip
 
-    store.write(lambda t: t.journal("gateway_stats", ticks=ticks, feed_s=feed_s, lost_ticks=lost, orders=gw.orders,
+    store.write(lambda t: t.journal("gateway_stats", ticks=ticks, feed_s=feed_s, lost_ticks=lost,
+                                    orders=gw.orders,
                                     fills=gw.fills, rejects=gw.rejects,
                                     tick_to_broker=pct(gw.to_broker_ns),
                                     tick_to_gateway=pct(gw.to_gateway_ns)))  # fmt: skip

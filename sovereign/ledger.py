@@ -46,8 +46,16 @@ class Ledger:
     def open_symbols(self) -> list[int]:
         return [s for s, p in self.positions.items() if p.lots]
 
-    def fill(self, symbol: int, side: int, volume: Decimal, price: Decimal, commission: Decimal,
-             sl: Decimal | None = None, tp: Decimal | None = None) -> Decimal:
+    def fill(
+        self,
+        symbol: int,
+        side: int,
+        volume: Decimal,
+        price: Decimal,
+        commission: Decimal,
+        sl: Decimal | None = None,
+        tp: Decimal | None = None,
+    ) -> Decimal:
         """Apply an execution; returns the P&L it realized (before commission)."""
         size = self.contract_sizes[symbol]
         pos = self.positions.setdefault(symbol, Position())

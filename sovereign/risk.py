@@ -139,7 +139,9 @@ class Risk:
         # Exposure limits cut the size down to what fits; refuse only if not a minimum lot.
         per_lot_notional = spec.contract_size * to_decimal(ref)
         symbol_room = self.equity * Decimal(repr(self.limits.max_symbol_exposure))
-        gross_room = self.equity * Decimal(repr(self.limits.max_gross_exposure)) - self._gross(quotes, skip=symbol)
+        gross_room = self.equity * Decimal(repr(self.limits.max_gross_exposure)) - self._gross(
+            quotes, skip=symbol
+        )
         for room, why in ((symbol_room, Reason.SYMBOL_EXPOSURE), (gross_room, Reason.GROSS_EXPOSURE)):
             fits = (room / per_lot_notional / spec.lot_step).to_integral_value(ROUND_FLOOR) * spec.lot_step
             if fits < spec.min_lot:
@@ -148,7 +150,9 @@ class Risk:
         tp = float(rec["tp"]) if ((rec["tp"] > ref) if side > 0 else (0 < rec["tp"] < ref)) else 0.0
         return self._order(rec, closing + volume, ref, stop, tp, Reason.OK), Reason.OK
 
-    def _order(self, rec: np.void, volume: Decimal, price: float, sl: float, tp: float, why: Reason) -> np.void:
+    def _order(
+        self, rec: np.void, volume: Decimal, price: float, sl: float, tp: float, why: Reason
+    ) -> np.void:
         out = rec.copy()
         out["kind"], out["volume"], out["price"] = ORDER_APPROVED, float(volume), price
         out["sl"], out["tp"], out["reason"] = sl, tp, int(why)
@@ -190,7 +194,8 @@ class Risk:
         if self.state is TradingState.HALTED:
             return self._flatten_open(quotes, now_ns)
         if equity <= self.peak * (1 - Decimal(repr(self.limits.max_drawdown))):
-            return self.halt(True, f"max drawdown: equity {equity:.2f} is more than {self.limits.max_drawdown:.1%} "
+            limit = self.limits.max_drawdown
+            return self.halt(True, f"max drawdown: equity {equity:.2f} is more than {limit:.1%} "
                                    f"below the peak {self.peak:.2f}", quotes, now_ns)  # fmt: skip
         loss_floor = self.day_start * (1 - Decimal(repr(self.limits.daily_loss_limit)))
         if self.state is TradingState.ACTIVE and equity <= loss_floor:

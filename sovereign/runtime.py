@@ -67,8 +67,10 @@ class Layout:
         if bad:
             from sovereign.config import ConfigError
 
-            raise ConfigError(f"config key system.cores: core {bad[0]} is not available to this process "
-                              f"(available: {', '.join(map(str, available))})")
+            raise ConfigError(
+                f"config key system.cores: core {bad[0]} is not available to this process "
+                f"(available: {', '.join(map(str, available))})"
+            )
         pinned: tuple[int | None, ...] = tuple(cores[k % len(cores)] for k in range(n))
         return Layout(prefix, n_symbols, n, pinned, symbol_names)
 

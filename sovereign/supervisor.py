@@ -8,6 +8,7 @@ while every process is healthy, STATUS, STOPPING.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-import sdnotify
+import sdnotify  # type: ignore[import-untyped]
 
 from sovereign import config as configuration
 from sovereign.config import Config, ConfigError
@@ -28,7 +29,6 @@ from sovereign.data import load_ticks
 from sovereign.runtime import (
     FEED_DONE,
     ORDER_RING,
-    RUNNING,
     SIGNAL_RING,
     STARTING,
     STATE_NAMES,
@@ -221,10 +221,8 @@ class Supervisor:
     def send(self, role: str, message: tuple) -> None:
         p = self.procs[role]
         if p.control is not None:
-            try:
+            with contextlib.suppress(BrokenPipeError, OSError):  # restarting: messages are not queued
                 p.control.send(message)
-            except (BrokenPipeError, OSError):
-                pass  # it is restarting; control messages are not queued across restarts
 
     def reload(self) -> None:
         if self.config_path is None:

@@ -57,7 +57,10 @@ def run(child: Child, config: Config, k: int) -> None:
     layout = child.layout
     store = StateStore(config.system.state_dir)
     pool = build_pool(layout.symbols_of(k))
-    print(f"worker-{k}: {len(pool)} agents on core {layout.worker_cores[k]}, {restore(store, pool, k)}", flush=True)
+    print(
+        f"worker-{k}: {len(pool)} agents on core {layout.worker_cores[k]}, {restore(store, pool, k)}",
+        flush=True,
+    )
     ticks_in = TickRing.attach(layout.tick_ring(k))
     signals_out = SignalRing.attach(layout.signal_ring(k))
     realtime = config.feed.pace == "realtime"
@@ -71,8 +74,13 @@ def run(child: Child, config: Config, k: int) -> None:
             save(store, pool, k)
             next_snapshot = time.monotonic() + config.system.snapshot_interval_s
         stats = pool.stats()
-        child.beat(RUNNING, ticks=stats["ticks"], signals=stats["signals"],
-                   rejects=sum(stats["rejected"].values()), dropped=signals_out.stats()["dropped"])
+        child.beat(
+            RUNNING,
+            ticks=stats["ticks"],
+            signals=stats["signals"],
+            rejects=sum(stats["rejected"].values()),
+            dropped=signals_out.stats()["dropped"],
+        )
     save(store, pool, k)
     child.beat(STOPPED)
     store.close()

@@ -187,7 +187,7 @@ def test_bounce_signal_by_hand() -> None:
     pool.add_agent(0, 60, **LEVEL_PARAMS)
     _, signals = feed_one_by_one(pool, bars(LEVEL_PATH))
     assert len(signals) == 1
-    ts, agent, symbol, side, flags, touches, tf, conviction, entry, stop, target, level, origin = signals[0]
+    ts, agent, symbol, side, flags, touches, tf, conviction, entry, stop, target, level, _origin = signals[0]
     # touches 2 -> 0.4; RANGE (equal highs) -> 0.5; vb undefined -> 0.5; wick 0.75
     expected = 0.30 * 0.4 + 0.25 * 0.5 + 0.20 * 0.5 + 0.25 * ((0.75 - 0.4) / (1 - 0.4))
     assert (ts, agent, symbol, side, flags, touches, tf) == (T0 + 10 * 60 * NS, 0, 0, 1, 0, 2, 60)

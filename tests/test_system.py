@@ -116,7 +116,7 @@ def test_kill_9_worker_is_restarted_with_its_snapshot_while_the_rest_goes_on(tmp
     restart = next(e for e in events if e["event"] == "restart")
     assert restart["process"] == "worker-0" and restart["why"] == "dead"
     assert any(e["event"] == "snapshot_restored" and e["worker"] == 0 for e in events)
-    assert "snapshot_restored" in [e["event"] for e in events[events.index(restart):]]
+    assert "snapshot_restored" in [e["event"] for e in events[events.index(restart) :]]
     assert not any(o["state"] in ("SUBMITTING", "APPROVED") for o in orders(tmp_path / "state"))
 
 
@@ -152,7 +152,7 @@ def test_drawdown_past_the_limit_flattens_and_halts(tmp_path: Path) -> None:
     assert halts and "max drawdown" in halts[0]["why"], Counter(e["event"] for e in events)
     flatten = [o for o in orders(state) if o.get("reason") == "FLATTEN"]
     assert flatten and all(o["state"] == "FILLED" for o in flatten)
-    after_halt = {e["client_order_id"] for e in events[events.index(halts[0]):] if e["event"] == "order"}
+    after_halt = {e["client_order_id"] for e in events[events.index(halts[0]) :] if e["event"] == "order"}
     opened = [o for o in orders(state) if o["client_order_id"] in after_halt and o["state"] == "FILLED"]
     assert all(o.get("reason") == "FLATTEN" for o in opened)  # nothing but exits once halted
     with StateStore(state, readonly=True) as st:
