@@ -352,14 +352,15 @@ void bind_quote_board(py::module_& m) {
             return py::make_tuple(q.ts_ns, q.bid, q.ask, q.recv_ns);
           },
           py::arg("symbol"), "(ts_ns, bid, ask, recv_ns) of one symbol; ts_ns 0 if it has no quote yet.")
-      .def("snapshot",
-           [](const QuoteBoard& b) {
-             py::array_t<Quote> out(static_cast<py::ssize_t>(b.n_symbols()));
-             Quote* q = out.mutable_data();
-             for (uint32_t s = 0; s < b.n_symbols(); ++s) q[s] = b.read(s);
-             return out;
-           },
-           "Every slot, each read consistently, as an array of QUOTE_DTYPE indexed by symbol.")
+      .def(
+          "snapshot",
+          [](const QuoteBoard& b) {
+            py::array_t<Quote> out(static_cast<py::ssize_t>(b.n_symbols()));
+            Quote* q = out.mutable_data();
+            for (uint32_t s = 0; s < b.n_symbols(); ++s) q[s] = b.read(s);
+            return out;
+          },
+          "Every slot, each read consistently, as an array of QUOTE_DTYPE indexed by symbol.")
       .def("close", &QuoteBoard::close)
       .def(
           "__enter__", [](QuoteBoard& b) -> QuoteBoard& { return b; }, py::return_value_policy::reference)
@@ -450,8 +451,7 @@ PYBIND11_MODULE(_core, m) {
              d["rejected"] = rejected;
              return d;
            })
-      .def("pump", &pump, py::arg("ticks"), py::arg("signals"), py::arg("budget_s"),
-           py::arg("batch") = 4096,
+      .def("pump", &pump, py::arg("ticks"), py::arg("signals"), py::arg("budget_s"), py::arg("batch") = 4096,
            "A worker's hot loop: pop tick batches from `ticks`, run every agent, push the signals to "
            "`signals`, for up to budget_s seconds, without the GIL. Returns (ticks, signals, "
            "signals_pushed); signals that did not fit are counted as dropped by the signal ring.")

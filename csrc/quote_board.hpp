@@ -61,7 +61,7 @@ class QuoteBoard {
     QuoteBoard b;
     b.seg_ = ShmSegment::create(name, bytes);
     if (!b.seg_.valid()) {
-      reclaim_or_refuse(name);
+      reclaim_stale_segment<BoardHeader>(name, kBoardMagic, "quote board");
       b.seg_ = ShmSegment::create(name, bytes);
       if (!b.seg_.valid()) throw ShmError("quote board '" + name + "' was re-created by another process");
     }
@@ -86,7 +86,8 @@ class QuoteBoard {
     }
     if (h->layout_version != kLayoutVersion) {
       throw ShmError("cannot attach to quote board '" + name + "': layout version " +
-                     std::to_string(h->layout_version) + ", this build speaks " + std::to_string(kLayoutVersion));
+                     std::to_string(h->layout_version) + ", this build speaks " +
+                     std::to_string(kLayoutVersion));
     }
     if (b.seg_.size() < kBoardDataOffset + size_t{h->n_symbols} * sizeof(BoardSlot)) {
       throw ShmError("cannot attach to quote board '" + name + "': segment smaller than its symbols");
@@ -150,7 +151,8 @@ class QuoteBoard {
       const uint64_t before = s.seq.load(std::memory_order_acquire);
       if (before & 1) continue;  // a write is in progress; it takes nanoseconds
       Quote q{s.ts_ns.load(std::memory_order_relaxed), from_bits(s.bid_bits.load(std::memory_order_relaxed)),
-              from_bits(s.ask_bits.load(std::memory_order_relaxed)), s.recv_ns.load(std::memory_order_relaxed)};
+              from_bits(s.ask_bits.load(std::memory_order_relaxed)),
+              s.recv_ns.load(std::memory_order_relaxed)};
       std::atomic_thread_fence(std::memory_order_acquire);  // the fields before the re-check
       if (s.seq.load(std::memory_order_relaxed) == before) return q;
     }
@@ -181,25 +183,6 @@ class QuoteBoard {
   void check_open() const {
     if (!seg_.valid()) throw std::logic_error("quote board is closed");
   }
-  static void reclaim_or_refuse(const std::string& name) {
-    ShmSegment seg;
-    try {
-      seg = ShmSegment::open(name);
-    } catch (const ShmError&) {
-      ShmSegment::unlink(name);
-      return;
-    }
-    if (seg.size() >= sizeof(BoardHeader)) {
-      const auto* h = static_cast<const BoardHeader*>(seg.data());
-      ProcessIdentity owner{h->owner_pid, h->owner_start_time};
-      if (h->magic.load(std::memory_order_acquire) == kBoardMagic && owner.alive()) {
-        throw ShmError("quote board '" + name + "' already exists and its owner (pid " +
-                       std::to_string(owner.pid) + ") is alive");
-      }
-    }
-    ShmSegment::unlink(name);
-  }
-
   ShmSegment seg_;
   BoardSlot* slots_ = nullptr;
   uint32_t n_ = 0;

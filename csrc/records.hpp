@@ -88,10 +88,10 @@ struct Order {
   uint64_t client_order_id;  // allocated before it leaves the coordinator or risk, never reused
   uint64_t ticket;           // the broker's deal/order ticket, 0 until it has one
   uint32_t symbol;
-  uint32_t agent;   // the agent with the strongest signal behind it, UINT32_MAX for none
-  int8_t side;      // +1 buy, -1 sell
-  uint8_t kind;     // OrderKind
-  uint16_t reason;  // why: sovereign.risk.Reason for risk's orders, exit reason for fills
+  uint32_t agent;    // the agent with the strongest signal behind it, UINT32_MAX for none
+  int8_t side;       // +1 buy, -1 sell
+  uint8_t kind;      // OrderKind
+  uint16_t reason;   // why: sovereign.risk.Reason for risk's orders, exit reason for fills
   uint32_t retcode;  // MT5 TRADE_RETCODE_* of the broker's answer
   double volume;     // lots; 0 in an intent (risk sizes it)
   double price;      // intent: entry; fill: execution price

@@ -127,7 +127,7 @@ class ShmRing {
     for (int attempt = 0; attempt < 2; ++attempt) {
       ring.seg_ = ShmSegment::create(name, bytes);
       if (ring.seg_.valid()) break;
-      describe_existing_or_reclaim(name);
+      reclaim_stale_segment<RingHeader>(name, kRingMagic, "ring");
       ring.reclaimed_ = true;
     }
     if (!ring.seg_.valid()) throw ShmError("ring '" + name + "' was re-created by another process");
@@ -286,27 +286,6 @@ class ShmRing {
       return "capacity " + std::to_string(cap) + " does not match the segment size";
     }
     return "";
-  }
-
-  // Removes the existing segment `name` if its owner is dead (or it is not a ring at
-  // all, e.g. a creator that died half-way); throws if a live process owns it.
-  static void describe_existing_or_reclaim(const std::string& name) {
-    ShmSegment seg;
-    try {
-      seg = ShmSegment::open(name);
-    } catch (const ShmError&) {
-      ShmSegment::unlink(name);  // empty or vanished: nothing to preserve
-      return;
-    }
-    if (seg.size() >= sizeof(RingHeader)) {
-      const auto* h = static_cast<const RingHeader*>(seg.data());
-      ProcessIdentity owner{h->owner_pid, h->owner_start_time};
-      if (h->magic.load(std::memory_order_acquire) == kRingMagic && owner.alive()) {
-        throw ShmError("ring '" + name + "' already exists and its owner (pid " + std::to_string(owner.pid) +
-                       ") is alive");
-      }
-    }
-    ShmSegment::unlink(name);
   }
 
   size_t try_push(const Record* recs, size_t n) {

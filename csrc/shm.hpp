@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -156,5 +157,29 @@ class ShmSegment {
   void* data_ = nullptr;
   size_t size_ = 0;
 };
+
+// Before re-creating `name`: removes the segment already there if its owner is dead (or
+// it is not a finished segment of this kind, e.g. a creator that died half-way); throws
+// if a live process owns it. Header needs `magic` (an atomic), `owner_pid` and
+// `owner_start_time`; `what` names the kind in the error ("ring", "quote board").
+template <class Header>
+void reclaim_stale_segment(const std::string& name, uint64_t magic, const char* what) {
+  ShmSegment seg;
+  try {
+    seg = ShmSegment::open(name);
+  } catch (const ShmError&) {
+    ShmSegment::unlink(name);  // empty or vanished: nothing to preserve
+    return;
+  }
+  if (seg.size() >= sizeof(Header)) {
+    const auto* h = static_cast<const Header*>(seg.data());
+    ProcessIdentity owner{h->owner_pid, h->owner_start_time};
+    if (h->magic.load(std::memory_order_acquire) == magic && owner.alive()) {
+      throw ShmError(std::string(what) + " '" + name + "' already exists and its owner (pid " +
+                     std::to_string(owner.pid) + ") is alive");
+    }
+  }
+  ShmSegment::unlink(name);
+}
 
 }  // namespace sovereign

@@ -131,7 +131,7 @@ def _load_generic(path: Path, f) -> Series:  # type: ignore[no-untyped-def]
             if not name:
                 raise ValueError("empty symbol")
             sym = names.setdefault(name, len(names))
-            if ts <= last_ts.get(sym, 0) - 1:
+            if ts < last_ts.get(sym, ts):
                 raise ValueError(f"time goes backwards for {name} ({row[col['time']].strip()})")
             last_ts[sym] = ts
             volume = _number(row[col["volume"]], "volume") if "volume" in col else 0.0

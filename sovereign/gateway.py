@@ -17,7 +17,7 @@ import numpy as np
 
 from sovereign.broker.paper import Execution, PaperBroker, Retcode
 from sovereign.config import Config
-from sovereign.core import ORDER_DTYPE, ORDER_FILL, ORDER_REJECT, OrderRing, QuoteBoard, TickRing
+from sovereign.core import ORDER_DTYPE, ORDER_FILL, ORDER_REJECT, TICK_DTYPE, OrderRing, QuoteBoard, TickRing
 from sovereign.feeds import Feed
 from sovereign.orders import OrderBook, OrderState
 from sovereign.risk import Reason
@@ -34,12 +34,10 @@ def exec_key(cid: int) -> bytes:
 
 
 class Gateway:
-    def __init__(self, store: StateStore, broker: PaperBroker, worker_of: np.ndarray, n_workers: int):
+    def __init__(self, store: StateStore, broker: PaperBroker):
         self.store = store
         self.book = OrderBook(store)
         self.broker = broker
-        self.worker_of = worker_of
-        self.n_workers = n_workers
         self.to_broker_ns: list[int] = []  # tick receive -> broker call, per order
         self.to_gateway_ns: list[int] = []  # tick receive -> approved order at the gateway
         self.orders = self.fills = self.rejects = 0
@@ -67,16 +65,6 @@ class Gateway:
 
             fixes.append(self.store.write(tx))
         return fixes
-
-    def route(self, ticks: np.ndarray) -> list[np.ndarray]:
-        """The batch split by owning worker, each part in time order."""
-        if self.n_workers == 1:
-            return [ticks]
-        w = self.worker_of[ticks["symbol"]]
-        order = np.argsort(w, kind="stable")
-        bounds = np.searchsorted(w[order], np.arange(self.n_workers + 1))
-        ordered = ticks[order]
-        return [ordered[bounds[k] : bounds[k + 1]] for k in range(self.n_workers)]
 
     def on_ticks(self, ticks: np.ndarray) -> np.ndarray:
         """Stops and targets hit by these ticks: executed, persisted, returned as reports."""
@@ -144,6 +132,17 @@ class Gateway:
             self.rejects += 1
 
 
+def route(ticks: np.ndarray, worker_of: np.ndarray, n_workers: int) -> list[np.ndarray]:
+    """The batch split by owning worker (worker_of: symbol -> worker), each part in time order."""
+    if n_workers == 1:
+        return [ticks]
+    w = worker_of[ticks["symbol"]]
+    order = np.argsort(w, kind="stable")
+    bounds = np.searchsorted(w[order], np.arange(n_workers + 1))
+    ordered = ticks[order]
+    return [ordered[bounds[k] : bounds[k + 1]] for k in range(n_workers)]
+
+
 def _report(ex: Execution, rec: np.void | None) -> tuple:
     done = ex.retcode == Retcode.DONE
     reason = EXIT_REASONS.get(ex.reason, Reason.OK) if done else Reason.BROKER
@@ -167,7 +166,8 @@ def run(child: Child, config: Config) -> None:
     """The gateway process: feed -> board, broker, worker rings; approved orders -> broker."""
     layout = child.layout
     store = StateStore(config.system.state_dir)
-    gw = Gateway(store, make_broker(config, layout.n_symbols), layout.worker_of(), layout.n_workers)
+    gw = Gateway(store, make_broker(config, layout.n_symbols))
+    worker_of = layout.worker_of()
     for fix in gw.recover():
         print(f"gateway: recovered order {fix['client_order_id']} as {fix['state']}", flush=True)
     feed = Feed(config)
@@ -176,6 +176,7 @@ def run(child: Child, config: Config) -> None:
     approved = OrderRing.attach(layout.approved)
     reports_out = [OrderRing.attach(layout.reports_risk), OrderRing.attach(layout.reports_coordinator)]
     buf = np.zeros(approved.capacity, ORDER_DTYPE)
+    no_ticks = np.zeros(0, TICK_DTYPE)
     stalled = [False] * layout.n_workers
     feeding, ticks, lost, next_beat = True, 0, 0, 0.0
     started = time.monotonic()
@@ -188,12 +189,12 @@ def run(child: Child, config: Config) -> None:
         for msg in child.messages():
             if msg[0] == "stop_feed":
                 feeding = False
-        batch = feed.next(FEED_BATCH) if feeding else buf[:0]
+        batch = feed.next(FEED_BATCH) if feeding else no_ticks
         if len(batch):
             batch["recv_ns"] = time.monotonic_ns()
             board.publish(batch)
             send_reports(gw.on_ticks(batch))
-            for k, part in enumerate(gw.route(batch)):
+            for k, part in enumerate(route(batch, worker_of, layout.n_workers)):
                 # A worker that stops taking ticks (dead, restarting) must not stall the
                 # others: after one timeout its ticks are counted as lost until it drains.
                 if stalled[k] and rings[k].stats()["depth"] < rings[k].capacity // 2:

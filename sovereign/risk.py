@@ -298,14 +298,17 @@ def run(child: Child, config: Config) -> None:
         clock[0] = max(clock[0], int(board.snapshot()["ts_ns"].max()))
         return clock[0]
 
+    orders = OrderBook(store)
+
     def persist(refused: list | None = None, book_changed: bool = False) -> None:
         events, risk.events = risk.events, []
 
         def tx(t: Txn) -> None:
             for rec, why in refused or ():
-                OrderBook(store).advance(t, int(rec["client_order_id"]), [OrderState.REJECTED], reason=why.name,
-                                         symbol=int(rec["symbol"]), side=int(rec["side"]),
-                                         conviction=float(rec["conviction"]), ts_ns=int(rec["ts_ns"]))  # fmt: skip
+                cid = int(rec["client_order_id"])
+                orders.advance(t, cid, [OrderState.REJECTED], reason=why.name, symbol=int(rec["symbol"]),
+                               side=int(rec["side"]), conviction=float(rec["conviction"]),
+                               ts_ns=int(rec["ts_ns"]))  # fmt: skip
             for e in events:
                 t.journal(**e)
             if book_changed:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from sovereign.broker.paper import SymbolSpec
-from sovereign.config import Config
+from sovereign.config import Config, ConfigError
 from sovereign.ledger import to_decimal
 
 TICK_RING = 1 << 16
@@ -65,8 +65,6 @@ class Layout:
         cores = list(config.system.cores) or available[1:] or available
         bad = [c for c in cores if c not in available]
         if bad:
-            from sovereign.config import ConfigError
-
             raise ConfigError(
                 f"config key system.cores: core {bad[0]} is not available to this process "
                 f"(available: {', '.join(map(str, available))})"
@@ -204,12 +202,6 @@ class Child:
             if m[0] == "stop":
                 self.stop_requested = True
         return out
-
-    def reply(self, message: Any) -> None:
-        try:
-            self.control.send(message)
-        except (BrokenPipeError, OSError):
-            self.stop_requested = True
 
     def beat(self, state: int = RUNNING, **counters: int) -> None:
         self.hb.beat(self.slot, state, **counters)

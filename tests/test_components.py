@@ -28,7 +28,7 @@ from sovereign.core import (
 )
 from sovereign.data import DataError, load_csv, load_ticks
 from sovereign.feeds import Feed
-from sovereign.gateway import Gateway, exec_key, make_broker
+from sovereign.gateway import Gateway, exec_key, make_broker, route
 from sovereign.orders import OrderBook, OrderState
 from sovereign.presets import add_default_agents
 from sovereign.risk import Reason, Risk, TradingState
@@ -203,7 +203,7 @@ def test_daily_loss_reduces_until_the_next_day_and_drawdown_halts_and_flattens()
 def test_gateway_commits_submitting_first_and_recovers_without_resending(tmp_path: Path) -> None:
     cfg = Config()
     store = StateStore(tmp_path / "s")
-    gw = Gateway(store, make_broker(cfg, 2), np.zeros(2, np.int64), 1)
+    gw = Gateway(store, make_broker(cfg, 2))
     ticks = simulate_ticks(2, 10, seed=3)
     gw.on_ticks(ticks)
     order = intent(price=float(ticks["ask"][-1]), sl=0.0, tp=0.0, cid=41, symbol=int(ticks["symbol"][-1]))
@@ -219,7 +219,7 @@ def test_gateway_commits_submitting_first_and_recovers_without_resending(tmp_pat
     store.write(lambda t: t.put("bridge", exec_key(42), {**taken, "client_order_id": 42}))
     store.close()
     store = StateStore(tmp_path / "s")
-    gw2 = Gateway(store, make_broker(cfg, 2), np.zeros(2, np.int64), 1)
+    gw2 = Gateway(store, make_broker(cfg, 2))
     assert gw2.broker.ledger.volume(int(ticks["symbol"][-1])) == D("0.1")  # the broker state came back
     fixed = {f["client_order_id"]: f["state"] for f in gw2.recover()}
     assert fixed == {42: "FILLED", 43: "REJECTED"}
@@ -229,9 +229,7 @@ def test_gateway_commits_submitting_first_and_recovers_without_resending(tmp_pat
 def test_gateway_routes_each_symbol_to_its_worker() -> None:
     ticks = simulate_ticks(10, 50, seed=1)
     worker_of = np.arange(10) % 3
-    gw = Gateway.__new__(Gateway)
-    gw.worker_of, gw.n_workers = worker_of, 3
-    parts = gw.route(ticks)
+    parts = route(ticks, worker_of, 3)
     assert sum(len(p) for p in parts) == len(ticks)
     for k, part in enumerate(parts):
         assert (worker_of[part["symbol"]] == k).all() and (np.diff(part["ts_ns"]) >= 0).all()
