@@ -1,118 +1,588 @@
-"""The `sovereign` command.
+"""The `sovereign` command: run the system and operate it.
 
-  sovereign run [--config FILE]   the whole system (supervisor, gateway, workers,
-                                  coordinator, risk) in the foreground; no file: the
-                                  embedded defaults (simulated market, paper broker,
-                                  1000 agents, state in ./state)
-  sovereign demo                  the C++ core alone on a simulated market
+Read commands (status, positions, orders, signals, journal) read the state straight from
+LMDB, read-only, so they work whether the system runs or not; `status` adds the live
+view of the processes when it runs. Control commands (halt, resume, flatten, reload) go
+to the running supervisor over its control socket and fail with exit code 3 when it is
+down. Every read command takes --json for scripts.
 
-Exit codes: 0 success (run: a clean shutdown), 1 an unclean shutdown, 2 bad arguments
-or an invalid config (nothing was started).
+Which system: --config FILE, else $SOVEREIGN_CONFIG, else /etc/sovereign/sovereign.toml
+when it exists, else the embedded defaults (state in ./state). --state-dir overrides.
+
+\b
+Exit codes:
+  0  success
+  1  the operation failed, or a check found a problem (doctor, state verify), or
+     `run` ended uncleanly
+  2  bad arguments, or an invalid config or data file (nothing was started or changed)
+  3  the system is not running (control commands; `status` still prints the stored state)
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
-import numpy as np
+import click
+import orjson
 
-from sovereign.core import AgentPool, RingError
-from sovereign.presets import add_default_agents
-from sovereign.sim import simulate_ticks
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not >= 1")
-    return value
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DOWN = 0, 1, 2, 3
+SYSTEM_CONFIG = "/etc/sovereign/sovereign.toml"
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sovereign", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    system = sub.add_parser("run", help="run the whole system in the foreground",
-                            epilog="example: sovereign run --config /etc/sovereign/sovereign.toml")
-    system.add_argument("--config", metavar="FILE", help="TOML config (default: the embedded defaults)")
-    system.add_argument("--max-ticks", type=_positive, dest="max_ticks",
-                        help="stop the feed after N ticks, then shut down cleanly (overrides feed.max_ticks)")
-    system.add_argument("--state-dir", help="state directory (overrides system.state_dir)")
-    run = sub.add_parser("demo", help="run the C++ core alone on a simulated market and print signals",
-                         epilog="example: sovereign demo --symbols 20 --ticks-per-symbol 50000 --seed 7")
-    run.add_argument("--symbols", type=_positive, default=100, help="number of symbols (default 100)")
-    run.add_argument("--ticks-per-symbol", type=_positive, default=20_000,
-                     help="simulated ticks per symbol, about 0.25 s apart (default 20000)")
-    run.add_argument("--seed", type=int, default=1, help="market seed (default 1)")
-    run.add_argument("--show", type=int, default=15, help="signals to print (default 15)")
-    return parser
+class Fail(click.ClickException):
+    """Print `sovereign: message` and exit with code."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILED):
+        super().__init__(message)
+        self.exit_code = code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"sovereign: {self.message}", err=True)
 
 
-def _print_signals(signals: np.ndarray, show: int) -> None:
-    print(f"{'time (UTC)':<20} {'agent':>5} {'sym':>4} {'side':<4} {'conv':>5} {'entry':>11} "
-          f"{'stop':>11} {'target':>11} {'touches':>7}")
-    for s in signals[:show]:
-        when = np.datetime64(int(s["ts_ns"]), "ns").astype("datetime64[s]")
-        side = "BUY" if s["side"] > 0 else "SELL"
-        print(f"{str(when).replace('T', ' '):<20} {s['agent']:>5} {s['symbol']:>4} {side:<4} "
-              f"{s['conviction']:>5.2f} {s['entry']:>11.5f} {s['stop']:>11.5f} {s['target']:>11.5f} "
-              f"{s['touches']:>7}")
-    if len(signals) > show:
-        print(f"... and {len(signals) - show} more")
+def _console() -> Any:
+    from rich.console import Console
+
+    # colours only on a terminal (never with NO_COLOR); piped output is not cut to 80 columns
+    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 240)
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _json(data: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(data, option=orjson.OPT_INDENT_2, default=str) + b"\n")
+    sys.stdout.flush()
+
+
+# ---- which system
+
+
+class Target:
+    """The config, state directory and socket a command acts on."""
+
+    def __init__(self, config_path: str | None, state_dir: str | None):
+        from sovereign.config import ConfigError, load
+        from sovereign.control import socket_path
+
+        if config_path is None and Path(SYSTEM_CONFIG).exists():
+            config_path = SYSTEM_CONFIG
+        try:
+            config = load(config_path)
+        except ConfigError as e:
+            raise Fail(str(e), EXIT_USAGE) from None
+        if state_dir is not None:
+            config = replace(config, system=replace(config.system, state_dir=state_dir))
+        self.config_path = config_path
+        self.config = config
+        self.state_dir = Path(config.system.state_dir)
+        self.socket = socket_path(config.system.state_dir, config.system.runtime_dir)
+
+    def store(self) -> Any:
+        """The state, read-only."""
+        from sovereign.state import StateError, StateStore
+
+        if not (self.state_dir / "data.mdb").exists():
+            raise Fail(f"no state at {self.state_dir}: the system has never run with this config "
+                       "(wrong --config or --state-dir?)")  # fmt: skip
+        try:
+            return StateStore(self.state_dir, readonly=True)
+        except StateError as e:
+            raise Fail(str(e)) from None
+
+    def read(self, fn: Callable[[Any], Any]) -> Any:
+        with self.store() as store:
+            return store.read(fn)
+
+    def ask(self, cmd: str, **args: Any) -> Any:
+        from sovereign.control import ControlError, NotRunning, request
+
+        try:
+            return request(self.socket, cmd, **args)
+        except NotRunning as e:
+            raise Fail(str(e), EXIT_DOWN) from None
+        except ControlError as e:
+            raise Fail(str(e)) from None
+
+    def live(self, cmd: str, **args: Any) -> Any | None:
+        """The answer, or None when the system is not running."""
+        from sovereign.control import NotRunning
+
+        try:
+            return self.ask(cmd, **args)
+        except Fail as e:
+            if e.exit_code == EXIT_DOWN:
+                return None
+            raise
+        except NotRunning:
+            return None
+
+
+def target_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @click.option("--config", "config_path", metavar="FILE", envvar="SOVEREIGN_CONFIG",
+                  help=f"TOML config (default: $SOVEREIGN_CONFIG, {SYSTEM_CONFIG}, or the embedded defaults)")
+    @click.option("--state-dir", metavar="DIR", help="state directory (overrides system.state_dir)")
+    @functools.wraps(fn)
+    def wrapper(config_path: str | None, state_dir: str | None, **kw: Any) -> Any:
+        return fn(Target(config_path, state_dir), **kw)
+
+    return wrapper  # fmt: skip
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+
+
+# ---- the commands
+
+
+@click.group(context_settings=CONTEXT, help=__doc__)
+@click.version_option(package_name="sovereign")
+def main() -> None:
+    pass
+
+
+@main.command(epilog="Example: sovereign run --config /etc/sovereign/sovereign.toml")
+@click.option("--config", "config_path", metavar="FILE", envvar="SOVEREIGN_CONFIG",
+              help="TOML config (default: $SOVEREIGN_CONFIG or the embedded defaults)")  # fmt: skip
+@click.option("--max-ticks", type=click.IntRange(min=1), help="stop the feed after N ticks, then shut down")
+@click.option("--state-dir", metavar="DIR", help="state directory (overrides system.state_dir)")
+def run(config_path: str | None, max_ticks: int | None, state_dir: str | None) -> None:
+    """Run the whole system in the foreground (what systemd starts).
+
+    Supervisor, gateway, pinned workers, coordinator and risk; it trades until SIGTERM or
+    Ctrl-C (or until a finite feed ends), then drains and exits 0.
+    """
     from sovereign import supervisor
     from sovereign.config import ConfigError, load
+    from sovereign.control import ControlError
+    from sovereign.core import RingError
     from sovereign.data import DataError
     from sovereign.state import StateError
 
+    if config_path is not None:
+        config_path = str(Path(config_path).absolute())  # SIGHUP and `reload` read it again later
     try:
-        config = load(args.config)
-        if args.state_dir is not None:
-            config = replace(config, system=replace(config.system, state_dir=args.state_dir))
-        if args.max_ticks is not None:
-            config = replace(config, feed=replace(config.feed, max_ticks=args.max_ticks))
-        return supervisor.Supervisor(config, args.config).run()
+        config = load(config_path)
+        if state_dir is not None:
+            config = replace(config, system=replace(config.system, state_dir=state_dir))
+        if max_ticks is not None:
+            config = replace(config, feed=replace(config.feed, max_ticks=max_ticks))
+        code = supervisor.Supervisor(config, config_path).run()
     except (ConfigError, DataError) as e:
-        print(f"sovereign: {e}", file=sys.stderr)
-        return 2
-    except (StateError, RingError) as e:
-        print(f"sovereign: cannot start: {e}", file=sys.stderr)
-        return 1
+        raise Fail(str(e), EXIT_USAGE) from None
+    except (StateError, RingError, ControlError) as e:
+        raise Fail(f"cannot start: {e}") from None
+    sys.exit(code)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    ticks = simulate_ticks(args.symbols, args.ticks_per_symbol, seed=args.seed, mean_interval_s=0.25)
+@main.command(epilog="Example: sovereign status --json | jq .account.equity")
+@target_options
+@json_option
+def status(t: Target, as_json: bool) -> None:
+    """Processes, rings, rates, trading state and the account.
+
+    When the system is down it prints the state it left in LMDB and exits 3.
+    """
+    from sovereign import views
+
+    live = t.live("status")
+    if live is None:
+        data = {"running": False, "account": t.read(views.account) if (t.state_dir / "data.mdb").exists()
+                else None, "state_dir": str(t.state_dir)}  # fmt: skip
+    else:
+        data = {"running": True, **live}
+    if as_json:
+        _json(data)
+    else:
+        _print_status(data, t)
+    sys.exit(EXIT_OK if data["running"] else EXIT_DOWN)
+
+
+def _print_status(data: dict[str, Any], t: Target) -> None:
+    from rich.table import Table
+
+    con = _console()
+    if not data["running"]:
+        con.print(f"[bold red]not running[/] (socket {t.socket}); the stored state at {t.state_dir}:")
+    else:
+        con.print(f"[bold green]running[/] · supervisor pid {data['supervisor_pid']} · {data['status']}")
+        procs = Table("process", "pid", "core", "state", "uptime", "heartbeat", "restarts", "ticks",
+                      "signals", "orders", "rejects", "dropped")  # fmt: skip
+        for p in data["processes"]:
+            age = p["heartbeat_age_s"]
+            colour = "green" if p["health"] == "ok" else "yellow" if p["health"] == "starting" else "red"
+            procs.add_row(p["role"], str(p["pid"]), "-" if p["core"] is None else str(p["core"]),
+                          f"[{colour}]{p['state']}[/]", _duration(p["uptime_s"]), f"{age * 1e3:.0f} ms",
+                          str(p["restarts"]), f"{p['ticks']:,}", f"{p['signals']:,}", f"{p['orders']:,}",
+                          f"{p['rejects']:,}", f"{p['dropped']:,}")  # fmt: skip
+        con.print(procs)
+        rings = Table("ring", "depth", "capacity", "high water", "dropped")
+        for r in data["rings"]:
+            rings.add_row(r["name"], f"{r['depth']:,}", f"{r['capacity']:,}", f"{r['high_water']:,}",
+                          f"[red]{r['dropped']:,}[/]" if r["dropped"] else "0")  # fmt: skip
+        con.print(rings)
+        r = data["rates"]
+        con.print(f"rates: {r.get('ticks', 0):,.0f} ticks/s · {r.get('signals', 0):,.0f} signals/s · "
+                  f"{r.get('orders', 0):,.2f} orders/s")  # fmt: skip
+    a = data.get("account")
+    if not a or a.get("state") is None:
+        con.print("account: no risk state yet")
+        return
+    colour = {"ACTIVE": "green", "REDUCING": "yellow", "HALTED": "red"}.get(a["state"], "white")
+    why = f" ({a['why']})" if a.get("why") else ""
+    stale = " · as last saved" if a.get("stale") else ""
+    con.print(f"trading: [bold {colour}]{a['state']}[/]{why}{stale}")
+    con.print(f"balance {_money(a.get('balance'))} · equity {_money(a['equity'])} · day P&L "
+              f"{_money(a['day_pnl'])} · drawdown {a['drawdown']:.2%} · open positions {a['open_positions']}")
+
+
+def _money(x: Any) -> str:
+    return "-" if x is None else f"{Decimal(x):,.2f}"
+
+
+def _duration(s: float) -> str:
+    s = int(s)
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h" if s >= 86400 else f"{s // 3600}h{s % 3600 // 60:02d}m" \
+        if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _when(ts_ns: int | None) -> str:
+    if not ts_ns:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts_ns / 1e9))
+
+
+@main.command(epilog="Example: sovereign positions --json")
+@target_options
+@json_option
+def positions(t: Target, as_json: bool) -> None:
+    """Open positions (one per symbol), with unrealized P&L while the system runs."""
+    from sovereign import views
+
+    rows = t.read(views.positions)
+    quotes = t.live("quotes", symbols=[r["symbol"] for r in rows]) if rows else None
+    size = Decimal(repr(t.config.symbols.contract_size))
+    for r in rows:
+        q = (quotes or {}).get(str(r["symbol"]))
+        if q:
+            vol = Decimal(r["volume"]) * (1 if r["side"] == "BUY" else -1)
+            exit_px = Decimal(repr(q["bid"] if vol > 0 else q["ask"]))
+            r["price"] = str(exit_px)
+            pnl = (exit_px - Decimal(r["avg_price"])) * vol * size
+            r["unrealized"] = str(pnl.quantize(Decimal("0.01")))
+    if as_json:
+        _json(rows)
+        return
+    from rich.table import Table
+
+    table = Table("symbol", "side", "volume", "avg price", "price", "unrealized", "stop", "target")
+    for r in rows:
+        table.add_row(r["name"], r["side"], r["volume"], r["avg_price"], r.get("price", "-"),
+                      _money(r.get("unrealized")), r["sl"] or "-", r["tp"] or "-")  # fmt: skip
+    con = _console()
+    con.print(table if rows else "no open positions")
+    if rows and quotes is None:
+        con.print("(the system is not running: no prices, no unrealized P&L)")
+
+
+@main.command(epilog="Example: sovereign orders --open")
+@target_options
+@click.option("--open", "open_only", is_flag=True, help="only orders not yet final (scans every order)")
+@click.option("--limit", type=click.IntRange(min=0), default=30, show_default=True,
+              help="newest N (0: all)")  # fmt: skip
+@json_option
+def orders(t: Target, open_only: bool, limit: int, as_json: bool) -> None:
+    """Orders, newest first, with their lifecycle state."""
+    from sovereign import views
+
+    rows = t.read(lambda tx: views.orders(tx, open_only=open_only, limit=limit))
+    if as_json:
+        _json(rows)
+        return
+    from rich.table import Table
+
+    table = Table("client id", "time (UTC)", "symbol", "side", "volume", "price", "state", "ticket", "reason")
+    for o in rows:
+        side = {1: "BUY", -1: "SELL"}.get(o.get("side"), "-")
+        table.add_row(str(o["client_order_id"]), _when(o.get("ts_ns")), o.get("name", "-"), side,
+                      str(o.get("volume", "-")), str(o.get("price", "-")), o["state"],
+                      str(o.get("ticket") or "-"), "" if o.get("reason") in (None, "OK") else str(o["reason"]))  # fmt: skip
+    _console().print(table if rows else ("no open orders" if open_only else "no orders"))
+
+
+def _follow(t: Target, fetch: Callable[..., list[dict[str, Any]]], show: Callable[[Any], None],
+            follow: bool, as_json: bool) -> None:
+    """Print the newest `limit` rows, then (follow) new ones as they are written."""
+    rows = t.read(functools.partial(fetch, after=0))
+    last = rows[-1]["seq"] if rows else 0
+    emit = (lambda r: sys.stdout.buffer.write(orjson.dumps(r) + b"\n")) if as_json and follow else show
+    if as_json and not follow:
+        _json(rows)
+        return
+    for r in rows:
+        emit(r)
+    if not follow:
+        return
+    try:
+        while True:
+            sys.stdout.flush()
+            time.sleep(0.5)
+            with t.store() as store:
+                new = store.read(functools.partial(fetch, after=last))
+            for r in new:
+                emit(r)
+                last = r["seq"]
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command(epilog="Example: sovereign signals --follow")
+@target_options
+@click.option("--follow", "-f", is_flag=True, help="keep printing new signals (Ctrl-C stops)")
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="newest N first")
+@json_option
+def signals(t: Target, follow: bool, limit: int, as_json: bool) -> None:
+    """Signals the agents emitted (the newest system.signal_history are kept)."""
+    from sovereign import views
+
+    con = _console()
+
+    def show(s: dict[str, Any]) -> None:
+        con.print(f"{s['seq']:>8} {_when(s['ts_ns'])} {s['name']:<8} agent {s['agent']:<5} {s['side']:<4} "
+                  f"conv {s['conviction']:.2f} entry {s['entry']:.5f} stop {s['stop']:.5f} "
+                  f"target {s['target']:.5f} touches {s['touches']}")  # fmt: skip
+
+    _follow(t, lambda tx, after: views.signals(tx, limit=limit, after=after), show, follow, as_json)
+
+
+@main.command(epilog="Example: sovereign journal --follow --json")
+@target_options
+@click.option("--follow", "-f", is_flag=True, help="keep printing new events (Ctrl-C stops)")
+@click.option("--limit", type=click.IntRange(min=1), default=30, show_default=True, help="newest N first")
+@json_option
+def journal(t: Target, follow: bool, limit: int, as_json: bool) -> None:
+    """The append-only audit journal: orders, fills, restarts, state changes, operator commands."""
+    from sovereign import views
+
+    con = _console()
+
+    def show(e: dict[str, Any]) -> None:
+        fields = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("seq", "event"))
+        con.print(f"{e['seq']:>8} [bold]{e['event']}[/] {fields}", markup=True)
+
+    _follow(t, lambda tx, after: views.journal(tx, limit=limit, after=after), show, follow, as_json)
+
+
+def _report(answer: dict[str, Any]) -> None:
+    why = f" ({answer['why']})" if answer.get("why") else ""
+    click.echo(f"{answer.get('did') or 'done'}; trading state {answer['state']}{why}; "
+               f"open positions {answer['open_positions']}")
+
+
+@main.command(epilog="Example: sovereign halt --flatten --reason 'broker maintenance'")
+@target_options
+@click.option("--flatten", is_flag=True, help="also close every open position at market")
+@click.option("--reason", default="operator halt", show_default=True, help="recorded in the journal")
+def halt(t: Target, flatten: bool, reason: str) -> None:
+    """Stop opening positions now (HALTED); with --flatten, close everything too."""
+    _report(t.ask("halt", flatten=flatten, reason=reason))
+
+
+@main.command(epilog="Example: sovereign resume")
+@target_options
+def resume(t: Target) -> None:
+    """Back to ACTIVE after a halt (the drawdown that halted it counts as acknowledged)."""
+    _report(t.ask("resume"))
+
+
+@main.command(epilog="Examples: sovereign flatten EURUSD · sovereign flatten --all")
+@target_options
+@click.argument("symbol", required=False)
+@click.option("--all", "everything", is_flag=True, help="every open position")
+def flatten(t: Target, symbol: str | None, everything: bool) -> None:
+    """Close one symbol's position (or --all) at market; the trading state is unchanged."""
+    if (symbol is None) == (not everything):
+        raise click.UsageError("give a SYMBOL or --all (not both)")
+    _report(t.ask("flatten", symbol=symbol))
+
+
+@main.command(epilog="Example: sovereign reload   (the same as systemctl reload sovereign)")
+@target_options
+def reload(t: Target) -> None:
+    """Reload the [risk] limits from the config file the system was started with."""
+    _report(t.ask("reload"))
+
+
+@main.group(context_settings=CONTEXT)
+def config() -> None:
+    """Configuration files."""
+
+
+@config.command("check", epilog="Example: sovereign config check /etc/sovereign/sovereign.toml")
+@click.argument("file", type=click.Path(dir_okay=False))
+@json_option
+def config_check(file: str, as_json: bool) -> None:
+    """Validate FILE as the system would at start; exit 2 naming the bad key."""
+    import dataclasses
+
+    from sovereign.config import ConfigError, load
+
+    try:
+        cfg = load(file)
+    except ConfigError as e:
+        if as_json:
+            _json({"ok": False, "error": str(e)})
+            sys.exit(EXIT_USAGE)
+        raise Fail(str(e), EXIT_USAGE) from None
+    if as_json:
+        _json({"ok": True, "config": dataclasses.asdict(cfg)})
+    else:
+        click.echo(f"{file}: ok ({cfg.feed.kind} feed, {cfg.broker.kind} broker, "
+                   f"state in {cfg.system.state_dir})")
+
+
+@main.group(context_settings=CONTEXT)
+def state() -> None:
+    """The LMDB state: back up, verify, restore."""
+
+
+@state.command("backup", epilog="Examples: sovereign state backup /backups/today · "
+                                "sovereign state backup --rotate 14 /var/lib/sovereign/backups")  # fmt: skip
+@target_options
+@click.argument("dest", type=click.Path(file_okay=False))
+@click.option("--rotate", type=click.IntRange(min=1), help="DEST holds dated backups; keep the newest N")
+@json_option
+def state_backup(t: Target, dest: str, rotate: int | None, as_json: bool) -> None:
+    """A consistent hot copy of the state into DEST (safe while the system runs), verified."""
+    from sovereign.ops import OpsError, backup
+
+    try:
+        manifest = backup(t.state_dir, dest, rotate=rotate or 0)
+    except OpsError as e:
+        raise Fail(str(e)) from None
+    if as_json:
+        _json(manifest)
+    else:
+        c = manifest["counts"]
+        click.echo(f"backed up to {manifest['path']}: {manifest['bytes']:,} bytes, {c['orders']:,} orders, "
+                   f"{c['journal']:,} journal events, sha256 {manifest['sha256'][:16]}…")  # fmt: skip
+
+
+def _print_checks(checks: list[Any], as_json: bool) -> None:
+    if as_json:
+        _json([c.to_dict() for c in checks])
+        return
+    from rich.table import Table
+
+    colour = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+    table = Table("check", "result", "detail")
+    for c in checks:
+        table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
+    _console().print(table)
+
+
+@state.command("verify", epilog="Examples: sovereign state verify · sovereign state verify /backups/today")
+@target_options
+@click.argument("path", required=False, type=click.Path(file_okay=False))
+@json_option
+def state_verify(t: Target, path: str | None, as_json: bool) -> None:
+    """Check the integrity of the state (or of the backup at PATH); exit 1 on a failure."""
+    from sovereign.ops import failed, verify
+
+    checks = verify(path or t.state_dir)
+    _print_checks(checks, as_json)
+    sys.exit(EXIT_FAILED if failed(checks) else EXIT_OK)
+
+
+@state.command("restore", epilog="Example: sovereign state restore --yes /backups/today")
+@target_options
+@click.argument("backup_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+def state_restore(t: Target, backup_dir: str, yes: bool) -> None:
+    """Replace the state with BACKUP_DIR (verified first). The system must be stopped; the
+    current state is moved aside, not deleted."""
+    from sovereign.ops import OpsError, restore
+
+    if t.live("ping") is not None:
+        raise Fail("the system is running: stop it first (systemctl stop sovereign)")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise Fail("restoring replaces the state: confirm with --yes", EXIT_USAGE)
+        click.confirm(f"Replace the state at {t.state_dir} with {backup_dir}?", abort=True)
+    try:
+        done = restore(backup_dir, t.state_dir)
+    except OpsError as e:
+        raise Fail(str(e)) from None
+    moved = done["previous_state_moved_to"]
+    click.echo(f"restored {done['restored']} from {done['from']}" +
+               (f"; the previous state is at {moved}" if moved else ""))  # fmt: skip
+
+
+@main.command(epilog="Example: sovereign doctor --config /etc/sovereign/sovereign.toml")
+@target_options
+@json_option
+def doctor(t: Target, as_json: bool) -> None:
+    """Check the machine: cores, shared memory, state directory, disk, unit file, clock."""
+    from sovereign.ops import doctor as run_checks
+    from sovereign.ops import failed
+
+    checks = run_checks(t.config)
+    _print_checks(checks, as_json)
+    sys.exit(EXIT_FAILED if failed(checks) else EXIT_OK)
+
+
+@main.command(epilog="Example: sovereign demo --symbols 20 --ticks-per-symbol 50000 --seed 7")
+@click.option("--symbols", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--ticks-per-symbol", type=click.IntRange(min=1), default=20_000, show_default=True,
+              help="simulated ticks per symbol, about 0.25 s apart")  # fmt: skip
+@click.option("--seed", type=int, default=1, show_default=True, help="market seed")
+@click.option("--show", type=click.IntRange(min=0), default=15, show_default=True, help="signals to print")
+def demo(symbols: int, ticks_per_symbol: int, seed: int, show: int) -> None:
+    """Run the C++ core alone on a simulated market and print its signals."""
+    import numpy as np
+
+    from sovereign.core import AgentPool
+    from sovereign.presets import add_default_agents
+    from sovereign.sim import simulate_ticks
+
+    ticks = simulate_ticks(symbols, ticks_per_symbol, seed=seed, mean_interval_s=0.25)
     pool = AgentPool()
-    add_default_agents(pool, args.symbols)
+    add_default_agents(pool, symbols)
     batches = []
     t = time.perf_counter()
     for at in range(0, len(ticks), 4096):
         batches.append(pool.on_ticks(ticks[at : at + 4096]))
     batches.append(pool.flush())
     elapsed = time.perf_counter() - t
-    signals = np.concatenate(batches)
-    _print_signals(signals, args.show)
-    stats = pool.stats()
-    print(f"\n{len(pool)} agents, {stats['ticks']:,} ticks, {stats['bars']:,} bars closed, "
-          f"{stats['signals']:,} signals in {elapsed:.2f} s "
-          f"({stats['ticks'] / elapsed / 1e6:.1f} M ticks/s); "
-          f"rejected: {sum(stats['rejected'].values())}")
-    return 0
+    sigs = np.concatenate(batches)
+    click.echo(f"{'time (UTC)':<20} {'agent':>5} {'sym':>4} {'side':<4} {'conv':>5} {'entry':>11} "
+               f"{'stop':>11} {'target':>11} {'touches':>7}")  # fmt: skip
+    for s in sigs[:show]:
+        side = "BUY" if s["side"] > 0 else "SELL"
+        click.echo(f"{_when(int(s['ts_ns'])):<20} {s['agent']:>5} {s['symbol']:>4} {side:<4} "
+                   f"{s['conviction']:>5.2f} {s['entry']:>11.5f} {s['stop']:>11.5f} {s['target']:>11.5f} "
+                   f"{s['touches']:>7}")  # fmt: skip
+    if len(sigs) > show:
+        click.echo(f"... and {len(sigs) - show} more")
+    st = pool.stats()
+    click.echo(f"\n{len(pool)} agents, {st['ticks']:,} ticks, {st['bars']:,} bars closed, "
+               f"{st['signals']:,} signals in {elapsed:.2f} s ({st['ticks'] / elapsed / 1e6:.1f} M ticks/s); "
+               f"rejected: {sum(st['rejected'].values())}")  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    return {"run": cmd_run, "demo": cmd_demo}[args.command](args)
+def entry(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (for tests and `python -m sovereign.cli`)."""
+    try:
+        main.main(args=list(argv) if argv is not None else None, prog_name="sovereign", standalone_mode=True)
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else EXIT_FAILED)
+    return EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

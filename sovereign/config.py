@@ -32,6 +32,8 @@ def _f(default: Any, lo: float | None = None, hi: float | None = None, *, lo_ope
 @dataclass(frozen=True)
 class SystemConfig:
     state_dir: str = _f("state")
+    runtime_dir: str = _f("")  # the control socket's directory; empty: the state directory
+    signal_history: int = _f(100_000, 0, 10**9)  # signals kept in LMDB for `sovereign signals`
     workers: int = _f(0, 0, 1024)  # 0: one per core but the first, at least one
     cores: tuple[int, ...] = _f(())  # cores to pin workers to; empty: all but core 0
     snapshot_interval_s: float = _f(60.0, 1.0, 86400.0)
@@ -45,6 +47,7 @@ class FeedConfig:
     symbols: int = _f(100, 1, 100_000)
     seed: int = _f(1)
     pace: str = _f("fast", choices=("fast", "realtime"))
+    speed: float = _f(1.0, 0.0, 1e6, lo_open=True)  # realtime pace: market seconds per wall-clock second
     tick_interval_s: float = _f(1.0, 0.0, 3600.0, lo_open=True)  # sim: mean time between a symbol's ticks
     max_ticks: int = _f(0, 0, 10**15)  # stop the feed after this many ticks (0: never), then shut down
     files: tuple[str, ...] = _f(())

@@ -28,7 +28,7 @@ from sovereign.core import ORDER_DTYPE, ORDER_FILL, ORDER_INTENT, SIGNAL_DTYPE, 
 from sovereign.ledger import ZERO, to_decimal
 from sovereign.orders import ClientIds
 from sovereign.runtime import RUNNING, STOPPED, Child
-from sovereign.state import StateStore
+from sovereign.state import StateStore, Txn, key_u64
 
 NS = 1_000_000_000
 BOOK_KEY = "book"  # risk's ledger in the positions database
@@ -131,13 +131,34 @@ def run(child: Child, config: Config) -> None:
     intents = OrderRing.attach(layout.intents)
     sig_buf = np.zeros(SIGNAL_BATCH, SIGNAL_DTYPE)
     rep_buf = np.zeros(reports.capacity, ORDER_DTYPE)
-    signals, next_beat = 0, 0.0
+    signals, next_beat, recent = 0, 0.0, []
+    keep = config.system.signal_history
+
+    def record() -> None:
+        """The signals seen since the last call, kept (the newest `keep`) for the ops CLI."""
+        if not recent or not keep:
+            recent.clear()
+            return
+        batch = np.concatenate(recent)[-keep:]
+        recent.clear()
+
+        def tx(t: Txn) -> None:
+            last = t.last_key("signals")
+            seq = 0 if last is None else key_u64(last)
+            for rec in batch:
+                seq += 1
+                t.put_bytes("signals", seq, rec.tobytes())
+            t.trim("signals", keep)
+
+        store.write(tx)
+
     while not child.stop_requested:
         got = 0
         for ring in signal_rings:  # wait on the signals (the latency path), not the reports
             n = ring.pop_into(sig_buf, timeout=0.0002 / len(signal_rings))
             if n:
                 got += n
+                recent.append(sig_buf[:n].copy())
                 out = coord.on_signals(sig_buf[:n])
                 if len(out):
                     intents.push(out, timeout=1.0)
@@ -146,8 +167,10 @@ def run(child: Child, config: Config) -> None:
         if n:
             coord.on_reports(rep_buf[:n])
         if time.monotonic() >= next_beat:
-            next_beat = time.monotonic() + 0.05
+            next_beat = time.monotonic() + 0.1
             child.messages()
+            record()
             child.beat(RUNNING, signals=signals, orders=coord.intents)
+    record()
     child.beat(STOPPED, signals=signals, orders=coord.intents)
     store.close()

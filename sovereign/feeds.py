@@ -2,7 +2,8 @@
 
 `sim` is a SimMarket; `replay` is CSV files (sovereign.data). Either can run as fast as
 possible or in real time (ticks released when the wall clock reaches their time, the
-first tick mapped to now), and stop after max_ticks.
+first tick mapped to now; `speed` > 1 runs the market clock that many times faster),
+and stop after max_ticks.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class Feed:
     def __init__(self, config: Config):
         f = config.feed
         self.realtime = f.pace == "realtime"
+        self.speed = f.speed
         self.max_ticks = f.max_ticks or None
         self.emitted = 0
         self.done = False
@@ -62,7 +64,7 @@ class Feed:
         if self.realtime:
             if self._wall0 == 0:
                 self._wall0, self._market0 = time.time_ns(), int(self._pending["ts_ns"][0])
-            due = self._market0 + (time.time_ns() - self._wall0)
+            due = self._market0 + int((time.time_ns() - self._wall0) * self.speed)
             take = min(take, int(np.searchsorted(self._pending["ts_ns"], due, side="right")))
         out, self._pending = self._pending[:take], self._pending[take:]
         self.emitted += take

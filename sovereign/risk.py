@@ -220,10 +220,24 @@ class Risk:
         todo = [s for s in self.ledger.open_symbols() if s not in self.closing]
         return np.array([self._close(s, quotes, now_ns) for s in todo], ORDER_DTYPE)
 
-    def flatten(self, symbol: int, quotes: Quotes, now_ns: int) -> np.ndarray:
-        if not self.ledger.volume(symbol):
-            return np.zeros(0, ORDER_DTYPE)
-        return np.array([self._close(symbol, quotes, now_ns)], ORDER_DTYPE)
+    def flatten(self, symbol: int | None, quotes: Quotes, now_ns: int) -> np.ndarray:
+        """Close one symbol's position (None: every open position) without changing the
+        trading state. A symbol whose close is already in flight is left alone."""
+        symbols = self.ledger.open_symbols() if symbol is None else [symbol]
+        todo = [s for s in symbols if self.ledger.volume(s) and s not in self.closing]
+        self.events.extend({"event": "flatten", "symbol": s, "volume": str(self.ledger.volume(s))}
+                           for s in todo)  # fmt: skip
+        return np.array([self._close(s, quotes, now_ns) for s in todo], ORDER_DTYPE)
+
+    def account(self) -> dict[str, Any]:
+        """What an operator asks first: state, money, drawdown, the day's P&L."""
+        dd = (self.peak - self.equity) / self.peak if self.peak > 0 else Decimal(0)
+        return {"state": self.state.name, "why": self.why, "balance": str(self.ledger.balance),
+                "equity": str(self.equity), "peak": str(self.peak),
+                "day_pnl": str(self.equity - self.day_start), "drawdown": float(dd),
+                "open_positions": len(self.ledger.open_symbols()), "flattening": self.flattening,
+                "closing": len(self.closing),
+                "rejected": {r.name: n for r, n in self.rejected.items() if n}}  # fmt: skip
 
     def resume(self) -> None:
         if self.state is not TradingState.ACTIVE:
@@ -335,7 +349,10 @@ def run(child: Child, config: Config) -> None:
             next_mark = t + 0.01
             out = risk.mark(board.read, now())
             for msg in child.messages():
-                out = np.concatenate([out, _command(risk, msg, board.read, now())])
+                more, answer = _command(risk, msg, board.read, now())
+                out = np.concatenate([out, more])
+                if msg[0] == "request":
+                    child.reply(msg[1], answer)
             if len(out):
                 approved.push(out, timeout=1.0)
             if risk.events or t >= next_save:
@@ -349,15 +366,24 @@ def run(child: Child, config: Config) -> None:
     store.close()
 
 
-def _command(risk: Risk, msg: tuple, quotes: Quotes, now_ns: int) -> np.ndarray:
-    """Control messages from the supervisor (the ops CLI, SIGHUP)."""
-    kind = msg[0]
+def _command(risk: Risk, msg: tuple, quotes: Quotes, now_ns: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """A control message from the supervisor (the ops CLI, SIGHUP): ("request", id, kind,
+    *args) expects an answer, (kind, *args) does not. Returns the orders it makes and the
+    answer: the account after the command, and what the command did."""
+    if msg[0] == "request":
+        msg = msg[2:]
+    kind, out, did = msg[0], np.zeros(0, ORDER_DTYPE), ""
     if kind == "halt":
-        return risk.halt(bool(msg[1]), str(msg[2]), quotes, now_ns)
-    if kind == "flatten":
-        return risk.flatten(int(msg[1]), quotes, now_ns)
-    if kind == "resume":
+        out = risk.halt(bool(msg[1]), str(msg[2]), quotes, now_ns)
+        did = f"halted; {len(out)} closing orders sent" if msg[1] else "halted"
+    elif kind == "flatten":
+        out = risk.flatten(None if msg[1] is None else int(msg[1]), quotes, now_ns)
+        did = f"{len(out)} closing orders sent"
+    elif kind == "resume":
+        before = risk.state
         risk.resume()
+        did = "already active" if before is TradingState.ACTIVE else f"resumed from {before.name}"
     elif kind == "reload":
         risk.reload(msg[1])
-    return np.zeros(0, ORDER_DTYPE)
+        did = "risk limits reloaded"
+    return out, {**risk.account(), "did": did}

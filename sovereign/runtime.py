@@ -8,6 +8,7 @@ ticks that queued while it was down.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import mmap
 import os
@@ -202,6 +203,11 @@ class Child:
             if m[0] == "stop":
                 self.stop_requested = True
         return out
+
+    def reply(self, request_id: int, answer: Any) -> None:
+        """Answer a ("request", id, ...) control message."""
+        with contextlib.suppress(BrokenPipeError, OSError):  # the supervisor is gone
+            self.control.send(("reply", request_id, answer))
 
     def beat(self, state: int = RUNNING, **counters: int) -> None:
         self.hb.beat(self.slot, state, **counters)

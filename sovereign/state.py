@@ -17,7 +17,9 @@ from typing import Any, TypeVar
 import lmdb
 import orjson
 
-DATABASES = ("orders", "positions", "risk", "coordinator", "bridge", "snapshots", "journal")
+DATABASES = (
+    "orders", "positions", "risk", "coordinator", "bridge", "snapshots", "journal", "signals", "meta",
+)  # fmt: skip
 DEFAULT_MAP_SIZE = 64 << 20
 MAX_MAP_SIZE = 1 << 40
 
@@ -45,6 +47,8 @@ class Txn:
         self._txn = txn
 
     def get(self, db: str, key: bytes | str | int) -> Any:
+        if self._store.db(db) is None:
+            return None
         raw = self._txn.get(_key(key), db=self._store.db(db))
         return None if raw is None else orjson.loads(raw)
 
@@ -55,23 +59,48 @@ class Txn:
         self._txn.put(_key(key), blob, db=self._store.db(db))
 
     def get_bytes(self, db: str, key: bytes | str | int) -> bytes | None:
+        if self._store.db(db) is None:
+            return None
         raw = self._txn.get(_key(key), db=self._store.db(db))
         return None if raw is None else bytes(raw)
 
     def delete(self, db: str, key: bytes | str | int) -> bool:
         return bool(self._txn.delete(_key(key), db=self._store.db(db)))
 
-    def items(self, db: str, start: bytes | str | int | None = None) -> Iterator[tuple[bytes, Any]]:
+    def items(self, db: str, start: bytes | str | int | None = None, *, raw: bool = False,
+              reverse: bool = False) -> Iterator[tuple[bytes, Any]]:
+        """Records in key order from start (or the first; reverse: from the last down)."""
+        if self._store.db(db) is None:
+            return
         with self._txn.cursor(db=self._store.db(db)) as cur:
-            found = cur.set_range(_key(start)) if start is not None else cur.first()
+            if reverse:
+                found = cur.last()
+            else:
+                found = cur.set_range(_key(start)) if start is not None else cur.first()
             while found:
-                yield bytes(cur.key()), orjson.loads(cur.value())
-                found = cur.next()
+                value = cur.value()
+                yield bytes(cur.key()), bytes(value) if raw else orjson.loads(value)
+                found = cur.prev() if reverse else cur.next()
 
     def count(self, db: str) -> int:
+        if self._store.db(db) is None:
+            return 0
         return int(self._txn.stat(self._store.db(db))["entries"])
 
+    def trim(self, db: str, keep: int) -> int:
+        """Delete the oldest records (lowest keys) until at most keep are left."""
+        excess = self.count(db) - keep
+        if excess <= 0:
+            return 0
+        with self._txn.cursor(db=self._store.db(db)) as cur:
+            cur.first()
+            for _ in range(excess):
+                cur.delete()
+        return excess
+
     def last_key(self, db: str) -> bytes | None:
+        if self._store.db(db) is None:
+            return None
         with self._txn.cursor(db=self._store.db(db)) as cur:
             return bytes(cur.key()) if cur.last() else None
 
@@ -103,13 +132,17 @@ class StateStore:
                 str(self.path), map_size=map_size, max_dbs=len(DATABASES), subdir=True,
                 readonly=readonly, sync=True, metasync=True, lock=True, create=not readonly,
             )  # fmt: skip
-            self._dbs = {
-                name: self._env.open_db(name.encode(), create=not readonly) for name in DATABASES
-            }
+            self._dbs = {name: self._open_db(name, readonly) for name in DATABASES}
         except lmdb.InvalidError as e:
             raise StateError(f"state at {self.path} is not a valid LMDB environment (corrupt?): {e}") from e
         except (lmdb.Error, OSError) as e:
             raise StateError(f"cannot open state at {self.path}: {e}") from e
+
+    def _open_db(self, name: str, readonly: bool) -> Any:
+        try:
+            return self._env.open_db(name.encode(), create=not readonly)
+        except lmdb.NotFoundError:  # read-only, and written by a version that lacked it: empty
+            return None
 
     def db(self, name: str) -> Any:
         try:

@@ -8,7 +8,6 @@ while every process is healthy, STATUS, STOPPING.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
@@ -23,8 +22,10 @@ from typing import Any
 import sdnotify  # type: ignore[import-untyped]
 
 from sovereign import config as configuration
+from sovereign import views
 from sovereign.config import Config, ConfigError
-from sovereign.core import OrderRing, QuoteBoard, SignalRing, TickRing
+from sovereign.control import ControlServer, Request, socket_path
+from sovereign.core import LAYOUT_VERSION, OrderRing, QuoteBoard, SignalRing, TickRing
 from sovereign.data import load_ticks
 from sovereign.runtime import (
     FEED_DONE,
@@ -79,6 +80,17 @@ class Proc:
     restarts: int = 0
     restart_at: float | None = None  # scheduled restart (backoff)
     recent: list[float] = dataclasses.field(default_factory=list)
+    queued: list[tuple] = dataclasses.field(default_factory=list)  # for the next spawn (backoff)
+    why: str = ""  # why it was last restarted
+
+
+@dataclass
+class Pending:
+    """A CLI request waiting for risk's answer."""
+
+    conn_id: int
+    cmd: str
+    extra: dict[str, Any]
 
 
 class Supervisor:
@@ -91,6 +103,11 @@ class Supervisor:
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         self.watchdog_s = watchdog_usec / 2e6 if watchdog_usec > 0 else None  # ping at half the interval
         self.ctx = mp.get_context("spawn")
+        self.phase = "starting"
+        self.pending: dict[int, Pending] = {}
+        self.next_request = 1
+        self.rates: dict[str, float] = {}
+        self._sample: tuple[float, dict[str, int]] | None = None
 
     def notify(self, text: str) -> None:
         self.notifier.notify(text)
@@ -110,13 +127,22 @@ class Supervisor:
             names = tuple(f"SIM{s:03d}" for s in range(c.feed.symbols))
         self.layout = layout = Layout.plan(c, f"sov{os.getpid()}", len(names), names)
         self.store = StateStore(c.system.state_dir)
+        # the control socket first: a second supervisor on the same state stops here
+        self.server = ControlServer(socket_path(c.system.state_dir, c.system.runtime_dir))
+        self.store.write(lambda t: (
+            t.put("meta", "symbols", list(names)), t.put("meta", "layout_version", LAYOUT_VERSION),
+            t.put("meta", "config", dataclasses.asdict(c)), t.put("meta", "config_path", self.config_path),
+            t.put("meta", "supervisor", {"pid": os.getpid(), "started_ns": time.time_ns()})))  # fmt: skip
         self.rings: list[Any] = []
+        self.ring_names: list[str] = []
         for k in range(layout.n_workers):
             self.rings.append(TickRing.create(layout.tick_ring(k), TICK_RING, "wait"))
             # a stale signal is worthless: never block a worker on it, count drops instead
             self.rings.append(SignalRing.create(layout.signal_ring(k), SIGNAL_RING, "drop"))
+            self.ring_names += [f"ticks-{k}", f"signals-{k}"]
         for name in (layout.intents, layout.approved, layout.reports_risk, layout.reports_coordinator):
             self.rings.append(OrderRing.create(name, ORDER_RING, "wait"))
+            self.ring_names.append(name.removeprefix(layout.prefix + "-"))
         self.board = QuoteBoard.create(layout.quotes, layout.n_symbols)
         self.hb = Heartbeats(layout.heartbeats, len(layout.roles()))
         # consumers first, so nothing is produced into a ring nobody reads yet
@@ -134,6 +160,9 @@ class Supervisor:
         p.process.start()
         theirs.close()
         p.control, p.spawned, p.restart_at = mine, time.monotonic(), None
+        for message in p.queued:  # read by the new process once its loop runs
+            mine.send(message)
+        p.queued.clear()
 
     # ---- watch
 
@@ -163,6 +192,7 @@ class Supervisor:
         p.recent = [t for t in p.recent if now - t < 300] + [now]
         delay = min(MAX_BACKOFF_S, 0.5 * 2 ** (len(p.recent) - 1))
         p.restarts += 1
+        p.why = state
         self.hb.slots[self.layout.slot(p.role)]["restarts"] = p.restarts
         self.log("restart", process=p.role, why=state, exitcode=p.process.exitcode, delay_s=delay,
                  restarts=p.restarts)  # fmt: skip
@@ -170,10 +200,39 @@ class Supervisor:
         return False
 
     def status_line(self) -> str:
+        """What the system is doing, in one line (systemd's STATUS=, `systemctl status`)."""
         s = self.hb.slots
+        down = [p.role for p in self.procs.values() if self.health(p) != "ok"]
+        r = self.rates
+        flow = (f"{r.get('ticks', 0):,.0f} ticks/s, {r.get('signals', 0):,.0f} signals/s, "
+                f"{r.get('orders', 0):,.1f} orders/s")  # fmt: skip
         gw = s[self.layout.slot("gateway")]
-        parts = [f"{r}:{STATE_NAMES[int(s[i]['state'])]}" for i, r in enumerate(self.layout.roles())]
-        return f"ticks={int(gw['ticks'])} orders={int(gw['orders'])} " + " ".join(parts)
+        total = f"{int(gw['ticks']):,} ticks, {int(gw['orders']):,} orders so far"
+        if self.phase == "running" and down:
+            waiting = ", ".join(f"{role} ({self.procs[role].why or self.health(self.procs[role])})"
+                                for role in down)  # fmt: skip
+            return f"degraded: restarting {waiting}; {flow}; {total}"
+        if self.phase == "starting":
+            return f"starting: waiting for {', '.join(down) or 'nothing'}"
+        if self.phase == "running" and int(gw["state"]) == FEED_DONE:
+            return f"feed finished: draining; {total}"
+        if self.phase == "running":
+            return f"trading: {flow}; {total}; all {len(self.procs)} processes healthy"
+        return f"{self.phase}: {total}"
+
+    def sample(self) -> None:
+        """Counters per second since the last sample."""
+        slots, now = self.hb.slots, time.monotonic()
+        counters = {
+            "ticks": int(slots[self.layout.slot("gateway")]["ticks"]),
+            "signals": int(slots[self.layout.slot("coordinator")]["signals"]),
+            "orders": int(slots[self.layout.slot("gateway")]["orders"]),
+        }
+        if self._sample is not None:
+            t0, c0 = self._sample
+            dt = max(now - t0, 1e-6)
+            self.rates = {k: max(0, v - c0[k]) / dt for k, v in counters.items()}
+        self._sample = (now, counters)
 
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_stop)
@@ -186,19 +245,20 @@ class Supervisor:
             self.cleanup()
 
     def loop(self) -> int:
-        ready = False
+        ping_every = self.watchdog_s / 2 if self.watchdog_s is not None else None  # a quarter of WatchdogSec
         last_ping = last_status = 0.0
         while not self.stopping:
             healthy = all([self.check(p) for p in self.procs.values()])
             now = time.monotonic()
-            if healthy and not ready:
-                ready = True
+            if healthy and self.phase == "starting":
+                self.phase = "running"
                 self.notify("READY=1")
                 self.log("ready", status=self.status_line())
-            if healthy and self.watchdog_s is not None and now - last_ping >= self.watchdog_s:
+            if healthy and ping_every is not None and now - last_ping >= ping_every:
                 self.notify("WATCHDOG=1")
                 last_ping = now
             if now - last_status >= 1.0:
+                self.sample()
                 self.notify(f"STATUS={self.status_line()}")
                 last_status = now
             if self.reload_requested:
@@ -207,7 +267,7 @@ class Supervisor:
             if self.hb.slots[self.layout.slot("gateway")]["state"] == FEED_DONE:
                 self.log("feed_done", status=self.status_line())
                 break
-            time.sleep(POLL_S)
+            self.serve(POLL_S if not self.pending else 0.005)
         return self.shutdown()
 
     # ---- signals and commands
@@ -219,29 +279,141 @@ class Supervisor:
         self.reload_requested = True
 
     def send(self, role: str, message: tuple) -> None:
+        """Deliver a control message; one for a process waiting to be restarted is kept
+        for its next start, so a halt is never lost to a restart."""
         p = self.procs[role]
-        if p.control is not None:
-            with contextlib.suppress(BrokenPipeError, OSError):  # restarting: messages are not queued
-                p.control.send(message)
+        if p.restart_at is not None or p.control is None:
+            p.queued.append(message)
+            return
+        try:
+            p.control.send(message)
+        except (BrokenPipeError, OSError):  # it just died: the restart delivers it
+            p.queued.append(message)
 
-    def reload(self) -> None:
+    def reload(self, conn_id: int | None = None) -> None:
         if self.config_path is None:
-            self.log("reload_skipped", why="running on the embedded defaults: no file to reload")
+            why = "running on the embedded defaults: there is no config file to reload"
+            self.log("reload_skipped", why=why)
+            if conn_id is not None:
+                self.server.answer(conn_id, error=why)
             return
         try:
             new = configuration.load(self.config_path)
         except ConfigError as e:
             self.log("reload_refused", why=str(e))
+            if conn_id is not None:
+                self.server.answer(conn_id, error=f"reload refused, the old limits stay: {e}")
             return
         self.config = dataclasses.replace(self.config, risk=new.risk)
-        self.send("risk", ("reload", new.risk))
         self.log("reloaded", file=self.config_path)
+        if conn_id is None:
+            self.send("risk", ("reload", new.risk))
+        else:
+            self.ask_risk(conn_id, "reload", ("reload", new.risk))
+
+    # ---- the control socket
+
+    def serve(self, timeout: float) -> None:
+        """Answer the CLI: wait up to timeout for requests, and collect risk's answers."""
+        for req in self.server.poll(timeout):
+            try:
+                self.handle(req)
+            except Exception as e:  # a bad request must never take the supervisor down
+                self.server.answer(req.conn_id, error=f"{req.cmd}: {type(e).__name__}: {e}")
+        risk = self.procs["risk"]
+        if risk.control is None:
+            return
+        try:
+            while risk.control.poll():
+                msg = risk.control.recv()
+                if msg[0] == "reply" and msg[1] in self.pending:
+                    self.answered(self.pending.pop(msg[1]), msg[2])
+        except (EOFError, OSError):  # risk died; its restart gets a new pipe
+            pass
+
+    def ask_risk(self, conn_id: int, cmd: str, message: tuple, **extra: Any) -> None:
+        rid = self.next_request
+        self.next_request += 1
+        self.pending[rid] = Pending(conn_id, cmd, extra)
+        self.send("risk", ("request", rid, *message))
+
+    def handle(self, req: Request) -> None:
+        a, cid = req.args, req.conn_id
+        if self.phase == "stopping":
+            self.server.answer(cid, error="the system is stopping")
+        elif req.cmd == "ping":
+            self.server.answer(cid, {"pid": os.getpid(), "phase": self.phase})
+        elif req.cmd == "status":
+            if self.health(self.procs["risk"]) == "ok":
+                self.ask_risk(cid, "status", ("account",))
+            else:
+                self.answered(Pending(cid, "status", {}), self.store.read(views.account))
+        elif req.cmd == "halt":
+            reason = str(a.get("reason") or "operator halt")
+            self.log("operator", command="halt", flatten=bool(a.get("flatten")), reason=reason)
+            self.ask_risk(cid, "halt", ("halt", bool(a.get("flatten")), reason))
+        elif req.cmd == "resume":
+            self.log("operator", command="resume")
+            self.ask_risk(cid, "resume", ("resume",))
+        elif req.cmd == "flatten":
+            symbol = a.get("symbol")
+            if symbol is None:
+                index = None
+            elif symbol in self.layout.symbol_names:
+                index = self.layout.symbol_names.index(symbol)
+            else:
+                self.server.answer(cid, error=f"unknown symbol {symbol!r}; known: "
+                                              f"{', '.join(self.layout.symbol_names[:20])}"
+                                              f"{' ...' if self.layout.n_symbols > 20 else ''}")  # fmt: skip
+                return
+            self.log("operator", command="flatten", symbol=symbol or "all")
+            self.ask_risk(cid, "flatten", ("flatten", index))
+        elif req.cmd == "quotes":
+            wanted = [int(x) for x in a.get("symbols", []) if 0 <= int(x) < self.layout.n_symbols]
+            quotes = {str(x): dict(zip(("ts_ns", "bid", "ask", "recv_ns"), self.board.read(x), strict=True))
+                      for x in wanted}  # fmt: skip
+            self.server.answer(cid, {k: v for k, v in quotes.items() if v["ts_ns"]})
+        elif req.cmd == "reload":
+            self.log("operator", command="reload")
+            self.reload(cid)
+        else:
+            self.server.answer(cid, error=f"unknown command {req.cmd!r}; known: "
+                                          "ping, status, quotes, halt, resume, flatten, reload")  # fmt: skip
+
+    def answered(self, p: Pending, account: dict[str, Any]) -> None:
+        if p.cmd != "status":
+            self.server.answer(p.conn_id, account)
+            return
+        now_ns, wall = time.monotonic_ns(), time.time_ns()
+        procs = []
+        for role, proc in self.procs.items():
+            s = self.hb.slots[self.layout.slot(role)]
+            procs.append({
+                "role": role, "pid": int(s["pid"]), "core": None if s["core"] < 0 else int(s["core"]),
+                "state": STATE_NAMES[int(s["state"])], "health": self.health(proc),
+                "uptime_s": (wall - int(s["started_ns"])) / 1e9,
+                "heartbeat_age_s": (now_ns - int(s["beat_ns"])) / 1e9,
+                "restarts": proc.restarts, "ticks": int(s["ticks"]), "signals": int(s["signals"]),
+                "orders": int(s["orders"]), "rejects": int(s["rejects"]), "dropped": int(s["dropped"]),
+            })  # fmt: skip
+        rings = [{"name": n, **{k: r.stats()[k] for k in ("depth", "capacity", "dropped", "high_water")}}
+                 for n, r in zip(self.ring_names, self.rings, strict=True)]  # fmt: skip
+        self.server.answer(p.conn_id, {
+            "phase": self.phase, "status": self.status_line(), "supervisor_pid": os.getpid(),
+            "processes": procs, "rings": rings, "rates": self.rates, "account": account,
+            "symbols": self.layout.n_symbols, "workers": self.layout.n_workers,
+        })  # fmt: skip
 
     # ---- stop
 
     def shutdown(self) -> int:
         """Stop the feed, drain, stop everyone (each flushes its state), within the bound."""
+        self.phase = "stopping"
         self.notify("STOPPING=1")
+        self.notify(f"STATUS={self.status_line()}")
+        for p in self.pending.values():
+            self.server.answer(p.conn_id, error="the system is stopping")
+        self.pending.clear()
         deadline = time.monotonic() + self.config.system.shutdown_timeout_s
         self.log("stopping", status=self.status_line())
         self.send("gateway", ("stop_feed",))
@@ -249,7 +421,7 @@ class Supervisor:
         while quiet < 3 and time.monotonic() < deadline - self.config.system.shutdown_timeout_s / 2:
             depth = sum(r.stats()["depth"] for r in self.rings)
             quiet = quiet + 1 if depth == 0 else 0
-            time.sleep(POLL_S)
+            self.serve(POLL_S)  # answers "stopping"
         for role in ["gateway", *(r for r in self.procs if r.startswith("worker-")), "coordinator", "risk"]:
             self.send(role, ("stop",))
         clean = True
@@ -278,5 +450,7 @@ class Supervisor:
             self.board.close()
         if hasattr(self, "hb"):
             self.hb.close()
+        if hasattr(self, "server"):
+            self.server.close()
         if hasattr(self, "store"):
             self.store.close()

@@ -1,0 +1,416 @@
+"""What the operator's commands do, apart from printing: back up, verify and restore the
+state, and check the machine (doctor). Each check is a `Check`; the CLI prints them.
+
+Backups are LMDB's own hot copy (`mdb_env_copy2` with compaction) taken inside one read
+transaction, so a backup of a running system is consistent without stopping it. A
+backup is written under a temporary name and renamed only once it is complete, verified
+and described by MANIFEST.json (sha256 of the data file), so a partial backup never looks
+like a good one.
+
+Verification walks every record of every database in a separate process: LMDB trusts its
+file, and a corrupt page can crash the reader, so a crash is reported as corruption
+instead of taking the CLI down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from sovereign.config import Config
+
+MANIFEST = "MANIFEST.json"
+DATA_FILE = "data.mdb"
+MIN_FREE_DISK = 1 << 30  # below this, doctor warns; below a quarter of it, it fails
+
+
+class OpsError(RuntimeError):
+    """An operation could not be done; nothing was changed."""
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # "ok", "warn" or "fail"
+    detail: str
+
+    def to_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def failed(checks: list[Check]) -> bool:
+    return any(c.status == "fail" for c in checks)
+
+
+# ---- verify
+
+
+def verify(path: str | Path) -> list[Check]:
+    """Integrity of the state at path, checked in a child process (see the module doc)."""
+    path = Path(path)
+    if not (path / DATA_FILE).is_file():
+        return [Check("environment", "fail", f"no LMDB environment at {path} ({DATA_FILE} is missing)")]
+    checks = []
+    manifest = path / MANIFEST
+    if manifest.exists():
+        checks.append(_check_manifest(path, manifest))
+    proc = subprocess.run([sys.executable, "-m", "sovereign.ops", "verify", str(path)],
+                          capture_output=True, timeout=3600)  # fmt: skip
+    if proc.returncode != 0:
+        why = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+        if proc.returncode < 0:
+            why = [f"the reader crashed with signal {-proc.returncode}"]
+        return [*checks, Check("environment", "fail", f"cannot walk {path}: {why[0]}; the file is corrupt")]
+    return checks + [Check(**c) for c in orjson.loads(proc.stdout)]
+
+
+def _check_manifest(path: Path, manifest: Path) -> Check:
+    try:
+        m = orjson.loads(manifest.read_bytes())
+        want = m["sha256"]
+    except (orjson.JSONDecodeError, KeyError, TypeError, OSError) as e:
+        return Check("manifest", "fail", f"{manifest} is unreadable: {e}")
+    got = sha256(path / DATA_FILE)
+    if got != want:
+        return Check("manifest", "fail", f"{DATA_FILE} does not match the backup's checksum: it changed or "
+                                         "was damaged after the backup")  # fmt: skip
+    return Check("manifest", "ok", f"checksum matches the backup taken {m.get('created', '?')}")
+
+
+def _walk(path: str) -> list[Check]:
+    """The checks proper (run in the child)."""
+    from sovereign.state import DATABASES, StateError, StateStore
+
+    try:
+        store = StateStore(path, readonly=True)
+    except StateError as e:
+        return [Check("environment", "fail", str(e))]
+    with store:
+        counts = store.read(lambda t: {db: sum(1 for _ in t.items(db, raw=True)) for db in DATABASES})
+        listed = ", ".join(f"{db} {n}" for db, n in counts.items())
+        pages = Check("environment", "ok", f"every page readable: {listed}")
+        return [pages, *store.read(lambda t: [f(t) for f in (_records, _journal, _orders, _books, _layout)])]
+
+
+def _records(t: Any) -> Check:
+    from sovereign.core import SIGNAL_DTYPE
+    from sovereign.state import key_u64
+
+    bad = []
+    for db in ("orders", "positions", "risk", "coordinator", "bridge", "journal", "meta"):
+        for k, v in t.items(db, raw=True):
+            try:
+                orjson.loads(v)
+            except orjson.JSONDecodeError:
+                bad.append(f"{db}/{k!r}")
+    size = SIGNAL_DTYPE.itemsize
+    bad += [f"signals/{key_u64(k)}" for k, v in t.items("signals", raw=True) if len(v) != size]
+    if bad:
+        return Check("records", "fail", f"undecodable: {', '.join(bad[:5])}")
+    return Check("records", "ok", "every record decodes")
+
+
+def _journal(t: Any) -> Check:
+    """Append-only: its keys run 1..n with no gap."""
+    from sovereign.state import key_u64
+
+    keys = [key_u64(k) for k, _ in t.items("journal", raw=True)]
+    gaps = [a for a, b in itertools.pairwise(keys) if b != a + 1]
+    if keys and (keys[0] != 1 or gaps):
+        return Check("journal", "fail", f"records are missing after {gaps[:3] or [0]}")
+    return Check("journal", "ok", f"{len(keys)} events, contiguous")
+
+
+def _orders(t: Any) -> Check:
+    from sovereign.orders import OPEN_STATES, OrderState
+    from sovereign.state import key_u64
+
+    states: dict[OrderState, int] = {}
+    bad = []
+    for k, o in t.items("orders"):
+        try:
+            s = OrderState(o["state"])
+        except (KeyError, ValueError, TypeError):
+            bad.append(key_u64(k))
+            continue
+        states[s] = states.get(s, 0) + 1
+    if bad:
+        return Check("orders", "fail", f"orders with no valid state: {bad[:5]}")
+    open_n = sum(n for s, n in states.items() if s in OPEN_STATES)
+    stuck = states.get(OrderState.SUBMITTING, 0)
+    note = f"; {stuck} in SUBMITTING, resolved from the broker's record at the next start" if stuck else ""
+    return Check("orders", "ok", f"{sum(states.values())} orders, {open_n} open{note}")
+
+
+def _books(t: Any) -> Check:
+    from sovereign.gateway import BROKER_KEY
+    from sovereign.ledger import Ledger, same_book
+    from sovereign.risk import TradingState
+
+    book, broker, risk = t.get("positions", "book"), t.get("bridge", BROKER_KEY), t.get("risk", "state")
+    try:
+        if book is not None:
+            Ledger(Decimal(0), {}).load_dict(book)
+        if risk is not None:
+            TradingState(risk["state"])
+            Decimal(risk["equity"])
+        if broker is not None:
+            Ledger(Decimal(0), {}).load_dict(broker["ledger"])
+    except (KeyError, ValueError, TypeError, ArithmeticError) as e:
+        return Check("books", "fail", f"a book does not load: {type(e).__name__}: {e}")
+    if book is not None and broker is not None and not same_book(book, broker["ledger"]):
+        return Check("books", "warn", "risk's book differs from the broker's: risk takes the broker's "
+                                      "at the next start (a crash between the two writes)")  # fmt: skip
+    return Check("books", "ok", "positions, risk state and broker account load and agree")
+
+
+def _layout(t: Any) -> Check:
+    from sovereign.core import LAYOUT_VERSION
+
+    version = t.get("meta", "layout_version")
+    if version is not None and version != LAYOUT_VERSION:
+        return Check("layout", "warn", f"written by record layout {version}, this build has "
+                                       f"{LAYOUT_VERSION}: agent snapshots will start cold")  # fmt: skip
+    return Check("layout", "ok", f"record layout {version if version is not None else 'unrecorded'}")
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---- backup and restore
+
+
+def backup(state_dir: str | Path, dest: str | Path, *, rotate: int = 0) -> dict[str, Any]:
+    """A consistent hot copy of the state into dest (which must not exist or be empty).
+    With rotate=N, dest is a folder of backups: a new timestamped one goes in and only the
+    newest N are kept. Returns the manifest."""
+    from sovereign.core import LAYOUT_VERSION
+    from sovereign.state import StateError, StateStore
+
+    src = Path(state_dir)
+    if not (src / DATA_FILE).is_file():
+        raise OpsError(f"no state at {src} to back up")
+    dest = Path(dest)
+    if rotate:
+        dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+        final = dest / time.strftime("sovereign-%Y%m%dT%H%M%SZ", time.gmtime())
+    else:
+        final = dest
+    if final.exists() and any(final.iterdir()):
+        raise OpsError(f"{final} exists and is not empty; a backup never overwrites")
+    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        try:
+            with StateStore(src, readonly=True) as store:
+                store.copy_to(tmp)
+                counts = store.read(lambda t: {db: t.count(db) for db in ("orders", "journal", "signals")})
+        except StateError as e:
+            raise OpsError(str(e)) from None
+        except OSError as e:
+            raise OpsError(f"cannot write the backup to {tmp.parent}: {e}") from None
+        manifest = {
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "source": str(src.resolve()),
+            "sha256": sha256(tmp / DATA_FILE), "bytes": (tmp / DATA_FILE).stat().st_size,
+            "layout_version": LAYOUT_VERSION, "counts": counts,
+        }  # fmt: skip
+        checks = verify(tmp)
+        if failed(checks):
+            bad = next(c for c in checks if c.status == "fail")
+            raise OpsError(f"the copy does not verify, so it was not kept: {bad.name}: {bad.detail}")
+        _write_synced(tmp / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        if final.exists():
+            final.rmdir()  # empty, checked above
+        tmp.rename(final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if rotate:
+        olds = sorted(p for p in dest.iterdir() if p.is_dir() and p.name.startswith("sovereign-"))
+        for old in olds[:-rotate]:
+            shutil.rmtree(old)
+    return {"path": str(final), **manifest}
+
+
+def restore(backup_dir: str | Path, state_dir: str | Path) -> dict[str, Any]:
+    """Replace the state with a verified backup. The current state is moved aside, never
+    deleted. The caller makes sure the system is stopped."""
+    src, dst = Path(backup_dir), Path(state_dir)
+    checks = verify(src)
+    if failed(checks):
+        bad = next(c for c in checks if c.status == "fail")
+        raise OpsError(f"{src} is not a good backup: {bad.name}: {bad.detail}")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = dst.with_name(f"{dst.name}.replaced-{stamp}") if dst.exists() else None
+    tmp = dst.with_name(f".{dst.name}.restoring-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(mode=0o700, parents=True)
+        shutil.copyfile(src / DATA_FILE, tmp / DATA_FILE)
+        with (tmp / DATA_FILE).open("rb+") as f:
+            os.fsync(f.fileno())
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise OpsError(f"cannot copy the backup into {dst.parent}: {e}; the state is unchanged") from None
+    if aside is not None:
+        dst.rename(aside)
+    tmp.rename(dst)
+    _fsync_dir(dst.parent)
+    return {"restored": str(dst), "from": str(src), "previous_state_moved_to": str(aside) if aside else None}
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    with path.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# ---- doctor
+
+
+UNIT_PATHS = tuple(f"{d}/sovereign.service" for d in (
+    "/etc/systemd/system", "/usr/local/lib/systemd/system", "/lib/systemd/system", "/usr/lib/systemd/system",
+))  # fmt: skip
+
+
+def doctor(config: Config) -> list[Check]:
+    """Is this machine fit to run Sovereign with this config?"""
+    from sovereign.core import ORDER_DTYPE, SIGNAL_DTYPE, TICK_DTYPE
+    from sovereign.runtime import ORDER_RING, SIGNAL_RING, TICK_RING, Layout
+
+    checks = []
+    try:
+        from sovereign.core import LAYOUT_VERSION
+
+        checks.append(Check("engine", "ok", f"C++ core loads (record layout {LAYOUT_VERSION}), "
+                                            f"Python {sys.version.split()[0]}"))  # fmt: skip
+    except ImportError as e:
+        checks.append(Check("engine", "fail", f"the C++ core does not load: {e}"))
+    cores = sorted(os.sched_getaffinity(0))
+    try:
+        layout = Layout.plan(config, "doctor", config.feed.symbols)
+        pinned = ", ".join(map(str, layout.worker_cores))
+        if len(cores) < 2:
+            checks.append(Check("cores", "warn", "1 core: the worker shares it with every other process"))
+        else:
+            checks.append(Check("cores", "ok", f"{len(cores)} cores; {layout.n_workers} workers pinned to "
+                                               f"{pinned}, services on the rest"))  # fmt: skip
+    except Exception as e:
+        checks.append(Check("cores", "fail", str(e)))
+        layout = None
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        checks.append(Check("shared memory", "fail", "/dev/shm is missing"))
+    else:
+        st = os.statvfs(shm)
+        free = st.f_bavail * st.f_frsize
+        n = layout.n_workers if layout else 1
+        need = (n * (TICK_RING * TICK_DTYPE.itemsize + SIGNAL_RING * SIGNAL_DTYPE.itemsize)
+                + 4 * ORDER_RING * ORDER_DTYPE.itemsize + config.feed.symbols * 64 + (1 << 20))  # fmt: skip
+        verdict = "ok" if free >= 2 * need else "warn" if free >= need else "fail"
+        checks.append(Check("shared memory", verdict, f"/dev/shm has {_size(free)} free; the rings need "
+                                                      f"{_size(need)}"))  # fmt: skip
+    checks.append(_check_state_dir(Path(config.system.state_dir)))
+    free_disk = _free_disk(Path(config.system.state_dir))
+    verdict = "ok" if free_disk >= MIN_FREE_DISK else "warn" if free_disk >= MIN_FREE_DISK // 4 else "fail"
+    checks.append(Check("free disk", verdict, f"{_size(free_disk)} free where the state lives "
+                                              f"(LMDB grows its map as needed)"))  # fmt: skip
+    unit = next((p for p in UNIT_PATHS if Path(p).exists()), None)
+    checks.append(Check("unit file", "ok", f"installed at {unit}") if unit else
+                  Check("unit file", "warn", "sovereign.service is not installed (see docs/runbook.md, "
+                                             "Install); fine for a foreground run"))  # fmt: skip
+    checks.append(_check_clock())
+    return checks
+
+
+def _check_state_dir(path: Path) -> Check:
+    if not path.exists():
+        parent = next((p for p in path.parents if p.exists()), Path("/"))
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return Check("state directory", "fail", f"{path} does not exist and {parent} is not writable")
+        return Check("state directory", "ok", f"{path} will be created (mode 0700)")
+    st = path.stat()
+    if not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        return Check("state directory", "fail", f"{path} is not readable and writable by uid {os.geteuid()}")
+    if st.st_uid != os.geteuid():
+        return Check("state directory", "warn", f"{path} is owned by uid {st.st_uid}, not by uid "
+                                                f"{os.geteuid()} who runs this")  # fmt: skip
+    if st.st_mode & 0o077:
+        return Check("state directory", "warn", f"{path} is mode {st.st_mode & 0o777:o}: other users can "
+                                                "read the trading state; chmod 700 it")  # fmt: skip
+    return Check("state directory", "ok", f"{path}: owned by uid {st.st_uid}, mode {st.st_mode & 0o777:o}")
+
+
+def _free_disk(path: Path) -> int:
+    while not path.exists():
+        path = path.parent
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+class _Timex(ctypes.Structure):
+    _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
+                ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
+                ("pad", ctypes.c_byte * 256)]  # fmt: skip
+
+
+STA_UNSYNC, TIME_ERROR = 0x0040, 5
+
+
+def _check_clock() -> Check:
+    """The kernel's view (adjtimex): synchronized by NTP/chrony/timesyncd, and how well."""
+    try:
+        tx = _Timex()
+        state = ctypes.CDLL(None, use_errno=True).adjtimex(ctypes.byref(tx))
+    except (OSError, AttributeError) as e:
+        return Check("clock sync", "warn", f"cannot ask the kernel: {e}")
+    if state < 0:
+        return Check("clock sync", "warn", f"adjtimex failed (errno {ctypes.get_errno()})")
+    if state == TIME_ERROR or tx.status & STA_UNSYNC:
+        return Check("clock sync", "warn", "the clock is not synchronized (no NTP): tick times, the daily "
+                                           "loss reset and stale-quote checks depend on it")  # fmt: skip
+    return Check("clock sync", "ok", f"synchronized; estimated error {tx.esterror} µs")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+if __name__ == "__main__":  # the isolated half of verify()
+    if len(sys.argv) == 3 and sys.argv[1] == "verify":
+        with contextlib.suppress(BrokenPipeError):
+            sys.stdout.buffer.write(orjson.dumps([c.to_dict() for c in _walk(sys.argv[2])]))
+        sys.exit(0)
+    sys.exit("usage: python -m sovereign.ops verify PATH")

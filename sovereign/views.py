@@ -1,0 +1,115 @@
+"""Read-only views of the state for operators: what `sovereign status`, `positions`,
+`orders`, `signals` and `journal` show. Each takes a read transaction, so they work the
+same against the live environment (LMDB readers never block the writers) and against a
+stopped system or a backup.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from sovereign.core import SIGNAL_DTYPE
+from sovereign.orders import OPEN_STATES
+from sovereign.state import Txn, key_u64
+
+BOOK_KEY = "book"  # positions database: risk's ledger
+RISK_KEY = "state"  # risk database
+
+
+def symbol_names(t: Txn) -> list[str]:
+    return list(t.get("meta", "symbols") or [])
+
+
+def _name(names: list[str], symbol: int) -> str:
+    return names[symbol] if 0 <= symbol < len(names) else f"#{symbol}"
+
+
+def account(t: Txn) -> dict[str, Any]:
+    """The account as risk last saved it (it saves every second and on every fill)."""
+    saved = t.get("risk", RISK_KEY)
+    book = t.get("positions", BOOK_KEY)
+    if saved is None:
+        return {"state": None, "stale": True, "why": "no risk state yet (the system has never run here)"}
+    equity, peak, day_start = Decimal(saved["equity"]), Decimal(saved["peak"]), Decimal(saved["day_start"])
+    balance = book["balance"] if book is not None else None
+    return {
+        "state": saved["state"], "why": saved["why"], "balance": balance, "equity": saved["equity"],
+        "peak": saved["peak"], "day_pnl": str(equity - day_start),
+        "drawdown": float((peak - equity) / peak) if peak > 0 else 0.0,
+        "open_positions": len(book["positions"]) if book else 0, "flattening": saved.get("flattening", False),
+        "stale": True,
+    }  # fmt: skip
+
+
+def positions(t: Txn) -> list[dict[str, Any]]:
+    """Open positions (netting: one per symbol) from risk's book."""
+    book = t.get("positions", BOOK_KEY)
+    names = symbol_names(t)
+    out = []
+    for s, p in sorted(((int(k), v) for k, v in (book or {}).get("positions", {}).items())):
+        lots = [(Decimal(v), Decimal(px)) for v, px in p["lots"]]
+        volume = sum((v for v, _ in lots), Decimal(0))
+        if not volume:
+            continue
+        avg = sum((v * px for v, px in lots), Decimal(0)) / volume
+        out.append({
+            "symbol": s, "name": _name(names, s), "side": "BUY" if volume > 0 else "SELL",
+            "volume": str(abs(volume)), "avg_price": str(avg.quantize(Decimal("1e-8")).normalize()),
+            "sl": p.get("sl"), "tp": p.get("tp"), "lots": len(lots),
+        })  # fmt: skip
+    return out
+
+
+def orders(t: Txn, *, open_only: bool = False, limit: int = 50) -> list[dict[str, Any]]:
+    """The newest orders first (client ids only grow). open_only scans every order: a stuck
+    order may be old."""
+    names = symbol_names(t)
+    out = []
+    for _, o in t.items("orders", reverse=True):
+        if open_only and o.get("state") not in {s.value for s in OPEN_STATES}:
+            continue
+        if "symbol" in o:
+            o["name"] = _name(names, int(o["symbol"]))
+        out.append(o)
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+def signals(t: Txn, *, limit: int = 50, after: int = 0) -> list[dict[str, Any]]:
+    """Recorded signals: the newest `limit` (oldest first), or all after sequence `after`."""
+    names = symbol_names(t)
+    raw: list[tuple[int, bytes]] = []
+    if after:
+        raw = [(key_u64(k), v) for k, v in t.items("signals", after + 1, raw=True)]
+    else:
+        for k, v in t.items("signals", raw=True, reverse=True):
+            raw.append((key_u64(k), v))
+            if len(raw) >= limit:
+                break
+        raw.reverse()
+    if not raw:
+        return []
+    recs = np.frombuffer(b"".join(v for _, v in raw), SIGNAL_DTYPE)
+    return [{
+        "seq": seq, "ts_ns": int(r["ts_ns"]), "agent": int(r["agent"]), "symbol": int(r["symbol"]),
+        "name": _name(names, int(r["symbol"])), "side": "BUY" if r["side"] > 0 else "SELL",
+        "conviction": float(r["conviction"]), "entry": float(r["entry"]), "stop": float(r["stop"]),
+        "target": float(r["target"]), "touches": int(r["touches"]), "timeframe_s": int(r["timeframe_s"]),
+    } for (seq, _), r in zip(raw, recs, strict=True)]  # fmt: skip
+
+
+def journal(t: Txn, *, limit: int = 50, after: int = 0) -> list[dict[str, Any]]:
+    """Journal events with their sequence numbers: the newest `limit`, or all after `after`."""
+    if after:
+        return [{"seq": key_u64(k), **v} for k, v in t.items("journal", after + 1)]
+    out = []
+    for k, v in t.items("journal", reverse=True):
+        out.append({"seq": key_u64(k), **v})
+        if len(out) >= limit:
+            break
+    out.reverse()
+    return out
