@@ -186,8 +186,11 @@ class StateStore:
 
     def copy_to(self, dest: str | Path) -> None:
         """A consistent hot copy (compacted) into the empty directory dest."""
-        Path(dest).mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._env.copy(str(dest), compact=True)
+        try:
+            Path(dest).mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._env.copy(str(dest), compact=True)
+        except (lmdb.Error, OSError) as e:  # no space, I/O error: the copy is incomplete
+            raise StateError(f"cannot copy the state to {dest}: {e}") from e
 
     def close(self) -> None:
         self._env.close()

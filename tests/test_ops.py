@@ -1,0 +1,370 @@
+"""The ops CLI against a real running system (real processes, the real control socket,
+the real LMDB file) and against the same system once stopped; bad arguments; backup,
+verify and restore, then the system starts again on the restored state."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from sovereign.control import ControlError, request
+
+SOV = [sys.executable, "-m", "sovereign.cli"]
+LIVE = """
+[system]
+state_dir = "{state}"
+snapshot_interval_s = 2.0
+heartbeat_timeout_s = 3.0
+[feed]
+symbols = 12
+pace = "realtime"
+speed = 300.0
+[risk]
+max_orders_per_minute = 600
+"""
+
+
+def sov(*args: str, config: Path | None = None, check: int | None = 0, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "SOVEREIGN_CONFIG"}
+    if config is not None:
+        env["SOVEREIGN_CONFIG"] = str(config)
+    r = subprocess.run([*SOV, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    if check is not None:
+        assert r.returncode == check, f"sovereign {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def sov_json(*args: str, config: Path, check: int = 0) -> object:
+    return orjson.loads(sov(*args, "--json", config=config, check=check).stdout)
+
+
+def wait_for(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
+    """cond()'s first true value."""
+    deadline = time.monotonic() + timeout
+    while not (value := cond()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+    return value
+
+
+class System:
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.state = tmp / "state"
+        self.config = tmp / "sovereign.toml"
+        self.config.write_text(LIVE.format(state=self.state))
+        self.socket = self.state / "control.sock"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([*SOV, "run", "--config", str(self.config)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)  # fmt: skip
+        wait_for(lambda: self.phase() == "running", 90, "the system to be ready")
+
+    def phase(self) -> str | None:
+        assert self.proc is not None and self.proc.poll() is None, self.proc and self.proc.stdout.read()  # type: ignore[union-attr]
+        try:
+            return request(self.socket, "ping", timeout=2)["phase"]
+        except Exception:
+            return None
+
+    def stop(self) -> str:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        out, _ = self.proc.communicate(timeout=60)
+        assert self.proc.returncode == 0, out
+        return out
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    system = System(tmp_path_factory.mktemp("ops"))
+    system.start()
+    wait_for(lambda: len(sov_json("orders", config=system.config)) >= 3, 90, "a few orders")  # type: ignore[arg-type]
+    yield system
+    if system.proc is not None and system.proc.poll() is None:
+        system.proc.kill()
+        system.proc.communicate()
+
+
+# ---- against the running system (the tests below run in file order on one system)
+
+
+def test_status_shows_processes_rings_rates_and_the_account(live: System) -> None:
+    s = sov_json("status", config=live.config)
+    assert s["running"] and s["phase"] == "running"  # type: ignore[index]
+    roles = {p["role"]: p for p in s["processes"]}  # type: ignore[index]
+    assert set(roles) == {"gateway", "coordinator", "risk", "worker-0"}
+    assert all(p["health"] == "ok" and p["pid"] > 0 and p["heartbeat_age_s"] < 3 for p in roles.values())
+    assert roles["worker-0"]["core"] is not None  # pinned
+    assert {r["name"] for r in s["rings"]} >= {"ticks-0", "signals-0", "intents", "approved"}  # type: ignore[index]
+    assert s["rates"]["ticks"] > 0  # type: ignore[index]
+    account = s["account"]  # type: ignore[index]
+    assert account["state"] == "ACTIVE" and float(account["equity"]) > 0 and "day_pnl" in account
+    text = sov("status", config=live.config).stdout
+    assert "running" in text and "worker-0" in text and "ACTIVE" in text and "equity" in text
+
+
+def test_read_commands_while_running(live: System) -> None:
+    orders = sov_json("orders", "--limit", "5", config=live.config)
+    assert 1 <= len(orders) <= 5 and all("state" in o and "name" in o for o in orders)  # type: ignore[union-attr, arg-type]
+    ids = [o["client_order_id"] for o in orders]  # type: ignore[union-attr]
+    assert ids == sorted(ids, reverse=True)  # newest first
+    assert isinstance(sov_json("orders", "--open", config=live.config), list)
+    assert isinstance(sov_json("positions", config=live.config), list)
+    sigs = sov_json("signals", "--limit", "3", config=live.config)
+    assert len(sigs) == 3 and all(s["side"] in ("BUY", "SELL") and s["name"].startswith("SIM") for s in sigs)  # type: ignore[index, union-attr, arg-type]
+    events = sov_json("journal", "--limit", "10", config=live.config)
+    assert len(events) == 10 and all("event" in e for e in events)  # type: ignore[arg-type, union-attr]
+    for cmd in ("orders", "positions", "signals", "journal"):
+        assert sov(cmd, config=live.config).stdout.strip()
+
+
+def test_signals_follow_prints_new_signals(live: System) -> None:
+    env = {**os.environ, "SOVEREIGN_CONFIG": str(live.config)}
+    proc = subprocess.Popen([*SOV, "signals", "--follow", "--json", "--limit", "1"], stdout=subprocess.PIPE,
+                            text=True, env=env)  # fmt: skip
+    try:
+        lines = [orjson.loads(proc.stdout.readline()) for _ in range(3)]  # type: ignore[union-attr]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(10)
+    seqs = [s["seq"] for s in lines]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3
+    assert proc.returncode == 0
+
+
+def test_halt_flatten_closes_everything_and_resume_reopens(live: System) -> None:
+    positions = wait_for(lambda: sov_json("positions", config=live.config), 60, "an open position")
+    assert all("unrealized" in p for p in positions)  # type: ignore[union-attr]  # prices while running
+    out = sov("halt", "--flatten", "--reason", "test halt", config=live.config).stdout
+    assert "HALTED" in out and "closing orders sent" in out
+    wait_for(lambda: sov_json("positions", config=live.config) == [], 30, "every position closed")
+    s = sov_json("status", config=live.config)
+    assert s["account"]["state"] == "HALTED" and s["account"]["why"] == "test halt"  # type: ignore[index]
+    events = sov_json("journal", "--limit", "400", config=live.config)
+    assert any(e["event"] == "operator" and e["command"] == "halt" for e in events)  # type: ignore[union-attr]
+    assert "resumed" in sov("resume", config=live.config).stdout
+    assert sov_json("status", config=live.config)["account"]["state"] == "ACTIVE"  # type: ignore[index]
+
+
+def test_flatten_one_symbol_or_all(live: System) -> None:
+    name = wait_for(lambda: sov_json("positions", config=live.config), 60, "an open position")[0]["name"]
+    out = sov("flatten", name, config=live.config).stdout
+    assert "closing orders sent" in out
+    wait_for(lambda: name not in {p["name"] for p in sov_json("positions", config=live.config)}, 30,  # type: ignore[union-attr]
+             f"{name} closed")  # fmt: skip
+    assert "closing orders sent" in sov("flatten", "--all", config=live.config).stdout
+    r = sov("flatten", "NOSUCH", config=live.config, check=1)
+    assert "unknown symbol 'NOSUCH'" in r.stderr
+    assert sov_json("status", config=live.config)["account"]["state"] == "ACTIVE"  # type: ignore[index]
+
+
+def test_reload_applies_a_valid_file_and_refuses_a_broken_one(live: System) -> None:
+    good = live.config.read_text()
+    try:
+        live.config.write_text(good.replace("max_orders_per_minute = 600", "max_orders_per_minute = 300"))
+        assert "risk limits reloaded" in sov("reload", config=live.config).stdout
+        live.config.write_text(good + "\n[risk]\nmax_drawdown = 7\n")  # [risk] twice: not TOML
+        r = sov("reload", config=live.config, check=2)  # the CLI reads the file first and says why
+        assert "not valid TOML" in r.stderr
+        live.config.write_text(good.replace("max_orders_per_minute = 600", "max_orders_per_minute = 0"))
+        with pytest.raises(ControlError, match="reload refused, the old limits stay: .*risk.max_orders_per_minute"):
+            request(live.socket, "reload")  # the supervisor checks it again and keeps the old limits
+    finally:
+        live.config.write_text(good)
+    assert sov_json("status", config=live.config)["phase"] == "running"  # type: ignore[index]
+
+
+def test_backup_while_running_is_consistent(live: System) -> None:
+    dest = live.tmp / "backup"
+    manifest = sov_json("state", "backup", str(dest), config=live.config)
+    assert manifest["counts"]["orders"] >= 3  # type: ignore[index]
+    checks = sov_json("state", "verify", str(dest), config=live.config)
+    assert {c["name"]: c["status"] for c in checks}["manifest"] == "ok"  # type: ignore[union-attr]
+    assert all(c["status"] != "fail" for c in checks)  # type: ignore[union-attr]
+    r = sov("state", "backup", str(dest), config=live.config, check=1)  # never overwrites
+    assert "not empty" in r.stderr
+    r = sov("state", "restore", "--yes", str(dest), config=live.config, check=1)
+    assert "running" in r.stderr  # restore refuses while it runs
+    for _ in range(3):
+        sov("state", "backup", "--rotate", "2", str(live.tmp / "rotated"), config=live.config)
+        time.sleep(1.05)  # backups are named by the second
+    assert len(list((live.tmp / "rotated").iterdir())) == 2
+
+
+def test_bad_requests_never_disturb_the_running_system(live: System) -> None:
+    import socket
+
+    for payload in (b"{not json\n", b"[1,2]\n", b'{"v": 99, "cmd": "status"}\n', b'{"v": 1, "cmd": "rm -rf"}\n',
+                    b"x" * 70_000):  # fmt: skip
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(live.socket))
+            s.sendall(payload)
+            reply = orjson.loads(s.makefile("rb").readline())
+            assert reply["v"] == 1 and reply["ok"] is False and reply["error"], payload[:20]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:  # connects, says nothing
+        idle.connect(str(live.socket))
+        assert request(live.socket, "ping")["phase"] == "running"  # served meanwhile
+    assert live.socket.stat().st_mode & 0o777 == 0o600
+    s = sov_json("status", config=live.config)
+    assert all(p["health"] == "ok" and p["restarts"] == 0 for p in s["processes"])  # type: ignore[index]
+
+
+def test_stopped_system_reads_work_and_controls_refuse(live: System) -> None:
+    held = sov_json("positions", config=live.config)
+    out = live.stop()
+    assert "stopped clean=True" in out
+    assert not live.socket.exists()
+    r = sov("status", config=live.config, check=3)
+    assert "not running" in r.stdout and "as last saved" in r.stdout
+    s = sov_json("status", config=live.config, check=3)
+    assert s["running"] is False and s["account"]["state"] in ("ACTIVE", "HALTED", "REDUCING")  # type: ignore[index]
+    assert isinstance(sov_json("positions", config=live.config), list) and held is not None
+    assert sov_json("orders", "--limit", "3", config=live.config)
+    assert sov_json("signals", "--limit", "3", config=live.config)
+    assert sov_json("journal", "--limit", "3", config=live.config)[-1]["event"] == "stopped"  # type: ignore[index]
+    for cmd in (["halt"], ["resume"], ["flatten", "--all"], ["reload"]):
+        r = sov(*cmd, config=live.config, check=3)
+        assert "not running" in r.stderr
+
+
+def test_restore_then_start_has_the_same_positions_and_orders(live: System) -> None:
+    backup = live.tmp / "backup"
+    with_orders = {o["client_order_id"]: o["state"] for o in sov_json("orders", "--limit", "0", "--state-dir",  # type: ignore[union-attr]
+                                                                       str(backup), config=live.config)}  # fmt: skip
+    backed_positions = sov_json("positions", "--state-dir", str(backup), config=live.config)
+    assert sov("state", "restore", str(backup), config=live.config, check=2).stderr  # asks for --yes
+    out = sov("state", "restore", "--yes", str(backup), config=live.config).stdout
+    assert "previous state is at" in out
+    assert sov_json("positions", config=live.config) == backed_positions
+    # start on the restored state with the market paused (realtime, one tick an hour)
+    live.config.write_text(live.config.read_text().replace("speed = 300.0", "speed = 0.001"))
+    live.start()
+    try:
+        now_positions = [{k: v for k, v in p.items() if k not in ("price", "unrealized")}  # type: ignore[union-attr]
+                         for p in sov_json("positions", config=live.config)]  # type: ignore[union-attr]
+        assert now_positions == backed_positions
+        after = {o["client_order_id"]: o["state"] for o in sov_json("orders", "--limit", "0", config=live.config)}  # type: ignore[union-attr]
+        for cid, st in with_orders.items():  # nothing lost; SUBMITTING resolved from the broker's record
+            assert cid in after and (after[cid] == st or st == "SUBMITTING"), (cid, st, after.get(cid))
+    finally:
+        live.stop()
+
+
+# ---- no system at all, bad arguments, bad files
+
+
+def test_bad_arguments_exit_2_with_a_clear_message(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[system]\nstate_dir = "{tmp_path / "state"}"\n')
+    assert "No such command" in sov("frobnicate", check=2).stderr
+    assert "Invalid value" in sov("orders", "--limit", "-1", config=cfg, check=2).stderr
+    assert "SYMBOL or --all" in sov("flatten", config=cfg, check=2).stderr
+    assert "SYMBOL or --all" in sov("flatten", "EURUSD", "--all", config=cfg, check=2).stderr
+    assert "does not exist" in sov("state", "restore", str(tmp_path / "nope"), config=cfg, check=2).stderr
+    assert "does not exist" in sov("status", "--config", str(tmp_path / "missing.toml"), check=2).stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[risk]\nmax_drawdown = 1.5\n")
+    r = sov("config", "check", str(bad), check=2)
+    assert "risk.max_drawdown" in r.stderr
+    assert orjson.loads(sov("config", "check", str(bad), "--json", check=2).stdout)["ok"] is False
+    assert "ok" in sov("config", "check", str(Path(__file__).parent.parent / "systemd" / "sovereign.toml")).stdout
+    # read commands with no state: a clear error, not a traceback
+    r = sov("orders", config=cfg, check=1)
+    assert "no state at" in r.stderr and "Traceback" not in r.stderr
+    for cmd in ("run", "status", "positions", "orders", "signals", "journal", "halt", "resume", "flatten",
+                "reload", "doctor", "demo"):  # fmt: skip
+        assert "Example" in sov(cmd, "--help").stdout, cmd
+    for cmd in (["config", "check"], ["state", "backup"], ["state", "verify"], ["state", "restore"]):
+        assert "Example" in sov(*cmd, "--help").stdout, cmd
+
+
+def test_doctor_checks_the_machine(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[system]\nstate_dir = "{tmp_path / "state"}"\n')
+    checks = {c["name"]: c for c in sov_json("doctor", config=cfg, check=0)}  # type: ignore[union-attr]
+    assert set(checks) == {"engine", "cores", "shared memory", "state directory", "free disk", "unit file",
+                           "clock sync"}  # fmt: skip
+    (tmp_path / "state").mkdir(mode=0o755)
+    os.chmod(tmp_path / "state", 0o755)
+    checks = {c["name"]: c for c in sov_json("doctor", config=cfg, check=0)}  # type: ignore[union-attr]
+    assert checks["state directory"]["status"] == "warn" and "chmod 700" in checks["state directory"]["detail"]
+    cfg.write_text(f'[system]\nstate_dir = "{tmp_path / "state"}"\ncores = [999]\n')
+    checks = {c["name"]: c for c in sov_json("doctor", config=cfg, check=1)}  # type: ignore[union-attr]
+    assert checks["cores"]["status"] == "fail" and "999" in checks["cores"]["detail"]
+
+
+def _make_state(tmp: Path) -> Path:
+    from sovereign.state import StateStore
+
+    state = tmp / "state"
+    with StateStore(state) as st:
+        st.write(lambda t: (t.put("orders", 1, {"client_order_id": 1, "state": "FILLED"}),
+                            t.journal("started"), t.journal("stopped")))  # fmt: skip
+    return state
+
+
+def test_verify_reports_a_corrupt_file_and_backup_refuses_it(tmp_path: Path) -> None:
+    state = _make_state(tmp_path)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[system]\nstate_dir = "{state}"\n')
+    assert sov("state", "verify", config=cfg, check=0)
+    data = state / "data.mdb"
+    raw = bytearray(data.read_bytes())
+    raw[0:64] = b"\xff" * 64  # the meta pages: no longer an LMDB file
+    raw[4096:4096 + 64] = b"\xee" * 64
+    data.write_bytes(bytes(raw))
+    r = sov("state", "verify", config=cfg, check=1)
+    assert "fail" in r.stdout and "Traceback" not in r.stdout + r.stderr
+    r = sov("state", "backup", str(tmp_path / "bk"), config=cfg, check=1)
+    assert "sovereign:" in r.stderr and not (tmp_path / "bk").exists()
+    assert not list(tmp_path.glob(".bk.partial-*"))  # no half-written backup left behind
+
+
+def test_a_tampered_backup_is_refused_and_the_state_kept(tmp_path: Path) -> None:
+    state = _make_state(tmp_path)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[system]\nstate_dir = "{state}"\n')
+    sov("state", "backup", str(tmp_path / "bk"), config=cfg)
+    with (tmp_path / "bk" / "data.mdb").open("r+b") as f:
+        f.seek(-10, os.SEEK_END)
+        f.write(b"tampered!!")
+    r = sov("state", "verify", str(tmp_path / "bk"), config=cfg, check=1)
+    assert "does not match the backup's checksum" in r.stdout
+    before = (state / "data.mdb").read_bytes()
+    r = sov("state", "restore", "--yes", str(tmp_path / "bk"), config=cfg, check=1)
+    assert "not a good backup" in r.stderr
+    assert (state / "data.mdb").read_bytes() == before and not list(tmp_path.glob("state.replaced-*"))
+
+
+def test_backup_to_a_full_disk_fails_cleanly(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    if shutil.which("mount") is None or os.geteuid() != 0 or subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], capture_output=True
+    ).returncode != 0:
+        pytest.skip("needs root and a mountable tmpfs to make a small disk")
+    try:
+        state = _make_state(tmp_path)
+        from sovereign.state import StateStore
+
+        with StateStore(state) as st:  # a state bigger than the small disk
+            st.write(lambda t: [t.put_bytes("snapshots", f"blob{i}", os.urandom(100_000)) for i in range(4)])
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(f'[system]\nstate_dir = "{state}"\n')
+        r = sov("state", "backup", str(small / "bk"), config=cfg, check=1)
+        assert "sovereign:" in r.stderr and "Traceback" not in r.stderr
+        assert list(small.iterdir()) == []  # nothing partial left
+        assert sov("state", "verify", config=cfg, check=0)  # the source is untouched
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
