@@ -309,9 +309,10 @@ def orders(t: Target, open_only: bool, limit: int, as_json: bool) -> None:
     table = Table("client id", "time (UTC)", "symbol", "side", "volume", "price", "state", "ticket", "reason")
     for o in rows:
         side = {1: "BUY", -1: "SELL"}.get(o.get("side"), "-")
+        reason = "" if o.get("reason") in (None, "OK") else str(o["reason"])
         table.add_row(str(o["client_order_id"]), _when(o.get("ts_ns")), o.get("name", "-"), side,
                       str(o.get("volume", "-")), str(o.get("price", "-")), o["state"],
-                      str(o.get("ticket") or "-"), "" if o.get("reason") in (None, "OK") else str(o["reason"]))  # fmt: skip
+                      str(o.get("ticket") or "-"), reason)  # fmt: skip
     _console().print(table if rows else ("no open orders" if open_only else "no orders"))
 
 

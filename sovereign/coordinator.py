@@ -131,7 +131,8 @@ def run(child: Child, config: Config) -> None:
     intents = OrderRing.attach(layout.intents)
     sig_buf = np.zeros(SIGNAL_BATCH, SIGNAL_DTYPE)
     rep_buf = np.zeros(reports.capacity, ORDER_DTYPE)
-    signals, next_beat, recent = 0, 0.0, []
+    signals, next_beat = 0, 0.0
+    recent: list[np.ndarray] = []
     keep = config.system.signal_history
 
     def record() -> None:

@@ -118,7 +118,7 @@ def _load_generic(path: Path, f) -> Series:  # type: ignore[no-untyped-def]
         )
     col = {name: header.index(name) for name in header}
     names: dict[str, int] = {}
-    rows = []
+    rows: list[tuple] = []
     last_ts: dict[int, int] = {}
     for line, row in enumerate(reader, start=2):
         if not row or not "".join(row).strip():
@@ -175,7 +175,7 @@ def _load_mt5(path: Path, f) -> Series:  # type: ignore[no-untyped-def]
             "expected <DATE> <TIME> <BID> <ASK> (ticks) or <DATE> <TIME> <OPEN> ... (bars)"
         )
     col = {name: i for i, name in enumerate(header)}
-    rows = []
+    rows: list[tuple] = []
     bid = ask = 0.0
     last_ts = 0
     for line, row in enumerate(reader, start=2):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
+from typing import Any
 
 import numpy as np
 
@@ -88,7 +89,7 @@ class Gateway:
         Group commit: every order of the batch is committed in SUBMITTING in one durable
         transaction before the first broker call, and the results in one after the last,
         so a burst of orders costs two fsyncs, not two per order."""
-        fields = []
+        fields: list[dict[str, Any]] = []
         now = time.monotonic_ns()
         for rec in approved:
             self.to_gateway_ns.append(now - int(rec["origin_ns"]))

@@ -298,8 +298,12 @@ def run(child: Child, config: Config) -> None:
         risk.ledger.load_dict(book)
     if broker is not None and not same_book(broker["ledger"], risk.ledger.to_dict()):  # crashed in between
         risk.ledger.load_dict(broker["ledger"])
-        store.write(lambda t: (t.journal("reconciled", source="broker", book=broker["ledger"]),
-                               t.put("positions", BOOK_KEY, broker["ledger"])))  # fmt: skip
+
+        def reconcile(t: Txn) -> None:
+            t.journal("reconciled", source="broker", book=broker["ledger"])
+            t.put("positions", BOOK_KEY, broker["ledger"])
+
+        store.write(reconcile)
     board = QuoteBoard.attach(layout.quotes)
     intents = OrderRing.attach(layout.intents)
     reports = OrderRing.attach(layout.reports_risk)

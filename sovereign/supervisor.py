@@ -38,7 +38,7 @@ from sovereign.runtime import (
     Heartbeats,
     Layout,
 )
-from sovereign.state import StateStore
+from sovereign.state import StateStore, Txn
 
 POLL_S = 0.05
 MAX_BACKOFF_S = 30.0
@@ -129,10 +129,15 @@ class Supervisor:
         self.store = StateStore(c.system.state_dir)
         # the control socket first: a second supervisor on the same state stops here
         self.server = ControlServer(socket_path(c.system.state_dir, c.system.runtime_dir))
-        self.store.write(lambda t: (
-            t.put("meta", "symbols", list(names)), t.put("meta", "layout_version", LAYOUT_VERSION),
-            t.put("meta", "config", dataclasses.asdict(c)), t.put("meta", "config_path", self.config_path),
-            t.put("meta", "supervisor", {"pid": os.getpid(), "started_ns": time.time_ns()})))  # fmt: skip
+
+        def meta(t: Txn) -> None:  # what the CLI and a later replay need to know about this run
+            t.put("meta", "symbols", list(names))
+            t.put("meta", "layout_version", LAYOUT_VERSION)
+            t.put("meta", "config", dataclasses.asdict(c))
+            t.put("meta", "config_path", self.config_path)
+            t.put("meta", "supervisor", {"pid": os.getpid(), "started_ns": time.time_ns()})
+
+        self.store.write(meta)
         self.rings: list[Any] = []
         self.ring_names: list[str] = []
         for k in range(layout.n_workers):
@@ -411,8 +416,8 @@ class Supervisor:
         self.phase = "stopping"
         self.notify("STOPPING=1")
         self.notify(f"STATUS={self.status_line()}")
-        for p in self.pending.values():
-            self.server.answer(p.conn_id, error="the system is stopping")
+        for waiting in self.pending.values():
+            self.server.answer(waiting.conn_id, error="the system is stopping")
         self.pending.clear()
         deadline = time.monotonic() + self.config.system.shutdown_timeout_s
         self.log("stopping", status=self.status_line())
