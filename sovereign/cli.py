@@ -38,14 +38,20 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class Fail(click.ClickException):
-    """Print `sovereign: message` and exit with code."""
+    """Print `sovereign: message` and exit 1 (subclasses: 2 and 3)."""
 
-    def __init__(self, message: str, code: int = EXIT_FAILED):
-        super().__init__(message)
-        self.exit_code = code
+    exit_code = EXIT_FAILED
 
     def show(self, file: Any = None) -> None:
         click.echo(f"sovereign: {self.message}", err=True)
+
+
+class BadInput(Fail):
+    exit_code = EXIT_USAGE
+
+
+class Down(Fail):
+    exit_code = EXIT_DOWN
 
 
 def _console() -> Any:
@@ -75,7 +81,7 @@ class Target:
         try:
             config = load(config_path)
         except ConfigError as e:
-            raise Fail(str(e), EXIT_USAGE) from None
+            raise BadInput(str(e)) from None
         if state_dir is not None:
             config = replace(config, system=replace(config.system, state_dir=state_dir))
         self.config_path = config_path
@@ -105,21 +111,16 @@ class Target:
         try:
             return request(self.socket, cmd, **args)
         except NotRunning as e:
-            raise Fail(str(e), EXIT_DOWN) from None
+            raise Down(str(e)) from None
         except ControlError as e:
             raise Fail(str(e)) from None
 
     def live(self, cmd: str, **args: Any) -> Any | None:
         """The answer, or None when the system is not running."""
-        from sovereign.control import NotRunning
 
         try:
             return self.ask(cmd, **args)
-        except Fail as e:
-            if e.exit_code == EXIT_DOWN:
-                return None
-            raise
-        except NotRunning:
+        except Down:
             return None
 
 
@@ -174,7 +175,7 @@ def run(config_path: str | None, max_ticks: int | None, state_dir: str | None) -
             config = replace(config, feed=replace(config.feed, max_ticks=max_ticks))
         code = supervisor.Supervisor(config, config_path).run()
     except (ConfigError, DataError) as e:
-        raise Fail(str(e), EXIT_USAGE) from None
+        raise BadInput(str(e)) from None
     except (StateError, RingError, ControlError) as e:
         raise Fail(f"cannot start: {e}") from None
     sys.exit(code)
@@ -439,7 +440,7 @@ def config_check(file: str, as_json: bool) -> None:
         if as_json:
             _json({"ok": False, "error": str(e)})
             sys.exit(EXIT_USAGE)
-        raise Fail(str(e), EXIT_USAGE) from None
+        raise BadInput(str(e)) from None
     if as_json:
         _json({"ok": True, "config": dataclasses.asdict(cfg)})
     else:
@@ -513,7 +514,7 @@ def state_restore(t: Target, backup_dir: str, yes: bool) -> None:
         raise Fail("the system is running: stop it first (systemctl stop sovereign)")
     if not yes:
         if not sys.stdin.isatty():
-            raise Fail("restoring replaces the state: confirm with --yes", EXIT_USAGE)
+            raise BadInput("restoring replaces the state: confirm with --yes")
         click.confirm(f"Replace the state at {t.state_dir} with {backup_dir}?", abort=True)
     try:
         done = restore(backup_dir, t.state_dir)
