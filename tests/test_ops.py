@@ -5,6 +5,7 @@ verify and restore, then the system starts again on the restored state."""
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -148,8 +149,32 @@ def test_signals_follow_prints_new_signals(live: System) -> None:
 def test_halt_flatten_closes_everything_and_resume_reopens(live: System) -> None:
     positions = wait_for(lambda: sov_json("positions", config=live.config), 60, "an open position")
     assert all("unrealized" in p for p in positions)  # prices while running
+    env = {**os.environ, "SOVEREIGN_CONFIG": str(live.config)}
+    follower = subprocess.Popen([*SOV, "journal", "--follow", "--json", "--limit", "1"],
+                                stdout=subprocess.PIPE, bufsize=0, env=env)  # fmt: skip
+    fd = follower.stdout.fileno()  # type: ignore[union-attr]
+    buf = b""
+    while b"\n" not in buf:  # the newest event: the follower is up
+        buf += os.read(fd, 65536)
     out = sov("halt", "--flatten", "--reason", "test halt", config=live.config).stdout
     assert "HALTED" in out and "closing orders sent" in out
+    seen: list[dict] = []
+
+    def both() -> bool:
+        return any(e["event"] == "operator" and e.get("reason") == "test halt" for e in seen) and any(
+            e["event"] == "trading_state" and e["state"] == "HALTED" for e in seen)
+
+    try:  # the follower prints the operator's command and the state change as they happen
+        deadline = time.monotonic() + 20
+        while not both() and time.monotonic() < deadline:
+            if select.select([fd], [], [], 0.5)[0]:
+                buf += os.read(fd, 65536)
+                *lines, buf = buf.split(b"\n")
+                seen += [orjson.loads(line) for line in lines]
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.wait(10)
+    assert both(), [e["event"] for e in seen]
     wait_for(lambda: sov_json("positions", config=live.config) == [], 30, "every position closed")
     s = sov_json("status", config=live.config)
     assert s["account"]["state"] == "HALTED" and s["account"]["why"] == "test halt"
