@@ -27,11 +27,11 @@ from sovereign.config import Config
 from sovereign.core import ORDER_DTYPE, ORDER_FILL, ORDER_INTENT, SIGNAL_DTYPE, OrderRing, SignalRing
 from sovereign.ledger import ZERO, to_decimal
 from sovereign.orders import ClientIds
+from sovereign.risk import BOOK_KEY  # risk's ledger in the positions database
 from sovereign.runtime import RUNNING, STOPPED, Child
 from sovereign.state import StateStore, Txn, key_u64
 
 NS = 1_000_000_000
-BOOK_KEY = "book"  # risk's ledger in the positions database
 SIGNAL_BATCH = 4096
 IN_FLIGHT_S = 60  # market seconds an intent blocks another for its symbol without an answer
 
@@ -137,8 +137,7 @@ def run(child: Child, config: Config) -> None:
 
     def record() -> None:
         """The signals seen since the last call, kept (the newest `keep`) for the ops CLI."""
-        if not recent or not keep:
-            recent.clear()
+        if not recent:
             return
         batch = np.concatenate(recent)[-keep:]
         recent.clear()
@@ -159,7 +158,8 @@ def run(child: Child, config: Config) -> None:
             n = ring.pop_into(sig_buf, timeout=0.0002 / len(signal_rings))
             if n:
                 got += n
-                recent.append(sig_buf[:n].copy())
+                if keep:
+                    recent.append(sig_buf[:n].copy())
                 out = coord.on_signals(sig_buf[:n])
                 if len(out):
                     intents.push(out, timeout=1.0)

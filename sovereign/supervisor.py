@@ -90,7 +90,6 @@ class Pending:
 
     conn_id: int
     cmd: str
-    extra: dict[str, Any]
 
 
 class Supervisor:
@@ -101,7 +100,8 @@ class Supervisor:
         self.reload_requested = False
         self.notifier = sdnotify.SystemdNotifier()
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
-        self.watchdog_s = watchdog_usec / 2e6 if watchdog_usec > 0 else None  # ping at half the interval
+        # ping at a quarter of WatchdogSec: well inside half of it, even with a slow loop turn
+        self.ping_every_s = watchdog_usec / 4e6 if watchdog_usec > 0 else None
         self.ctx = mp.get_context("spawn")
         self.phase = "starting"
         self.pending: dict[int, Pending] = {}
@@ -250,7 +250,6 @@ class Supervisor:
             self.cleanup()
 
     def loop(self) -> int:
-        ping_every = self.watchdog_s / 2 if self.watchdog_s is not None else None  # a quarter of WatchdogSec
         last_ping = last_status = 0.0
         while not self.stopping:
             healthy = all([self.check(p) for p in self.procs.values()])
@@ -259,7 +258,7 @@ class Supervisor:
                 self.phase = "running"
                 self.notify("READY=1")
                 self.log("ready", status=self.status_line())
-            if healthy and ping_every is not None and now - last_ping >= ping_every:
+            if healthy and self.ping_every_s is not None and now - last_ping >= self.ping_every_s:
                 self.notify("WATCHDOG=1")
                 last_ping = now
             if now - last_status >= 1.0:
@@ -336,10 +335,10 @@ class Supervisor:
         except (EOFError, OSError):  # risk died; its restart gets a new pipe
             pass
 
-    def ask_risk(self, conn_id: int, cmd: str, message: tuple, **extra: Any) -> None:
+    def ask_risk(self, conn_id: int, cmd: str, message: tuple) -> None:
         rid = self.next_request
         self.next_request += 1
-        self.pending[rid] = Pending(conn_id, cmd, extra)
+        self.pending[rid] = Pending(conn_id, cmd)
         self.send("risk", ("request", rid, *message))
 
     def handle(self, req: Request) -> None:
@@ -352,7 +351,7 @@ class Supervisor:
             if self.health(self.procs["risk"]) == "ok":
                 self.ask_risk(cid, "status", ("account",))
             else:
-                self.answered(Pending(cid, "status", {}), self.store.read(views.account))
+                self.answered(Pending(cid, "status"), self.store.read(views.account))
         elif req.cmd == "halt":
             reason = str(a.get("reason") or "operator halt")
             self.log("operator", command="halt", flatten=bool(a.get("flatten")), reason=reason)

@@ -13,10 +13,8 @@ import numpy as np
 
 from sovereign.core import SIGNAL_DTYPE
 from sovereign.orders import OPEN_STATES
+from sovereign.risk import BOOK_KEY, STATE_KEY
 from sovereign.state import Txn, key_u64
-
-BOOK_KEY = "book"  # positions database: risk's ledger
-RISK_KEY = "state"  # risk database
 
 
 def symbol_names(t: Txn) -> list[str]:
@@ -29,7 +27,7 @@ def _name(names: list[str], symbol: int) -> str:
 
 def account(t: Txn) -> dict[str, Any]:
     """The account as risk last saved it (it saves every second and on every fill)."""
-    saved = t.get("risk", RISK_KEY)
+    saved = t.get("risk", STATE_KEY)
     book = t.get("positions", BOOK_KEY)
     if saved is None:
         return {"state": None, "stale": True, "why": "no risk state yet (the system has never run here)"}
