@@ -251,9 +251,12 @@ class Supervisor:
 
     def loop(self) -> int:
         last_ping = last_status = 0.0
+        was_healthy = False
         while not self.stopping:
             healthy = all([self.check(p) for p in self.procs.values()])
             now = time.monotonic()
+            if healthy != was_healthy:  # say so at once, not at the next second: a restart can be quick
+                was_healthy, last_status = healthy, 0.0
             if healthy and self.phase == "starting":
                 self.phase = "running"
                 self.notify("READY=1")
