@@ -202,26 +202,56 @@ size_t AgentPool::on_bars(const Bar* bars, size_t n, std::vector<Signal>& out) {
       reject(Reject::kMisaligned);
       continue;
     }
-    uint32_t series = UINT32_MAX;
+    // The series this bar feeds: its own timeframe directly, and every larger timeframe
+    // it divides by aggregation (M1 bars build M5 and M15 bars).
+    const int64_t bar_ns = int64_t{b.timeframe_s} * 1'000'000'000;
+    bool known = false, backwards = false;
     if (b.symbol < n_symbols) {
       for (uint32_t j = symbol_series_offsets_[b.symbol]; j < symbol_series_offsets_[b.symbol + 1]; ++j) {
-        if (series_[symbol_series_[j]].timeframe_s == b.timeframe_s) series = symbol_series_[j];
+        const SeriesState& ss = series_[symbol_series_[j]];
+        if (ss.timeframe_s % b.timeframe_s != 0) continue;
+        known = true;
+        const int64_t floor = ss.timeframe_s == b.timeframe_s ? ss.open_end : ss.open_start;
+        backwards |= b.ts_ns < ss.closed_end || (ss.open_start != kNoBar && b.ts_ns < floor);
       }
     }
-    if (series == UINT32_MAX) {
+    if (!known) {
       reject(Reject::kUnknownSymbol);
       continue;
     }
-    SeriesState& ss = series_[series];
-    if (b.ts_ns < ss.closed_end || (ss.open_start != kNoBar && b.ts_ns < ss.open_end)) {
+    if (backwards) {
       reject(Reject::kBackwards);
       continue;
     }
-    if (ss.open_start != kNoBar) close_bar(series, out);  // a tick-built bar before it
-    ss.closed_end = b.ts_ns + ss.tf_ns;
-    ++counters_.bars;
     ++accepted;
-    run_agents(series, b, out);
+    for (uint32_t j = symbol_series_offsets_[b.symbol]; j < symbol_series_offsets_[b.symbol + 1]; ++j) {
+      const uint32_t s = symbol_series_[j];
+      SeriesState& ss = series_[s];
+      if (ss.timeframe_s % b.timeframe_s != 0) continue;
+      if (ss.timeframe_s == b.timeframe_s) {
+        if (ss.open_start != kNoBar) close_bar(s, out);  // a tick-built bar before it
+        ss.closed_end = b.ts_ns + ss.tf_ns;
+        ++counters_.bars;
+        run_agents(s, b, out);
+        continue;
+      }
+      if (ss.open_start != kNoBar && b.ts_ns >= ss.open_end) close_bar(s, out);
+      if (ss.open_start == kNoBar) {
+        ss.open_start = b.ts_ns - b.ts_ns % ss.tf_ns;
+        ss.open_end = ss.open_start + ss.tf_ns;
+        ss.open = b.open;
+        ss.high = b.high;
+        ss.low = b.low;
+        ss.volume_sum = 0.0;
+        ss.tick_count = 0;
+      }
+      ss.high = std::max(ss.high, b.high);
+      ss.low = std::min(ss.low, b.low);
+      ss.close = b.close;
+      ss.volume_sum += b.volume;
+      ++ss.tick_count;
+      if (b.ts_ns + bar_ns >= ss.open_end) close_bar(s, out);  // it completes the period: no waiting
+    }
   }
   return accepted;
 }

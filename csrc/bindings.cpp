@@ -409,7 +409,9 @@ PYBIND11_MODULE(_core, m) {
       .def("on_ticks", &feed<Tick, &AgentPool::on_ticks>, py::arg("ticks"),
            "Feed a batch of ticks; returns the signals of the bars it closed.")
       .def("on_bars", &feed<Bar, &AgentPool::on_bars>, py::arg("bars"),
-           "Feed closed bars (routed by symbol and timeframe_s); returns signals.")
+           "Feed closed bars, time order; returns signals. A bar feeds the agents of its symbol and "
+           "timeframe_s, and builds the bars of every larger timeframe it divides (M1 -> M5, M15); "
+           "such a bar closes with the bar that completes its period.")
       .def(
           "flush",
           [](AgentPool& pool, std::optional<int64_t> now_ns) {

@@ -9,16 +9,20 @@ named by the file: EURUSD_ticks.csv or EURUSD_M1_2026....csv -> EURUSD):
     ticks: <DATE> <TIME> <BID> <ASK> <LAST> <VOLUME> <FLAGS>   (an empty bid/ask: unchanged)
     bars:  <DATE> <TIME> <OPEN> <HIGH> <LOW> <CLOSE> <TICKVOL> <VOL> <SPREAD>
 
-Every row is validated; the first bad one stops the load with a DataError naming the
-file, the line and what is wrong (a number that is not one, NaN, a zero or negative
-price, ask below bid, high/low not enclosing open/close, time going backwards).
+Every row is validated: a number that is not one, NaN or infinity, a zero or negative
+price, ask below bid, high/low not enclosing open/close, time going backwards, a
+duplicate (a bar time seen before for its symbol, or a tick row repeating the previous
+one exactly). What happens to a bad row is the caller's choice (`bad_rows`): "refuse"
+stops the load with a DataError naming the file, the line and what is wrong; "skip"
+leaves the row out and reports it in `Series.issues` as (line, what), so nothing is
+dropped silently.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -50,6 +54,26 @@ class Series:
     records: np.ndarray
     names: list[str]
     spread_points: np.ndarray | None = None  # bars: MT5's <SPREAD> column, else zeros
+    issues: list[tuple[int, str]] = field(default_factory=list)  # skipped rows: (line, what)
+    path: str = ""
+
+
+BAD_ROWS = ("refuse", "skip")
+
+
+class _Rows:
+    """Applies the bad-row policy: refuse raises at the first, skip collects them all."""
+
+    def __init__(self, path: Path, bad_rows: str):
+        if bad_rows not in BAD_ROWS:
+            raise ValueError(f"bad_rows {bad_rows!r}; known: {', '.join(BAD_ROWS)}")
+        self.path, self.skip = path, bad_rows == "skip"
+        self.issues: list[tuple[int, str]] = []
+
+    def bad(self, line: int, what: str) -> None:
+        if not self.skip:
+            raise DataError(f"{self.path}:{line}: {what}")
+        self.issues.append((line, what))
 
 
 def parse_time(text: str) -> int:
@@ -88,23 +112,27 @@ def _price(text: str, what: str) -> float:
     return x
 
 
-def load_csv(path: str | Path, layout: str = "generic") -> Series:
-    """Load one CSV file in `layout` ("generic" or "mt5")."""
+def load_csv(path: str | Path, layout: str = "generic", bad_rows: str = "refuse") -> Series:
+    """Load one CSV file in `layout` ("generic" or "mt5"); bad rows as `bad_rows` says."""
     path = Path(path)
+    rows = _Rows(path, bad_rows)
     try:
         with path.open(newline="") as f:
             if layout == "mt5":
-                return _load_mt5(path, f)
-            if layout == "generic":
-                return _load_generic(path, f)
+                series = _load_mt5(path, f, rows)
+            elif layout == "generic":
+                series = _load_generic(path, f, rows)
+            else:
+                raise ValueError(f"unknown layout {layout!r}; known: generic, mt5")
+            series.issues, series.path = rows.issues, str(path)
+            return series
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror}") from None
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not a text file ({e.reason})") from None
-    raise ValueError(f"unknown layout {layout!r}; known: generic, mt5")
 
 
-def _load_generic(path: Path, f) -> Series:  # type: ignore[no-untyped-def]
+def _load_generic(path: Path, f, bad: _Rows) -> Series:  # type: ignore[no-untyped-def]
     reader = csv.reader(f)
     header = [h.strip().lower() for h in next(reader, [])]
     if set(TICK_COLUMNS) <= set(header):
@@ -119,7 +147,7 @@ def _load_generic(path: Path, f) -> Series:  # type: ignore[no-untyped-def]
     col = {name: header.index(name) for name in header}
     names: dict[str, int] = {}
     rows: list[tuple] = []
-    last_ts: dict[int, int] = {}
+    last: dict[int, tuple] = {}  # symbol -> its previous row
     for line, row in enumerate(reader, start=2):
         if not row or not "".join(row).strip():
             continue
@@ -130,10 +158,6 @@ def _load_generic(path: Path, f) -> Series:  # type: ignore[no-untyped-def]
             name = row[col["symbol"]].strip()
             if not name:
                 raise ValueError("empty symbol")
-            sym = names.setdefault(name, len(names))
-            if ts < last_ts.get(sym, ts):
-                raise ValueError(f"time goes backwards for {name} ({row[col['time']].strip()})")
-            last_ts[sym] = ts
             volume = _number(row[col["volume"]], "volume") if "volume" in col else 0.0
             if volume < 0:
                 raise ValueError(f"volume {volume} is negative")
@@ -141,14 +165,20 @@ def _load_generic(path: Path, f) -> Series:  # type: ignore[no-untyped-def]
                 bid, ask = _price(row[col["bid"]], "bid"), _price(row[col["ask"]], "ask")
                 if ask < bid:
                     raise ValueError(f"ask {ask} is below bid {bid}")
-                last = _number(row[col["last"]], "last") if "last" in col else bid
-                rows.append((ts, bid, ask, last, volume, sym))
+                px = _number(row[col["last"]], "last") if "last" in col else bid
+                rec: tuple = (ts, bid, ask, px, volume)
             else:
                 o, h, lo, c = (_price(row[col[k]], k) for k in ("open", "high", "low", "close"))
                 _check_ohlc(o, h, lo, c)
-                rows.append((ts, o, h, lo, c, volume, sym))
+                rec = (ts, o, h, lo, c, volume)
+            sym = names.get(name, len(names))
+            _check_order(last.get(sym), rec, kind, name, row[col["time"]].strip())
         except ValueError as e:
-            raise DataError(f"{path}:{line}: {e}") from None
+            bad.bad(line, str(e))
+            continue
+        names.setdefault(name, sym)
+        last[sym] = rec
+        rows.append((*rec, sym))
     return _series(path, kind, rows, list(names))
 
 
@@ -157,12 +187,24 @@ def _optional(row: list[str], col: dict[str, int], name: str) -> float:
     return _number(text, name) if text else 0.0
 
 
+def _check_order(prev: tuple | None, rec: tuple, kind: str, name: str, when: str) -> None:
+    """Time order within a symbol; a bar time seen twice or a tick row repeated is a duplicate."""
+    if prev is None:
+        return
+    if rec[0] < prev[0]:
+        raise ValueError(f"time goes backwards for {name} ({when})")
+    if kind == "bars" and rec[0] == prev[0]:
+        raise ValueError(f"duplicate bar time for {name} ({when})")
+    if kind == "ticks" and rec == prev:
+        raise ValueError(f"duplicate of the previous {name} tick ({when})")
+
+
 def _check_ohlc(o: float, h: float, lo: float, c: float) -> None:
     if not (lo <= min(o, c) and h >= max(o, c)):
         raise ValueError(f"high {h} / low {lo} do not enclose open {o} and close {c}")
 
 
-def _load_mt5(path: Path, f) -> Series:  # type: ignore[no-untyped-def]
+def _load_mt5(path: Path, f, bad: _Rows) -> Series:  # type: ignore[no-untyped-def]
     reader = csv.reader(f, delimiter="\t")
     header = [h.strip().upper() for h in next(reader, [])]
     if header[:4] == ["<DATE>", "<TIME>", "<BID>", "<ASK>"]:
@@ -177,7 +219,8 @@ def _load_mt5(path: Path, f) -> Series:  # type: ignore[no-untyped-def]
     col = {name: i for i, name in enumerate(header)}
     rows: list[tuple] = []
     bid = ask = 0.0
-    last_ts = 0
+    name = path.stem.split("_")[0]
+    prev: tuple | None = None
     for line, row in enumerate(reader, start=2):
         if not row or not "".join(row).strip():
             continue
@@ -189,28 +232,33 @@ def _load_mt5(path: Path, f) -> Series:  # type: ignore[no-untyped-def]
                 ts = parse_time(stamp)
             except ValueError:
                 raise ValueError(f"date/time {row[0]} {row[1]} is not YYYY.MM.DD HH:MM:SS[.mmm]") from None
-            if ts < last_ts:
-                raise ValueError(f"time goes backwards ({row[0]} {row[1]})")
-            last_ts = ts
             if kind == "ticks":
-                bid = _price(row[2], "<BID>") if row[2].strip() else bid
-                ask = _price(row[3], "<ASK>") if row[3].strip() else ask
-                if bid == 0 or ask == 0:
+                b = _price(row[2], "<BID>") if row[2].strip() else bid
+                a = _price(row[3], "<ASK>") if row[3].strip() else ask
+                if b == 0 or a == 0:
+                    bid, ask = b, a
                     continue  # the first quotes may carry only one side: wait for both
-                if ask < bid:
-                    raise ValueError(f"ask {ask} is below bid {bid}")
-                last = _optional(row, col, "<LAST>")
-                vol = _optional(row, col, "<VOLUME>")
-                rows.append((ts, bid, ask, last, max(vol, 0.0), 0))
+                if a < b:
+                    raise ValueError(f"ask {a} is below bid {b}")
+                vol = max(_optional(row, col, "<VOLUME>"), 0.0)
+                rec: tuple = (ts, b, a, _optional(row, col, "<LAST>"), vol)
             else:
                 o, h, lo, c = (_price(row[i], header[i]) for i in range(2, 6))
                 _check_ohlc(o, h, lo, c)
                 vol = _number(row[col["<TICKVOL>"]], "<TICKVOL>") if "<TICKVOL>" in col else 0.0
                 spread = _number(row[col["<SPREAD>"]], "<SPREAD>") if "<SPREAD>" in col else 0.0
-                rows.append((ts, o, h, lo, c, vol, 0, spread))
+                rec = (ts, o, h, lo, c, vol)
+            _check_order(prev, rec, kind, name, f"{row[0]} {row[1]}")
         except ValueError as e:
-            raise DataError(f"{path}:{line}: {e}") from None
-    return _series(path, kind, rows, [path.stem.split("_")[0]])
+            bad.bad(line, str(e))
+            continue
+        prev = rec
+        if kind == "ticks":
+            bid, ask = rec[1], rec[2]
+            rows.append((*rec, 0))
+        else:
+            rows.append((*rec, 0, spread))
+    return _series(path, kind, rows, [name])
 
 
 def _series(path: Path, kind: str, rows: list[tuple], names: list[str]) -> Series:

@@ -170,6 +170,44 @@ def test_bad_bars_are_rejected_and_counted() -> None:
     assert pool.stats()["bars"] == 1
 
 
+def aggregate(bars: np.ndarray, tf: int) -> np.ndarray:
+    """Bars of timeframe tf built from smaller ones, the plain way: group by period."""
+    period = bars["ts_ns"] - bars["ts_ns"] % (tf * NS)
+    starts = np.flatnonzero(np.r_[True, period[1:] != period[:-1]])
+    ends = np.r_[starts[1:], len(bars)]
+    out = np.zeros(len(starts), bars.dtype)
+    out["ts_ns"], out["open"], out["close"] = period[starts], bars["open"][starts], bars["close"][ends - 1]
+    out["high"] = np.maximum.reduceat(bars["high"], starts)
+    out["low"] = np.minimum.reduceat(bars["low"], starts)
+    out["volume"] = np.add.reduceat(bars["volume"], starts)
+    out["symbol"], out["timeframe_s"] = bars["symbol"][0], tf
+    return out
+
+
+def test_small_bars_build_the_bars_of_larger_timeframes() -> None:
+    m1 = random_bars(3000, seed=3)
+    m1 = np.delete(m1, [7, 8, 9, 500, 1204])  # gaps, one at the end of a period
+    params = {"k": 2, "atr_n": 5, "m": 5, "min_conviction": 0.3}
+    built = AgentPool()
+    for tf in (60, 300, 900):
+        built.add_agent(0, tf, **params)
+    from_m1 = built.on_bars(m1)
+    parts = []
+    for agent, bars in enumerate((m1, aggregate(m1, 300), aggregate(m1, 900))):
+        direct = AgentPool()  # one timeframe: fed exactly the bars it should see
+        direct.add_agent(0, int(bars["timeframe_s"][0]), **params)
+        sig = direct.on_bars(bars)
+        sig["agent"] = agent
+        parts.append(sig)
+        assert built.agent_state(agent) == {**direct.agent_state(0), "agent": agent}
+    signals = np.concatenate(parts)
+    key = ["ts_ns", "agent"]
+    assert np.array_equal(np.sort(from_m1, order=key), np.sort(signals, order=key))
+    assert len(from_m1) > 0
+    assert built.stats()["bars"] == len(m1) + len(aggregate(m1, 300)) + len(aggregate(m1, 900))
+    assert built.stats()["rejected"]["unknown_symbol"] == 0
+
+
 # ---- bars from ticks, flush
 
 
