@@ -27,9 +27,11 @@ struct Momentum {
     const Bar& b = ctx.bar;
     const int64_t i = ctx.index;
     const int m = p.m;
+    // Slot walks instead of j % m in the loops: the same order, without a division per bar.
+    const int slot = static_cast<int>(i % m);  // bar i's slot, which held bar i - m
     if (i >= m) {  // rv_i = V_i / mean(V_{i-m..i-1}): the window before this bar
       double sum = 0.0;
-      for (int64_t j = i - m; j < i; ++j) sum += s.volume[j % m];
+      for (int n = 0, j = slot; n < m; ++n, j = j + 1 == m ? 0 : j + 1) sum += s.volume[j];
       double mean = sum / m;
       ctx.rv = mean > 0.0 ? b.volume / mean : kNaN;
     }
@@ -37,14 +39,14 @@ struct Momentum {
     if (i > 0) dir = b.close > s.prev_close ? 1 : (b.close < s.prev_close ? -1 : 0);
     s.obv = i == 0 ? b.volume : s.obv + dir * b.volume;
     s.prev_close = b.close;
-    s.volume[i % m] = b.volume;
-    s.direction[i % m] = dir;
-    if (i >= m) {  // vb over bars i-m+1..i
+    s.volume[slot] = b.volume;
+    s.direction[slot] = dir;
+    if (i >= m) {  // vb over bars i-m+1..i: from the slot after bar i's, around to it
       double up = 0.0, down = 0.0, total = 0.0;
-      for (int64_t j = i - m + 1; j <= i; ++j) {
-        double v = s.volume[j % m];
-        if (s.direction[j % m] > 0) up += v;
-        if (s.direction[j % m] < 0) down += v;
+      for (int n = 0, j = slot + 1 == m ? 0 : slot + 1; n < m; ++n, j = j + 1 == m ? 0 : j + 1) {
+        double v = s.volume[j];
+        if (s.direction[j] > 0) up += v;
+        if (s.direction[j] < 0) down += v;
         total += v;
       }
       ctx.vb = total > 0.0 ? (up - down) / total : 0.0;

@@ -20,26 +20,32 @@ struct SwingPivots {
     const int k = p.k;
     const int w = 2 * k + 1;
     const int64_t i = ctx.index;
-    s.high[i % w] = ctx.bar.high;
-    s.low[i % w] = ctx.bar.low;
-    s.ts[i % w] = ctx.bar.ts_ns;
+    const int slot = static_cast<int>(i % w);
+    s.high[slot] = ctx.bar.high;
+    s.low[slot] = ctx.bar.low;
+    s.ts[slot] = ctx.bar.ts_ns;
     const int64_t c = i - k;  // the candidate bar
     if (c < k) return;
-    const double hc = s.high[c % w], lc = s.low[c % w];
+    // The window is bars c-k..c+k = i-2k..i, which fill all w slots; walk them from the
+    // oldest (slot (i+1) % w) without a division per bar.
+    const int first = static_cast<int>((i + 1) % w);
+    const int cs = first + k < w ? first + k : first + k - w;  // the candidate's slot
+    const double hc = s.high[cs], lc = s.low[cs];
     bool is_high = true, is_low = true;
-    for (int64_t j = c - k; j < c; ++j) {  // strictly beyond every earlier bar
-      is_high = is_high && hc > s.high[j % w];
-      is_low = is_low && lc < s.low[j % w];
-    }
-    for (int64_t j = c + 1; j <= c + k; ++j) {  // at least as far as every later bar
-      is_high = is_high && hc >= s.high[j % w];
-      is_low = is_low && lc <= s.low[j % w];
+    for (int n = 0, j = first; n < w; ++n, j = j + 1 == w ? 0 : j + 1) {
+      if (n < k) {  // strictly beyond every earlier bar
+        is_high = is_high && hc > s.high[j];
+        is_low = is_low && lc < s.low[j];
+      } else if (n > k) {  // at least as far as every later bar
+        is_high = is_high && hc >= s.high[j];
+        is_low = is_low && lc <= s.low[j];
+      }
     }
     ctx.swing_high = is_high;
     ctx.swing_low = is_low;
     ctx.swing_high_price = hc;
     ctx.swing_low_price = lc;
-    ctx.pivot_ts = s.ts[c % w];
+    ctx.pivot_ts = s.ts[cs];
   }
 };
 

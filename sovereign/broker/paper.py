@@ -161,6 +161,17 @@ class PaperBroker:
                                                     last["ask"].tolist(), strict=True), strict=True))
         return out
 
+    def set_quote(self, symbol: int, ts_ns: int, bid: float, ask: float) -> None:
+        """Take a quote without checking stops and targets (bar backtests check them
+        against each bar's high and low with `close_at`)."""
+        self._raw[symbol] = (ts_ns, bid, ask)
+
+    def close_at(self, symbol: int, price: Decimal, reason: str) -> Execution:
+        """Close the whole position at `price` (a stop or target touched inside a bar),
+        with the configured slippage against the trader and commission."""
+        vol = self.ledger.volume(symbol)
+        return self._fill(0, symbol, -1 if vol > 0 else 1, abs(vol), None, None, reason, at=price)
+
     def find(self, client_order_id: int) -> Execution | None:
         """The execution of an order this broker took, if it took it (crash recovery)."""
         return self.executed.get(client_order_id)
@@ -237,9 +248,10 @@ class PaperBroker:
         return others + self._margin_of(symbol, current + delta, price)
 
     def _fill(self, cid: int, symbol: int, side: int, volume: Decimal, sl: Decimal | None,
-              tp: Decimal | None, reason: str) -> Execution:
+              tp: Decimal | None, reason: str, at: Decimal | None = None) -> Execution:
         ts, bid, ask = self.quote(symbol)  # type: ignore[misc]
-        price = (ask if side > 0 else bid) + side * self.slippage_points * self.specs[symbol].point
+        base = at if at is not None else (ask if side > 0 else bid)
+        price = base + side * self.slippage_points * self.specs[symbol].point
         commission = self.commission_per_lot * volume
         realized = self.ledger.fill(symbol, side, volume, price, commission, sl, tp)
         ex = Execution(cid, symbol, side, volume, price, commission, realized, ts, Retcode.DONE, reason,

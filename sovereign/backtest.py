@@ -1,0 +1,670 @@
+"""Backtests: the live components (AgentPool, Coordinator, Risk, PaperBroker) wired in one
+process, in simulated time. There is no strategy code here: the engine only decides
+*when* each component sees what, so that it sees exactly what it would have seen live.
+
+Ticks. Each tick is stamped with its position in the stream (`recv_ns`), so a signal
+says which tick closed its bar (`origin_ns`). The agents run ahead over a whole chunk
+(they never see orders, so this cannot leak the future into them); the broker, risk and
+the coordinator are then walked through the chunk event by event:
+
+    apply ticks a..k-1 to the broker   (quotes; stops and targets filled tick by tick)
+    at k: marks, then decisions        (coordinator -> risk -> broker, at the quote of tick k-1)
+
+Events, all fixed by the data alone, so where a run is split never changes them:
+- decision: the tick after the one that closed a bar with signals;
+- mark: the first tick of each `mark_interval_s` period (risk marks its book, checks the
+  daily loss and drawdown limits; one point of the equity curve);
+- exit: the tick where an open position's stop or target is crossed;
+- breach: the tick where equity, marked at every tick, first falls below the drawdown
+  or daily-loss floor. Live risk marks every 10 ms; here every tick is screened in
+  vectorized float and the event is confirmed exactly (Decimal) by Risk.mark, and the
+  highest equity between marks is carried into risk's peak exactly.
+
+Bars (bars-only data). Agents run on the bars (M1 bars also build their M5 and M15 bars).
+A decision made at a bar's close fills at the open of that symbol's next bar. A stop or
+target is checked against each bar's high and low (bid; ask = bid + the bar's spread):
+a bar that opens beyond it fills at the open, otherwise at the stop or target; when one
+bar touches both, the stop is taken (pessimistic: the order of the two is unknown).
+Equity is marked at bar closes.
+
+Money is exact throughout (the Ledger's Decimals); the report's statistics are floats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from sovereign.config import Config
+from sovereign.coordinator import Coordinator
+from sovereign.core import NO_AGENT, ORDER_DTYPE, ORDER_FILL, SIGNAL_DTYPE, TICK_DTYPE
+from sovereign.datafile import Market
+from sovereign.gateway import _report, make_broker
+from sovereign.ledger import ZERO, to_decimal
+from sovereign.risk import Reason, Risk
+from sovereign.runtime import symbol_specs
+from sovereign.worker import build_pool
+
+NS = 1_000_000_000
+DAY_NS = 86_400 * NS
+CHUNK = 1 << 18  # records per pass of the agents
+_LAZY = True
+SNAPSHOT_MAGIC = b"SOVBT\x00\x01\x00"
+
+
+class Ids:
+    """Client order ids for one backtest: 1, 2, 3, ... (deterministic, picklable)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self) -> int:
+        self.n += 1
+        return self.n
+
+
+@dataclass
+class Recorded:
+    """What a run produced, in order."""
+
+    fills: list[dict[str, Any]] = field(default_factory=list)
+    orders: list[dict[str, Any]] = field(default_factory=list)  # every intent and risk order
+    equity: list[tuple[int, Decimal]] = field(default_factory=list)  # (ts_ns, equity) at marks
+    signals: list[np.ndarray] = field(default_factory=list)  # kept only with keep_signals
+    n_signals: int = 0
+    records: int = 0
+    first_ns: int = 0
+    last_ns: int = 0
+
+
+class Backtest:
+    """One run over a Market, fed in consecutive pieces (`feed`); picklable between them
+    (`snapshot`/`restore`), so a run can stop at any time and resume."""
+
+    def __init__(
+        self,
+        config: Config,
+        names: list[str],
+        kind: str,
+        *,
+        keep_signals: bool = False,
+        mark_interval_s: int = 3600,
+    ):
+        if kind not in ("ticks", "bars"):
+            raise ValueError(f"kind {kind!r}: ticks or bars")
+        if mark_interval_s <= 0 or DAY_NS % (mark_interval_s * NS):
+            raise ValueError(f"mark_interval_s {mark_interval_s} must divide a day")
+        self.config, self.names, self.kind = config, list(names), kind
+        n = len(names)
+        self.pool = build_pool(list(range(n)))
+        self.ids = Ids()
+        self.coord = Coordinator(config, self.ids)
+        self.risk = Risk(config, symbol_specs(config, n), self.ids)
+        self.broker = make_broker(config, n)
+        self.point = config.symbols.point
+        self.contract = {s: spec.contract_size for s, spec in self.risk.specs.items()}
+        self.q_ts = np.zeros(n, np.int64)
+        self.q_bid = np.zeros(n)
+        self.q_ask = np.zeros(n)
+        self.mark_ns = mark_interval_s * NS
+        self.period = -1  # the mark period of the last record seen
+        self.seq = 0  # records consumed so far
+        self.now_ns = 0
+        self.best: Decimal | None = None  # highest exact equity since the last mark
+        self.book: _Book | None = None  # open positions as arrays, for screening
+        self.changes = 0  # bumped by every fill, order and mark: screening answers go stale
+        self.pending: dict[int, list[np.void]] = {}  # bars: symbol -> approved orders for its next open
+        self.keep_signals = keep_signals
+        self.out = Recorded()
+
+    # ---- feeding
+
+    def feed(self, records: np.ndarray) -> None:
+        """The next records of the stream (FILE_TICK_DTYPE/TICK_DTYPE or FILE_BAR_DTYPE),
+        in time order, continuing where the last call stopped."""
+        for a in range(0, len(records), CHUNK):
+            chunk = np.asarray(records[a : a + CHUNK])
+            if len(chunk):
+                self._chunk(chunk)
+
+    def _chunk(self, chunk: np.ndarray) -> None:
+        n = len(chunk)
+        out = self.out
+        if not out.records:
+            out.first_ns = int(chunk["ts_ns"][0])
+        out.records += n
+        out.last_ns = int(chunk["ts_ns"][-1])
+        if self.kind == "ticks":
+            ticks = np.zeros(n, TICK_DTYPE)
+            for name in ("ts_ns", "bid", "ask", "last", "volume", "symbol", "flags"):
+                ticks[name] = chunk[name]
+            ticks["recv_ns"] = np.arange(self.seq, self.seq + n)
+            signals = self.pool.on_ticks(ticks)
+            at = signals["origin_ns"] - self.seq + 1  # decided before the tick after the trigger
+            chunk = ticks
+            bid, ask, mark_px = ticks["bid"], ticks["ask"], None
+        else:
+            bars = np.zeros(n, _BAR_DTYPE)
+            for name in ("ts_ns", "open", "high", "low", "close", "volume", "symbol", "timeframe_s"):
+                bars[name] = chunk[name]
+            signals = self.pool.on_bars(bars)
+            at = np.searchsorted(chunk["ts_ns"], signals["ts_ns"], "left")  # before the bar opening at T
+            spread = chunk["spread"] * self.point
+            bid, ask = chunk["close"], chunk["close"] + spread
+            mark_px = (chunk["open"], chunk["high"], chunk["low"], spread)
+        out.n_signals += len(signals)
+        if self.keep_signals and len(signals):
+            out.signals.append(signals)
+        ts, sym = chunk["ts_ns"], chunk["symbol"]
+        periods = ts // self.mark_ns
+        marks = np.flatnonzero(np.diff(periods, prepend=self.period))
+        self.period = int(periods[-1])
+        walk = _Walk(self, chunk, ts, sym, bid, ask, mark_px, signals, at, marks)
+        walk.run()
+        self.seq += n
+
+    def finish(self) -> None:
+        """End of data: a last mark (the final point of the equity curve)."""
+        if self.out.records:
+            self._mark(self.out.last_ns)
+
+    # ---- what the walk calls
+
+    def quote(self, symbol: int) -> tuple[int, float, float, int]:
+        return int(self.q_ts[symbol]), float(self.q_bid[symbol]), float(self.q_ask[symbol]), 0
+
+    def _mark(self, now_ns: int) -> None:
+        self.now_ns = max(self.now_ns, now_ns)
+        if self.best is not None and self.best > self.risk.peak:
+            self.risk.peak = self.best
+        self.best = None
+        flatten = self.risk.mark(self.quote, self.now_ns)
+        self.out.equity.append((self.now_ns, self.risk.equity))
+        self._execute(flatten, now_ns)
+
+    def _coordinate(self, signals: np.ndarray, now_ns: int) -> np.ndarray:
+        self.now_ns = max(self.now_ns, now_ns)
+        return self.coord.on_signals(signals)
+
+    def _approve(self, intents: np.ndarray) -> None:
+        self._mark_equity_only()
+        approved, refused = self.risk.on_intents(intents, self.quote, self.now_ns)
+        for rec, why in refused:  # as live: the coordinator waits out the in-flight time
+            self.out.orders.append(_order_row(rec, "REJECTED", why.name))
+        self._execute(approved, self.now_ns)
+
+    def _mark_equity_only(self) -> None:
+        """Risk sizes from equity marked now, as live risk (marking every 10 ms) would."""
+        equity = self.risk.ledger.balance
+        for s in self.risk.ledger.open_symbols():
+            equity += self.risk.ledger.unrealized(s, to_decimal(self.q_bid[s]), to_decimal(self.q_ask[s]))
+        self.risk.equity = equity
+
+    def _execute(self, approved: np.ndarray, now_ns: int) -> None:
+        self.changes += 1
+        for rec in approved:
+            if self.kind == "bars":  # at the symbol's next open
+                self.pending.setdefault(int(rec["symbol"]), []).append(rec)
+            else:
+                self._send(rec)
+
+    def _send(self, rec: np.void) -> None:
+        ex = self.broker.market_order(
+            int(rec["client_order_id"]),
+            int(rec["symbol"]),
+            int(rec["side"]),
+            to_decimal(rec["volume"]),
+            sl=float(rec["sl"]) or None,
+            tp=float(rec["tp"]) or None,
+        )
+        report = np.array([_report(ex, rec)], ORDER_DTYPE)
+        row = _order_row(
+            rec,
+            "FILLED" if report["kind"][0] == ORDER_FILL else "REJECTED",
+            Reason(int(rec["reason"])).name if ex.retcode == 10009 else ex.reason,
+        )
+        row["fill_price"], row["retcode"] = str(ex.price), int(ex.retcode)
+        self.out.orders.append(row)
+        self._reports(report, [ex], agent=int(rec["agent"]))
+
+    def _reports(self, reports: np.ndarray, executions: list, agent: int = NO_AGENT) -> None:
+        self.changes += 1
+        self.risk.on_reports(reports)
+        self.coord.on_reports(reports)
+        for ex in executions:
+            if ex.retcode == 10009:
+                self.out.fills.append(
+                    {
+                        "ts_ns": ex.ts_ns,
+                        "symbol": self.names[ex.symbol],
+                        "side": ex.side,
+                        "volume": ex.volume,
+                        "price": ex.price,
+                        "commission": ex.commission,
+                        "realized": ex.realized_pnl,
+                        "reason": ex.reason or "market",
+                        "agent": agent,
+                        "client_order_id": ex.client_order_id,
+                    }
+                )
+
+    # ---- snapshots
+
+    def snapshot(self) -> bytes:
+        """Everything needed to resume: the agents' snapshot and the components' state."""
+        state = dict(self.__dict__)
+        state["pool"] = self.pool.snapshot()
+        body = pickle.dumps(state, protocol=5)
+        return SNAPSHOT_MAGIC + hashlib.sha256(body).digest() + body
+
+    @classmethod
+    def restore(cls, blob: bytes) -> Backtest:
+        """A Backtest from `snapshot()` bytes; refuses anything else or a damaged copy."""
+        if blob[:8] != SNAPSHOT_MAGIC:
+            raise ValueError("not a backtest snapshot (or one from another version)")
+        digest, body = blob[8:40], blob[40:]
+        if hashlib.sha256(body).digest() != digest:
+            raise ValueError("backtest snapshot is damaged (checksum mismatch)")
+        state = pickle.loads(body)  # our own file, checksummed above
+        bt = cls.__new__(cls)
+        blob_pool = state.pop("pool")
+        bt.__dict__.update(state)
+        bt.pool = build_pool(list(range(len(bt.names))))
+        bt.pool.restore(blob_pool)
+        return bt
+
+
+_BAR_DTYPE = np.dtype(
+    {
+        "names": ["ts_ns", "open", "high", "low", "close", "volume", "symbol", "timeframe_s"],
+        "formats": ["<i8", "<f8", "<f8", "<f8", "<f8", "<f8", "<u4", "<u4"],
+        "offsets": [0, 8, 16, 24, 32, 40, 48, 52],
+        "itemsize": 56,
+    }
+)
+
+
+class _Walk:
+    """One chunk, walked event by event (see the module docstring)."""
+
+    def __init__(
+        self,
+        bt: Backtest,
+        chunk: np.ndarray,
+        ts: np.ndarray,
+        sym: np.ndarray,
+        bid: np.ndarray,
+        ask: np.ndarray,
+        bar_px: tuple | None,
+        signals: np.ndarray,
+        at: np.ndarray,
+        marks: np.ndarray,
+    ):
+        self.bt, self.chunk, self.ts, self.sym, self.bid, self.ask = bt, chunk, ts, sym, bid, ask
+        self.bar_px = bar_px
+        self.n = len(chunk)
+        order = np.argsort(at, kind="stable")
+        self.signals, self.at = signals[order], at[order]
+        self.decisions = np.unique(self.at)
+        self.marks = marks
+        self.a = 0  # next record to apply
+        self._path: tuple[int, int, int, np.ndarray] | None = None  # (a, k, fills, equity path)
+        self._event: tuple[tuple, int, str, int] | None = None  # _next_event's last answer
+        self.next_d = 0
+
+    def run(self) -> None:
+        bt, n = self.bt, self.n
+        di = mi = 0
+        while True:
+            next_d = int(self.decisions[di]) if di < len(self.decisions) else n + 1
+            next_m = int(self.marks[mi]) if mi < len(self.marks) else n + 1
+            if self.a >= n and next_d > n:
+                return
+            k = min(next_d, next_m, n)
+            self.next_d = next_d
+            j, kind = self._next_event(min(next_m, n))
+            if kind and j <= k:  # an exit, a pending fill or a breach comes first
+                self._apply_to(j)
+                if kind == "breach":
+                    bt._mark(self._time(j))  # confirmed (or not) exactly by Risk.mark
+                if j < k:
+                    continue
+            if k == next_d and k != next_m and _LAZY:
+                # Nothing changes the positions before k: the coordinator can decide
+                # without the market being applied; only an intent needs it.
+                di += 1
+                intents = bt._coordinate(self._signals_at(k), self._time(k))
+                if len(intents):
+                    self._apply_to(k)
+                    bt._approve(intents)
+                continue
+            self._apply_to(k)
+            if k == next_m:
+                bt._mark(int(self.ts[k]))
+                mi += 1
+            if k == next_d:
+                di += 1
+                intents = bt._coordinate(self._signals_at(k), self._time(k))
+                if len(intents):
+                    bt._approve(intents)
+
+    def _signals_at(self, k: int) -> np.ndarray:
+        lo, hi = np.searchsorted(self.at, [k, k + 1])
+        return self.signals[lo:hi]
+
+    def _time(self, k: int) -> int:
+        """The market time of a decision before record k: the last applied tick's time, or
+        for bars the close of the bars before k."""
+        if self.bt.kind == "bars":
+            return int(self.ts[k - 1]) + int(self.chunk["timeframe_s"][k - 1]) * NS if k else self.bt.now_ns
+        return int(self.ts[k - 1]) if k else self.bt.now_ns
+
+    # ---- applying records to the broker
+
+    def _apply_ticks(self, k: int) -> None:
+        if k <= self.a:
+            return
+        seg = self.chunk[self.a : k]
+        self._track_best(self.a, k)
+        bt = self.bt
+        fills = bt.broker.on_ticks(_as_ticks(seg))
+        if fills:
+            bt._reports(np.array([_report(ex, None) for ex in fills], ORDER_DTYPE), fills)
+        self._quotes(self.a, k)
+        self.a = k
+
+    def _apply_bars(self, k: int) -> int:
+        """Bars a..k-1; a bar with work to do (a pending order, a stop or target) is
+        handled alone and the walk resumes after it."""
+        while self.a < k:
+            special = self._next_special_bar(self.a, k)
+            if special > self.a:
+                self._track_best(self.a, special)
+                self._quotes(self.a, special)
+                self.a = special
+            if special < k:
+                self._bar(special)
+                self._track_best(special, special + 1)
+                self.a = special + 1
+        return k
+
+    def _next_special_bar(self, a: int, k: int) -> int:
+        bt = self.bt
+        j = k
+        if bt.pending:
+            for s in bt.pending:
+                hit = np.flatnonzero(self.sym[a:k] == s)
+                if len(hit):
+                    j = min(j, a + int(hit[0]))
+        return min(j, self._exit_index(a, k))
+
+    def _bar(self, j: int) -> None:
+        """One bar: pending orders fill at its open; then its high and low against the stop
+        and target; then its close is the quote."""
+        bt, b = self.bt, self.chunk[j]
+        s = int(b["symbol"])
+        spread = float(b["spread"]) * bt.point
+        o, h, lo = float(b["open"]), float(b["high"]), float(b["low"])
+        for other in bt.broker.ledger.open_symbols():  # the broker marks margin with these
+            bt.broker.set_quote(other, int(bt.q_ts[other]), float(bt.q_bid[other]), float(bt.q_ask[other]))
+        opened = bt.broker.on_tick(
+            s, int(b["ts_ns"]), o, o + spread
+        )  # a gap through a stop fills at the open
+        if opened:
+            bt._reports(np.array([_report(ex, None) for ex in opened], ORDER_DTYPE), opened)
+        bt.q_ts[s], bt.q_bid[s], bt.q_ask[s] = int(b["ts_ns"]), o, o + spread
+        for rec in bt.pending.pop(s, []):
+            bt._send(rec)
+        pos = bt.broker.positions.get(s)
+        if pos is not None and pos.lots:
+            long = pos.volume > 0
+            worst, best = (
+                (to_decimal(lo), to_decimal(h)) if long else (to_decimal(h + spread), to_decimal(lo + spread))
+            )
+            hit = ""
+            if pos.sl is not None and (worst <= pos.sl if long else worst >= pos.sl):
+                hit = "sl"  # both touched: the stop (pessimistic)
+            elif pos.tp is not None and (best >= pos.tp if long else best <= pos.tp):
+                hit = "tp"
+            if hit:
+                price = pos.sl if hit == "sl" else pos.tp
+                ex = bt.broker.close_at(s, price, hit)  # type: ignore[arg-type]
+                bt._reports(np.array([_report(ex, None)], ORDER_DTYPE), [ex])
+        close_ts = int(b["ts_ns"]) + int(b["timeframe_s"]) * NS
+        c = float(b["close"])
+        bt.broker.set_quote(s, close_ts, c, c + spread)
+        bt.q_ts[s], bt.q_bid[s], bt.q_ask[s] = close_ts, c, c + spread
+
+    def _quotes(self, a: int, k: int) -> None:
+        """The quote board: each symbol's last quote among records a..k-1."""
+        bt = self.bt
+        syms = self.sym[a:k]
+        if len(syms) == 1 or (len(bt.names) == 1):
+            s, last = int(syms[-1]), k - 1
+            bt.q_ts[s], bt.q_bid[s], bt.q_ask[s] = self._qts(last), self.bid[last], self.ask[last]
+            return
+        rev, first = np.unique(syms[::-1], return_index=True)
+        idx = a + len(syms) - 1 - first
+        bt.q_ts[rev] = self._qts(idx)
+        bt.q_bid[rev], bt.q_ask[rev] = self.bid[idx], self.ask[idx]
+
+    def _qts(self, idx: Any) -> Any:
+        if self.bt.kind == "bars":
+            return self.ts[idx] + self.chunk["timeframe_s"][idx].astype(np.int64) * NS
+        return self.ts[idx]
+
+    # ---- screening: exits, drawdown and daily-loss breaches, the peak between marks
+
+    def _open(self) -> list[int]:
+        return self.bt.broker.ledger.open_symbols()
+
+    def _book(self) -> _Book:
+        """The open positions as per-symbol arrays, rebuilt only after a fill."""
+        bt = self.bt
+        if bt.book is None or bt.book.fills != len(bt.out.fills):
+            bt.book = _Book(bt, len(bt.out.fills))
+        return bt.book
+
+    def _exit_index(self, a: int, k: int) -> int:
+        """The first record in a..k-1 where an open position's stop or target is touched."""
+        book = self._book()
+        if not book.watched:
+            return k
+        syms = self.sym[a:k]
+        long, short = book.long[syms], book.short[syms]
+        if self.bar_px is None:
+            worst = best = np.where(long, self.bid[a:k], self.ask[a:k])
+        else:
+            _, high, low, spread = self.bar_px
+            worst = np.where(long, low[a:k], high[a:k] + spread[a:k])
+            best = np.where(long, high[a:k], low[a:k] + spread[a:k])
+        sl, tp = book.sl[syms], book.tp[syms]
+        hit = (long & ((worst <= sl) | (best >= tp))) | (short & ((worst >= sl) | (best <= tp)))
+        first = np.flatnonzero(hit)
+        return a + int(first[0]) if len(first) else k
+
+    def _next_event(self, horizon: int) -> tuple[int, str]:
+        """The first point in a..horizon-1 where the positions or risk's state change:
+        (the record to apply up to, exclusive; "exit" | "fill" | "breach"), or
+        (horizon, "") if none. Computed again only when its inputs change."""
+        bt, risk, a = self.bt, self.bt.risk, self.a
+        key = (bt.changes, risk.state, risk.peak, risk.day_start)
+        if self._event is not None and self._event[0] == key and self._event[1] > a:
+            _, j, kind, h = self._event
+            if (kind and j <= horizon) or h >= horizon:
+                return (j, kind) if j <= horizon else (horizon, "")
+        # Look a bounded way ahead: far enough to pass several decisions, not the whole hour.
+        horizon = min(horizon, max(a + 8192, self.next_d + 1))
+        j, kind = horizon, ""
+        for s in bt.pending:  # bars: an order waiting for its symbol's next open
+            hit = np.flatnonzero(self.sym[a:j] == s)
+            if len(hit):
+                j, kind = a + int(hit[0]) + 1, "fill"
+        if self._open():
+            e = self._exit_index(a, j)
+            if e < j:
+                j, kind = e + 1, "exit"
+            dd = risk.state.value != "HALTED"  # halted: risk is already flattening
+            daily = risk.state.value == "ACTIVE"
+            if (dd or daily) and j > a:
+                eq = self._equity_path(a, j)
+                breach = np.zeros(len(eq), bool)
+                if dd:
+                    peak0 = float(max(risk.peak, bt.best or risk.peak))
+                    floor = np.maximum.accumulate(np.maximum(eq, peak0)) * (1 - risk.limits.max_drawdown)
+                    breach |= eq <= floor
+                if daily:
+                    breach |= eq <= float(risk.day_start) * (1 - risk.limits.daily_loss_limit)
+                hit = np.flatnonzero(breach)
+                if len(hit):
+                    j, kind = a + int(hit[0]) + 1, "breach"
+        self._event = (key, j, kind, horizon)
+        return j, kind
+
+    def _apply_to(self, k: int) -> None:
+        if self.bt.kind == "bars":
+            self._apply_bars(k)
+        else:
+            self._apply_ticks(k)
+
+    def _equity_path(self, a: int, k: int) -> np.ndarray:
+        """Float equity after each record of a..k-1, with the positions held now: the
+        equity at a plus the running sum of each tick's change to its symbol's mark."""
+        if (
+            self._path is not None
+            and self._path[0] == a
+            and self._path[1] >= k
+            and self._path[2] == len(self.bt.out.fills)
+        ):
+            return self._path[3][: k - a]
+        book, bt = self._book(), self.bt
+        syms = self.sym[a:k]
+        coef = book.coef[syms]
+        live = np.flatnonzero(coef)
+        delta = np.zeros(k - a)
+        if len(live):
+            s_live = syms[live]
+            px = np.where(book.long[s_live], self.bid[a:k][live], self.ask[a:k][live])
+            order = np.argsort(s_live, kind="stable")
+            ss, pp = s_live[order], px[order]
+            prev = np.empty_like(pp)
+            prev[1:] = pp[:-1]
+            first = np.r_[True, ss[1:] != ss[:-1]]
+            now_mark = np.where(book.long, bt.q_bid, bt.q_ask)
+            prev[first] = now_mark[ss[first]]
+            delta[live[order]] = (pp - prev) * coef[live][order]
+        eq = book.equity_now(bt) + np.cumsum(delta)
+        self._path = (a, k, len(bt.out.fills), eq)
+        return eq
+
+    def _track_best(self, a: int, k: int) -> None:
+        """Carry the highest equity of records a..k-1 (positions constant) into bt.best, exactly."""
+        if k <= a or not self._open():
+            return
+        bt = self.bt
+        eq = self._equity_path(a, k)
+        m = int(np.argmax(eq))
+        if bt.best is not None and eq[m] < float(bt.best):
+            return
+        ledger = bt.broker.ledger
+        exact = ledger.balance
+        syms = self.sym[a : a + m + 1]
+        for s in ledger.open_symbols():
+            seen = np.flatnonzero(syms == s)
+            if len(seen):
+                i = a + int(seen[-1])
+                b, x = self.bid[i], self.ask[i]
+            else:
+                b, x = bt.q_bid[s], bt.q_ask[s]
+            exact += ledger.unrealized(s, to_decimal(b), to_decimal(x))
+        if bt.best is None or exact > bt.best:
+            bt.best = exact
+
+
+class _Book:
+    """Open positions as arrays over symbols: direction, float volume x contract size,
+    stop and target (NaN: none), for vectorized screening."""
+
+    def __init__(self, bt: Backtest, fills: int):
+        n = len(bt.names)
+        self.fills = fills
+        self.long, self.short = np.zeros(n, bool), np.zeros(n, bool)
+        self.coef = np.zeros(n)
+        self.sl, self.tp = np.full(n, np.nan), np.full(n, np.nan)
+        self.cost = 0.0
+        self.balance = float(bt.broker.ledger.balance)
+        self.watched = False
+        for s, pos in bt.broker.positions.items():
+            if not pos.lots:
+                continue
+            vol = pos.volume
+            size = bt.contract[s]
+            self.long[s], self.short[s] = vol > 0, vol < 0
+            self.coef[s] = float(vol * size)
+            self.cost += float(sum((v * p for v, p in pos.lots), ZERO) * size)
+            if pos.sl is not None:
+                self.sl[s] = float(pos.sl)
+            if pos.tp is not None:
+                self.tp[s] = float(pos.tp)
+            self.watched |= pos.sl is not None or pos.tp is not None
+
+    def equity_now(self, bt: Backtest) -> float:
+        """Float equity at the current quotes."""
+        mark = np.where(self.long, bt.q_bid, bt.q_ask)
+        return self.balance + float(np.dot(mark, self.coef)) - self.cost
+
+
+def _as_ticks(seg: np.ndarray) -> np.ndarray:
+    if seg.dtype == TICK_DTYPE:
+        return seg
+    t = np.zeros(len(seg), TICK_DTYPE)
+    for name in ("ts_ns", "bid", "ask", "symbol"):
+        t[name] = seg[name]
+    return t
+
+
+def _order_row(rec: np.void, state: str, reason: str) -> dict[str, Any]:
+    return {
+        "ts_ns": int(rec["ts_ns"]),
+        "client_order_id": int(rec["client_order_id"]),
+        "symbol": int(rec["symbol"]),
+        "side": int(rec["side"]),
+        "agent": int(rec["agent"]),
+        "conviction": round(float(rec["conviction"]), 12),
+        "volume": float(rec["volume"]),
+        "price": float(rec["price"]),
+        "sl": float(rec["sl"]),
+        "tp": float(rec["tp"]),
+        "state": state,
+        "reason": reason,
+    }
+
+
+def run(
+    config: Config,
+    market: Market,
+    *,
+    keep_signals: bool = False,
+    progress: Callable[[int], None] | None = None,
+    mark_interval_s: int = 3600,
+) -> Backtest:
+    """A whole backtest over `market`; progress(records done) after each chunk."""
+    bt = Backtest(
+        config, market.names, market.kind, keep_signals=keep_signals, mark_interval_s=mark_interval_s
+    )
+    records = market.records
+    for a in range(0, len(records), CHUNK * 4):
+        bt.feed(records[a : a + CHUNK * 4])
+        if progress is not None:
+            progress(min(a + CHUNK * 4, len(records)))
+    bt.finish()
+    return bt
+
+
+__all__ = ["SIGNAL_DTYPE", "Backtest", "Ids", "Recorded", "run"]
