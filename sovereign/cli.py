@@ -577,6 +577,255 @@ def demo(symbols: int, ticks_per_symbol: int, seed: int, show: int) -> None:
                f"rejected: {sum(st['rejected'].values())}")  # fmt: skip
 
 
+# ---- backtests, replay and data
+
+
+def _when_arg(text: str | None, what: str) -> int | None:
+    from sovereign.data import parse_time
+
+    if text is None:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError:
+        raise BadInput(f"{what} {text!r} is not a time (ISO 8601, e.g. 2026-03-01T12:00Z)") from None
+
+
+def _load_market(data: Sequence[str], layout: str, skip_bad_rows: bool, start: int | None,
+                 end: int | None) -> Any:  # fmt: skip
+    from sovereign.data import DataError
+    from sovereign.datafile import load
+
+    try:
+        market = load(list(data), layout, "skip" if skip_bad_rows else "refuse")
+    except DataError as e:
+        raise BadInput(str(e)) from None
+    for f, line, what in market.issues[:20]:
+        click.echo(f"sovereign: skipped {f}:{line}: {what}", err=True)
+    if len(market.issues) > 20:
+        click.echo(f"sovereign: ... {len(market.issues) - 20} more bad rows skipped", err=True)
+    market = market.between(start, end)
+    if not len(market.records):
+        raise BadInput("no data in the chosen date range")
+    return market
+
+
+def _run_backtest(config: Any, market: Any, resume: str | None, keep_signals: bool = False,
+                  mark_interval: int = 3600) -> Any:  # fmt: skip
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from sovereign.backtest import Backtest
+
+    if resume is not None:
+        try:
+            bt = Backtest.restore(Path(resume).read_bytes())
+        except (OSError, ValueError) as e:
+            raise BadInput(f"cannot resume from {resume}: {e}") from None
+        if bt.names != market.names or bt.kind != market.kind:
+            raise BadInput(f"{resume} is a snapshot of other data ({bt.kind}: {', '.join(bt.names[:5])})")
+        market = market.between(bt.out.last_ns + 1, None)
+    else:
+        bt = Backtest(config, market.names, market.kind, keep_signals=keep_signals,
+                      mark_interval_s=mark_interval)  # fmt: skip
+    step = 1 << 20
+    n = len(market.records)
+    show = sys.stderr.isatty() and n > 4 * step
+    with Progress(TextColumn("backtest"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
+                  TimeRemainingColumn(), disable=not show, transient=True) as bar:  # fmt: skip
+        task = bar.add_task("backtest", total=n)
+        for a in range(0, n, step):
+            bt.feed(market.records[a : a + step])
+            bar.update(task, completed=min(a + step, n))
+    return bt
+
+
+@main.command(epilog="Examples: sovereign backtest EURUSD_M1_2025.csv --layout mt5 --out eurusd/ · "
+                     "sovereign backtest year.sovdata --from 2025-03-01 --to 2025-06-01 --json")  # fmt: skip
+@click.argument("data", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--config", "config_path", metavar="FILE", envvar="SOVEREIGN_CONFIG",
+              help="the TOML config live uses (agents, risk, costs); default: $SOVEREIGN_CONFIG, "
+                   f"{SYSTEM_CONFIG}, or the embedded defaults")  # fmt: skip
+@click.option("--layout", type=click.Choice(["generic", "mt5"]), help="CSV layout (default: feed.layout)")
+@click.option("--from", "start", metavar="TIME", help="first time included (ISO 8601, UTC)")
+@click.option("--to", "end", metavar="TIME", help="first time left out (ISO 8601, UTC)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="backtest", show_default=True,
+              help="where the report goes")  # fmt: skip
+@click.option("--skip-bad-rows", is_flag=True, help="skip and report bad data rows (default: feed.bad_rows)")
+@click.option("--resume", metavar="FILE", type=click.Path(dir_okay=False, exists=True),
+              help="continue a run saved with --save-state, on the data after its end")  # fmt: skip
+@click.option("--save-state", metavar="FILE", type=click.Path(dir_okay=False),
+              help="save the run's state at the end, to --resume it on later data")  # fmt: skip
+@click.option("--mark-interval", type=click.IntRange(1, 86_400), default=3600, show_default=True,
+              help="seconds between equity marks (must divide a day)")  # fmt: skip
+@json_option
+def backtest(data: tuple[str, ...], config_path: str | None, layout: str | None, start: str | None,
+             end: str | None, out_dir: str, skip_bad_rows: bool, resume: str | None, save_state: str | None,
+             mark_interval: int, as_json: bool) -> None:  # fmt: skip
+    """Run the live decision code (agents, coordinator, risk, paper broker) over history.
+
+    DATA: tick or bar files, CSV (generic or MetaTrader 5 layout) or .sovdata (see `data
+    import`), one or many symbols. Ticks fill at the quote; bars fill at the next bar's
+    open, with stops and targets checked against each bar's high and low (the stop first
+    when a bar touches both). Writes report.json, report.html, trades.csv, equity.csv,
+    orders.csv and PNG pictures to --out.
+    """
+    from sovereign import report
+    from sovereign.backtest import DAY_NS, NS
+    from sovereign.config import ConfigError, load
+
+    if DAY_NS % (mark_interval * NS):
+        raise BadInput(f"--mark-interval {mark_interval} does not divide a day (86400 s)")
+    if config_path is None and Path(SYSTEM_CONFIG).exists():
+        config_path = SYSTEM_CONFIG
+    try:
+        config = load(config_path)
+    except ConfigError as e:
+        raise BadInput(str(e)) from None
+    skip = skip_bad_rows or config.feed.bad_rows == "skip"
+    market = _load_market(data, layout or config.feed.layout, skip, _when_arg(start, "--from"),
+                          _when_arg(end, "--to"))  # fmt: skip
+    t0 = time.perf_counter()
+    bt = _run_backtest(config, market, resume, mark_interval=mark_interval)
+    elapsed = time.perf_counter() - t0
+    if save_state is not None:
+        Path(save_state).write_bytes(bt.snapshot())
+    bt.finish()
+    doc, trades, prices = report.build(bt, market)
+    try:
+        report.write(out_dir, doc, trades, bt.out.equity, bt.out.orders, prices)
+    except OSError as e:
+        raise Fail(f"cannot write the report to {out_dir}: {e.strerror}") from None
+    if as_json:
+        _json(doc)
+        return
+    m = doc["metrics"]
+    click.echo(f"{doc['data']['records']:,} {market.kind} of {len(market.names)} symbols, "
+               f"{doc['data']['first']} .. {doc['data']['last']}, in {elapsed:.2f} s "
+               f"({doc['data']['records'] / max(elapsed, 1e-9) / 1e6:.2f} M/s)")  # fmt: skip
+    click.echo(f"return {m['total_return']:+.2%}  CAGR {m['cagr']:+.2%}  Sharpe {m['sharpe']:.2f}  "
+               f"Sortino {m['sortino']:.2f}  max drawdown {m['max_drawdown']:.2%} "
+               f"({m['max_drawdown_days']:.1f} days)  Calmar {m['calmar']:.2f}")  # fmt: skip
+    pf = "n/a" if m["profit_factor"] is None else f"{m['profit_factor']:.2f}"
+    click.echo(f"{m['trades']} trades  win rate {m['win_rate']:.1%}  profit factor {pf}  "
+               f"expectancy {m['expectancy']:.2f}  exposure {m['exposure']:.1%}  "
+               f"final equity {m['final']}")  # fmt: skip
+    click.echo(f"report: {Path(out_dir) / 'report.html'}")
+
+
+@main.command(epilog="Example: sovereign replay /var/lib/sovereign/recordings "
+                     "--config /etc/sovereign/sovereign.toml")  # fmt: skip
+@target_options
+@click.argument("recording", type=click.Path(exists=True))
+@click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
+              help="differences shown per kind")  # fmt: skip
+@json_option
+def replay(t: Target, recording: str, limit: int, as_json: bool) -> None:
+    """Run a recorded live session through the backtest wiring and compare its signals and
+    orders with what the live system decided (its state). Exit 1 if anything differs.
+
+    RECORDING: a ticks-*.sovdata file, or the recordings directory (every session in it,
+    which must share one config).
+    """
+    from sovereign.data import DataError
+    from sovereign.replay import compare, live_orders, live_signals, load_recording
+
+    try:
+        market, config = load_recording(recording)
+    except DataError as e:
+        raise BadInput(str(e)) from None
+    if not len(market.records):
+        raise BadInput(f"{recording}: the recording holds no ticks")
+    bt = _run_backtest(config, market, None, keep_signals=True)
+    bt.finish()
+    import numpy as np
+
+    from sovereign.core import SIGNAL_DTYPE
+
+    sig = np.concatenate(bt.out.signals) if bt.out.signals else np.zeros(0, SIGNAL_DTYPE)
+    first, last = bt.out.first_ns, bt.out.last_ns
+    live_sig, live_ord = t.read(lambda txn: (live_signals(txn, first, last), live_orders(txn, first)))
+    diff = compare(sig, bt.out.orders, live_sig, live_ord, market.names, limit)
+    if as_json:
+        _json(diff)
+    else:
+        s, o = diff["signals"], diff["orders"]
+        click.echo(f"signals: {s['matched']:,} identical of {s['replayed']:,} replayed / {s['live']:,} "
+                   f"live; {len(s['only_in_replay'])} only in the replay, "
+                   f"{len(s['only_live'])} only live")  # fmt: skip
+        click.echo(f"orders:  {o['matched']:,} identical of {o['replayed']:,} replayed / {o['live']:,} live; "
+                   f"{o['n_differ']} differ, {o['n_only_in_replay']} only in the replay, "
+                   f"{o['n_only_live']} only live")  # fmt: skip
+        for what in ("only_in_replay", "only_live"):
+            for row in s[what]:
+                click.echo(f"  signal {what.replace('_', ' ')}: {row}")
+        for what in ("differ", "only_in_replay", "only_live"):
+            for row in o[what]:
+                click.echo(f"  order {what.replace('_', ' ')}: {row}")
+    if not diff["identical"]:
+        raise SystemExit(EXIT_FAILED)
+
+
+@main.group(context_settings=CONTEXT)
+def data() -> None:
+    """Market data: import CSV into the fast form, and look at what a file holds."""
+
+
+@data.command("import", epilog="Example: sovereign data import EURUSD_M1_2025.csv GBPUSD_M1_2025.csv "
+                               "--layout mt5 -o fx_m1_2025.sovdata")  # fmt: skip
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="the .sovdata file")
+@click.option("--layout", type=click.Choice(["generic", "mt5"]), default="generic", show_default=True)
+@click.option("--skip-bad-rows", is_flag=True, help="skip and report bad rows instead of refusing the file")
+@json_option
+def data_import(files: tuple[str, ...], out: str, layout: str, skip_bad_rows: bool, as_json: bool) -> None:
+    """Validate CSV files and write them as one .sovdata file (binary, memory-mapped)."""
+    from sovereign.data import DataError
+    from sovereign.datafile import SUFFIX, info, write
+
+    if not out.endswith(SUFFIX):
+        raise BadInput(f"the output file must end in {SUFFIX}: {out}")
+    market = _load_market(files, layout, skip_bad_rows, None, None)
+    try:
+        write(out, market, source=[Path(f).name for f in files])
+    except DataError as e:
+        raise Fail(str(e)) from None
+    summary = info(market)
+    if as_json:
+        _json({"written": out, **summary})
+        return
+    click.echo(f"wrote {out}: {summary['rows']:,} {market.kind} of {len(market.names)} symbols, "
+               f"{summary.get('first', '')} .. {summary.get('last', '')}; "
+               f"{len(market.issues)} bad rows skipped")  # fmt: skip
+
+
+@data.command("info", epilog="Example: sovereign data info fx_m1_2025.sovdata --gap 3600")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--layout", type=click.Choice(["generic", "mt5"]), default="generic", show_default=True)
+@click.option("--gap", "gap_s", type=click.FloatRange(min=0, min_open=True),
+              help="seconds without data that make a gap (default: 2 bars, or 600 s of ticks)")  # fmt: skip
+@json_option
+def data_info(files: tuple[str, ...], layout: str, gap_s: float | None, as_json: bool) -> None:
+    """Symbols, row counts, time ranges and gaps of data files (bad rows are listed)."""
+    from sovereign.datafile import info
+
+    market = _load_market(files, layout, True, None, None)
+    summary = info(market, gap_s)
+    if as_json:
+        _json(summary)
+        return
+    from rich.table import Table
+
+    table = Table("symbol", "rows", "first", "last", "gaps", "longest gap (h)", box=None)
+    for s in summary["symbols"]:
+        longest = s.get("longest_gaps") or [{}]
+        table.add_row(s["symbol"], f"{s['rows']:,}", s.get("first", ""), s.get("last", ""),
+                      str(s.get("gaps", 0)), str(longest[0].get("hours", "")))  # fmt: skip
+    tf = f", {summary['timeframe_s']} s bars" if summary.get("timeframe_s") else ""
+    click.echo(f"{summary['kind']}{tf}: {summary['rows']:,} rows, {summary.get('first', '')} .. "
+               f"{summary.get('last', '')}; {len(summary['bad_rows'])} bad rows")  # fmt: skip
+    _console().print(table)
+
+
 def entry(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (for tests and `python -m sovereign.cli`)."""
     try:

@@ -39,6 +39,8 @@ class SystemConfig:
     snapshot_interval_s: float = _f(60.0, 1.0, 86400.0)
     shutdown_timeout_s: float = _f(20.0, 1.0, 600.0)
     heartbeat_timeout_s: float = _f(10.0, 0.5, 600.0)  # a child silent this long is hung: restarted
+    record_days: int = _f(30, 0, 36_500)  # days of recorded ticks kept for `sovereign replay`; 0: none
+    record_dir: str = _f("")  # where the recording goes; empty: <state_dir>/recordings
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class FeedConfig:
     max_ticks: int = _f(0, 0, 10**15)  # stop the feed after this many ticks (0: never), then shut down
     files: tuple[str, ...] = _f(())
     layout: str = _f("generic", choices=("generic", "mt5"))
+    bad_rows: str = _f("refuse", choices=("refuse", "skip"))  # a bad data row: stop, or skip and report it
 
 
 @dataclass(frozen=True)

@@ -322,14 +322,14 @@ def bars_to_ticks(bars: np.ndarray, spread: np.ndarray, point: float) -> np.ndar
 
 
 def load_ticks(
-    paths: list[str] | tuple[str, ...], layout: str = "generic", point: float = 1e-5
+    paths: list[str] | tuple[str, ...], layout: str = "generic", point: float = 1e-5, bad_rows: str = "refuse"
 ) -> tuple[np.ndarray, list[str]]:
     """All files as one tick stream in time order, and the symbol names (ids index them).
     Bar files become four ticks per bar (bars_to_ticks)."""
     names: list[str] = []
     parts = []
     for p in paths:
-        s = load_csv(p, layout)
+        s = load_csv(p, layout, bad_rows)
         if s.kind == "ticks":
             ticks = s.records
         else:

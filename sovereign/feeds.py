@@ -41,7 +41,7 @@ class Feed:
             self._sim = SimMarket(f.symbols, seed=f.seed, mean_interval_s=f.tick_interval_s, **kw)
             self.names = tuple(f"SIM{s:03d}" for s in range(f.symbols))
         else:
-            self._data, names = load_ticks(f.files, f.layout, config.symbols.point)
+            self._data, names = load_ticks(f.files, f.layout, config.symbols.point, f.bad_rows)
             self.names = tuple(names)
         self._wall0 = self._market0 = 0
 

@@ -10,17 +10,29 @@ executed (`recover`), never sent again.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sovereign.broker.paper import Execution, PaperBroker, Retcode
 from sovereign.config import Config
-from sovereign.core import ORDER_DTYPE, ORDER_FILL, ORDER_REJECT, TICK_DTYPE, OrderRing, QuoteBoard, TickRing
+from sovereign.core import (
+    LAYOUT_VERSION,
+    ORDER_DTYPE,
+    ORDER_FILL,
+    ORDER_REJECT,
+    TICK_DTYPE,
+    OrderRing,
+    QuoteBoard,
+    TickRing,
+)
 from sovereign.feeds import Feed
 from sovereign.orders import OrderBook, OrderState
+from sovereign.recorder import Recorder
 from sovereign.risk import Reason
 from sovereign.runtime import FEED_DONE, RUNNING, STOPPED, Child, symbol_specs
 from sovereign.state import StateStore, Txn, u64_key
@@ -172,6 +184,12 @@ def run(child: Child, config: Config) -> None:
     for fix in gw.recover():
         print(f"gateway: recovered order {fix['client_order_id']} as {fix['state']}", flush=True)
     feed = Feed(config)
+    recorder = None
+    if config.system.record_days:
+        directory = config.system.record_dir or str(Path(config.system.state_dir) / "recordings")
+        meta = {"symbols": list(feed.names), "config": dataclasses.asdict(config),
+                "layout_version": LAYOUT_VERSION}  # fmt: skip
+        recorder = Recorder(directory, meta, config.system.record_days)
     rings = [TickRing.attach(layout.tick_ring(k)) for k in range(layout.n_workers)]
     board = QuoteBoard.attach(layout.quotes)
     approved = OrderRing.attach(layout.approved)
@@ -193,6 +211,8 @@ def run(child: Child, config: Config) -> None:
         batch = feed.next(FEED_BATCH) if feeding else no_ticks
         if len(batch):
             batch["recv_ns"] = time.monotonic_ns()
+            if recorder is not None:
+                recorder.write(batch)
             board.publish(batch)
             send_reports(gw.on_ticks(batch))
             for k, part in enumerate(route(batch, worker_of, layout.n_workers)):
@@ -212,6 +232,8 @@ def run(child: Child, config: Config) -> None:
             next_beat = time.monotonic() + 0.05
             state = FEED_DONE if (feed.done or not feeding) else RUNNING
             child.beat(state, ticks=ticks, orders=gw.orders, rejects=gw.rejects, dropped=lost)
+    if recorder is not None:
+        recorder.close()
     _final_stats(store, gw, ticks, lost, feed_s=(feed.finished_at or time.monotonic()) - started)
     child.beat(STOPPED, ticks=ticks, orders=gw.orders, rejects=gw.rejects, dropped=lost)
     store.close()

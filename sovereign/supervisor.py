@@ -122,7 +122,8 @@ class Supervisor:
     def setup(self) -> None:
         c = self.config
         if c.feed.kind == "replay":
-            names = tuple(load_ticks(c.feed.files, c.feed.layout, c.symbols.point)[1])  # validates every row
+            # validates every row
+            names = tuple(load_ticks(c.feed.files, c.feed.layout, c.symbols.point, c.feed.bad_rows)[1])
         else:
             names = tuple(f"SIM{s:03d}" for s in range(c.feed.symbols))
         self.layout = layout = Layout.plan(c, f"sov{os.getpid()}", len(names), names)
