@@ -107,8 +107,11 @@ def _order_diff(mine: list[dict[str, Any]], live: list[dict[str, Any]], names: l
         return int(o["ts_ns"]), int(o["symbol"]), int(o["side"])
 
     def outcome(o: dict[str, Any]) -> str:
-        state = o.get("state", "")
-        return "REJECTED:" + str(o.get("reason", "")) if state == "REJECTED" else "APPROVED"
+        if o.get("state", "") != "REJECTED":
+            return "APPROVED"
+        if o.get("retcode"):  # risk approved it; the broker refused it
+            return f"BROKER_REJECTED:{o['retcode']}"
+        return "REJECTED:" + str(o.get("reason", ""))
 
     live_by = {key(o): o for o in live}
     mine_by = {key(o): o for o in mine}
