@@ -43,7 +43,7 @@ import numpy as np
 
 from sovereign.config import Config
 from sovereign.coordinator import Coordinator
-from sovereign.core import NO_AGENT, ORDER_DTYPE, ORDER_FILL, SIGNAL_DTYPE, TICK_DTYPE
+from sovereign.core import NO_AGENT, ORDER_DTYPE, ORDER_FILL, TICK_DTYPE
 from sovereign.datafile import Market
 from sovereign.gateway import _report, make_broker
 from sovereign.ledger import ZERO, to_decimal
@@ -125,13 +125,16 @@ class Backtest:
 
     # ---- feeding
 
-    def feed(self, records: np.ndarray) -> None:
+    def feed(self, records: np.ndarray, progress: Callable[[int], None] | None = None) -> None:
         """The next records of the stream (FILE_TICK_DTYPE/TICK_DTYPE or FILE_BAR_DTYPE),
-        in time order, continuing where the last call stopped."""
+        in time order, continuing where the last call stopped; progress(records done)
+        after each chunk."""
         for a in range(0, len(records), CHUNK):
             chunk = np.asarray(records[a : a + CHUNK])
             if len(chunk):
                 self._chunk(chunk)
+            if progress is not None:
+                progress(a + len(chunk))
 
     def _chunk(self, chunk: np.ndarray) -> None:
         n = len(chunk)
@@ -335,16 +338,10 @@ class _Walk:
                     bt._mark(self._time(j))  # confirmed (or not) exactly by Risk.mark
                 if j < k:
                     continue
-            if k == next_d and k != next_m and _LAZY:
-                # Nothing changes the positions before k: the coordinator can decide
-                # without the market being applied; only an intent needs it.
-                di += 1
-                intents = bt._coordinate(self._signals_at(k), self._time(k))
-                if len(intents):
-                    self._apply_to(k)
-                    bt._approve(intents)
-                continue
-            self._apply_to(k)
+            # Nothing changes the positions before k: a decision alone needs the market
+            # applied only if the coordinator comes out with an intent.
+            if not (_LAZY and k == next_d and k != next_m):
+                self._apply_to(k)
             if k == next_m:
                 bt._mark(int(self.ts[k]))
                 mi += 1
@@ -352,6 +349,7 @@ class _Walk:
                 di += 1
                 intents = bt._coordinate(self._signals_at(k), self._time(k))
                 if len(intents):
+                    self._apply_to(k)
                     bt._approve(intents)
 
     def _signals_at(self, k: int) -> np.ndarray:
@@ -373,7 +371,7 @@ class _Walk:
         seg = self.chunk[self.a : k]
         self._track_best(self.a, k)
         bt = self.bt
-        fills = bt.broker.on_ticks(_as_ticks(seg))
+        fills = bt.broker.on_ticks(seg)
         if fills:
             bt._reports(np.array([_report(ex, None) for ex in fills], ORDER_DTYPE), fills)
         self._quotes(self.a, k)
@@ -395,14 +393,16 @@ class _Walk:
         return k
 
     def _next_special_bar(self, a: int, k: int) -> int:
-        bt = self.bt
+        return min(self._pending_bar(a, k), self._exit_index(a, k))
+
+    def _pending_bar(self, a: int, k: int) -> int:
+        """The first bar in a..k-1 of a symbol with an order waiting for its next open."""
         j = k
-        if bt.pending:
-            for s in bt.pending:
-                hit = np.flatnonzero(self.sym[a:k] == s)
-                if len(hit):
-                    j = min(j, a + int(hit[0]))
-        return min(j, self._exit_index(a, k))
+        for s in self.bt.pending:
+            hit = np.flatnonzero(self.sym[a:j] == s)
+            if len(hit):
+                j = a + int(hit[0])
+        return j
 
     def _bar(self, j: int) -> None:
         """One bar: pending orders fill at its open; then its high and low against the stop
@@ -502,10 +502,9 @@ class _Walk:
         # Look a bounded way ahead: far enough to pass several decisions, not the whole hour.
         horizon = min(horizon, max(a + 8192, self.next_d + 1))
         j, kind = horizon, ""
-        for s in bt.pending:  # bars: an order waiting for its symbol's next open
-            hit = np.flatnonzero(self.sym[a:j] == s)
-            if len(hit):
-                j, kind = a + int(hit[0]) + 1, "fill"
+        pending = self._pending_bar(a, horizon)
+        if pending < horizon:
+            j, kind = pending + 1, "fill"
         if self._open():
             e = self._exit_index(a, j)
             if e < j:
@@ -620,15 +619,6 @@ class _Book:
         return self.balance + float(np.dot(mark, self.coef)) - self.cost
 
 
-def _as_ticks(seg: np.ndarray) -> np.ndarray:
-    if seg.dtype == TICK_DTYPE:
-        return seg
-    t = np.zeros(len(seg), TICK_DTYPE)
-    for name in ("ts_ns", "bid", "ask", "symbol"):
-        t[name] = seg[name]
-    return t
-
-
 def _order_row(rec: np.void, state: str, reason: str) -> dict[str, Any]:
     return {
         "ts_ns": int(rec["ts_ns"]),
@@ -658,13 +648,9 @@ def run(
     bt = Backtest(
         config, market.names, market.kind, keep_signals=keep_signals, mark_interval_s=mark_interval_s
     )
-    records = market.records
-    for a in range(0, len(records), CHUNK * 4):
-        bt.feed(records[a : a + CHUNK * 4])
-        if progress is not None:
-            progress(min(a + CHUNK * 4, len(records)))
+    bt.feed(market.records, progress)
     bt.finish()
     return bt
 
 
-__all__ = ["SIGNAL_DTYPE", "Backtest", "Ids", "Recorded", "run"]
+__all__ = ["Backtest", "Ids", "Recorded", "run"]

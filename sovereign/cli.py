@@ -627,15 +627,12 @@ def _run_backtest(config: Any, market: Any, resume: str | None, keep_signals: bo
     else:
         bt = Backtest(config, market.names, market.kind, keep_signals=keep_signals,
                       mark_interval_s=mark_interval)  # fmt: skip
-    step = 1 << 20
     n = len(market.records)
-    show = sys.stderr.isatty() and n > 4 * step
+    show = sys.stderr.isatty() and n > 4_000_000
     with Progress(TextColumn("backtest"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
                   TimeRemainingColumn(), disable=not show, transient=True) as bar:  # fmt: skip
         task = bar.add_task("backtest", total=n)
-        for a in range(0, n, step):
-            bt.feed(market.records[a : a + step])
-            bar.update(task, completed=min(a + step, n))
+        bt.feed(market.records, lambda done: bar.update(task, completed=done))
     return bt
 
 

@@ -352,7 +352,6 @@ def _figure():  # type: ignore[no-untyped-def]
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    plt.rcParams["svg.hashsalt"] = "sovereign"
     return plt
 
 
