@@ -713,51 +713,54 @@ def backtest(data: tuple[str, ...], config_path: str | None, layout: str | None,
                      "--config /etc/sovereign/sovereign.toml")  # fmt: skip
 @target_options
 @click.argument("recording", type=click.Path(exists=True))
+@click.option("--session", help="which session of the recordings directory (default: the newest)")
 @click.option("--limit", type=click.IntRange(min=0), default=20, show_default=True,
               help="differences shown per kind")  # fmt: skip
 @json_option
-def replay(t: Target, recording: str, limit: int, as_json: bool) -> None:
-    """Run a recorded live session through the backtest wiring and compare its signals and
-    orders with what the live system decided (its state). Exit 1 if anything differs.
+def replay(t: Target, recording: str, session: str | None, limit: int, as_json: bool) -> None:
+    """Run a recorded live session again, on the schedule its processes kept, and compare
+    its signals, orders and executions with what the live system decided (its state).
+    Exit 1 if anything differs.
 
-    RECORDING: a ticks-*.sovdata file, or the recordings directory (every session in it,
-    which must share one config).
+    RECORDING: the recordings directory (the newest session, or --session), or one of a
+    session's ticks-*.sovdata files.
     """
     from sovereign.data import DataError
-    from sovereign.replay import compare, live_orders, live_signals, load_recording
+    from sovereign.replay import compare, live_signals, live_state, load_session
+    from sovereign.replay import replay as run_replay
 
     try:
-        market, config = load_recording(recording)
+        s = load_session(recording, session)
+        if not len(s.market.records):
+            raise BadInput(f"{recording}: session {s.name} holds no ticks")
+        r = run_replay(s)
     except DataError as e:
         raise BadInput(str(e)) from None
-    if not len(market.records):
-        raise BadInput(f"{recording}: the recording holds no ticks")
-    bt = _run_backtest(config, market, None, keep_signals=True)
-    bt.finish()
-    import numpy as np
-
-    from sovereign.core import SIGNAL_DTYPE
-
-    sig = np.concatenate(bt.out.signals) if bt.out.signals else np.zeros(0, SIGNAL_DTYPE)
-    first, last = bt.out.first_ns, bt.out.last_ns
-    live_sig, live_ord = t.read(lambda txn: (live_signals(txn, first, last), live_orders(txn, first)))
-    diff = compare(sig, bt.out.orders, live_sig, live_ord, market.names, limit)
+    live_sig, live = t.read(lambda txn: (live_signals(txn, s), live_state(txn, s, r)))
+    diff = {"session": s.name, "ticks": len(s.market.records), "recording_issues": s.issues,
+            **compare(r, live_sig, live, s.market.names, limit)}  # fmt: skip
     if as_json:
         _json(diff)
     else:
-        s, o = diff["signals"], diff["orders"]
-        click.echo(f"signals: {s['matched']:,} identical of {s['replayed']:,} replayed / {s['live']:,} "
-                   f"live; {len(s['only_in_replay'])} only in the replay, "
-                   f"{len(s['only_live'])} only live")  # fmt: skip
-        click.echo(f"orders:  {o['matched']:,} identical of {o['replayed']:,} replayed / {o['live']:,} live; "
-                   f"{o['n_differ']} differ, {o['n_only_in_replay']} only in the replay, "
-                   f"{o['n_only_live']} only live")  # fmt: skip
-        for what in ("only_in_replay", "only_live"):
-            for row in s[what]:
-                click.echo(f"  signal {what.replace('_', ' ')}: {row}")
-        for what in ("differ", "only_in_replay", "only_live"):
-            for row in o[what]:
-                click.echo(f"  order {what.replace('_', ' ')}: {row}")
+        click.echo(f"session {s.name}: {len(s.market.records):,} ticks")
+        for issue in s.issues:
+            click.echo(f"  note: {issue}")
+        for kind in ("signals", "orders", "executions"):
+            d = diff[kind]
+            click.echo(f"{kind + ':':12}{d['matched']:,} identical of {d['replayed']:,} replayed / "
+                       f"{d['live']:,} live; {d['n_differ']} differ, {d['n_only_in_replay']} only in "
+                       f"the replay, {d['n_only_live']} only live")
+            for what in ("differ", "only_in_replay", "only_live"):
+                for row in d.get(what, []):
+                    click.echo(f"  {kind[:-1]} {what.replace('_', ' ')}: {row}")
+        if diff["signals"]["not_in_live_history"]:
+            click.echo(f"  note: {diff['signals']['not_in_live_history']} signals the coordinator took just "
+                       "before it was killed never reached its history; the replay has them")  # fmt: skip
+        if diff["orders"]["unrecorded"]:
+            click.echo(f"  note: orders {diff['orders']['unrecorded']} were taken by a risk or gateway "
+                       "killed before it recorded them: never sent, and not in the live state")  # fmt: skip
+        for problem in diff["problems"]:
+            click.echo(f"  schedule: {problem}")
     if not diff["identical"]:
         raise SystemExit(EXIT_FAILED)
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+import numpy as np
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -48,6 +50,7 @@ class FeedConfig:
     kind: str = _f("sim", choices=("sim", "replay"))
     symbols: int = _f(100, 1, 100_000)
     seed: int = _f(1)
+    start: str = _f("")  # sim: market time of the first tick, UTC ("2026-03-01T00:00:00"); empty: the default
     pace: str = _f("fast", choices=("fast", "realtime"))
     speed: float = _f(1.0, 0.0, 1e6, lo_open=True)  # realtime pace: market seconds per wall-clock second
     tick_interval_s: float = _f(1.0, 0.0, 3600.0, lo_open=True)  # sim: mean time between a symbol's ticks
@@ -109,6 +112,8 @@ class Config:
     risk: RiskConfig = field(default_factory=RiskConfig)
 
     def __post_init__(self) -> None:
+        if self.feed.start:
+            sim_start_ns(self.feed.start)
         if self.feed.kind == "replay" and not self.feed.files:
             raise ConfigError("config key feed.files: a replay feed needs at least one file")
         if self.symbols.min_lot > self.symbols.max_lot:
@@ -118,6 +123,18 @@ class Config:
             raise ConfigError(f"config key risk.daily_loss_limit: {self.risk.daily_loss_limit} is above "
                               f"risk.max_drawdown ({self.risk.max_drawdown}); a day's loss would halt "
                               "the system before it could reduce")
+
+
+def sim_start_ns(text: str) -> int:
+    """feed.start as nanoseconds since the epoch (UTC)."""
+    try:
+        ns = int(np.datetime64(text.removesuffix("Z"), "ns").astype(np.int64))
+    except ValueError:
+        raise ConfigError(f"config key feed.start: {text!r} is not a UTC time like "
+                          "'2026-03-01T00:00:00'") from None  # fmt: skip
+    if ns <= 0:
+        raise ConfigError(f"config key feed.start: {text!r} is before 1970")
+    return ns
 
 
 def load(path: str | Path | None = None) -> Config:

@@ -27,6 +27,7 @@ from sovereign.config import Config
 from sovereign.core import ORDER_DTYPE, ORDER_FILL, ORDER_INTENT, SIGNAL_DTYPE, OrderRing, SignalRing
 from sovereign.ledger import ZERO, to_decimal
 from sovereign.orders import ClientIds
+from sovereign.recorder import event_log
 from sovereign.risk import BOOK_KEY  # risk's ledger in the positions database
 from sovereign.runtime import RUNNING, STOPPED, Child
 from sovereign.state import StateStore, Txn, key_u64
@@ -121,7 +122,13 @@ def run(child: Child, config: Config) -> None:
     """The coordinator process: signal rings -> Coordinator -> intent ring; reports back."""
     layout = child.layout
     store = StateStore(config.system.state_dir)
-    coord = Coordinator(config, ClientIds(store).next)
+    ids, issued = ClientIds(store).next, []
+
+    def next_id() -> int:
+        issued.append(ids())
+        return issued[-1]
+
+    coord = Coordinator(config, next_id)
     book = store.read(lambda t: t.get("positions", BOOK_KEY))
     if book is not None:
         coord.load_positions({int(s): sum((Decimal(v) for v, _ in p["lots"]), ZERO)
@@ -129,6 +136,16 @@ def run(child: Child, config: Config) -> None:
     signal_rings = [SignalRing.attach(layout.signal_ring(k)) for k in range(layout.n_workers)]
     reports = OrderRing.attach(layout.reports_coordinator)
     intents = OrderRing.attach(layout.intents)
+    # When this process took what (replay): which signals and reports together, and the
+    # ids it gave the intents they made; each written before what it made is pushed.
+    log = event_log(config, layout.session, "coordinator")
+    if log is not None:
+        last = store.read(lambda t: t.last_key("signals"))  # this session's signals are kept after it
+        rings = {"signals": [r.stats()["popped"] for r in signal_rings], "reports": reports.stats()["popped"],
+                 "intents": intents.stats()["pushed"]}  # fmt: skip
+        log.add("start", {"volumes": {s: str(v) for s, v in coord.volume.items()},
+                          "signals_after": 0 if last is None else key_u64(last), "rings": rings})  # fmt: skip
+        log.flush()
     sig_buf = np.zeros(SIGNAL_BATCH, SIGNAL_DTYPE)
     rep_buf = np.zeros(reports.capacity, ORDER_DTYPE)
     signals, next_beat = 0, 0.0
@@ -154,24 +171,34 @@ def run(child: Child, config: Config) -> None:
 
     while not child.stop_requested:
         got = 0
-        for ring in signal_rings:  # wait on the signals (the latency path), not the reports
+        for k, ring in enumerate(signal_rings):  # wait on the signals (the latency path), not the reports
             n = ring.pop_into(sig_buf, timeout=0.0002 / len(signal_rings))
             if n:
                 got += n
                 if keep:
                     recent.append(sig_buf[:n].copy())
                 out = coord.on_signals(sig_buf[:n])
+                if log is not None:
+                    log.add("s", k, n, issued)
+                    log.flush()
+                issued.clear()
                 if len(out):
                     intents.push(out, timeout=1.0)
         signals += got
         n = reports.pop_into(rep_buf, timeout=0.0)
         if n:
+            if log is not None:
+                log.add("r", n)
             coord.on_reports(rep_buf[:n])
+        if log is not None:
+            log.flush()
         if time.monotonic() >= next_beat:
             next_beat = time.monotonic() + 0.1
             child.messages()
             record()
             child.beat(RUNNING, signals=signals, orders=coord.intents)
     record()
+    if log is not None:
+        log.close()
     child.beat(STOPPED, signals=signals, orders=coord.intents)
     store.close()

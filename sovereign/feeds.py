@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from sovereign.config import Config
+from sovereign.config import Config, sim_start_ns
 from sovereign.core import TICK_DTYPE
 from sovereign.data import load_ticks
 from sovereign.sim import SimMarket
@@ -36,7 +36,7 @@ class Feed:
         self._at = 0
         self._pending = np.zeros(0, TICK_DTYPE)
         if f.kind == "sim":
-            start = time.time_ns() if self.realtime else None
+            start = sim_start_ns(f.start) if f.start else (time.time_ns() if self.realtime else None)
             kw = {"start_ns": start} if start is not None else {}
             self._sim = SimMarket(f.symbols, seed=f.seed, mean_interval_s=f.tick_interval_s, **kw)
             self.names = tuple(f"SIM{s:03d}" for s in range(f.symbols))

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,8 +31,9 @@ from sovereign.core import (
     TickRing,
 )
 from sovereign.feeds import Feed
+from sovereign.ledger import to_decimal
 from sovereign.orders import OrderBook, OrderState
-from sovereign.recorder import Recorder
+from sovereign.recorder import Recorder, event_log, record_dir
 from sovereign.risk import Reason
 from sovereign.runtime import FEED_DONE, RUNNING, STOPPED, Child, symbol_specs
 from sovereign.state import StateStore, Txn, u64_key
@@ -95,7 +96,7 @@ class Gateway:
         self.fills += len(fills)
         return np.array([_report(ex, None) for ex in fills], ORDER_DTYPE)
 
-    def on_orders(self, approved: np.ndarray) -> np.ndarray:
+    def on_orders(self, approved: np.ndarray, submitted: Callable[[], None] | None = None) -> np.ndarray:
         """Send approved orders (ORDER_DTYPE) to the broker; execution reports out.
 
         Group commit: every order of the batch is committed in SUBMITTING in one durable
@@ -117,13 +118,11 @@ class Gateway:
                 self.book.advance(t, cid, [OrderState.APPROVED, OrderState.SUBMITTING], **f)
 
         self.store.write(submitting)
+        if submitted is not None:  # durable in SUBMITTING, not sent yet
+            submitted()
         now = time.monotonic_ns()
         self.to_broker_ns.extend(now - int(o) for o in approved["origin_ns"] if o)
-        executions = [
-            self.broker.market_order(cid, f["symbol"], f["side"], Decimal(repr(f["volume"])),
-                                     sl=f["sl"] or None, tp=f["tp"] or None)
-            for cid, f in zip(cids, fields, strict=True)
-        ]  # fmt: skip
+        executions = [execute(self.broker, rec) for rec in approved]
 
         def results(t: Txn) -> None:
             for cid, ex in zip(cids, executions, strict=True):
@@ -143,6 +142,13 @@ class Gateway:
         else:
             self.book.advance(t, cid, [OrderState.REJECTED], retcode=int(ex.retcode), why=ex.reason)
             self.rejects += 1
+
+
+def execute(broker: PaperBroker, rec: np.void) -> Execution:
+    """Send one approved order (ORDER_DTYPE) to the broker: live, in backtests, in replays."""
+    return broker.market_order(int(rec["client_order_id"]), int(rec["symbol"]), int(rec["side"]),
+                               to_decimal(rec["volume"]), sl=float(rec["sl"]) or None,
+                               tp=float(rec["tp"]) or None)  # fmt: skip
 
 
 def route(ticks: np.ndarray, worker_of: np.ndarray, n_workers: int) -> list[np.ndarray]:
@@ -181,19 +187,32 @@ def run(child: Child, config: Config) -> None:
     store = StateStore(config.system.state_dir)
     gw = Gateway(store, make_broker(config, layout.n_symbols))
     worker_of = layout.worker_of()
-    for fix in gw.recover():
+    fixes = gw.recover()
+    for fix in fixes:
         print(f"gateway: recovered order {fix['client_order_id']} as {fix['state']}", flush=True)
     feed = Feed(config)
-    recorder = None
-    if config.system.record_days:
-        directory = config.system.record_dir or str(Path(config.system.state_dir) / "recordings")
+    recorder, base = None, 0
+    directory = record_dir(config)
+    if directory is not None:
         meta = {"symbols": list(feed.names), "config": dataclasses.asdict(config),
                 "layout_version": LAYOUT_VERSION}  # fmt: skip
-        recorder = Recorder(directory, meta, config.system.record_days)
+        recorder = Recorder(directory, meta, config.system.record_days, layout.session)
+        base = recorder.ticks
+    # When this process took what (replay): the tick position of each batch of orders it
+    # sent and of each batch of ticks that filled a stop or target.
     rings = [TickRing.attach(layout.tick_ring(k)) for k in range(layout.n_workers)]
     board = QuoteBoard.attach(layout.quotes)
     approved = OrderRing.attach(layout.approved)
     reports_out = [OrderRing.attach(layout.reports_risk), OrderRing.attach(layout.reports_coordinator)]
+    # Each event is written before what it made is pushed.
+    log = event_log(config, layout.session, "gateway")
+    if log is not None:
+        positions = {"approved": approved.stats()["popped"], "ticks": [r.stats()["pushed"] for r in rings],
+                     "reports": [r.stats()["pushed"] for r in reports_out]}  # fmt: skip
+        log.add("start", {"base": base, "n_workers": layout.n_workers, "broker": gw.broker.to_dict(),
+                          "rings": positions,
+                          "recovered": {f["client_order_id"]: f["state"] for f in fixes}})  # fmt: skip
+        log.flush()
     buf = np.zeros(approved.capacity, ORDER_DTYPE)
     no_ticks = np.zeros(0, TICK_DTYPE)
     stalled = [False] * layout.n_workers
@@ -214,7 +233,12 @@ def run(child: Child, config: Config) -> None:
             if recorder is not None:
                 recorder.write(batch)
             board.publish(batch)
-            send_reports(gw.on_ticks(batch))
+            at = base + ticks
+            exits = gw.on_ticks(batch)
+            if log is not None and len(exits):
+                log.add("t", at, at + len(batch))
+                log.flush()
+            send_reports(exits)
             for k, part in enumerate(route(batch, worker_of, layout.n_workers)):
                 # A worker that stops taking ticks (dead, restarting) must not stall the
                 # others: after one timeout its ticks are counted as lost until it drains.
@@ -224,16 +248,28 @@ def run(child: Child, config: Config) -> None:
                 if pushed < len(part):
                     stalled[k] = True
                     lost += len(part) - pushed
+                    if log is not None:  # the worker never saw the rest of its part of this batch
+                        log.add("lost", at, at + len(batch), k, pushed)
             ticks += len(batch)
         n = approved.pop_into(buf, timeout=0.0 if len(batch) else 0.0005)
         if n:
-            send_reports(gw.on_orders(buf[:n].copy()))
+
+            def submitted(at: int = base + ticks, n: int = n) -> None:
+                if log is not None:
+                    log.add("o", at, n)
+                    log.flush()
+
+            send_reports(gw.on_orders(buf[:n].copy(), submitted))
+        if log is not None:
+            log.flush()
         if time.monotonic() >= next_beat:
             next_beat = time.monotonic() + 0.05
             state = FEED_DONE if (feed.done or not feeding) else RUNNING
             child.beat(state, ticks=ticks, orders=gw.orders, rejects=gw.rejects, dropped=lost)
     if recorder is not None:
         recorder.close()
+    if log is not None:
+        log.close()
     _final_stats(store, gw, ticks, lost, feed_s=(feed.finished_at or time.monotonic()) - started)
     child.beat(STOPPED, ticks=ticks, orders=gw.orders, rejects=gw.rejects, dropped=lost)
     store.close()

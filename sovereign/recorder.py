@@ -1,16 +1,28 @@
-"""The live gateway's tick recording: every tick it receives, in the .sovdata form
-(48-byte records), one file per UTC day of market time and per session, each opening
-with the config the session ran with, so `sovereign replay` can run it again.
+"""A live session's recording, so `sovereign replay` can run it again to the same
+decisions:
 
-Files are named ticks-YYYY-MM-DD-<session>.sovdata, where the session is the UTC start
-time of the gateway; files whose day is more than `retention_days` before the newest
-are deleted as new days begin. Writes are appended a batch at a time (no fsync: the
-recording is evidence, not state; a crash may cut the last record short, and the reader
-ignores and reports such a tail).
+- ticks: every tick the gateway receives, in the .sovdata form (48-byte records), one
+  file per UTC day of market time and per session, each opening with the config the
+  session ran with (ticks-YYYY-MM-DD-<session>.sovdata);
+- events: each process's log of *when* it took its inputs (events-<session>-<role>.jsonl,
+  one orjson list per line): which signals and reports the coordinator took together and
+  the ids it gave its intents; the quotes and clock risk decided with; the tick position
+  at which the gateway sent each batch of orders and filled stops and targets; what state
+  each process started from. Everything else (signals, intents, sizes, fills) is
+  recomputed by the replay from the ticks, so the log fixes the schedule and nothing of
+  the decisions themselves;
+- snapshot-<session>-worker-<k>.bin: the agents a worker restored at the session's start.
+
+The session is the UTC start time of the supervisor, shared by every process. Files whose
+day is more than `retention_days` before the newest are deleted as new days begin, and a
+session's events and snapshots go with its last tick file. Writes are appended (no
+fsync: a recording is evidence, not state; a crash may cut the last record or line short,
+and the readers ignore and report such a tail).
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -18,45 +30,125 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
-from sovereign.datafile import FILE_TICK_DTYPE, SUFFIX, header_bytes
+from sovereign.data import DataError
+from sovereign.datafile import FILE_TICK_DTYPE, SUFFIX, header_bytes, read_header
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
 NAME = re.compile(r"^ticks-(\d{4}-\d{2}-\d{2})-(\d{8}T\d{6}Z)" + re.escape(SUFFIX) + "$")
+SIDECAR = re.compile(r"^(?:events|snapshot)-(\d{8}T\d{6}Z)-")  # a session's events and snapshots
+
+
+def new_session() -> str:
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+
+
+def record_dir(config: Any) -> Path | None:
+    """Where a session is recorded (None: recording is off, system.record_days = 0)."""
+    s = config.system
+    if not s.record_days:
+        return None
+    return Path(s.record_dir or Path(s.state_dir) / "recordings")
+
+
+class EventLog:
+    """One process's event log for a session: orjson lists, one per line, appended.
+    `add` buffers; `flush` writes what was added with one write() (call it once per turn
+    of the process's loop)."""
+
+    def __init__(self, directory: str | Path, session: str, role: str):
+        path = Path(directory) / f"events-{session}-{role}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self.lines: list[bytes] = []
+
+    def add(self, *event: Any) -> None:
+        self.lines.append(orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS))
+
+    def flush(self) -> None:
+        if self.lines:
+            self.lines.append(b"")
+            os.write(self.fd, b"\n".join(self.lines))
+            self.lines.clear()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            self.flush()
+            os.close(self.fd)
+            self.fd = -1
+
+
+def event_log(config: Any, session: str, role: str) -> EventLog | None:
+    """The role's event log for this session, or None when recording is off."""
+    directory = record_dir(config)
+    return None if directory is None or not session else EventLog(directory, session, role)
+
+
+def read_events(directory: str | Path, session: str) -> tuple[dict[str, list[list[Any]]], list[str]]:
+    """Every role's events of a session, and what was wrong with them (a line cut short by
+    a crash is the only thing that may be, and only at the end of a file)."""
+    out: dict[str, list[list[Any]]] = {}
+    issues: list[str] = []
+    prefix = f"events-{session}-"
+    for path in sorted(Path(directory).glob(prefix + "*.jsonl")):
+        role = path.name[len(prefix) : -len(".jsonl")]
+        lines = path.read_bytes().split(b"\n")
+        events = out.setdefault(role, [])
+        for i, line in enumerate(lines, 1):
+            if not line:
+                continue
+            try:
+                events.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                if i < len(lines) - 1:
+                    raise ValueError(f"{path}:{i}: not an event (a corrupt log)") from None
+                issues.append(f"{path}:{i}: the last line was cut short (a crash?); ignored")
+    return out, issues
 
 
 class Recorder:
-    def __init__(self, directory: str | Path, meta: dict[str, Any], retention_days: int):
+    def __init__(self, directory: str | Path, meta: dict[str, Any], retention_days: int, session: str = ""):
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.meta = {"kind": "ticks", **meta}
         self.retention_days = retention_days
-        self.session = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        self.session = session or new_session()
         self.day = -1
         self.fd = -1
-        self.ticks = 0
+        self.ticks = 0  # ticks in this session's recording: a restarted gateway goes on counting
+        for path in self.dir.glob(f"ticks-*-{self.session}{SUFFIX}"):
+            self.ticks += _whole_records(path)
+            m = NAME.match(path.name)
+            if m is not None:  # and goes on in the session's newest file
+                self.day = max(self.day, int(np.datetime64(m.group(1), "D").astype(np.int64)))
 
     def write(self, ticks: np.ndarray) -> None:
-        """Append a batch (TICK_DTYPE, time order); a new UTC day starts a new file."""
+        """Append a batch (TICK_DTYPE) in the order received. A tick of a later UTC day than
+        the current file's starts the next file; a tick of an earlier day (a feed going back
+        in time, a restarted gateway) stays in the current one, so the files, read in day
+        order, hold the ticks in the order the gateway received them."""
         if not len(ticks):
             return
-        days = ticks["ts_ns"] // DAY_NS
-        for day in np.unique(days).tolist():
-            part = ticks[days == day] if days[0] != days[-1] else ticks
-            if day != self.day:
-                self._open(day)
-            rec = np.zeros(len(part), FILE_TICK_DTYPE)
+        days = np.maximum.accumulate(np.maximum(ticks["ts_ns"] // DAY_NS, self.day))
+        cuts = [0, *(np.flatnonzero(np.diff(days)) + 1).tolist(), len(ticks)]
+        for a, b in itertools.pairwise(cuts):
+            if days[a] != self.day or self.fd < 0:
+                self._open(int(days[a]))
+            rec = np.zeros(b - a, FILE_TICK_DTYPE)
             for name in FILE_TICK_DTYPE.names or ():
-                rec[name] = part[name]
+                rec[name] = ticks[name][a:b]
             os.write(self.fd, rec.tobytes())
-            self.ticks += len(part)
+            self.ticks += b - a
 
     def _open(self, day: int) -> None:
         self.close()
         self.day = day
         date = time.strftime("%Y-%m-%d", time.gmtime(day * 86_400))
         path = self.dir / f"ticks-{date}-{self.session}{SUFFIX}"
+        if path.exists():  # a restarted gateway: a record cut short by the crash would misalign the rest
+            _whole_records(path, trim=True)
         new = not path.exists()
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         if new:
@@ -64,16 +156,24 @@ class Recorder:
         self.prune()
 
     def prune(self) -> list[Path]:
-        """Delete recordings older than the retention, counted from the newest day."""
+        """Delete recordings older than the retention, counted from the newest day, and the
+        events and snapshots of sessions with no tick file left."""
         if self.retention_days <= 0:
             return []
-        gone = []
+        gone, sessions = [], {self.session}
         for path in sorted(self.dir.iterdir()):
             m = NAME.match(path.name)
             if m is None:
                 continue
             day = int(np.datetime64(m.group(1), "D").astype(np.int64))
             if day < self.day - self.retention_days:
+                path.unlink(missing_ok=True)
+                gone.append(path)
+            else:
+                sessions.add(m.group(2))
+        for path in sorted(self.dir.iterdir()):
+            m = SIDECAR.match(path.name)
+            if m is not None and m.group(1) not in sessions:
                 path.unlink(missing_ok=True)
                 gone.append(path)
         return gone
@@ -84,6 +184,20 @@ class Recorder:
             self.fd = -1
 
 
+def _whole_records(path: Path, trim: bool = False) -> int:
+    """The whole tick records in a recording file; trim: cut a partial last one off."""
+    try:
+        _, offset = read_header(path)
+    except DataError:  # a header cut short: nothing usable in it
+        if trim:
+            path.unlink()
+        return 0
+    n, tail = divmod(path.stat().st_size - offset, FILE_TICK_DTYPE.itemsize)
+    if trim and tail:
+        os.truncate(path, offset + n * FILE_TICK_DTYPE.itemsize)
+    return n
+
+
 def recordings(path: str | Path) -> list[Path]:
     """The recording files at `path` (a file, or a directory of them), oldest first."""
     p = Path(path)
@@ -91,3 +205,9 @@ def recordings(path: str | Path) -> list[Path]:
         found = [(m.group(2), f.name, f) for f in p.iterdir() if (m := NAME.match(f.name))]
         return [f for _, _, f in sorted(found)]  # by session, then day
     return [p]
+
+
+def session_of(path: str | Path) -> str | None:
+    """The session a recording file belongs to (None: not named as a recording)."""
+    m = NAME.match(Path(path).name)
+    return m.group(2) if m else None

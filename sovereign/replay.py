@@ -1,92 +1,585 @@
-"""Replay a live session: its recorded ticks through the backtest wiring, with the config
-it ran with, compared with what the live system decided (its LMDB state).
+"""Replay a live session to the same decisions: its recorded ticks through the live
+components (AgentPool, Coordinator, Risk, PaperBroker) in one process, on the schedule
+the live processes kept, compared with what the live system decided (its LMDB state).
 
-Compared, in the time span of the recording:
-- signals, every field but origin_ns (the live receive clock): exactly;
-- the coordinator's decisions: each intent's time, symbol, side and agent, and whether risk
-  approved it or refused it and why;
-- for the approved orders: volume, stop and target (risk's sizing), reported as
-  differences when they differ, with the fill prices side by side.
+What is taken from the recording (sovereign/recorder.py):
+- the ticks, in the order the gateway received them, and the config the session ran with;
+- the schedule, from each process's event log: which signals and reports the coordinator
+  took together, and the ids it gave its intents; each batch of intents and reports risk
+  took, with the clock and the quotes it read (risk reads the quote board while the feed
+  runs on, so the quote it sizes with is an input, and each one is checked against the
+  recorded ticks); the tick position at which the gateway sent each batch of orders and
+  filled stops and targets; the state each process started from (and restarted from).
 
-The agents see exactly the recorded ticks, so signals must match bit for bit; any
-difference is a defect and is reported first. Live orders go through processes that run
-concurrently: risk sizes from the quote on the board when the intent reaches it, and the
-broker fills at the quote when the order reaches it, a few ticks after the tick the
-backtest decides on. Such differences are listed, never hidden.
+Everything else is recomputed: the signals (every field but origin_ns, the receive
+clock), the intents, risk's approvals, refusals and sizes, every fill, exit and its P&L.
+They are compared with the live state: signals, orders by client id, executions by
+client id or deal ticket. Any difference is listed; none is expected, so any is a defect.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sovereign.config import Config, from_dict
-from sovereign.core import SIGNAL_DTYPE
+from sovereign.broker.paper import Execution, PaperBroker
+from sovereign.config import Config, RiskConfig, from_dict
+from sovereign.coordinator import Coordinator
+from sovereign.core import ORDER_DTYPE, SIGNAL_DTYPE, TICK_DTYPE
 from sovereign.data import DataError
 from sovereign.datafile import Market, open_file
-from sovereign.recorder import recordings
+from sovereign.gateway import _report, exec_key, execute, make_broker
+from sovereign.recorder import read_events, recordings, session_of
+from sovereign.risk import Reason, Risk, _command
+from sovereign.runtime import symbol_specs
+from sovereign.worker import build_pool
 
 SIGNAL_FIELDS = [n for n in SIGNAL_DTYPE.names or () if n != "origin_ns"]
-DECISION = ("ts_ns", "symbol", "side", "agent")
+ROLES = ("gateway", "risk", "coordinator")
+UNLOGGED_ID = 1 << 62  # ids for intents the live session never made (a difference)
 
 
-def load_recording(path: str | Path) -> tuple[Market, Config]:
-    """A recording (a file or a directory of them) as one Market, and its config."""
-    files = recordings(path)
-    if not files:
+@dataclass
+class Session:
+    """One recorded session: its ticks, config, event logs and where they lie."""
+
+    name: str
+    market: Market
+    config: Config
+    directory: Path
+    events: dict[str, list[list[Any]]]
+    issues: list[str]
+
+
+def sessions(path: str | Path) -> list[str]:
+    """The sessions recorded at `path` (a recordings directory), oldest first."""
+    return sorted({s for f in recordings(path) if (s := session_of(f)) is not None})
+
+
+def load_session(path: str | Path, session: str | None = None) -> Session:
+    """A recorded session: `path` is one of its tick files, or the recordings directory
+    (then `session`, or the newest)."""
+    p = Path(path)
+    if not p.is_dir():
+        named = session_of(p)
+        if named is None:
+            open_file(p)  # says what is wrong with it
+            raise DataError(f"{p}: not a recording (named ticks-<day>-<session>.sovdata)")
+        session, p = named, p.parent
+    found = sessions(p)
+    if not found:
         raise DataError(f"{path}: no recordings (ticks-*.sovdata) here")
+    if session is None:
+        session = found[-1]
+    elif session not in found:
+        raise DataError(f"{path}: no session {session}; recorded here: {', '.join(found)}")
+    files = [f for f in recordings(p) if session_of(f) == session]
     parts = [open_file(f) for f in files]
     first = parts[0]
     if "config" not in first.meta:
         raise DataError(f"{files[0]}: not a recording (its header has no config)")
-    for f, m in zip(files[1:], parts[1:], strict=True):
-        if m.meta.get("config") != first.meta["config"] or m.names != first.names:
-            raise DataError(f"{f}: recorded with another config or other symbols than {files[0]}; "
-                            "replay the sessions one by one")  # fmt: skip
     records = np.concatenate([np.asarray(m.records) for m in parts])
-    issues = [i for m in parts for i in m.issues]
-    market = Market("ticks", records, first.names, issues, first.meta)
-    return market, from_dict(first.meta["config"])
+    issues = [f"{f}:{line}: {what}" for m in parts for f, line, what in m.issues]
+    market = Market("ticks", records, first.names, [i for m in parts for i in m.issues], first.meta)
+    try:
+        events, more = read_events(p, session)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    return Session(session, market, from_dict(first.meta["config"]), p, events, issues + more)
 
 
-def live_signals(t: Any, first_ns: int, last_ns: int) -> np.ndarray:
-    raw = [v for _, v in t.items("signals", raw=True)]
-    recs = np.frombuffer(b"".join(raw), SIGNAL_DTYPE) if raw else np.zeros(0, SIGNAL_DTYPE)
-    return recs[(recs["ts_ns"] >= first_ns) & (recs["ts_ns"] <= last_ns + 86_400 * 10**9)]
+class _Fifo:
+    """A ring between two processes, as a list: what was produced, and how much was taken.
+
+    A process killed between logging an event and pushing what it made never pushed it:
+    `caps` are the ring's pushed counts logged by each restart of the producer, so what
+    the replay's producer makes beyond the next one is dropped as it is made."""
+
+    def __init__(self) -> None:
+        self.items: list[np.void] = []
+        self.taken = 0
+        self.caps: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self.items) - self.taken
+
+    def put(self, records: np.ndarray) -> None:
+        room = self.caps[0] - len(self.items) if self.caps else len(records)
+        self.items.extend(records[: max(room, 0)])
+
+    def restarted(self, pushed: int) -> bool:
+        """The producer restarted when the ring had taken `pushed` records; False if the
+        replay made fewer than that."""
+        if self.caps:
+            self.caps.pop(0)
+        return len(self.items) == pushed
+
+    def skip_to(self, popped: int) -> None:
+        """The consumer restarted: what its last run popped but never logged is gone."""
+        self.taken = max(self.taken, min(popped, len(self.items)))
+
+    def take(self, n: int) -> np.ndarray:
+        out = self.items[self.taken : self.taken + n]
+        self.taken += len(out)
+        return np.array(out, ORDER_DTYPE) if out else np.zeros(0, ORDER_DTYPE)
 
 
-def live_orders(t: Any, first_ns: int) -> list[dict[str, Any]]:
-    """The live coordinator's intents (agent-made orders; risk's own closes are left out)."""
-    out = []
-    for _, o in t.items("orders"):
-        if int(o.get("ts_ns", 0)) < first_ns or o.get("reason") == "FLATTEN":
-            continue
-        if "agent" in o and o["agent"] == 0xFFFFFFFF:
-            continue
-        out.append(o)
-    return out
+class _Ids:
+    """Client ids as the live process gave them, event by event."""
+
+    def __init__(self) -> None:
+        self.given: list[int] = []
+        self.extra = UNLOGGED_ID
+
+    def __call__(self) -> int:
+        if self.given:
+            return self.given.pop(0)
+        self.extra += 1
+        return self.extra
 
 
-def compare(replayed: np.ndarray, orders: list[dict[str, Any]], live_sig: np.ndarray,
-            live_ord: list[dict[str, Any]], names: list[str], limit: int = 20) -> dict[str, Any]:  # fmt: skip
+@dataclass
+class Replay:
+    """What a replay produced and what it could not follow."""
+
+    signals: np.ndarray
+    orders: dict[int, dict[str, Any]] = field(default_factory=dict)  # client id -> the order
+    executions: dict[str, dict[str, Any]] = field(default_factory=dict)  # order:<cid> / deal:<ticket>
+    problems: list[str] = field(default_factory=list)  # where the schedule could not be followed
+    first_ticket: int = 1
+    # A coordinator killed between taking signals and writing them to its history (every
+    # 0.1 s) leaves them out of it: how many, and the signals it may have been.
+    history_lost: int = 0
+    lost_from: np.ndarray | None = None
+    # Intents or approved orders a risk or gateway popped as it was killed, before it
+    # recorded them: never sent, and the live state has no record of them.
+    unrecorded: list[int] = field(default_factory=list)
+
+
+class Replayer:
+    """Drives the components through a session's schedule (see the module docstring)."""
+
+    def __init__(self, s: Session):
+        self.s, self.config = s, s.config
+        self.n = len(s.market.names)
+        records = s.market.records
+        self.ticks = np.zeros(len(records), TICK_DTYPE)
+        for name in ("ts_ns", "bid", "ask", "last", "volume", "symbol", "flags"):
+            self.ticks[name] = records[name]
+        self.ticks["recv_ns"] = np.arange(len(records))  # a signal's origin: its trigger's position
+        gateway = s.events.get("gateway", [])
+        if not gateway or gateway[0][0] != "start":
+            raise DataError(f"session {s.name}: no event logs (recorded by an older version, or "
+                            "system.record_days was 0): its orders cannot be replayed")  # fmt: skip
+        self.n_workers = int(gateway[0][1]["n_workers"])
+        self.notes: list[str] = []
+        self.out = Replay(self._signals(), first_ticket=int(gateway[0][1]["broker"]["next_ticket"]))
+        self.out.problems += self.notes
+        self.sig_taken = [0] * self.n_workers
+        self.intents, self.approved = _Fifo(), _Fifo()
+        self.reports = {"risk": _Fifo(), "coordinator": _Fifo()}
+        self.coord_ids, self.risk_ids = _Ids(), _Ids()
+        self.coord = Coordinator(self.config, self.coord_ids)
+        self.risk = Risk(self.config, symbol_specs(self.config, self.n), self.risk_ids)
+        self.broker: PaperBroker = make_broker(self.config, self.n)
+        self.pos = 0
+        self._caps()
+        self.by_symbol = np.lexsort((self.ticks["ts_ns"], self.ticks["symbol"]))  # to find risk's quotes
+        self.sorted_symbols = self.ticks["symbol"][self.by_symbol]
+        self.sorted_ts = self.ticks["ts_ns"][self.by_symbol]
+
+    # ---- the agents: each worker's ticks through its own pool, as live
+
+    def _signals(self) -> np.ndarray:
+        owner = np.arange(self.n) % self.n_workers
+        keep = np.ones(len(self.ticks), bool)
+        for j, e in enumerate(self.s.events.get("gateway", [])):
+            if e[0] == "lost":  # the worker's ticks of that batch beyond what its ring took
+                _, a, b, k, pushed = e
+                mine = a + np.flatnonzero(owner[self.ticks["symbol"][a:b]] == k)
+                keep[mine[pushed:]] = False
+            elif e[0] == "start" and j:  # a gateway killed between recording ticks and pushing them
+                base = int(e[1]["base"])
+                for k, pushed in enumerate(e[1]["rings"]["ticks"]):
+                    mine = np.flatnonzero(keep[:base] & (owner[self.ticks["symbol"][:base]] == k))
+                    keep[mine[int(pushed) :]] = False
+        out = []
+        for k in range(self.n_workers):
+            pool = build_pool(list(range(k, self.n, self.n_workers)))
+            ticks = self.ticks[keep & (owner[self.ticks["symbol"]] == k)]
+            events = self.s.events.get(f"worker-{k}", [])
+            starts = [e for e in events if e[0] == "start"]
+            seen0 = 0
+            if starts and starts[0][1]["snapshot"]:
+                pool.restore((self.s.directory / starts[0][1]["snapshot"]).read_bytes())
+                seen0 = int(starts[0][1]["seen"])
+            if len(starts) > 1:
+                self.notes.append(f"worker-{k} restarted during the session: its later signals may differ")
+            done = 0
+            for e in events:
+                if e[0] == "flush":  # a bar the clock closed (realtime feed), after this many ticks
+                    _, cut, seen, _n = e
+                    upto = min(max(int(seen) - seen0, done), len(ticks))
+                    out.append(pool.on_ticks(ticks[done:upto]))
+                    out.append(pool.flush(int(cut)))
+                    done = upto
+            out.append(pool.on_ticks(ticks[done:]))
+        return np.concatenate(out) if out else np.zeros(0, SIGNAL_DTYPE)
+
+    def _outputs(self, role: str) -> tuple[str, list[_Fifo]]:
+        """The ring a role pushes into (its name in the start event) and its replay FIFOs."""
+        if role == "coordinator":
+            return "intents", [self.intents]
+        if role == "risk":
+            return "approved", [self.approved]
+        return "reports", [self.reports["risk"], self.reports["coordinator"]]
+
+    def _caps(self) -> None:
+        """Each ring's pushed count at every restart of its producer (see _Fifo)."""
+        for role in ROLES:
+            name, fifos = self._outputs(role)
+            for d in [e[1] for e in self.s.events.get(role, []) if e[0] == "start"][1:]:
+                pushed = d.get("rings", {}).get(name, [])
+                for fifo, n in zip(fifos, pushed if isinstance(pushed, list) else [pushed], strict=False):
+                    fifo.caps.append(int(n))
+
+    # ---- the schedule
+
+    def run(self) -> Replay:
+        by_worker = [self.out.signals[self._owner(self.out.signals) == k] for k in range(self.n_workers)]
+        self.by_worker = by_worker
+        self.starts = dict.fromkeys(ROLES, 0)
+        events = {r: self.s.events.get(r, []) for r in ROLES}
+        at = dict.fromkeys(ROLES, 0)
+        while True:
+            moved = False
+            for role in ROLES:
+                while at[role] < len(events[role]) and self._step(role, events[role][at[role]]):
+                    at[role] += 1
+                    moved = True
+            if not moved:
+                break
+        for role in ROLES:
+            if at[role] < len(events[role]):
+                self.out.problems.append(f"{role}: stuck at its event {at[role] + 1} of {len(events[role])} "
+                                         f"{events[role][at[role]][:3]}: what it took live was never "
+                                         "produced here")  # fmt: skip
+        self._apply(len(self.ticks))
+        return self.out
+
+    def _owner(self, signals: np.ndarray) -> np.ndarray:
+        return np.asarray(signals["symbol"]) % self.n_workers
+
+    def _step(self, role: str, e: list[Any]) -> bool:
+        kind = e[0]
+        if kind == "start":
+            if not self._inputs_ready(role, e[1].get("rings", {})):
+                return False
+            self._start(role, e[1])
+        elif role == "gateway":
+            return self._gateway(e)
+        elif role == "coordinator":
+            return self._coordinator(e)
+        else:
+            return self._risk(e)
+        return True
+
+    def _start(self, role: str, d: dict[str, Any]) -> None:
+        """A process (re)started from the state it logged, and where it found its rings."""
+        self.starts[role] += 1
+        if role == "coordinator":
+            self.coord_start = d
+        if self.starts[role] > 1:
+            self._rings(role, d.get("rings", {}))
+        if role == "gateway":
+            # A gateway killed after committing exits and before logging them: the replay's
+            # broker filled them too, and must now hold exactly what the new one loaded.
+            self._apply(int(d["base"]), quiet=self.starts[role] > 1)
+            if self.starts[role] > 1:
+                self._undo_undurable(d)
+            self.broker = make_broker(self.config, self.n)
+            self.broker.load_dict(d["broker"])
+            self.pos = int(d["base"])
+        elif role == "coordinator":
+            self.coord = Coordinator(self.config, self.coord_ids)
+            self.coord.load_positions({int(s): Decimal(v) for s, v in d["volumes"].items()})
+        else:
+            self.risk = Risk(self.config, symbol_specs(self.config, self.n), self.risk_ids)
+            self.risk.load_dict(d["state"])
+            self.risk.ledger.load_dict(d["ledger"])
+
+    def _undo_undurable(self, d: dict[str, Any]) -> None:
+        """What the killed gateway did after its last commit died with it: executions it
+        never committed (tickets from the new one's counter on; orders it found SUBMITTING
+        and resolved), so the replay's are dropped, and the broker restarts from the state
+        it committed. With nothing to drop, the replay's broker must hold exactly that."""
+        recovered = {int(c): state for c, state in d.get("recovered", {}).items()}
+        first = int(d["broker"]["next_ticket"])
+        gone = [k for k, x in self.out.executions.items()
+                if (k.startswith("deal:") and int(x["ticket"]) >= first)
+                or (k.startswith("order:") and int(x["client_order_id"]) in recovered)]  # fmt: skip
+        for k in gone:
+            del self.out.executions[k]
+        for cid, state in recovered.items():
+            order = self.out.orders.get(cid)
+            if order is not None:
+                for f in ("fill_price", "ticket", "commission", "realized_pnl", "retcode"):
+                    order.pop(f, None)
+                order["state"] = state
+        if not gone and self.broker.to_dict() != d["broker"]:
+            self.out.problems.append(f"gateway restarted at tick {d['base']} with another account than the "
+                                     "replay's broker held there")  # fmt: skip
+
+    def _inputs_ready(self, role: str, rings: dict[str, Any]) -> bool:
+        """A restarted consumer skips what its last run popped: wait until it was made."""
+        if self.starts[role] == 0:
+            return True
+        if role == "coordinator":
+            return len(self.reports["coordinator"].items) >= int(rings.get("reports", 0))
+        if role == "risk":
+            return (len(self.intents.items) >= int(rings.get("intents", 0))
+                    and len(self.reports["risk"].items) >= int(rings.get("reports", 0)))  # fmt: skip
+        return len(self.approved.items) >= int(rings.get("approved", 0))
+
+    def _rings(self, role: str, rings: dict[str, Any]) -> None:
+        name, fifos = self._outputs(role)
+        pushed = rings.get(name, [])
+        for fifo, n in zip(fifos, pushed if isinstance(pushed, list) else [pushed], strict=False):
+            if not fifo.restarted(int(n)):
+                self.out.problems.append(f"{role} restarted with {n} records pushed, the replay had made "
+                                         f"{len(fifo.items)}")  # fmt: skip
+        if role == "coordinator":
+            popped = [int(n) for n in rings.get("signals", [])]
+            for k, n in enumerate(popped):
+                self.sig_taken[k] = max(self.sig_taken[k], min(n, len(self.by_worker[k])))
+            self.reports["coordinator"].skip_to(int(rings.get("reports", 0)))
+            first = next(e[1] for e in self.s.events["coordinator"] if e[0] == "start")
+            recorded = int(self.coord_start.get("signals_after", 0)) - int(first.get("signals_after", 0))
+            self.out.history_lost = sum(popped) - recorded
+            self.out.lost_from = np.concatenate([w[:n] for w, n in zip(self.by_worker, popped, strict=False)])
+        elif role == "risk":
+            self._lost(self.intents, int(rings.get("intents", 0)))
+            self.reports["risk"].skip_to(int(rings.get("reports", 0)))
+        else:
+            self._lost(self.approved, int(rings.get("approved", 0)))
+
+    def _lost(self, fifo: _Fifo, popped: int) -> None:
+        """Orders a killed risk or gateway popped before it recorded them: never sent, and
+        the live state has no record of them; the replay leaves them out too (and says so)."""
+        before = fifo.taken
+        fifo.skip_to(popped)
+        for rec in fifo.items[before : fifo.taken]:
+            cid = int(rec["client_order_id"])
+            self.out.unrecorded.append(cid)
+            self.out.orders.pop(cid, None)
+
+    def _gateway(self, e: list[Any]) -> bool:
+        if e[0] == "t":  # a batch of ticks that filled stops or targets
+            self._apply(int(e[1]))
+            self._exits(self.broker.on_ticks(self.ticks[e[1] : e[2]]))
+            self.pos = int(e[2])
+        elif e[0] == "o":  # a batch of approved orders sent, after this many ticks
+            if len(self.approved) < e[2]:
+                return False
+            self._apply(int(e[1]))
+            batch = self.approved.take(int(e[2]))
+            for rec in batch:
+                ex = execute(self.broker, rec)
+                self._executed(ex, rec)
+                self._report(np.array([_report(ex, rec)], ORDER_DTYPE))
+        return True
+
+    def _coordinator(self, e: list[Any]) -> bool:
+        if e[0] == "s":  # signals from worker k's ring
+            _, k, n, ids = e
+            have = self.by_worker[k]
+            batch = have[self.sig_taken[k] : self.sig_taken[k] + n]
+            if len(batch) < n:
+                self.out.problems.append(f"coordinator: took {n} signals of worker-{k} live, the replay "
+                                         f"had {len(batch)} left")  # fmt: skip
+            self.sig_taken[k] += len(batch)
+            self.coord_ids.given = list(ids)
+            intents = self.coord.on_signals(batch)
+            self._unused_ids("coordinator", self.coord_ids)
+            for rec in intents:
+                self.out.orders[int(rec["client_order_id"])] = {
+                    "ts_ns": int(rec["ts_ns"]), "symbol": int(rec["symbol"]), "side": int(rec["side"]),
+                    "conviction": float(rec["conviction"]), "state": "INTENT"}  # fmt: skip
+            self.intents.put(intents)
+        elif e[0] == "r":
+            if len(self.reports["coordinator"]) < e[1]:
+                return False
+            self.coord.on_reports(self.reports["coordinator"].take(int(e[1])))
+        return True
+
+    def _risk(self, e: list[Any]) -> bool:
+        kind = e[0]
+        if kind == "r":
+            if len(self.reports["risk"]) < e[1]:
+                return False
+            self.risk.on_reports(self.reports["risk"].take(int(e[1])))
+            return True
+        if kind == "i" and len(self.intents) < e[1]:
+            return False
+        _, arg, now, logged, ids = e  # every decision: (kind, what, clock, quotes read, ids given)
+        quotes = self._quotes(logged)
+        self.risk_ids.given = list(ids)
+        if kind == "i":
+            ok, refused = self.risk.on_intents(self.intents.take(int(arg)), quotes, now)
+            for rec, why in refused:
+                self.out.orders.setdefault(int(rec["client_order_id"]), {}).update(
+                    state="REJECTED", reason=why.name)
+            out = ok
+        elif kind == "m":
+            out = self.risk.mark(quotes, now)
+        else:  # a command
+            msg = list(arg)
+            if msg[0] == "reload":
+                msg[1] = RiskConfig(**msg[1])
+            out, _ = _command(self.risk, tuple(msg), quotes, now)
+        self._unused_ids("risk", self.risk_ids)
+        for rec in out:
+            order = self.out.orders.setdefault(int(rec["client_order_id"]), {
+                "ts_ns": int(rec["ts_ns"]), "symbol": int(rec["symbol"]), "side": int(rec["side"]),
+                "conviction": float(rec["conviction"])})  # fmt: skip
+            order.update(state="SUBMITTING", volume=float(rec["volume"]), price=float(rec["price"]),
+                         sl=float(rec["sl"]), tp=float(rec["tp"]), agent=int(rec["agent"]),
+                         reason=Reason(int(rec["reason"])).name)  # fmt: skip
+        self.approved.put(out)
+        return True
+
+    def _quotes(self, logged: dict[str, list[Any]]) -> Callable[[int], tuple[int, float, float, int]]:
+        table = {int(s): (int(q[0]), float(q[1]), float(q[2]), int(q[3])) for s, q in logged.items()}
+        for s, (ts, bid, ask, _) in table.items():
+            if ts and self._tick_at(s, ts, bid, ask) is None:
+                self.out.problems.append(f"risk read a quote of {self.s.market.names[s]} at {ts} "
+                                         f"({bid}/{ask}) that is not in the recording")  # fmt: skip
+
+        def quotes(symbol: int) -> tuple[int, float, float, int]:
+            if symbol not in table:
+                self.out.problems.append(f"risk asked for a quote of symbol {symbol} it never read live")
+                return 0, 0.0, 0.0, 0
+            return table[symbol]
+
+        return quotes
+
+    def _tick_at(self, symbol: int, ts: int, bid: float, ask: float) -> int | None:
+        """The position of a recorded tick of `symbol` at `ts` quoting bid/ask, if any."""
+        lo = np.searchsorted(self.sorted_symbols, symbol, "left")
+        hi = np.searchsorted(self.sorted_symbols, symbol, "right")
+        times = self.sorted_ts[lo:hi]
+        a, b = np.searchsorted(times, ts, "left"), np.searchsorted(times, ts, "right")
+        for j in self.by_symbol[lo + a : lo + b]:
+            if self.ticks["bid"][j] == bid and self.ticks["ask"][j] == ask:
+                return int(j)
+        return None
+
+    def _unused_ids(self, role: str, ids: _Ids) -> None:
+        if ids.given:
+            self.out.problems.append(f"{role}: live made orders {ids.given} here, the replay did not")
+            ids.given = []
+
+    def _apply(self, upto: int, quiet: bool = False) -> None:
+        """The ticks up to position `upto` through the broker: live, none of them filled a
+        stop or target (those batches are logged), so any exit here is a difference."""
+        if upto <= self.pos:
+            return
+        fills = self.broker.on_ticks(self.ticks[self.pos : upto])
+        if fills and not quiet:
+            self.out.problems.append(f"gateway: {len(fills)} stop/target fills between positions {self.pos} "
+                                     f"and {upto}, where live had none")  # fmt: skip
+        self._exits(fills)
+        self.pos = upto
+
+    def _exits(self, fills: list[Execution]) -> None:
+        for ex in fills:
+            self.out.executions[f"deal:{ex.ticket}"] = ex.to_dict()
+        if fills:
+            self._report(np.array([_report(ex, None) for ex in fills], ORDER_DTYPE))
+
+    def _executed(self, ex: Execution, rec: np.void) -> None:
+        cid = int(rec["client_order_id"])
+        self.out.executions[f"order:{cid}"] = ex.to_dict()
+        order = self.out.orders[cid]
+        if ex.retcode == 10009:
+            order.update(state="FILLED", fill_price=str(ex.price), ticket=ex.ticket,
+                         commission=str(ex.commission), realized_pnl=str(ex.realized_pnl))  # fmt: skip
+        else:
+            order.update(state="REJECTED", retcode=int(ex.retcode))
+
+    def _report(self, reports: np.ndarray) -> None:
+        for fifo in self.reports.values():
+            fifo.put(reports)
+
+
+def replay(s: Session) -> Replay:
+    return Replayer(s).run()
+
+
+# ---- what the live system decided
+
+
+def live_signals(t: Any, s: Session) -> np.ndarray:
+    """The signals the session's coordinator took (those the history still keeps)."""
+    starts = [e[1] for e in s.events.get("coordinator", []) if e[0] == "start"]
+    after = int(starts[0].get("signals_after", 0)) if starts else 0
+    raw = [v for k, v in t.items("signals", after + 1, raw=True)]
+    return np.frombuffer(b"".join(raw), SIGNAL_DTYPE) if raw else np.zeros(0, SIGNAL_DTYPE)
+
+
+def session_ids(s: Session) -> list[int]:
+    """Every client id the session's coordinator and risk gave an order."""
+    ids = [i for e in s.events.get("coordinator", []) if e[0] == "s" for i in e[3]]
+    ids += [i for e in s.events.get("risk", []) if e[0] in ("m", "c") for i in e[4]]
+    return ids
+
+
+def live_state(t: Any, s: Session, r: Replay) -> dict[str, Any]:
+    """The live orders and executions the replay is compared with."""
+    orders = {cid: o for cid in session_ids(s) if (o := t.get("orders", cid)) is not None}
+    execs = {f"order:{cid}": x for cid in orders if (x := t.get("bridge", exec_key(cid))) is not None}
+    for key, x in t.items("bridge", b"deal:"):
+        if not bytes(key).startswith(b"deal:"):
+            break
+        if int(x["ticket"]) >= r.first_ticket:
+            execs[f"deal:{x['ticket']}"] = x
+    return {"orders": orders, "executions": execs}
+
+
+# ---- the comparison
+
+
+def compare(r: Replay, live_sig: np.ndarray, live: dict[str, Any], names: list[str],
+            limit: int = 20) -> dict[str, Any]:  # fmt: skip
     """Differences between the replay and the live session (see the module docstring)."""
-    sig = _signal_diff(replayed, live_sig, names, limit)
-    mine = [o for o in orders if o["agent"] != 0xFFFFFFFF]
-    dec = _order_diff(mine, live_ord, names, limit)
-    return {"signals": sig, "orders": dec, "identical": sig["identical"] and dec["identical"]}
+    sig = _signal_diff(r.signals, live_sig, names, limit, r)
+    orders = _record_diff(r.orders, live["orders"], names, limit)
+    execs = _record_diff(r.executions, live["executions"], names, limit)
+    orders["unrecorded"] = r.unrecorded
+    same = sig["identical"] and orders["identical"] and execs["identical"] and not r.problems
+    return {"signals": sig, "orders": orders, "executions": execs, "problems": r.problems[:limit],
+            "n_problems": len(r.problems), "identical": same}  # fmt: skip
 
 
-def _signal_diff(a: np.ndarray, b: np.ndarray, names: list[str], limit: int) -> dict[str, Any]:
+def _rows(signals: np.ndarray) -> set[tuple]:
+    return {tuple(r) for r in np.asarray(signals[SIGNAL_FIELDS]).tolist()}
+
+
+def _signal_diff(a: np.ndarray, b: np.ndarray, names: list[str], limit: int, r: Replay) -> dict[str, Any]:
     if len(b) and len(a):
         a = a[a["ts_ns"] >= b["ts_ns"].min()]  # the live history may have been trimmed
-    ka = np.sort(np.asarray(a[SIGNAL_FIELDS]), order=["ts_ns", "agent"])
-    kb = np.sort(np.asarray(b[SIGNAL_FIELDS]), order=["ts_ns", "agent"])
-    set_a = {tuple(r) for r in ka.tolist()}
-    set_b = {tuple(r) for r in kb.tolist()}
+    set_a, set_b = _rows(a), _rows(b)
     only_replay = sorted(set_a - set_b)
     only_live = sorted(set_b - set_a)
+    lost = 0
+    if (r.history_lost and r.lost_from is not None and len(only_replay) == r.history_lost
+            and set(only_replay) <= _rows(r.lost_from)):  # taken live, never written to the history
+        lost, only_replay = len(only_replay), []
 
     def show(rows: list[tuple]) -> list[dict[str, Any]]:
         out = []
@@ -96,44 +589,48 @@ def _signal_diff(a: np.ndarray, b: np.ndarray, names: list[str], limit: int) -> 
             out.append(d)
         return out
 
-    return {"replayed": len(ka), "live": len(kb), "matched": len(set_a & set_b),
-            "only_in_replay": show(only_replay), "only_live": show(only_live),
+    return {"replayed": len(set_a), "live": len(set_b), "matched": len(set_a & set_b), "n_differ": 0,
+            "not_in_live_history": lost,
+            "only_in_replay": show(only_replay), "n_only_in_replay": len(only_replay),
+            "only_live": show(only_live), "n_only_live": len(only_live),
             "identical": not only_replay and not only_live}  # fmt: skip
 
 
-def _order_diff(mine: list[dict[str, Any]], live: list[dict[str, Any]], names: list[str],
-                limit: int) -> dict[str, Any]:  # fmt: skip
-    def key(o: dict[str, Any]) -> tuple:
-        return int(o["ts_ns"]), int(o["symbol"]), int(o["side"])
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    if isinstance(a, float) or isinstance(b, float):
+        return float(a) == float(b)
+    if isinstance(a, str) and isinstance(b, str) and a != b:
+        try:
+            return Decimal(a) == Decimal(b)  # "1.10" and "1.1" are one price
+        except ArithmeticError:
+            return False
+    return bool(a == b)
 
-    def outcome(o: dict[str, Any]) -> str:
-        if o.get("state", "") != "REJECTED":
-            return "APPROVED"
-        if o.get("retcode"):  # risk approved it; the broker refused it
-            return f"BROKER_REJECTED:{o['retcode']}"
-        return "REJECTED:" + str(o.get("reason", ""))
 
-    live_by = {key(o): o for o in live}
-    mine_by = {key(o): o for o in mine}
+def _record_diff(mine: dict[Any, dict[str, Any]], live: dict[Any, dict[str, Any]], names: list[str],
+                 limit: int) -> dict[str, Any]:  # fmt: skip
+    """Records by key: every field the replay computed, against the live record's."""
+
+    def show(key: Any, rec: dict[str, Any]) -> dict[str, Any]:
+        sym = rec.get("symbol")
+        return {"key": key, "symbol": names[sym] if isinstance(sym, int) and sym < len(names) else sym,
+                "state": rec.get("state", rec.get("reason"))}  # fmt: skip
+
     differ = []
-    for k in sorted(set(live_by) & set(mine_by)):
-        a, b = mine_by[k], live_by[k]
-        what: dict[str, Any] = {}
-        if outcome(a) != outcome(b):
-            what["outcome"] = {"replay": outcome(a), "live": outcome(b)}
-        elif outcome(a) == "APPROVED":
-            for f in ("volume", "sl", "tp"):
-                if abs(float(a[f]) - float(b.get(f, 0.0))) > 1e-12:
-                    what[f] = {"replay": a[f], "live": b.get(f)}
+    for key in sorted(set(mine) & set(live), key=str):
+        a, b = mine[key], live[key]
+        what = {f: {"replay": a[f], "live": b.get(f)} for f in a if not _same(a[f], b.get(f))}
         if what:
-            what["fill_price"] = {"replay": a.get("fill_price"), "live": b.get("fill_price")}
-            differ.append({"time": k[0], "symbol": names[k[1]], "side": k[2], **what})
-    only_r = [{"time": k[0], "symbol": names[k[1]], "side": k[2], "outcome": outcome(mine_by[k])}
-              for k in sorted(set(mine_by) - set(live_by))]  # fmt: skip
-    only_l = [{"time": k[0], "symbol": names[k[1]], "side": k[2], "outcome": outcome(live_by[k])}
-              for k in sorted(set(live_by) - set(mine_by))]  # fmt: skip
-    both = len(set(live_by) & set(mine_by))
+            differ.append({**show(key, a), **what})
+    only_r = [show(k, mine[k]) for k in sorted(set(mine) - set(live), key=str)]
+    only_l = [show(k, live[k]) for k in sorted(set(live) - set(mine), key=str)]
+    both = len(set(mine) & set(live))
     return {"replayed": len(mine), "live": len(live), "matched": both - len(differ),
             "differ": differ[:limit], "n_differ": len(differ), "only_in_replay": only_r[:limit],
             "n_only_in_replay": len(only_r), "only_live": only_l[:limit], "n_only_live": len(only_l),
             "identical": not differ and not only_r and not only_l}  # fmt: skip
+
+
+__all__ = ["Replay", "Session", "compare", "live_signals", "live_state", "load_session", "replay", "sessions"]

@@ -26,6 +26,7 @@ from sovereign.config import Config, RiskConfig
 from sovereign.core import NO_AGENT, ORDER_APPROVED, ORDER_DTYPE, ORDER_FILL, OrderRing, QuoteBoard
 from sovereign.ledger import ZERO, Ledger, same_book, to_decimal
 from sovereign.orders import ClientIds, OrderBook, OrderState
+from sovereign.recorder import event_log
 from sovereign.runtime import RUNNING, STOPPED, Child, symbol_specs
 from sovereign.state import StateStore, Txn
 
@@ -289,7 +290,13 @@ def run(child: Child, config: Config) -> None:
 
     layout = child.layout
     store = StateStore(config.system.state_dir)
-    risk = Risk(config, symbol_specs(config, layout.n_symbols), ClientIds(store).next)
+    ids, issued = ClientIds(store).next, []
+
+    def next_id() -> int:
+        issued.append(ids())
+        return issued[-1]
+
+    risk = Risk(config, symbol_specs(config, layout.n_symbols), next_id)
     saved, book, broker = store.read(lambda t: (t.get("risk", STATE_KEY), t.get("positions", BOOK_KEY),
                                                 t.get("bridge", BROKER_KEY)))  # fmt: skip
     if saved is not None:
@@ -305,9 +312,40 @@ def run(child: Child, config: Config) -> None:
 
         store.write(reconcile)
     board = QuoteBoard.attach(layout.quotes)
+    seen: dict[int, tuple] = {}  # the quotes read since the last event
+
+    def read(symbol: int) -> tuple[int, float, float, int]:
+        """One view of the market per decision: a symbol's quote is read from the board once
+        per batch of intents, mark or command (the feed moves the board meanwhile)."""
+        q = seen.get(symbol)
+        if q is None:
+            seen[symbol] = q = board.read(symbol)
+        return q
+
+    # When this process took what (replay): each batch of reports, and every decision as
+    # (kind, what, clock, quotes read, new client ids): "i" a batch of intents, "m" a mark,
+    # "c" a command. A mark that changed nothing but
+    # equity is logged only if an event follows it (the next mark overwrites equity).
+    log = event_log(config, layout.session, "risk")
+    pending: list[tuple] = []
+
+    def logged(*event: Any) -> None:
+        if log is not None:
+            for e in pending:
+                log.add(*e)
+            log.add(*event)
+        pending.clear()
+        seen.clear()
+        issued.clear()
+
     intents = OrderRing.attach(layout.intents)
     reports = OrderRing.attach(layout.reports_risk)
     approved = OrderRing.attach(layout.approved)
+    if log is not None:  # each event is written before what it made is pushed
+        rings = {"intents": intents.stats()["popped"], "reports": reports.stats()["popped"],
+                 "approved": approved.stats()["pushed"]}  # fmt: skip
+        log.add("start", {"state": risk.to_dict(), "ledger": risk.ledger.to_dict(), "rings": rings})
+        log.flush()
     buf = np.zeros(intents.capacity, ORDER_DTYPE)
     rep = np.zeros(reports.capacity, ORDER_DTYPE)
     clock = [0]
@@ -339,7 +377,11 @@ def run(child: Child, config: Config) -> None:
     while not child.stop_requested:
         n = intents.pop_into(buf, timeout=0.0005)
         if n:
-            ok, refused = risk.on_intents(buf[:n], board.read, now())
+            clock_ns = now()
+            ok, refused = risk.on_intents(buf[:n], read, clock_ns)
+            logged("i", n, clock_ns, seen, [])
+            if log is not None:
+                log.flush()
             if len(ok):
                 approved.push(ok, timeout=1.0)
             if refused:
@@ -347,18 +389,32 @@ def run(child: Child, config: Config) -> None:
         m = reports.pop_into(rep, timeout=0.0)
         if m:
             risk.on_reports(rep[:m])
+            logged("r", m)
             persist(book_changed=True)
         t = time.monotonic()
         if t >= next_mark:
             next_mark = t + 0.01
-            out = risk.mark(board.read, now())
+            clock_ns, before = now(), _marked(risk)
+            out = risk.mark(read, clock_ns)
+            if len(out) or _marked(risk) != before:
+                logged("m", None, clock_ns, seen, issued)
+            else:
+                pending[:] = [("m", None, clock_ns, dict(seen), [])]
+                seen.clear()
             for msg in child.messages():
-                more, answer = _command(risk, msg, board.read, now())
+                clock_ns = now()
+                more, answer = _command(risk, msg, read, clock_ns)
+                if answer["did"]:
+                    logged("c", msg[2:] if msg[0] == "request" else msg, clock_ns, seen, issued)
                 out = np.concatenate([out, more])
                 if msg[0] == "request":
                     child.reply(msg[1], answer)
+            if log is not None:
+                log.flush()
             if len(out):
                 approved.push(out, timeout=1.0)
+        if log is not None:
+            log.flush()
             if risk.events or t >= next_save:
                 next_save = t + 1.0
                 persist()
@@ -366,8 +422,15 @@ def run(child: Child, config: Config) -> None:
             next_beat = t + 0.05
             child.beat(RUNNING, orders=len(risk.approved_ts), rejects=sum(risk.rejected.values()))
     persist(book_changed=True)
+    if log is not None:
+        log.close()
     child.beat(STOPPED)
     store.close()
+
+
+def _marked(risk: Risk) -> tuple:
+    """What a mark may change besides equity (replay: a mark changing none of it is not logged)."""
+    return risk.state, risk.why, risk.peak, risk.day, risk.day_start, risk.flattening, len(risk.events)
 
 
 def _command(risk: Risk, msg: tuple, quotes: Quotes, now_ns: int) -> tuple[np.ndarray, dict[str, Any]]:

@@ -55,9 +55,11 @@ class Layout:
     n_workers: int
     worker_cores: tuple[int | None, ...]
     symbol_names: tuple[str, ...] = field(default=())
+    session: str = ""  # names the session's recording and event logs (empty: not recorded)
 
     @staticmethod
-    def plan(config: Config, prefix: str, n_symbols: int, symbol_names: tuple[str, ...] = ()) -> Layout:
+    def plan(config: Config, prefix: str, n_symbols: int, symbol_names: tuple[str, ...] = (),
+             session: str = "") -> Layout:  # fmt: skip
         """Workers: config.system.workers, or one per core but the first (at least one),
         pinned to config.system.cores or to the cores after the first, round-robin."""
         available = sorted(os.sched_getaffinity(0))
@@ -71,7 +73,7 @@ class Layout:
                 f"(available: {', '.join(map(str, available))})"
             )
         pinned: tuple[int | None, ...] = tuple(cores[k % len(cores)] for k in range(n))
-        return Layout(prefix, n_symbols, n, pinned, symbol_names)
+        return Layout(prefix, n_symbols, n, pinned, symbol_names, session)
 
     def worker_of(self) -> np.ndarray:
         """symbol -> worker, round-robin: symbols of similar activity spread evenly."""

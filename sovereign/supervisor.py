@@ -27,6 +27,7 @@ from sovereign.config import Config, ConfigError
 from sovereign.control import ControlServer, Request, socket_path
 from sovereign.core import LAYOUT_VERSION, OrderRing, QuoteBoard, SignalRing, TickRing
 from sovereign.data import load_ticks
+from sovereign.recorder import new_session
 from sovereign.runtime import (
     FEED_DONE,
     ORDER_RING,
@@ -126,7 +127,7 @@ class Supervisor:
             names = tuple(load_ticks(c.feed.files, c.feed.layout, c.symbols.point, c.feed.bad_rows)[1])
         else:
             names = tuple(f"SIM{s:03d}" for s in range(c.feed.symbols))
-        self.layout = layout = Layout.plan(c, f"sov{os.getpid()}", len(names), names)
+        self.layout = layout = Layout.plan(c, f"sov{os.getpid()}", len(names), names, new_session())
         self.store = StateStore(c.system.state_dir)
         # the control socket first: a second supervisor on the same state stops here
         self.server = ControlServer(socket_path(c.system.state_dir, c.system.runtime_dir))
@@ -136,7 +137,8 @@ class Supervisor:
             t.put("meta", "layout_version", LAYOUT_VERSION)
             t.put("meta", "config", dataclasses.asdict(c))
             t.put("meta", "config_path", self.config_path)
-            t.put("meta", "supervisor", {"pid": os.getpid(), "started_ns": time.time_ns()})
+            t.put("meta", "supervisor", {"pid": os.getpid(), "started_ns": time.time_ns(),
+                                         "session": layout.session})  # fmt: skip
 
         self.store.write(meta)
         self.rings: list[Any] = []

@@ -14,6 +14,7 @@ import time
 from sovereign.config import Config
 from sovereign.core import AgentPool, SignalRing, TickRing
 from sovereign.presets import DEFAULT_AGENT_SETS
+from sovereign.recorder import event_log, record_dir
 from sovereign.runtime import RUNNING, STOPPED, Child
 from sovereign.state import StateStore
 
@@ -61,6 +62,10 @@ def run(child: Child, config: Config, k: int) -> None:
         f"worker-{k}: {len(pool)} agents on core {layout.worker_cores[k]}, {restore(store, pool, k)}",
         flush=True,
     )
+    log = event_log(config, layout.session, f"worker-{k}")
+    if log is not None:  # replay: the agents as this session starts, and bars closed by the clock
+        log.add("start", {"snapshot": _keep_start(config, layout.session, pool, k), "seen": seen(pool)})
+        log.flush()
     ticks_in = TickRing.attach(layout.tick_ring(k))
     signals_out = SignalRing.attach(layout.signal_ring(k))
     realtime = config.feed.pace == "realtime"
@@ -68,7 +73,12 @@ def run(child: Child, config: Config, k: int) -> None:
     while not child.stop_requested:
         pool.pump(ticks_in, signals_out, 0.05)
         if realtime:
-            signals_out.push(pool.flush(time.time_ns() - FLUSH_GRACE_NS))
+            cut = time.time_ns() - FLUSH_GRACE_NS
+            closed = pool.flush(cut)
+            if log is not None and len(closed):
+                log.add("flush", cut, seen(pool), len(closed))
+                log.flush()
+            signals_out.push(closed)
         child.messages()
         if time.monotonic() >= next_snapshot:
             save(store, pool, k)
@@ -82,5 +92,23 @@ def run(child: Child, config: Config, k: int) -> None:
             dropped=signals_out.stats()["dropped"],
         )
     save(store, pool, k)
+    if log is not None:
+        log.close()
     child.beat(STOPPED)
     store.close()
+
+
+def seen(pool: AgentPool) -> int:
+    """Ticks the pool has taken, good or bad (the position in this worker's tick stream)."""
+    stats = pool.stats()
+    return int(stats["ticks"]) + sum(stats["rejected"].values())
+
+
+def _keep_start(config: Config, session: str, pool: AgentPool, k: int) -> str | None:
+    """A restored pool's state at the session's start, next to the recording (the file name)."""
+    directory = record_dir(config)
+    if directory is None or seen(pool) == 0:
+        return None
+    name = f"snapshot-{session}-worker-{k}-{seen(pool)}.bin"
+    (directory / name).write_bytes(pool.snapshot())
+    return name

@@ -1,20 +1,28 @@
 """Recording and replay: the live gateway records every tick (daily files, retention, a
-cut-short tail ignored and reported), and `sovereign replay` runs a real live session's
-recording through the backtest wiring and compares it with the live state."""
+cut-short tail ignored and reported) and each process logs its schedule; `sovereign
+replay` runs a real live session again, through kill -9 of the gateway, coordinator and
+risk, and finds it identical to the live state; a doctored schedule is caught."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
+import pytest
 
 from sovereign.config import Config
 from sovereign.datafile import open_file
 from sovereign.recorder import Recorder, recordings
-from sovereign.replay import load_recording
+from sovereign.replay import load_session
+from sovereign.runtime import RUNNING, Heartbeats
 from sovereign.sim import SimMarket
 
 CLI = [sys.executable, "-m", "sovereign.cli"]
@@ -43,27 +51,130 @@ def test_recorder_rotates_daily_keeps_the_config_and_prunes(tmp_path: Path) -> N
     assert "cut short" in market.issues[0][2] and market.records["ts_ns"][-1] == expect["ts_ns"][-1]
 
 
-def test_replay_of_a_live_session_reproduces_its_signals(tmp_path: Path) -> None:
-    cfg = tmp_path / "sovereign.toml"
-    cfg.write_text(f'[system]\nstate_dir = "{tmp_path / "state"}"\n[feed]\nsymbols = 4\nmax_ticks = 300000\n')
-    run = subprocess.run([*CLI, "run", "--config", str(cfg)], capture_output=True, text=True, timeout=180)
-    assert run.returncode == 0, run.stdout + run.stderr
-    rec_dir = tmp_path / "state" / "recordings"
-    market, config = load_recording(rec_dir)
-    assert len(market.records) == 300_000 and market.names == [f"SIM{s:03d}" for s in range(4)]
-    assert isinstance(config, Config) and config.feed.symbols == 4
-    r = subprocess.run([*CLI, "replay", str(rec_dir), "--config", str(cfg), "--json"], capture_output=True,
-                       text=True, timeout=180)  # fmt: skip
-    diff = orjson.loads(r.stdout)
-    sig = diff["signals"]
-    assert sig["identical"] and sig["live"] > 100 and sig["matched"] == sig["live"] == sig["replayed"], sig
-    orders = diff["orders"]
-    assert orders["live"] > 0 and orders["replayed"] > 0
-    # Live ran at full speed: its orders reach risk and the broker thousands of ticks after
-    # the tick the replay decides on. The replay says so, order by order; exit 1.
-    assert r.returncode == (0 if diff["identical"] else 1)
-    for row in orders["differ"]:
-        assert set(row) - {"time", "symbol", "side", "fill_price"} <= {"outcome", "volume", "sl", "tp"}
+def test_a_restarted_gateway_records_on_in_reception_order(tmp_path: Path) -> None:
+    ticks = SimMarket(2, seed=3, mean_interval_s=60.0).next(6_000)  # about two days
+    first = Recorder(tmp_path, {"symbols": ["A", "B"], "config": {}}, 30, session="20260101T000000Z")
+    first.write(ticks[:5_000])
+    first.close()
+    newest = recordings(tmp_path)[-1]
+    with newest.open("ab") as fh:  # killed mid-write
+        fh.write(b"\x02" * 30)
+    again = Recorder(tmp_path, {"symbols": ["A", "B"], "config": {}}, 30, session="20260101T000000Z")
+    assert again.ticks == 5_000  # positions go on where the first stopped
+    again.write(ticks[:1_000])  # a restarted feed starts over, days back: kept in the newest file
+    again.write(ticks[5_000:])
+    again.close()
+    files = recordings(tmp_path)
+    got = np.concatenate([np.asarray(open_file(f).records) for f in files])
+    expect = np.concatenate([ticks[:5_000], ticks[:1_000], ticks[5_000:]])
+    assert np.array_equal(got["ts_ns"], expect["ts_ns"]) and np.array_equal(got["ask"], expect["ask"])
+    assert not open_file(newest).issues  # the cut-short record was trimmed before appending
+
+
+def _run(tmp: Path, toml: str, *args: str) -> subprocess.Popen:
+    cfg = tmp / "sovereign.toml"
+    cfg.write_text(f'[system]\nstate_dir = "{tmp / "state"}"\nworkers = 2\n' + toml)
+    return subprocess.Popen([*CLI, "run", "--config", str(cfg), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def _replay(tmp: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+    cmd = [*CLI, "replay", str(tmp / "state" / "recordings"), "--config", str(tmp / "sovereign.toml")]
+    cmd.append("--json")
+    r = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=300)
+    return r.returncode, (orjson.loads(r.stdout) if r.stdout.startswith("{") else {}), r.stderr
+
+
+def _identical(diff: dict[str, Any]) -> None:
+    for kind in ("signals", "orders", "executions"):
+        d = diff[kind]
+        assert d["matched"] == d["live"] == d["replayed"] - d.get("not_in_live_history", 0), (kind, d)
+    assert diff["identical"] and not diff["problems"], diff["problems"]
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real live session at full speed: 2 workers, 8 symbols, 1.5 M ticks."""
+    tmp = tmp_path_factory.mktemp("live")
+    proc = _run(tmp, "[feed]\nsymbols = 8\nmax_ticks = 1500000\n")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    return tmp
+
+
+def test_replay_of_a_live_session_reproduces_its_signals_orders_and_fills(session: Path) -> None:
+    s = load_session(session / "state" / "recordings")
+    assert len(s.market.records) == 1_500_000 and s.market.names == [f"SIM{k:03d}" for k in range(8)]
+    assert isinstance(s.config, Config) and s.config.feed.symbols == 8
+    assert {"gateway", "coordinator", "risk", "worker-0", "worker-1"} <= set(s.events)
+    code, diff, err = _replay(session)
+    assert code == 0, err
+    _identical(diff)
+    assert diff["signals"]["live"] > 300 and diff["orders"]["live"] > 30 and diff["executions"]["live"] > 30
+
+
+def test_replay_catches_a_doctored_schedule_and_reports_a_cut_log(session: Path, tmp_path: Path) -> None:
+    tmp = tmp_path / "copy"
+    shutil.copytree(session, tmp)
+    text = (tmp / "sovereign.toml").read_text().replace(str(session), str(tmp))
+    (tmp / "sovereign.toml").write_text(text)
+    rec = tmp / "state" / "recordings"
+    risk_log = next(rec.glob("events-*-risk.jsonl"))
+    events = [orjson.loads(line) for line in risk_log.read_bytes().splitlines()]
+    for e in events:
+        if e[0] == "i":  # risk "saw" other quotes than the market's when it sized
+            e[3] = {s: [q[0], q[1] + 0.0005, q[2] + 0.0005, q[3]] for s, q in e[3].items()}
+    risk_log.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in events))
+    code, diff, err = _replay(tmp)
+    assert code == 1, err
+    assert any("not in the recording" in p for p in diff["problems"]), diff["problems"]
+    assert diff["orders"]["n_differ"] >= 1  # the approval's price (and so the order) moved
+    # a log whose last line a crash cut short: replayed without it, and said so
+    coord_log = next(rec.glob("events-*-coordinator.jsonl"))
+    coord_log.write_bytes(coord_log.read_bytes()[:-7])
+    code, diff, err = _replay(tmp)
+    assert any("cut short" in i for i in diff["recording_issues"]), diff["recording_issues"]
+    for f in rec.glob("events-*"):
+        f.unlink()
+    code, diff, err = _replay(tmp)
+    assert code == 2 and "no event logs" in err
+
+
+def test_replay_is_exact_through_kill_9_of_gateway_coordinator_and_risk(tmp_path: Path) -> None:
+    proc = _run(tmp_path, "[feed]\nsymbols = 20\n")
+    try:
+        path = Path(f"/dev/shm/sov{proc.pid}-heartbeats")
+        _wait(lambda: path.exists(), 60, "the heartbeat board")
+        hb = Heartbeats(path.name)
+        _wait(lambda: all(hb.slots["state"] == RUNNING) and hb.slots[0]["ticks"] > 300_000, 60, "trading")
+        for slot, role in ((2, "risk"), (1, "coordinator"), (0, "gateway")):
+            victim = int(hb.slots[slot]["pid"])
+            os.kill(victim, signal.SIGKILL)
+            _wait(lambda s=slot, v=victim: int(hb.slots[s]["pid"]) not in (0, v)
+                  and hb.slots[s]["state"] == RUNNING, 60, f"{role} restarted")  # fmt: skip
+            seen = int(hb.slots[0]["ticks"])
+            _wait(lambda s=seen: int(hb.slots[0]["ticks"]) > s + 300_000, 60, "ticks flowing again")
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        # The exit code is not asserted here: a SIGTERM right after a gateway restart was
+        # seen (1 run in ~20) to stop with 3 intents undrained (clean=False), a shutdown
+        # defect tracked in issue 3's note; a clean stop has its own test in test_system.
+        assert "sovereign: stopped" in out, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert out.count("sovereign: restart process=") == 3, out
+    code, diff, err = _replay(tmp_path)
+    assert code == 0, (err, orjson.dumps(diff, option=orjson.OPT_INDENT_2).decode()[:6000])
+    _identical(diff)
+    assert diff["orders"]["live"] > 30
+
+
+def _wait(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
 
 
 def test_replay_refuses_what_is_not_a_recording(tmp_path: Path) -> None:
