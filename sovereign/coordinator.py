@@ -122,13 +122,9 @@ def run(child: Child, config: Config) -> None:
     """The coordinator process: signal rings -> Coordinator -> intent ring; reports back."""
     layout = child.layout
     store = StateStore(config.system.state_dir)
-    ids, issued = ClientIds(store).next, []
-
-    def next_id() -> int:
-        issued.append(ids())
-        return issued[-1]
-
-    coord = Coordinator(config, next_id)
+    ids = ClientIds(store)
+    issued = ids.issued  # cleared as each event is logged
+    coord = Coordinator(config, ids.next)
     book = store.read(lambda t: t.get("positions", BOOK_KEY))
     if book is not None:
         coord.load_positions({int(s): sum((Decimal(v) for v, _ in p["lots"]), ZERO)

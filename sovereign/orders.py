@@ -62,12 +62,14 @@ class ClientIds:
         self.store = store
         self.block = block
         self._next = self._end = 0
+        self.issued: list[int] = []  # given since the caller last cleared it (its event log)
 
     def next(self) -> int:
         if self._next >= self._end:
             self._next = self.store.write(lambda t: reserve_ids(t, self.block))
             self._end = self._next + self.block
         self._next += 1
+        self.issued.append(self._next - 1)
         return self._next - 1
 
 

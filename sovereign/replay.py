@@ -188,6 +188,9 @@ class Replayer:
         self.risk = Risk(self.config, symbol_specs(self.config, self.n), self.risk_ids)
         self.broker: PaperBroker = make_broker(self.config, self.n)
         self.pos = 0
+        self.by_worker = [self.out.signals[self._owner(self.out.signals) == k] for k in range(self.n_workers)]
+        self.starts = dict.fromkeys(ROLES, 0)
+        self.coord_start: dict[str, Any] = {}
         self._caps()
         self.by_symbol = np.lexsort((self.ticks["ts_ns"], self.ticks["symbol"]))  # to find risk's quotes
         self.sorted_symbols = self.ticks["symbol"][self.by_symbol]
@@ -251,9 +254,6 @@ class Replayer:
     # ---- the schedule
 
     def run(self) -> Replay:
-        by_worker = [self.out.signals[self._owner(self.out.signals) == k] for k in range(self.n_workers)]
-        self.by_worker = by_worker
-        self.starts = dict.fromkeys(ROLES, 0)
         events = {r: self.s.events.get(r, []) for r in ROLES}
         at = dict.fromkeys(ROLES, 0)
         while True:

@@ -290,13 +290,9 @@ def run(child: Child, config: Config) -> None:
 
     layout = child.layout
     store = StateStore(config.system.state_dir)
-    ids, issued = ClientIds(store).next, []
-
-    def next_id() -> int:
-        issued.append(ids())
-        return issued[-1]
-
-    risk = Risk(config, symbol_specs(config, layout.n_symbols), next_id)
+    ids = ClientIds(store)
+    issued = ids.issued  # cleared as each event is logged
+    risk = Risk(config, symbol_specs(config, layout.n_symbols), ids.next)
     saved, book, broker = store.read(lambda t: (t.get("risk", STATE_KEY), t.get("positions", BOOK_KEY),
                                                 t.get("bridge", BROKER_KEY)))  # fmt: skip
     if saved is not None:
