@@ -15,6 +15,7 @@
 #include "quote_board.hpp"
 #include "records.hpp"
 #include "ring.hpp"
+#include "screen.hpp"
 
 namespace py = pybind11;
 using namespace sovereign;
@@ -372,6 +373,82 @@ void bind_quote_board(py::module_& m) {
       .def_property_readonly("closed", [](const QuoteBoard& b) { return !b.is_open(); });
 }
 
+
+// The backtest walk's screen (screen.hpp) over one chunk's records, which it holds.
+class Screen {
+ public:
+  using F64 = py::array_t<double, py::array::c_style | py::array::forcecast>;
+  using Bool = py::array_t<bool, py::array::c_style | py::array::forcecast>;
+
+  Screen(py::array_t<uint32_t, py::array::c_style | py::array::forcecast> sym, F64 bid, F64 ask,
+         std::optional<F64> high, std::optional<F64> low, std::optional<F64> spread)
+      : sym_(std::move(sym)), bid_(std::move(bid)), ask_(std::move(ask)) {
+    n_ = sym_.size();
+    if (bid_.size() != n_ || ask_.size() != n_) throw py::value_error("sym, bid and ask must have one length");
+    rec_ = {sym_.data(), bid_.data(), ask_.data()};
+    if (high || low || spread) {
+      if (!(high && low && spread)) throw py::value_error("bars need high, low and spread together");
+      high_ = std::move(*high), low_ = std::move(*low), spread_ = std::move(*spread);
+      if (high_.size() != n_ || low_.size() != n_ || spread_.size() != n_)
+        throw py::value_error("high, low and spread must have the records' length");
+      rec_.high = high_.data(), rec_.low = low_.data(), rec_.spread = spread_.data();
+    }
+  }
+
+  std::pair<int64_t, int> next(int64_t a, int64_t k, const Bool& is_long, const Bool& is_short, const F64& coef,
+                               const F64& sl, const F64& tp, const F64& mark_now, double equity0, bool exits,
+                               std::optional<double> peak0, double keep, std::optional<double> daily_floor,
+                               std::optional<Bool> pending) {
+    range(a, k);
+    ScreenBook b = book(is_long, &is_short, coef, &sl, &tp, mark_now);
+    ScreenLimits lim;
+    lim.exits = exits;
+    lim.drawdown = peak0.has_value(), lim.peak0 = peak0.value_or(0.0), lim.keep = keep;
+    lim.daily = daily_floor.has_value(), lim.daily_floor = daily_floor.value_or(0.0);
+    if (pending) {
+      if (static_cast<size_t>(pending->size()) != b.n_symbols) throw py::value_error("pending: one per symbol");
+      lim.pending = pending->data();
+    }
+    ScreenAnswer ans;
+    {
+      py::gil_scoped_release nogil;
+      ans = screen_next(rec_, b, lim, a, k, equity0, last_);
+    }
+    return {ans.j, ans.kind};
+  }
+
+  std::pair<int64_t, double> best(int64_t a, int64_t k, const Bool& is_long, const F64& coef,
+                                  const F64& mark_now, double equity0) {
+    range(a, k);
+    ScreenBook b = book(is_long, nullptr, coef, nullptr, nullptr, mark_now);
+    py::gil_scoped_release nogil;
+    return screen_best(rec_, b, a, k, equity0, last_);
+  }
+
+ private:
+  void range(int64_t a, int64_t k) const {
+    if (a < 0 || k < a || k > n_)
+      throw py::index_error("range " + std::to_string(a) + ".." + std::to_string(k) + " outside 0.." +
+                            std::to_string(n_));
+  }
+
+  static ScreenBook book(const Bool& is_long, const Bool* is_short, const F64& coef, const F64* sl,
+                         const F64* tp, const F64& mark_now) {
+    const py::ssize_t n = is_long.size();
+    for (py::ssize_t m : {coef.size(), mark_now.size(), is_short ? is_short->size() : n, sl ? sl->size() : n,
+                          tp ? tp->size() : n})
+      if (m != n) throw py::value_error("the book's arrays must have one entry per symbol");
+    return {is_long.data(), is_short ? is_short->data() : is_long.data(), coef.data(),
+            sl ? sl->data() : coef.data(), tp ? tp->data() : coef.data(), mark_now.data(),
+            static_cast<size_t>(n)};
+  }
+
+  py::array_t<uint32_t, py::array::c_style | py::array::forcecast> sym_;
+  F64 bid_, ask_, high_, low_, spread_;
+  py::ssize_t n_ = 0;
+  ScreenRecords rec_{};
+  std::vector<double> last_;
+};
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -396,6 +473,24 @@ PYBIND11_MODULE(_core, m) {
   bind_ring<Signal>(m, "SignalRing", "SPSC ring of signals in POSIX shared memory.");
   bind_ring<Order>(m, "OrderRing", "SPSC ring of order intents, approved orders or execution reports.");
   bind_quote_board(m);
+
+  py::class_<Screen>(m, "Screen",
+                     "The backtest walk's screen over one chunk of records: the first record where a stop "
+                     "or target is touched, equity falls below a floor or a bar has an order waiting "
+                     "(next), and the highest equity over a range (best). See screen.hpp.")
+      .def(py::init<py::array_t<uint32_t, py::array::c_style | py::array::forcecast>, Screen::F64, Screen::F64,
+                    std::optional<Screen::F64>, std::optional<Screen::F64>, std::optional<Screen::F64>>(),
+           py::arg("sym"), py::arg("bid"), py::arg("ask"), py::arg("high") = py::none(),
+           py::arg("low") = py::none(), py::arg("spread") = py::none())
+      .def("next", &Screen::next, py::arg("a"), py::arg("k"), py::arg("is_long"), py::arg("is_short"),
+           py::arg("coef"), py::arg("sl"), py::arg("tp"), py::arg("mark_now"), py::arg("equity0"),
+           py::arg("exits"), py::arg("peak0"), py::arg("keep"), py::arg("daily_floor"),
+           py::arg("pending") = py::none(),
+           "(j, kind): apply records up to j; kind 0 none (j == k), 1 a pending fill, 2 an exit, 3 a "
+           "breach, at record j - 1. peak0/daily_floor None: that floor is not checked.")
+      .def("best", &Screen::best, py::arg("a"), py::arg("k"), py::arg("is_long"), py::arg("coef"),
+           py::arg("mark_now"), py::arg("equity0"),
+           "(i, equity): the record in a..k-1 with the highest equity, the first of equals.");
 
   py::class_<AgentPool>(m, "AgentPool", "Agents in contiguous storage, fed tick or bar batches.")
       .def(py::init<>())

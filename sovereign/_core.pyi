@@ -57,6 +57,37 @@ class OrderRing(_Ring):
     def attach(name: str) -> OrderRing: ...
     def __enter__(self) -> OrderRing: ...
 
+class Screen:
+    def __init__(
+        self,
+        sym: np.ndarray,
+        bid: np.ndarray,
+        ask: np.ndarray,
+        high: np.ndarray | None = None,
+        low: np.ndarray | None = None,
+        spread: np.ndarray | None = None,
+    ) -> None: ...
+    def next(
+        self,
+        a: int,
+        k: int,
+        is_long: np.ndarray,
+        is_short: np.ndarray,
+        coef: np.ndarray,
+        sl: np.ndarray,
+        tp: np.ndarray,
+        mark_now: np.ndarray,
+        equity0: float,
+        exits: bool,
+        peak0: float | None,
+        keep: float,
+        daily_floor: float | None,
+        pending: np.ndarray | None = None,
+    ) -> tuple[int, int]: ...
+    def best(
+        self, a: int, k: int, is_long: np.ndarray, coef: np.ndarray, mark_now: np.ndarray, equity0: float
+    ) -> tuple[int, float]: ...
+
 class QuoteBoard:
     @staticmethod
     def create(name: str, n_symbols: int) -> QuoteBoard: ...

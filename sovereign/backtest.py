@@ -41,10 +41,11 @@ from typing import Any
 
 import numpy as np
 
+from sovereign.broker.paper import Retcode
 from sovereign.config import Config
 from sovereign.coordinator import Coordinator
-from sovereign.core import NO_AGENT, ORDER_DTYPE, ORDER_FILL, TICK_DTYPE
-from sovereign.datafile import Market
+from sovereign.core import NO_AGENT, ORDER_DTYPE, TICK_DTYPE, Screen
+from sovereign.datafile import FILE_TICK_DTYPE, Market
 from sovereign.gateway import _report, make_broker
 from sovereign.ledger import ZERO, to_decimal
 from sovereign.risk import Reason, Risk
@@ -144,9 +145,12 @@ class Backtest:
         out.records += n
         out.last_ns = int(chunk["ts_ns"][-1])
         if self.kind == "ticks":
-            ticks = np.zeros(n, TICK_DTYPE)
-            for name in ("ts_ns", "bid", "ask", "last", "volume", "symbol", "flags"):
-                ticks[name] = chunk[name]
+            ticks = np.empty(n, TICK_DTYPE)
+            if chunk.dtype == FILE_TICK_DTYPE:  # the same first 48 bytes: one copy of them
+                ticks.view(np.int64).reshape(n, 7)[:, :6] = chunk.view(np.int64).reshape(n, 6)
+            else:
+                for name in ("ts_ns", "bid", "ask", "last", "volume", "symbol", "flags"):
+                    ticks[name] = chunk[name]
             ticks["recv_ns"] = np.arange(self.seq, self.seq + n)
             signals = self.pool.on_ticks(ticks)
             at = signals["origin_ns"] - self.seq + 1  # decided before the tick after the trigger
@@ -218,30 +222,23 @@ class Backtest:
                 self._send(rec)
 
     def _send(self, rec: np.void) -> None:
-        ex = self.broker.market_order(
-            int(rec["client_order_id"]),
-            int(rec["symbol"]),
-            int(rec["side"]),
-            to_decimal(rec["volume"]),
-            sl=float(rec["sl"]) or None,
-            tp=float(rec["tp"]) or None,
-        )
-        report = np.array([_report(ex, rec)], ORDER_DTYPE)
+        f = rec.item()
+        ex = self.broker.market_order(f[2], f[4], f[6], to_decimal(f[10]), sl=f[12] or None, tp=f[13] or None)
         row = _order_row(
             rec,
-            "FILLED" if report["kind"][0] == ORDER_FILL else "REJECTED",
-            Reason(int(rec["reason"])).name if ex.retcode == 10009 else ex.reason,
+            "FILLED" if ex.retcode == Retcode.DONE else "REJECTED",
+            Reason(f[8]).name if ex.retcode == Retcode.DONE else ex.reason,
         )
         row["fill_price"], row["retcode"] = str(ex.price), int(ex.retcode)
         self.out.orders.append(row)
-        self._reports(report, [ex], agent=int(rec["agent"]))
+        self._reports(np.array([_report(ex, rec)], ORDER_DTYPE), [ex], agent=f[5])
 
     def _reports(self, reports: np.ndarray, executions: list, agent: int = NO_AGENT) -> None:
         self.changes += 1
         self.risk.on_reports(reports)
         self.coord.on_reports(reports)
         for ex in executions:
-            if ex.retcode == 10009:
+            if ex.retcode == Retcode.DONE:
                 self.out.fills.append(
                     {
                         "ts_ns": ex.ts_ns,
@@ -314,19 +311,26 @@ class _Walk:
         self.n = len(chunk)
         order = np.argsort(at, kind="stable")
         self.signals, self.at = signals[order], at[order]
-        self.decisions = np.unique(self.at)
+        decisions, first = np.unique(self.at, return_index=True)
+        self.decisions: list[int] = decisions.tolist()
+        self.bounds: list[int] = [*first.tolist(), len(self.at)]  # decision i: bounds[i]:bounds[i + 1]
         self.marks = marks
         self.a = 0  # next record to apply
-        self._path: tuple[int, int, int, np.ndarray] | None = None  # (a, k, fills, equity path)
+        if bar_px is None:
+            self.screen = Screen(sym, bid, ask)
+        else:
+            _, high, low, spread = bar_px
+            self.screen = Screen(sym, bid, ask, high, low, spread)
         self._event: tuple[tuple, int, str, int] | None = None  # _next_event's last answer
         self.next_d = 0
 
     def run(self) -> None:
         bt, n = self.bt, self.n
+        decisions, marks = self.decisions, self.marks.tolist()
         di = mi = 0
         while True:
-            next_d = int(self.decisions[di]) if di < len(self.decisions) else n + 1
-            next_m = int(self.marks[mi]) if mi < len(self.marks) else n + 1
+            next_d = decisions[di] if di < len(decisions) else n + 1
+            next_m = marks[mi] if mi < len(marks) else n + 1
             if self.a >= n and next_d > n:
                 return
             k = min(next_d, next_m, n)
@@ -347,14 +351,10 @@ class _Walk:
                 mi += 1
             if k == next_d:
                 di += 1
-                intents = bt._coordinate(self._signals_at(k), self._time(k))
+                intents = bt._coordinate(self.signals[self.bounds[di - 1] : self.bounds[di]], self._time(k))
                 if len(intents):
                     self._apply_to(k)
                     bt._approve(intents)
-
-    def _signals_at(self, k: int) -> np.ndarray:
-        lo, hi = np.searchsorted(self.at, [k, k + 1])
-        return self.signals[lo:hi]
 
     def _time(self, k: int) -> int:
         """The market time of a decision before record k: the last applied tick's time, or
@@ -366,15 +366,22 @@ class _Walk:
     # ---- applying records to the broker
 
     def _apply_ticks(self, k: int) -> None:
-        if k <= self.a:
+        """Ticks a..k-1 to the broker. The walk never applies past an exit, so only tick
+        k-1 can touch a stop or target: the broker takes every symbol's last quote and
+        checks that one tick (exactly, in Decimal)."""
+        a = self.a
+        if k <= a:
             return
-        seg = self.chunk[self.a : k]
-        self._track_best(self.a, k)
-        bt = self.bt
-        fills = bt.broker.on_ticks(seg)
-        if fills:
-            bt._reports(np.array([_report(ex, None) for ex in fills], ORDER_DTYPE), fills)
-        self._quotes(self.a, k)
+        self._track_best(a, k)
+        bt, last = self.bt, k - 1
+        idx = self._quotes(a, k)
+        bt.broker.set_quotes(self.sym[idx], self.ts[idx], self.bid[idx], self.ask[idx])
+        s = int(self.sym[last])
+        pos = bt.broker.positions.get(s)
+        if pos is not None and pos.lots and (pos.sl is not None or pos.tp is not None):
+            fills = bt.broker.on_tick(s, int(self.ts[last]), float(self.bid[last]), float(self.ask[last]))
+            if fills:
+                bt._reports(np.array([_report(ex, None) for ex in fills], ORDER_DTYPE), fills)
         self.a = k
 
     def _apply_bars(self, k: int) -> int:
@@ -393,16 +400,23 @@ class _Walk:
         return k
 
     def _next_special_bar(self, a: int, k: int) -> int:
-        return min(self._pending_bar(a, k), self._exit_index(a, k))
+        """The first bar in a..k-1 with work to do: an order waiting for its symbol's next
+        open, or an open position's stop or target inside the bar's range."""
+        book, pending = self._book(), self._pending()
+        if not book.watched and pending is None:
+            return k
+        mark = book.mark_now(self.bt)
+        j, kind = self.screen.next(a, k, book.long, book.short, book.coef, book.sl, book.tp, mark, 0.0,
+                                   book.watched, None, 1.0, None, pending)  # fmt: skip
+        return j - 1 if kind else k
 
-    def _pending_bar(self, a: int, k: int) -> int:
-        """The first bar in a..k-1 of a symbol with an order waiting for its next open."""
-        j = k
-        for s in self.bt.pending:
-            hit = np.flatnonzero(self.sym[a:j] == s)
-            if len(hit):
-                j = a + int(hit[0])
-        return j
+    def _pending(self) -> np.ndarray | None:
+        """Bars: the symbols with an order waiting for their next open, as a mask."""
+        if not self.bt.pending:
+            return None
+        mask = np.zeros(len(self.bt.names), bool)
+        mask[list(self.bt.pending)] = True
+        return mask
 
     def _bar(self, j: int) -> None:
         """One bar: pending orders fill at its open; then its high and low against the stop
@@ -441,18 +455,20 @@ class _Walk:
         bt.broker.set_quote(s, close_ts, c, c + spread)
         bt.q_ts[s], bt.q_bid[s], bt.q_ask[s] = close_ts, c, c + spread
 
-    def _quotes(self, a: int, k: int) -> None:
-        """The quote board: each symbol's last quote among records a..k-1."""
+    def _quotes(self, a: int, k: int) -> np.ndarray:
+        """The quote board: each symbol's last quote among records a..k-1; returns the
+        indices of those records."""
         bt = self.bt
         syms = self.sym[a:k]
         if len(syms) == 1 or (len(bt.names) == 1):
-            s, last = int(syms[-1]), k - 1
-            bt.q_ts[s], bt.q_bid[s], bt.q_ask[s] = self._qts(last), self.bid[last], self.ask[last]
-            return
-        rev, first = np.unique(syms[::-1], return_index=True)
-        idx = a + len(syms) - 1 - first
+            idx = np.array([k - 1])
+        else:
+            _, first = np.unique(syms[::-1], return_index=True)
+            idx = a + len(syms) - 1 - first
+        rev = self.sym[idx]
         bt.q_ts[rev] = self._qts(idx)
         bt.q_bid[rev], bt.q_ask[rev] = self.bid[idx], self.ask[idx]
+        return idx
 
     def _qts(self, idx: Any) -> Any:
         if self.bt.kind == "bars":
@@ -471,24 +487,6 @@ class _Walk:
             bt.book = _Book(bt, len(bt.out.fills))
         return bt.book
 
-    def _exit_index(self, a: int, k: int) -> int:
-        """The first record in a..k-1 where an open position's stop or target is touched."""
-        book = self._book()
-        if not book.watched:
-            return k
-        syms = self.sym[a:k]
-        long, short = book.long[syms], book.short[syms]
-        if self.bar_px is None:
-            worst = best = np.where(long, self.bid[a:k], self.ask[a:k])
-        else:
-            _, high, low, spread = self.bar_px
-            worst = np.where(long, low[a:k], high[a:k] + spread[a:k])
-            best = np.where(long, high[a:k], low[a:k] + spread[a:k])
-        sl, tp = book.sl[syms], book.tp[syms]
-        hit = (long & ((worst <= sl) | (best >= tp))) | (short & ((worst >= sl) | (best <= tp)))
-        first = np.flatnonzero(hit)
-        return a + int(first[0]) if len(first) else k
-
     def _next_event(self, horizon: int) -> tuple[int, str]:
         """The first point in a..horizon-1 where the positions or risk's state change:
         (the record to apply up to, exclusive; "exit" | "fill" | "breach"), or
@@ -502,27 +500,19 @@ class _Walk:
         # Look a bounded way ahead: far enough to pass several decisions, not the whole hour.
         horizon = min(horizon, max(a + 8192, self.next_d + 1))
         j, kind = horizon, ""
-        pending = self._pending_bar(a, horizon)
-        if pending < horizon:
-            j, kind = pending + 1, "fill"
-        if self._open():
-            e = self._exit_index(a, j)
-            if e < j:
-                j, kind = e + 1, "exit"
-            dd = risk.state.value != "HALTED"  # halted: risk is already flattening
-            daily = risk.state.value == "ACTIVE"
-            if (dd or daily) and j > a:
-                eq = self._equity_path(a, j)
-                breach = np.zeros(len(eq), bool)
-                if dd:
-                    peak0 = float(max(risk.peak, bt.best or risk.peak))
-                    floor = np.maximum.accumulate(np.maximum(eq, peak0)) * (1 - risk.limits.max_drawdown)
-                    breach |= eq <= floor
-                if daily:
-                    breach |= eq <= float(risk.day_start) * (1 - risk.limits.daily_loss_limit)
-                hit = np.flatnonzero(breach)
-                if len(hit):
-                    j, kind = a + int(hit[0]) + 1, "breach"
+        pending, opened = self._pending(), bool(self._open())
+        if (opened or pending is not None) and horizon > a:
+            book = self._book()
+            peak0 = floor = None
+            if opened and risk.state.value != "HALTED":  # halted: risk is already flattening
+                peak0 = float(max(risk.peak, bt.best or risk.peak))
+            if opened and risk.state.value == "ACTIVE":
+                floor = float(risk.day_start) * (1 - risk.limits.daily_loss_limit)
+            mark = book.mark_now(bt)
+            j, code = self.screen.next(a, horizon, book.long, book.short, book.coef, book.sl, book.tp,
+                                       mark, book.equity_at(mark), opened and book.watched, peak0,
+                                       1 - risk.limits.max_drawdown, floor, pending)  # fmt: skip
+            kind = _SCREENED[code]
         self._event = (key, j, kind, horizon)
         return j, kind
 
@@ -532,48 +522,18 @@ class _Walk:
         else:
             self._apply_ticks(k)
 
-    def _equity_path(self, a: int, k: int) -> np.ndarray:
-        """Float equity after each record of a..k-1, with the positions held now: the
-        equity at a plus the running sum of each tick's change to its symbol's mark."""
-        if (
-            self._path is not None
-            and self._path[0] == a
-            and self._path[1] >= k
-            and self._path[2] == len(self.bt.out.fills)
-        ):
-            return self._path[3][: k - a]
-        book, bt = self._book(), self.bt
-        syms = self.sym[a:k]
-        coef = book.coef[syms]
-        live = np.flatnonzero(coef)
-        delta = np.zeros(k - a)
-        if len(live):
-            s_live = syms[live]
-            px = np.where(book.long[s_live], self.bid[a:k][live], self.ask[a:k][live])
-            order = np.argsort(s_live, kind="stable")
-            ss, pp = s_live[order], px[order]
-            prev = np.empty_like(pp)
-            prev[1:] = pp[:-1]
-            first = np.r_[True, ss[1:] != ss[:-1]]
-            now_mark = np.where(book.long, bt.q_bid, bt.q_ask)
-            prev[first] = now_mark[ss[first]]
-            delta[live[order]] = (pp - prev) * coef[live][order]
-        eq = book.equity_now(bt) + np.cumsum(delta)
-        self._path = (a, k, len(bt.out.fills), eq)
-        return eq
-
     def _track_best(self, a: int, k: int) -> None:
         """Carry the highest equity of records a..k-1 (positions constant) into bt.best, exactly."""
         if k <= a or not self._open():
             return
-        bt = self.bt
-        eq = self._equity_path(a, k)
-        m = int(np.argmax(eq))
-        if bt.best is not None and eq[m] < float(bt.best):
+        bt, book = self.bt, self._book()
+        mark = book.mark_now(bt)
+        at, eq = self.screen.best(a, k, book.long, book.coef, mark, book.equity_at(mark))
+        if bt.best is not None and eq < float(bt.best):
             return
         ledger = bt.broker.ledger
         exact = ledger.balance
-        syms = self.sym[a : a + m + 1]
+        syms = self.sym[a : at + 1]
         for s in ledger.open_symbols():
             seen = np.flatnonzero(syms == s)
             if len(seen):
@@ -584,6 +544,9 @@ class _Walk:
             exact += ledger.unrealized(s, to_decimal(b), to_decimal(x))
         if bt.best is None or exact > bt.best:
             bt.best = exact
+
+
+_SCREENED = ("", "fill", "exit", "breach")  # Screen.next's kinds
 
 
 class _Book:
@@ -613,24 +576,28 @@ class _Book:
                 self.tp[s] = float(pos.tp)
             self.watched |= pos.sl is not None or pos.tp is not None
 
-    def equity_now(self, bt: Backtest) -> float:
-        """Float equity at the current quotes."""
-        mark = np.where(self.long, bt.q_bid, bt.q_ask)
+    def mark_now(self, bt: Backtest) -> np.ndarray:
+        """Each symbol's price to mark at now: the bid of a long, the ask of a short."""
+        return np.where(self.long, bt.q_bid, bt.q_ask)
+
+    def equity_at(self, mark: np.ndarray) -> float:
+        """Float equity with each symbol marked at `mark` (from mark_now)."""
         return self.balance + float(np.dot(mark, self.coef)) - self.cost
 
 
 def _order_row(rec: np.void, state: str, reason: str) -> dict[str, Any]:
+    f = rec.item()  # ORDER_DTYPE's fields, in order
     return {
-        "ts_ns": int(rec["ts_ns"]),
-        "client_order_id": int(rec["client_order_id"]),
-        "symbol": int(rec["symbol"]),
-        "side": int(rec["side"]),
-        "agent": int(rec["agent"]),
-        "conviction": round(float(rec["conviction"]), 12),
-        "volume": float(rec["volume"]),
-        "price": float(rec["price"]),
-        "sl": float(rec["sl"]),
-        "tp": float(rec["tp"]),
+        "ts_ns": f[0],
+        "client_order_id": f[2],
+        "symbol": f[4],
+        "side": f[6],
+        "agent": f[5],
+        "conviction": round(f[14], 12),
+        "volume": f[10],
+        "price": f[11],
+        "sl": f[12],
+        "tp": f[13],
         "state": state,
         "reason": reason,
     }

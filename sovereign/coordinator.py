@@ -37,7 +37,7 @@ SIGNAL_BATCH = 4096
 IN_FLIGHT_S = 60  # market seconds an intent blocks another for its symbol without an answer
 
 
-@dataclass
+@dataclass(slots=True)
 class LiveSignal:
     expires_ns: int
     side: int
@@ -67,9 +67,10 @@ class Coordinator:
         """Signals in (SIGNAL_DTYPE); order intents out (ORDER_DTYPE)."""
         if len(signals) == 0:
             return np.zeros(0, ORDER_DTYPE)
-        self.clock_ns = max(self.clock_ns, int(signals["ts_ns"].max()))
+        rows = signals.tolist()
+        self.clock_ns = max(self.clock_ns, max(r[0] for r in rows))
         touched: dict[int, int] = {}  # symbol -> origin_ns of its newest signal
-        for s in signals.tolist():
+        for s in rows:
             ts, agent, symbol, side, _flags, _touches, tf, conviction, entry, stop, target, _lvl, origin = s
             self.live.setdefault(symbol, {})[agent] = LiveSignal(
                 ts + tf * NS, side, conviction, entry, stop, target, origin

@@ -33,6 +33,7 @@ __all__ = [
     "OrderRing",
     "QuoteBoard",
     "RingError",
+    "Screen",
     "SignalRing",
     "TickRing",
 ]
@@ -106,3 +107,4 @@ SignalRing = _core.SignalRing
 OrderRing = _core.OrderRing
 QuoteBoard = _core.QuoteBoard
 RingError = _core.RingError
+Screen = _core.Screen

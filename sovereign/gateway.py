@@ -22,6 +22,7 @@ from sovereign.broker.paper import Execution, PaperBroker, Retcode
 from sovereign.config import Config
 from sovereign.core import (
     LAYOUT_VERSION,
+    NO_AGENT,
     ORDER_DTYPE,
     ORDER_FILL,
     ORDER_REJECT,
@@ -165,10 +166,11 @@ def route(ticks: np.ndarray, worker_of: np.ndarray, n_workers: int) -> list[np.n
 def _report(ex: Execution, rec: np.void | None) -> tuple:
     done = ex.retcode == Retcode.DONE
     reason = EXIT_REASONS.get(ex.reason, Reason.OK) if done else Reason.BROKER
-    origin = int(rec["origin_ns"]) if rec is not None else 0
-    agent = int(rec["agent"]) if rec is not None else 0xFFFFFFFF
-    conviction = float(rec["conviction"]) if rec is not None else 0.0
-    sl, tp = (float(rec["sl"]), float(rec["tp"])) if rec is not None else (0.0, 0.0)
+    if rec is None:
+        origin, agent, conviction, sl, tp = 0, NO_AGENT, 0.0, 0.0, 0.0
+    else:
+        f = rec.item()
+        origin, agent, conviction, sl, tp = f[1], f[5], f[14], f[12], f[13]
     return (ex.ts_ns, origin, ex.client_order_id, ex.ticket, ex.symbol, agent, ex.side,
             ORDER_FILL if done else ORDER_REJECT, int(reason), int(ex.retcode), float(ex.volume),
             float(ex.price), sl, tp, conviction, 0.0, float(ex.commission))  # fmt: skip

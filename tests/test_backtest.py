@@ -347,3 +347,85 @@ def test_cli_backtest_refuses_bad_input_clearly(tmp_path: Path, args: list[str],
         [*CLI, "backtest", *argv, "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=tmp_path
     )
     assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def _screen_by_numpy(rec: dict, book: dict, a: int, k: int, lim: dict) -> tuple[tuple, tuple]:
+    """The walk's screen as it was written with numpy before it moved to C++ (Screen)."""
+    syms = rec["sym"][a:k]
+    long, short, coef = book["long"][syms], book["short"][syms], book["coef"][syms]
+    mark_now = np.where(book["long"], book["q_bid"], book["q_ask"])
+    delta = np.zeros(k - a)
+    for s in np.unique(syms[coef != 0]):  # each symbol's change from its previous mark
+        at = np.flatnonzero(syms == s)
+        px = np.where(book["long"][s], rec["bid"][a:k][at], rec["ask"][a:k][at])
+        delta[at] = (px - np.r_[mark_now[s], px[:-1]]) * book["coef"][s]
+    eq = lim["equity0"] + np.cumsum(delta)
+    if "high" in rec:
+        high, low, spread = rec["high"][a:k], rec["low"][a:k], rec["spread"][a:k]
+        worst, best = np.where(long, low, high + spread), np.where(long, high, low + spread)
+    else:
+        worst = best = np.where(long, rec["bid"][a:k], rec["ask"][a:k])
+    sl, tp = book["sl"][syms], book["tp"][syms]
+    with np.errstate(invalid="ignore"):
+        exit_ = (long & ((worst <= sl) | (best >= tp))) | (short & ((worst >= sl) | (best <= tp)))
+    breach = np.zeros(k - a, bool)
+    if lim["peak0"] is not None:
+        breach |= eq <= np.maximum.accumulate(np.maximum(eq, lim["peak0"])) * lim["keep"]
+    if lim["daily_floor"] is not None:
+        breach |= eq <= lim["daily_floor"]
+    pending = lim["pending"][syms] if lim["pending"] is not None else np.zeros(k - a, bool)
+    first = (k, 0)
+    for kind, hits in ((1, pending), (2, exit_), (3, breach)):  # a later kind wins at the same record
+        idx = np.flatnonzero(hits)
+        if len(idx) and a + idx[0] + 1 <= first[0]:
+            first = (a + int(idx[0]) + 1, kind)
+    best_at = int(np.argmax(eq)) if k > a else -1
+    return first, (a + best_at if k > a else -1, float(eq[best_at]) if k > a else -np.inf)
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), bars=st.booleans(), n=st.integers(0, 400), symbols=st.integers(1, 5))
+def test_the_screen_agrees_with_its_numpy_definition(seed: int, bars: bool, n: int, symbols: int) -> None:
+    from sovereign.core import Screen
+
+    rng = np.random.default_rng(seed)
+    bid = 1.0 + np.cumsum(rng.normal(0, 0.001, n))
+    rec = {"sym": rng.integers(0, symbols, n).astype(np.uint32), "bid": bid, "ask": bid + 0.0002}
+    if bars:
+        rec |= {"high": bid + rng.uniform(0, 0.002, n), "low": bid - rng.uniform(0, 0.002, n),
+                "spread": np.full(n, 0.0002)}  # fmt: skip
+    direction = rng.integers(-1, 2, symbols)
+    away = direction * rng.uniform(0, 0.01, (2, symbols))  # stop below a long's price, target above
+    book = {"long": direction > 0, "short": direction < 0,
+            "coef": direction * rng.uniform(1e4, 1e5, symbols),
+            "sl": np.where(rng.random(symbols) < 0.7, 1.0 - away[0], np.nan),
+            "tp": np.where(rng.random(symbols) < 0.7, 1.0 + away[1], np.nan),
+            "q_bid": np.full(symbols, 1.0), "q_ask": np.full(symbols, 1.0002)}  # fmt: skip
+    a = int(rng.integers(0, n + 1))
+    k = int(rng.integers(a, n + 1))
+    peak0 = float(rng.uniform(100_000, 101_000)) if rng.random() < 0.7 else None
+    lim = {"equity0": 100_000.0, "peak0": peak0,
+           "keep": 0.99, "daily_floor": 99_500.0 if rng.random() < 0.5 else None,
+           "pending": rng.random(symbols) < 0.2 if rng.random() < 0.3 else None}  # fmt: skip
+    screen = Screen(rec["sym"], rec["bid"], rec["ask"], rec.get("high"), rec.get("low"), rec.get("spread"))
+    mark = np.where(book["long"], book["q_bid"], book["q_ask"])
+    got = screen.next(a, k, book["long"], book["short"], book["coef"], book["sl"], book["tp"], mark,
+                      lim["equity0"], True, peak0, 0.99, lim["daily_floor"], lim["pending"])  # fmt: skip
+    want_next, want_best = _screen_by_numpy(rec, book, a, k, lim)
+    assert got == want_next
+    assert screen.best(a, k, book["long"], book["coef"], mark, lim["equity0"]) == want_best
+
+
+def test_the_screen_refuses_bad_arguments() -> None:
+    from sovereign.core import Screen
+
+    sym, px = np.zeros(10, np.uint32), np.ones(10)
+    with pytest.raises(ValueError, match="one length"):
+        Screen(sym, px[:5], px)
+    with pytest.raises(ValueError, match="together"):
+        Screen(sym, px, px, high=px)
+    screen, one = Screen(sym, px, px), np.ones(1)
+    with pytest.raises(IndexError, match="outside"):
+        screen.best(5, 11, one > 0, one, one, 0.0)
+    with pytest.raises(ValueError, match="one entry per symbol"):
+        screen.best(0, 10, one > 0, np.ones(2), one, 0.0)
