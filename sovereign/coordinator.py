@@ -28,7 +28,7 @@ from sovereign.core import ORDER_DTYPE, ORDER_FILL, ORDER_INTENT, SIGNAL_DTYPE, 
 from sovereign.ledger import ZERO, to_decimal
 from sovereign.orders import ClientIds
 from sovereign.recorder import event_log
-from sovereign.risk import BOOK_KEY  # risk's ledger in the positions database
+from sovereign.risk import BOOK_KEY, STATE_KEY  # risk's ledger and state
 from sovereign.runtime import RUNNING, STOPPED, Child
 from sovereign.state import StateStore, Txn, key_u64
 
@@ -58,6 +58,7 @@ class Coordinator:
         self.position: dict[int, int] = {}  # symbol -> direction of the open position
         self.in_flight: dict[int, tuple[int, int]] = {}  # symbol -> (client id, expires_ns)
         self.intents = 0
+        self.ticket = 0  # the newest deal in `volume`: a report of it or an older one is not applied again
 
     def cap(self) -> float:
         r = self.config.risk
@@ -104,18 +105,22 @@ class Coordinator:
         """Execution reports (ORDER_DTYPE, kind FILL or REJECT): each symbol's net volume,
         exactly (lots as decimals), and the end of an order's flight."""
         for r in reports.tolist():
-            cid, symbol, side, kind, volume = r[2], r[4], r[6], r[7], r[10]
+            cid, ticket, symbol, side, kind, volume = r[2], r[3], r[4], r[6], r[7], r[10]
             flight = self.in_flight.get(symbol)
             if flight is not None and flight[0] == cid:
                 del self.in_flight[symbol]
-            if kind == ORDER_FILL:
+            # Deal tickets rise: an older one is counted already (0: no ticket, applied).
+            if kind == ORDER_FILL and (ticket > self.ticket or not ticket):
+                self.ticket = max(self.ticket, ticket)
                 self.volume[symbol] = self.volume.get(symbol, ZERO) + side * to_decimal(volume)
                 vol = self.volume[symbol]
                 self.position[symbol] = 0 if vol == 0 else (1 if vol > 0 else -1)
 
-    def load_positions(self, volumes: dict[int, Decimal]) -> None:
-        """Net volume per symbol at start-up, from the book risk keeps in LMDB."""
+    def load_positions(self, volumes: dict[int, Decimal], ticket: int = 0) -> None:
+        """Net volume per symbol at start-up, from the book risk keeps in LMDB, which has
+        every deal up to `ticket` (their reports may still be in the ring)."""
         self.volume = dict(volumes)
+        self.ticket = ticket
         self.position = {s: (1 if v > 0 else -1) for s, v in volumes.items() if v != 0}
 
 
@@ -126,10 +131,11 @@ def run(child: Child, config: Config) -> None:
     ids = ClientIds(store)
     issued = ids.issued  # cleared as each event is logged
     coord = Coordinator(config, ids.next)
-    book = store.read(lambda t: t.get("positions", BOOK_KEY))
+    book, state = store.read(lambda t: (t.get("positions", BOOK_KEY), t.get("risk", STATE_KEY)))
     if book is not None:
         coord.load_positions({int(s): sum((Decimal(v) for v, _ in p["lots"]), ZERO)
-                              for s, p in book["positions"].items()})  # fmt: skip
+                              for s, p in book["positions"].items()},
+                             int((state or {}).get("ticket", 0)))  # fmt: skip
     signal_rings = [SignalRing.attach(layout.signal_ring(k)) for k in range(layout.n_workers)]
     reports = OrderRing.attach(layout.reports_coordinator)
     intents = OrderRing.attach(layout.intents)
@@ -140,7 +146,7 @@ def run(child: Child, config: Config) -> None:
         last = store.read(lambda t: t.last_key("signals"))  # this session's signals are kept after it
         rings = {"signals": [r.stats()["popped"] for r in signal_rings], "reports": reports.stats()["popped"],
                  "intents": intents.stats()["pushed"]}  # fmt: skip
-        log.add("start", {"volumes": {s: str(v) for s, v in coord.volume.items()},
+        log.add("start", {"volumes": {s: str(v) for s, v in coord.volume.items()}, "ticket": coord.ticket,
                           "signals_after": 0 if last is None else key_u64(last), "rings": rings})  # fmt: skip
         log.flush()
     sig_buf = np.zeros(SIGNAL_BATCH, SIGNAL_DTYPE)
@@ -166,7 +172,8 @@ def run(child: Child, config: Config) -> None:
 
         store.write(tx)
 
-    while not child.stop_requested:
+    # Stopping: the workers have exited; take the signals they left first.
+    while not child.stop_requested or any(r.stats()["depth"] for r in signal_rings):
         got = 0
         for k, ring in enumerate(signal_rings):  # wait on the signals (the latency path), not the reports
             n = ring.pop_into(sig_buf, timeout=0.0002 / len(signal_rings))

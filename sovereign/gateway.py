@@ -225,10 +225,12 @@ def run(child: Child, config: Config) -> None:
         for ring in reports_out:
             ring.push(reports, timeout=1.0)
 
-    while not child.stop_requested:
+    # Stopping: risk has exited; send the orders it left first.
+    while not child.stop_requested or approved.stats()["depth"]:
         for msg in child.messages():
             if msg[0] == "stop_feed":
                 feeding = False
+        feeding = feeding and not child.stop_requested
         batch = feed.next(FEED_BATCH) if feeding else no_ticks
         if len(batch):
             batch["recv_ns"] = time.monotonic_ns()

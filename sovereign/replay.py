@@ -307,7 +307,8 @@ class Replayer:
             self.pos = int(d["base"])
         elif role == "coordinator":
             self.coord = Coordinator(self.config, self.coord_ids)
-            self.coord.load_positions({int(s): Decimal(v) for s, v in d["volumes"].items()})
+            self.coord.load_positions({int(s): Decimal(v) for s, v in d["volumes"].items()},
+                                      int(d.get("ticket", 0)))
         else:
             self.risk = Risk(self.config, symbol_specs(self.config, self.n), self.risk_ids)
             self.risk.load_dict(d["state"])

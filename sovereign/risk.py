@@ -83,6 +83,7 @@ class Risk:
         self.rejected = dict.fromkeys(Reason, 0)
         self.flattening = False  # halted with flatten: keep closing whatever is open
         self.closing: dict[int, int] = {}  # symbol -> client id of risk's close in flight
+        self.ticket = 0  # the newest deal in the book: a report of it or an older one is not applied again
 
     # ---- intents
 
@@ -171,11 +172,13 @@ class Risk:
 
     def on_reports(self, reports: np.ndarray) -> None:
         for r in reports.tolist():
-            cid, symbol, side, kind, volume, price, sl, tp, commission = (
-                r[2], r[4], r[6], r[7], r[10], r[11], r[12], r[13], r[16])
+            cid, ticket, symbol, side, kind, volume, price, sl, tp, commission = (
+                r[2], r[3], r[4], r[6], r[7], r[10], r[11], r[12], r[13], r[16])
             if self.closing.get(symbol) == cid:
                 del self.closing[symbol]
-            if kind == ORDER_FILL:
+            # Deal tickets rise: an older one is in the book already (0: no ticket, applied).
+            if kind == ORDER_FILL and (ticket > self.ticket or not ticket):
+                self.ticket = max(self.ticket, ticket)
                 self.ledger.fill(symbol, side, to_decimal(volume), to_decimal(price), to_decimal(commission),
                                  to_decimal(sl) if sl else None, to_decimal(tp) if tp else None)  # fmt: skip
 
@@ -272,16 +275,18 @@ class Risk:
     def to_dict(self) -> dict[str, Any]:
         return {"state": self.state.value, "why": self.why, "peak": str(self.peak), "day": self.day,
                 "day_start": str(self.day_start), "equity": str(self.equity),
-                "flattening": self.flattening}  # fmt: skip
+                "flattening": self.flattening, "ticket": self.ticket}  # fmt: skip
 
     def load_dict(self, d: dict[str, Any]) -> None:
         self.state, self.why = TradingState(d["state"]), d["why"]
         self.peak, self.day, self.day_start = Decimal(d["peak"]), int(d["day"]), Decimal(d["day_start"])
         self.equity = Decimal(d["equity"])
         self.flattening = bool(d.get("flattening", False))
+        self.ticket = int(d.get("ticket", 0))
 
 
 BOOK_KEY = "book"  # positions database: risk's ledger
+REPORT_WAIT_S = 5.0  # stopping: how long risk waits for the report of an order it approved
 STATE_KEY = "state"  # risk database: trading state, peak, day
 
 
@@ -301,7 +306,10 @@ def run(child: Child, config: Config) -> None:
     if book is not None:
         risk.ledger.load_dict(book)
     if broker is not None and not same_book(broker["ledger"], risk.ledger.to_dict()):  # crashed in between
+        # The broker's book has every deal before its next ticket, some of them maybe
+        # still in the reports ring: those are not applied again.
         risk.ledger.load_dict(broker["ledger"])
+        risk.ticket = int(broker["next_ticket"]) - 1
 
         def reconcile(t: Txn) -> None:
             t.journal("reconciled", source="broker", book=broker["ledger"])
@@ -371,7 +379,23 @@ def run(child: Child, config: Config) -> None:
         store.write(tx)
 
     next_mark = next_save = next_beat = 0.0
-    while not child.stop_requested:
+    awaiting: dict[int, float] = {}  # client id -> when approved, until its report comes back
+
+    def push(orders: np.ndarray) -> None:
+        approved.push(orders, timeout=1.0)
+        awaiting.update(dict.fromkeys(orders["client_order_id"].tolist(), time.monotonic()))
+
+    def draining() -> bool:
+        """Stopping, the coordinator has exited: decide on the intents it left, and take the
+        reports of the orders approved (the gateway stops after risk), so that the book
+        risk saves is the broker's. An order unreported for REPORT_WAIT_S was lost with a
+        killed gateway (it popped it, never recorded it): not waited for."""
+        if intents.stats()["depth"] or reports.stats()["depth"]:
+            return True
+        since = time.monotonic() - REPORT_WAIT_S
+        return any(t > since for t in awaiting.values())
+
+    while not child.stop_requested or draining():
         n = intents.pop_into(buf, timeout=0.0005)
         if n:
             clock_ns = now()
@@ -380,11 +404,13 @@ def run(child: Child, config: Config) -> None:
             if log is not None:
                 log.flush()
             if len(ok):
-                approved.push(ok, timeout=1.0)
+                push(ok)
             if refused:
                 persist(refused)
         m = reports.pop_into(rep, timeout=0.0)
         if m:
+            for cid in rep["client_order_id"][:m].tolist():
+                awaiting.pop(cid, None)
             risk.on_reports(rep[:m])
             logged("r", m)
             persist(book_changed=True)
@@ -409,7 +435,7 @@ def run(child: Child, config: Config) -> None:
             if log is not None:
                 log.flush()
             if len(out):
-                approved.push(out, timeout=1.0)
+                push(out)
         if log is not None:
             log.flush()
             if risk.events or t >= next_save:

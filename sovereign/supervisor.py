@@ -426,28 +426,58 @@ class Supervisor:
         self.pending.clear()
         deadline = time.monotonic() + self.config.system.shutdown_timeout_s
         self.log("stopping", status=self.status_line())
+        for p in self.procs.values():  # each must drain what it was sent, and risk needs the gateway
+            self._revive(p)
         self.send("gateway", ("stop_feed",))
         quiet = 0
         while quiet < 3 and time.monotonic() < deadline - self.config.system.shutdown_timeout_s / 2:
             depth = sum(r.stats()["depth"] for r in self.rings)
             quiet = quiet + 1 if depth == 0 else 0
             self.serve(POLL_S)  # answers "stopping"
-        for role in ["gateway", *(r for r in self.procs if r.startswith("worker-")), "coordinator", "risk"]:
-            self.send(role, ("stop",))
+        # Then stop in the direction records flow: a process is told to stop only after
+        # everything upstream of it has exited, and drains its inputs before it exits, so
+        # nothing can arrive after its consumer has gone. The gateway goes last: it sends
+        # the orders risk approved while draining. Its last reports may find risk and the
+        # coordinator gone: risk waits for the reports of what it approved; the
+        # coordinator's are left unread (it rebuilds its positions from risk's book at
+        # start). A process found dead or waiting out a restart backoff was started again
+        # above, at once, to drain what it was sent.
+        workers = [r for r in self.procs if r.startswith("worker-")]
         clean = True
-        for p in self.procs.values():
-            if p.process is None or p.restart_at is not None:
-                continue
-            p.process.join(max(0.0, deadline - time.monotonic()))
-            if p.process.is_alive():
-                clean = False
-                p.process.kill()
-                p.process.join(1)
-            elif p.process.exitcode != 0:
-                clean = False
-        left = sum(r.stats()["depth"] for r in self.rings)
-        self.log("stopped", clean=clean, undrained_records=left)
+        for stage in (workers, ["coordinator"], ["risk"], ["gateway"]):
+            for role in stage:
+                self.send(role, ("stop",))
+            for role in stage:
+                clean = self._join(self.procs[role], deadline) and clean
+        stats = dict(zip(self.ring_names, (r.stats()["depth"] for r in self.rings), strict=True))
+        unread = stats.pop("reports-coord", 0)
+        self.log("stopped", clean=clean, undrained_records=sum(stats.values()), unread_reports=unread)
         return 0 if clean else 1
+
+    def _revive(self, p: Proc) -> None:
+        """Stopping: start a dead process again (at once, no backoff) so that it drains."""
+        if p.process is not None and p.restart_at is None and p.process.is_alive():
+            return
+        if p.process is not None and p.restart_at is None:  # died since the last check
+            p.restarts += 1
+        code = None if p.process is None else p.process.exitcode
+        self.log("restart", process=p.role, why="stopping: to drain its inputs", exitcode=code, delay_s=0,
+                 restarts=p.restarts)  # fmt: skip
+        self.spawn(p)
+
+    def _join(self, p: Proc, deadline: float) -> bool:
+        """Wait for a stopping process until the deadline (then kill it); True if it exited
+        by itself with status 0."""
+        if p.process is None:
+            return True
+        while p.process.is_alive() and time.monotonic() < deadline:
+            p.process.join(POLL_S)
+            self.serve(0)  # answers "stopping"
+        if p.process.is_alive():
+            p.process.kill()
+            p.process.join(1)
+            return False
+        return p.process.exitcode == 0
 
     def cleanup(self) -> None:
         for p in getattr(self, "procs", {}).values():

@@ -70,7 +70,8 @@ def run(child: Child, config: Config, k: int) -> None:
     signals_out = SignalRing.attach(layout.signal_ring(k))
     realtime = config.feed.pace == "realtime"
     next_snapshot = time.monotonic() + config.system.snapshot_interval_s
-    while not child.stop_requested:
+    # Stopping: the gateway has stopped feeding; take what is left in the ring first.
+    while not child.stop_requested or ticks_in.stats()["depth"]:
         pool.pump(ticks_in, signals_out, 0.05)
         if realtime:
             cut = time.time_ns() - FLUSH_GRACE_NS
