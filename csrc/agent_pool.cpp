@@ -1,7 +1,10 @@
 #include "agent_pool.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
+#include <thread>
 #include <stdexcept>
 #include <unordered_map>
 
@@ -163,7 +166,7 @@ size_t AgentPool::on_ticks(const Tick* ticks, size_t n, std::vector<Signal>& out
       }
       if (ss.open_start != kNoBar) {
         const size_t before = out.size();
-        close_bar(*s, out);
+        close_bar(*s, counters_, out);
         for (size_t k = before; k < out.size(); ++k) out[k].origin_ns = t.recv_ns;
       }
       ss.open_start = t.ts_ns - t.ts_ns % ss.tf_ns;  // ts > 0, so this is the floor
@@ -179,84 +182,147 @@ size_t AgentPool::on_ticks(const Tick* ticks, size_t n, std::vector<Signal>& out
 
 size_t AgentPool::on_bars(const Bar* bars, size_t n, std::vector<Signal>& out) {
   if (routes_dirty_) rebuild_routes();
+  // Agents of different symbols share nothing, so the bars are taken symbol by symbol
+  // (a symbol's agents stay in cache while its bars pass), in up to threads_ lanes of
+  // disjoint symbols, and the signals are put back in the order one pass in time order
+  // makes: by bar, and within a bar as its agents made them.
   const size_t n_symbols = last_ts_.size();
-  size_t accepted = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const Bar& b = bars[i];
-    bool ohlc_ok = positive_finite(b.open) && positive_finite(b.high) && positive_finite(b.low) &&
-                   positive_finite(b.close) && b.low <= std::min(b.open, b.close) &&
-                   b.high >= std::max(b.open, b.close) && b.timeframe_s >= 1;
-    if (!ohlc_ok) {
-      reject(Reject::kBadBar);
-      continue;
-    }
-    if (!(b.volume >= 0.0) || !std::isfinite(b.volume)) {
-      reject(Reject::kBadVolume);
-      continue;
-    }
-    if (b.ts_ns <= 0) {
-      reject(Reject::kBadTimestamp);
-      continue;
-    }
-    if (b.ts_ns % (int64_t{b.timeframe_s} * 1'000'000'000) != 0) {
-      reject(Reject::kMisaligned);
-      continue;
-    }
-    // The series this bar feeds: its own timeframe directly, and every larger timeframe
-    // it divides by aggregation (M1 bars build M5 and M15 bars).
-    const int64_t bar_ns = int64_t{b.timeframe_s} * 1'000'000'000;
-    bool known = false, backwards = false;
-    if (b.symbol < n_symbols) {
-      for (uint32_t j = symbol_series_offsets_[b.symbol]; j < symbol_series_offsets_[b.symbol + 1]; ++j) {
-        const SeriesState& ss = series_[symbol_series_[j]];
-        if (ss.timeframe_s % b.timeframe_s != 0) continue;
-        known = true;
-        const int64_t floor = ss.timeframe_s == b.timeframe_s ? ss.open_end : ss.open_start;
-        backwards |= b.ts_ns < ss.closed_end || (ss.open_start != kNoBar && b.ts_ns < floor);
-      }
-    }
-    if (!known) {
-      reject(Reject::kUnknownSymbol);
-      continue;
-    }
-    if (backwards) {
-      reject(Reject::kBackwards);
-      continue;
-    }
-    ++accepted;
-    for (uint32_t j = symbol_series_offsets_[b.symbol]; j < symbol_series_offsets_[b.symbol + 1]; ++j) {
-      const uint32_t s = symbol_series_[j];
-      SeriesState& ss = series_[s];
-      if (ss.timeframe_s % b.timeframe_s != 0) continue;
-      if (ss.timeframe_s == b.timeframe_s) {
-        if (ss.open_start != kNoBar) close_bar(s, out);  // a tick-built bar before it
-        ss.closed_end = b.ts_ns + ss.tf_ns;
-        ++counters_.bars;
-        run_agents(s, b, out);
-        continue;
-      }
-      if (ss.open_start != kNoBar && b.ts_ns >= ss.open_end) close_bar(s, out);
-      if (ss.open_start == kNoBar) {
-        ss.open_start = b.ts_ns - b.ts_ns % ss.tf_ns;
-        ss.open_end = ss.open_start + ss.tf_ns;
-        ss.open = b.open;
-        ss.high = b.high;
-        ss.low = b.low;
-        ss.volume_sum = 0.0;
-        ss.tick_count = 0;
-      }
-      ss.high = std::max(ss.high, b.high);
-      ss.low = std::min(ss.low, b.low);
-      ss.close = b.close;
-      ss.volume_sum += b.volume;
-      ++ss.tick_count;
-      if (b.ts_ns + bar_ns >= ss.open_end) close_bar(s, out);  // it completes the period: no waiting
-    }
+  std::vector<uint32_t> start(n_symbols + 2, 0), order(n);
+  auto bucket = [&](const Bar& b) { return b.symbol < n_symbols ? b.symbol : n_symbols; };  // unknown: last
+  for (size_t i = 0; i < n; ++i) ++start[bucket(bars[i]) + 1];
+  for (size_t s = 0; s <= n_symbols; ++s) start[s + 1] += start[s];
+  {
+    std::vector<uint32_t> fill(start.begin(), start.end() - 1);
+    for (size_t i = 0; i < n; ++i) order[fill[bucket(bars[i])]++] = static_cast<uint32_t>(i);
   }
+  struct Lane {
+    size_t from = 0, to = 0;  // positions in `order`
+    std::vector<Signal> signals;
+    std::vector<uint32_t> at;  // the bar each signal came from
+    PoolCounters counters;
+    size_t accepted = 0;
+    std::exception_ptr error;
+  };
+  const size_t lanes_n = std::max<size_t>(1, std::min<size_t>(threads_, n / kMinBarsPerLane + 1));
+  std::vector<Lane> lanes(lanes_n);
+  for (size_t k = 0, s = 0; k < lanes_n; ++k) {  // contiguous symbols, about n / lanes bars each
+    lanes[k].from = start[s];
+    const size_t goal = n * (k + 1) / lanes_n;
+    while (s <= n_symbols && (k + 1 == lanes_n || start[s + 1] <= goal)) ++s;
+    lanes[k].to = start[s];
+  }
+  auto run = [&](Lane& lane) {
+    try {
+      for (size_t j = lane.from; j < lane.to; ++j) {
+        const size_t before = lane.signals.size();
+        lane.accepted += bar_one(bars[order[j]], lane.counters, lane.signals);
+        lane.at.insert(lane.at.end(), lane.signals.size() - before, order[j]);
+      }
+    } catch (...) {
+      lane.error = std::current_exception();
+    }
+  };
+  std::vector<std::thread> helpers;
+  for (size_t k = 1; k < lanes_n; ++k) helpers.emplace_back(run, std::ref(lanes[k]));
+  run(lanes[0]);
+  for (auto& t : helpers) t.join();
+  size_t accepted = 0, total = 0;
+  for (const Lane& lane : lanes) {
+    if (lane.error) std::rethrow_exception(lane.error);
+    accepted += lane.accepted;
+    total += lane.signals.size();
+    counters_.bars += lane.counters.bars;
+    counters_.signals += lane.counters.signals;
+    for (size_t r = 0; r < counters_.rejected.size(); ++r) counters_.rejected[r] += lane.counters.rejected[r];
+  }
+  // Each lane's signals are in bar order per symbol; one bar's signals are all in one lane.
+  std::vector<std::pair<uint32_t, uint32_t>> where;  // (lane, index)
+  where.reserve(total);
+  for (uint32_t k = 0; k < lanes.size(); ++k)
+    for (uint32_t j = 0; j < lanes[k].signals.size(); ++j) where.emplace_back(k, j);
+  std::stable_sort(where.begin(), where.end(), [&](const auto& x, const auto& y) {
+    return lanes[x.first].at[x.second] < lanes[y.first].at[y.second];
+  });
+  out.reserve(out.size() + total);
+  for (const auto& [k, j] : where) out.push_back(lanes[k].signals[j]);
   return accepted;
 }
 
-void AgentPool::close_bar(uint32_t series, std::vector<Signal>& out) {
+bool AgentPool::bar_one(const Bar& b, PoolCounters& counters, std::vector<Signal>& out) {
+  const size_t n_symbols = last_ts_.size();
+  auto reject = [&](Reject why) { ++counters.rejected[static_cast<size_t>(why)]; };
+  bool ohlc_ok = positive_finite(b.open) && positive_finite(b.high) && positive_finite(b.low) &&
+                 positive_finite(b.close) && b.low <= std::min(b.open, b.close) &&
+                 b.high >= std::max(b.open, b.close) && b.timeframe_s >= 1;
+  if (!ohlc_ok) {
+    reject(Reject::kBadBar);
+    return false;
+  }
+  if (!(b.volume >= 0.0) || !std::isfinite(b.volume)) {
+    reject(Reject::kBadVolume);
+    return false;
+  }
+  if (b.ts_ns <= 0) {
+    reject(Reject::kBadTimestamp);
+    return false;
+  }
+  if (b.ts_ns % (int64_t{b.timeframe_s} * 1'000'000'000) != 0) {
+    reject(Reject::kMisaligned);
+    return false;
+  }
+  // The series this bar feeds: its own timeframe directly, and every larger timeframe
+  // it divides by aggregation (M1 bars build M5 and M15 bars).
+  const int64_t bar_ns = int64_t{b.timeframe_s} * 1'000'000'000;
+  bool known = false, backwards = false;
+  if (b.symbol < n_symbols) {
+    for (uint32_t j = symbol_series_offsets_[b.symbol]; j < symbol_series_offsets_[b.symbol + 1]; ++j) {
+      const SeriesState& ss = series_[symbol_series_[j]];
+      if (ss.timeframe_s % b.timeframe_s != 0) continue;
+      known = true;
+      const int64_t floor = ss.timeframe_s == b.timeframe_s ? ss.open_end : ss.open_start;
+      backwards |= b.ts_ns < ss.closed_end || (ss.open_start != kNoBar && b.ts_ns < floor);
+    }
+  }
+  if (!known) {
+    reject(Reject::kUnknownSymbol);
+    return false;
+  }
+  if (backwards) {
+    reject(Reject::kBackwards);
+    return false;
+  }
+  for (uint32_t j = symbol_series_offsets_[b.symbol]; j < symbol_series_offsets_[b.symbol + 1]; ++j) {
+    const uint32_t s = symbol_series_[j];
+    SeriesState& ss = series_[s];
+    if (ss.timeframe_s % b.timeframe_s != 0) continue;
+    if (ss.timeframe_s == b.timeframe_s) {
+      if (ss.open_start != kNoBar) close_bar(s, counters, out);  // a tick-built bar before it
+      ss.closed_end = b.ts_ns + ss.tf_ns;
+      ++counters.bars;
+      run_agents(s, b, counters, out);
+      continue;
+    }
+    if (ss.open_start != kNoBar && b.ts_ns >= ss.open_end) close_bar(s, counters, out);
+    if (ss.open_start == kNoBar) {
+      ss.open_start = b.ts_ns - b.ts_ns % ss.tf_ns;
+      ss.open_end = ss.open_start + ss.tf_ns;
+      ss.open = b.open;
+      ss.high = b.high;
+      ss.low = b.low;
+      ss.volume_sum = 0.0;
+      ss.tick_count = 0;
+    }
+    ss.high = std::max(ss.high, b.high);
+    ss.low = std::min(ss.low, b.low);
+    ss.close = b.close;
+    ss.volume_sum += b.volume;
+    ++ss.tick_count;
+    if (b.ts_ns + bar_ns >= ss.open_end) close_bar(s, counters, out);  // it completes the period: no waiting
+  }
+  return true;
+}
+
+void AgentPool::close_bar(uint32_t series, PoolCounters& counters, std::vector<Signal>& out) {
   SeriesState& ss = series_[series];
   Bar bar{ss.open_start, ss.open,
           ss.high,       ss.low,
@@ -264,17 +330,17 @@ void AgentPool::close_bar(uint32_t series, std::vector<Signal>& out) {
           ss.symbol,     ss.timeframe_s};
   ss.closed_end = ss.open_end;
   ss.open_start = ss.open_end = kNoBar;
-  ++counters_.bars;
-  run_agents(series, bar, out);
+  ++counters.bars;
+  run_agents(series, bar, counters, out);
 }
 
-void AgentPool::run_agents(uint32_t series, const Bar& bar, std::vector<Signal>& out) {
+void AgentPool::run_agents(uint32_t series, const Bar& bar, PoolCounters& counters, std::vector<Signal>& out) {
   for (uint32_t j = series_agent_offsets_[series]; j < series_agent_offsets_[series + 1]; ++j) {
     const uint32_t a = series_agents_[j];
     Signal sig;
     if (agent_on_bar(configs_[a], states_[a], bar, a, sig)) {
       out.push_back(sig);
-      ++counters_.signals;
+      ++counters.signals;
     }
   }
 }
@@ -282,7 +348,7 @@ void AgentPool::run_agents(uint32_t series, const Bar& bar, std::vector<Signal>&
 void AgentPool::flush(int64_t now_ns, std::vector<Signal>& out) {
   if (routes_dirty_) rebuild_routes();
   for (uint32_t s = 0; s < series_.size(); ++s) {
-    if (series_[s].open_start != kNoBar && series_[s].open_end <= now_ns) close_bar(s, out);
+    if (series_[s].open_start != kNoBar && series_[s].open_end <= now_ns) close_bar(s, counters_, out);
   }
 }
 

@@ -7,6 +7,7 @@
 // Thread safety: none. One pool belongs to one thread (a worker's hot loop).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <string>
@@ -88,11 +89,17 @@ class AgentPool {
   const PoolCounters& counters() const { return counters_; }
   size_t memory_bytes() const;  // heap held by the pool's arrays
 
+  // on_bars may use up to this many threads, each on its own symbols (1: none besides
+  // the caller's). Results do not depend on it.
+  void set_threads(size_t n) { threads_ = std::max<size_t>(1, n); }
+  size_t threads() const { return threads_; }
+
  private:
   uint32_t series_for(uint32_t symbol, uint32_t timeframe_s);
   void rebuild_routes();
-  void close_bar(uint32_t series, std::vector<Signal>& out);
-  void run_agents(uint32_t series, const Bar& bar, std::vector<Signal>& out);
+  bool bar_one(const Bar& bar, PoolCounters& counters, std::vector<Signal>& out);
+  void close_bar(uint32_t series, PoolCounters& counters, std::vector<Signal>& out);
+  void run_agents(uint32_t series, const Bar& bar, PoolCounters& counters, std::vector<Signal>& out);
   void reject(Reject why) { ++counters_.rejected[static_cast<size_t>(why)]; }
 
   std::vector<AgentConfig> configs_;
@@ -107,6 +114,8 @@ class AgentPool {
   std::vector<uint32_t> series_agent_offsets_, series_agents_;
   std::vector<uint32_t> symbol_series_offsets_, symbol_series_;
   bool routes_dirty_ = false;
+  size_t threads_ = 1;
+  static constexpr size_t kMinBarsPerLane = 4096;  // a thread is worth starting for this many bars
 };
 
 }  // namespace sovereign

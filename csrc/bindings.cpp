@@ -552,6 +552,9 @@ PYBIND11_MODULE(_core, m) {
            "A worker's hot loop: pop tick batches from `ticks`, run every agent, push the signals to "
            "`signals`, for up to budget_s seconds, without the GIL. Returns (ticks, signals, "
            "signals_pushed); signals that did not fit are counted as dropped by the signal ring.")
+      .def_property("threads", &AgentPool::threads, &AgentPool::set_threads,
+                    "Threads on_bars may use, each on its own symbols (default 1); results do not "
+                    "depend on it.")
       .def("memory_bytes", &AgentPool::memory_bytes)
       .def("__len__", &AgentPool::size);
 }

@@ -33,6 +33,7 @@ Money is exact throughout (the Ledger's Decimals); the report's statistics are f
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,6 +105,7 @@ class Backtest:
         self.config, self.names, self.kind = config, list(names), kind
         n = len(names)
         self.pool = build_pool(list(range(n)))
+        self.pool.threads = _cores()  # bars: symbols split over the cores (the same results)
         self.ids = Ids()
         self.coord = Coordinator(config, self.ids)
         self.risk = Risk(config, symbol_specs(config, n), self.ids)
@@ -277,7 +279,13 @@ class Backtest:
         bt.__dict__.update(state)
         bt.pool = build_pool(list(range(len(bt.names))))
         bt.pool.restore(blob_pool)
+        bt.pool.threads = _cores()
         return bt
+
+
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0))
 
 
 _BAR_DTYPE = np.dtype(

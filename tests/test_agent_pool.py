@@ -170,6 +170,27 @@ def test_bad_bars_are_rejected_and_counted() -> None:
     assert pool.stats()["bars"] == 1
 
 
+@pytest.mark.parametrize("threads", [2, 3, 8])
+def test_bars_in_threads_give_what_one_pass_in_time_order_gives(threads: int) -> None:
+    """on_bars takes the bars symbol by symbol, in threads of disjoint symbols: the signals
+    (and their order), counters and state are those of one thread, bad bars included."""
+    parts = [random_bars(6_000, seed=s, symbol=s) for s in range(5)]
+    parts.append(random_bars(50, seed=9, symbol=7))  # a symbol no agent trades
+    bars = np.concatenate(parts)
+    bars = bars[np.argsort(bars["ts_ns"], kind="stable")]
+    bad = np.random.default_rng(1).choice(len(bars), 40, replace=False)
+    bars["high"][bad[:20]] = bars["low"][bad[:20]] - 1
+    bars["volume"][bad[20:]] = -1
+    one, many = make_pool(5, (60, 300, 900)), make_pool(5, (60, 300, 900))
+    many.threads = threads
+    assert many.threads == threads
+    for piece in np.array_split(bars, 3):
+        a, b = one.on_bars(piece), many.on_bars(piece)
+        assert len(a) > 0 and a.tobytes() == b.tobytes()
+    assert one.stats() == many.stats() and one.snapshot() == many.snapshot()
+    assert one.stats()["rejected"]["unknown_symbol"] == 50
+
+
 def aggregate(bars: np.ndarray, tf: int) -> np.ndarray:
     """Bars of timeframe tf built from smaller ones, the plain way: group by period."""
     period = bars["ts_ns"] - bars["ts_ns"] % (tf * NS)
