@@ -460,6 +460,7 @@ class Supervisor:
             return
         if p.process is not None and p.restart_at is None:  # died since the last check
             p.restarts += 1
+            self.hb.slots[self.layout.slot(p.role)]["restarts"] = p.restarts
         code = None if p.process is None else p.process.exitcode
         self.log("restart", process=p.role, why="stopping: to drain its inputs", exitcode=code, delay_s=0,
                  restarts=p.restarts)  # fmt: skip
