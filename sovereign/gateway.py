@@ -6,6 +6,12 @@ Orders: each approved order is committed durably in SUBMITTING, with its client 
 *before* the broker is called; the result is committed with the broker's state. After a
 crash an order found in SUBMITTING is resolved from the broker's record of what it
 executed (`recover`), never sent again.
+
+Reports: the reports of each commit are kept with it (`LAST_REPORTS_KEY`), and pushed
+after it. A gateway killed in between never pushed them, so its successor pushes them
+again, with the reports of the orders it recovered (`unsent`): risk and the coordinator
+skip a fill whose deal ticket they have applied, so a report that did arrive is not
+counted twice.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from sovereign.core import (
     QuoteBoard,
     TickRing,
 )
+from sovereign.failpoints import failpoint
 from sovereign.feeds import Feed
 from sovereign.ledger import to_decimal
 from sovereign.orders import OrderBook, OrderState
@@ -41,6 +48,7 @@ from sovereign.state import StateStore, Txn, u64_key
 
 EXIT_REASONS = {"sl": Reason.EXIT_SL, "tp": Reason.EXIT_TP}
 BROKER_KEY = "paper"
+LAST_REPORTS_KEY = "last_reports"  # the reports of the newest commit, until it is pushed
 FEED_BATCH = 2048  # ticks per loop: larger amortizes per-batch work, smaller checks orders sooner
 
 
@@ -62,7 +70,7 @@ class Gateway:
 
     def recover(self) -> list[dict]:
         """Resolve orders left in SUBMITTING by a crash: FILLED if the broker executed it,
-        else REJECTED. Never re-sends. Returns the corrections (also journaled)."""
+        else REJECTED. Never re-sends. Returns the orders corrected (also journaled)."""
         fixes = []
         for order in self.book.in_state(OrderState.SUBMITTING):
             cid = order["client_order_id"]
@@ -76,10 +84,18 @@ class Gateway:
                 else:
                     rec = self.book.advance(t, cid, [OrderState.REJECTED], why="not executed before a crash")
                 t.journal("recovered", client_order_id=cid, state=rec["state"])
-                return rec
+                return {**rec, "execution": done}
 
             fixes.append(self.store.write(tx))
         return fixes
+
+    def unsent(self, fixes: list[dict]) -> tuple[np.ndarray, int]:
+        """At start: the reports the last gateway may have died before pushing (those of its
+        newest commit), then those of the orders it left in SUBMITTING (`fixes`). Returns
+        them (ORDER_DTYPE) and how many are of the newest commit."""
+        last = self.store.read(lambda t: t.get("bridge", LAST_REPORTS_KEY)) or []
+        rows = [tuple(r) for r in last] + [recovered_report(f) for f in fixes if "symbol" in f]
+        return np.array(rows, ORDER_DTYPE), len(last)
 
     def on_ticks(self, ticks: np.ndarray) -> np.ndarray:
         """Stops and targets hit by these ticks: executed, persisted, returned as reports."""
@@ -87,15 +103,18 @@ class Gateway:
         if not fills:
             return np.zeros(0, ORDER_DTYPE)
 
+        reports = [_report(ex, None) for ex in fills]
+
         def tx(t: Txn) -> None:
             for ex in fills:
                 t.put("bridge", b"deal:" + u64_key(ex.ticket), ex.to_dict())
                 t.journal("fill", **ex.to_dict())
             t.put("bridge", BROKER_KEY, self.broker.to_dict())
+            t.put("bridge", LAST_REPORTS_KEY, reports)
 
         self.store.write(tx)
         self.fills += len(fills)
-        return np.array([_report(ex, None) for ex in fills], ORDER_DTYPE)
+        return np.array(reports, ORDER_DTYPE)
 
     def on_orders(self, approved: np.ndarray, submitted: Callable[[], None] | None = None) -> np.ndarray:
         """Send approved orders (ORDER_DTYPE) to the broker; execution reports out.
@@ -124,15 +143,17 @@ class Gateway:
         now = time.monotonic_ns()
         self.to_broker_ns.extend(now - int(o) for o in approved["origin_ns"] if o)
         executions = [execute(self.broker, rec) for rec in approved]
+        reports = [_report(ex, rec) for ex, rec in zip(executions, approved, strict=True)]
 
         def results(t: Txn) -> None:
             for cid, ex in zip(cids, executions, strict=True):
                 self._record(t, cid, ex)
             t.put("bridge", BROKER_KEY, self.broker.to_dict())
+            t.put("bridge", LAST_REPORTS_KEY, reports)
 
         self.store.write(results)
         self.orders += len(cids)
-        return np.array([_report(ex, rec) for ex, rec in zip(executions, approved, strict=True)], ORDER_DTYPE)
+        return np.array(reports, ORDER_DTYPE)
 
     def _record(self, t: Txn, cid: int, ex: Execution) -> None:
         t.put("bridge", exec_key(cid), ex.to_dict())
@@ -163,14 +184,31 @@ def route(ticks: np.ndarray, worker_of: np.ndarray, n_workers: int) -> list[np.n
     return [ordered[bounds[k] : bounds[k + 1]] for k in range(n_workers)]
 
 
+def recovered_report(order: dict[str, Any]) -> tuple:
+    """The report of an order a crash left in SUBMITTING, as `recover` resolved it (its
+    record, and the broker's execution if it had one); origin_ns is not kept: 0. A record
+    without its order's fields (never written so) has no report."""
+    done = order.get("execution")
+    if done is not None and order["state"] == OrderState.FILLED.value:
+        ex = Execution.from_dict(done)
+    else:
+        ex = Execution(order["client_order_id"], order["symbol"], order["side"], to_decimal(order["volume"]),
+                       to_decimal(order["price"]), Decimal(0), Decimal(0), order["ts_ns"], Retcode.REJECT,
+                       "not executed before a crash")  # fmt: skip
+    return _row(ex, 0, order.get("agent", NO_AGENT), order.get("conviction", 0.0), order.get("sl", 0.0),
+                order.get("tp", 0.0))
+
+
 def _report(ex: Execution, rec: np.void | None) -> tuple:
+    if rec is None:
+        return _row(ex, 0, NO_AGENT, 0.0, 0.0, 0.0)
+    f = rec.item()
+    return _row(ex, f[1], f[5], f[14], f[12], f[13])
+
+
+def _row(ex: Execution, origin: int, agent: int, conviction: float, sl: float, tp: float) -> tuple:
     done = ex.retcode == Retcode.DONE
     reason = EXIT_REASONS.get(ex.reason, Reason.OK) if done else Reason.BROKER
-    if rec is None:
-        origin, agent, conviction, sl, tp = 0, NO_AGENT, 0.0, 0.0, 0.0
-    else:
-        f = rec.item()
-        origin, agent, conviction, sl, tp = f[1], f[5], f[14], f[12], f[13]
     return (ex.ts_ns, origin, ex.client_order_id, ex.ticket, ex.symbol, agent, ex.side,
             ORDER_FILL if done else ORDER_REJECT, int(reason), int(ex.retcode), float(ex.volume),
             float(ex.price), sl, tp, conviction, 0.0, float(ex.commission))  # fmt: skip
@@ -208,12 +246,14 @@ def run(child: Child, config: Config) -> None:
     reports_out = [OrderRing.attach(layout.reports_risk), OrderRing.attach(layout.reports_coordinator)]
     # Each event is written before what it made is pushed.
     log = event_log(config, layout.session, "gateway")
+    unsent, n_last = gw.unsent(fixes)
     if log is not None:
         positions = {"approved": approved.stats()["popped"], "ticks": [r.stats()["pushed"] for r in rings],
                      "reports": [r.stats()["pushed"] for r in reports_out]}  # fmt: skip
         log.add("start", {"base": base, "n_workers": layout.n_workers, "broker": gw.broker.to_dict(),
                           "rings": positions,
-                          "recovered": {f["client_order_id"]: f["state"] for f in fixes}})  # fmt: skip
+                          "recovered": {f["client_order_id"]: f["state"] for f in fixes},
+                          "resent": unsent.tolist(), "resent_last": n_last})  # fmt: skip
         log.flush()
     buf = np.zeros(approved.capacity, ORDER_DTYPE)
     no_ticks = np.zeros(0, TICK_DTYPE)
@@ -222,8 +262,12 @@ def run(child: Child, config: Config) -> None:
     started = time.monotonic()
 
     def send_reports(reports: np.ndarray) -> None:
+        if len(reports):
+            failpoint("gateway.unsent")
         for ring in reports_out:
             ring.push(reports, timeout=1.0)
+
+    send_reports(unsent)  # what the last gateway committed and may never have pushed
 
     # Stopping: risk has exited; send the orders it left first.
     while not child.stop_requested or approved.stats()["depth"]:
@@ -262,6 +306,7 @@ def run(child: Child, config: Config) -> None:
                 if log is not None:
                     log.add("o", at, n)
                     log.flush()
+                failpoint("gateway.submitting")
 
             send_reports(gw.on_orders(buf[:n].copy(), submitted))
         if log is not None:
@@ -287,8 +332,10 @@ def _final_stats(store: StateStore, gw: Gateway, ticks: int, lost: int, feed_s: 
         return {"n": len(xs), "p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)),
                 "max_us": float(a.max())}  # fmt: skip
 
-    store.write(lambda t: t.journal("gateway_stats", ticks=ticks, feed_s=feed_s, lost_ticks=lost,
-                                    orders=gw.orders,
-                                    fills=gw.fills, rejects=gw.rejects,
-                                    tick_to_broker=pct(gw.to_broker_ns),
-                                    tick_to_gateway=pct(gw.to_gateway_ns)))  # fmt: skip
+    def tx(t: Txn) -> None:
+        t.delete("bridge", LAST_REPORTS_KEY)  # every report was pushed
+        t.journal("gateway_stats", ticks=ticks, feed_s=feed_s, lost_ticks=lost, orders=gw.orders,
+                  fills=gw.fills, rejects=gw.rejects, tick_to_broker=pct(gw.to_broker_ns),
+                  tick_to_gateway=pct(gw.to_gateway_ns))  # fmt: skip
+
+    store.write(tx)

@@ -33,7 +33,7 @@ from sovereign.coordinator import Coordinator
 from sovereign.core import ORDER_DTYPE, SIGNAL_DTYPE, TICK_DTYPE
 from sovereign.data import DataError
 from sovereign.datafile import Market, open_file
-from sovereign.gateway import _report, exec_key, execute, make_broker
+from sovereign.gateway import _report, exec_key, execute, make_broker, recovered_report
 from sovereign.recorder import read_events, recordings, session_of
 from sovereign.risk import Reason, Risk, _command
 from sovereign.runtime import symbol_specs
@@ -190,6 +190,7 @@ class Replayer:
         self.pos = 0
         self.by_worker = [self.out.signals[self._owner(self.out.signals) == k] for k in range(self.n_workers)]
         self.starts = dict.fromkeys(ROLES, 0)
+        self.batches: list[list[tuple]] = []  # the reports of each of the gateway's commits
         self.coord_start: dict[str, Any] = {}
         self._caps()
         self.by_symbol = np.lexsort((self.ticks["ts_ns"], self.ticks["symbol"]))  # to find risk's quotes
@@ -297,11 +298,14 @@ class Replayer:
         if self.starts[role] > 1:
             self._rings(role, d.get("rings", {}))
         if role == "gateway":
-            # A gateway killed after committing exits and before logging them: the replay's
-            # broker filled them too, and must now hold exactly what the new one loaded.
-            self._apply(int(d["base"]), quiet=self.starts[role] > 1)
-            if self.starts[role] > 1:
+            # A gateway killed after committing exits and before logging them (and so before
+            # pushing them): the replay's broker filled them too, and must now hold exactly
+            # what the new one loaded; the new one pushes their reports (`_resent`).
+            restart = self.starts[role] > 1
+            self._apply(int(d["base"]), quiet=restart, push=not restart)
+            if restart:
                 self._undo_undurable(d)
+            self._resent(d, restart)
             self.broker = make_broker(self.config, self.n)
             self.broker.load_dict(d["broker"])
             self.pos = int(d["base"])
@@ -335,6 +339,35 @@ class Replayer:
         if not gone and self.broker.to_dict() != d["broker"]:
             self.out.problems.append(f"gateway restarted at tick {d['base']} with another account than the "
                                      "replay's broker held there")  # fmt: skip
+
+    def _resent(self, d: dict[str, Any], restart: bool) -> None:
+        """The reports a (re)started gateway pushes first: those of the newest commit of the
+        one before it, then those of the orders it recovered (gateway.Gateway.unsent). At a
+        restart they are made again here and compared with what it pushed live; at the
+        session's start they come from before the session, and are taken as logged."""
+        if "resent" not in d:  # recorded by a version that did not send them again
+            return
+        logged = np.array([tuple(r) for r in d["resent"]], ORDER_DTYPE)
+        if not restart:
+            self.batches = [logged[: int(d["resent_last"])].tolist()]
+            self._report(logged)
+            return
+        first = int(d["broker"]["next_ticket"])
+        recovered = {int(c): state for c, state in d.get("recovered", {}).items()}
+        durable = [b for b in self.batches if not any(r[3] >= first or r[2] in recovered for r in b)]
+        rows = list(durable[-1]) if durable else []
+        for cid, state in recovered.items():
+            order = self.out.orders.get(cid)
+            if order is None:
+                self.out.problems.append(f"gateway recovered order {cid}, which the replay never approved")
+                continue
+            rows.append(recovered_report({**order, "client_order_id": cid, "state": state}))
+        mine = np.array(rows, ORDER_DTYPE)
+        names = [n for n in ORDER_DTYPE.names or () if n != "origin_ns"]  # the live clock
+        if len(mine) != len(logged) or (len(mine) and not np.array_equal(mine[names], logged[names])):
+            self.out.problems.append(f"gateway restarted at tick {d['base']} and sent {len(logged)} reports "
+                                     f"again; the replay made {len(mine)}, not the same")  # fmt: skip
+        self._report(mine)
 
     def _inputs_ready(self, role: str, rings: dict[str, Any]) -> bool:
         """A restarted consumer skips what its last run popped: wait until it was made."""
@@ -389,10 +422,13 @@ class Replayer:
                 return False
             self._apply(int(e[1]))
             batch = self.approved.take(int(e[2]))
+            done = []
             for rec in batch:
                 ex = execute(self.broker, rec)
                 self._executed(ex, rec)
-                self._report(np.array([_report(ex, rec)], ORDER_DTYPE))
+                done.append(_report(ex, rec))
+                self._report(np.array(done[-1:], ORDER_DTYPE))
+            self._commit(done)
         return True
 
     def _coordinator(self, e: list[Any]) -> bool:
@@ -485,7 +521,7 @@ class Replayer:
             self.out.problems.append(f"{role}: live made orders {ids.given} here, the replay did not")
             ids.given = []
 
-    def _apply(self, upto: int, quiet: bool = False) -> None:
+    def _apply(self, upto: int, quiet: bool = False, push: bool = True) -> None:
         """The ticks up to position `upto` through the broker: live, none of them filled a
         stop or target (those batches are logged), so any exit here is a difference."""
         if upto <= self.pos:
@@ -494,14 +530,17 @@ class Replayer:
         if fills and not quiet:
             self.out.problems.append(f"gateway: {len(fills)} stop/target fills between positions {self.pos} "
                                      f"and {upto}, where live had none")  # fmt: skip
-        self._exits(fills)
+        self._exits(fills, push)
         self.pos = upto
 
-    def _exits(self, fills: list[Execution]) -> None:
+    def _exits(self, fills: list[Execution], push: bool = True) -> None:
         for ex in fills:
             self.out.executions[f"deal:{ex.ticket}"] = ex.to_dict()
         if fills:
-            self._report(np.array([_report(ex, None) for ex in fills], ORDER_DTYPE))
+            reports = [_report(ex, None) for ex in fills]
+            self._commit(reports)
+            if push:
+                self._report(np.array(reports, ORDER_DTYPE))
 
     def _executed(self, ex: Execution, rec: np.void) -> None:
         cid = int(rec["client_order_id"])
@@ -512,6 +551,11 @@ class Replayer:
                          commission=str(ex.commission), realized_pnl=str(ex.realized_pnl))  # fmt: skip
         else:
             order.update(state="REJECTED", retcode=int(ex.retcode))
+
+    def _commit(self, reports: list[tuple]) -> None:
+        """The reports of one of the gateway's commits (the newest few are kept: a restart
+        sends those of the newest one that was durable again)."""
+        self.batches = [*self.batches[-3:], reports]
 
     def _report(self, reports: np.ndarray) -> None:
         for fifo in self.reports.values():

@@ -19,6 +19,7 @@ from sovereign.core import (
     ORDER_DTYPE,
     ORDER_FILL,
     ORDER_INTENT,
+    ORDER_REJECT,
     SIGNAL_DTYPE,
     TICK_DTYPE,
     AgentPool,
@@ -28,7 +29,7 @@ from sovereign.core import (
 )
 from sovereign.data import DataError, load_csv, load_ticks
 from sovereign.feeds import Feed
-from sovereign.gateway import Gateway, exec_key, make_broker, route
+from sovereign.gateway import Gateway, _final_stats, exec_key, make_broker, route
 from sovereign.orders import OrderBook, OrderState
 from sovereign.presets import add_default_agents
 from sovereign.risk import Reason, Risk, TradingState
@@ -224,6 +225,54 @@ def test_gateway_commits_submitting_first_and_recovers_without_resending(tmp_pat
     fixed = {f["client_order_id"]: f["state"] for f in gw2.recover()}
     assert fixed == {42: "FILLED", 43: "REJECTED"}
     assert gw2.orders == 0  # nothing was sent again
+
+
+def test_a_restarted_gateway_sends_again_the_reports_its_predecessor_may_not_have(tmp_path: Path) -> None:
+    """Killed between a commit and pushing its reports: the next gateway pushes them, with
+    those of the orders it recovered; risk and the coordinator apply each deal once."""
+    cfg = Config()
+    store = StateStore(tmp_path / "s")
+    gw = Gateway(store, make_broker(cfg, 2))
+    ticks = simulate_ticks(2, 10, seed=3)
+    gw.on_ticks(ticks)
+    symbol = int(ticks["symbol"][-1])
+    order = intent(price=float(ticks["ask"][-1]), sl=0.0, tp=0.0, cid=41, symbol=symbol)
+    order["kind"], order["volume"], order["agent"] = ORDER_APPROVED, 0.1, 7
+    reports = gw.on_orders(order)  # ... and killed before pushing them
+    store.close()
+    store = StateStore(tmp_path / "s")
+    gw2 = Gateway(store, make_broker(cfg, 2))
+    again, n_last = gw2.unsent(gw2.recover())
+    assert n_last == 1 and again.tobytes() == reports.tobytes()
+    risk, coord = make_risk(), Coordinator(cfg, ids())
+    for _ in range(2):  # the first report may have arrived after all: applied once
+        risk.on_reports(again)
+        coord.on_reports(again)
+        assert risk.ledger.volume(symbol) == coord.volume[symbol] == D("0.1")
+    # Killed after committing SUBMITTING, before calling the broker: recovered as REJECTED
+    # and reported, so risk's close in flight for that symbol is over.
+    close = order.copy()
+    close["client_order_id"], close["side"], close["agent"] = 42, -1, 0
+    risk.closing[symbol] = 42
+
+    def killed() -> None:
+        raise SystemExit
+
+    with pytest.raises(SystemExit):
+        gw2.on_orders(close, killed)
+    store.close()
+    store = StateStore(tmp_path / "s")
+    gw3 = Gateway(store, make_broker(cfg, 2))
+    again, n_last = gw3.unsent(gw3.recover())
+    assert n_last == 1 and again[:1].tobytes() == reports.tobytes()  # the newest durable commit
+    rejected = again[1]
+    assert (rejected["client_order_id"], rejected["kind"], rejected["symbol"], rejected["side"]) == (
+        42, ORDER_REJECT, symbol, -1)
+    assert rejected["volume"] == 0.1 and rejected["reason"] == Reason.BROKER
+    risk.on_reports(again)
+    assert risk.closing == {} and risk.ledger.volume(symbol) == D("0.1")
+    _final_stats(store, gw3, 0, 0, 0.0)  # a clean stop: every report was pushed
+    assert len(gw3.unsent([])[0]) == 0
 
 
 def test_gateway_routes_each_symbol_to_its_worker() -> None:

@@ -20,10 +20,12 @@ import pytest
 
 from sovereign.config import Config
 from sovereign.datafile import open_file
+from sovereign.ledger import same_book
 from sovereign.recorder import Recorder, recordings
 from sovereign.replay import load_session
 from sovereign.runtime import RUNNING, Heartbeats
 from sovereign.sim import SimMarket
+from sovereign.state import StateStore
 
 CLI = [sys.executable, "-m", "sovereign.cli"]
 DAY = 86_400 * 10**9
@@ -71,11 +73,12 @@ def test_a_restarted_gateway_records_on_in_reception_order(tmp_path: Path) -> No
     assert not open_file(newest).issues  # the cut-short record was trimmed before appending
 
 
-def _run(tmp: Path, toml: str, *args: str) -> subprocess.Popen:
+def _run(tmp: Path, toml: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     cfg = tmp / "sovereign.toml"
     cfg.write_text(f'[system]\nstate_dir = "{tmp / "state"}"\nworkers = 2\n' + toml)
     return subprocess.Popen([*CLI, "run", "--config", str(cfg), *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+                            stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})  # fmt: skip
 
 
 def _replay(tmp: Path, *args: str) -> tuple[int, dict[str, Any], str]:
@@ -167,6 +170,41 @@ def test_replay_is_exact_through_kill_9_of_gateway_coordinator_and_risk(tmp_path
     assert code == 0, (err, orjson.dumps(diff, option=orjson.OPT_INDENT_2).decode()[:6000])
     _identical(diff)
     assert diff["orders"]["live"] > 30
+
+
+@pytest.mark.parametrize("point", ["gateway.unsent", "gateway.submitting"])
+def test_a_gateway_killed_between_commit_and_push_loses_no_report(tmp_path: Path, point: str) -> None:
+    """SIGKILL exactly where a report can be lost (sovereign/failpoints.py): after the
+    commit of executions and before their reports are pushed, and after orders are
+    committed in SUBMITTING and before the broker sees them. The restarted gateway sends
+    those reports again: risk's book stays the broker's without risk restarting, and the
+    replay follows the whole session."""
+    marker = tmp_path / "fired"
+    proc = _run(tmp_path, "[feed]\nsymbols = 20\n", env={"SOVEREIGN_FAILPOINTS": f"{point}={marker}"})
+    try:
+        path = Path(f"/dev/shm/sov{proc.pid}-heartbeats")
+        _wait(lambda: path.exists(), 60, "the heartbeat board")
+        hb = Heartbeats(path.name)
+        _wait(marker.exists, 120, f"the gateway reaching {point}")
+        _wait(lambda: hb.slots[0]["state"] == RUNNING and int(hb.slots[0]["orders"]) >= 10, 60,
+              "the restarted gateway sending orders")  # fmt: skip
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0 and "stopped clean=True undrained_records=0" in out, out
+    assert out.count("sovereign: restart process=") == out.count("restart process=gateway") == 1, out
+    with StateStore(tmp_path / "state", readonly=True) as st:
+        book, broker, events = st.read(lambda t: (t.get("positions", "book"), t.get("bridge", "paper"),
+                                                  [v["event"] for _, v in t.items("journal")]))  # fmt: skip
+        left = st.read(lambda t: [o for _, o in t.items("orders")
+                                  if o["state"] in ("SUBMITTING", "APPROVED")])  # fmt: skip
+    assert same_book(book, broker["ledger"]) and "reconciled" not in events  # risk never restarted
+    assert not left and ("recovered" in events) == (point == "gateway.submitting")
+    code, diff, err = _replay(tmp_path)
+    assert code == 0, (err, orjson.dumps(diff, option=orjson.OPT_INDENT_2).decode()[:6000])
+    _identical(diff)
 
 
 def _wait(cond: Any, timeout: float, what: str) -> None:
