@@ -253,8 +253,15 @@ PARAM_SETS = [
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_pool_matches_reference_on_simulated_markets(seed: int) -> None:
+@pytest.mark.parametrize("volumes", ["whole", "fractional stretch", "fractional"])
+def test_pool_matches_reference_on_simulated_markets(seed: int, volumes: str) -> None:
+    """Whole tick volumes keep momentum's sums as running totals; a fractional volume in a
+    window sends it back to summing the window: both must be the reference's sums."""
     ticks = simulate_ticks(4, 15_000, seed=seed, mean_interval_s=0.5)
+    if volumes == "fractional":
+        ticks["volume"] *= 0.37
+    elif volumes == "fractional stretch":  # windows go from whole to mixed and back
+        ticks["volume"][len(ticks) // 2 : len(ticks) // 2 + 400] += 0.25
     pool, ref = AgentPool(), ReferencePool()
     for sym in range(4):
         for tf in (60, 300):
@@ -269,5 +276,6 @@ def test_pool_matches_reference_on_simulated_markets(seed: int) -> None:
     for a, ra in enumerate(ref.agents):
         s = pool.agent_state(a)
         assert s["atr"] == ra.ATR[-1] and s["momentum"]["obv"] == ra.OBV[-1]
+        assert s["momentum"]["vb"] == ra.vb and s["momentum"]["rv"] == ra.rv
         assert s["trend"] == ra.trend and s["trend_strength"] == ra.trend_strength
         assert levels_of(s) == [(lv.price, lv.touches, lv.kind) for lv in ra.levels]
