@@ -20,15 +20,15 @@ def to_decimal(price: float) -> Decimal:
     return Decimal(repr(float(price)))
 
 
-@dataclass
+@dataclass(slots=True)
 class Position:
     lots: deque[tuple[Decimal, Decimal]] = field(default_factory=deque)  # (signed volume, price)
     sl: Decimal | None = None
     tp: Decimal | None = None
+    volume: Decimal = ZERO  # net: the sum of the lots, kept as they change (read far more often)
 
-    @property
-    def volume(self) -> Decimal:
-        return sum((v for v, _ in self.lots), ZERO)
+    def __post_init__(self) -> None:
+        self.volume = sum((v for v, _ in self.lots), ZERO)
 
 
 class Ledger:
@@ -37,14 +37,14 @@ class Ledger:
     def __init__(self, balance: Decimal, contract_sizes: dict[int, Decimal]):
         self.balance = Decimal(balance)
         self.contract_sizes = contract_sizes
-        self.positions: dict[int, Position] = {}
+        self.positions: dict[int, Position] = {}  # open positions only
 
     def volume(self, symbol: int) -> Decimal:
         pos = self.positions.get(symbol)
         return pos.volume if pos is not None else ZERO
 
     def open_symbols(self) -> list[int]:
-        return [s for s, p in self.positions.items() if p.lots]
+        return list(self.positions)  # a position closed is removed
 
     def fill(
         self,
@@ -73,8 +73,9 @@ class Ledger:
                 pos.lots[0] = (lot_vol + side * take, lot_price)
         if left > 0:
             pos.lots.append((side * left, price))
+        pos.volume = sum((v for v, _ in pos.lots), ZERO)
         if not pos.lots:
-            pos.sl = pos.tp = None
+            del self.positions[symbol]
         elif (pos.volume > 0) != direction_before or sl is not None or tp is not None:
             pos.sl, pos.tp = sl, tp  # a new or flipped position never inherits the old stops
         self.balance += realized - commission
@@ -105,6 +106,8 @@ class Ledger:
         self.balance = Decimal(d["balance"])
         self.positions = {}
         for s, p in d["positions"].items():
+            if not p["lots"]:
+                continue
             self.positions[int(s)] = Position(
                 deque((Decimal(v), Decimal(px)) for v, px in p["lots"]),
                 None if p["sl"] is None else Decimal(p["sl"]),

@@ -25,7 +25,7 @@ def test_market_orders_fill_at_ask_and_bid_plus_slippage_and_commission() -> Non
     sell = b.market_order(2, 0, -1, D("0.10"))
     assert sell.price == D("1.09998") and sell.realized_pnl == (D("1.09998") - D("1.10022")) * D(10_000)
     assert b.balance == D(10_000) - D("0.70") * 2 + sell.realized_pnl
-    assert not b.positions[0].lots
+    assert 0 not in b.positions  # a closed position is removed
 
 
 def test_netting_reduces_then_flips_first_in_first_out() -> None:
