@@ -323,6 +323,12 @@ class _Walk:
         self.decisions: list[int] = decisions.tolist()
         self.bounds: list[int] = [*first.tolist(), len(self.at)]  # decision i: bounds[i]:bounds[i + 1]
         self.marks = marks
+        # For each record, the next one of its symbol (n: none in the chunk): a symbol's
+        # last record before k is the one whose next is at k or beyond.
+        by_symbol = np.argsort(sym, kind="stable")
+        same = sym[by_symbol[1:]] == sym[by_symbol[:-1]]
+        self.next_same = np.full(self.n, self.n, np.int64)
+        self.next_same[by_symbol[:-1][same]] = by_symbol[1:][same]
         self.a = 0  # next record to apply
         if bar_px is None:
             self.screen = Screen(sym, bid, ask)
@@ -467,12 +473,10 @@ class _Walk:
         """The quote board: each symbol's last quote among records a..k-1; returns the
         indices of those records."""
         bt = self.bt
-        syms = self.sym[a:k]
-        if len(syms) == 1 or (len(bt.names) == 1):
+        if k - a == 1 or len(bt.names) == 1:
             idx = np.array([k - 1])
         else:
-            _, first = np.unique(syms[::-1], return_index=True)
-            idx = a + len(syms) - 1 - first
+            idx = a + np.flatnonzero(self.next_same[a:k] >= k)
         rev = self.sym[idx]
         bt.q_ts[rev] = self._qts(idx)
         bt.q_bid[rev], bt.q_ask[rev] = self.bid[idx], self.ask[idx]

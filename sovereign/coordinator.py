@@ -82,9 +82,14 @@ class Coordinator:
 
     def _decide(self, symbol: int, origin_ns: int) -> tuple | None:
         live = self.live[symbol]
-        for agent in [a for a, s in live.items() if s.expires_ns <= self.clock_ns]:
+        clock, net, expired = self.clock_ns, 0.0, []
+        for agent, s in live.items():  # in order, rounding each step (sum() compensates from 3.12 on)
+            if s.expires_ns <= clock:
+                expired.append(agent)
+            else:
+                net += s.side * s.conviction
+        for agent in expired:
             del live[agent]
-        net = sum(s.side * s.conviction for s in live.values())
         if abs(net) < self.config.coordinator.threshold:
             return None
         side = 1 if net > 0 else -1

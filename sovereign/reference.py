@@ -18,6 +18,15 @@ import numpy as np
 from sovereign.core import SIGNAL_DTYPE
 
 
+def in_order(xs: Iterable[float]) -> float:
+    """The sum the C++ core makes: first to last, rounding after each addition. (sum() of
+    floats compensates the rounding from Python 3.12 on, so it is not that sum.)"""
+    total = 0.0
+    for x in xs:
+        total += x
+    return total
+
+
 @dataclass(frozen=True)
 class Params:
     atr_n: int = 14
@@ -97,7 +106,7 @@ class ReferenceAgent:
         if i < n:
             self.ATR.append(None)
         elif i == n:
-            self.ATR.append(sum(self.TR[1 : n + 1]) / n)  # type: ignore[arg-type]
+            self.ATR.append(in_order(self.TR[1 : n + 1]) / n)  # type: ignore[arg-type]
         else:
             self.ATR.append((self.ATR[i - 1] * (n - 1) + self.TR[i]) / n)  # type: ignore[operator]
         atr = self.ATR[i]
@@ -106,7 +115,7 @@ class ReferenceAgent:
         m = p.m
         self.rv = None
         if i >= m:
-            mean = sum(self.V[i - m : i]) / m
+            mean = in_order(self.V[i - m : i]) / m
             self.rv = v / mean if mean > 0 else None
         d = 0 if i == 0 else (1 if c > self.C[i - 1] else (-1 if c < self.C[i - 1] else 0))
         self.direction.append(d)
@@ -114,9 +123,9 @@ class ReferenceAgent:
         self.vb = None
         if i >= m:
             window = range(i - m + 1, i + 1)
-            up = sum(self.V[j] for j in window if self.direction[j] > 0)
-            down = sum(self.V[j] for j in window if self.direction[j] < 0)
-            total = sum(self.V[j] for j in window)
+            up = in_order(self.V[j] for j in window if self.direction[j] > 0)
+            down = in_order(self.V[j] for j in window if self.direction[j] < 0)
+            total = in_order(self.V[j] for j in window)
             self.vb = (up - down) / total if total > 0 else 0.0
         # Breaks
         if tol is not None:
