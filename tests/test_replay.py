@@ -143,8 +143,8 @@ def test_replay_catches_a_doctored_schedule_and_reports_a_cut_log(session: Path,
     assert code == 2 and "no event logs" in err
 
 
-@pytest.mark.xfail(strict=False, reason="about 1 run in 15 the replay diverges after the kills (seen last: "
-                   "risk took 2 reports live that the replay never produced): open in issue 5")
+@pytest.mark.xfail(strict=False, reason="the replay diverged after the kills in 1 of 49 runs (1 in 15 before "
+                   "a restarted gateway sent its last reports again): open in issue 5")
 def test_replay_is_exact_through_kill_9_of_gateway_coordinator_and_risk(tmp_path: Path) -> None:
     proc = _run(tmp_path, "[feed]\nsymbols = 20\n")
     try:
