@@ -392,7 +392,7 @@ class _Walk:
         bt.broker.set_quotes(self.sym[idx], self.ts[idx], self.bid[idx], self.ask[idx])
         s = int(self.sym[last])
         pos = bt.broker.positions.get(s)
-        if pos is not None and pos.lots and (pos.sl is not None or pos.tp is not None):
+        if pos is not None and (pos.sl is not None or pos.tp is not None):
             fills = bt.broker.on_tick(s, int(self.ts[last]), float(self.bid[last]), float(self.ask[last]))
             if fills:
                 bt._reports(np.array([_report(ex, None) for ex in fills], ORDER_DTYPE), fills)
@@ -450,7 +450,7 @@ class _Walk:
         for rec in bt.pending.pop(s, []):
             bt._send(rec)
         pos = bt.broker.positions.get(s)
-        if pos is not None and pos.lots:
+        if pos is not None:
             long = pos.volume > 0
             worst, best = (
                 (to_decimal(lo), to_decimal(h)) if long else (to_decimal(h + spread), to_decimal(lo + spread))
@@ -575,8 +575,6 @@ class _Book:
         self.balance = float(bt.broker.ledger.balance)
         self.watched = False
         for s, pos in bt.broker.positions.items():
-            if not pos.lots:
-                continue
             vol = pos.volume
             size = bt.contract[s]
             self.long[s], self.short[s] = vol > 0, vol < 0

@@ -25,7 +25,7 @@ import numpy as np
 
 from sovereign.config import Config
 from sovereign.core import ORDER_DTYPE, ORDER_FILL, ORDER_INTENT, SIGNAL_DTYPE, OrderRing, SignalRing
-from sovereign.ledger import ZERO, to_decimal
+from sovereign.ledger import ZERO, new_deal, to_decimal
 from sovereign.orders import ClientIds
 from sovereign.recorder import event_log
 from sovereign.risk import BOOK_KEY, STATE_KEY  # risk's ledger and state
@@ -114,8 +114,7 @@ class Coordinator:
             flight = self.in_flight.get(symbol)
             if flight is not None and flight[0] == cid:
                 del self.in_flight[symbol]
-            # Deal tickets rise: an older one is counted already (0: no ticket, applied).
-            if kind == ORDER_FILL and (ticket > self.ticket or not ticket):
+            if kind == ORDER_FILL and new_deal(ticket, self.ticket):
                 self.ticket = max(self.ticket, ticket)
                 self.volume[symbol] = self.volume.get(symbol, ZERO) + side * to_decimal(volume)
                 vol = self.volume[symbol]

@@ -91,8 +91,9 @@ class Gateway:
 
     def unsent(self, fixes: list[dict]) -> tuple[np.ndarray, int]:
         """At start: the reports the last gateway may have died before pushing (those of its
-        newest commit), then those of the orders it left in SUBMITTING (`fixes`). Returns
-        them (ORDER_DTYPE) and how many are of the newest commit."""
+        newest commit), then those of the orders it left in SUBMITTING (`fixes`; one without
+        its order's fields, never written so, has none). Returns them (ORDER_DTYPE) and how
+        many are of the newest commit."""
         last = self.store.read(lambda t: t.get("bridge", LAST_REPORTS_KEY)) or []
         rows = [tuple(r) for r in last] + [recovered_report(f) for f in fixes if "symbol" in f]
         return np.array(rows, ORDER_DTYPE), len(last)
@@ -186,8 +187,7 @@ def route(ticks: np.ndarray, worker_of: np.ndarray, n_workers: int) -> list[np.n
 
 def recovered_report(order: dict[str, Any]) -> tuple:
     """The report of an order a crash left in SUBMITTING, as `recover` resolved it (its
-    record, and the broker's execution if it had one); origin_ns is not kept: 0. A record
-    without its order's fields (never written so) has no report."""
+    record, and the broker's execution if it had one); origin_ns is not kept: 0."""
     done = order.get("execution")
     if done is not None and order["state"] == OrderState.FILLED.value:
         ex = Execution.from_dict(done)

@@ -16,6 +16,12 @@ from typing import Any
 ZERO = Decimal(0)
 
 
+def new_deal(ticket: int, newest: int) -> bool:
+    """Whether a fill report's deal is not in a book that has every deal up to `newest`:
+    the broker's deal tickets rise, so an older one is in it already (0: no ticket, new)."""
+    return ticket > newest or not ticket
+
+
 def to_decimal(price: float) -> Decimal:
     return Decimal(repr(float(price)))
 
@@ -83,7 +89,7 @@ class Ledger:
 
     def unrealized(self, symbol: int, bid: Decimal, ask: Decimal) -> Decimal:
         pos = self.positions.get(symbol)
-        if pos is None or not pos.lots:
+        if pos is None:
             return ZERO
         mark = bid if pos.volume > 0 else ask  # what closing it would get
         size = self.contract_sizes[symbol]
@@ -98,7 +104,7 @@ class Ledger:
                 str(s): {"lots": [[str(v), str(p)] for v, p in pos.lots],
                          "sl": None if pos.sl is None else str(pos.sl),
                          "tp": None if pos.tp is None else str(pos.tp)}
-                for s, pos in self.positions.items() if pos.lots
+                for s, pos in self.positions.items()
             },
         }  # fmt: skip
 

@@ -427,8 +427,8 @@ class Replayer:
                 ex = execute(self.broker, rec)
                 self._executed(ex, rec)
                 done.append(_report(ex, rec))
-                self._report(np.array(done[-1:], ORDER_DTYPE))
             self._commit(done)
+            self._report(np.array(done, ORDER_DTYPE))
         return True
 
     def _coordinator(self, e: list[Any]) -> bool:

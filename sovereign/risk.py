@@ -24,7 +24,7 @@ import numpy as np
 from sovereign.broker.paper import SymbolSpec
 from sovereign.config import Config, RiskConfig
 from sovereign.core import NO_AGENT, ORDER_APPROVED, ORDER_DTYPE, ORDER_FILL, OrderRing, QuoteBoard
-from sovereign.ledger import ZERO, Ledger, same_book, to_decimal
+from sovereign.ledger import ZERO, Ledger, new_deal, same_book, to_decimal
 from sovereign.orders import ClientIds, OrderBook, OrderState
 from sovereign.recorder import event_log
 from sovereign.runtime import RUNNING, STOPPED, Child, symbol_specs
@@ -176,8 +176,7 @@ class Risk:
                 r[2], r[3], r[4], r[6], r[7], r[10], r[11], r[12], r[13], r[16])
             if self.closing.get(symbol) == cid:
                 del self.closing[symbol]
-            # Deal tickets rise: an older one is in the book already (0: no ticket, applied).
-            if kind == ORDER_FILL and (ticket > self.ticket or not ticket):
+            if kind == ORDER_FILL and new_deal(ticket, self.ticket):
                 self.ticket = max(self.ticket, ticket)
                 self.ledger.fill(symbol, side, to_decimal(volume), to_decimal(price), to_decimal(commission),
                                  to_decimal(sl) if sl else None, to_decimal(tp) if tp else None)  # fmt: skip

@@ -52,7 +52,7 @@ struct Momentum {
       }
       double mean = sum / m;
       ctx.rv = mean > 0.0 ? b.volume / mean : kNaN;
-      leave(s, s.volume[slot], s.direction[slot]);  // bar i - m leaves the window
+      tally(s, s.volume[slot], s.direction[slot], -1);  // bar i - m leaves the window
     }
     int8_t dir = 0;
     if (i > 0) dir = b.close > s.prev_close ? 1 : (b.close < s.prev_close ? -1 : 0);
@@ -60,7 +60,7 @@ struct Momentum {
     s.prev_close = b.close;
     s.volume[slot] = b.volume;
     s.direction[slot] = dir;
-    enter(s, b.volume, dir);
+    tally(s, b.volume, dir, +1);
     if (i >= m) {  // vb over bars i-m+1..i: from the slot after bar i's, around to it
       double up = 0.0, down = 0.0, total = 0.0;
       if (s.inexact == 0) {
@@ -86,26 +86,16 @@ struct Momentum {
   }
 
  private:
-  static void enter(MomentumState& s, double v, int8_t dir) {
+  // A volume enters (sign +1) or leaves (sign -1) the window's sums.
+  static void tally(MomentumState& s, double v, int8_t dir, int sign) {
     if (!whole(v)) {
-      ++s.inexact;
+      s.inexact += sign;
       return;
     }
-    const auto n = static_cast<int64_t>(v);
+    const int64_t n = sign * static_cast<int64_t>(v);
     s.total += n;
     if (dir > 0) s.up += n;
     if (dir < 0) s.down += n;
-  }
-
-  static void leave(MomentumState& s, double v, int8_t dir) {
-    if (!whole(v)) {
-      --s.inexact;
-      return;
-    }
-    const auto n = static_cast<int64_t>(v);
-    s.total -= n;
-    if (dir > 0) s.up -= n;
-    if (dir < 0) s.down -= n;
   }
 };
 

@@ -114,7 +114,7 @@ class PaperBroker:
         self._raw.pop(symbol, None)
         self._quotes[symbol] = (ts_ns, b, a)
         pos = self.positions.get(symbol)
-        if pos is None or not pos.lots:
+        if pos is None:
             return []
         vol = pos.volume
         exit_price = b if vol > 0 else a  # a long closes at the bid, a short at the ask
