@@ -72,6 +72,7 @@ uint32_t AgentPool::add_agent(int64_t symbol, int64_t timeframe_s, const AgentPa
   const auto tf = static_cast<uint32_t>(timeframe_s);
   configs_.push_back(AgentConfig{sym, tf, params});
   states_.emplace_back();
+  leader_.push_back(id);
   agent_series_.push_back(series_for(sym, tf));
   routes_dirty_ = true;
   return id;
@@ -109,7 +110,49 @@ void AgentPool::rebuild_routes() {
   symbol_series_.resize(n_series);
   fill.assign(symbol_series_offsets_.begin(), symbol_series_offsets_.end() - 1);
   for (uint32_t s = 0; s < n_series; ++s) symbol_series_[fill[series_[s].symbol]++] = s;
+  materialize_twins();
+  group_twins();
   routes_dirty_ = false;
+}
+
+void AgentPool::materialize_twins() {
+  for (uint32_t a = 0; a < leader_.size(); ++a)
+    if (leader_[a] != a) states_[a] = states_[leader_[a]];
+}
+
+void AgentPool::group_twins() {
+  // Needs every agent's own state in states_ (materialize_twins) and the series' agent
+  // lists (ascending ids): each agent follows the first earlier agent of its series with
+  // the same analysis parameters and, byte for byte, the same state.
+  const size_t n = configs_.size();
+  for (uint32_t a = 0; a < n; ++a) leader_[a] = a;
+  std::vector<uint32_t> count(n + 1, 0);
+  for (size_t s = 0; s + 1 < series_agent_offsets_.size(); ++s) {
+    for (uint32_t j = series_agent_offsets_[s]; j < series_agent_offsets_[s + 1]; ++j) {
+      const uint32_t a = series_agents_[j];
+      for (uint32_t i = series_agent_offsets_[s]; i < j; ++i) {
+        const uint32_t l = series_agents_[i];
+        if (leader_[l] == l && same_analysis(configs_[l].params, configs_[a].params) &&
+            std::memcmp(&states_[l], &states_[a], sizeof(AgentState)) == 0) {
+          leader_[a] = l;
+          ++count[l + 1];
+          break;
+        }
+      }
+    }
+  }
+  for (size_t a = 0; a < n; ++a) count[a + 1] += count[a];
+  twin_offsets_ = count;
+  twins_.resize(count[n]);
+  for (uint32_t a = 0; a < n; ++a)
+    if (leader_[a] != a) twins_[count[leader_[a]]++] = a;  // ascending within each leader
+}
+
+size_t AgentPool::twins() {
+  if (routes_dirty_) rebuild_routes();
+  size_t n = 0;
+  for (uint32_t a = 0; a < leader_.size(); ++a) n += leader_[a] != a;
+  return n;
 }
 
 size_t AgentPool::on_ticks(const Tick* ticks, size_t n, std::vector<Signal>& out) {
@@ -335,14 +378,31 @@ void AgentPool::close_bar(uint32_t series, PoolCounters& counters, std::vector<S
 }
 
 void AgentPool::run_agents(uint32_t series, const Bar& bar, PoolCounters& counters, std::vector<Signal>& out) {
+  const size_t before = out.size();
+  bool twins = false;
+  Signal sig;
   for (uint32_t j = series_agent_offsets_[series]; j < series_agent_offsets_[series + 1]; ++j) {
     const uint32_t a = series_agents_[j];
-    Signal sig;
-    if (agent_on_bar(configs_[a], states_[a], bar, a, sig)) {
-      out.push_back(sig);
-      ++counters.signals;
+    if (leader_[a] != a) {  // scored with its leader
+      twins = true;
+      continue;
     }
+    const AgentConfig& cfg = configs_[a];
+    AgentState& s = states_[a];
+    BarContext ctx = bar_context(cfg, s, bar);
+    agent_analyze(cfg.params, s, ctx);
+    if (Conviction::score(cfg.params, s.levels, ctx, a, sig)) out.push_back(sig);
+    for (uint32_t k = twin_offsets_[a]; k < twin_offsets_[a + 1]; ++k) {
+      const uint32_t f = twins_[k];
+      if (Conviction::score(configs_[f].params, s.levels, ctx, f, sig)) out.push_back(sig);
+    }
+    agent_advance(cfg.params, s, ctx);
   }
+  if (twins) {  // back in agent order, as if each had run alone
+    std::sort(out.begin() + static_cast<std::ptrdiff_t>(before), out.end(),
+              [](const Signal& x, const Signal& y) { return x.agent < y.agent; });
+  }
+  counters.signals += out.size() - before;
 }
 
 void AgentPool::flush(int64_t now_ns, std::vector<Signal>& out) {
@@ -358,13 +418,14 @@ size_t AgentPool::memory_bytes() const {
   auto bytes = [](const auto& v) { return v.capacity() * sizeof(v[0]); };
   return bytes(configs_) + bytes(states_) + bytes(series_) + bytes(last_ts_) + bytes(agent_series_) +
          bytes(series_agent_offsets_) + bytes(series_agents_) + bytes(symbol_series_offsets_) +
-         bytes(symbol_series_) + sizeof(*this);
+         bytes(symbol_series_) + bytes(leader_) + bytes(twin_offsets_) + bytes(twins_) + sizeof(*this);
 }
 
 std::string AgentPool::snapshot() const {
   std::string payload;
   append(payload, configs_);
-  append(payload, states_);
+  for (uint32_t leader : leader_)  // a twin's state is its leader's
+    payload.append(reinterpret_cast<const char*>(&states_[leader]), sizeof(AgentState));
   append(payload, series_);
   append(payload, last_ts_);
   payload.append(reinterpret_cast<const char*>(&counters_), sizeof(counters_));
@@ -422,6 +483,7 @@ void AgentPool::restore(const std::string& blob) {
     refuse("its series do not match its agents");
   }
   take(p, fresh.states_, h.n_agents);
+  fresh.group_twins();  // every agent's own state was just read
   std::vector<SeriesState> series;
   take(p, series, h.n_series);
   for (size_t s = 0; s < series.size(); ++s) {

@@ -2,6 +2,8 @@
 //
 // Agents that share (symbol, timeframe) share one BarSeries, so a tick costs one bar
 // update per distinct timeframe of its symbol; the analyzers run only when a bar closes.
+// Agents of one series that differ only in how they score (weights, min_conviction) share
+// their analyzers' work as well: it runs once per bar and each of them scores.
 // Bad input is rejected and counted by reason, never processed.
 //
 // Thread safety: none. One pool belongs to one thread (a worker's hot loop).
@@ -85,7 +87,8 @@ class AgentPool {
 
   size_t size() const { return configs_.size(); }
   const AgentConfig& config(uint32_t id) const { return configs_.at(id); }
-  const AgentState& state(uint32_t id) const { return states_.at(id); }
+  const AgentState& state(uint32_t id) const { return states_.at(leader_.at(id)); }
+  size_t twins();  // agents whose analyzers' work a twin does (same_analysis in agent.hpp)
   const PoolCounters& counters() const { return counters_; }
   size_t memory_bytes() const;  // heap held by the pool's arrays
 
@@ -97,6 +100,8 @@ class AgentPool {
  private:
   uint32_t series_for(uint32_t symbol, uint32_t timeframe_s);
   void rebuild_routes();
+  void materialize_twins();
+  void group_twins();
   bool bar_one(const Bar& bar, PoolCounters& counters, std::vector<Signal>& out);
   void close_bar(uint32_t series, PoolCounters& counters, std::vector<Signal>& out);
   void run_agents(uint32_t series, const Bar& bar, PoolCounters& counters, std::vector<Signal>& out);
@@ -113,6 +118,10 @@ class AgentPool {
   std::vector<uint32_t> agent_series_;
   std::vector<uint32_t> series_agent_offsets_, series_agents_;
   std::vector<uint32_t> symbol_series_offsets_, symbol_series_;
+  // Twins: leader_[a] is the agent whose state agent a's is (a itself for most); a
+  // leader's followers are twins_[twin_offsets_[a] .. twin_offsets_[a + 1]). A follower's
+  // own entry in states_ is stale until materialize_twins() copies its leader's in.
+  std::vector<uint32_t> leader_, twin_offsets_, twins_;
   bool routes_dirty_ = false;
   size_t threads_ = 1;
   static constexpr size_t kMinBarsPerLane = 4096;  // a thread is worth starting for this many bars

@@ -556,5 +556,9 @@ PYBIND11_MODULE(_core, m) {
                     "Threads on_bars may use, each on its own symbols (default 1); results do not "
                     "depend on it.")
       .def("memory_bytes", &AgentPool::memory_bytes)
+      .def_property_readonly("twins", &AgentPool::twins,
+                             "Agents whose analyzers run once for them and an earlier agent of their series "
+                             "(parameters that differ only in weights and min_conviction, equal states); "
+                             "each still scores with its own.")
       .def("__len__", &AgentPool::size);
 }

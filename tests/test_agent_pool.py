@@ -303,6 +303,62 @@ def test_restore_mid_stream_emits_exactly_what_an_unbroken_pool_emits(market: np
     assert resumed.snapshot() == unbroken.snapshot()
 
 
+TWIN_SETS = [{}, {"k": 2}, {"weights": (0.25,) * 4, "min_conviction": 0.4}, {"min_conviction": 0.35}]
+
+
+def test_twins_share_their_analyzers_and_signal_exactly_as_if_each_ran_alone(market: np.ndarray) -> None:
+    """Agents of one series that differ only in how they score (weights, min_conviction)
+    run their analyzers once per bar; each scores alone, in agent order. An agent added
+    later with the same parameters has its own history, so it is no twin."""
+    data = market.copy()
+    data["recv_ns"] = np.arange(len(data))  # which tick closed each bar: the signals' order
+    half = len(data) // 2
+    together, alone = AgentPool(), []
+    for sym in range(3):
+        for p in TWIN_SETS:
+            together.add_agent(sym, 60, **p)
+            alone.append(AgentPool())
+            alone[-1].add_agent(sym, 60, **p)
+    assert together.twins == 6
+    head = together.on_ticks(data[:half])
+    resumed = AgentPool()
+    resumed.restore(together.snapshot())  # followers' states are written out as their leader's
+    assert resumed.twins == 6
+    late = resumed.add_agent(0, 60, min_conviction=0.35)  # agent 3's parameters, but a fresh state
+    assert resumed.twins == 6 and resumed.agent_state(late)["bars"] == 0
+    tail, rest = resumed.on_ticks(data[half:]), resumed.flush()
+
+    def each(pool: AgentPool, agent: int, part: np.ndarray) -> np.ndarray:
+        out = pool.on_ticks(part)
+        out["agent"] = agent
+        return out
+
+    want_head = np.concatenate([each(pool, a, data[:half]) for a, pool in enumerate(alone)])
+    want_tail = np.concatenate([each(pool, a, data[half:]) for a, pool in enumerate(alone)])
+    fresh = AgentPool()  # the late agent on its own series' history, which began before it
+    fresh.add_agent(0, 60)
+    fresh.on_ticks(data[:half])
+    fresh.add_agent(0, 60, min_conviction=0.35)
+    assert fresh.twins == 0
+    got_late = fresh.on_ticks(data[half:])
+    got_late = got_late[got_late["agent"] == 1]
+    got_late["agent"] = late
+    want_tail = np.concatenate([want_tail, got_late])
+    assert set(np.concatenate([head, tail])["agent"]) >= {2, 3, 6, 7}  # the followers signal too
+    for got, want in ((head, want_head), (tail, want_tail)):
+        assert np.array_equal(got, want[np.lexsort((want["agent"], want["origin_ns"]))])
+    flushed = [pool.flush() for pool in alone]
+    for a, f in enumerate(flushed):
+        f["agent"] = a
+    last = fresh.flush()
+    last = last[last["agent"] == 1]
+    last["agent"] = late
+    assert np.array_equal(rest, np.concatenate([*flushed, last]))
+    for a, pool in enumerate(alone):
+        assert {**resumed.agent_state(a), "agent": 0} == pool.agent_state(0)
+    assert {**resumed.agent_state(late), "agent": 1} == fresh.agent_state(1)
+
+
 def test_restore_into_an_identically_configured_pool(market: np.ndarray) -> None:
     pool = make_pool()
     pool.on_ticks(market[:5000])
