@@ -36,9 +36,10 @@ import hashlib
 import os
 import pickle
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -83,6 +84,12 @@ class Recorded:
     records: int = 0
     first_ns: int = 0
     last_ns: int = 0
+
+
+class _Agents(NamedTuple):
+    records: np.ndarray  # as the walk takes them (ticks: TICK_DTYPE, stamped with their place)
+    signals: np.ndarray
+    at: np.ndarray  # per signal: the record before which it is decided
 
 
 class Backtest:
@@ -131,21 +138,29 @@ class Backtest:
     def feed(self, records: np.ndarray, progress: Callable[[int], None] | None = None) -> None:
         """The next records of the stream (FILE_TICK_DTYPE/TICK_DTYPE or FILE_BAR_DTYPE),
         in time order, continuing where the last call stopped; progress(records done)
-        after each chunk."""
-        for a in range(0, len(records), CHUNK):
-            chunk = np.asarray(records[a : a + CHUNK])
-            if len(chunk):
-                self._chunk(chunk)
-            if progress is not None:
-                progress(a + len(chunk))
+        after each chunk.
 
-    def _chunk(self, chunk: np.ndarray) -> None:
+        The agents never see orders, so while one chunk is walked they already run over
+        the next, on another thread (the pool works without the GIL); they never run past
+        the records given, so the state between two calls is what one pass leaves."""
+        bounds = [(a, min(a + CHUNK, len(records))) for a in range(0, len(records), CHUNK)]
+        with ThreadPoolExecutor(1, thread_name_prefix="agents") as ahead:
+            nxt: Future[_Agents] | None = None
+            seq = self.seq
+            for i, (a, b) in enumerate(bounds):
+                agents = self._agents(np.asarray(records[a:b]), seq) if nxt is None else nxt.result()
+                seq += b - a
+                if i + 1 < len(bounds):
+                    c, d = bounds[i + 1]
+                    nxt = ahead.submit(self._agents, np.asarray(records[c:d]), seq)
+                self._walk(agents)
+                if progress is not None:
+                    progress(b)
+
+    def _agents(self, chunk: np.ndarray, seq: int) -> _Agents:
+        """The agents over one chunk whose first record is the stream's seq-th: the records
+        as the walk takes them, the signals, and the record before which each is decided."""
         n = len(chunk)
-        out = self.out
-        if not out.records:
-            out.first_ns = int(chunk["ts_ns"][0])
-        out.records += n
-        out.last_ns = int(chunk["ts_ns"][-1])
         if self.kind == "ticks":
             ticks = np.empty(n, TICK_DTYPE)
             if chunk.dtype == FILE_TICK_DTYPE:  # the same first 48 bytes: one copy of them
@@ -153,17 +168,28 @@ class Backtest:
             else:
                 for name in ("ts_ns", "bid", "ask", "last", "volume", "symbol", "flags"):
                     ticks[name] = chunk[name]
-            ticks["recv_ns"] = np.arange(self.seq, self.seq + n)
+            ticks["recv_ns"] = np.arange(seq, seq + n)
             signals = self.pool.on_ticks(ticks)
-            at = signals["origin_ns"] - self.seq + 1  # decided before the tick after the trigger
-            chunk = ticks
-            bid, ask, mark_px = ticks["bid"], ticks["ask"], None
+            at = signals["origin_ns"] - seq + 1  # decided before the tick after the trigger
+            return _Agents(ticks, signals, at)
+        bars = np.zeros(n, _BAR_DTYPE)
+        for name in ("ts_ns", "open", "high", "low", "close", "volume", "symbol", "timeframe_s"):
+            bars[name] = chunk[name]
+        signals = self.pool.on_bars(bars)
+        at = np.searchsorted(chunk["ts_ns"], signals["ts_ns"], "left")  # before the bar opening at T
+        return _Agents(chunk, signals, at)
+
+    def _walk(self, agents: _Agents) -> None:
+        chunk, signals, at = agents
+        n = len(chunk)
+        out = self.out
+        if not out.records:
+            out.first_ns = int(chunk["ts_ns"][0])
+        out.records += n
+        out.last_ns = int(chunk["ts_ns"][-1])
+        if self.kind == "ticks":
+            bid, ask, mark_px = chunk["bid"], chunk["ask"], None
         else:
-            bars = np.zeros(n, _BAR_DTYPE)
-            for name in ("ts_ns", "open", "high", "low", "close", "volume", "symbol", "timeframe_s"):
-                bars[name] = chunk[name]
-            signals = self.pool.on_bars(bars)
-            at = np.searchsorted(chunk["ts_ns"], signals["ts_ns"], "left")  # before the bar opening at T
             spread = chunk["spread"] * self.point
             bid, ask = chunk["close"], chunk["close"] + spread
             mark_px = (chunk["open"], chunk["high"], chunk["low"], spread)

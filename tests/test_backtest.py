@@ -161,6 +161,22 @@ def test_deciding_without_applying_the_market_first_changes_nothing(monkeypatch:
         assert lazy == eager
 
 
+def test_agents_running_a_chunk_ahead_on_a_thread_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """feed() runs the agents over the next chunk while it walks this one: in small chunks
+    (many handed over between the threads) a run equals one chunk walked alone."""
+    for m in (sim_market(2, 100_000, seed=3), bar_market(3, 6_000)):
+        alone = engine.Backtest(CONFIG, m.names, m.kind)
+        alone.feed(m.records)
+        monkeypatch.setattr(engine, "CHUNK", 3_001)
+        done: list[int] = []
+        ahead = engine.Backtest(CONFIG, m.names, m.kind)
+        ahead.feed(m.records, done.append)
+        monkeypatch.setattr(engine, "CHUNK", 1 << 18)
+        assert len(alone.out.orders) > 10 and _outcome(ahead) == _outcome(alone)
+        assert done == [*range(3_001, len(m.records), 3_001), len(m.records)]
+        assert ahead.pool.snapshot() == alone.pool.snapshot()
+
+
 def test_snapshot_refuses_other_files_and_damage() -> None:
     bt = engine.Backtest(CONFIG, ["A"], "ticks")
     blob = bt.snapshot()
