@@ -9,7 +9,9 @@ in production, a point costs one dict lookup.
 
 The points:
 - gateway.submitting: orders committed in SUBMITTING, the broker not called yet;
-- gateway.unsent: execution reports committed with the broker's state, not pushed yet.
+- gateway.unsent: execution reports committed with the broker's state, not pushed yet;
+- risk.refusing: a batch of intents decided and logged, the approved ones pushed, the
+  refusals not committed yet.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import signal
 from pathlib import Path
 
-POINTS = ("gateway.submitting", "gateway.unsent")
+POINTS = ("gateway.submitting", "gateway.unsent", "risk.refusing")
 ENV = "SOVEREIGN_FAILPOINTS"
 
 

@@ -108,9 +108,11 @@ class _Fifo:
     def __len__(self) -> int:
         return len(self.items) - self.taken
 
-    def put(self, records: np.ndarray) -> None:
-        room = self.caps[0] - len(self.items) if self.caps else len(records)
-        self.items.extend(records[: max(room, 0)])
+    def put(self, records: np.ndarray) -> np.ndarray:
+        """Adds what the producer pushed; returns what it never pushed (killed first)."""
+        room = max(self.caps[0] - len(self.items) if self.caps else len(records), 0)
+        self.items.extend(records[:room])
+        return records[room:]
 
     def restarted(self, pushed: int) -> bool:
         """The producer restarted when the ring had taken `pushed` records; False if the
@@ -296,7 +298,8 @@ class Replayer:
         if role == "coordinator":
             self.coord_start = d
         if self.starts[role] > 1:
-            self._rings(role, d.get("rings", {}))
+            durable = d.get("intents_taken")  # risk: logged by versions that commit it
+            self._rings(role, d.get("rings", {}), None if durable is None else int(durable))
         if role == "gateway":
             # A gateway killed after committing exits and before logging them (and so before
             # pushing them): the replay's broker filled them too, and must now hold exactly
@@ -380,7 +383,7 @@ class Replayer:
                     and len(self.reports["risk"].items) >= int(rings.get("reports", 0)))  # fmt: skip
         return len(self.approved.items) >= int(rings.get("approved", 0))
 
-    def _rings(self, role: str, rings: dict[str, Any]) -> None:
+    def _rings(self, role: str, rings: dict[str, Any], durable: int | None = None) -> None:
         name, fifos = self._outputs(role)
         pushed = rings.get(name, [])
         for fifo, n in zip(fifos, pushed if isinstance(pushed, list) else [pushed], strict=False):
@@ -397,6 +400,8 @@ class Replayer:
             self.out.history_lost = sum(popped) - recorded
             self.out.lost_from = np.concatenate([w[:n] for w, n in zip(self.by_worker, popped, strict=False)])
         elif role == "risk":
+            if durable is not None:
+                self._uncommitted(durable)
             self._lost(self.intents, int(rings.get("intents", 0)))
             self.reports["risk"].skip_to(int(rings.get("reports", 0)))
         else:
@@ -447,7 +452,7 @@ class Replayer:
                 self.out.orders[int(rec["client_order_id"])] = {
                     "ts_ns": int(rec["ts_ns"]), "symbol": int(rec["symbol"]), "side": int(rec["side"]),
                     "conviction": float(rec["conviction"]), "state": "INTENT"}  # fmt: skip
-            self.intents.put(intents)
+            self._unpushed(self.intents.put(intents))
         elif e[0] == "r":
             if len(self.reports["coordinator"]) < e[1]:
                 return False
@@ -487,8 +492,26 @@ class Replayer:
             order.update(state="SUBMITTING", volume=float(rec["volume"]), price=float(rec["price"]),
                          sl=float(rec["sl"]), tp=float(rec["tp"]), agent=int(rec["agent"]),
                          reason=Reason(int(rec["reason"])).name)  # fmt: skip
-        self.approved.put(out)
+        self._unpushed(self.approved.put(out))
         return True
+
+    def _unpushed(self, records: np.ndarray) -> None:
+        """Orders a killed coordinator or risk made and logged but never pushed: the live
+        state has no record of them."""
+        for rec in records:
+            cid = int(rec["client_order_id"])
+            self.out.unrecorded.append(cid)
+            self.out.orders.pop(cid, None)
+
+    def _uncommitted(self, durable: int) -> None:
+        """At a restart of risk: the refusals its last run made for the intents from the
+        `durable`-th on were never committed (it was killed between logging them and its
+        commit), so the live state has no record of them."""
+        for rec in self.intents.items[durable : self.intents.taken]:
+            cid = int(rec["client_order_id"])
+            if self.out.orders.get(cid, {}).get("state") == "REJECTED":
+                self.out.unrecorded.append(cid)
+                del self.out.orders[cid]
 
     def _quotes(self, logged: dict[str, list[Any]]) -> Callable[[int], tuple[int, float, float, int]]:
         table = {int(s): (int(q[0]), float(q[1]), float(q[2]), int(q[3])) for s, q in logged.items()}

@@ -24,6 +24,7 @@ import numpy as np
 from sovereign.broker.paper import SymbolSpec
 from sovereign.config import Config, RiskConfig
 from sovereign.core import NO_AGENT, ORDER_APPROVED, ORDER_DTYPE, ORDER_FILL, OrderRing, QuoteBoard
+from sovereign.failpoints import failpoint
 from sovereign.ledger import ZERO, Ledger, new_deal, same_book, to_decimal
 from sovereign.orders import ClientIds, OrderBook, OrderState
 from sovereign.recorder import event_log
@@ -345,10 +346,17 @@ def run(child: Child, config: Config) -> None:
     intents = OrderRing.attach(layout.intents)
     reports = OrderRing.attach(layout.reports_risk)
     approved = OrderRing.attach(layout.approved)
+    # The intents of this session taken so far, committed with risk's state: every refusal
+    # they made is in LMDB. Those taken after it by a process killed before its commit
+    # left no record (the replay drops their refusals too).
+    taken = intents.stats()["popped"]
+    mark = (saved or {}).get("intents_taken")
+    durable = int(mark[1]) if isinstance(mark, list) and mark[0] == layout.session else 0
     if log is not None:  # each event is written before what it made is pushed
-        rings = {"intents": intents.stats()["popped"], "reports": reports.stats()["popped"],
+        rings = {"intents": taken, "reports": reports.stats()["popped"],
                  "approved": approved.stats()["pushed"]}  # fmt: skip
-        log.add("start", {"state": risk.to_dict(), "ledger": risk.ledger.to_dict(), "rings": rings})
+        log.add("start", {"state": risk.to_dict(), "ledger": risk.ledger.to_dict(), "rings": rings,
+                          "intents_taken": durable})  # fmt: skip
         log.flush()
     buf = np.zeros(intents.capacity, ORDER_DTYPE)
     rep = np.zeros(reports.capacity, ORDER_DTYPE)
@@ -373,7 +381,7 @@ def run(child: Child, config: Config) -> None:
                 t.journal(**e)
             if book_changed:
                 t.put("positions", BOOK_KEY, risk.ledger.to_dict())
-            t.put("risk", STATE_KEY, risk.to_dict())
+            t.put("risk", STATE_KEY, {**risk.to_dict(), "intents_taken": [layout.session, taken]})
 
         store.write(tx)
 
@@ -397,6 +405,7 @@ def run(child: Child, config: Config) -> None:
     while not child.stop_requested or draining():
         n = intents.pop_into(buf, timeout=0.0005)
         if n:
+            taken += n
             clock_ns = now()
             ok, refused = risk.on_intents(buf[:n], read, clock_ns)
             logged("i", n, clock_ns, seen, [])
@@ -405,6 +414,7 @@ def run(child: Child, config: Config) -> None:
             if len(ok):
                 push(ok)
             if refused:
+                failpoint("risk.refusing")
                 persist(refused)
         m = reports.pop_into(rep, timeout=0.0)
         if m:

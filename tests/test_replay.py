@@ -172,39 +172,54 @@ def test_replay_is_exact_through_kill_9_of_gateway_coordinator_and_risk(tmp_path
     assert diff["orders"]["live"] > 30
 
 
-@pytest.mark.parametrize("point", ["gateway.unsent", "gateway.submitting"])
-def test_a_gateway_killed_between_commit_and_push_loses_no_report(tmp_path: Path, point: str) -> None:
-    """SIGKILL exactly where a report can be lost (sovereign/failpoints.py): after the
-    commit of executions and before their reports are pushed, and after orders are
-    committed in SUBMITTING and before the broker sees them. The restarted gateway sends
-    those reports again: risk's book stays the broker's without risk restarting, and the
-    replay follows the whole session."""
+SLOT = {"gateway": 0, "risk": 2}  # heartbeat slots
+
+
+@pytest.mark.parametrize("point", ["gateway.unsent", "gateway.submitting", "risk.refusing"])
+def test_a_process_killed_between_its_commit_and_its_push_loses_nothing(tmp_path: Path, point: str) -> None:
+    """SIGKILL exactly where a record can be lost (sovereign/failpoints.py): a gateway after
+    the commit of executions and before their reports are pushed, or after orders are
+    committed in SUBMITTING and before the broker sees them; risk after it logged a batch
+    of intents and pushed the approved ones, before it committed the refusals. The
+    restarted gateway sends those reports again: risk's book stays the broker's without
+    risk restarting. The refusals risk never committed leave no record, and the replay,
+    told by the restarted risk how many intents its state covers, leaves them out too: it
+    follows the whole session."""
+    role = point.split(".")[0]
     marker = tmp_path / "fired"
     proc = _run(tmp_path, "[feed]\nsymbols = 20\n", env={"SOVEREIGN_FAILPOINTS": f"{point}={marker}"})
     try:
         path = Path(f"/dev/shm/sov{proc.pid}-heartbeats")
         _wait(lambda: path.exists(), 60, "the heartbeat board")
         hb = Heartbeats(path.name)
-        _wait(marker.exists, 120, f"the gateway reaching {point}")
-        _wait(lambda: hb.slots[0]["state"] == RUNNING and int(hb.slots[0]["orders"]) >= 10, 60,
-              "the restarted gateway sending orders")  # fmt: skip
+        k = SLOT[role]
+        _wait(lambda: hb.slots[k]["state"] == RUNNING, 60, f"{role} running")
+        first = int(hb.slots[k]["pid"])
+        _wait(marker.exists, 120, f"{role} reaching {point}")
+        _wait(lambda: int(hb.slots[k]["pid"]) not in (0, first) and hb.slots[k]["state"] == RUNNING, 60,
+              f"{role} restarted")  # fmt: skip
+        seen = int(hb.slots[0]["orders"])
+        _wait(lambda: int(hb.slots[0]["orders"]) >= seen + 10, 60, "orders sent after the restart")
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0 and "stopped clean=True undrained_records=0" in out, out
-    assert out.count("sovereign: restart process=") == out.count("restart process=gateway") == 1, out
+    assert out.count("sovereign: restart process=") == out.count(f"restart process={role}") == 1, out
     with StateStore(tmp_path / "state", readonly=True) as st:
         book, broker, events = st.read(lambda t: (t.get("positions", "book"), t.get("bridge", "paper"),
                                                   [v["event"] for _, v in t.items("journal")]))  # fmt: skip
-        left = st.read(lambda t: [o for _, o in t.items("orders")
-                                  if o["state"] in ("SUBMITTING", "APPROVED")])  # fmt: skip
-    assert same_book(book, broker["ledger"]) and "reconciled" not in events  # risk never restarted
-    assert not left and ("recovered" in events) == (point == "gateway.submitting")
+        orders = st.read(lambda t: {int.from_bytes(k, "big"): o for k, o in t.items("orders")})
+    assert same_book(book, broker["ledger"])
+    assert role == "risk" or "reconciled" not in events  # a restarted gateway's reports reach risk
+    assert not [o for o in orders.values() if o["state"] in ("SUBMITTING", "APPROVED")]
+    assert ("recovered" in events) == (point == "gateway.submitting")
     code, diff, err = _replay(tmp_path)
     assert code == 0, (err, orjson.dumps(diff, option=orjson.OPT_INDENT_2).decode()[:6000])
     _identical(diff)
+    lost = diff["orders"]["unrecorded"]
+    assert bool(lost) == (role == "risk") and not set(lost) & set(orders)  # the refusals never committed
 
 
 def _wait(cond: Any, timeout: float, what: str) -> None:
