@@ -425,11 +425,37 @@ class Screen {
     return screen_best(rec_, b, a, k, equity0, last_);
   }
 
+  py::array_t<int64_t> board(int64_t a, int64_t k, const py::array_t<int64_t, py::array::c_style>& quote_ts,
+                             py::array q_ts, py::array q_bid, py::array q_ask) {
+    range(a, k);
+    if (quote_ts.size() != n_) throw py::value_error("quote_ts must have the records' length");
+    const py::ssize_t n_symbols = q_ts.size();
+    int64_t* ts = in_place<int64_t>(q_ts, "q_ts", n_symbols);
+    double* bid = in_place<double>(q_bid, "q_bid", n_symbols);
+    double* ask = in_place<double>(q_ask, "q_ask", n_symbols);
+    for (int64_t i = a; i < k; ++i)
+      if (rec_.sym[i] >= n_symbols) throw py::value_error("a record's symbol is beyond the board");
+    if (seen_.size() != static_cast<size_t>(n_symbols)) seen_.assign(n_symbols, -1);
+    screen_board(rec_, quote_ts.data(), a, k, ts, bid, ask, seen_, ++stamp_, idx_);
+    py::array_t<int64_t> out(static_cast<py::ssize_t>(idx_.size()));
+    std::copy(idx_.begin(), idx_.end(), out.mutable_data());
+    return out;
+  }
+
  private:
   void range(int64_t a, int64_t k) const {
     if (a < 0 || k < a || k > n_)
       throw py::index_error("range " + std::to_string(a) + ".." + std::to_string(k) + " outside 0.." +
                             std::to_string(n_));
+  }
+
+  // An array written in place: exactly T, contiguous, writeable, n long (never a copy).
+  template <class T>
+  static T* in_place(py::array& a, const char* name, py::ssize_t n) {
+    if (!py::isinstance<py::array_t<T, py::array::c_style>>(a) || !a.writeable() || a.size() != n)
+      throw py::value_error(std::string(name) + " must be a writeable contiguous " +
+                            std::string(py::str(py::dtype::of<T>())) + " array, one entry per symbol");
+    return static_cast<T*>(a.mutable_data());
   }
 
   static ScreenBook book(const Bool& is_long, const Bool* is_short, const F64& coef, const F64* sl,
@@ -448,6 +474,8 @@ class Screen {
   py::ssize_t n_ = 0;
   ScreenRecords rec_{};
   std::vector<double> last_;
+  std::vector<int64_t> seen_, idx_;
+  int64_t stamp_ = 0;
 };
 }  // namespace
 
@@ -490,7 +518,12 @@ PYBIND11_MODULE(_core, m) {
            "breach, at record j - 1. peak0/daily_floor None: that floor is not checked.")
       .def("best", &Screen::best, py::arg("a"), py::arg("k"), py::arg("is_long"), py::arg("coef"),
            py::arg("mark_now"), py::arg("equity0"),
-           "(i, equity): the record in a..k-1 with the highest equity, the first of equals.");
+           "(i, equity): the record in a..k-1 with the highest equity, the first of equals.")
+      .def("board", &Screen::board, py::arg("a"), py::arg("k"), py::arg("quote_ts"), py::arg("q_ts"),
+           py::arg("q_bid"), py::arg("q_ask"),
+           "The quote board after records a..k-1: each symbol's last record among them writes its "
+           "quote_ts, bid and ask into q_ts, q_bid and q_ask (per symbol, in place); returns those "
+           "records' indices, ascending.");
 
   py::class_<AgentPool>(m, "AgentPool", "Agents in contiguous storage, fed tick or bar batches.")
       .def(py::init<>())

@@ -87,6 +87,9 @@ class Screen:
     def best(
         self, a: int, k: int, is_long: np.ndarray, coef: np.ndarray, mark_now: np.ndarray, equity0: float
     ) -> tuple[int, float]: ...
+    def board(
+        self, a: int, k: int, quote_ts: np.ndarray, q_ts: np.ndarray, q_bid: np.ndarray, q_ask: np.ndarray
+    ) -> np.ndarray: ...
 
 class QuoteBoard:
     @staticmethod

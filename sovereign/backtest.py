@@ -349,13 +349,10 @@ class _Walk:
         self.decisions: list[int] = decisions.tolist()
         self.bounds: list[int] = [*first.tolist(), len(self.at)]  # decision i: bounds[i]:bounds[i + 1]
         self.marks = marks
-        # For each record, the next one of its symbol (n: none in the chunk): a symbol's
-        # last record before k is the one whose next is at k or beyond.
-        by_symbol = np.argsort(sym, kind="stable")
-        same = sym[by_symbol[1:]] == sym[by_symbol[:-1]]
-        self.next_same = np.full(self.n, self.n, np.int64)
-        self.next_same[by_symbol[:-1][same]] = by_symbol[1:][same]
         self.a = 0  # next record to apply
+        # When each record's quote holds from: a tick's time, a bar's close.
+        close = ts if bar_px is None else ts + chunk["timeframe_s"].astype(np.int64) * NS
+        self.quote_ts = np.ascontiguousarray(close)
         if bar_px is None:
             self.screen = Screen(sym, bid, ask)
         else:
@@ -499,19 +496,7 @@ class _Walk:
         """The quote board: each symbol's last quote among records a..k-1; returns the
         indices of those records."""
         bt = self.bt
-        if k - a == 1 or len(bt.names) == 1:
-            idx = np.array([k - 1])
-        else:
-            idx = a + np.flatnonzero(self.next_same[a:k] >= k)
-        rev = self.sym[idx]
-        bt.q_ts[rev] = self._qts(idx)
-        bt.q_bid[rev], bt.q_ask[rev] = self.bid[idx], self.ask[idx]
-        return idx
-
-    def _qts(self, idx: Any) -> Any:
-        if self.bt.kind == "bars":
-            return self.ts[idx] + self.chunk["timeframe_s"][idx].astype(np.int64) * NS
-        return self.ts[idx]
+        return self.screen.board(a, k, self.quote_ts, bt.q_ts, bt.q_bid, bt.q_ask)
 
     # ---- screening: exits, drawdown and daily-loss breaches, the peak between marks
 

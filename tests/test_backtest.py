@@ -430,6 +430,17 @@ def test_the_screen_agrees_with_its_numpy_definition(seed: int, bars: bool, n: i
     want_next, want_best = _screen_by_numpy(rec, book, a, k, lim)
     assert got == want_next
     assert screen.best(a, k, book["long"], book["coef"], mark, lim["equity0"]) == want_best
+    # The quote board after a..k-1, twice over (its scratch must not leak between calls).
+    quote_ts = np.arange(n, dtype=np.int64) * 7
+    for lo, hi in ((a, k), (0, a)):
+        q_ts, q_bid, q_ask = np.zeros(symbols, np.int64), np.zeros(symbols), np.zeros(symbols)
+        idx = screen.board(lo, hi, quote_ts, q_ts, q_bid, q_ask)
+        last = {int(s): i for i, s in enumerate(rec["sym"][lo:hi], lo)}  # each symbol's last record
+        assert idx.tolist() == sorted(last.values())
+        want = np.zeros(symbols, np.int64), np.zeros(symbols), np.zeros(symbols)
+        for s, i in last.items():
+            want[0][s], want[1][s], want[2][s] = quote_ts[i], rec["bid"][i], rec["ask"][i]
+        assert all(np.array_equal(x, y) for x, y in zip((q_ts, q_bid, q_ask), want, strict=True))
 
 
 def test_the_screen_refuses_bad_arguments() -> None:
@@ -445,3 +456,8 @@ def test_the_screen_refuses_bad_arguments() -> None:
         screen.best(5, 11, one > 0, one, one, 0.0)
     with pytest.raises(ValueError, match="one entry per symbol"):
         screen.best(0, 10, one > 0, np.ones(2), one, 0.0)
+    ts = np.zeros(10, np.int64)
+    with pytest.raises(ValueError, match="writeable contiguous float64"):
+        screen.board(0, 10, ts, np.zeros(1, np.int64), np.zeros(1, np.float32), one)  # a copy would be lost
+    with pytest.raises(ValueError, match="beyond the board"):
+        screen.board(0, 10, ts, np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
