@@ -396,9 +396,7 @@ class _Walk:
     def _time(self, k: int) -> int:
         """The market time of a decision before record k: the last applied tick's time, or
         for bars the close of the bars before k."""
-        if self.bt.kind == "bars":
-            return int(self.ts[k - 1]) + int(self.chunk["timeframe_s"][k - 1]) * NS if k else self.bt.now_ns
-        return int(self.ts[k - 1]) if k else self.bt.now_ns
+        return int(self.quote_ts[k - 1]) if k else self.bt.now_ns
 
     # ---- applying records to the broker
 

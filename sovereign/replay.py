@@ -192,6 +192,7 @@ class Replayer:
         self.pos = 0
         self.by_worker = [self.out.signals[self._owner(self.out.signals) == k] for k in range(self.n_workers)]
         self.starts = dict.fromkeys(ROLES, 0)
+        self.refused: set[int] = set()  # the intents risk refused (a broker's reject is not one)
         self.batches: list[list[tuple]] = []  # the reports of each of the gateway's commits
         self.coord_start: dict[str, Any] = {}
         self._caps()
@@ -474,6 +475,7 @@ class Replayer:
         if kind == "i":
             ok, refused = self.risk.on_intents(self.intents.take(int(arg)), quotes, now)
             for rec, why in refused:
+                self.refused.add(int(rec["client_order_id"]))
                 self.out.orders.setdefault(int(rec["client_order_id"]), {}).update(
                     state="REJECTED", reason=why.name)
             out = ok
@@ -509,9 +511,9 @@ class Replayer:
         commit), so the live state has no record of them."""
         for rec in self.intents.items[durable : self.intents.taken]:
             cid = int(rec["client_order_id"])
-            if self.out.orders.get(cid, {}).get("state") == "REJECTED":
+            if cid in self.refused:
                 self.out.unrecorded.append(cid)
-                del self.out.orders[cid]
+                self.out.orders.pop(cid, None)
 
     def _quotes(self, logged: dict[str, list[Any]]) -> Callable[[int], tuple[int, float, float, int]]:
         table = {int(s): (int(q[0]), float(q[1]), float(q[2]), int(q[3])) for s, q in logged.items()}
