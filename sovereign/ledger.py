@@ -8,6 +8,7 @@ float, so 1.1 stays 1.1. The quote currency is taken as the account currency.
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -23,7 +24,14 @@ def new_deal(ticket: int, newest: int) -> bool:
 
 
 def to_decimal(price: float) -> Decimal:
-    return Decimal(repr(float(price)))
+    """The decimal a float prints as (1.1 -> Decimal('1.1')): prices, volumes, costs."""
+    p = float(price)
+    return _decimal(p) if p else Decimal(repr(p))  # 0.0 and -0.0 are one key: not cached
+
+
+@functools.lru_cache(maxsize=1 << 16)  # the same prices come back all the time; bounded for years
+def _decimal(p: float) -> Decimal:
+    return Decimal(repr(p))
 
 
 @dataclass(slots=True)

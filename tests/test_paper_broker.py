@@ -114,3 +114,15 @@ def test_accounting_agrees_with_cash_flows_recomputed_from_the_fills() -> None:
         marked += vol * (bid if vol > 0 else ask) * 100_000
     assert b.equity() == cash + marked
     assert b.balance == D(10**9) + sum(f.realized_pnl - f.commission for f in fills)
+
+
+def test_a_float_becomes_the_decimal_it_prints_as_cached_or_not() -> None:
+    import numpy as np
+
+    from sovereign.ledger import to_decimal
+
+    for _ in range(2):  # the second time from the cache
+        assert [str(to_decimal(x)) for x in (1.1, np.float64(0.30000000000000004), 2, 1e-7)] == [
+            "1.1", "0.30000000000000004", "2.0", "1E-7"]  # fmt: skip
+        assert str(to_decimal(0.0)) == "0.0" and str(to_decimal(-0.0)) == "-0.0"  # equal keys, kept apart
+        assert to_decimal(float("nan")).is_nan()
