@@ -24,7 +24,7 @@ import pytest
 
 from bench.conftest import median_seconds
 from sovereign import backtest as engine
-from sovereign.config import Config
+from sovereign.config import Config, from_dict
 from sovereign.datafile import FILE_BAR_DTYPE, FILE_TICK_DTYPE, Market
 from sovereign.sim import SimMarket
 
@@ -86,6 +86,15 @@ def test_bar_backtest_against_backtesting_py_and_vectorbt(benchmark, report, bar
            "vectorbt bars/s (SMA cross, 100 sym)")  # fmt: skip
     report("backtest", "Sovereign seconds per year of M1 (100 sym)", secs * 365 / BAR_DAYS, "s")
     report("backtest", "Sovereign orders (bars)", len(runs[-1].out.orders), "orders")
+    report("backtest", "Sovereign fills (bars)", len(runs[-1].out.fills), "fills")
+    # On these random walks the default limits halt trading (max drawdown) within weeks;
+    # the rest of the run is signals and refused intents. Lifted, it trades all the way.
+    lifted = from_dict({"risk": {"max_drawdown": 1.0, "daily_loss_limit": 1.0}})
+    t = time.perf_counter()
+    trading = engine.run(lifted, bars)
+    secs_trading = time.perf_counter() - t
+    report("backtest", "Sovereign seconds per year of M1, limits lifted", secs_trading * 365 / BAR_DAYS, "s")
+    report("backtest", "Sovereign fills (bars, limits lifted)", len(trading.out.fills), "fills")
     closes = bars.records["close"].reshape(-1, BAR_SYMBOLS)  # time-major: one row per minute
     vbt = _vectorbt_seconds(closes)
     if vbt is not None:
