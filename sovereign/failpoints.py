@@ -8,7 +8,8 @@ exists the point passes, so the process its supervisor starts again goes on. Uns
 in production, a point costs one dict lookup.
 
 The points:
-- gateway.submitting: orders committed in SUBMITTING, the broker not called yet;
+- gateway.unlogged: orders committed in SUBMITTING, not yet in the replay's schedule;
+- gateway.submitting: orders committed in SUBMITTING and logged, the broker not called yet;
 - gateway.unsent: execution reports committed with the broker's state, not pushed yet;
 - risk.refusing: a batch of intents decided and logged, the approved ones pushed, the
   refusals not committed yet.
@@ -20,7 +21,7 @@ import os
 import signal
 from pathlib import Path
 
-POINTS = ("gateway.submitting", "gateway.unsent", "risk.refusing")
+POINTS = ("gateway.unlogged", "gateway.submitting", "gateway.unsent", "risk.refusing")
 ENV = "SOVEREIGN_FAILPOINTS"
 
 

@@ -303,6 +303,7 @@ def run(child: Child, config: Config) -> None:
         if n:
 
             def submitted(at: int = base + ticks, n: int = n) -> None:
+                failpoint("gateway.unlogged")
                 if log is not None:
                     log.add("o", at, n)
                     log.flush()

@@ -19,7 +19,7 @@ client id or deal ticket. Any difference is listed; none is expected, so any is 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -300,7 +300,8 @@ class Replayer:
             self.coord_start = d
         if self.starts[role] > 1:
             durable = d.get("intents_taken")  # risk: logged by versions that commit it
-            self._rings(role, d.get("rings", {}), None if durable is None else int(durable))
+            recovered = {int(c) for c in d.get("recovered", {})}  # gateway: SUBMITTING at its start
+            self._rings(role, d.get("rings", {}), None if durable is None else int(durable), recovered)
         if role == "gateway":
             # A gateway killed after committing exits and before logging them (and so before
             # pushing them): the replay's broker filled them too, and must now hold exactly
@@ -384,7 +385,8 @@ class Replayer:
                     and len(self.reports["risk"].items) >= int(rings.get("reports", 0)))  # fmt: skip
         return len(self.approved.items) >= int(rings.get("approved", 0))
 
-    def _rings(self, role: str, rings: dict[str, Any], durable: int | None = None) -> None:
+    def _rings(self, role: str, rings: dict[str, Any], durable: int | None = None,
+               recovered: Collection[int] = ()) -> None:
         name, fifos = self._outputs(role)
         pushed = rings.get(name, [])
         for fifo, n in zip(fifos, pushed if isinstance(pushed, list) else [pushed], strict=False):
@@ -406,17 +408,20 @@ class Replayer:
             self._lost(self.intents, int(rings.get("intents", 0)))
             self.reports["risk"].skip_to(int(rings.get("reports", 0)))
         else:
-            self._lost(self.approved, int(rings.get("approved", 0)))
+            self._lost(self.approved, int(rings.get("approved", 0)), recovered)
 
-    def _lost(self, fifo: _Fifo, popped: int) -> None:
-        """Orders a killed risk or gateway popped before it recorded them: never sent, and
-        the live state has no record of them; the replay leaves them out too (and says so)."""
+    def _lost(self, fifo: _Fifo, popped: int, committed: Collection[int] = ()) -> None:
+        """Orders a killed risk or gateway popped before it logged them: never sent, and
+        the live state has no record of them; the replay leaves them out too (and says so).
+        A gateway killed after committing them in SUBMITTING and before logging them has
+        them, though: the new one recovered them (`committed`), and they stay."""
         before = fifo.taken
         fifo.skip_to(popped)
         for rec in fifo.items[before : fifo.taken]:
             cid = int(rec["client_order_id"])
-            self.out.unrecorded.append(cid)
-            self.out.orders.pop(cid, None)
+            if cid not in committed:
+                self.out.unrecorded.append(cid)
+                self.out.orders.pop(cid, None)
 
     def _gateway(self, e: list[Any]) -> bool:
         if e[0] == "t":  # a batch of ticks that filled stops or targets

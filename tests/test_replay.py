@@ -20,6 +20,7 @@ import pytest
 
 from sovereign.config import Config
 from sovereign.datafile import open_file
+from sovereign.failpoints import POINTS
 from sovereign.ledger import same_book
 from sovereign.recorder import Recorder, recordings
 from sovereign.replay import load_session
@@ -175,11 +176,12 @@ def test_replay_is_exact_through_kill_9_of_gateway_coordinator_and_risk(tmp_path
 SLOT = {"gateway": 0, "risk": 2}  # heartbeat slots
 
 
-@pytest.mark.parametrize("point", ["gateway.unsent", "gateway.submitting", "risk.refusing"])
+@pytest.mark.parametrize("point", POINTS)
 def test_a_process_killed_between_its_commit_and_its_push_loses_nothing(tmp_path: Path, point: str) -> None:
     """SIGKILL exactly where a record can be lost (sovereign/failpoints.py): a gateway after
     the commit of executions and before their reports are pushed, or after orders are
-    committed in SUBMITTING and before the broker sees them; risk after it logged a batch
+    committed in SUBMITTING and before the replay's schedule or the broker sees them
+    (the new one recovers them, and the replay keeps them); risk after it logged a batch
     of intents and pushed the approved ones, before it committed the refusals. The
     restarted gateway sends those reports again: risk's book stays the broker's without
     risk restarting. The refusals risk never committed leave no record, and the replay,
@@ -214,7 +216,7 @@ def test_a_process_killed_between_its_commit_and_its_push_loses_nothing(tmp_path
     assert same_book(book, broker["ledger"])
     assert role == "risk" or "reconciled" not in events  # a restarted gateway's reports reach risk
     assert not [o for o in orders.values() if o["state"] in ("SUBMITTING", "APPROVED")]
-    assert ("recovered" in events) == (point == "gateway.submitting")
+    assert ("recovered" in events) == (point in ("gateway.unlogged", "gateway.submitting"))
     code, diff, err = _replay(tmp_path)
     assert code == 0, (err, orjson.dumps(diff, option=orjson.OPT_INDENT_2).decode()[:6000])
     _identical(diff)
