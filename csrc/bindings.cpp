@@ -433,10 +433,9 @@ class Screen {
     int64_t* ts = in_place<int64_t>(q_ts, "q_ts", n_symbols);
     double* bid = in_place<double>(q_bid, "q_bid", n_symbols);
     double* ask = in_place<double>(q_ask, "q_ask", n_symbols);
-    for (int64_t i = a; i < k; ++i)
-      if (rec_.sym[i] >= n_symbols) throw py::value_error("a record's symbol is beyond the board");
     if (seen_.size() != static_cast<size_t>(n_symbols)) seen_.assign(n_symbols, -1);
-    screen_board(rec_, quote_ts.data(), a, k, ts, bid, ask, seen_, ++stamp_, idx_);
+    if (!screen_board(rec_, quote_ts.data(), a, k, ts, bid, ask, seen_, ++stamp_, idx_))
+      throw py::value_error("a record's symbol is beyond the board");
     py::array_t<int64_t> out(static_cast<py::ssize_t>(idx_.size()));
     std::copy(idx_.begin(), idx_.end(), out.mutable_data());
     return out;

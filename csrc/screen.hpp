@@ -135,20 +135,25 @@ inline std::pair<int64_t, double> screen_best(const ScreenRecords& r, const Scre
 
 // The quote board after records a..k-1: each symbol's last record among them, written to
 // the per-symbol arrays (its quote time, bid and ask); their indices go to `out` in
-// ascending order. `seen` is per-symbol scratch: any values, left as it finds them
-// except for the symbols met, which get `stamp` (a value the caller never reuses).
-inline void screen_board(const ScreenRecords& r, const int64_t* quote_ts, int64_t a, int64_t k, int64_t* q_ts,
+// ascending order. `seen` is per-symbol scratch (one entry per symbol on the board): any
+// values, left as it finds them except for the symbols met, which get `stamp` (a value
+// the caller never reuses). False, with nothing more written, at a record whose symbol
+// is beyond the board.
+inline bool screen_board(const ScreenRecords& r, const int64_t* quote_ts, int64_t a, int64_t k, int64_t* q_ts,
                          double* q_bid, double* q_ask, std::vector<int64_t>& seen, int64_t stamp,
                          std::vector<int64_t>& out) {
   out.clear();
-  for (int64_t i = k - 1; i >= a && out.size() < seen.size(); --i) {
+  for (int64_t i = k - 1; i >= a; --i) {
     const uint32_t s = r.sym[i];
+    if (s >= seen.size()) return false;
     if (seen[s] == stamp) continue;
     seen[s] = stamp;
     q_ts[s] = quote_ts[i], q_bid[s] = r.bid[i], q_ask[s] = r.ask[i];
     out.push_back(i);
+    if (out.size() == seen.size()) break;  // every symbol has its quote
   }
   std::reverse(out.begin(), out.end());
+  return true;
 }
 
 }  // namespace sovereign

@@ -299,9 +299,7 @@ class Replayer:
         if role == "coordinator":
             self.coord_start = d
         if self.starts[role] > 1:
-            durable = d.get("intents_taken")  # risk: logged by versions that commit it
-            recovered = {int(c) for c in d.get("recovered", {})}  # gateway: SUBMITTING at its start
-            self._rings(role, d.get("rings", {}), None if durable is None else int(durable), recovered)
+            self._rings(role, d)
         if role == "gateway":
             # A gateway killed after committing exits and before logging them (and so before
             # pushing them): the replay's broker filled them too, and must now hold exactly
@@ -385,8 +383,9 @@ class Replayer:
                     and len(self.reports["risk"].items) >= int(rings.get("reports", 0)))  # fmt: skip
         return len(self.approved.items) >= int(rings.get("approved", 0))
 
-    def _rings(self, role: str, rings: dict[str, Any], durable: int | None = None,
-               recovered: Collection[int] = ()) -> None:
+    def _rings(self, role: str, d: dict[str, Any]) -> None:
+        """A restarted process, from its start event `d`: where it found its rings."""
+        rings = d.get("rings", {})
         name, fifos = self._outputs(role)
         pushed = rings.get(name, [])
         for fifo, n in zip(fifos, pushed if isinstance(pushed, list) else [pushed], strict=False):
@@ -403,11 +402,12 @@ class Replayer:
             self.out.history_lost = sum(popped) - recorded
             self.out.lost_from = np.concatenate([w[:n] for w, n in zip(self.by_worker, popped, strict=False)])
         elif role == "risk":
-            if durable is not None:
-                self._uncommitted(durable)
+            if "intents_taken" in d:  # logged by versions that commit it
+                self._uncommitted(int(d["intents_taken"]))
             self._lost(self.intents, int(rings.get("intents", 0)))
             self.reports["risk"].skip_to(int(rings.get("reports", 0)))
         else:
+            recovered = {int(c) for c in d.get("recovered", {})}  # SUBMITTING when it started
             self._lost(self.approved, int(rings.get("approved", 0)), recovered)
 
     def _lost(self, fifo: _Fifo, popped: int, committed: Collection[int] = ()) -> None:
@@ -420,8 +420,12 @@ class Replayer:
         for rec in fifo.items[before : fifo.taken]:
             cid = int(rec["client_order_id"])
             if cid not in committed:
-                self.out.unrecorded.append(cid)
-                self.out.orders.pop(cid, None)
+                self._unrecord(cid)
+
+    def _unrecord(self, cid: int) -> None:
+        """An order the live state has no record of: left out here too, and named."""
+        self.out.unrecorded.append(cid)
+        self.out.orders.pop(cid, None)
 
     def _gateway(self, e: list[Any]) -> bool:
         if e[0] == "t":  # a batch of ticks that filled stops or targets
@@ -506,9 +510,7 @@ class Replayer:
         """Orders a killed coordinator or risk made and logged but never pushed: the live
         state has no record of them."""
         for rec in records:
-            cid = int(rec["client_order_id"])
-            self.out.unrecorded.append(cid)
-            self.out.orders.pop(cid, None)
+            self._unrecord(int(rec["client_order_id"]))
 
     def _uncommitted(self, durable: int) -> None:
         """At a restart of risk: the refusals its last run made for the intents from the
@@ -517,8 +519,7 @@ class Replayer:
         for rec in self.intents.items[durable : self.intents.taken]:
             cid = int(rec["client_order_id"])
             if cid in self.refused:
-                self.out.unrecorded.append(cid)
-                self.out.orders.pop(cid, None)
+                self._unrecord(cid)
 
     def _quotes(self, logged: dict[str, list[Any]]) -> Callable[[int], tuple[int, float, float, int]]:
         table = {int(s): (int(q[0]), float(q[1]), float(q[2]), int(q[3])) for s, q in logged.items()}

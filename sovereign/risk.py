@@ -350,8 +350,8 @@ def run(child: Child, config: Config) -> None:
     # they made is in LMDB. Those taken after it by a process killed before its commit
     # left no record (the replay drops their refusals too).
     taken = intents.stats()["popped"]
-    mark = (saved or {}).get("intents_taken")
-    durable = int(mark[1]) if isinstance(mark, list) and mark[0] == layout.session else 0
+    covered = (saved or {}).get("intents_taken")  # [session, count], from the last commit
+    durable = int(covered[1]) if isinstance(covered, list) and covered[0] == layout.session else 0
     if log is not None:  # each event is written before what it made is pushed
         rings = {"intents": taken, "reports": reports.stats()["popped"],
                  "approved": approved.stats()["pushed"]}  # fmt: skip
