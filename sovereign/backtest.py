@@ -46,9 +46,9 @@ import numpy as np
 from sovereign.broker.paper import Retcode
 from sovereign.config import Config
 from sovereign.coordinator import Coordinator
-from sovereign.core import NO_AGENT, ORDER_DTYPE, TICK_DTYPE, Screen
+from sovereign.core import NO_AGENT, TICK_DTYPE, Screen
 from sovereign.datafile import FILE_TICK_DTYPE, Market
-from sovereign.gateway import _report, make_broker
+from sovereign.gateway import _row, make_broker
 from sovereign.ledger import ZERO, to_decimal
 from sovereign.risk import Reason, Risk
 from sovereign.runtime import symbol_specs
@@ -129,7 +129,7 @@ class Backtest:
         self.best: Decimal | None = None  # highest exact equity since the last mark
         self.book: _Book | None = None  # open positions as arrays, for screening
         self.changes = 0  # bumped by every fill, order and mark: screening answers go stale
-        self.pending: dict[int, list[np.void]] = {}  # bars: symbol -> approved orders for its next open
+        self.pending: dict[int, list[tuple]] = {}  # bars: symbol -> approved orders for its next open
         self.keep_signals = keep_signals
         self.out = Recorded()
 
@@ -221,18 +221,18 @@ class Backtest:
         self.best = None
         flatten = self.risk.mark(self.quote, self.now_ns)
         self.out.equity.append((self.now_ns, self.risk.equity))
-        self._execute(flatten, now_ns)
+        self._execute(flatten.tolist())
 
-    def _coordinate(self, signals: np.ndarray, now_ns: int) -> np.ndarray:
+    def _coordinate(self, signals: np.ndarray, now_ns: int) -> list[tuple]:
         self.now_ns = max(self.now_ns, now_ns)
-        return self.coord.on_signals(signals)
+        return self.coord.intents_for(signals)
 
-    def _approve(self, intents: np.ndarray) -> None:
+    def _approve(self, intents: list[tuple]) -> None:
         self._mark_equity_only()
-        approved, refused = self.risk.on_intents(intents, self.quote, self.now_ns)
-        for rec, why in refused:  # as live: the coordinator waits out the in-flight time
-            self.out.orders.append(_order_row(rec, "REJECTED", why.name))
-        self._execute(approved, self.now_ns)
+        approved, refused = self.risk.check(intents, self.quote, self.now_ns)
+        for i, why in refused:  # as live: the coordinator waits out the in-flight time
+            self.out.orders.append(_order_row(intents[i], "REJECTED", why.name))
+        self._execute(approved)
 
     def _mark_equity_only(self) -> None:
         """Risk sizes from equity marked now, as live risk (marking every 10 ms) would."""
@@ -241,30 +241,34 @@ class Backtest:
             equity += self.risk.ledger.unrealized(s, to_decimal(self.q_bid[s]), to_decimal(self.q_ask[s]))
         self.risk.equity = equity
 
-    def _execute(self, approved: np.ndarray, now_ns: int) -> None:
+    def _execute(self, approved: list[tuple]) -> None:
+        """Orders risk approved (tuples of ORDER_DTYPE's fields) to the broker."""
         self.changes += 1
-        for rec in approved:
+        for f in approved:
             if self.kind == "bars":  # at the symbol's next open
-                self.pending.setdefault(int(rec["symbol"]), []).append(rec)
+                self.pending.setdefault(f[4], []).append(f)
             else:
-                self._send(rec)
+                self._send(f)
 
-    def _send(self, rec: np.void) -> None:
-        f = rec.item()
+    def _send(self, f: tuple) -> None:
         ex = self.broker.market_order(f[2], f[4], f[6], to_decimal(f[10]), sl=f[12] or None, tp=f[13] or None)
         row = _order_row(
-            rec,
+            f,
             "FILLED" if ex.retcode == Retcode.DONE else "REJECTED",
             Reason(f[8]).name if ex.retcode == Retcode.DONE else ex.reason,
         )
         row["fill_price"], row["retcode"] = str(ex.price), int(ex.retcode)
         self.out.orders.append(row)
-        self._reports(np.array([_report(ex, rec)], ORDER_DTYPE), [ex], agent=f[5])
+        self._reports([_row(ex, f[1], f[5], f[14], f[12], f[13])], [ex], agent=f[5])
 
-    def _reports(self, reports: np.ndarray, executions: list, agent: int = NO_AGENT) -> None:
+    def _exits(self, executions: list) -> None:
+        """The broker's own fills (stops, targets) reported."""
+        self._reports([_row(ex, 0, NO_AGENT, 0.0, 0.0, 0.0) for ex in executions], executions)
+
+    def _reports(self, reports: list[tuple], executions: list, agent: int = NO_AGENT) -> None:
         self.changes += 1
-        self.risk.on_reports(reports)
-        self.coord.on_reports(reports)
+        self.risk.on_report_rows(reports)
+        self.coord.on_report_rows(reports)
         for ex in executions:
             if ex.retcode == Retcode.DONE:
                 self.out.fills.append(
@@ -416,7 +420,7 @@ class _Walk:
         if pos is not None and (pos.sl is not None or pos.tp is not None):
             fills = bt.broker.on_tick(s, int(self.ts[last]), float(self.bid[last]), float(self.ask[last]))
             if fills:
-                bt._reports(np.array([_report(ex, None) for ex in fills], ORDER_DTYPE), fills)
+                bt._exits(fills)
         self.a = k
 
     def _apply_bars(self, k: int) -> int:
@@ -466,7 +470,7 @@ class _Walk:
             s, int(b["ts_ns"]), o, o + spread
         )  # a gap through a stop fills at the open
         if opened:
-            bt._reports(np.array([_report(ex, None) for ex in opened], ORDER_DTYPE), opened)
+            bt._exits(opened)
         bt.q_ts[s], bt.q_bid[s], bt.q_ask[s] = int(b["ts_ns"]), o, o + spread
         for rec in bt.pending.pop(s, []):
             bt._send(rec)
@@ -484,7 +488,7 @@ class _Walk:
             if hit:
                 price = pos.sl if hit == "sl" else pos.tp
                 ex = bt.broker.close_at(s, price, hit)  # type: ignore[arg-type]
-                bt._reports(np.array([_report(ex, None)], ORDER_DTYPE), [ex])
+                bt._exits([ex])
         close_ts = int(b["ts_ns"]) + int(b["timeframe_s"]) * NS
         c = float(b["close"])
         bt.broker.set_quote(s, close_ts, c, c + spread)
@@ -604,8 +608,8 @@ class _Book:
         return self.balance + float(np.dot(mark, self.coef)) - self.cost
 
 
-def _order_row(rec: np.void, state: str, reason: str) -> dict[str, Any]:
-    f = rec.item()  # ORDER_DTYPE's fields, in order
+def _order_row(f: tuple, state: str, reason: str) -> dict[str, Any]:
+    """An order (a tuple of ORDER_DTYPE's fields) as the report lists it."""
     return {
         "ts_ns": f[0],
         "client_order_id": f[2],

@@ -66,8 +66,12 @@ class Coordinator:
 
     def on_signals(self, signals: np.ndarray) -> np.ndarray:
         """Signals in (SIGNAL_DTYPE); order intents out (ORDER_DTYPE)."""
+        return np.array(self.intents_for(signals), ORDER_DTYPE)
+
+    def intents_for(self, signals: np.ndarray) -> list[tuple]:
+        """`on_signals` with the intents as tuples of ORDER_DTYPE's fields."""
         if len(signals) == 0:
-            return np.zeros(0, ORDER_DTYPE)
+            return []
         rows = signals.tolist()
         self.clock_ns = max(self.clock_ns, max(r[0] for r in rows))
         touched: dict[int, int] = {}  # symbol -> origin_ns of its newest signal
@@ -78,7 +82,7 @@ class Coordinator:
             )
             touched[symbol] = max(touched.get(symbol, 0), origin)
         out = [self._decide(symbol, origin) for symbol, origin in touched.items()]
-        return np.array([o for o in out if o is not None], ORDER_DTYPE)
+        return [o for o in out if o is not None]
 
     def _decide(self, symbol: int, origin_ns: int) -> tuple | None:
         live = self.live[symbol]
@@ -109,7 +113,11 @@ class Coordinator:
     def on_reports(self, reports: np.ndarray) -> None:
         """Execution reports (ORDER_DTYPE, kind FILL or REJECT): each symbol's net volume,
         exactly (lots as decimals), and the end of an order's flight."""
-        for r in reports.tolist():
+        self.on_report_rows(reports.tolist())
+
+    def on_report_rows(self, reports: list[tuple]) -> None:
+        """`on_reports` on records as tuples of ORDER_DTYPE's fields."""
+        for r in reports:
             cid, ticket, symbol, side, kind, volume = r[2], r[3], r[4], r[6], r[7], r[10]
             flight = self.in_flight.get(symbol)
             if flight is not None and flight[0] == cid:

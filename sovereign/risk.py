@@ -90,19 +90,24 @@ class Risk:
 
     def on_intents(self, intents: np.ndarray, quotes: Quotes, now_ns: int) -> tuple[np.ndarray, list]:
         """Approved orders (ORDER_DTYPE) and the refused intents as (record, Reason) pairs."""
+        approved, refused = self.check(intents.tolist(), quotes, now_ns)
+        return np.array(approved, ORDER_DTYPE), [(intents[i], why) for i, why in refused]
+
+    def check(self, intents: list[tuple], quotes: Quotes, now_ns: int) -> tuple[list[tuple], list]:
+        """`on_intents` on records as tuples of ORDER_DTYPE's fields (`tolist()`): the
+        approved orders as such tuples, and (index of the intent, Reason) for each refused."""
         approved, refused = [], []
-        for rec in intents:
-            order, why = self._check(rec, quotes, now_ns)
+        for i, f in enumerate(intents):
+            order, why = self._check(f, quotes, now_ns)
             if order is not None:
                 approved.append(order)
                 self.approved_ts.append(now_ns)
             else:
                 self.rejected[why] += 1
-                refused.append((rec, why))
-        return np.array(approved, ORDER_DTYPE), refused
+                refused.append((i, why))
+        return approved, refused
 
-    def _check(self, rec: np.void, quotes: Quotes, now_ns: int) -> tuple[np.void | None, Reason]:
-        f = rec.item()  # one conversion: a field lookup on a numpy record costs as much as this
+    def _check(self, f: tuple, quotes: Quotes, now_ns: int) -> tuple[tuple | None, Reason]:
         symbol, side, price, rec_sl, rec_tp, rec_risk = f[4], f[6], f[11], f[12], f[13], f[15]
         spec = self.specs.get(symbol)
         if spec is None:
@@ -128,7 +133,7 @@ class Risk:
             return None, Reason.ORDER_RATE
         closing = abs(current)
         if self.state is TradingState.REDUCING:  # exits only: close, do not reverse
-            return self._order(rec, closing, ref, 0.0, 0.0, Reason.REDUCING), Reason.OK
+            return self._order(f, closing, ref, 0.0, 0.0, Reason.REDUCING), Reason.OK
         stop = rec_sl
         if (stop >= ref) if side > 0 else (stop <= ref):
             return None, Reason.BAD_STOP
@@ -142,8 +147,8 @@ class Risk:
             return None, Reason.VOLUME_TOO_SMALL
         # Exposure limits cut the size down to what fits; refuse only if not a minimum lot.
         per_lot_notional = spec.contract_size * to_decimal(ref)
-        symbol_room = self.equity * Decimal(repr(self.limits.max_symbol_exposure))
-        gross_room = self.equity * Decimal(repr(self.limits.max_gross_exposure)) - self._gross(
+        symbol_room = self.equity * to_decimal(self.limits.max_symbol_exposure)
+        gross_room = self.equity * to_decimal(self.limits.max_gross_exposure) - self._gross(
             quotes, skip=symbol
         )
         for room, why in ((symbol_room, Reason.SYMBOL_EXPOSURE), (gross_room, Reason.GROSS_EXPOSURE)):
@@ -152,15 +157,12 @@ class Risk:
                 return None, why
             volume = min(volume, fits)
         tp = rec_tp if ((rec_tp > ref) if side > 0 else (0 < rec_tp < ref)) else 0.0
-        return self._order(rec, closing + volume, ref, stop, tp, Reason.OK), Reason.OK
+        return self._order(f, closing + volume, ref, stop, tp, Reason.OK), Reason.OK
 
-    def _order(
-        self, rec: np.void, volume: Decimal, price: float, sl: float, tp: float, why: Reason
-    ) -> np.void:
-        out = rec.copy()
-        out["kind"], out["volume"], out["price"] = ORDER_APPROVED, float(volume), price
-        out["sl"], out["tp"], out["reason"] = sl, tp, int(why)
-        return out
+    @staticmethod
+    def _order(f: tuple, volume: Decimal, price: float, sl: float, tp: float, why: Reason) -> tuple:
+        """The intent `f` as the order risk approves."""
+        return (*f[:7], ORDER_APPROVED, int(why), f[9], float(volume), price, sl, tp, *f[14:])
 
     def _gross(self, quotes: Quotes, skip: int) -> Decimal:
         total = ZERO
@@ -172,7 +174,11 @@ class Risk:
     # ---- executions and marking
 
     def on_reports(self, reports: np.ndarray) -> None:
-        for r in reports.tolist():
+        self.on_report_rows(reports.tolist())
+
+    def on_report_rows(self, reports: list[tuple]) -> None:
+        """`on_reports` on records as tuples of ORDER_DTYPE's fields."""
+        for r in reports:
             cid, ticket, symbol, side, kind, volume, price, sl, tp, commission = (
                 r[2], r[3], r[4], r[6], r[7], r[10], r[11], r[12], r[13], r[16])
             if self.closing.get(symbol) == cid:

@@ -202,7 +202,7 @@ def one_bar_run(bars: list[tuple[float, float, float, float]], sl: float, tp: fl
     bt.broker.set_quote(0, T0, bars[0][0], bars[0][0])
     bt.q_ts[0], bt.q_bid[0], bt.q_ask[0] = T0, bars[0][0], bars[0][0]
     ex = bt.broker.market_order(1, 0, 1, Decimal("1"), sl=sl, tp=tp)
-    bt._reports(np.array([engine._report(ex, None)], engine.ORDER_DTYPE), [ex])
+    bt._exits([ex])
     bt.feed(recs[1:])
     return bt
 
