@@ -128,6 +128,7 @@ class Backtest:
         self.now_ns = 0
         self.best: Decimal | None = None  # highest exact equity since the last mark
         self.book: _Book | None = None  # open positions as arrays, for screening
+        self.moved: set[int] = set()  # symbols filled since the book was last brought up to date
         self.changes = 0  # bumped by every fill, order and mark: screening answers go stale
         self.pending: dict[int, list[tuple]] = {}  # bars: symbol -> approved orders for its next open
         self.keep_signals = keep_signals
@@ -271,6 +272,7 @@ class Backtest:
         self.coord.on_report_rows(reports)
         for ex in executions:
             if ex.retcode == Retcode.DONE:
+                self.moved.add(ex.symbol)
                 self.out.fills.append(
                     {
                         "ts_ns": ex.ts_ns,
@@ -506,10 +508,15 @@ class _Walk:
         return self.bt.broker.ledger.open_symbols()
 
     def _book(self) -> _Book:
-        """The open positions as per-symbol arrays, rebuilt only after a fill."""
+        """The open positions as per-symbol arrays, brought up to date for the symbols
+        filled since the last call."""
         bt = self.bt
-        if bt.book is None or bt.book.fills != len(bt.out.fills):
-            bt.book = _Book(bt, len(bt.out.fills))
+        if bt.book is None:
+            bt.book = _Book(len(bt.names))
+            bt.moved.update(bt.broker.positions)
+        if bt.moved:
+            bt.book.update(bt, bt.moved)
+            bt.moved.clear()
         return bt.book
 
     def _next_event(self, horizon: int) -> tuple[int, str]:
@@ -576,28 +583,43 @@ _SCREENED = ("", "fill", "exit", "breach")  # Screen.next's kinds
 
 class _Book:
     """Open positions as arrays over symbols: direction, float volume x contract size,
-    stop and target (NaN: none), for vectorized screening."""
+    stop and target (NaN: none), for vectorized screening; updated symbol by symbol."""
 
-    def __init__(self, bt: Backtest, fills: int):
-        n = len(bt.names)
-        self.fills = fills
+    def __init__(self, n: int):
         self.long, self.short = np.zeros(n, bool), np.zeros(n, bool)
         self.coef = np.zeros(n)
         self.sl, self.tp = np.full(n, np.nan), np.full(n, np.nan)
+        self.costs: dict[int, float] = {}  # symbol -> its lots' float cost (sum of volume x price x size)
+        self.watching: set[int] = set()  # symbols with a stop or a target
         self.cost = 0.0
-        self.balance = float(bt.broker.ledger.balance)
+        self.balance = 0.0
         self.watched = False
-        for s, pos in bt.broker.positions.items():
-            vol = pos.volume
-            size = bt.contract[s]
+
+    def update(self, bt: Backtest, symbols: set[int]) -> None:
+        """Take the broker's positions of `symbols` (the ones that changed) again."""
+        positions = bt.broker.positions
+        for s in symbols:
+            pos = positions.get(s)
+            vol = pos.volume if pos is not None else ZERO
             self.long[s], self.short[s] = vol > 0, vol < 0
-            self.coef[s] = float(vol * size)
-            self.cost += float(sum((v * p for v, p in pos.lots), ZERO) * size)
-            if pos.sl is not None:
-                self.sl[s] = float(pos.sl)
-            if pos.tp is not None:
-                self.tp[s] = float(pos.tp)
-            self.watched |= pos.sl is not None or pos.tp is not None
+            self.coef[s] = float(vol * bt.contract[s])
+            self.sl[s] = np.nan if pos is None or pos.sl is None else float(pos.sl)
+            self.tp[s] = np.nan if pos is None or pos.tp is None else float(pos.tp)
+            if pos is None:
+                self.costs.pop(s, None)
+                self.watching.discard(s)
+                continue
+            self.costs[s] = float(sum((v * p for v, p in pos.lots), ZERO) * bt.contract[s])
+            if pos.sl is not None or pos.tp is not None:
+                self.watching.add(s)
+            else:
+                self.watching.discard(s)
+        cost = 0.0
+        for s in positions:  # summed in the book's order, as a rebuild would
+            cost += self.costs[s]
+        self.cost = cost
+        self.balance = float(bt.broker.ledger.balance)
+        self.watched = bool(self.watching)
 
     def mark_now(self, bt: Backtest) -> np.ndarray:
         """Each symbol's price to mark at now: the bid of a long, the ask of a short."""
