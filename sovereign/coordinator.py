@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from decimal import Decimal
 
 import numpy as np
@@ -37,23 +36,14 @@ SIGNAL_BATCH = 4096
 IN_FLIGHT_S = 60  # market seconds an intent blocks another for its symbol without an answer
 
 
-@dataclass(slots=True)
-class LiveSignal:
-    expires_ns: int
-    side: int
-    conviction: float
-    entry: float
-    stop: float
-    target: float
-    origin_ns: int
-
-
 class Coordinator:
     def __init__(self, config: Config, next_id: Callable[[], int]):
         self.config = config
         self.next_id = next_id
         self.clock_ns = 0
-        self.live: dict[int, dict[int, LiveSignal]] = {}  # symbol -> agent -> newest signal
+        # symbol -> agent -> its newest signal, a LiveSignal:
+        # (expires_ns, side, conviction, entry, stop, target)
+        self.live: dict[int, dict[int, tuple[int, int, float, float, float, float]]] = {}
         self.volume: dict[int, Decimal] = {}  # symbol -> net lots
         self.position: dict[int, int] = {}  # symbol -> direction of the open position
         self.in_flight: dict[int, tuple[int, int]] = {}  # symbol -> (client id, expires_ns)
@@ -66,32 +56,38 @@ class Coordinator:
 
     def on_signals(self, signals: np.ndarray) -> np.ndarray:
         """Signals in (SIGNAL_DTYPE); order intents out (ORDER_DTYPE)."""
-        return np.array(self.intents_for(signals), ORDER_DTYPE)
+        return np.array(self.intents_for(signals.tolist()), ORDER_DTYPE)
 
-    def intents_for(self, signals: np.ndarray) -> list[tuple]:
-        """`on_signals` with the intents as tuples of ORDER_DTYPE's fields."""
-        if len(signals) == 0:
+    def intents_for(self, signals: list[tuple]) -> list[tuple]:
+        """`on_signals` on records as tuples of SIGNAL_DTYPE's fields (`tolist()`), with the
+        intents as tuples of ORDER_DTYPE's fields."""
+        if not signals:
             return []
-        rows = signals.tolist()
-        self.clock_ns = max(self.clock_ns, max(r[0] for r in rows))
+        clock = self.clock_ns = max(self.clock_ns, max(r[0] for r in signals))
+        live = self.live
         touched: dict[int, int] = {}  # symbol -> origin_ns of its newest signal
-        for s in rows:
-            ts, agent, symbol, side, _flags, _touches, tf, conviction, entry, stop, target, _lvl, origin = s
-            self.live.setdefault(symbol, {})[agent] = LiveSignal(
-                ts + tf * NS, side, conviction, entry, stop, target, origin
-            )
-            touched[symbol] = max(touched.get(symbol, 0), origin)
-        out = [self._decide(symbol, origin) for symbol, origin in touched.items()]
-        return [o for o in out if o is not None]
+        for ts, agent, symbol, side, _, _, tf, conviction, entry, stop, target, _, origin in signals:
+            book = live.get(symbol)
+            if book is None:
+                book = live[symbol] = {}
+            book[agent] = (ts + tf * NS, side, conviction, entry, stop, target)  # a LiveSignal
+            newest = touched.get(symbol, 0)
+            touched[symbol] = origin if origin > newest else newest
+        out = []
+        for symbol, origin in touched.items():
+            intent = self._decide(symbol, origin, clock)
+            if intent is not None:
+                out.append(intent)
+        return out
 
-    def _decide(self, symbol: int, origin_ns: int) -> tuple | None:
+    def _decide(self, symbol: int, origin_ns: int, clock: int) -> tuple | None:
         live = self.live[symbol]
-        clock, net, expired = self.clock_ns, 0.0, []
+        net, expired = 0.0, []
         for agent, s in live.items():  # in order, rounding each step (sum() compensates from 3.12 on)
-            if s.expires_ns <= clock:
+            if s[0] <= clock:
                 expired.append(agent)
             else:
-                net += s.side * s.conviction
+                net += s[1] * s[2]
         for agent in expired:
             del live[agent]
         if abs(net) < self.config.coordinator.threshold:
@@ -100,15 +96,15 @@ class Coordinator:
         if self.position.get(symbol, 0) == side:
             return None
         flight = self.in_flight.get(symbol)
-        if flight is not None and flight[1] > self.clock_ns:
+        if flight is not None and flight[1] > clock:
             return None
-        agent, best = max(((a, s) for a, s in live.items() if s.side == side), key=lambda x: x[1].conviction)
+        agent, best = max(((a, s) for a, s in live.items() if s[1] == side), key=lambda x: x[1][2])
         risk = min(self.config.risk.risk_per_trade * abs(net), self.cap())
         cid = self.next_id()
-        self.in_flight[symbol] = (cid, self.clock_ns + IN_FLIGHT_S * NS)
+        self.in_flight[symbol] = (cid, clock + IN_FLIGHT_S * NS)
         self.intents += 1
-        return (self.clock_ns, origin_ns, cid, 0, symbol, agent, side, ORDER_INTENT, 0, 0,
-                0.0, best.entry, best.stop, best.target, abs(net), risk, 0.0)  # fmt: skip
+        return (clock, origin_ns, cid, 0, symbol, agent, side, ORDER_INTENT, 0, 0,
+                0.0, best[3], best[4], best[5], abs(net), risk, 0.0)  # fmt: skip
 
     def on_reports(self, reports: np.ndarray) -> None:
         """Execution reports (ORDER_DTYPE, kind FILL or REJECT): each symbol's net volume,
