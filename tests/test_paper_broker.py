@@ -6,6 +6,8 @@ import random
 from decimal import Decimal as D
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from sovereign.broker.paper import PaperBroker, Retcode, SymbolSpec
 from sovereign.sim import simulate_ticks
@@ -77,6 +79,39 @@ def test_bad_orders_are_rejected_with_mt5_codes_and_change_nothing(args, code) -
     ex = b.market_order(1, *args)
     assert ex.retcode == code and ex.reason
     assert b.balance == D(10_000) and not any(p.lots for p in b.positions.values())
+
+
+@pytest.mark.parametrize(("balance", "code"), [("33", Retcode.DONE), ("32.99", Retcode.NO_MONEY)])
+def test_margin_equal_to_equity_is_enough_and_a_cent_less_is_not(balance, code) -> None:
+    """0.03 lot at 1.1 on 1:100 needs exactly 33, which floats make 33.00000000000001:
+    the screen leaves this close call to the exact comparison."""
+    b = PaperBroker(D(balance), {0: SymbolSpec()})
+    b.on_tick(0, 1, 1.0998, 1.1)
+    assert b.market_order(1, 0, 1, D("0.03")).retcode == code
+
+
+@given(st.lists(st.tuples(st.integers(0, 2), st.sampled_from([1, -1]), st.integers(1, 300),
+                          st.floats(0.5, 2.0), st.floats(0.0, 0.01)), min_size=1, max_size=12),
+       st.integers(0, 2), st.sampled_from([1, -1]), st.integers(1, 10_000), st.integers(1, 400_000))
+@settings(max_examples=300, deadline=None)
+def test_the_float_margin_screen_answers_as_the_exact_check(trades, symbol, side, lots, balance) -> None:
+    """Whatever the book, quotes and order, the screened margin check gives the exact
+    (Decimal) comparison's answer."""
+    specs = {0: SymbolSpec(), 1: SymbolSpec(contract_size=D(1)), 2: SymbolSpec(contract_size=D(10))}
+    b = PaperBroker(D(balance) / 7, specs)
+    for s, sd, n, bid, spread in trades:
+        b.on_tick(s, 1, bid, bid + spread)
+        b.ledger.fill(s, sd, D(n) / 100, b.quote(s)[2 if sd > 0 else 1], D(0))  # type: ignore[index]
+    for s in specs:
+        if b.quote(s) is None:
+            b.on_tick(s, 1, 1.0, 1.0001)
+    b.on_tick(symbol, 2, 1.25, 1.2503)
+    for s in b.positions:  # some quotes as floats not yet taken, some as Decimals
+        if s % 2:
+            b.set_quote(s, 3, 0.9, 0.9002)
+    ref = b.quote(symbol)[2 if side > 0 else 1]  # type: ignore[index]
+    delta = side * D(lots) / 100
+    assert b._short_of_margin(symbol, delta, ref) == (b._margin_after(symbol, delta, ref) > b.equity())
 
 
 def test_stops_on_the_wrong_side_are_rejected() -> None:

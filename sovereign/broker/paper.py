@@ -80,6 +80,7 @@ class PaperBroker:
         self.commission_per_lot = Decimal(commission_per_lot)
         self.slippage_points = slippage_points
         self.leverage = Decimal(leverage)
+        self._float_size = {s: float(spec.contract_size) for s, spec in specs.items()}
         self._quotes: dict[int, tuple[int, Decimal, Decimal]] = {}  # symbol -> (ts, bid, ask)
         self._raw: dict[int, tuple[int, float, float]] = {}  # newer float quotes from on_ticks
         self.next_ticket = 1
@@ -208,7 +209,7 @@ class PaperBroker:
         ):
             return self._reject(client_order_id, symbol, side, volume, Retcode.INVALID_STOPS,
                                 f"sl {sl} / tp {tp} on the wrong side of {ref}")
-        if self._margin_after(symbol, side * volume, ref) > self.equity():
+        if self._short_of_margin(symbol, side * volume, ref):
             return self._reject(client_order_id, symbol, side, volume, Retcode.NO_MONEY,
                                 "not enough free margin")
         return self._fill(client_order_id, symbol, side, volume, dsl, dtp, "")
@@ -245,6 +246,40 @@ class PaperBroker:
             _, bid, ask = self.quote(symbol)  # type: ignore[misc]
             price = (bid + ask) / 2
         return abs(volume) * self.specs[symbol].contract_size * price / self.leverage
+
+    def _short_of_margin(self, symbol: int, delta: Decimal, price: Decimal) -> bool:
+        """Whether the margin after an order of `delta` lots at `price` exceeds equity.
+
+        Screened in float first: when the two differ by far more than float rounding over
+        these sums could move them (1e-9 of the magnitudes summed; doubles round at 1e-16),
+        the float answer is the exact one. A close call is decided in Decimal."""
+        lev = float(self.leverage)
+        margin = equity = 0.0
+        scale = abs(float(self.balance))
+        for s, pos in self.positions.items():
+            raw = self._raw.get(s)
+            if raw is not None:
+                bid, ask = raw[1], raw[2]
+            else:
+                _, b, a = self._quotes[s]
+                bid, ask = float(b), float(a)
+            size, vol = self._float_size[s], float(pos.volume)
+            cost = 0.0
+            for v, p in pos.lots:
+                cost += float(v) * float(p)
+            value = (bid if vol > 0 else ask) * vol
+            equity += (value - cost) * size
+            scale += (abs(value) + abs(cost)) * size
+            if s != symbol:
+                m = abs(vol) * size * (bid + ask) / 2 / lev
+                margin += m
+                scale += m
+        after = abs(float(self.ledger.volume(symbol) + delta)) * self._float_size[symbol] * float(price) / lev
+        margin += after
+        equity += float(self.balance)
+        if abs(margin - equity) > 1e-9 * (scale + after):
+            return margin > equity
+        return self._margin_after(symbol, delta, price) > self.equity()
 
     def _margin_after(self, symbol: int, delta: Decimal, price: Decimal) -> Decimal:
         pos = self.positions.get(symbol)
