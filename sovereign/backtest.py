@@ -144,7 +144,10 @@ class Backtest:
         The agents never see orders, so while one chunk is walked they already run over
         the next, on another thread (the pool works without the GIL); they never run past
         the records given, so the state between two calls is what one pass leaves."""
-        bounds = [(a, min(a + CHUNK, len(records))) for a in range(0, len(records), CHUNK)]
+        bounds, a, size = [], 0, CHUNK >> 4  # the first chunk, waited for, small; then doubling
+        while a < len(records):
+            bounds.append((a, min(a + size, len(records))))
+            a, size = bounds[-1][1], min(2 * size, CHUNK)
         with ThreadPoolExecutor(1, thread_name_prefix="agents") as ahead:
             nxt: Future[_Agents] | None = None
             seq = self.seq
@@ -415,13 +418,14 @@ class _Walk:
         if k <= a:
             return
         self._track_best(a, k)
-        bt, last = self.bt, k - 1
-        idx = self._quotes(a, k)
-        bt.broker.set_quotes(self.sym[idx], self.ts[idx], self.bid[idx], self.ask[idx])
-        s = int(self.sym[last])
+        bt = self.bt
+        # Each symbol's last tick (TICK_DTYPE's fields), in order: tick k-1 is the last one.
+        ticks = self.chunk[self._quotes(a, k)].tolist()
+        bt.broker.set_quotes({t[5]: (t[0], t[1], t[2]) for t in ticks})
+        ts, bid, ask, _, _, s, _, _ = ticks[-1]
         pos = bt.broker.positions.get(s)
         if pos is not None and (pos.sl is not None or pos.tp is not None):
-            fills = bt.broker.on_tick(s, int(self.ts[last]), float(self.bid[last]), float(self.ask[last]))
+            fills = bt.broker.on_tick(s, ts, bid, ask)
             if fills:
                 bt._exits(fills)
         self.a = k
@@ -533,7 +537,7 @@ class _Walk:
         # Look a bounded way ahead: far enough to pass several decisions, not the whole hour.
         horizon = min(horizon, max(a + 8192, self.next_d + 1))
         j, kind = horizon, ""
-        pending, opened = self._pending(), bool(self._open())
+        pending, opened = self._pending(), bool(self.bt.broker.positions)
         if (opened or pending is not None) and horizon > a:
             book = self._book()
             peak0 = floor = None
@@ -557,7 +561,7 @@ class _Walk:
 
     def _track_best(self, a: int, k: int) -> None:
         """Carry the highest equity of records a..k-1 (positions constant) into bt.best, exactly."""
-        if k <= a or not self._open():
+        if k <= a or not self.bt.broker.positions:
             return
         bt, book = self.bt, self._book()
         mark = book.mark_now(bt)

@@ -72,7 +72,9 @@ class Ledger:
     ) -> Decimal:
         """Apply an execution; returns the P&L it realized (before commission)."""
         size = self.contract_sizes[symbol]
-        pos = self.positions.setdefault(symbol, Position())
+        pos = self.positions.get(symbol)
+        if pos is None:
+            pos = self.positions[symbol] = Position()
         direction_before = pos.volume > 0 if pos.lots else None
         realized = ZERO
         left = volume

@@ -137,7 +137,7 @@ class Risk:
         stop = rec_sl
         if (stop >= ref) if side > 0 else (stop <= ref):
             return None, Reason.BAD_STOP
-        if current == 0 and len(self.ledger.open_symbols()) >= self.limits.max_open_positions:
+        if current == 0 and len(self.ledger.positions) >= self.limits.max_open_positions:
             return None, Reason.MAX_POSITIONS
         budget = self.equity * Decimal(repr(rec_risk))
         per_lot = abs(to_decimal(ref) - to_decimal(stop)) * spec.contract_size  # exact: no float subtraction

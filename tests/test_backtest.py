@@ -173,7 +173,10 @@ def test_agents_running_a_chunk_ahead_on_a_thread_change_nothing(monkeypatch: py
         ahead.feed(m.records, done.append)
         monkeypatch.setattr(engine, "CHUNK", 1 << 18)
         assert len(alone.out.orders) > 10 and _outcome(ahead) == _outcome(alone)
-        assert done == [*range(3_001, len(m.records), 3_001), len(m.records)]
+        # Progress after each chunk: the first 1/16 of CHUNK (the one waited for), then doubling.
+        sizes = [187, 374, 748, 1_496, 2_992] + [3_001] * len(m.records)
+        assert done == [min(int(x), len(m.records)) for x in np.cumsum(sizes)][: len(done)]
+        assert done[-1] == len(m.records) and done[-2] < len(m.records)
         assert ahead.pool.snapshot() == alone.pool.snapshot()
 
 

@@ -167,10 +167,9 @@ class PaperBroker:
         against each bar's high and low with `close_at`)."""
         self._raw[symbol] = (ts_ns, bid, ask)
 
-    def set_quotes(self, symbols: np.ndarray, ts_ns: np.ndarray, bid: np.ndarray, ask: np.ndarray) -> None:
-        """`set_quote` for many symbols at once (arrays of one length, a symbol at most once)."""
-        self._raw.update(zip(symbols.tolist(), zip(ts_ns.tolist(), bid.tolist(), ask.tolist(), strict=True),
-                             strict=True))
+    def set_quotes(self, quotes: dict[int, tuple[int, float, float]]) -> None:
+        """`set_quote` for many symbols at once: symbol -> (ts_ns, bid, ask)."""
+        self._raw.update(quotes)
 
     def close_at(self, symbol: int, price: Decimal, reason: str) -> Execution:
         """Close the whole position at `price` (a stop or target touched inside a bar),
