@@ -570,15 +570,11 @@ class _Walk:
             return
         ledger = bt.broker.ledger
         exact = ledger.balance
-        syms = self.sym[a : at + 1]
+        # The quotes at the best record: the board of a..at over a copy of today's.
+        q_ts, q_bid, q_ask = bt.q_ts.copy(), bt.q_bid.copy(), bt.q_ask.copy()
+        self.screen.board(a, at + 1, self.quote_ts, q_ts, q_bid, q_ask)
         for s in ledger.open_symbols():
-            seen = np.flatnonzero(syms == s)
-            if len(seen):
-                i = a + int(seen[-1])
-                b, x = self.bid[i], self.ask[i]
-            else:
-                b, x = bt.q_bid[s], bt.q_ask[s]
-            exact += ledger.unrealized(s, to_decimal(b), to_decimal(x))
+            exact += ledger.unrealized(s, to_decimal(q_bid[s]), to_decimal(q_ask[s]))
         if bt.best is None or exact > bt.best:
             bt.best = exact
 
