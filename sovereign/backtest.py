@@ -47,7 +47,7 @@ from sovereign.broker.paper import Retcode
 from sovereign.config import Config
 from sovereign.coordinator import Coordinator
 from sovereign.core import NO_AGENT, TICK_DTYPE, Screen
-from sovereign.datafile import FILE_TICK_DTYPE, Market
+from sovereign.datafile import FILE_BAR_DTYPE, FILE_TICK_DTYPE, Market
 from sovereign.gateway import _row, make_broker
 from sovereign.ledger import ZERO, to_decimal
 from sovereign.risk import Reason, Risk
@@ -176,6 +176,11 @@ class Backtest:
             signals = self.pool.on_ticks(ticks)
             at = signals["origin_ns"] - seq + 1  # decided before the tick after the trigger
             return _Agents(ticks, signals, at)
+        if chunk.dtype != FILE_BAR_DTYPE:  # the walk reads a bar's fields in FILE_BAR_DTYPE's order
+            file_bars = np.zeros(n, FILE_BAR_DTYPE)
+            for name in FILE_BAR_DTYPE.names or ():
+                file_bars[name] = chunk[name]
+            chunk = file_bars
         bars = np.zeros(n, _BAR_DTYPE)
         for name in ("ts_ns", "open", "high", "low", "close", "volume", "symbol", "timeframe_s"):
             bars[name] = chunk[name]
@@ -467,18 +472,17 @@ class _Walk:
     def _bar(self, j: int) -> None:
         """One bar: pending orders fill at its open; then its high and low against the stop
         and target; then its close is the quote."""
-        bt, b = self.bt, self.chunk[j]
-        s = int(b["symbol"])
-        spread = float(b["spread"]) * bt.point
-        o, h, lo = float(b["open"]), float(b["high"]), float(b["low"])
-        for other in bt.broker.ledger.open_symbols():  # the broker marks margin with these
-            bt.broker.set_quote(other, int(bt.q_ts[other]), float(bt.q_bid[other]), float(bt.q_ask[other]))
-        opened = bt.broker.on_tick(
-            s, int(b["ts_ns"]), o, o + spread
-        )  # a gap through a stop fills at the open
+        bt = self.bt
+        ts, o, h, lo, c, _, spread_points, s, timeframe_s = self.chunk[j].item()  # FILE_BAR_DTYPE
+        spread = spread_points * bt.point
+        held = bt.broker.ledger.open_symbols()
+        if held:  # the broker marks margin with these
+            bt.broker.set_quotes(dict(zip(held, zip(bt.q_ts[held].tolist(), bt.q_bid[held].tolist(),
+                                                    bt.q_ask[held].tolist(), strict=True), strict=True)))
+        opened = bt.broker.on_tick(s, ts, o, o + spread)  # a gap through a stop fills at the open
         if opened:
             bt._exits(opened)
-        bt.q_ts[s], bt.q_bid[s], bt.q_ask[s] = int(b["ts_ns"]), o, o + spread
+        bt.q_ts[s], bt.q_bid[s], bt.q_ask[s] = ts, o, o + spread
         for rec in bt.pending.pop(s, []):
             bt._send(rec)
         pos = bt.broker.positions.get(s)
@@ -496,8 +500,7 @@ class _Walk:
                 price = pos.sl if hit == "sl" else pos.tp
                 ex = bt.broker.close_at(s, price, hit)  # type: ignore[arg-type]
                 bt._exits([ex])
-        close_ts = int(b["ts_ns"]) + int(b["timeframe_s"]) * NS
-        c = float(b["close"])
+        close_ts = ts + timeframe_s * NS
         bt.broker.set_quote(s, close_ts, c, c + spread)
         bt.q_ts[s], bt.q_bid[s], bt.q_ask[s] = close_ts, c, c + spread
 

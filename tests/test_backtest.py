@@ -180,6 +180,19 @@ def test_agents_running_a_chunk_ahead_on_a_thread_change_nothing(monkeypatch: py
         assert ahead.pool.snapshot() == alone.pool.snapshot()
 
 
+def test_bars_in_another_field_order_run_as_the_file_layout() -> None:
+    """The walk reads a bar's fields in FILE_BAR_DTYPE's order: bars laid out otherwise
+    (the same names) are taken by name, and run the same."""
+    m = bar_market(2, 4_000)
+    names = list(reversed(FILE_BAR_DTYPE.names or ()))
+    other = np.zeros(len(m.records), np.dtype([(n, FILE_BAR_DTYPE.fields[n][0]) for n in names]))  # type: ignore[index]
+    for name in names:
+        other[name] = m.records[name]
+    want = engine.run(CONFIG, m)
+    assert len(want.out.fills) > 5
+    assert _outcome(engine.run(CONFIG, Market("bars", other, m.names))) == _outcome(want)
+
+
 def test_snapshot_refuses_other_files_and_damage() -> None:
     bt = engine.Backtest(CONFIG, ["A"], "ticks")
     blob = bt.snapshot()
