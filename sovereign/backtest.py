@@ -512,9 +512,6 @@ class _Walk:
 
     # ---- screening: exits, drawdown and daily-loss breaches, the peak between marks
 
-    def _open(self) -> list[int]:
-        return self.bt.broker.ledger.open_symbols()
-
     def _book(self) -> _Book:
         """The open positions as per-symbol arrays, brought up to date for the symbols
         filled since the last call."""
