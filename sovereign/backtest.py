@@ -594,7 +594,11 @@ class _Book:
         self.watching: set[int] = set()  # symbols with a stop or a target
         self.cost = 0.0
         self.balance = 0.0
-        self.watched = False
+
+    @property
+    def watched(self) -> bool:
+        """Whether any open position has a stop or a target."""
+        return bool(self.watching)
 
     def update(self, bt: Backtest, symbols: set[int]) -> None:
         """Take the broker's positions of `symbols` (the ones that changed) again."""
@@ -608,10 +612,9 @@ class _Book:
             self.tp[s] = np.nan if pos is None or pos.tp is None else float(pos.tp)
             if pos is None:
                 self.costs.pop(s, None)
-                self.watching.discard(s)
-                continue
-            self.costs[s] = float(sum((v * p for v, p in pos.lots), ZERO) * bt.contract[s])
-            if pos.sl is not None or pos.tp is not None:
+            else:
+                self.costs[s] = float(sum((v * p for v, p in pos.lots), ZERO) * bt.contract[s])
+            if pos is not None and (pos.sl is not None or pos.tp is not None):
                 self.watching.add(s)
             else:
                 self.watching.discard(s)
@@ -620,7 +623,6 @@ class _Book:
             cost += self.costs[s]
         self.cost = cost
         self.balance = float(bt.broker.ledger.balance)
-        self.watched = bool(self.watching)
 
     def mark_now(self, bt: Backtest) -> np.ndarray:
         """Each symbol's price to mark at now: the bid of a long, the ask of a short."""
