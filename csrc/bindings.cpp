@@ -16,6 +16,7 @@
 #include "records.hpp"
 #include "ring.hpp"
 #include "screen.hpp"
+#include "sim.hpp"
 
 namespace py = pybind11;
 using namespace sovereign;
@@ -334,6 +335,27 @@ py::tuple pump(AgentPool& pool, ShmRing<Tick>& in, ShmRing<Signal>& out, double 
   return py::make_tuple(ticks, emitted, pushed);
 }
 
+void bind_sim(py::module_& m) {
+  py::class_<SimMarket>(m, "SimMarket",
+                        "The sim feed: a seeded synthetic market (trends, ranges, bursts). See sim.hpp.")
+      .def(py::init<uint32_t, uint64_t, int64_t, double>(), py::arg("n_symbols"), py::arg("seed"),
+           py::arg("start_ns"), py::arg("mean_interval_s"))
+      .def(
+          "next",
+          [](SimMarket& market, size_t n) {
+            py::array_t<Tick> out(static_cast<py::ssize_t>(n));
+            Tick* data = out.mutable_data();
+            {
+              py::gil_scoped_release nogil;
+              market.next(data, n);
+            }
+            return out;
+          },
+          py::arg("n"), "The next n ticks (TICK_DTYPE, time order, recv_ns 0).")
+      .def_property_readonly("n_symbols", &SimMarket::n_symbols)
+      .def_property_readonly("clock_ns", &SimMarket::clock_ns, "ts_ns of the last tick made (start_ns before any).");
+}
+
 void bind_quote_board(py::module_& m) {
   py::class_<QuoteBoard>(m, "QuoteBoard",
                          "Latest bid/ask per symbol in shared memory; one writer, seqlocked readers.")
@@ -500,6 +522,7 @@ PYBIND11_MODULE(_core, m) {
   bind_ring<Signal>(m, "SignalRing", "SPSC ring of signals in POSIX shared memory.");
   bind_ring<Order>(m, "OrderRing", "SPSC ring of order intents, approved orders or execution reports.");
   bind_quote_board(m);
+  bind_sim(m);
 
   py::class_<Screen>(m, "Screen",
                      "The backtest walk's screen over one chunk of records: the first record where a stop "

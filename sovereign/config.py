@@ -49,7 +49,7 @@ class SystemConfig:
 class FeedConfig:
     kind: str = _f("sim", choices=("sim", "replay"))
     symbols: int = _f(100, 1, 100_000)
-    seed: int = _f(1)
+    seed: int = _f(1, 0, 2**63 - 1)  # sim: the same seed gives the same market
     start: str = _f("")  # sim: market time of the first tick, UTC ("2026-03-01T00:00:00"); empty: the default
     pace: str = _f("fast", choices=("fast", "realtime"))
     speed: float = _f(1.0, 0.0, 1e6, lo_open=True)  # realtime pace: market seconds per wall-clock second

@@ -1,0 +1,187 @@
+// The sim feed: a seeded synthetic market with the structure the analyzers look for.
+//
+// Each symbol's mid price walks in log-price through regimes of 300-3000 of its ticks:
+// trends (a drifting random walk), ranges (the walk reflected inside a band, so price
+// keeps returning to the same support and resistance) and volatility bursts. Arrivals
+// are one Poisson process over all symbols (each tick picks its symbol uniformly), so
+// the stream is merged in time order by construction; the spread widens with volatility
+// and tick volume rises with it.
+//
+// Contract: the stream is a function of (n_symbols, seed, start_ns, mean_interval_s)
+// alone. A regime ends exactly at its last tick, so how the stream is cut into batches
+// never changes it: next(a) then next(b) gives the ticks of next(a + b). The generator
+// and every distribution are written out here (std::*_distribution differs between
+// standard libraries), so one build gives the same ticks on every machine.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "records.hpp"
+
+namespace sovereign {
+
+// xoshiro256** 1.0 (Blackman and Vigna, public domain), seeded through splitmix64.
+class Rng {
+ public:
+  explicit Rng(uint64_t seed) {
+    for (auto& word : s_) {
+      seed += 0x9e3779b97f4a7c15ULL;
+      uint64_t z = seed;
+      z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+      z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+      word = z ^ (z >> 31);
+    }
+  }
+
+  uint64_t next() {
+    const uint64_t out = rotl(s_[1] * 5, 7) * 9;
+    const uint64_t t = s_[1] << 17;
+    s_[2] ^= s_[0];
+    s_[3] ^= s_[1];
+    s_[1] ^= s_[2];
+    s_[0] ^= s_[3];
+    s_[2] ^= t;
+    s_[3] = rotl(s_[3], 45);
+    return out;
+  }
+
+  double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
+  double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
+
+  // Uniform in [0, n), unbiased (Lemire's multiply-and-reject).
+  uint64_t below(uint64_t n) {
+    unsigned __int128 m = static_cast<unsigned __int128>(next()) * n;
+    auto low = static_cast<uint64_t>(m);
+    if (low < n) {
+      const uint64_t floor = (0 - n) % n;
+      while (low < floor) {
+        m = static_cast<unsigned __int128>(next()) * n;
+        low = static_cast<uint64_t>(m);
+      }
+    }
+    return static_cast<uint64_t>(m >> 64);
+  }
+
+  double exponential(double mean) { return -mean * std::log1p(-uniform()); }
+
+  // Marsaglia's polar method; the second value of each pair is kept for the next call.
+  double normal() {
+    if (has_spare_) {
+      has_spare_ = false;
+      return spare_;
+    }
+    double u, v, s;
+    do {
+      u = 2.0 * uniform() - 1.0;
+      v = 2.0 * uniform() - 1.0;
+      s = u * u + v * v;
+    } while (s >= 1.0 || s == 0.0);
+    const double f = std::sqrt(-2.0 * std::log(s) / s);
+    spare_ = v * f;
+    has_spare_ = true;
+    return u * f;
+  }
+
+  // Knuth's product of uniforms: exact, and fast for the small means tick volume has.
+  // `floor` is exp(-mean), which callers drawing many values of one mean keep.
+  uint32_t poisson_below(double floor) {
+    uint32_t k = 0;
+    for (double p = uniform(); p > floor; p *= uniform()) ++k;
+    return k;
+  }
+
+ private:
+  static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
+  uint64_t s_[4];
+  double spare_ = 0.0;
+  bool has_spare_ = false;
+};
+
+class SimMarket {
+ public:
+  enum Regime : int32_t { kTrend = 0, kRange = 1, kBurst = 2 };
+
+  SimMarket(uint32_t n_symbols, uint64_t seed, int64_t start_ns, double mean_interval_s)
+      : rng_(seed), clock_ns_(start_ns), walks_(n_symbols) {
+    if (n_symbols < 1) throw std::invalid_argument("n_symbols must be >= 1, got 0");
+    if (!(mean_interval_s > 0.0) || !std::isfinite(mean_interval_s)) {
+      throw std::invalid_argument("mean_interval_s must be a finite number > 0, got " +
+                                  std::to_string(mean_interval_s));
+    }
+    gap_ns_ = mean_interval_s * 1e9 / n_symbols;  // mean gap of the merged stream
+    for (auto& w : walks_) w.anchor = std::log(rng_.uniform(0.6, 1.8));  // FX-like: one spec fits all
+    for (auto& w : walks_) new_regime(w);
+  }
+
+  uint32_t n_symbols() const { return static_cast<uint32_t>(walks_.size()); }
+  int64_t clock_ns() const { return clock_ns_; }
+
+  // The next n ticks into out (recv_ns left 0 for the gateway to stamp).
+  void next(Tick* out, size_t n) {
+    const auto n_sym = static_cast<uint64_t>(walks_.size());
+    for (size_t i = 0; i < n; ++i) {
+      const auto s = static_cast<uint32_t>(rng_.below(n_sym));
+      Walk& w = walks_[s];
+      clock_ns_ += static_cast<int64_t>(rng_.exponential(gap_ns_)) + 1;
+      w.raw += rng_.normal() * w.sigma + w.drift;
+      const double mid = std::exp(log_mid(w));
+      const double half_spread = mid * (0.4e-4 + 2.0 * w.sigma) / 2.0;
+      Tick& t = out[i];
+      t.ts_ns = clock_ns_;
+      t.bid = quoted(mid - half_spread);  // quoted to the point, as FX is
+      t.ask = std::fmax(quoted(mid + half_spread), t.bid + 1e-5);
+      t.last = mid;
+      t.volume = static_cast<double>(rng_.poisson_below(w.volume_floor) + 1);
+      t.symbol = s;
+      t.flags = kTickBid | kTickAsk | kTickVolume;
+      t.recv_ns = 0;
+      if (--w.left <= 0) new_regime(w);
+    }
+  }
+
+ private:
+  struct Walk {
+    double anchor = 0.0;  // log-mid where the current regime started
+    double raw = 0.0;     // the walk since then
+    double sigma = 0.0, drift = 0.0, width = 1.0;
+    double volume_floor = 1.0;  // exp(-mean) of tick volume - 1, a Poisson of mean 1 + 2 sigma / 1e-4
+    int64_t left = 0;  // ticks left in the regime
+    Regime regime = kTrend;
+  };
+
+  static double quoted(double price) { return std::nearbyint(price * 1e5) / 1e5; }
+
+  // Trends and bursts follow the walk; ranges reflect it into a band (a triangle wave of
+  // it), so price keeps returning to the same support and resistance.
+  static double log_mid(const Walk& w) {
+    if (w.regime != kRange) return w.anchor + w.raw;
+    const double period = 2 * w.width, x = w.raw + w.width / 2;
+    const double phase = x - period * std::floor(x / period);  // in [0, period), as a modulo
+    const double reflected = (phase <= w.width ? phase : 2 * w.width - phase) - w.width / 2;
+    return w.anchor + reflected;
+  }
+
+  void new_regime(Walk& w) {
+    w.anchor = log_mid(w);
+    w.raw = 0.0;
+    const double pick = rng_.uniform();  // trend 35%, range 50%, burst 15%
+    w.regime = pick < 0.35 ? kTrend : pick < 0.85 ? kRange : kBurst;
+    w.sigma = rng_.uniform(0.5e-4, 1.5e-4) * (w.regime == kBurst ? 3.0 : 1.0);
+    const double slope = (rng_.uniform() < 0.5 ? -1.0 : 1.0) * w.sigma * rng_.uniform(0.05, 0.2);
+    w.drift = w.regime == kTrend ? slope : 0.0;
+    w.width = w.sigma * rng_.uniform(15.0, 40.0);
+    w.volume_floor = std::exp(-(1.0 + w.sigma / 1e-4 * 2.0));
+    w.left = 300 + static_cast<int64_t>(rng_.below(2700));
+  }
+
+  Rng rng_;
+  int64_t clock_ns_;
+  double gap_ns_ = 0.0;
+  std::vector<Walk> walks_;
+};
+
+}  // namespace sovereign
