@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from sovereign.core import TICK_DTYPE
 from sovereign.data import DataError
 from sovereign.datafile import FILE_TICK_DTYPE, SUFFIX, header_bytes, read_header
 
@@ -131,15 +132,16 @@ class Recorder:
         order, hold the ticks in the order the gateway received them."""
         if not len(ticks):
             return
+        if self.fd >= 0 and int(ticks["ts_ns"].max()) // DAY_NS <= self.day:  # the usual case: all today
+            os.write(self.fd, file_records(ticks))
+            self.ticks += len(ticks)
+            return
         days = np.maximum.accumulate(np.maximum(ticks["ts_ns"] // DAY_NS, self.day))
         cuts = [0, *(np.flatnonzero(np.diff(days)) + 1).tolist(), len(ticks)]
         for a, b in itertools.pairwise(cuts):
             if days[a] != self.day or self.fd < 0:
                 self._open(int(days[a]))
-            rec = np.zeros(b - a, FILE_TICK_DTYPE)
-            for name in FILE_TICK_DTYPE.names or ():
-                rec[name] = ticks[name][a:b]
-            os.write(self.fd, rec.tobytes())
+            os.write(self.fd, file_records(ticks[a:b]))
             self.ticks += b - a
 
     def _open(self, day: int) -> None:
@@ -182,6 +184,19 @@ class Recorder:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+
+
+# A file tick is a live tick without recv_ns, its last field: the first 48 bytes of each.
+assert all((TICK_DTYPE.fields or {})[name] == f for name, f in (FILE_TICK_DTYPE.fields or {}).items())
+
+
+def file_records(ticks: np.ndarray) -> bytes:
+    """Ticks (TICK_DTYPE) as the bytes of FILE_TICK_DTYPE records: one strided copy of
+    each record's first 48 bytes, not one numpy call per field."""
+    if ticks.dtype != TICK_DTYPE:
+        raise TypeError(f"recording expects TICK_DTYPE ticks, got {ticks.dtype}")
+    raw = np.ascontiguousarray(ticks).view(np.uint8).reshape(len(ticks), TICK_DTYPE.itemsize)
+    return raw[:, : FILE_TICK_DTYPE.itemsize].tobytes()
 
 
 def _whole_records(path: Path, trim: bool = False) -> int:
