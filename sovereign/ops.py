@@ -329,7 +329,8 @@ def doctor(config: Config) -> list[Check]:
             checks.append(Check("cores", "warn", "1 core: the worker shares it with every other process"))
         else:
             checks.append(Check("cores", "ok", f"{len(cores)} cores; {layout.n_workers} workers pinned to "
-                                               f"{pinned}, services on the rest"))  # fmt: skip
+                                               f"{pinned}, the gateway on the rest, coordinator and risk "
+                                               "beside the workers"))  # fmt: skip
     except Exception as e:
         checks.append(Check("cores", "fail", str(e)))
         layout = None

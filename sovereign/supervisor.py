@@ -48,8 +48,7 @@ START_GRACE_S = 60.0  # a process may take this long to reach RUNNING (imports, 
 
 def child_main(role: str, config: Config, layout: Layout, control: Connection) -> None:
     """Entry point of every child process (spawned: a fresh interpreter, nothing inherited)."""
-    core = layout.worker_cores[int(role.split("-")[1])] if role.startswith("worker-") else None
-    child = Child(role, layout, control, core)
+    child = Child(role, layout, control)
     try:
         if role == "gateway":
             from sovereign import gateway

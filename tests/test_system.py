@@ -198,3 +198,20 @@ def test_layout_default_fits_two_cores() -> None:
     assert all(c in cores for c in layout.worker_cores)
     owned = sorted(s for k in range(layout.n_workers) for s in layout.symbols_of(k))
     assert owned == list(range(100))  # every symbol has exactly one worker
+
+
+def test_the_gateway_keeps_its_cores_and_the_services_run_beside_the_workers() -> None:
+    from sovereign.config import Config, from_dict
+
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs 2 cores: one for the gateway, one for a worker")
+    layout = Layout.plan(Config(), "t", 100)
+    workers = set(cores[1:])
+    assert layout.cores_for("gateway") == {cores[0]}
+    assert {c for k in range(layout.n_workers) for c in layout.cores_for(f"worker-{k}") or ()} == workers
+    assert layout.cores_for("worker-0") == {cores[1]}
+    assert layout.cores_for("coordinator") == layout.cores_for("risk") == workers
+    everywhere = Layout.plan(from_dict({"system": {"cores": cores, "workers": len(cores)}}), "t", 100)
+    assert everywhere.cores_for("gateway") is None and everywhere.cores_for("risk") is None
+    assert everywhere.cores_for("worker-0") == {cores[0]}
