@@ -17,6 +17,7 @@
 #include "ring.hpp"
 #include "screen.hpp"
 #include "sim.hpp"
+#include "tick_scan.hpp"
 
 namespace py = pybind11;
 using namespace sovereign;
@@ -356,6 +357,25 @@ void bind_sim(py::module_& m) {
       .def_property_readonly("clock_ns", &SimMarket::clock_ns, "ts_ns of the last tick made (start_ns before any).");
 }
 
+void bind_tick_scans(py::module_& m) {
+  m.def(
+      "last_of_each",
+      [](const py::array& arr) {
+        auto ticks = as_records<Tick>(arr, "last_of_each");
+        return to_array(last_of_each(ticks.data(), static_cast<size_t>(ticks.size())));
+      },
+      py::arg("ticks"), "Index of each symbol's last tick in the batch (TICK_DTYPE), latest first.");
+  m.def(
+      "first_touch",
+      [](const py::array& arr, uint32_t symbol, bool is_long, double lo, double hi, size_t start) {
+        auto ticks = as_records<Tick>(arr, "first_touch");
+        return first_touch(ticks.data(), static_cast<size_t>(ticks.size()), symbol, is_long, lo, hi, start);
+      },
+      py::arg("ticks"), py::arg("symbol"), py::arg("is_long"), py::arg("lo"), py::arg("hi"), py::arg("start"),
+      "First index >= start of a tick of `symbol` whose exit price (bid if long, else ask) is <= lo or >= hi; "
+      "-1 if none.");
+}
+
 void bind_quote_board(py::module_& m) {
   py::class_<QuoteBoard>(m, "QuoteBoard",
                          "Latest bid/ask per symbol in shared memory; one writer, seqlocked readers.")
@@ -523,6 +543,7 @@ PYBIND11_MODULE(_core, m) {
   bind_ring<Order>(m, "OrderRing", "SPSC ring of order intents, approved orders or execution reports.");
   bind_quote_board(m);
   bind_sim(m);
+  bind_tick_scans(m);
 
   py::class_<Screen>(m, "Screen",
                      "The backtest walk's screen over one chunk of records: the first record where a stop "

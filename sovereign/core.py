@@ -36,6 +36,8 @@ __all__ = [
     "Screen",
     "SignalRing",
     "TickRing",
+    "first_touch",
+    "last_of_each",
 ]
 
 
@@ -108,3 +110,5 @@ OrderRing = _core.OrderRing
 QuoteBoard = _core.QuoteBoard
 RingError = _core.RingError
 Screen = _core.Screen
+last_of_each = _core.last_of_each
+first_touch = _core.first_touch

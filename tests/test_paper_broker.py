@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sovereign.broker.paper import PaperBroker, Retcode, SymbolSpec
+from sovereign.broker.paper import Execution, PaperBroker, Retcode, SymbolSpec
 from sovereign.sim import simulate_ticks
 
 
@@ -161,3 +161,44 @@ def test_a_float_becomes_the_decimal_it_prints_as_cached_or_not() -> None:
             "1.1", "0.30000000000000004", "2.0", "1E-7"]  # fmt: skip
         assert str(to_decimal(0.0)) == "0.0" and str(to_decimal(-0.0)) == "-0.0"  # equal keys, kept apart
         assert to_decimal(float("nan")).is_nan()
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32), batch=st.integers(1, 700))
+def test_a_batch_of_ticks_fills_stops_and_targets_as_one_tick_at_a_time(seed: int, batch: int) -> None:
+    """on_ticks (a C++ scan per position, then the candidates decided exactly) makes the
+    same fills and ends on the same quotes as on_tick for every tick in turn, for longs
+    and shorts with a stop, a target or both."""
+    ticks = simulate_ticks(3, 600, seed=seed % 1000)
+    rng = random.Random(seed)
+    specs = {s: SymbolSpec() for s in range(3)}
+    one, many = PaperBroker(D(10**9), specs), PaperBroker(D(10**9), specs)
+    head = ticks[:3]
+    for b in (one, many):
+        b.on_ticks(head)
+    cid, exits = 0, 0
+    for at in range(3, len(ticks), batch):
+        for s in range(3):  # a new position on each symbol without one, at its current quote
+            if s in one.ledger.open_symbols() or one.quote(s) is None:
+                continue
+            cid += 1
+            side = rng.choice([1, -1])
+            _, bid, ask = one.quote(s) or (0, D(0), D(0))
+            px = float(ask if side > 0 else bid)
+            width = rng.choice([0.0002, 0.0005, 0.002])
+            sl = round(px - side * width, 5) if rng.random() < 0.8 else None
+            tp = round(px + side * width, 5) if rng.random() < 0.8 or sl is None else None
+            for b in (one, many):
+                assert b.market_order(cid, s, side, D("0.1"), sl=sl, tp=tp).retcode == Retcode.DONE
+        part = ticks[at : at + batch]
+        stepped = [f for t in part.tolist() for f in one.on_tick(t[5], t[0], t[1], t[2])]
+        batched = many.on_ticks(part)
+
+        def key(f: Execution) -> tuple:
+            return f.client_order_id, f.symbol, f.side, f.volume, f.price, f.realized_pnl, f.ts_ns, f.reason
+
+        assert sorted(map(key, batched)) == sorted(map(key, stepped))  # tickets follow the order of fills
+        exits += len(batched)
+        assert {s: many.quote(s) for s in range(3)} == {s: one.quote(s) for s in range(3)}
+        assert many.equity() == one.equity()
+    assert exits > 0

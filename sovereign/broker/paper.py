@@ -11,6 +11,7 @@ Transport-free: the gateway (live) and the backtest drive the same class.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from decimal import Decimal
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from sovereign.core import first_touch, last_of_each
 from sovereign.ledger import Ledger, Position, to_decimal
 
 __all__ = ["Execution", "PaperBroker", "Position", "Retcode", "SymbolSpec", "to_decimal"]
@@ -133,33 +135,27 @@ class PaperBroker:
         tick for symbols with a position, and every symbol ends on its last quote."""
         if len(ticks) == 0:
             return []
-        syms = ticks["symbol"]
         out: list[Execution] = []
         watched = [s for s in self.ledger.open_symbols() if self.positions[s].sl or self.positions[s].tp]
-        for s in watched:  # few positions: one vectorized scan each, then one tick in Python
-            idx = np.flatnonzero(syms == s)
-            if len(idx) == 0:
-                continue
+        for s in watched:  # few positions: one C++ scan each, then each candidate decided exactly
             pos = self.positions[s]
             long = pos.volume > 0
-            px = ticks["bid"][idx] if long else ticks["ask"][idx]
-            hit = np.zeros(len(idx), bool)
-            if pos.sl is not None:
-                hit |= px <= float(pos.sl) if long else px >= float(pos.sl)
-            if pos.tp is not None:
-                hit |= px >= float(pos.tp) if long else px <= float(pos.tp)
-            # float screening, Decimal decision: on_tick re-checks the candidate exactly
-            for j in idx[hit]:
-                t = ticks[j]
-                fills = self.on_tick(s, int(t["ts_ns"]), float(t["bid"]), float(t["ask"]))
+            sl = float(pos.sl) if pos.sl is not None else None
+            tp = float(pos.tp) if pos.tp is not None else None
+            lo, hi = (sl, tp) if long else (tp, sl)
+            lo, hi = -math.inf if lo is None else lo, math.inf if hi is None else hi
+            j = first_touch(ticks, s, long, lo, hi, 0)
+            while j >= 0:  # float screening, Decimal decision: on_tick re-checks the candidate exactly
+                ts, bid, ask = ticks[j].item()[:3]
+                fills = self.on_tick(s, ts, bid, ask)
                 if fills:
                     out += fills
                     break
+                j = first_touch(ticks, s, long, lo, hi, j + 1)
         # Every symbol ends on its last quote; converted to Decimal only when used.
-        rev_syms, first = np.unique(syms[::-1], return_index=True)
-        last = ticks[len(ticks) - 1 - first]
-        self._raw.update(zip(rev_syms.tolist(), zip(last["ts_ns"].tolist(), last["bid"].tolist(),
-                                                    last["ask"].tolist(), strict=True), strict=True))
+        last = ticks[last_of_each(ticks)]
+        self._raw.update(zip(last["symbol"].tolist(), zip(last["ts_ns"].tolist(), last["bid"].tolist(),
+                                                        last["ask"].tolist(), strict=True), strict=True))
         return out
 
     def set_quote(self, symbol: int, ts_ns: int, bid: float, ask: float) -> None:
