@@ -126,7 +126,8 @@ class Gateway:
         fields: list[dict[str, Any]] = []
         now = time.monotonic_ns()
         for rec in approved:
-            self.to_gateway_ns.append(now - int(rec["origin_ns"]))
+            if rec["origin_ns"]:  # 0: no tick led to it (risk's own exits, a bar closed by the clock)
+                self.to_gateway_ns.append(now - int(rec["origin_ns"]))
             fields.append({"symbol": int(rec["symbol"]), "side": int(rec["side"]),
                            "volume": float(rec["volume"]),
                            "price": float(rec["price"]), "sl": float(rec["sl"]), "tp": float(rec["tp"]),
