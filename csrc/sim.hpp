@@ -52,18 +52,19 @@ class Rng {
   double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
   double uniform(double lo, double hi) { return lo + (hi - lo) * uniform(); }
 
-  // Uniform in [0, n), unbiased (Lemire's multiply-and-reject).
-  uint64_t below(uint64_t n) {
-    unsigned __int128 m = static_cast<unsigned __int128>(next()) * n;
-    auto low = static_cast<uint64_t>(m);
+  // Uniform in [0, n), unbiased (Lemire's multiply-and-reject on 32 bits: n is a symbol
+  // count or a regime length, and a 64-bit product needs no __int128).
+  uint32_t below(uint32_t n) {
+    uint64_t m = (next() >> 32) * n;
+    auto low = static_cast<uint32_t>(m);
     if (low < n) {
-      const uint64_t floor = (0 - n) % n;
+      const uint32_t floor = (0u - n) % n;
       while (low < floor) {
-        m = static_cast<unsigned __int128>(next()) * n;
-        low = static_cast<uint64_t>(m);
+        m = (next() >> 32) * n;
+        low = static_cast<uint32_t>(m);
       }
     }
-    return static_cast<uint64_t>(m >> 64);
+    return static_cast<uint32_t>(m >> 32);
   }
 
   double exponential(double mean) { return -mean * std::log1p(-uniform()); }
@@ -122,9 +123,9 @@ class SimMarket {
 
   // The next n ticks into out (recv_ns left 0 for the gateway to stamp).
   void next(Tick* out, size_t n) {
-    const auto n_sym = static_cast<uint64_t>(walks_.size());
+    const auto n_sym = static_cast<uint32_t>(walks_.size());
     for (size_t i = 0; i < n; ++i) {
-      const auto s = static_cast<uint32_t>(rng_.below(n_sym));
+      const uint32_t s = rng_.below(n_sym);
       Walk& w = walks_[s];
       clock_ns_ += static_cast<int64_t>(rng_.exponential(gap_ns_)) + 1;
       w.raw += rng_.normal() * w.sigma + w.drift;
