@@ -194,11 +194,12 @@ class Child:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        if (cores := layout.cores_for(role)) is not None:
+        cores = layout.cores_for(role)
+        if cores is not None:
             os.sched_setaffinity(0, cores)
         self.hb = Heartbeats(layout.heartbeats)
-        pinned = layout.cores_for(role) if role.startswith("worker-") else None
-        self.hb.start(self.slot, None if pinned is None else min(pinned))
+        pinned = role.startswith("worker-") and cores is not None
+        self.hb.start(self.slot, min(cores) if pinned and cores else None)
         self._next_beat = 0
 
     def _on_term(self, *_: Any) -> None:

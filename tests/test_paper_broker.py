@@ -185,7 +185,7 @@ def test_a_batch_of_ticks_fills_stops_and_targets_as_one_tick_at_a_time(seed: in
             side = rng.choice([1, -1])
             _, bid, ask = one.quote(s) or (0, D(0), D(0))
             px = float(ask if side > 0 else bid)
-            width = rng.choice([0.0002, 0.0005, 0.002])
+            width = rng.choice([0.0001, 0.0003, 0.001])
             sl = round(px - side * width, 5) if rng.random() < 0.8 else None
             tp = round(px + side * width, 5) if rng.random() < 0.8 or sl is None else None
             for b in (one, many):

@@ -140,10 +140,10 @@ class PaperBroker:
         for s in watched:  # few positions: one C++ scan each, then each candidate decided exactly
             pos = self.positions[s]
             long = pos.volume > 0
-            sl = float(pos.sl) if pos.sl is not None else None
-            tp = float(pos.tp) if pos.tp is not None else None
+            never = -math.inf if long else math.inf  # an absent stop or target is never touched
+            sl = float(pos.sl) if pos.sl is not None else never
+            tp = float(pos.tp) if pos.tp is not None else -never
             lo, hi = (sl, tp) if long else (tp, sl)
-            lo, hi = -math.inf if lo is None else lo, math.inf if hi is None else hi
             j = first_touch(ticks, s, long, lo, hi, 0)
             while j >= 0:  # float screening, Decimal decision: on_tick re-checks the candidate exactly
                 ts, bid, ask = ticks[j].item()[:3]
