@@ -133,16 +133,16 @@ class Recorder:
         if not len(ticks):
             return
         if self.fd >= 0 and int(ticks["ts_ns"].max()) // DAY_NS <= self.day:  # the usual case: all today
-            os.write(self.fd, file_records(ticks))
-            self.ticks += len(ticks)
-            return
-        days = np.maximum.accumulate(np.maximum(ticks["ts_ns"] // DAY_NS, self.day))
-        cuts = [0, *(np.flatnonzero(np.diff(days)) + 1).tolist(), len(ticks)]
-        for a, b in itertools.pairwise(cuts):
-            if days[a] != self.day or self.fd < 0:
-                self._open(int(days[a]))
-            os.write(self.fd, file_records(ticks[a:b]))
-            self.ticks += b - a
+            parts = [(self.day, ticks)]
+        else:
+            days = np.maximum.accumulate(np.maximum(ticks["ts_ns"] // DAY_NS, self.day))
+            cuts = [0, *(np.flatnonzero(np.diff(days)) + 1).tolist(), len(ticks)]
+            parts = [(int(days[a]), ticks[a:b]) for a, b in itertools.pairwise(cuts)]
+        for day, part in parts:
+            if day != self.day or self.fd < 0:
+                self._open(day)
+            os.write(self.fd, file_records(part))
+            self.ticks += len(part)
 
     def _open(self, day: int) -> None:
         self.close()

@@ -198,8 +198,7 @@ class Child:
         if cores is not None:
             os.sched_setaffinity(0, cores)
         self.hb = Heartbeats(layout.heartbeats)
-        pinned = role.startswith("worker-") and cores is not None
-        self.hb.start(self.slot, min(cores) if pinned and cores else None)
+        self.hb.start(self.slot, min(cores) if cores and role.startswith("worker-") else None)
         self._next_beat = 0
 
     def _on_term(self, *_: Any) -> None:
