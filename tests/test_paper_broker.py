@@ -166,6 +166,14 @@ def test_a_float_becomes_the_decimal_it_prints_as_cached_or_not() -> None:
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 2**32), batch=st.integers(1, 700))
 def test_a_batch_of_ticks_fills_stops_and_targets_as_one_tick_at_a_time(seed: int, batch: int) -> None:
+    _batch_against_ticks(seed, batch)
+
+
+def test_the_batch_comparison_sees_exits() -> None:
+    assert _batch_against_ticks(4, 50) > 0
+
+
+def _batch_against_ticks(seed: int, batch: int) -> int:
     """on_ticks (a C++ scan per position, then the candidates decided exactly) makes the
     same fills and ends on the same quotes as on_tick for every tick in turn, for longs
     and shorts with a stop, a target or both."""
@@ -201,4 +209,4 @@ def test_a_batch_of_ticks_fills_stops_and_targets_as_one_tick_at_a_time(seed: in
         exits += len(batched)
         assert {s: many.quote(s) for s in range(3)} == {s: one.quote(s) for s in range(3)}
         assert many.equity() == one.equity()
-    assert exits > 0
+    return exits
