@@ -29,7 +29,7 @@ from sovereign.ledger import ZERO, Ledger, new_deal, same_book, to_decimal
 from sovereign.orders import ClientIds, OrderBook, OrderState
 from sovereign.recorder import event_log
 from sovereign.runtime import RUNNING, STOPPED, Child, symbol_specs
-from sovereign.state import StateStore, Txn
+from sovereign.state import Committer, StateStore, Txn
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
@@ -292,6 +292,7 @@ class Risk:
 
 
 BOOK_KEY = "book"  # positions database: risk's ledger
+RISK_COMMIT_EVERY_S = 0.05  # risk's state and refusals: at most 20 commits a second
 REPORT_WAIT_S = 5.0  # stopping: how long risk waits for the report of an order it approved
 STATE_KEY = "state"  # risk database: trading state, peak, day
 
@@ -373,23 +374,29 @@ def run(child: Child, config: Config) -> None:
         return clock[0]
 
     orders = OrderBook(store)
+    # Risk's commits wait for nothing it does next: a refusal or a book lost with a killed
+    # risk is what the replay and the restart already handle (the intents its last commit
+    # covers; the broker's book). So they run on a thread and the decisions never wait.
+    committer = Committer(store, "risk-commits", every_s=RISK_COMMIT_EVERY_S)
 
     def persist(refused: list | None = None, book_changed: bool = False) -> None:
         events, risk.events = risk.events, []
+        rows = [(int(rec["client_order_id"]), why.name, int(rec["symbol"]), int(rec["side"]),
+                 float(rec["conviction"]), int(rec["ts_ns"])) for rec, why in refused or ()]  # fmt: skip
+        book = risk.ledger.to_dict() if book_changed else None
+        state = {**risk.to_dict(), "intents_taken": [layout.session, taken]}
 
         def tx(t: Txn) -> None:
-            for rec, why in refused or ():
-                cid = int(rec["client_order_id"])
-                orders.advance(t, cid, [OrderState.REJECTED], reason=why.name, symbol=int(rec["symbol"]),
-                               side=int(rec["side"]), conviction=float(rec["conviction"]),
-                               ts_ns=int(rec["ts_ns"]))  # fmt: skip
+            for cid, why, symbol, side, conviction, ts_ns in rows:
+                orders.advance(t, cid, [OrderState.REJECTED], reason=why, symbol=symbol, side=side,
+                               conviction=conviction, ts_ns=ts_ns)  # fmt: skip
             for e in events:
                 t.journal(**e)
-            if book_changed:
-                t.put("positions", BOOK_KEY, risk.ledger.to_dict())
-            t.put("risk", STATE_KEY, {**risk.to_dict(), "intents_taken": [layout.session, taken]})
+            if book is not None:
+                t.put("positions", BOOK_KEY, book)
+            t.put("risk", STATE_KEY, state)
 
-        store.write(tx)
+        committer.submit(tx)
 
     next_mark = next_save = next_beat = 0.0
     awaiting: dict[int, float] = {}  # client id -> when approved, until its report comes back
@@ -456,10 +463,11 @@ def run(child: Child, config: Config) -> None:
             if risk.events or t >= next_save:
                 next_save = t + 1.0
                 persist()
-        if t >= next_beat:
+        if t >= next_beat and not committer.stalled(1.0):  # a commit stuck: the supervisor sees a hang
             next_beat = t + 0.05
             child.beat(RUNNING, orders=len(risk.approved_ts), rejects=sum(risk.rejected.values()))
     persist(book_changed=True)
+    committer.close()
     if log is not None:
         log.close()
     child.beat(STOPPED)

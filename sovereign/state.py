@@ -9,7 +9,10 @@ after it starts (an LMDB environment must never cross a fork).
 
 from __future__ import annotations
 
+import functools
 import struct
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -200,3 +203,87 @@ class StateStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Committer:
+    """A process's durable commits on a thread of their own, for state whose commit nothing
+    the process does next has to wait for (risk's book and refusals): an fdatasync
+    releases the GIL, and the process goes on deciding meanwhile.
+
+    `submit(fn)` queues a transaction function; it must capture the values it writes, not
+    read live objects, since it runs later. Everything queued while a commit is in flight
+    goes into the next one, in order, as one transaction: a burst costs one fsync; with
+    `every_s`, commits are at least that far apart, so that other processes' commits (the
+    gateway's, which an order waits for) find the disk and the write lock free. A
+    failed commit (a full disk) is raised in the caller's thread by its next `submit`,
+    `check` or `close`: the process stops, and nothing of that commit was kept."""
+
+    def __init__(self, store: StateStore, name: str = "committer", every_s: float = 0.0):
+        self.store = store
+        self.every_s = every_s  # at most one commit this often: the disk is shared
+        self._queue: list[Callable[[Txn], Any]] = []
+        self._cv = threading.Condition()
+        self._in_flight_since: float | None = None
+        self._closing = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[Txn], Any]) -> None:
+        self.check()
+        with self._cv:
+            self._queue.append(fn)
+            self._cv.notify()
+
+    def check(self) -> None:
+        if self._error is not None:
+            why = f"a commit to the state at {self.store.path} failed: {self._error}"
+            raise StateError(why) from self._error
+
+    def stalled(self, limit_s: float) -> bool:
+        """A commit has been in flight longer than limit_s (the caller stops its heartbeat)."""
+        since = self._in_flight_since
+        return since is not None and time.monotonic() - since > limit_s
+
+    def flush(self) -> None:
+        """Wait until everything submitted is committed."""
+        with self._cv:
+            self._cv.wait_for(self._settled)
+        self.check()
+
+    def _settled(self) -> bool:
+        return self._error is not None or (not self._queue and self._in_flight_since is None)
+
+    def close(self) -> None:
+        self.flush()
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._queue or self._closing)
+                if not self._queue:
+                    return
+                fns, self._queue = self._queue, []
+                self._in_flight_since = time.monotonic()
+            try:
+                self.store.write(functools.partial(_run_all, fns))
+            except BaseException as e:  # handed to the caller's thread
+                with self._cv:
+                    self._error = e
+                    self._in_flight_since = None
+                    self._cv.notify_all()
+                return
+            with self._cv:
+                self._in_flight_since = None
+                self._cv.notify_all()
+                if self.every_s:  # what comes meanwhile goes into the next commit
+                    self._cv.wait_for(lambda: self._closing, timeout=self.every_s)
+
+
+def _run_all(fns: list[Callable[[Txn], Any]], t: Txn) -> None:
+    for fn in fns:
+        fn(t)

@@ -6,12 +6,14 @@ import multiprocessing as mp
 import os
 import resource
 import signal
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from sovereign.orders import LifecycleError, OrderBook, OrderState
-from sovereign.state import StateError, StateStore, key_u64
+from sovereign.state import Committer, StateError, StateStore, Txn, key_u64
 
 CTX = mp.get_context("spawn")
 S = OrderState
@@ -191,3 +193,78 @@ def test_orders_left_submitting_are_found_after_a_restart(tmp_path: Path) -> Non
         book.transition(b, S.ACCEPTED)
     with StateStore(tmp_path / "s") as st:
         assert [o["client_order_id"] for o in OrderBook(st).in_state(S.SUBMITTING)] == [a]
+
+
+def test_the_committer_commits_in_order_and_groups_what_queued(tmp_path: Path) -> None:
+    """What is submitted while a commit is in flight goes into the next one, in order, as
+    one transaction; flush waits for all of it."""
+    with StateStore(tmp_path / "s") as st:
+        gate = threading.Event()
+        txns: list[int] = []
+
+        def slow(t: Txn) -> None:  # holds the first commit open while more queue up
+            gate.wait(10)
+            t.put("meta", "n", 0)
+
+        def step(t: Txn, i: int) -> None:
+            txns.append(id(t._txn))
+            t.put("meta", "n", i)
+            t.journal("step", i=i)
+
+        c = Committer(st)
+        c.submit(slow)
+        deadline = time.monotonic() + 10
+        while not c.stalled(0.0):  # the first commit is in flight
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        for i in range(1, 6):
+            c.submit(lambda t, i=i: step(t, i))
+        gate.set()
+        c.flush()
+        assert not c.stalled(0.0)
+        steps = st.read(lambda t: [v["i"] for _, v in t.items("journal")])
+        assert st.read(lambda t: t.get("meta", "n")) == 5 and steps == [1, 2, 3, 4, 5]
+        assert len(set(txns)) == 1  # one transaction for the five
+        c.close()
+
+
+def test_the_committer_spaces_its_commits(tmp_path: Path) -> None:
+    with StateStore(tmp_path / "s") as st:
+        c = Committer(st, every_s=0.2)
+        c.submit(lambda t: t.put("meta", "a", 1))
+        c.flush()
+        c.submit(lambda t: t.put("meta", "b", 2))
+        time.sleep(0.05)  # within the interval: not committed yet
+        assert st.read(lambda t: t.get("meta", "b")) is None
+        c.close()  # close commits what is left
+        assert st.read(lambda t: t.get("meta", "b")) == 2
+
+
+def _fill_disk_behind_a_committer(path: str, conn) -> None:
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    st = StateStore(path)
+    c = Committer(st)
+    c.submit(lambda t: t.put("positions", "kept", {"volume": 1.0}))
+    c.flush()
+    limit = os.path.getsize(os.path.join(path, "data.mdb")) + 64 * 1024
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # the disk is now "full"
+    try:
+        for i in range(10_000):
+            c.submit(lambda t, i=i: t.put_bytes("snapshots", i, os.urandom(4000)))
+            time.sleep(0.0005)
+        c.close()
+        conn.send("no error")
+    except StateError as e:
+        conn.send(str(e))
+
+
+def test_a_full_disk_under_the_committer_is_raised_in_the_caller(tmp_path: Path) -> None:
+    path = str(tmp_path / "s")
+    parent, child = CTX.Pipe()
+    p = CTX.Process(target=_fill_disk_behind_a_committer, args=(path, child))
+    p.start()
+    msg = parent.recv()
+    p.join(30)
+    assert "a commit to the state at" in msg and "File too large" in msg, msg
+    with StateStore(path) as st:
+        assert st.read(lambda t: t.get("positions", "kept")) == {"volume": 1.0}
