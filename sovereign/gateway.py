@@ -17,6 +17,9 @@ counted twice.
 from __future__ import annotations
 
 import dataclasses
+import queue
+import sys
+import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -32,7 +35,6 @@ from sovereign.core import (
     ORDER_DTYPE,
     ORDER_FILL,
     ORDER_REJECT,
-    TICK_DTYPE,
     OrderRing,
     QuoteBoard,
     TickRing,
@@ -41,7 +43,7 @@ from sovereign.failpoints import failpoint
 from sovereign.feeds import Feed
 from sovereign.ledger import to_decimal
 from sovereign.orders import OrderBook, OrderState
-from sovereign.recorder import Recorder, event_log, record_dir
+from sovereign.recorder import EventLog, Recorder, event_log, record_dir
 from sovereign.risk import Reason
 from sovereign.runtime import FEED_DONE, RUNNING, STOPPED, Child, symbol_specs
 from sovereign.state import StateStore, Txn, u64_key
@@ -222,6 +224,117 @@ def make_broker(config: Config, n_symbols: int) -> PaperBroker:
                        slippage_points=b.slippage_points)  # fmt: skip
 
 
+class BrokerLoop(threading.Thread):
+    """The gateway's broker side, on a thread of its own, so that the feed never waits for
+    a durable commit: an fdatasync releases the GIL, and the feed goes on meanwhile.
+
+    It takes the feed's batches in order and shows them to the broker; what they fill is
+    committed, logged and pushed. Between batches it sends the approved orders. Both are
+    what one loop did before, in the same order, so every event's tick position is the
+    count of ticks the broker had been shown. Batches that queued up during a commit are
+    shown to the broker as one (the same fills: tests/test_paper_broker.py), so a burst
+    costs one commit, not one per batch."""
+
+    INBOX = 32  # batches the broker side may fall behind before the feed waits
+    COALESCE = 16  # batches shown to the broker at once, at most
+
+    def __init__(self, gw: Gateway, approved: OrderRing, send_reports: Callable[[np.ndarray], None],
+                 log: EventLog | None, position: int):  # fmt: skip
+        super().__init__(name="broker", daemon=True)
+        self.gw, self.approved, self.send_reports, self.event_log = gw, approved, send_reports, log
+        self.position = position  # ticks shown to the broker (the recording's count)
+        self.inbox: queue.Queue[tuple[int, np.ndarray]] = queue.Queue(self.INBOX)
+        self.log_lock = threading.Lock()
+        self.finishing = False
+        self.error: BaseException | None = None
+        self.turn_at = time.monotonic()  # when the broker side last went round its loop
+
+    # ---- the feed's side
+
+    def give(self, at: int, batch: np.ndarray) -> None:
+        while True:
+            try:
+                self.inbox.put((at, batch), timeout=0.1)
+                return
+            except queue.Full:
+                self.check()
+
+    def log(self, *event: Any) -> None:
+        if self.event_log is not None:
+            with self.log_lock:
+                self.event_log.add(*event)
+                self.event_log.flush()
+
+    def caught_up(self) -> bool:
+        return self.inbox.unfinished_tasks == 0
+
+    def healthy(self) -> bool:
+        """Alive and turning (a broker side stuck in a commit stops the gateway's beat)."""
+        return self.is_alive() and time.monotonic() - self.turn_at < 1.0
+
+    def check(self) -> None:
+        """Raise what ended the broker side, in the gateway's main thread."""
+        if self.error is not None:
+            raise RuntimeError("the gateway's broker side failed") from self.error
+        if not self.is_alive() and not self.finishing:
+            raise RuntimeError("the gateway's broker side ended")
+
+    def finish(self) -> None:
+        self.finishing = True
+
+    # ---- the broker's side
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # handed to the main thread, which raises it
+            self.error = e
+
+    def _loop(self) -> None:
+        buf = np.zeros(self.approved.capacity, ORDER_DTYPE)
+        while True:
+            self.turn_at = time.monotonic()
+            taken = self._take()
+            if taken:
+                self._ticks(taken)
+            n = self.approved.pop_into(buf, timeout=0.0 if taken else 0.0005)
+            if n:
+                self._orders(buf[:n].copy())
+            if self.finishing and not n and self.caught_up() and not self.approved.stats()["depth"]:
+                return
+
+    def _take(self) -> list[tuple[int, np.ndarray]]:
+        taken: list[tuple[int, np.ndarray]] = []
+        while len(taken) < self.COALESCE:
+            try:
+                taken.append(self.inbox.get_nowait())
+            except queue.Empty:
+                break
+        return taken
+
+    def _ticks(self, taken: list[tuple[int, np.ndarray]]) -> None:
+        at = taken[0][0]
+        batch = taken[0][1] if len(taken) == 1 else np.concatenate([b for _, b in taken])
+        assert at == self.position, (at, self.position)  # the feed's batches, in order
+        exits = self.gw.on_ticks(batch)
+        self.position = at + len(batch)
+        if len(exits):
+            self.log("t", at, self.position)
+        self.send_reports(exits)
+        for _ in taken:
+            self.inbox.task_done()
+
+    def _orders(self, orders: np.ndarray) -> None:
+        at, n = self.position, len(orders)
+
+        def submitted() -> None:
+            failpoint("gateway.unlogged")
+            self.log("o", at, n)
+            failpoint("gateway.submitting")
+
+        self.send_reports(self.gw.on_orders(orders, submitted))
+
+
 def run(child: Child, config: Config) -> None:
     """The gateway process: feed -> board, broker, worker rings; approved orders -> broker."""
     layout = child.layout
@@ -256,11 +369,7 @@ def run(child: Child, config: Config) -> None:
                           "recovered": {f["client_order_id"]: f["state"] for f in fixes},
                           "resent": unsent.tolist(), "resent_last": n_last})  # fmt: skip
         log.flush()
-    buf = np.zeros(approved.capacity, ORDER_DTYPE)
-    no_ticks = np.zeros(0, TICK_DTYPE)
-    stalled = [False] * layout.n_workers
-    feeding, ticks, lost, next_beat = True, 0, 0, 0.0
-    started = time.monotonic()
+    sys.setswitchinterval(0.0005)  # two threads: a commit done gets the GIL back soon (default 5 ms)
 
     def send_reports(reports: np.ndarray) -> None:
         if len(reports):
@@ -269,25 +378,25 @@ def run(child: Child, config: Config) -> None:
             ring.push(reports, timeout=1.0)
 
     send_reports(unsent)  # what the last gateway committed and may never have pushed
-
-    # Stopping: risk has exited; send the orders it left first.
-    while not child.stop_requested or approved.stats()["depth"]:
+    broker = BrokerLoop(gw, approved, send_reports, log, base)
+    broker.start()
+    stalled = [False] * layout.n_workers
+    feeding, ticks, lost, next_beat = True, 0, 0, 0.0
+    started = time.monotonic()
+    # The feed side: ticks -> recorder, board, workers, and the broker's inbox.
+    while not child.stop_requested:
+        broker.check()
         for msg in child.messages():
             if msg[0] == "stop_feed":
                 feeding = False
         feeding = feeding and not child.stop_requested
-        batch = feed.next(FEED_BATCH) if feeding else no_ticks
-        if len(batch):
+        batch = feed.next(FEED_BATCH) if feeding else None
+        if batch is not None and len(batch):
             batch["recv_ns"] = time.monotonic_ns()
             if recorder is not None:
                 recorder.write(batch)
             board.publish(batch)
             at = base + ticks
-            exits = gw.on_ticks(batch)
-            if log is not None and len(exits):
-                log.add("t", at, at + len(batch))
-                log.flush()
-            send_reports(exits)
             for k, part in enumerate(route(batch, worker_of, layout.n_workers)):
                 # A worker that stops taking ticks (dead, restarting) must not stall the
                 # others: after one timeout its ticks are counted as lost until it drains.
@@ -298,25 +407,24 @@ def run(child: Child, config: Config) -> None:
                     stalled[k] = True
                     lost += len(part) - pushed
                     if log is not None:  # the worker never saw the rest of its part of this batch
-                        log.add("lost", at, at + len(batch), k, pushed)
+                        broker.log("lost", at, at + len(batch), k, pushed)
+            broker.give(at, batch)  # waits while the broker is a full inbox behind
             ticks += len(batch)
-        n = approved.pop_into(buf, timeout=0.0 if len(batch) else 0.0005)
-        if n:
-
-            def submitted(at: int = base + ticks, n: int = n) -> None:
-                failpoint("gateway.unlogged")
-                if log is not None:
-                    log.add("o", at, n)
-                    log.flush()
-                failpoint("gateway.submitting")
-
-            send_reports(gw.on_orders(buf[:n].copy(), submitted))
-        if log is not None:
-            log.flush()
-        if time.monotonic() >= next_beat:
+        else:
+            time.sleep(0.0005)  # the feed is done or stopped: the broker side still runs
+        if time.monotonic() >= next_beat and broker.healthy():
             next_beat = time.monotonic() + 0.05
-            state = FEED_DONE if (feed.done or not feeding) else RUNNING
-            child.beat(state, ticks=ticks, orders=gw.orders, rejects=gw.rejects, dropped=lost)
+            # Feed done only once the broker has seen every tick: what they filled is pushed.
+            done = (feed.done or not feeding) and broker.caught_up()
+            child.beat(FEED_DONE if done else RUNNING, ticks=ticks, orders=gw.orders, rejects=gw.rejects,
+                       dropped=lost)  # fmt: skip
+    # Stopping: risk has exited; the broker side sends the orders it left, then ends.
+    broker.finish()
+    while broker.is_alive():
+        broker.join(0.05)
+        if broker.healthy():
+            child.beat(FEED_DONE, ticks=ticks, orders=gw.orders, rejects=gw.rejects, dropped=lost)
+    broker.check()
     if recorder is not None:
         recorder.close()
     if log is not None:

@@ -3,6 +3,7 @@ coordinator, risk, gateway recovery, the quote board, the worker's pump, feeds, 
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import re
 from decimal import Decimal as D
@@ -23,15 +24,17 @@ from sovereign.core import (
     SIGNAL_DTYPE,
     TICK_DTYPE,
     AgentPool,
+    OrderRing,
     QuoteBoard,
     SignalRing,
     TickRing,
 )
 from sovereign.data import DataError, load_csv, load_ticks
 from sovereign.feeds import Feed
-from sovereign.gateway import Gateway, _final_stats, exec_key, make_broker, route
+from sovereign.gateway import BrokerLoop, Gateway, _final_stats, exec_key, make_broker, route
 from sovereign.orders import OrderBook, OrderState
 from sovereign.presets import add_default_agents
+from sovereign.recorder import EventLog, read_events
 from sovereign.risk import Reason, Risk, TradingState
 from sovereign.runtime import symbol_specs
 from sovereign.sim import SimMarket, simulate_ticks
@@ -225,6 +228,66 @@ def test_gateway_commits_submitting_first_and_recovers_without_resending(tmp_pat
     fixed = {f["client_order_id"]: f["state"] for f in gw2.recover()}
     assert fixed == {42: "FILLED", 43: "REJECTED"}
     assert gw2.orders == 0  # nothing was sent again
+
+
+def test_the_broker_side_takes_batches_in_order_and_sends_orders_between_them(tmp_path: Path) -> None:
+    """The gateway's broker thread: the feed's batches reach the broker in order, their
+    exits are committed and pushed, an approved order is committed SUBMITTING, logged at
+    the broker's tick position and filled; finishing drains the approved ring."""
+    cfg = Config()
+    store = StateStore(tmp_path / "s")
+    gw = Gateway(store, make_broker(cfg, 4))
+    pushed: list[np.ndarray] = []
+    log = EventLog(tmp_path, "sess", "gateway")
+    with OrderRing.create(ring_name("ap"), 64) as approved:
+        loop = BrokerLoop(gw, approved, pushed.append, log, position=100)
+        loop.start()
+        sim = SimMarket(4, seed=5)
+        at = 100
+        for _ in range(20):
+            batch = sim.next(512)
+            loop.give(at, batch)
+            at += len(batch)
+        last = sim.next(512)
+        order = intent(price=float(last["ask"][-1]), sl=float(last["bid"][-1]) - 0.0005, tp=0.0, cid=77,
+                       symbol=int(last["symbol"][-1]))  # fmt: skip
+        order["kind"], order["volume"] = ORDER_APPROVED, 0.1
+        approved.push(order)
+        loop.give(at, last)
+        at += len(last)
+        loop.finish()
+        loop.join(30)
+        loop.check()
+    log.close()
+    assert not loop.is_alive() and loop.position == at and loop.caught_up()
+    events = read_events(tmp_path, "sess")[0]["gateway"]
+    (o,) = [e for e in events if e[0] == "o"]
+    assert 100 <= o[1] <= at and o[2] == 1
+    ts = [e for e in events if e[0] == "t"]
+    assert all(100 <= a < b <= at for _, a, b in ts) and all(x[2] <= y[1] for x, y in itertools.pairwise(ts))
+    reports = np.concatenate(pushed) if pushed else np.zeros(0, ORDER_DTYPE)
+    assert 77 in reports["client_order_id"].tolist()
+    assert OrderBook(store).get(77)["state"] == "FILLED"
+    assert len(reports) == gw.fills + gw.rejects  # every fill and reject reported once
+
+
+def test_a_failing_broker_side_stops_the_gateway(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "s")
+    gw = Gateway(store, make_broker(Config(), 4))
+
+    def broken(reports: np.ndarray) -> None:
+        raise OSError("reports ring gone")
+
+    with OrderRing.create(ring_name("ap"), 64) as approved:
+        loop = BrokerLoop(gw, approved, broken, None, position=0)
+        loop.start()
+        order = intent(price=1.1002, sl=0.0, tp=0.0, cid=5)
+        order["kind"], order["volume"] = ORDER_APPROVED, 0.1
+        loop.give(0, SimMarket(4, seed=1).next(256))
+        approved.push(order)
+        loop.join(30)
+        with pytest.raises(RuntimeError, match="broker side failed"):
+            loop.check()
 
 
 def test_a_restarted_gateway_sends_again_the_reports_its_predecessor_may_not_have(tmp_path: Path) -> None:
