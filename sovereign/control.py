@@ -36,6 +36,7 @@ MAX_REQUEST = 64 * 1024
 MAX_CLIENTS = 32
 REQUEST_TIMEOUT_S = 2.0  # to send the request
 ANSWER_TIMEOUT_S = 10.0  # for the server to answer it
+LINGER_S = 1.0  # after the answer, for the client to close its side
 SOCKET_NAME = "control.sock"
 
 
@@ -61,6 +62,7 @@ class _Client:
     buf: bytearray = field(default_factory=bytearray)
     out: bytes = b""
     pending: bool = False  # a complete request handed out, not answered yet
+    answered: bool = False  # the answer is sent and our side shut: input is discarded until EOF
 
 
 def _peer_uid(sock: socket.socket) -> int:
@@ -119,7 +121,9 @@ class ControlServer:
             c = self.clients.get(cid)
             if c is None:
                 continue
-            if events & selectors.EVENT_READ and not c.out:
+            if events & selectors.EVENT_READ and c.answered:
+                self._discard(cid, c)
+            elif events & selectors.EVENT_READ and not c.out:
                 req = self._read(cid, c)
                 if req is not None:
                     done.append(req)
@@ -127,7 +131,9 @@ class ControlServer:
                 self._write(cid, c)
         now = time.monotonic()
         for cid, c in list(self.clients.items()):
-            if now > c.deadline and not c.out:
+            if now > c.deadline and c.answered:
+                self._drop(cid)
+            elif now > c.deadline and not c.out:
                 why = "no answer in time" if c.pending else f"no request within {REQUEST_TIMEOUT_S} s"
                 self.answer(cid, error=why)
         return done
@@ -196,7 +202,7 @@ class ControlServer:
 
     def answer(self, conn_id: int, result: Any = None, *, error: str | None = None) -> None:
         c = self.clients.get(conn_id)
-        if c is None or c.out:
+        if c is None or c.out or c.answered:
             return  # gone, or answered already
         if error is not None:
             self.errors += 1
@@ -220,7 +226,26 @@ class ControlServer:
             self._drop(cid)
             return
         c.out = c.out[sent:]
-        if not c.out:
+        if c.out:
+            return
+        # Answered: shut our side (the client reads the answer, then EOF) and discard what it
+        # still sends until it closes. Closing at once would reset a client whose request we
+        # did not read (a refused one), and it would see ECONNRESET instead of the answer.
+        c.answered = True
+        c.deadline = time.monotonic() + LINGER_S
+        with contextlib.suppress(OSError):
+            c.sock.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.modify(c.sock, selectors.EVENT_READ, cid)
+
+    def _discard(self, cid: int, c: _Client) -> None:
+        try:
+            chunk = c.sock.recv(1 << 16)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:
             self._drop(cid)
 
     def _drop(self, cid: int) -> None:

@@ -48,10 +48,11 @@ def server(tmp_path: Path) -> Iterator[ControlServer]:
     srv.close()
 
 
-def raw(path: Path, payload: bytes) -> dict:
+def raw(path: Path, payload: bytes, delay: float = 0.0) -> dict:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(5)
         s.connect(str(path))
+        time.sleep(delay)
         s.sendall(payload)
         return orjson.loads(s.makefile("rb").readline())
 
@@ -111,8 +112,9 @@ def test_a_stale_socket_is_replaced_and_a_live_one_is_not(tmp_path: Path) -> Non
         ControlServer(path)
 
 
-def _as_nobody(path: Path) -> str:
-    """Connect from a forked child running as uid nobody; what happened, as text."""
+def _as_nobody(path: Path, delay: float = 0.0) -> str:
+    """Connect from a forked child running as uid nobody, and send a ping `delay` seconds
+    after connecting; what happened, as text."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child)
@@ -120,10 +122,12 @@ def _as_nobody(path: Path) -> str:
             os.setgid(NOBODY)
             os.setuid(NOBODY)
             try:
-                reply = raw(path, b'{"v": 1, "cmd": "ping"}\n')
+                reply = raw(path, b'{"v": 1, "cmd": "ping"}\n', delay)
                 out = f"reply: {reply}"
             except PermissionError:
                 out = "EACCES"
+            except OSError as e:
+                out = f"error: {e!r}"
             os.write(w, out.encode())
         finally:
             os._exit(0)
@@ -154,7 +158,11 @@ def test_a_client_of_another_uid_is_refused() -> None:
         os.chmod(srv.path, 0o666)  # even with the mode loosened, the uid check refuses
         got = _as_nobody(srv.path)
         assert got.startswith("reply:") and "refused: uid 65534" in got and "'ok': False" in got, got
-        assert srv.refused == 1
+        # refused before its request arrives: the server keeps its side open to read and
+        # discard it, so the client gets the answer, not a reset connection
+        got = _as_nobody(srv.path, delay=0.2)
+        assert got.startswith("reply:") and "refused: uid 65534" in got, got
+        assert srv.refused == 2
         assert request(srv.path, "ping") == "pong"
     finally:
         stop.set()
