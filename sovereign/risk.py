@@ -374,9 +374,11 @@ def run(child: Child, config: Config) -> None:
         return clock[0]
 
     orders = OrderBook(store)
-    # Risk's commits wait for nothing it does next: a refusal or a book lost with a killed
-    # risk is what the replay and the restart already handle (the intents its last commit
-    # covers; the broker's book). So they run on a thread and the decisions never wait.
+    # Refusals and risk's state wait for nothing risk does next: those lost with a killed
+    # risk are what the replay already handles (the intents its last commit covers). So
+    # they are committed on a thread, spaced, and the decisions never wait for them. The
+    # book, changed by reports, is committed before risk goes on (flush): it is what the
+    # operator's views show, and it must stay the broker's, not up to a spacing behind.
     committer = Committer(store, "risk-commits", every_s=RISK_COMMIT_EVERY_S)
 
     def persist(refused: list | None = None, book_changed: bool = False) -> None:
@@ -397,6 +399,8 @@ def run(child: Child, config: Config) -> None:
             t.put("risk", STATE_KEY, state)
 
         committer.submit(tx)
+        if book is not None:
+            committer.flush()
 
     next_mark = next_save = next_beat = 0.0
     awaiting: dict[int, float] = {}  # client id -> when approved, until its report comes back

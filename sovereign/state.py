@@ -225,6 +225,8 @@ class Committer:
         self._cv = threading.Condition()
         self._in_flight_since: float | None = None
         self._closing = False
+        self._submitted = self._committed = 0  # transaction functions, counted
+        self._flush_upto = 0  # a flush waits until this many are committed: no spacing until then
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -233,6 +235,7 @@ class Committer:
         self.check()
         with self._cv:
             self._queue.append(fn)
+            self._submitted += 1
             self._cv.notify()
 
     def check(self) -> None:
@@ -246,13 +249,15 @@ class Committer:
         return since is not None and time.monotonic() - since > limit_s
 
     def flush(self) -> None:
-        """Wait until everything submitted is committed."""
+        """Wait until everything submitted is committed (now: not after the spacing)."""
         with self._cv:
-            self._cv.wait_for(self._settled)
+            self._flush_upto = max(self._flush_upto, self._submitted)
+            self._cv.notify_all()
+            self._cv.wait_for(lambda: self._error is not None or self._committed >= self._flush_upto)
         self.check()
 
-    def _settled(self) -> bool:
-        return self._error is not None or (not self._queue and self._in_flight_since is None)
+    def _hurried(self) -> bool:
+        return self._closing or self._flush_upto > self._committed
 
     def close(self) -> None:
         self.flush()
@@ -279,9 +284,10 @@ class Committer:
                 return
             with self._cv:
                 self._in_flight_since = None
+                self._committed += len(fns)
                 self._cv.notify_all()
                 if self.every_s:  # what comes meanwhile goes into the next commit
-                    self._cv.wait_for(lambda: self._closing, timeout=self.every_s)
+                    self._cv.wait_for(self._hurried, timeout=self.every_s)
 
 
 def _run_all(fns: list[Callable[[Txn], Any]], t: Txn) -> None:

@@ -236,8 +236,12 @@ def test_the_committer_spaces_its_commits(tmp_path: Path) -> None:
         c.submit(lambda t: t.put("meta", "b", 2))
         time.sleep(0.05)  # within the interval: not committed yet
         assert st.read(lambda t: t.get("meta", "b")) is None
+        t0 = time.monotonic()
+        c.flush()  # a flush does not wait out the interval
+        assert st.read(lambda t: t.get("meta", "b")) == 2 and time.monotonic() - t0 < 0.1
+        c.submit(lambda t: t.put("meta", "c", 3))
         c.close()  # close commits what is left
-        assert st.read(lambda t: t.get("meta", "b")) == 2
+        assert st.read(lambda t: t.get("meta", "c")) == 3
 
 
 def _fill_disk_behind_a_committer(path: str, conn) -> None:
