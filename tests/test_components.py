@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import multiprocessing as mp
 import re
+import time
 from decimal import Decimal as D
 from pathlib import Path
 
@@ -249,12 +250,16 @@ def test_the_broker_side_takes_batches_in_order_and_sends_orders_between_them(tm
             loop.give(at, batch)
             at += len(batch)
         last = sim.next(512)
+        loop.give(at, last)
+        at += len(last)
+        deadline = time.monotonic() + 30
+        while not loop.caught_up():  # the broker has the last batch's quotes: the order's stop is valid
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
         order = intent(price=float(last["ask"][-1]), sl=float(last["bid"][-1]) - 0.0005, tp=0.0, cid=77,
                        symbol=int(last["symbol"][-1]))  # fmt: skip
         order["kind"], order["volume"] = ORDER_APPROVED, 0.1
         approved.push(order)
-        loop.give(at, last)
-        at += len(last)
         loop.finish()
         loop.join(30)
         loop.check()
@@ -262,7 +267,7 @@ def test_the_broker_side_takes_batches_in_order_and_sends_orders_between_them(tm
     assert not loop.is_alive() and loop.position == at and loop.caught_up()
     events = read_events(tmp_path, "sess")[0]["gateway"]
     (o,) = [e for e in events if e[0] == "o"]
-    assert 100 <= o[1] <= at and o[2] == 1
+    assert o[1] == at and o[2] == 1  # sent after the broker had seen every tick
     ts = [e for e in events if e[0] == "t"]
     assert all(100 <= a < b <= at for _, a, b in ts) and all(x[2] <= y[1] for x, y in itertools.pairwise(ts))
     reports = np.concatenate(pushed) if pushed else np.zeros(0, ORDER_DTYPE)

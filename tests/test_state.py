@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,18 +106,6 @@ def _fill_disk(path: str, conn) -> None:
         conn.send("no error")
     except StateError as e:
         conn.send(str(e))
-
-
-def test_a_full_disk_is_a_clear_error_and_loses_nothing_committed(tmp_path: Path) -> None:
-    path = str(tmp_path / "s")
-    parent, child = CTX.Pipe()
-    p = CTX.Process(target=_fill_disk, args=(path, child))
-    p.start()
-    msg = parent.recv()
-    p.join(30)
-    assert "cannot write state at" in msg and "File too large" in msg
-    with StateStore(path) as st:
-        assert st.read(lambda t: t.get("positions", "kept")) == {"volume": 1.0}
 
 
 def test_a_corrupt_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -262,13 +251,18 @@ def _fill_disk_behind_a_committer(path: str, conn) -> None:
         conn.send(str(e))
 
 
-def test_a_full_disk_under_the_committer_is_raised_in_the_caller(tmp_path: Path) -> None:
+FILLERS = [(_fill_disk, "cannot write state at"), (_fill_disk_behind_a_committer, "a commit to the state at")]
+
+
+@pytest.mark.parametrize(("fill", "says"), FILLERS)
+def test_a_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path, fill: Any, says: str) -> None:
+    """Written directly or through a Committer (raised in the caller's thread)."""
     path = str(tmp_path / "s")
     parent, child = CTX.Pipe()
-    p = CTX.Process(target=_fill_disk_behind_a_committer, args=(path, child))
+    p = CTX.Process(target=fill, args=(path, child))
     p.start()
     msg = parent.recv()
     p.join(30)
-    assert "a commit to the state at" in msg and "File too large" in msg, msg
+    assert says in msg and "File too large" in msg, msg
     with StateStore(path) as st:
         assert st.read(lambda t: t.get("positions", "kept")) == {"volume": 1.0}
