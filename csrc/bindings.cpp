@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -292,9 +293,12 @@ py::dict agent_state_dict(const AgentPool& pool, uint32_t id) {
   mom["obv"] = maybe(s.bars > 0, s.momentum.obv);
   mom["surge"] = s.momentum.surge;
   d["momentum"] = mom;
-  py::list levels;
-  for (int32_t j = 0; j < s.levels.count; ++j) {
-    const Level& l = s.levels.level[j];
+  py::list levels;  // in creation order, as DESIGN.md lists them
+  std::vector<Level> by_age;
+  for (int32_t j = 0; j < s.levels.n_sup; ++j) by_age.push_back(s.levels.level[j]);
+  for (int32_t j = s.levels.res_begin(); j < LevelsState::kCap; ++j) by_age.push_back(s.levels.level[j]);
+  std::sort(by_age.begin(), by_age.end(), [](const Level& a, const Level& b) { return a.seq < b.seq; });
+  for (const Level& l : by_age) {
     py::dict ld;
     ld["price"] = l.price;
     ld["touches"] = l.touches;

@@ -241,6 +241,17 @@ def test_eviction_drops_fewest_touches_then_oldest() -> None:
     assert levels_of(s[6]) == [(11.5, 1, "resistance")]  # then 9.5 is the older one
 
 
+def test_eviction_between_levels_of_one_pivot_bar_drops_the_older() -> None:
+    # Bar 1 is an outside bar: a swing high and a swing low at once, confirmed at bar 2.
+    # Its high becomes a level first, so with room for one, the high is the older of two
+    # levels with equal touches and equal last_ts, and goes.
+    pool = AgentPool()
+    pool.add_agent(0, 60, **{**LEVEL_PARAMS, "max_levels": 1})
+    s, _ = feed_one_by_one(pool, bars([(10.5, 11, 10, 10.5), (10.5, 12, 9, 10.5), (10.5, 11, 10, 10.5)]))
+    assert levels_of(s[2]) == [(9.0, 1, "support")]
+    assert s[2]["levels"][0]["last_ts"] == T0 + 60 * NS
+
+
 # ---- the whole pipeline against the reference
 
 
@@ -253,11 +264,18 @@ PARAM_SETS = [
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-@pytest.mark.parametrize("volumes", ["whole", "fractional stretch", "fractional"])
+@pytest.mark.parametrize("volumes", ["whole", "fractional stretch", "fractional", "coarse prices"])
 def test_pool_matches_reference_on_simulated_markets(seed: int, volumes: str) -> None:
     """Whole tick volumes keep momentum's sums as running totals; a fractional volume in a
-    window sends it back to summing the window: both must be the reference's sums."""
+    window sends it back to summing the window: both must be the reference's sums.
+    Coarse prices (multiples of 2^-10, so every difference is exact) make ties: levels at
+    one price, a pivot as far from two levels, evictions between equals, which the pool's
+    price-sorted levels must settle as the reference's creation-ordered list does."""
     ticks = simulate_ticks(4, 15_000, seed=seed, mean_interval_s=0.5)
+    if volumes == "coarse prices":
+        for side in ("bid", "ask"):
+            ticks[side] = np.round(ticks[side] * 1024) / 1024
+        ticks["ask"] = np.maximum(ticks["ask"], ticks["bid"])
     if volumes == "fractional":
         ticks["volume"] *= 0.37
     elif volumes == "fractional stretch":  # windows go from whole to mixed and back

@@ -17,15 +17,10 @@ struct BounceDetector {
     const double range = b.high - b.low;
     if (!(range > 0.0)) return;
     const double tol = ctx.tol;
-    // Nearest support: highest price <= C; nearest resistance: lowest price >= C.
-    // Strict comparisons keep the older level when two stand at the same price.
-    const Level* sup = nullptr;
-    const Level* res = nullptr;
-    for (int32_t j = 0; j < s.count; ++j) {
-      const Level& l = s.level[j];
-      if (l.kind == kSupport && l.price <= b.close && (!sup || l.price > sup->price)) sup = &l;
-      if (l.kind == kResistance && l.price >= b.close && (!res || l.price < res->price)) res = &l;
-    }
+    // Nearest support: highest price <= C; nearest resistance: lowest price >= C; the
+    // older of two at the same price.
+    const Level* sup = s.support_at_or_below(b.close);
+    const Level* res = s.resistance_at_or_above(b.close);
     double lower_wick = (std::min(b.open, b.close) - b.low) / range;
     double upper_wick = (b.high - std::max(b.open, b.close)) / range;
     bool bull = sup && b.low >= sup->price - tol && b.low <= sup->price + tol && b.close > sup->price &&

@@ -28,6 +28,7 @@ struct MomentumState {
   int64_t total = 0;    // running sums of the window's other volumes: all of them, up bars', down bars'
   int64_t up = 0;
   int64_t down = 0;
+  int32_t slot = 0;  // the next bar's j % m
 };
 
 struct Momentum {
@@ -42,7 +43,8 @@ struct Momentum {
     const int64_t i = ctx.index;
     const int m = p.m;
     // Slot walks instead of j % m in the loops: the same order, without a division per bar.
-    const int slot = static_cast<int>(i % m);  // bar i's slot, which held bar i - m
+    const int slot = s.slot;  // bar i's slot (i % m), which held bar i - m
+    s.slot = slot + 1 == m ? 0 : slot + 1;
     if (i >= m) {                              // rv_i = V_i / mean(V_{i-m..i-1}): the window before this bar
       double sum = 0.0;
       if (s.inexact == 0) {
