@@ -17,6 +17,7 @@
 #include "records.hpp"
 #include "ring.hpp"
 #include "screen.hpp"
+#include "signal_book.hpp"
 #include "sim.hpp"
 #include "tick_scan.hpp"
 
@@ -571,6 +572,68 @@ PYBIND11_MODULE(_core, m) {
            "The quote board after records a..k-1: each symbol's last record among them writes its "
            "quote_ts, bid and ask into q_ts, q_bid and q_ask (per symbol, in place); returns those "
            "records' indices, ascending.");
+
+  py::class_<SignalBook>(m, "SignalBook",
+                         "The coordinator's live signals per symbol and their net (DESIGN.md section 4).")
+      .def(py::init<double>(), py::arg("threshold"))
+      .def(
+          "update",
+          [](SignalBook& book, const py::array& arr) {
+            auto sig = as_records<Signal>(arr, "SignalBook.update");
+            std::vector<Candidate> out;
+            book.update(sig.data(), static_cast<size_t>(sig.size()), out);
+            py::list res(out.size());
+            for (size_t i = 0; i < out.size(); ++i) {
+              const Candidate& c = out[i];
+              res[i] = py::make_tuple(c.symbol, c.origin_ns, c.net, c.agent, c.entry, c.stop, c.target);
+            }
+            return res;
+          },
+          py::arg("signals"),
+          "Take a batch of signals (SIGNAL_DTYPE); returns the symbols it touched whose |net| reaches "
+          "the threshold, in the order it first touched them, as (symbol, origin_ns, net, agent, entry, "
+          "stop, target) of the strongest live signal in net's direction.")
+      .def_property_readonly("clock_ns", &SignalBook::clock_ns, "The newest signal time seen.")
+      .def_property_readonly("threshold", &SignalBook::threshold)
+      .def(
+          "live",
+          [](const SignalBook& book, uint32_t symbol) {
+            py::list res;
+            for (const LiveSignal& l : book.live(symbol))
+              res.append(py::make_tuple(l.agent, l.expires_ns, l.side, l.conviction, l.entry, l.stop, l.target));
+            return res;
+          },
+          py::arg("symbol"),
+          "A symbol's live signals in netting order, as (agent, expires_ns, side, conviction, entry, stop, "
+          "target); expired ones leave at the symbol's next decision.")
+      .def(py::pickle(
+          [](const SignalBook& book) {
+            py::list symbols;
+            for (uint32_t s = 0; s < book.symbols(); ++s) {
+              py::list live;
+              for (const LiveSignal& l : book.live(s))
+                live.append(py::make_tuple(l.agent, l.expires_ns, l.side, l.conviction, l.entry, l.stop, l.target));
+              if (!live.empty()) symbols.append(py::make_tuple(s, live));
+            }
+            return py::make_tuple(book.threshold(), book.clock_ns(), symbols);
+          },
+          [](const py::tuple& t) {
+            if (t.size() != 3) throw std::runtime_error("SignalBook: bad pickled state");
+            SignalBook book(t[0].cast<double>());
+            book.set_clock(t[1].cast<int64_t>());
+            for (const auto& item : t[2].cast<py::list>()) {
+              auto st = item.cast<py::tuple>();
+              std::vector<LiveSignal> live;
+              for (const auto& x : st[1].cast<py::list>()) {
+                auto f = x.cast<py::tuple>();
+                live.push_back(LiveSignal{f[0].cast<uint32_t>(), f[2].cast<int8_t>(), f[1].cast<int64_t>(),
+                                          f[3].cast<double>(), f[4].cast<double>(), f[5].cast<double>(),
+                                          f[6].cast<double>()});
+              }
+              book.restore(book.clock_ns(), st[0].cast<uint32_t>(), std::move(live));
+            }
+            return book;
+          }));
 
   py::class_<AgentPool>(m, "AgentPool", "Agents in contiguous storage, fed tick or bar batches.")
       .def(py::init<>())

@@ -232,7 +232,7 @@ class Backtest:
         self.out.equity.append((self.now_ns, self.risk.equity))
         self._execute(flatten.tolist())
 
-    def _coordinate(self, signals: list[tuple], now_ns: int) -> list[tuple]:
+    def _coordinate(self, signals: np.ndarray, now_ns: int) -> list[tuple]:
         self.now_ns = max(self.now_ns, now_ns)
         return self.coord.intents_for(signals)
 
@@ -358,7 +358,7 @@ class _Walk:
         self.bar_px = bar_px
         self.n = len(chunk)
         order = np.argsort(at, kind="stable")
-        self.signals: list[tuple] = signals[order].tolist()  # SIGNAL_DTYPE's fields
+        self.signals = signals[order]
         self.at = at[order]
         decisions, first = np.unique(self.at, return_index=True)
         self.decisions: list[int] = decisions.tolist()

@@ -23,7 +23,15 @@ from decimal import Decimal
 import numpy as np
 
 from sovereign.config import Config
-from sovereign.core import ORDER_DTYPE, ORDER_FILL, ORDER_INTENT, SIGNAL_DTYPE, OrderRing, SignalRing
+from sovereign.core import (
+    ORDER_DTYPE,
+    ORDER_FILL,
+    ORDER_INTENT,
+    SIGNAL_DTYPE,
+    OrderRing,
+    SignalBook,
+    SignalRing,
+)
 from sovereign.ledger import ZERO, new_deal, to_decimal
 from sovereign.orders import ClientIds
 from sovereign.recorder import event_log
@@ -40,10 +48,9 @@ class Coordinator:
     def __init__(self, config: Config, next_id: Callable[[], int]):
         self.config = config
         self.next_id = next_id
-        self.clock_ns = 0
-        # symbol -> agent -> its newest signal, a LiveSignal:
-        # (expires_ns, side, conviction, entry, stop, target)
-        self.live: dict[int, dict[int, tuple[int, int, float, float, float, float]]] = {}
+        # The live signals and their net per symbol, in C++ (csrc/signal_book.hpp): it sees
+        # every signal, and only a symbol whose |net| reaches the threshold comes back here.
+        self.book = SignalBook(config.coordinator.threshold)
         self.volume: dict[int, Decimal] = {}  # symbol -> net lots
         self.position: dict[int, int] = {}  # symbol -> direction of the open position
         self.in_flight: dict[int, tuple[int, int]] = {}  # symbol -> (client id, expires_ns)
@@ -54,57 +61,38 @@ class Coordinator:
         r = self.config.risk
         return self.config.coordinator.max_symbol_share * r.risk_per_trade * r.max_open_positions
 
+    @property
+    def clock_ns(self) -> int:
+        """The market clock: the newest signal time seen."""
+        return self.book.clock_ns
+
     def on_signals(self, signals: np.ndarray) -> np.ndarray:
         """Signals in (SIGNAL_DTYPE); order intents out (ORDER_DTYPE)."""
-        return np.array(self.intents_for(signals.tolist()), ORDER_DTYPE)
+        return np.array(self.intents_for(signals), ORDER_DTYPE)
 
-    def intents_for(self, signals: list[tuple]) -> list[tuple]:
-        """`on_signals` on records as tuples of SIGNAL_DTYPE's fields (`tolist()`), with the
-        intents as tuples of ORDER_DTYPE's fields."""
-        if not signals:
+    def intents_for(self, signals: np.ndarray) -> list[tuple]:
+        """`on_signals` with the intents as tuples of ORDER_DTYPE's fields."""
+        if not len(signals):
             return []
-        clock = self.clock_ns = max(self.clock_ns, max(r[0] for r in signals))
-        live = self.live
-        touched: dict[int, int] = {}  # symbol -> origin_ns of its newest signal
-        for ts, agent, symbol, side, _, _, tf, conviction, entry, stop, target, _, origin in signals:
-            book = live.get(symbol)
-            if book is None:
-                book = live[symbol] = {}
-            book[agent] = (ts + tf * NS, side, conviction, entry, stop, target)  # a LiveSignal
-            newest = touched.get(symbol, 0)
-            touched[symbol] = origin if origin > newest else newest
-        out = []
-        for symbol, origin in touched.items():
-            intent = self._decide(symbol, origin, clock)
-            if intent is not None:
-                out.append(intent)
+        out: list[tuple] = []
+        candidates = self.book.update(signals)  # the symbols touched whose |net| reaches the threshold
+        if not candidates:
+            return out
+        clock = self.book.clock_ns
+        for symbol, origin_ns, net, agent, entry, stop, target in candidates:
+            side = 1 if net > 0 else -1
+            if self.position.get(symbol, 0) == side:
+                continue
+            flight = self.in_flight.get(symbol)
+            if flight is not None and flight[1] > clock:
+                continue
+            risk = min(self.config.risk.risk_per_trade * abs(net), self.cap())
+            cid = self.next_id()
+            self.in_flight[symbol] = (cid, clock + IN_FLIGHT_S * NS)
+            self.intents += 1
+            out.append((clock, origin_ns, cid, 0, symbol, agent, side, ORDER_INTENT, 0, 0,
+                        0.0, entry, stop, target, abs(net), risk, 0.0))  # fmt: skip
         return out
-
-    def _decide(self, symbol: int, origin_ns: int, clock: int) -> tuple | None:
-        live = self.live[symbol]
-        net, expired = 0.0, []
-        for agent, s in live.items():  # in order, rounding each step (sum() compensates from 3.12 on)
-            if s[0] <= clock:
-                expired.append(agent)
-            else:
-                net += s[1] * s[2]
-        for agent in expired:
-            del live[agent]
-        if abs(net) < self.config.coordinator.threshold:
-            return None
-        side = 1 if net > 0 else -1
-        if self.position.get(symbol, 0) == side:
-            return None
-        flight = self.in_flight.get(symbol)
-        if flight is not None and flight[1] > clock:
-            return None
-        agent, best = max(((a, s) for a, s in live.items() if s[1] == side), key=lambda x: x[1][2])
-        risk = min(self.config.risk.risk_per_trade * abs(net), self.cap())
-        cid = self.next_id()
-        self.in_flight[symbol] = (cid, clock + IN_FLIGHT_S * NS)
-        self.intents += 1
-        return (clock, origin_ns, cid, 0, symbol, agent, side, ORDER_INTENT, 0, 0,
-                0.0, best[3], best[4], best[5], abs(net), risk, 0.0)  # fmt: skip
 
     def on_reports(self, reports: np.ndarray) -> None:
         """Execution reports (ORDER_DTYPE, kind FILL or REJECT): each symbol's net volume,

@@ -110,5 +110,6 @@ OrderRing = _core.OrderRing
 QuoteBoard = _core.QuoteBoard
 RingError = _core.RingError
 Screen = _core.Screen
+SignalBook = _core.SignalBook
 last_of_each = _core.last_of_each
 first_touch = _core.first_touch

@@ -104,6 +104,44 @@ def test_coordinator_caps_a_symbols_risk() -> None:
     assert out[0]["risk"] == pytest.approx(0.05 * 0.005 * 20)  # not 0.005 * 5
 
 
+def test_coordinator_nets_in_the_order_agents_came_and_an_expired_agent_comes_again_last() -> None:
+    """The net is a float sum in order; the order is the agents' first arrival, an agent
+    whose signal expired rejoining at the end (as a dict would keep them)."""
+    c = Coordinator(Config(), ids())
+    c.on_signals(np.array([signal(0, 1, 0.1, agent=a, ts=1000 * NS) for a in (7, 3, 5)], SIGNAL_DTYPE))
+    c.on_signals(np.array([signal(0, 1, 0.1, agent=3, ts=1030 * NS, tf=300)], SIGNAL_DTYPE))  # in place
+    assert [x[0] for x in c.book.live(0)] == [7, 3, 5]
+    c.on_signals(np.array([signal(0, 1, 0.1, agent=9, ts=1061 * NS)], SIGNAL_DTYPE))  # 7's and 5's expired
+    assert [x[0] for x in c.book.live(0)] == [3, 9]
+    c.on_signals(np.array([signal(0, 1, 0.1, agent=7, ts=1062 * NS)], SIGNAL_DTYPE))
+    assert [x[0] for x in c.book.live(0)] == [3, 9, 7]
+    assert c.book.live(0)[0][1] == 1330 * NS and c.clock_ns == 1062 * NS
+
+
+def test_coordinator_pickled_mid_run_decides_as_the_original() -> None:
+    import pickle
+
+    from sovereign.backtest import Ids
+
+    a = Coordinator(Config(), Ids())
+    a.on_signals(np.array([signal(s, 1, 0.3, agent=s) for s in range(3)], SIGNAL_DTYPE))
+    b = pickle.loads(pickle.dumps(a))
+    assert b.clock_ns == a.clock_ns and all(b.book.live(s) == a.book.live(s) for s in range(3))
+    more = np.array([signal(s, 1, 0.3, agent=9, ts=1010 * NS) for s in range(3)], SIGNAL_DTYPE)
+    assert np.array_equal(a.on_signals(more), b.on_signals(more))
+
+
+def test_coordinator_refuses_records_that_are_not_signals() -> None:
+    c = Coordinator(Config(), ids())
+    with pytest.raises(TypeError, match=r"SignalBook\.update expects a 1-D array of"):
+        c.on_signals(np.zeros(2, ORDER_DTYPE))
+    bad = np.array([signal(0, 1, 0.9)], SIGNAL_DTYPE)
+    bad["symbol"] = 1 << 20
+    with pytest.raises(ValueError, match="signal symbol 1048576 is out of range"):
+        c.on_signals(bad)
+    assert len(c.on_signals(np.array([signal(0, 1, 0.9)], SIGNAL_DTYPE))) == 1  # nothing was half taken
+
+
 # ---- risk
 
 
