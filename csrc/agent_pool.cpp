@@ -1,6 +1,7 @@
 #include "agent_pool.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -246,7 +247,10 @@ size_t AgentPool::on_bars(const Bar* bars, size_t n, std::vector<Signal>& out) {
     size_t accepted = 0;
     std::exception_ptr error;
   };
-  const size_t lanes_n = std::max<size_t>(1, std::min<size_t>(threads_, n / kMinBarsPerLane + 1));
+  // More lanes than threads, taken in turn: a thread that loses its core for a while (to
+  // the caller's other work, on a small machine) holds up one small lane, not half of it.
+  const size_t workers = std::max<size_t>(1, std::min<size_t>(threads_, n / kMinBarsPerLane + 1));
+  const size_t lanes_n = workers == 1 ? 1 : std::min<size_t>(workers * kLanesPerThread, n / kMinBarsPerLane + 1);
   std::vector<Lane> lanes(lanes_n);
   for (size_t k = 0, s = 0; k < lanes_n; ++k) {  // contiguous symbols, about n / lanes bars each
     lanes[k].from = start[s];
@@ -265,9 +269,13 @@ size_t AgentPool::on_bars(const Bar* bars, size_t n, std::vector<Signal>& out) {
       lane.error = std::current_exception();
     }
   };
+  std::atomic<size_t> next{0};
+  auto take = [&] {
+    for (size_t k; (k = next.fetch_add(1, std::memory_order_relaxed)) < lanes_n;) run(lanes[k]);
+  };
   std::vector<std::thread> helpers;
-  for (size_t k = 1; k < lanes_n; ++k) helpers.emplace_back(run, std::ref(lanes[k]));
-  run(lanes[0]);
+  for (size_t k = 1; k < workers; ++k) helpers.emplace_back(take);
+  take();
   for (auto& t : helpers) t.join();
   size_t accepted = 0, total = 0;
   for (const Lane& lane : lanes) {

@@ -125,6 +125,7 @@ class AgentPool {
   bool routes_dirty_ = false;
   size_t threads_ = 1;
   static constexpr size_t kMinBarsPerLane = 4096;  // a thread is worth starting for this many bars
+  static constexpr size_t kLanesPerThread = 8;      // lanes of on_bars, taken in turn by its threads
 };
 
 }  // namespace sovereign

@@ -181,9 +181,12 @@ class Backtest:
             for name in FILE_BAR_DTYPE.names or ():
                 file_bars[name] = chunk[name]
             chunk = file_bars
-        bars = np.zeros(n, _BAR_DTYPE)
-        for name in ("ts_ns", "open", "high", "low", "close", "volume", "symbol", "timeframe_s"):
-            bars[name] = chunk[name]
+        # BAR_DTYPE is FILE_BAR_DTYPE without the spread: its first six words, then the last.
+        bars = np.empty(n, _BAR_DTYPE)
+        chunk = np.ascontiguousarray(chunk)
+        words, file_words = bars.view(np.int64).reshape(n, 7), chunk.view(np.int64).reshape(n, 8)
+        words[:, :6] = file_words[:, :6]
+        words[:, 6] = file_words[:, 7]
         signals = self.pool.on_bars(bars)
         at = np.searchsorted(chunk["ts_ns"], signals["ts_ns"], "left")  # before the bar opening at T
         return _Agents(chunk, signals, at)
