@@ -460,13 +460,16 @@ def run(child: Child, config: Config) -> None:
                     child.reply(msg[1], answer)
             if log is not None:
                 log.flush()
+            if risk.events:  # a trading-state change is durable before the orders it makes go out
+                persist()
+                committer.flush()
             if len(out):
                 push(out)
         if log is not None:
             log.flush()
-            if risk.events or t >= next_save:
-                next_save = t + 1.0
-                persist()
+        if risk.events or t >= next_save:  # risk's state at least every second, logged or not
+            next_save = t + 1.0
+            persist()
         if t >= next_beat and not committer.stalled(1.0):  # a commit stuck: the supervisor sees a hang
             next_beat = t + 0.05
             child.beat(RUNNING, orders=len(risk.approved_ts), rejects=sum(risk.rejected.values()))
