@@ -311,6 +311,15 @@ py::dict agent_state_dict(const AgentPool& pool, uint32_t id) {
   return d;
 }
 
+// A symbol's live signals in netting order, as (agent, expires_ns, side, conviction, entry,
+// stop, target): what SignalBook.live shows and its pickle keeps.
+py::list live_signals(const SignalBook& book, uint32_t symbol) {
+  py::list res;
+  for (const LiveSignal& l : book.live(symbol))
+    res.append(py::make_tuple(l.agent, l.expires_ns, l.side, l.conviction, l.entry, l.stop, l.target));
+  return res;
+}
+
 // A worker's hot loop in C++: ring -> AgentPool -> ring, with the GIL released throughout.
 // Returns to Python within about budget_s so the worker can heartbeat and take control messages.
 py::tuple pump(AgentPool& pool, ShmRing<Tick>& in, ShmRing<Signal>& out, double budget_s, size_t batch) {
@@ -597,12 +606,7 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("threshold", &SignalBook::threshold)
       .def(
           "live",
-          [](const SignalBook& book, uint32_t symbol) {
-            py::list res;
-            for (const LiveSignal& l : book.live(symbol))
-              res.append(py::make_tuple(l.agent, l.expires_ns, l.side, l.conviction, l.entry, l.stop, l.target));
-            return res;
-          },
+          &live_signals,
           py::arg("symbol"),
           "A symbol's live signals in netting order, as (agent, expires_ns, side, conviction, entry, stop, "
           "target); expired ones leave at the symbol's next decision.")
@@ -610,9 +614,7 @@ PYBIND11_MODULE(_core, m) {
           [](const SignalBook& book) {
             py::list symbols;
             for (uint32_t s = 0; s < book.symbols(); ++s) {
-              py::list live;
-              for (const LiveSignal& l : book.live(s))
-                live.append(py::make_tuple(l.agent, l.expires_ns, l.side, l.conviction, l.entry, l.stop, l.target));
+              py::list live = live_signals(book, s);
               if (!live.empty()) symbols.append(py::make_tuple(s, live));
             }
             return py::make_tuple(book.threshold(), book.clock_ns(), symbols);
@@ -630,7 +632,7 @@ PYBIND11_MODULE(_core, m) {
                                           f[3].cast<double>(), f[4].cast<double>(), f[5].cast<double>(),
                                           f[6].cast<double>()});
               }
-              book.restore(book.clock_ns(), st[0].cast<uint32_t>(), std::move(live));
+              book.restore(st[0].cast<uint32_t>(), std::move(live));
             }
             return book;
           }));

@@ -96,14 +96,13 @@ class SignalBook {
     static const std::vector<LiveSignal> none;
     return symbol < symbols_.size() ? symbols_[symbol].live : none;
   }
-  // For restoring a copy (pickling): the clock and each symbol's live signals in order.
-  void restore(int64_t clock_ns, uint32_t symbol, std::vector<LiveSignal> live) {
+  // For restoring a copy (pickling): the clock, and each symbol's live signals in order.
+  void set_clock(int64_t clock_ns) { clock_ns_ = clock_ns; }
+  void restore(uint32_t symbol, std::vector<LiveSignal> live) {
     if (symbol > kMaxSymbol) throw std::invalid_argument("symbol out of range");
-    clock_ns_ = clock_ns;
     if (symbol >= symbols_.size()) symbols_.resize(symbol + 1);
     symbols_[symbol].live = std::move(live);
   }
-  void set_clock(int64_t clock_ns) { clock_ns_ = clock_ns; }
 
  private:
   struct Symbol {
