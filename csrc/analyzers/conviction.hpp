@@ -27,26 +27,17 @@ struct Conviction {
 
     const double entry = ctx.bar.close;
     const double stop = ctx.bounce_level - d * ctx.tol;
-    // The nearest level strictly beyond entry on side d: of each kind, the one next to
-    // where entry would sit in its ascending range.
     bool found = false;
     double target = 0.0;
-    auto take = [&](double lp) {
-      if (!found || (d > 0 ? lp < target : lp > target)) target = lp;
-      found = true;
-    };
-    const int32_t lo[2] = {0, s.res_begin()}, hi[2] = {s.n_sup, LevelsState::kCap};
-    for (int kind = 0; kind < 2; ++kind) {
-      if (d > 0) {
-        int32_t j = hi[kind];
-        while (j > lo[kind] && s.level[j - 1].price > entry) --j;
-        if (j < hi[kind]) take(s.level[j].price);
-      } else {
-        int32_t j = lo[kind];
-        while (j < hi[kind] && s.level[j].price < entry) ++j;
-        if (j > lo[kind]) take(s.level[j - 1].price);
+    auto consider = [&](int32_t j) {  // nearest level strictly beyond entry on side d
+      const double lp = s.level[j].price;
+      if (d > 0 ? lp > entry : lp < entry) {
+        if (!found || (d > 0 ? lp < target : lp > target)) target = lp;
+        found = true;
       }
-    }
+    };
+    for (int32_t j = 0; j < s.n_sup; ++j) consider(j);
+    for (int32_t j = s.res_begin(); j < LevelsState::kCap; ++j) consider(j);
     if (!found) target = entry + d * 2.0 * std::fabs(entry - stop);
 
     out = Signal{};
