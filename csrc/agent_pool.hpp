@@ -38,7 +38,6 @@ inline constexpr const char* kRejectNames[] = {"bad_price",     "crossed",   "ba
                                                "late",          "bad_bar",   "misaligned"};
 static_assert(std::size(kRejectNames) == static_cast<size_t>(Reject::kCount));
 
-inline constexpr uint32_t kMaxSymbol = (1u << 20) - 1;
 inline constexpr uint32_t kMaxTimeframeS = 7 * 86400;
 inline constexpr int64_t kNoBar = INT64_MIN;
 

@@ -14,6 +14,7 @@ namespace sovereign {
 // Bumped whenever any record or persisted state layout changes. Shared-memory rings and
 // AgentPool snapshots carry it, and refuse to attach to / restore from another version.
 inline constexpr uint32_t kLayoutVersion = 2;
+inline constexpr uint32_t kMaxSymbol = (1u << 20) - 1;  // symbol ids are 0 .. kMaxSymbol
 
 // Tick flags, as MT5's TICK_FLAG_* bits: which fields this tick changed.
 enum TickFlags : uint32_t {

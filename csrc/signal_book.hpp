@@ -40,7 +40,6 @@ struct Candidate {
 
 class SignalBook {
  public:
-  static constexpr uint32_t kMaxSymbol = (1u << 20) - 1;
   static constexpr int64_t kNs = 1'000'000'000;
 
   explicit SignalBook(double threshold) : threshold_(threshold) {
