@@ -237,3 +237,59 @@ def test_ring_latency(benchmark, report) -> None:
     proc.join(10)
     for q_ in (50, 99, 99.9):
         report("latency", f"mp.Queue p{q_} us", float(np.percentile(lat_q, q_)), "us")
+
+
+WAKE_TICKS = 1500
+WAKE_GAP_NS = 1_000_000  # far past the consumer's spin: every tick finds it asleep
+
+
+def _sleeping_latency(name: str, n: int, conn) -> None:
+    """Consumer that blocks in pop_into (spin, then asleep on the ring's futex doorbell)."""
+    ring = TickRing.attach(name)
+    lat = np.empty(n, np.int64)
+    buf = np.zeros(1, TICK_DTYPE)
+    ts = buf["ts_ns"]
+    conn.send("ready")
+    for i in range(n):
+        while not ring.pop_into(buf, timeout=1.0):
+            pass
+        lat[i] = time.monotonic_ns() - ts[0]
+    conn.send(lat)
+    ring.close()
+
+
+def _pipe_latency(reader, n: int, conn) -> None:
+    """Consumer that blocks in read(2) on a pipe: the kernel's plain way to wake a process."""
+    lat = np.empty(n, np.int64)
+    conn.send("ready")
+    for i in range(n):
+        sent = int.from_bytes(reader.recv_bytes(), "little")
+        lat[i] = time.monotonic_ns() - sent
+    conn.send(lat)
+
+
+def test_ring_wake_latency(benchmark, report) -> None:
+    """A consumer asleep on an idle ring (the live system between bursts): one tick every
+    millisecond, from push to the consumer holding it, against a pipe's wake-up."""
+    with TickRing.create(f"sovwake-{os.getpid()}", 1024) as ring:
+        proc, conn = _start(_sleeping_latency, ring.name, WAKE_TICKS)
+
+        def send(one: np.ndarray) -> None:
+            one["ts_ns"] = time.monotonic_ns()
+            ring.push(one)
+
+        benchmark.pedantic(paced_send, args=(send, WAKE_TICKS, WAKE_GAP_NS, False), rounds=1, iterations=1)
+        lat = conn.recv()
+        proc.join(10)
+    reader, writer = CTX.Pipe(duplex=False)  # an os.pipe under the hood
+    proc, conn = _start(_pipe_latency, reader, WAKE_TICKS)
+    paced_send(lambda _one: writer.send_bytes(time.monotonic_ns().to_bytes(8, "little")), WAKE_TICKS,
+               WAKE_GAP_NS, spin=False)  # fmt: skip
+    lat_pipe = conn.recv()
+    proc.join(10)
+    for q_ in (50, 99):
+        report("wake", f"asleep on TickRing p{q_} us", float(np.percentile(lat[100:] / 1000, q_)), "us",
+               f"asleep on a pipe p{q_} us", higher_is_better=False)  # fmt: skip
+    for q_ in (50, 99):
+        report("wake", f"asleep on a pipe p{q_} us", float(np.percentile(lat_pipe[100:] / 1000, q_)), "us",
+               higher_is_better=False)  # fmt: skip

@@ -90,11 +90,13 @@ void bind_ring(py::module_& m, const char* name, const char* doc) {
           [](Ring& r, const py::array& arr, std::optional<double> timeout) {
             auto recs = as_records<R>(arr, "push");
             int64_t t = timeout_ns(timeout);
+            const size_t total = static_cast<size_t>(recs.size());
+            size_t n = r.push_now(recs.data(), total);
+            if (n == total) return n;
             SignalCheck check;
-            size_t n;
             {
-              py::gil_scoped_release nogil;
-              n = r.push(recs.data(), static_cast<size_t>(recs.size()), t, check);
+              py::gil_scoped_release nogil;  // only to wait for room (or to count the drop)
+              n += r.push(recs.data() + n, total - n, t, check);
             }
             check.raise_if_interrupted();
             return n;
@@ -107,10 +109,10 @@ void bind_ring(py::module_& m, const char* name, const char* doc) {
           [](Ring& r, size_t max_n, double timeout) {
             int64_t t = timeout_ns(timeout);
             py::array_t<R> out(static_cast<py::ssize_t>(max_n));
+            size_t n = r.pop_now(out.mutable_data(), max_n);
             SignalCheck check;
-            size_t n;
-            {
-              py::gil_scoped_release nogil;
+            if (n == 0 && t != 0 && max_n != 0) {
+              py::gil_scoped_release nogil;  // only to wait
               n = r.pop(out.mutable_data(), max_n, t, check);
             }
             check.raise_if_interrupted();
@@ -129,10 +131,10 @@ void bind_ring(py::module_& m, const char* name, const char* doc) {
             int64_t t = timeout_ns(timeout);
             auto* dst = static_cast<R*>(arr.mutable_data());
             size_t cap = static_cast<size_t>(arr.size());
+            size_t n = r.pop_now(dst, cap);
             SignalCheck check;
-            size_t n;
-            {
-              py::gil_scoped_release nogil;
+            if (n == 0 && t != 0 && cap != 0) {
+              py::gil_scoped_release nogil;  // only to wait
               n = r.pop(dst, cap, t, check);
             }
             check.raise_if_interrupted();
@@ -151,6 +153,7 @@ void bind_ring(py::module_& m, const char* name, const char* doc) {
              d["dropped"] = s.dropped;
              d["full_waits"] = s.full_waits;
              d["high_water"] = s.high_water;
+             d["late_wakes"] = s.late_wakes;
              d["owner_pid"] = s.owner_pid;
              d["on_full"] = s.full_policy == FullPolicy::kWait ? "wait" : "drop";
              return d;

@@ -13,6 +13,9 @@
 //   costs one cross-core cache-line transfer at most.
 // - Each shared counter has a single writer: head, dropped, full_waits (producer); tail,
 //   high_water (consumer). Everyone else only loads them.
+// - A side that must wait (consumer on empty, 'wait' producer on full) spins briefly, then
+//   sleeps on a futex doorbell that the other side rings after each push / pop. Each
+//   doorbell word has one writer too: `seq` the ringer, `waiting` the sleeper.
 // - The creator owns the segment and unlinks it on close. A segment whose owner died is
 //   reclaimed by the next create of the same name; one whose owner lives is refused.
 #pragma once
@@ -25,6 +28,15 @@
 #include <string>
 #include <thread>
 #include <utility>
+
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <cerrno>
+#include <climits>
+#include <ctime>
+#endif
 
 #include "records.hpp"
 #include "shm.hpp"
@@ -48,6 +60,98 @@ enum class FullPolicy : uint32_t { kWait = 0, kDrop = 1 };
 static_assert(std::atomic<uint64_t>::is_always_lock_free,
               "rings need address-free 64-bit atomics to work across processes");
 
+// Futex on a 32-bit word in shared memory (not FUTEX_PRIVATE: the waker is another
+// process). Elsewhere a plain sleep stands in: the waits below are bounded either way.
+// Returns true if the sleep ran its full time (no wake came).
+inline bool futex_wait(std::atomic<uint32_t>* word, uint32_t expected, int64_t max_ns) {
+#if defined(__linux__)
+  timespec ts{static_cast<time_t>(max_ns / 1000000000), static_cast<long>(max_ns % 1000000000)};
+  long r = syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT, expected, &ts, nullptr, 0);
+  return r != 0 && errno == ETIMEDOUT;
+#else
+  (void)word, (void)expected;
+  std::this_thread::sleep_for(std::chrono::nanoseconds(max_ns < 50000 ? max_ns : 50000));
+  return false;
+#endif
+}
+
+inline void futex_wake_all(std::atomic<uint32_t>* word) {
+#if defined(__linux__)
+  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
+#else
+  (void)word;
+#endif
+}
+
+// One side's doorbell (an eventcount): `waiting` says a peer sleeps on `seq`, which the
+// other side bumps, then wakes it. The sleeper raises `waiting` and re-checks its
+// condition before it sleeps; the ringer publishes its index, then reads `waiting`. The
+// seq_cst fences between each side's store and load mean at least one of them sees the
+// other's: the sleeper finds the records, or the ringer finds the sleeper. Ringing costs
+// one fence and one load when nobody sleeps.
+struct Doorbell {
+  std::atomic<uint32_t> seq;      // futex word; written by the ringer
+  std::atomic<uint32_t> waiting;  // written by the sleeper
+  std::atomic<uint64_t> late;     // sleeps that ran their full time and then found the condition
+                                  // true: a ring that never came (written by the sleeper)
+};
+
+inline void ring_doorbell(Doorbell& d) {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (d.waiting.load(std::memory_order_relaxed) != 0) {
+    d.seq.fetch_add(1, std::memory_order_release);
+    futex_wake_all(&d.seq);
+  }
+}
+
+// Spin briefly (a peer is usually microseconds away), then sleep on the doorbell until it
+// rings, so a wait costs no CPU and ends within a wake-up of the records arriving. Each
+// sleep is bounded (kMaxNap) so the timeout and `keep_waiting` are still honoured, and a
+// peer that never rings (dead mid-push) costs a late wake, never a hang. `keep_waiting` is
+// polled between sleeps; returning false abandons the wait (used to let Python handle
+// Ctrl-C). timeout_ns < 0: no limit.
+template <class Ready, class KeepWaiting>
+bool wait_until(Doorbell& bell, Ready&& ready, int64_t timeout_ns, KeepWaiting&& keep_waiting) {
+  using clock = std::chrono::steady_clock;
+  constexpr int64_t kMaxNap = 20'000'000;  // 20 ms
+  const auto start = clock::now();
+  const auto spin_for = std::chrono::microseconds(20);
+  auto elapsed_ns = [&] {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count();
+  };
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (ready()) return true;
+      SOVEREIGN_CPU_RELAX();
+    }
+    if (timeout_ns >= 0 && elapsed_ns() >= timeout_ns) return ready();
+    if (clock::now() - start < spin_for) continue;
+    break;
+  }
+  for (;;) {
+    int64_t nap = kMaxNap;
+    if (timeout_ns >= 0) {
+      int64_t left = timeout_ns - elapsed_ns();
+      if (left <= 0) return ready();
+      if (left < nap) nap = left;
+    }
+    bell.waiting.store(1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    const uint32_t seq = bell.seq.load(std::memory_order_acquire);
+    if (ready()) {
+      bell.waiting.store(0, std::memory_order_relaxed);
+      return true;
+    }
+    const bool slept_through = futex_wait(&bell.seq, seq, nap);
+    bell.waiting.store(0, std::memory_order_relaxed);
+    if (ready()) {
+      if (slept_through) bell.late.store(bell.late.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      return true;
+    }
+    if (!keep_waiting()) return false;
+  }
+}
+
 struct RingHeader {
   // Written once by the creator before `magic` is published; read-only afterwards.
   std::atomic<uint64_t> magic;
@@ -64,51 +168,24 @@ struct RingHeader {
   alignas(kCacheLine) std::atomic<uint64_t> head;
   std::atomic<uint64_t> dropped;
   std::atomic<uint64_t> full_waits;  // pushes that found the ring full and had to wait
+  Doorbell records;                  // rung by the producer after a push; the consumer sleeps on it
   // Consumer's line.
   alignas(kCacheLine) std::atomic<uint64_t> tail;
   std::atomic<uint64_t> high_water;  // largest depth the consumer has observed
+  Doorbell room;                     // rung by the consumer after a pop; a producer waiting for room sleeps on it
 };
 static_assert(offsetof(RingHeader, head) % kCacheLine == 0);
 static_assert(offsetof(RingHeader, tail) - offsetof(RingHeader, head) >= kCacheLine);
+static_assert(sizeof(RingHeader) == 3 * kCacheLine, "the doorbells fit in the index lines");
+static_assert(std::atomic<uint32_t>::is_always_lock_free && sizeof(std::atomic<uint32_t>) == 4,
+              "a doorbell's seq is a futex word");
 inline constexpr size_t kRingDataOffset = (sizeof(RingHeader) + kCacheLine - 1) / kCacheLine * kCacheLine;
 
 struct RingStats {
-  uint64_t capacity, depth, pushed, popped, dropped, full_waits, high_water;
+  uint64_t capacity, depth, pushed, popped, dropped, full_waits, high_water, late_wakes;
   int32_t owner_pid;
   FullPolicy full_policy;
 };
-
-// Spin briefly (a consumer is usually microseconds away), then sleep with backoff so a
-// stalled peer does not burn a core. `keep_waiting` is polled while sleeping; returning
-// false abandons the wait (used to let Python handle Ctrl-C). timeout_ns < 0: no limit.
-template <class Ready, class KeepWaiting>
-bool wait_until(Ready&& ready, int64_t timeout_ns, KeepWaiting&& keep_waiting) {
-  using clock = std::chrono::steady_clock;
-  const auto start = clock::now();
-  const auto spin_for = std::chrono::microseconds(50);
-  auto elapsed_ns = [&] {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count();
-  };
-  for (;;) {
-    for (int i = 0; i < 64; ++i) {
-      if (ready()) return true;
-      SOVEREIGN_CPU_RELAX();
-    }
-    if (timeout_ns >= 0 && elapsed_ns() >= timeout_ns) return ready();
-    if (clock::now() - start < spin_for) continue;
-    break;
-  }
-  auto nap = std::chrono::microseconds(20);
-  for (;;) {
-    if (ready()) return true;
-    if (timeout_ns >= 0 && elapsed_ns() >= timeout_ns) return false;
-    if (!keep_waiting()) return false;
-    std::this_thread::sleep_for(nap);
-    // Capped at 80 us: a consumer that went to sleep on an idle ring is back within that
-    // when records arrive (tick-to-order latency crosses three such hops).
-    if (nap < std::chrono::microseconds(80)) nap *= 2;
-  }
-}
 
 template <class Record>
 class ShmRing {
@@ -201,12 +278,26 @@ class ShmRing {
     }
     h->full_waits.store(h->full_waits.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
     wait_until(
+        h->room,
         [&] {
           done += try_push(recs + done, n - done);
           return done == n;
         },
         timeout_ns, keep_waiting);
     return done;
+  }
+
+  // The part of push / pop that never waits: what fits goes in, what is there comes out
+  // (no drop counted). The bindings call these with the GIL held and release it only to
+  // wait: a thread that released it for every short call would queue behind any other
+  // thread for the GIL (up to the switch interval) at every return.
+  size_t push_now(const Record* recs, size_t n) {
+    check_open();
+    return try_push(recs, n);
+  }
+  size_t pop_now(Record* out, size_t max_n) {
+    check_open();
+    return try_pop(out, max_n);
   }
 
   // Consumer. Copies up to max_n records into out and returns the count. If the ring is
@@ -217,6 +308,7 @@ class ShmRing {
     size_t got = try_pop(out, max_n);
     if (got > 0 || max_n == 0 || timeout_ns == 0) return got;
     wait_until(
+        header()->records,
         [&] {
           got = try_pop(out, max_n);
           return got > 0;
@@ -238,6 +330,7 @@ class ShmRing {
             h->dropped.load(std::memory_order_relaxed),
             h->full_waits.load(std::memory_order_relaxed),
             h->high_water.load(std::memory_order_relaxed),
+            h->records.late.load(std::memory_order_relaxed) + h->room.late.load(std::memory_order_relaxed),
             h->owner_pid,
             policy_};
   }
@@ -299,6 +392,7 @@ class ShmRing {
     if (k == 0) return 0;
     copy_in(head, recs, k);
     h->head.store(head + k, std::memory_order_release);  // publishes the records
+    ring_doorbell(h->records);
     return k;
   }
 
@@ -317,6 +411,7 @@ class ShmRing {
     if (k == 0) return 0;
     copy_out(tail, out, k);
     h->tail.store(tail + k, std::memory_order_release);  // hands the slots back
+    ring_doorbell(h->room);
     return k;
   }
 

@@ -154,6 +154,68 @@ def test_counters_are_readable_from_another_process() -> None:
     assert stats["owner_pid"] == os.getpid() and stats["high_water"] == 32
 
 
+def _echo(name_in, name_out, n, conn) -> None:
+    """Pops each record as it comes (sleeping in between) and pushes it back."""
+    src, dst = TickRing.attach(name_in), TickRing.attach(name_out)
+    buf = np.zeros(1, TICK_DTYPE)
+    conn.send("ready")
+    for _ in range(n):
+        assert src.pop_into(buf, timeout=30.0) == 1
+        assert dst.push(buf, timeout=30.0) == 1
+    src.close(), dst.close()
+
+
+def test_a_sleeping_consumer_is_woken_by_the_push() -> None:
+    """Both sides wait past their spin (each push comes 0.3 ms after the last answer), so
+    each record reaches a consumer asleep on the doorbell. A wake the producer failed to
+    ring would show as a late wake: a sleep that ran its full time and found the record."""
+    n = 500
+    with TickRing.create(ring_name(), 8) as out, TickRing.create(ring_name(), 8) as back:
+        parent, child = CTX.Pipe()
+        p = CTX.Process(target=_echo, args=(out.name, back.name, n, child), daemon=True)
+        p.start()
+        assert parent.recv() == "ready"
+        buf = np.zeros(1, TICK_DTYPE)
+        seen = []
+        for i in range(n):
+            time.sleep(0.0003)
+            out.push(seq_ticks(i, 1))
+            assert back.pop_into(buf, timeout=30.0) == 1
+            seen.append(int(buf["ts_ns"][0]))
+        p.join(10)
+        assert p.exitcode == 0
+        assert seen == list(range(n))
+        assert out.stats()["late_wakes"] == 0 and back.stats()["late_wakes"] == 0
+
+
+def _push_all(name, n, conn) -> None:
+    ring = TickRing.attach(name)
+    conn.send("ready")
+    conn.send(ring.push(seq_ticks(0, n), timeout=30.0))
+    ring.close()
+
+
+def test_a_producer_waiting_for_room_is_woken_by_the_pop() -> None:
+    """A 'wait' producer on a full ring sleeps until the consumer hands slots back."""
+    n = 300
+    with TickRing.create(ring_name(), 4) as ring:
+        parent, child = CTX.Pipe()
+        p = CTX.Process(target=_push_all, args=(ring.name, n, child), daemon=True)
+        p.start()
+        assert parent.recv() == "ready"
+        buf = np.zeros(1, TICK_DTYPE)
+        seen = []
+        while len(seen) < n:
+            time.sleep(0.0003)  # the producer, finding no room, goes to sleep meanwhile
+            if ring.pop_into(buf, timeout=30.0):
+                seen.append(int(buf["ts_ns"][0]))
+        assert parent.recv() == n
+        p.join(10)
+        s = ring.stats()
+        assert seen == list(range(n))
+        assert s["full_waits"] >= 1 and s["late_wakes"] == 0 and s["dropped"] == 0
+
+
 def test_owner_unlinks_on_close_attacher_does_not() -> None:
     name = ring_name()
     ring = TickRing.create(name, 8)
