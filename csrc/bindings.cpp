@@ -158,6 +158,10 @@ void bind_ring(py::module_& m, const char* name, const char* doc) {
              d["on_full"] = s.full_policy == FullPolicy::kWait ? "wait" : "drop";
              return d;
            })
+      .def("doorbell", &Ring::doorbell, "The records doorbell's count now (for wait_for_records' since).")
+      .def("wake_consumer", &Ring::wake_consumer,
+           "Wake this ring's consumer if it sleeps in wait_for_records (which then returns False): "
+           "for another thread of the consumer's process that has other work for it.")
       .def("close", &Ring::close, "Unmap; the owner also unlinks the name. Idempotent.")
       .def(
           "__enter__", [](Ring& r) -> Ring& { return r; }, py::return_value_policy::reference)
@@ -351,6 +355,40 @@ py::tuple pump(AgentPool& pool, ShmRing<Tick>& in, ShmRing<Signal>& out, double 
     }
   }
   return py::make_tuple(ticks, emitted, pushed);
+}
+
+// The header of a TickRing, SignalRing or OrderRing (the doorbells are the same in all).
+RingHeader* ring_header(const py::handle& obj) {
+  if (py::isinstance<ShmRing<Tick>>(obj)) return obj.cast<ShmRing<Tick>&>().shared_header();
+  if (py::isinstance<ShmRing<Signal>>(obj)) return obj.cast<ShmRing<Signal>&>().shared_header();
+  if (py::isinstance<ShmRing<Order>>(obj)) return obj.cast<ShmRing<Order>&>().shared_header();
+  throw py::type_error("wait_for_records takes TickRing, SignalRing or OrderRing objects, got " +
+                       std::string(py::str(obj.get_type())));
+}
+
+bool wait_for_records_py(const py::sequence& rings, std::optional<double> timeout,
+                         std::optional<std::vector<uint32_t>> since) {
+  std::vector<RingHeader*> heads;
+  for (const auto& r : rings) heads.push_back(ring_header(r));
+  if (heads.empty() || heads.size() > 128) throw py::value_error("wait_for_records takes 1 to 128 rings");
+  if (since && since->size() != heads.size()) throw py::value_error("since: one doorbell seq per ring");
+  int64_t t = timeout_ns(timeout);
+  const uint32_t* seqs = since ? since->data() : nullptr;
+  if (seqs != nullptr) {
+    for (size_t i = 0; i < heads.size(); ++i)
+      if (heads[i]->records.seq.load(std::memory_order_acquire) != seqs[i] && !has_records(heads[i])) return false;
+  }
+  for (RingHeader* h : heads)
+    if (has_records(h)) return true;
+  if (t == 0) return false;
+  SignalCheck check;
+  bool got;
+  {
+    py::gil_scoped_release nogil;
+    got = wait_for_records(heads.data(), heads.size(), t, check, seqs);
+  }
+  check.raise_if_interrupted();
+  return got;
 }
 
 void bind_sim(py::module_& m) {
@@ -558,6 +596,15 @@ PYBIND11_MODULE(_core, m) {
   bind_ring<Tick>(m, "TickRing", "SPSC ring of ticks in POSIX shared memory.");
   bind_ring<Signal>(m, "SignalRing", "SPSC ring of signals in POSIX shared memory.");
   bind_ring<Order>(m, "OrderRing", "SPSC ring of order intents, approved orders or execution reports.");
+  m.def("wait_for_records", &wait_for_records_py, py::arg("rings"), py::arg("timeout") = py::none(),
+        py::arg("since") = py::none(),
+        "Wait until any of these rings (this process is the consumer of each) has records, up to "
+        "`timeout` seconds (None: no limit). True if one has; False at the timeout or when woken by "
+        "wake_consumer() with nothing to take (callers loop). since: each ring's doorbell() when the "
+        "caller last checked a condition of its own; a wake_consumer() after that ends the wait at once, "
+        "so no kick is lost between the check and the sleep. Sleeps on the "
+        "rings' doorbells together (futex_waitv), so a process that takes from several rings "
+        "costs no CPU while they are empty and wakes within a wake-up of the first push.");
   bind_quote_board(m);
   bind_sim(m);
   bind_tick_scans(m);

@@ -36,6 +36,12 @@
 #include <cerrno>
 #include <climits>
 #include <ctime>
+// futex_waitv has the same number on every architecture (new syscalls are unified).
+#if defined(SYS_futex_waitv)
+inline constexpr long kSysFutexWaitv = SYS_futex_waitv;
+#else
+inline constexpr long kSysFutexWaitv = 449;
+#endif
 #endif
 
 #include "records.hpp"
@@ -90,7 +96,7 @@ inline void futex_wake_all(std::atomic<uint32_t>* word) {
 // other's: the sleeper finds the records, or the ringer finds the sleeper. Ringing costs
 // one fence and one load when nobody sleeps.
 struct Doorbell {
-  std::atomic<uint32_t> seq;      // futex word; written by the ringer
+  std::atomic<uint32_t> seq;      // futex word; bumped (fetch_add) by the ringers
   std::atomic<uint32_t> waiting;  // written by the sleeper
   std::atomic<uint64_t> late;     // sleeps that ran their full time and then found the condition
                                   // true: a ring that never came (written by the sleeper)
@@ -186,6 +192,102 @@ struct RingStats {
   int32_t owner_pid;
   FullPolicy full_policy;
 };
+
+// The consumer of several rings waits for the first record in any of them: the same
+// doorbells, slept on together with futex_waitv (Linux 5.16+). Where the kernel lacks it,
+// each sleep is a short nap instead (kFallbackNap): correct, only later and busier.
+// `heads[i]` is ring i's header; the caller must be the consumer of every one (it writes
+// their `waiting`). Returns true as soon as one has records; false at the timeout, when
+// keep_waiting() says stop, or when woken with nothing to take (a kick: wake_consumer()).
+// Callers loop, so a false return is never wrong, only early.
+inline bool has_records(const RingHeader* h) {
+  return h->head.load(std::memory_order_acquire) != h->tail.load(std::memory_order_relaxed);
+}
+
+// `since` (or null): each ring's doorbell seq when the caller last looked; the wait ends
+// at once if one has rung since (the eventcount's "prepare, check, wait" for a condition
+// of the caller's own, such as another thread's queue: see wake_consumer()).
+template <class KeepWaiting>
+bool wait_for_records(RingHeader* const* heads, size_t n, int64_t timeout_ns, KeepWaiting&& keep_waiting,
+                      const uint32_t* since = nullptr) {
+  constexpr size_t kMaxRings = 128;  // futex_waitv's limit
+  constexpr int64_t kMaxNap = 20'000'000, kFallbackNap = 200'000;
+  if (n == 0 || n > kMaxRings) throw std::invalid_argument("wait for 1 to 128 rings");
+  auto any = [&] {
+    for (size_t i = 0; i < n; ++i)
+      if (has_records(heads[i])) return true;
+    return false;
+  };
+  auto rung_since = [&] {
+    if (since == nullptr) return false;
+    for (size_t i = 0; i < n; ++i)
+      if (heads[i]->records.seq.load(std::memory_order_acquire) != since[i]) return true;
+    return false;
+  };
+  using clock = std::chrono::steady_clock;
+  const auto start = clock::now();
+  auto elapsed_ns = [&] {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count();
+  };
+  while (elapsed_ns() < 20'000) {  // spin 20 us, as one ring's wait does
+    if (any()) return true;
+    if (rung_since()) return false;
+    SOVEREIGN_CPU_RELAX();
+    if (timeout_ns >= 0 && elapsed_ns() >= timeout_ns) return any();
+  }
+#if defined(__linux__)
+  static std::atomic<bool> no_waitv{false};
+  futex_waitv waiters[kMaxRings];
+#endif
+  for (;;) {
+    int64_t nap = kMaxNap;
+    if (timeout_ns >= 0) {
+      int64_t left = timeout_ns - elapsed_ns();
+      if (left <= 0) return any();
+      if (left < nap) nap = left;
+    }
+    for (size_t i = 0; i < n; ++i) heads[i]->records.waiting.store(1, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    bool slept_through = false, woken = false;
+#if defined(__linux__)
+    for (size_t i = 0; i < n; ++i) {
+      waiters[i] = {};
+      waiters[i].val = since != nullptr ? since[i] : heads[i]->records.seq.load(std::memory_order_acquire);
+      waiters[i].uaddr = reinterpret_cast<uintptr_t>(&heads[i]->records.seq);
+      waiters[i].flags = FUTEX_32;  // shared, not FUTEX_PRIVATE_FLAG: the ringers are other processes
+    }
+#endif
+    if (!any() && !rung_since()) {
+#if defined(__linux__)
+      if (!no_waitv.load(std::memory_order_relaxed)) {
+        timespec until{};
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        int64_t at = static_cast<int64_t>(until.tv_sec) * 1'000'000'000 + until.tv_nsec + nap;
+        until.tv_sec = static_cast<time_t>(at / 1'000'000'000);
+        until.tv_nsec = static_cast<long>(at % 1'000'000'000);
+        long r = syscall(kSysFutexWaitv, waiters, static_cast<unsigned>(n), 0u, &until, CLOCK_MONOTONIC);
+        if (r < 0 && errno == ENOSYS) no_waitv.store(true, std::memory_order_relaxed);
+        slept_through = r < 0 && errno == ETIMEDOUT;
+        woken = r >= 0 || errno == EAGAIN;  // rung (or rung between our read and the call)
+      }
+      if (no_waitv.load(std::memory_order_relaxed))
+#endif
+        std::this_thread::sleep_for(std::chrono::nanoseconds(nap < kFallbackNap ? nap : kFallbackNap));
+    }
+    for (size_t i = 0; i < n; ++i) heads[i]->records.waiting.store(0, std::memory_order_relaxed);
+    bool found = false;
+    for (size_t i = 0; i < n; ++i) {
+      if (!has_records(heads[i])) continue;
+      found = true;
+      if (slept_through) {
+        auto& late = heads[i]->records.late;
+        late.store(late.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      }
+    }
+    if (found) return true;
+    if (woken || rung_since() || !keep_waiting()) return false;
+  }
+}
 
 template <class Record>
 class ShmRing {
@@ -336,6 +438,26 @@ class ShmRing {
   }
 
   const std::string& name() const { return seg_.name(); }
+  // Wakes a consumer asleep on this ring (in pop or wait_for_records) without a record:
+  // another thread of the consumer's process has something else for it. Rings the same
+  // doorbell as a push; the seq is bumped atomically, so several ringers are fine.
+  void wake_consumer() {
+    check_open();
+    Doorbell& d = header()->records;
+    d.seq.fetch_add(1, std::memory_order_seq_cst);  // always: a waiter passing `since` sees it
+    if (d.waiting.load(std::memory_order_seq_cst) != 0) futex_wake_all(&d.seq);
+  }
+  // The records doorbell's seq now: pass it as wait_for_records' `since`.
+  uint32_t doorbell() const {
+    check_open();
+    return header()->records.seq.load(std::memory_order_acquire);
+  }
+
+  // For wait_for_records, by the ring's consumer only.
+  RingHeader* shared_header() {
+    check_open();
+    return header();
+  }
   uint64_t capacity() const { return capacity_; }
   bool owner() const { return owner_; }
   bool reclaimed() const { return reclaimed_; }

@@ -31,7 +31,9 @@ from sovereign.core import (
     OrderRing,
     SignalBook,
     SignalRing,
+    wait_for_records,
 )
+from sovereign.latency import LatencyHistogram
 from sovereign.ledger import ZERO, new_deal, to_decimal
 from sovereign.orders import ClientIds
 from sovereign.recorder import event_log
@@ -148,6 +150,7 @@ def run(child: Child, config: Config) -> None:
     sig_buf = np.zeros(SIGNAL_BATCH, SIGNAL_DTYPE)
     rep_buf = np.zeros(reports.capacity, ORDER_DTYPE)
     signals, next_beat = 0, 0.0
+    signal_in, intent_out = LatencyHistogram(), LatencyHistogram()
     recent: list[np.ndarray] = []
     keep = config.system.signal_history
 
@@ -168,12 +171,16 @@ def run(child: Child, config: Config) -> None:
 
         store.write(tx)
 
+    watched = [*signal_rings, reports]
     # Stopping: the workers have exited; take the signals they left first.
     while not child.stop_requested or any(r.stats()["depth"] for r in signal_rings):
+        # Asleep until a signal or a report comes (any ring's push wakes it), or the beat is due.
+        wait_for_records(watched, timeout=max(0.0, next_beat - time.monotonic()))
         got = 0
-        for k, ring in enumerate(signal_rings):  # wait on the signals (the latency path), not the reports
-            n = ring.pop_into(sig_buf, timeout=0.0002 / len(signal_rings))
+        for k, ring in enumerate(signal_rings):
+            n = ring.pop_into(sig_buf)
             if n:
+                popped = time.monotonic_ns()
                 got += n
                 if keep:
                     recent.append(sig_buf[:n].copy())
@@ -184,6 +191,8 @@ def run(child: Child, config: Config) -> None:
                 issued.clear()
                 if len(out):
                     intents.push(out, timeout=1.0)
+                    intent_out.add_since(out["origin_ns"], time.monotonic_ns())
+                signal_in.add_since(sig_buf["origin_ns"][:n], popped)  # after the push: off the path
         signals += got
         n = reports.pop_into(rep_buf, timeout=0.0)
         if n:
@@ -198,6 +207,9 @@ def run(child: Child, config: Config) -> None:
             record()
             child.beat(RUNNING, signals=signals, orders=coord.intents)
     record()
+    # Hop by hop, from each tick's arrival at the gateway (bench/bench_pipeline.py reads it).
+    hops = {"tick_to_signal": signal_in.to_dict(), "tick_to_intent": intent_out.to_dict()}
+    store.write(lambda t: t.journal("coordinator_stats", signals=signals, intents=coord.intents, **hops))
     if log is not None:
         log.close()
     child.beat(STOPPED, signals=signals, orders=coord.intents)

@@ -38,6 +38,7 @@ __all__ = [
     "TickRing",
     "first_touch",
     "last_of_each",
+    "wait_for_records",
 ]
 
 
@@ -112,4 +113,5 @@ RingError = _core.RingError
 Screen = _core.Screen
 SignalBook = _core.SignalBook
 last_of_each = _core.last_of_each
+wait_for_records = _core.wait_for_records
 first_touch = _core.first_touch

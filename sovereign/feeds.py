@@ -72,6 +72,15 @@ class Feed:
             self._finish()
         return out
 
+    def due_in(self) -> float:
+        """Seconds until the next tick is due (realtime; 0 when one may be due now or the
+        pace is fast): how long the gateway may sleep before asking again."""
+        if not self.realtime or self.done or len(self._pending) == 0 or self._wall0 == 0:
+            return 0.0
+        market_ns = (int(self._pending["ts_ns"][0]) - self._market0) / self.speed
+        wait_ns = market_ns - (time.time_ns() - self._wall0)
+        return max(0.0, wait_ns / NS)
+
     def _finish(self) -> None:
         self.done = True
         self.finished_at = time.monotonic()

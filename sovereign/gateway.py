@@ -38,9 +38,11 @@ from sovereign.core import (
     OrderRing,
     QuoteBoard,
     TickRing,
+    wait_for_records,
 )
 from sovereign.failpoints import failpoint
 from sovereign.feeds import Feed
+from sovereign.latency import LatencyHistogram
 from sovereign.ledger import to_decimal
 from sovereign.orders import OrderBook, OrderState
 from sovereign.recorder import EventLog, Recorder, event_log, record_dir
@@ -63,8 +65,8 @@ class Gateway:
         self.store = store
         self.book = OrderBook(store)
         self.broker = broker
-        self.to_broker_ns: list[int] = []  # tick receive -> broker call, per order
-        self.to_gateway_ns: list[int] = []  # tick receive -> approved order at the gateway
+        self.to_broker = LatencyHistogram()  # tick receive -> broker call, per order
+        self.to_gateway = LatencyHistogram()  # tick receive -> approved order at the gateway
         self.orders = self.fills = self.rejects = 0
         saved = store.read(lambda t: t.get("bridge", BROKER_KEY))
         if saved is not None:
@@ -126,10 +128,8 @@ class Gateway:
         transaction before the first broker call, and the results in one after the last,
         so a burst of orders costs two fsyncs, not two per order."""
         fields: list[dict[str, Any]] = []
-        now = time.monotonic_ns()
+        arrived = time.monotonic_ns()
         for rec in approved:
-            if rec["origin_ns"]:  # 0: no tick led to it (risk's own exits, a bar closed by the clock)
-                self.to_gateway_ns.append(now - int(rec["origin_ns"]))
             fields.append({"symbol": int(rec["symbol"]), "side": int(rec["side"]),
                            "volume": float(rec["volume"]),
                            "price": float(rec["price"]), "sl": float(rec["sl"]), "tp": float(rec["tp"]),
@@ -144,8 +144,7 @@ class Gateway:
         self.store.write(submitting)
         if submitted is not None:  # durable in SUBMITTING, not sent yet
             submitted()
-        now = time.monotonic_ns()
-        self.to_broker_ns.extend(now - int(o) for o in approved["origin_ns"] if o)
+        sending = time.monotonic_ns()
         executions = [execute(self.broker, rec) for rec in approved]
         reports = [_report(ex, rec) for ex, rec in zip(executions, approved, strict=True)]
 
@@ -156,6 +155,9 @@ class Gateway:
             t.put("bridge", LAST_REPORTS_KEY, reports)
 
         self.store.write(results)
+        # origin 0: no tick led to it (risk's own exits, a bar closed by the clock)
+        self.to_gateway.add_since(approved["origin_ns"], arrived)
+        self.to_broker.add_since(approved["origin_ns"], sending)
         self.orders += len(cids)
         return np.array(reports, ORDER_DTYPE)
 
@@ -255,6 +257,7 @@ class BrokerLoop(threading.Thread):
         while True:
             try:
                 self.inbox.put((at, batch), timeout=0.1)
+                self.approved.wake_consumer()  # the broker side sleeps on the approved ring
                 return
             except queue.Full:
                 self.check()
@@ -281,6 +284,7 @@ class BrokerLoop(threading.Thread):
 
     def finish(self) -> None:
         self.finishing = True
+        self.approved.wake_consumer()
 
     # ---- the broker's side
 
@@ -294,10 +298,13 @@ class BrokerLoop(threading.Thread):
         buf = np.zeros(self.approved.capacity, ORDER_DTYPE)
         while True:
             self.turn_at = time.monotonic()
+            seen = self.approved.doorbell()  # before looking at the inbox: a batch given after rings it
             taken = self._take()
             if taken:
                 self._ticks(taken)
-            n = self.approved.pop_into(buf, timeout=0.0 if taken else 0.0005)
+            elif not self.finishing:  # asleep until an approved order, a batch (the feed's kick) or 50 ms
+                wait_for_records([self.approved], timeout=0.05, since=[seen])
+            n = self.approved.pop_into(buf)
             if n:
                 self._orders(buf[:n].copy())
             if self.finishing and not n and self.caught_up() and not self.approved.stats()["depth"]:
@@ -410,8 +417,8 @@ def run(child: Child, config: Config) -> None:
                         broker.log("lost", at, at + len(batch), k, pushed)
             broker.give(at, batch)  # waits while the broker is a full inbox behind
             ticks += len(batch)
-        else:
-            time.sleep(0.0005)  # the feed is done or stopped: the broker side still runs
+        else:  # nothing due yet (realtime), or the feed is done or stopped: the broker side still runs
+            time.sleep(min(feed.due_in(), 0.01) if feeding and not feed.done else 0.01)
         if time.monotonic() >= next_beat and broker.healthy():
             next_beat = time.monotonic() + 0.05
             # Feed done only once the broker has seen every tick: what they filled is pushed.
@@ -435,17 +442,10 @@ def run(child: Child, config: Config) -> None:
 
 
 def _final_stats(store: StateStore, gw: Gateway, ticks: int, lost: int, feed_s: float) -> None:
-    def pct(xs: list[int]) -> dict[str, float]:
-        if not xs:
-            return {}
-        a = np.array(xs) / 1000.0
-        return {"n": len(xs), "p50_us": float(np.percentile(a, 50)), "p99_us": float(np.percentile(a, 99)),
-                "max_us": float(a.max())}  # fmt: skip
-
     def tx(t: Txn) -> None:
         t.delete("bridge", LAST_REPORTS_KEY)  # every report was pushed
         t.journal("gateway_stats", ticks=ticks, feed_s=feed_s, lost_ticks=lost, orders=gw.orders,
-                  fills=gw.fills, rejects=gw.rejects, tick_to_broker=pct(gw.to_broker_ns),
-                  tick_to_gateway=pct(gw.to_gateway_ns))  # fmt: skip
+                  fills=gw.fills, rejects=gw.rejects, tick_to_broker=gw.to_broker.to_dict(),
+                  tick_to_gateway=gw.to_gateway.to_dict())  # fmt: skip
 
     store.write(tx)

@@ -23,8 +23,17 @@ import numpy as np
 
 from sovereign.broker.paper import SymbolSpec
 from sovereign.config import Config, RiskConfig
-from sovereign.core import NO_AGENT, ORDER_APPROVED, ORDER_DTYPE, ORDER_FILL, OrderRing, QuoteBoard
+from sovereign.core import (
+    NO_AGENT,
+    ORDER_APPROVED,
+    ORDER_DTYPE,
+    ORDER_FILL,
+    OrderRing,
+    QuoteBoard,
+    wait_for_records,
+)
 from sovereign.failpoints import failpoint
+from sovereign.latency import LatencyHistogram
 from sovereign.ledger import ZERO, Ledger, new_deal, same_book, to_decimal
 from sovereign.orders import ClientIds, OrderBook, OrderState
 from sovereign.recorder import event_log
@@ -419,9 +428,14 @@ def run(child: Child, config: Config) -> None:
         since = time.monotonic() - REPORT_WAIT_S
         return any(t > since for t in awaiting.values())
 
+    watched = [intents, reports]
+    intent_in, approved_out = LatencyHistogram(), LatencyHistogram()
     while not child.stop_requested or draining():
-        n = intents.pop_into(buf, timeout=0.0005)
+        # Asleep until an intent or a report comes, or the next mark (every 10 ms) is due.
+        wait_for_records(watched, timeout=max(0.0, min(next_mark, next_beat) - time.monotonic()))
+        n = intents.pop_into(buf)
         if n:
+            popped = time.monotonic_ns()
             taken += n
             clock_ns = now()
             ok, refused = risk.on_intents(buf[:n], read, clock_ns)
@@ -430,6 +444,8 @@ def run(child: Child, config: Config) -> None:
                 log.flush()
             if len(ok):
                 push(ok)
+                approved_out.add_since(ok["origin_ns"], time.monotonic_ns())
+            intent_in.add_since(buf["origin_ns"][:n], popped)  # after the push: off the path
             if refused:
                 failpoint("risk.refusing")
                 persist(refused)
@@ -475,6 +491,9 @@ def run(child: Child, config: Config) -> None:
             child.beat(RUNNING, orders=len(risk.approved_ts), rejects=sum(risk.rejected.values()))
     persist(book_changed=True)
     committer.close()
+    # Hop by hop, from each tick's arrival at the gateway (bench/bench_pipeline.py reads it).
+    store.write(lambda t: t.journal("risk_stats", intents=taken, tick_to_intent=intent_in.to_dict(),
+                                    tick_to_approved=approved_out.to_dict()))  # fmt: skip
     if log is not None:
         log.close()
     child.beat(STOPPED)

@@ -14,7 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sovereign.core import LAYOUT_VERSION, TICK_DTYPE, RingError, SignalRing, TickRing
+from sovereign.core import (
+    LAYOUT_VERSION,
+    ORDER_DTYPE,
+    TICK_DTYPE,
+    OrderRing,
+    RingError,
+    SignalRing,
+    TickRing,
+    wait_for_records,
+)
 from tests.helpers import ring_name
 
 CTX = mp.get_context("spawn")
@@ -214,6 +223,52 @@ def test_a_producer_waiting_for_room_is_woken_by_the_pop() -> None:
         s = ring.stats()
         assert seen == list(range(n))
         assert s["full_waits"] >= 1 and s["late_wakes"] == 0 and s["dropped"] == 0
+
+
+def _wait_on_three(names, n, conn) -> None:
+    """Consumer of three rings: sleeps until any has records, takes them, says which."""
+    rings = [TickRing.attach(names[0]), OrderRing.attach(names[1]), TickRing.attach(names[2])]
+    bufs = [np.zeros(4, TICK_DTYPE), np.zeros(4, ORDER_DTYPE), np.zeros(4, TICK_DTYPE)]
+    conn.send("ready")
+    for _ in range(n):
+        assert wait_for_records(rings, timeout=30.0)
+        got = [r.pop_into(b) for r, b in zip(rings, bufs, strict=True)]
+        conn.send(got)
+    conn.send([r.stats()["late_wakes"] for r in rings])
+
+
+def test_wait_for_records_wakes_on_a_push_to_any_ring() -> None:
+    """One sleep over several rings (futex_waitv): each push, 0.3 ms after the consumer
+    answered (so it is asleep), wakes it, whichever ring it went to."""
+    n = 300
+    with (TickRing.create(ring_name(), 8) as a, OrderRing.create(ring_name(), 8) as b,
+          TickRing.create(ring_name(), 8) as c):  # fmt: skip
+        parent, child = CTX.Pipe()
+        p = CTX.Process(target=_wait_on_three, args=((a.name, b.name, c.name), n, child), daemon=True)
+        p.start()
+        assert parent.recv() == "ready"
+        for i in range(n):
+            time.sleep(0.0003)
+            k = i % 3
+            (a, b, c)[k].push(np.zeros(1, ORDER_DTYPE if k == 1 else TICK_DTYPE))
+            assert parent.recv() == [int(j == k) for j in range(3)]
+        assert parent.recv() == [0, 0, 0]  # no late wakes: every push rang
+        p.join(10)
+        assert p.exitcode == 0
+
+
+def test_wait_for_records_times_out_and_refuses_bad_arguments() -> None:
+    with TickRing.create(ring_name(), 8) as a, SignalRing.create(ring_name(), 8) as b:
+        assert not wait_for_records([a, b], timeout=0.01)
+        assert not wait_for_records([a], timeout=0.0)
+        a.push(seq_ticks(0, 1))
+        assert wait_for_records([b, a], timeout=0.0)
+        with pytest.raises(TypeError, match="TickRing, SignalRing or OrderRing"):
+            wait_for_records([a, "x"])  # type: ignore[list-item]
+        with pytest.raises(ValueError, match="1 to 128"):
+            wait_for_records([])
+        with pytest.raises(ValueError, match="timeout"):
+            wait_for_records([a], timeout=-1.0)
 
 
 def test_owner_unlinks_on_close_attacher_does_not() -> None:

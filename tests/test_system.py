@@ -67,6 +67,13 @@ def test_ticks_become_signals_orders_fills_and_positions_in_lmdb(tmp_path: Path)
     events = journal(state)
     stats = next(e for e in events if e["event"] == "gateway_stats")
     assert stats["ticks"] == 3_000_000 and stats["lost_ticks"] == 0
+    # Every hop of tick-to-order journals its latency; each later hop saw no more records.
+    coord = next(e for e in events if e["event"] == "coordinator_stats")
+    risk = next(e for e in events if e["event"] == "risk_stats")
+    hops = [coord["tick_to_signal"], coord["tick_to_intent"], risk["tick_to_intent"],
+            risk["tick_to_approved"], stats["tick_to_gateway"], stats["tick_to_broker"]]  # fmt: skip
+    assert all(h["n"] > 0 and 0 < h["p50_us"] <= h["p99_us"] <= h["max_us"] for h in hops), hops
+    assert coord["tick_to_intent"]["n"] == risk["tick_to_intent"]["n"] >= risk["tick_to_approved"]["n"]
     book = orders(state)
     states = Counter(o["state"] for o in book)
     assert states["FILLED"] >= 20, states
