@@ -190,8 +190,9 @@ def run(child: Child, config: Config) -> None:
                     log.flush()
                 issued.clear()
                 if len(out):
+                    pushing = time.monotonic_ns()  # before: the push may hand the core to risk
                     intents.push(out, timeout=1.0)
-                    intent_out.add_since(out["origin_ns"], time.monotonic_ns())
+                    intent_out.add_since(out["origin_ns"], pushing)
                 signal_in.add_since(sig_buf["origin_ns"][:n], popped)  # after the push: off the path
         signals += got
         n = reports.pop_into(rep_buf, timeout=0.0)

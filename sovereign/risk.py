@@ -386,8 +386,10 @@ def run(child: Child, config: Config) -> None:
     # Refusals and risk's state wait for nothing risk does next: those lost with a killed
     # risk are what the replay already handles (the intents its last commit covers). So
     # they are committed on a thread, spaced, and the decisions never wait for them. The
-    # book, changed by reports, is committed before risk goes on (flush): it is what the
-    # operator's views show, and it must stay the broker's, not up to a spacing behind.
+    # book, changed by reports, is committed at once (hurry), not after the spacing: it is
+    # what the operator's views show, and it must stay the broker's, not up to a spacing
+    # behind. Risk does not wait for that commit: it decides on the intents meanwhile. A
+    # risk killed before it lands restarts from the broker's book (reconciled below).
     committer = Committer(store, "risk-commits", every_s=RISK_COMMIT_EVERY_S)
 
     def persist(refused: list | None = None, book_changed: bool = False) -> None:
@@ -409,7 +411,7 @@ def run(child: Child, config: Config) -> None:
 
         committer.submit(tx)
         if book is not None:
-            committer.flush()
+            committer.hurry()
 
     next_mark = next_save = next_beat = 0.0
     awaiting: dict[int, float] = {}  # client id -> when approved, until its report comes back
@@ -443,8 +445,9 @@ def run(child: Child, config: Config) -> None:
             if log is not None:
                 log.flush()
             if len(ok):
+                pushing = time.monotonic_ns()  # before: the push may hand the core to the gateway
                 push(ok)
-                approved_out.add_since(ok["origin_ns"], time.monotonic_ns())
+                approved_out.add_since(ok["origin_ns"], pushing)
             intent_in.add_since(buf["origin_ns"][:n], popped)  # after the push: off the path
             if refused:
                 failpoint("risk.refusing")

@@ -248,11 +248,16 @@ class Committer:
         since = self._in_flight_since
         return since is not None and time.monotonic() - since > limit_s
 
-    def flush(self) -> None:
-        """Wait until everything submitted is committed (now: not after the spacing)."""
+    def hurry(self) -> None:
+        """Commit everything submitted now, not after the spacing, without waiting for it."""
         with self._cv:
             self._flush_upto = max(self._flush_upto, self._submitted)
             self._cv.notify_all()
+
+    def flush(self) -> None:
+        """Wait until everything submitted is committed (now: not after the spacing)."""
+        self.hurry()
+        with self._cv:
             self._cv.wait_for(lambda: self._error is not None or self._committed >= self._flush_upto)
         self.check()
 

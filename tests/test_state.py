@@ -237,6 +237,12 @@ def test_the_committer_spaces_its_commits(tmp_path: Path) -> None:
 
         finish(c.flush)
         assert st.read(lambda t: t.get("meta", "b")) == 2
+        c.submit(lambda t: t.put("meta", "h", 4))
+        c.hurry()  # returns at once; the commit comes without the hour's spacing
+        deadline = time.monotonic() + 30
+        while st.read(lambda t: t.get("meta", "h")) is None:
+            assert time.monotonic() < deadline, "hurry waited out the spacing"
+            time.sleep(0.005)
         c.submit(lambda t: t.put("meta", "c", 3))
         finish(c.close)  # close commits what is left
         assert st.read(lambda t: t.get("meta", "c")) == 3
