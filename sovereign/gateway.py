@@ -257,7 +257,11 @@ class BrokerLoop(threading.Thread):
         while True:
             try:
                 self.inbox.put((at, batch), timeout=0.1)
-                self.approved.wake_consumer()  # the broker side sleeps on the approved ring
+                # The broker side may be asleep (on the approved ring) only if this batch is
+                # the only one waiting: with another ahead of it, it has a take still to do,
+                # which finds this one too. So a busy broker side is not woken per batch.
+                if self.inbox.qsize() <= 1:
+                    self.approved.wake_consumer()
                 return
             except queue.Full:
                 self.check()
@@ -391,11 +395,14 @@ def run(child: Child, config: Config) -> None:
     feeding, ticks, lost, next_beat = True, 0, 0, 0.0
     started = time.monotonic()
     # The feed side: ticks -> recorder, board, workers, and the broker's inbox.
+    next_look = 0.0
     while not child.stop_requested:
         broker.check()
-        for msg in child.messages():
-            if msg[0] == "stop_feed":
-                feeding = False
+        if time.monotonic() >= next_look:  # a poll(2) of the control pipe: not one per batch
+            next_look = time.monotonic() + 0.005
+            for msg in child.messages():
+                if msg[0] == "stop_feed":
+                    feeding = False
         feeding = feeding and not child.stop_requested
         batch = feed.next(FEED_BATCH) if feeding else None
         if batch is not None and len(batch):
