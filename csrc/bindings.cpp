@@ -363,7 +363,7 @@ RingHeader* ring_header(const py::handle& obj) {
   if (py::isinstance<ShmRing<Signal>>(obj)) return obj.cast<ShmRing<Signal>&>().shared_header();
   if (py::isinstance<ShmRing<Order>>(obj)) return obj.cast<ShmRing<Order>&>().shared_header();
   throw py::type_error("wait_for_records takes TickRing, SignalRing or OrderRing objects, got " +
-                       std::string(py::str(obj.get_type())));
+                       std::string(py::str(py::type::handle_of(obj))));
 }
 
 bool wait_for_records_py(const py::sequence& rings, std::optional<double> timeout,
