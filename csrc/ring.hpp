@@ -23,6 +23,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
@@ -236,7 +237,8 @@ bool wait_for_records(RingHeader* const* heads, size_t n, int64_t timeout_ns, Ke
     if (timeout_ns >= 0 && elapsed_ns() >= timeout_ns) return any();
   }
 #if defined(__linux__)
-  static std::atomic<bool> no_waitv{false};
+  // SOVEREIGN_NO_FUTEX_WAITV set: take the fallback as on a kernel without it (tests do).
+  static std::atomic<bool> no_waitv{std::getenv("SOVEREIGN_NO_FUTEX_WAITV") != nullptr};
   futex_waitv waiters[kMaxRings];
 #endif
   for (;;) {

@@ -237,10 +237,14 @@ def _wait_on_three(names, n, conn) -> None:
     conn.send([r.stats()["late_wakes"] for r in rings])
 
 
-def test_wait_for_records_wakes_on_a_push_to_any_ring() -> None:
+@pytest.mark.parametrize("waitv", [True, False], ids=["futex_waitv", "fallback naps"])
+def test_wait_for_records_wakes_on_a_push_to_any_ring(waitv: bool, monkeypatch) -> None:
     """One sleep over several rings (futex_waitv): each push, 0.3 ms after the consumer
-    answered (so it is asleep), wakes it, whichever ring it went to."""
+    answered (so it is asleep), wakes it, whichever ring it went to. Without futex_waitv
+    (an older kernel, forced here) the same records come, by short naps."""
     n = 300
+    if not waitv:
+        monkeypatch.setenv("SOVEREIGN_NO_FUTEX_WAITV", "1")  # the spawned consumer reads it
     with (TickRing.create(ring_name(), 8) as a, OrderRing.create(ring_name(), 8) as b,
           TickRing.create(ring_name(), 8) as c):  # fmt: skip
         parent, child = CTX.Pipe()
@@ -255,6 +259,43 @@ def test_wait_for_records_wakes_on_a_push_to_any_ring() -> None:
         assert parent.recv() == [0, 0, 0]  # no late wakes: every push rang
         p.join(10)
         assert p.exitcode == 0
+
+
+def _wait_kicked(name, conn) -> None:
+    ring = TickRing.attach(name)
+    seen = ring.doorbell()
+    conn.send("ready")
+    t = time.monotonic()
+    got = wait_for_records([ring], timeout=30.0, since=[seen])
+    conn.send((got, time.monotonic() - t))
+
+
+def test_a_kick_ends_a_wait_with_nothing_to_take() -> None:
+    """wake_consumer() from a process that is neither producer nor consumer (the gateway's
+    feed thread, for its broker side) ends the consumer's wait at once, with False."""
+    with TickRing.create(ring_name(), 8) as ring:
+        parent, child = CTX.Pipe()
+        p = CTX.Process(target=_wait_kicked, args=(ring.name, child), daemon=True)
+        p.start()
+        assert parent.recv() == "ready"
+        time.sleep(0.05)  # asleep by now (or about to be: the since count covers that)
+        ring.wake_consumer()
+        got, waited = parent.recv()
+        p.join(10)
+    assert got is False and waited < 15.0  # woken, not the 30 s timeout
+
+
+def test_a_kick_before_the_wait_is_not_lost() -> None:
+    """The kick lands between looking at one's own queue and sleeping: `since` catches it."""
+    with TickRing.create(ring_name(), 8) as ring:
+        seen = ring.doorbell()
+        ring.wake_consumer()  # nobody asleep yet: only the count moves
+        t = time.monotonic()
+        assert wait_for_records([ring], timeout=30.0, since=[seen]) is False
+        assert time.monotonic() - t < 15.0  # at once, not the timeout
+        assert wait_for_records([ring], timeout=0.01, since=[ring.doorbell()]) is False  # a plain timeout
+        with pytest.raises(ValueError, match="one doorbell seq per ring"):
+            wait_for_records([ring], since=[seen, seen])
 
 
 def test_wait_for_records_times_out_and_refuses_bad_arguments() -> None:
