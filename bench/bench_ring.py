@@ -114,7 +114,9 @@ def _start(target, *args):
     parent, child = CTX.Pipe()
     p = CTX.Process(target=target, args=(*args, child), daemon=True)
     p.start()
-    assert parent.recv() == "ready"
+    # A consumer that died starting (a bad argument, say) fails the benchmark, not hangs it.
+    started = parent.poll(60) and parent.recv() == "ready"
+    assert started, f"{target.__name__} did not start (exit code {p.exitcode})"
     return p, parent
 
 
@@ -173,8 +175,9 @@ def test_ring_throughput(benchmark, report) -> None:
     report("ring", "mp.Queue ticks/s", QUEUE_TICKS / sec_queue, "ticks/s")
 
 
-def _echo_latency(name: str, n: int, conn) -> None:
-    """Consumer: busy-polls one tick at a time and records now - ts (CLOCK_MONOTONIC).
+def _echo_latency(name: str, n: int, wait: float, conn) -> None:
+    """Consumer: takes one tick at a time and records now - ts (CLOCK_MONOTONIC). wait 0:
+    busy-polls; else blocks in pop_into (spin, then asleep on the ring's futex doorbell).
     pop_into a reused buffer, as a hot loop should: pop() allocates an array per call,
     and that allocation alone puts ~25 us into the p99 here."""
     ring = TickRing.attach(name)
@@ -182,11 +185,10 @@ def _echo_latency(name: str, n: int, conn) -> None:
     buf = np.zeros(1, TICK_DTYPE)
     ts = buf["ts_ns"]
     conn.send("ready")
-    got = 0
-    while got < n:
-        if ring.pop_into(buf):
-            lat[got] = time.monotonic_ns() - ts[0]
-            got += 1
+    for i in range(n):
+        while not ring.pop_into(buf, timeout=wait):
+            pass
+        lat[i] = time.monotonic_ns() - ts[0]
     conn.send(lat)
     ring.close()
 
@@ -216,7 +218,7 @@ def paced_send(send, n: int, gap_ns: int = 20_000, spin: bool = True) -> None:
 
 def test_ring_latency(benchmark, report) -> None:
     with TickRing.create(f"sovlat-{os.getpid()}", 1024) as ring:
-        proc, conn = _start(_echo_latency, ring.name, LATENCY_TICKS)
+        proc, conn = _start(_echo_latency, ring.name, LATENCY_TICKS, 0.0)
 
         def send(one: np.ndarray) -> None:
             one["ts_ns"] = time.monotonic_ns()
@@ -243,21 +245,6 @@ WAKE_TICKS = 1500
 WAKE_GAP_NS = 1_000_000  # far past the consumer's spin: every tick finds it asleep
 
 
-def _sleeping_latency(name: str, n: int, conn) -> None:
-    """Consumer that blocks in pop_into (spin, then asleep on the ring's futex doorbell)."""
-    ring = TickRing.attach(name)
-    lat = np.empty(n, np.int64)
-    buf = np.zeros(1, TICK_DTYPE)
-    ts = buf["ts_ns"]
-    conn.send("ready")
-    for i in range(n):
-        while not ring.pop_into(buf, timeout=1.0):
-            pass
-        lat[i] = time.monotonic_ns() - ts[0]
-    conn.send(lat)
-    ring.close()
-
-
 def _pipe_latency(reader, n: int, conn) -> None:
     """Consumer that blocks in read(2) on a pipe: the kernel's plain way to wake a process."""
     lat = np.empty(n, np.int64)
@@ -272,7 +259,7 @@ def test_ring_wake_latency(benchmark, report) -> None:
     """A consumer asleep on an idle ring (the live system between bursts): one tick every
     millisecond, from push to the consumer holding it, against a pipe's wake-up."""
     with TickRing.create(f"sovwake-{os.getpid()}", 1024) as ring:
-        proc, conn = _start(_sleeping_latency, ring.name, WAKE_TICKS)
+        proc, conn = _start(_echo_latency, ring.name, WAKE_TICKS, 1.0)
 
         def send(one: np.ndarray) -> None:
             one["ts_ns"] = time.monotonic_ns()

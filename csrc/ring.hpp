@@ -111,6 +111,14 @@ inline void ring_doorbell(Doorbell& d) {
   }
 }
 
+// How long the next sleep may be: max_nap, or what is left of the timeout (< 0: none);
+// <= 0 once the timeout has passed.
+inline int64_t nap_within(int64_t timeout_ns, int64_t elapsed_ns, int64_t max_nap) {
+  if (timeout_ns < 0) return max_nap;
+  int64_t left = timeout_ns - elapsed_ns;
+  return left < max_nap ? left : max_nap;
+}
+
 // Spin briefly (a peer is usually microseconds away), then sleep on the doorbell until it
 // rings, so a wait costs no CPU and ends within a wake-up of the records arriving. Each
 // sleep is bounded (kMaxNap) so the timeout and `keep_waiting` are still honoured, and a
@@ -136,12 +144,8 @@ bool wait_until(Doorbell& bell, Ready&& ready, int64_t timeout_ns, KeepWaiting&&
     break;
   }
   for (;;) {
-    int64_t nap = kMaxNap;
-    if (timeout_ns >= 0) {
-      int64_t left = timeout_ns - elapsed_ns();
-      if (left <= 0) return ready();
-      if (left < nap) nap = left;
-    }
+    const int64_t nap = nap_within(timeout_ns, elapsed_ns(), kMaxNap);
+    if (nap <= 0) return ready();
     bell.waiting.store(1, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     const uint32_t seq = bell.seq.load(std::memory_order_acquire);
@@ -242,12 +246,8 @@ bool wait_for_records(RingHeader* const* heads, size_t n, int64_t timeout_ns, Ke
   futex_waitv waiters[kMaxRings];
 #endif
   for (;;) {
-    int64_t nap = kMaxNap;
-    if (timeout_ns >= 0) {
-      int64_t left = timeout_ns - elapsed_ns();
-      if (left <= 0) return any();
-      if (left < nap) nap = left;
-    }
+    const int64_t nap = nap_within(timeout_ns, elapsed_ns(), kMaxNap);
+    if (nap <= 0) return any();
     for (size_t i = 0; i < n; ++i) heads[i]->records.waiting.store(1, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     bool slept_through = false, woken = false;
