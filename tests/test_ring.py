@@ -261,41 +261,41 @@ def test_wait_for_records_wakes_on_a_push_to_any_ring(waitv: bool, monkeypatch) 
         assert p.exitcode == 0
 
 
-def _wait_kicked(name, conn) -> None:
+def _wait_kicked(name, kick_first, conn) -> None:
+    """Waits with no timeout, so only a kick can end the wait: a lost one leaves this
+    process hanging, and the test's join finds it alive."""
     ring = TickRing.attach(name)
     seen = ring.doorbell()
     conn.send("ready")
-    t = time.monotonic()
-    got = wait_for_records([ring], timeout=30.0, since=[seen])
-    conn.send((got, time.monotonic() - t))
+    if kick_first:
+        assert conn.recv() == "kicked"  # the kick came after `seen` was read, before the sleep
+    conn.send(wait_for_records([ring], timeout=None, since=[seen]))
 
 
-def test_a_kick_ends_a_wait_with_nothing_to_take() -> None:
+@pytest.mark.parametrize("kick_first", [False, True], ids=["kick while asleep", "kick before the wait"])
+def test_a_kick_ends_a_wait_with_nothing_to_take(kick_first: bool) -> None:
     """wake_consumer() from a process that is neither producer nor consumer (the gateway's
-    feed thread, for its broker side) ends the consumer's wait at once, with False."""
+    feed thread, for its broker side) ends the consumer's wait, with False. A kick between
+    reading `since` and sleeping is not lost either: the wait returns at once."""
     with TickRing.create(ring_name(), 8) as ring:
         parent, child = CTX.Pipe()
-        p = CTX.Process(target=_wait_kicked, args=(ring.name, child), daemon=True)
+        p = CTX.Process(target=_wait_kicked, args=(ring.name, kick_first, child), daemon=True)
         p.start()
         assert parent.recv() == "ready"
-        time.sleep(0.05)  # asleep by now (or about to be: the since count covers that)
+        if not kick_first:
+            time.sleep(0.05)  # asleep by now
         ring.wake_consumer()
-        got, waited = parent.recv()
-        p.join(10)
-    assert got is False and waited < 15.0  # woken, not the 30 s timeout
-
-
-def test_a_kick_before_the_wait_is_not_lost() -> None:
-    """The kick lands between looking at one's own queue and sleeping: `since` catches it."""
-    with TickRing.create(ring_name(), 8) as ring:
-        seen = ring.doorbell()
-        ring.wake_consumer()  # nobody asleep yet: only the count moves
-        t = time.monotonic()
-        assert wait_for_records([ring], timeout=30.0, since=[seen]) is False
-        assert time.monotonic() - t < 15.0  # at once, not the timeout
+        if kick_first:
+            parent.send("kicked")
+        p.join(60)
+        alive = p.is_alive()
+        if alive:
+            p.kill()
+        assert not alive, "the kick was lost: the wait never ended"
+        assert p.exitcode == 0 and parent.recv() is False
         assert wait_for_records([ring], timeout=0.01, since=[ring.doorbell()]) is False  # a plain timeout
         with pytest.raises(ValueError, match="one doorbell seq per ring"):
-            wait_for_records([ring], since=[seen, seen])
+            wait_for_records([ring], since=[0, 0])
 
 
 def test_wait_for_records_times_out_and_refuses_bad_arguments() -> None:
