@@ -13,6 +13,14 @@ import numpy as np
 
 SUB = 16  # buckets per doubling
 OCTAVES = 41  # 1 ns .. 2^41 ns (36 min); longer is counted in the last bucket
+SMALL = 16  # batches up to this size are bucketed in plain Python
+
+
+def bucket(ns: int) -> int:
+    """The bucket of one latency (ns >= 1), in integers: the octave, then the next 4 bits."""
+    exp = ns.bit_length() - 1
+    sub = (ns >> (exp - 4)) & (SUB - 1) if exp >= 4 else (ns << (4 - exp)) & (SUB - 1)
+    return min(exp * SUB + sub, OCTAVES * SUB - 1)
 
 
 class LatencyHistogram:
@@ -26,17 +34,31 @@ class LatencyHistogram:
         v = np.maximum(np.asarray(ns, np.int64), 1)
         if not len(v):
             return
+        if len(v) <= SMALL:
+            for x in v.tolist():
+                self._one(x)
+            return
         exp = np.floor(np.log2(v)).astype(np.int64)
         sub = ((v / np.exp2(exp) - 1.0) * SUB).astype(np.int64)
         idx = np.minimum(exp * SUB + np.minimum(sub, SUB - 1), len(self.counts) - 1)
-        np.add.at(self.counts, idx, 1)
+        self.counts += np.bincount(idx, minlength=len(self.counts))
         self.n += len(v)
         self.max_ns = max(self.max_ns, int(v.max()))
 
     def add_since(self, origins_ns: np.ndarray, now_ns: int) -> None:
         """Record now - origin for each nonzero origin (0: no tick led to the record)."""
+        if len(origins_ns) <= SMALL:  # the usual batch on the latency path: no numpy calls
+            for o in origins_ns.tolist():
+                if o:
+                    self._one(max(now_ns - o, 1))
+            return
         o = np.asarray(origins_ns, np.int64)
         self.add(now_ns - o[o != 0])
+
+    def _one(self, ns: int) -> None:
+        self.counts[bucket(ns)] += 1
+        self.n += 1
+        self.max_ns = max(self.max_ns, ns)
 
     def percentile(self, q: float) -> float:
         """The q-th percentile in nanoseconds (the middle of its bucket); 0 when empty."""

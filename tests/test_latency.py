@@ -35,3 +35,21 @@ def test_values_past_the_range_land_in_the_last_bucket() -> None:
     h.add(np.array([0, -5, 1, 2**50]))
     assert h.n == 4 and h.counts[-1] == 1 and h.counts[0] == 3
     assert h.percentile(100) == float(2**50)  # the max, not past it
+
+
+def test_small_batches_land_in_the_same_buckets_as_large_ones() -> None:
+    """Batches up to SMALL are bucketed in Python integers, larger ones in numpy floats."""
+    rng = np.random.default_rng(3)
+    ns = np.concatenate([rng.integers(1, 2**41, 5000), 2 ** np.arange(42), 2 ** np.arange(1, 42) - 1])
+    one_by_one, at_once = LatencyHistogram(), LatencyHistogram()
+    for x in ns:
+        one_by_one.add(np.array([x]))
+    at_once.add(ns)
+    assert np.array_equal(one_by_one.counts, at_once.counts)
+    since_once, since_small = LatencyHistogram(), LatencyHistogram()
+    origins = np.where(rng.random(400) < 0.2, 0, rng.integers(1, 10**9, 400))  # zeros: no tick behind it
+    since_once.add_since(origins, now_ns=2 * 10**9)
+    for part in np.array_split(origins, 100):
+        since_small.add_since(part, now_ns=2 * 10**9)
+    assert np.array_equal(since_once.counts, since_small.counts) and since_once.n == since_small.n
+    assert since_once.max_ns == since_small.max_ns
