@@ -237,15 +237,15 @@ class BrokerLoop(threading.Thread):
     shown to the broker as one (the same fills: tests/test_paper_broker.py), so a burst
     costs one commit, not one per batch."""
 
-    INBOX = 32  # batches the broker side may fall behind before the feed waits
     COALESCE = 16  # batches shown to the broker at once, at most
 
     def __init__(self, gw: Gateway, approved: OrderRing, send_reports: Callable[[np.ndarray], None],
-                 log: EventLog | None, position: int):  # fmt: skip
+                 log: EventLog | None, position: int, inbox: int = 8):  # fmt: skip
         super().__init__(name="broker", daemon=True)
         self.gw, self.approved, self.send_reports, self.event_log = gw, approved, send_reports, log
         self.position = position  # ticks shown to the broker (the recording's count)
-        self.inbox: queue.Queue[tuple[int, np.ndarray]] = queue.Queue(self.INBOX)
+        # Batches the broker side may fall behind before the feed waits (system.broker_inbox).
+        self.inbox: queue.Queue[tuple[int, np.ndarray]] = queue.Queue(inbox)
         self.log_lock = threading.Lock()
         self.finishing = False
         self.error: BaseException | None = None
@@ -389,7 +389,7 @@ def run(child: Child, config: Config) -> None:
             ring.push(reports, timeout=1.0)
 
     send_reports(unsent)  # what the last gateway committed and may never have pushed
-    broker = BrokerLoop(gw, approved, send_reports, log, base)
+    broker = BrokerLoop(gw, approved, send_reports, log, base, config.system.broker_inbox)
     broker.start()
     stalled = [False] * layout.n_workers
     feeding, ticks, lost, next_beat = True, 0, 0, 0.0
