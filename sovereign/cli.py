@@ -230,6 +230,10 @@ def _print_status(data: dict[str, Any], t: Target) -> None:
         r = data["rates"]
         con.print(f"rates: {r.get('ticks', 0):,.0f} ticks/s · {r.get('signals', 0):,.0f} signals/s · "
                   f"{r.get('orders', 0):,.2f} orders/s")  # fmt: skip
+        lat = data.get("tick_to_order") or {}
+        window = f"tick-to-order over the last full {lat.get('window_s', 0):.0f} s"
+        con.print(f"{window}: p50 {lat['p50_us'] / 1e3:,.2f} ms · p99 {lat['p99_us'] / 1e3:,.2f} ms · "
+                  f"{lat['n']:,} orders" if lat.get("n") else f"{window}: no orders")  # fmt: skip
     a = data.get("account")
     if not a or a.get("state") is None:
         con.print("account: no risk state yet")

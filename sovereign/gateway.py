@@ -47,7 +47,7 @@ from sovereign.ledger import to_decimal
 from sovereign.orders import OrderBook, OrderState
 from sovereign.recorder import EventLog, Recorder, event_log, record_dir
 from sovereign.risk import Reason
-from sovereign.runtime import FEED_DONE, RUNNING, STOPPED, Child, symbol_specs
+from sovereign.runtime import FEED_DONE, LATENCY_WINDOW_S, RUNNING, STOPPED, Child, symbol_specs
 from sovereign.state import StateStore, Txn, u64_key
 
 EXIT_REASONS = {"sl": Reason.EXIT_SL, "tp": Reason.EXIT_TP}
@@ -67,6 +67,10 @@ class Gateway:
         self.broker = broker
         self.to_broker = LatencyHistogram()  # tick receive -> broker call, per order
         self.to_gateway = LatencyHistogram()  # tick receive -> approved order at the gateway
+        # The same over the current window, and the last full window's (n, p50, p99) in ns,
+        # which the heartbeat publishes for `sovereign status`.
+        self.window, self.window_from = LatencyHistogram(), time.monotonic()
+        self.last_window = (0, 0, 0)
         self.orders = self.fills = self.rejects = 0
         saved = store.read(lambda t: t.get("bridge", BROKER_KEY))
         if saved is not None:
@@ -157,9 +161,17 @@ class Gateway:
         self.store.write(results)
         # origin 0: no tick led to it (risk's own exits, a bar closed by the clock)
         self.to_gateway.add_since(approved["origin_ns"], arrived)
+        self.window.add_since(approved["origin_ns"], arrived)
         self.to_broker.add_since(approved["origin_ns"], sending)
         self.orders += len(cids)
         return np.array(reports, ORDER_DTYPE)
+
+    def roll_window(self, now: float) -> None:
+        """Close the latency window once it is LATENCY_WINDOW_S old (the broker side calls it)."""
+        if now - self.window_from >= LATENCY_WINDOW_S:
+            w = self.window
+            self.last_window = (w.n, int(w.percentile(50)), int(w.percentile(99)))
+            self.window, self.window_from = LatencyHistogram(), now
 
     def _record(self, t: Txn, cid: int, ex: Execution) -> None:
         t.put("bridge", exec_key(cid), ex.to_dict())
@@ -302,6 +314,7 @@ class BrokerLoop(threading.Thread):
         buf = np.zeros(self.approved.capacity, ORDER_DTYPE)
         while True:
             self.turn_at = time.monotonic()
+            self.gw.roll_window(self.turn_at)
             seen = self.approved.doorbell()  # before looking at the inbox: a batch given after rings it
             taken = self._take()
             if taken:
@@ -430,8 +443,9 @@ def run(child: Child, config: Config) -> None:
             next_beat = time.monotonic() + 0.05
             # Feed done only once the broker has seen every tick: what they filled is pushed.
             done = (feed.done or not feeding) and broker.caught_up()
+            n, p50, p99 = gw.last_window
             child.beat(FEED_DONE if done else RUNNING, ticks=ticks, orders=gw.orders, rejects=gw.rejects,
-                       dropped=lost)  # fmt: skip
+                       dropped=lost, latency_n=n, latency_p50_ns=p50, latency_p99_ns=p99)  # fmt: skip
     # Stopping: risk has exited; the broker side sends the orders it left, then ends.
     broker.finish()
     while broker.is_alive():

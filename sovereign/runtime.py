@@ -37,8 +37,13 @@ HEARTBEAT_DTYPE = np.dtype([
     ("pid", "<i8"), ("started_ns", "<i8"), ("beat_ns", "<i8"), ("state", "<i8"), ("core", "<i8"),
     ("restarts", "<i8"),  # written by the supervisor; everything else by the child
     ("ticks", "<u8"), ("signals", "<u8"), ("orders", "<u8"), ("rejects", "<u8"), ("dropped", "<u8"),
-    ("pad", "<u8", 5),
+    # the gateway's tick-to-order over its last full window (LATENCY_WINDOW_S); n 0: no orders
+    ("latency_n", "<u8"), ("latency_p50_ns", "<u8"), ("latency_p99_ns", "<u8"),
+    ("pad", "<u8", 2),
 ])  # fmt: skip
+LATENCY_WINDOW_S = 10.0
+COUNTERS = ("ticks", "signals", "orders", "rejects", "dropped",
+            "latency_n", "latency_p50_ns", "latency_p99_ns")  # fmt: skip
 assert HEARTBEAT_DTYPE.itemsize == 128
 
 
@@ -163,7 +168,7 @@ class Heartbeats:
     def start(self, slot: int, core: int | None) -> None:
         s = self.slots[slot : slot + 1]
         s["pid"], s["started_ns"], s["core"] = os.getpid(), time.time_ns(), -1 if core is None else core
-        for k in ("ticks", "signals", "orders", "rejects", "dropped"):
+        for k in COUNTERS:
             s[k] = 0
         self.beat(slot, STARTING)
 

@@ -30,6 +30,7 @@ from sovereign.data import load_ticks
 from sovereign.recorder import new_session
 from sovereign.runtime import (
     FEED_DONE,
+    LATENCY_WINDOW_S,
     ORDER_RING,
     SIGNAL_RING,
     STARTING,
@@ -405,11 +406,15 @@ class Supervisor:
                 "restarts": proc.restarts, "ticks": int(s["ticks"]), "signals": int(s["signals"]),
                 "orders": int(s["orders"]), "rejects": int(s["rejects"]), "dropped": int(s["dropped"]),
             })  # fmt: skip
+        g = self.hb.slots[self.layout.slot("gateway")]
+        latency = {"window_s": LATENCY_WINDOW_S, "n": int(g["latency_n"]),
+                   **{f"p{q}_us": int(g[f"latency_p{q}_ns"]) / 1e3 for q in (50, 99)}}  # fmt: skip
         rings = [{"name": n, **{k: r.stats()[k] for k in ("depth", "capacity", "dropped", "high_water")}}
                  for n, r in zip(self.ring_names, self.rings, strict=True)]  # fmt: skip
         self.server.answer(p.conn_id, {
             "phase": self.phase, "status": self.status_line(), "supervisor_pid": os.getpid(),
             "processes": procs, "rings": rings, "rates": self.rates, "account": account,
+            "tick_to_order": latency,
             "symbols": self.layout.n_symbols, "workers": self.layout.n_workers,
         })  # fmt: skip
 

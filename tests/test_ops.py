@@ -117,6 +117,14 @@ def test_status_shows_processes_rings_rates_and_the_account(live: System) -> Non
     assert "running" in text and "worker-0" in text and "ACTIVE" in text and "equity" in text
 
 
+def test_status_shows_the_live_tick_to_order(live: System) -> None:
+    """The gateway's heartbeat carries tick-to-order over its last full window."""
+    lat = wait_for(lambda: (x := sov_json("status", config=live.config)["tick_to_order"])["n"] and x, 60,
+                   "a latency window with orders")  # fmt: skip
+    assert lat["window_s"] == 10.0 and 0 < lat["p50_us"] <= lat["p99_us"] < 60e6
+    assert "tick-to-order over the last full 10 s: p50" in sov("status", config=live.config).stdout
+
+
 def test_read_commands_while_running(live: System) -> None:
     orders = sov_json("orders", "--limit", "5", config=live.config)
     assert 1 <= len(orders) <= 5 and all("state" in o and "name" in o for o in orders)
