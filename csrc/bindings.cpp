@@ -459,6 +459,8 @@ void bind_quote_board(py::module_& m) {
             return out;
           },
           "Every slot, each read consistently, as an array of QUOTE_DTYPE indexed by symbol.")
+      .def("newest_ts", &QuoteBoard::newest_ts,
+           "The newest quote time on the board, 0 if none: snapshot()['ts_ns'].max() without the copy.")
       .def("close", &QuoteBoard::close)
       .def(
           "__enter__", [](QuoteBoard& b) -> QuoteBoard& { return b; }, py::return_value_policy::reference)

@@ -158,6 +158,18 @@ class QuoteBoard {
     }
   }
 
+  // The newest quote time on the board (0: none yet): risk's market clock. Each ts_ns is
+  // one aligned word, so it needs no seqlock on its own.
+  int64_t newest_ts() const {
+    check_open();
+    int64_t newest = 0;
+    for (uint32_t s = 0; s < n_; ++s) {
+      const int64_t ts = slots_[s].ts_ns.load(std::memory_order_relaxed);
+      if (ts > newest) newest = ts;
+    }
+    return newest;
+  }
+
   uint32_t n_symbols() const { return n_; }
   uint64_t updates() const { return header()->updates.load(std::memory_order_relaxed); }
   bool owner() const { return owner_; }

@@ -379,7 +379,7 @@ def run(child: Child, config: Config) -> None:
     clock = [0]
 
     def now() -> int:
-        clock[0] = max(clock[0], int(board.snapshot()["ts_ns"].max()))
+        clock[0] = max(clock[0], board.newest_ts())
         return clock[0]
 
     orders = OrderBook(store)

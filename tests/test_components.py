@@ -419,6 +419,13 @@ def test_quote_board_reads_are_never_torn_across_processes() -> None:
             board.read(4)
         snap = board.snapshot()
         assert snap["ts_ns"][0] == 300_000 and len(snap) == 4
+        assert board.newest_ts() == 300_000
+        t = np.zeros(1, TICK_DTYPE)
+        t["ts_ns"], t["symbol"] = 400_000, 2
+        board.publish(t)
+        assert board.newest_ts() == int(board.snapshot()["ts_ns"].max()) == 400_000
+    with QuoteBoard.create(ring_name("qb"), 3) as empty:
+        assert empty.newest_ts() == 0
 
 
 def test_pump_runs_the_pool_between_rings_like_on_ticks() -> None:
