@@ -374,13 +374,9 @@ bool wait_for_records_py(const py::sequence& rings, std::optional<double> timeou
   if (since && since->size() != heads.size()) throw py::value_error("since: one doorbell seq per ring");
   int64_t t = timeout_ns(timeout);
   const uint32_t* seqs = since ? since->data() : nullptr;
-  if (seqs != nullptr) {
-    for (size_t i = 0; i < heads.size(); ++i)
-      if (heads[i]->records.seq.load(std::memory_order_acquire) != seqs[i] && !has_records(heads[i])) return false;
-  }
-  for (RingHeader* h : heads)
-    if (has_records(h)) return true;
-  if (t == 0) return false;
+  // What needs no wait is answered with the GIL held, as the wait itself would answer it.
+  if (any_has_records(heads.data(), heads.size())) return true;
+  if (t == 0 || rung_since(heads.data(), heads.size(), seqs)) return false;
   SignalCheck check;
   bool got;
   {

@@ -103,6 +103,11 @@ struct Doorbell {
                                   // true: a ring that never came (written by the sleeper)
 };
 
+// A sleep that ran its full time and found the condition true (only the sleeper writes).
+inline void count_late(Doorbell& d) {
+  d.late.store(d.late.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+}
+
 inline void ring_doorbell(Doorbell& d) {
   std::atomic_thread_fence(std::memory_order_seq_cst);
   if (d.waiting.load(std::memory_order_relaxed) != 0) {
@@ -156,7 +161,7 @@ bool wait_until(Doorbell& bell, Ready&& ready, int64_t timeout_ns, KeepWaiting&&
     const bool slept_through = futex_wait(&bell.seq, seq, nap);
     bell.waiting.store(0, std::memory_order_relaxed);
     if (ready()) {
-      if (slept_through) bell.late.store(bell.late.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+      if (slept_through) count_late(bell);
       return true;
     }
     if (!keep_waiting()) return false;
@@ -209,6 +214,20 @@ inline bool has_records(const RingHeader* h) {
   return h->head.load(std::memory_order_acquire) != h->tail.load(std::memory_order_relaxed);
 }
 
+inline bool any_has_records(RingHeader* const* heads, size_t n) {
+  for (size_t i = 0; i < n; ++i)
+    if (has_records(heads[i])) return true;
+  return false;
+}
+
+// Whether any ring's records doorbell has rung since the counts `since` were read (null: no).
+inline bool rung_since(RingHeader* const* heads, size_t n, const uint32_t* since) {
+  if (since == nullptr) return false;
+  for (size_t i = 0; i < n; ++i)
+    if (heads[i]->records.seq.load(std::memory_order_acquire) != since[i]) return true;
+  return false;
+}
+
 // `since` (or null): each ring's doorbell seq when the caller last looked; the wait ends
 // at once if one has rung since (the eventcount's "prepare, check, wait" for a condition
 // of the caller's own, such as another thread's queue: see wake_consumer()).
@@ -218,17 +237,8 @@ bool wait_for_records(RingHeader* const* heads, size_t n, int64_t timeout_ns, Ke
   constexpr size_t kMaxRings = 128;  // futex_waitv's limit
   constexpr int64_t kMaxNap = 20'000'000, kFallbackNap = 200'000;
   if (n == 0 || n > kMaxRings) throw std::invalid_argument("wait for 1 to 128 rings");
-  auto any = [&] {
-    for (size_t i = 0; i < n; ++i)
-      if (has_records(heads[i])) return true;
-    return false;
-  };
-  auto rung_since = [&] {
-    if (since == nullptr) return false;
-    for (size_t i = 0; i < n; ++i)
-      if (heads[i]->records.seq.load(std::memory_order_acquire) != since[i]) return true;
-    return false;
-  };
+  auto any = [&] { return any_has_records(heads, n); };
+  auto rung = [&] { return rung_since(heads, n, since); };
   using clock = std::chrono::steady_clock;
   const auto start = clock::now();
   auto elapsed_ns = [&] {
@@ -236,7 +246,7 @@ bool wait_for_records(RingHeader* const* heads, size_t n, int64_t timeout_ns, Ke
   };
   while (elapsed_ns() < 20'000) {  // spin 20 us, as one ring's wait does
     if (any()) return true;
-    if (rung_since()) return false;
+    if (rung()) return false;
     SOVEREIGN_CPU_RELAX();
     if (timeout_ns >= 0 && elapsed_ns() >= timeout_ns) return any();
   }
@@ -259,7 +269,7 @@ bool wait_for_records(RingHeader* const* heads, size_t n, int64_t timeout_ns, Ke
       waiters[i].flags = FUTEX_32;  // shared, not FUTEX_PRIVATE_FLAG: the ringers are other processes
     }
 #endif
-    if (!any() && !rung_since()) {
+    if (!any() && !rung()) {
 #if defined(__linux__)
       if (!no_waitv.load(std::memory_order_relaxed)) {
         timespec until{};
@@ -281,13 +291,10 @@ bool wait_for_records(RingHeader* const* heads, size_t n, int64_t timeout_ns, Ke
     for (size_t i = 0; i < n; ++i) {
       if (!has_records(heads[i])) continue;
       found = true;
-      if (slept_through) {
-        auto& late = heads[i]->records.late;
-        late.store(late.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-      }
+      if (slept_through) count_late(heads[i]->records);
     }
     if (found) return true;
-    if (woken || rung_since() || !keep_waiting()) return false;
+    if (woken || rung() || !keep_waiting()) return false;
   }
 }
 
