@@ -10,7 +10,9 @@ in production, a point costs one dict lookup.
 The points:
 - gateway.unlogged: orders committed in SUBMITTING, not yet in the replay's schedule;
 - gateway.submitting: orders committed in SUBMITTING and logged, the broker not called yet;
-- gateway.unsent: execution reports committed with the broker's state, not pushed yet;
+- gateway.unsent: execution reports committed with the broker's state (and, if the next
+  batch of orders came while these were at the broker, that batch in SUBMITTING), not
+  pushed yet;
 - risk.refusing: a batch of intents decided and logged, the approved ones pushed, the
   refusals not committed yet.
 """

@@ -3,7 +3,8 @@
 Ticks: stamped with their receive time, published on the quote board, shown to the
 broker (stops and targets), and routed to the ring of the worker that owns the symbol.
 Orders: each approved order is committed durably in SUBMITTING, with its client id,
-*before* the broker is called; the result is committed with the broker's state. After a
+*before* the broker is called; the result is committed with the broker's state (with the
+next batch's SUBMITTING, if that batch came while this one was at the broker). After a
 crash an order found in SUBMITTING is resolved from the broker's record of what it
 executed (`recover`), never sent again.
 
@@ -23,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -54,6 +55,14 @@ EXIT_REASONS = {"sl": Reason.EXIT_SL, "tp": Reason.EXIT_TP}
 BROKER_KEY = "paper"
 LAST_REPORTS_KEY = "last_reports"  # the reports of the newest commit, until it is pushed
 FEED_BATCH = 2048  # ticks per loop: larger amortizes per-batch work, smaller checks orders sooner
+
+
+class Sent(NamedTuple):
+    """A batch the broker executed: its reports, and the transaction that commits its
+    results (executions, the broker's state, the reports kept until pushed)."""
+
+    reports: np.ndarray
+    commit: Callable[[Txn], None]
 
 
 def exec_key(cid: int) -> bytes:
@@ -131,40 +140,58 @@ class Gateway:
         Group commit: every order of the batch is committed in SUBMITTING in one durable
         transaction before the first broker call, and the results in one after the last,
         so a burst of orders costs two fsyncs, not two per order."""
-        fields: list[dict[str, Any]] = []
+        self.submit(approved)
+        if submitted is not None:  # durable in SUBMITTING, not sent yet
+            submitted()
+        sent = self.send(approved)
+        self.store.write(sent.commit)
+        return sent.reports
+
+    def submit(self, approved: np.ndarray, sent: Sent | None = None) -> None:
+        """Commit the batch in SUBMITTING, in one durable transaction with the results of
+        the batch sent before it, if they are not committed yet (`sent`): a batch approved
+        while the one before it was at the broker costs one fsync, not two. Either both
+        are durable or neither is, and a crash before leaves this batch unsent and the
+        last one resolved by `recover`, as ever."""
         arrived = time.monotonic_ns()
-        for rec in approved:
-            fields.append({"symbol": int(rec["symbol"]), "side": int(rec["side"]),
-                           "volume": float(rec["volume"]),
-                           "price": float(rec["price"]), "sl": float(rec["sl"]), "tp": float(rec["tp"]),
-                           "agent": int(rec["agent"]), "reason": Reason(int(rec["reason"])).name,
-                           "conviction": float(rec["conviction"]), "ts_ns": int(rec["ts_ns"])})  # fmt: skip
+        fields = [{"symbol": int(rec["symbol"]), "side": int(rec["side"]), "volume": float(rec["volume"]),
+                   "price": float(rec["price"]), "sl": float(rec["sl"]), "tp": float(rec["tp"]),
+                   "agent": int(rec["agent"]), "reason": Reason(int(rec["reason"])).name,
+                   "conviction": float(rec["conviction"]), "ts_ns": int(rec["ts_ns"])}
+                  for rec in approved]  # fmt: skip
         cids = [int(c) for c in approved["client_order_id"]]
 
         def submitting(t: Txn) -> None:
+            if sent is not None:
+                sent.commit(t)
             for cid, f in zip(cids, fields, strict=True):
                 self.book.advance(t, cid, [OrderState.APPROVED, OrderState.SUBMITTING], **f)
 
         self.store.write(submitting)
-        if submitted is not None:  # durable in SUBMITTING, not sent yet
-            submitted()
-        sending = time.monotonic_ns()
+        # origin 0: no tick led to it (risk's own exits, a bar closed by the clock)
+        self.to_gateway.add_since(approved["origin_ns"], arrived)
+        self.window.add_since(approved["origin_ns"], arrived)
+
+    def send(self, approved: np.ndarray) -> Sent:
+        """Send a batch committed in SUBMITTING (`submit`) to the broker. Its results are
+        not committed yet: commit them (`Sent.commit`) before pushing their reports."""
+        self.to_broker.add_since(approved["origin_ns"], time.monotonic_ns())
+        cids = [int(c) for c in approved["client_order_id"]]
         executions = [execute(self.broker, rec) for rec in approved]
         reports = [_report(ex, rec) for ex, rec in zip(executions, approved, strict=True)]
+        broker = self.broker.to_dict()  # as these orders left it: the next batch is not in it
+        filled = sum(ex.retcode == Retcode.DONE for ex in executions)
+        self.orders += len(cids)
+        self.fills += filled
+        self.rejects += len(cids) - filled
 
         def results(t: Txn) -> None:
             for cid, ex in zip(cids, executions, strict=True):
                 self._record(t, cid, ex)
-            t.put("bridge", BROKER_KEY, self.broker.to_dict())
+            t.put("bridge", BROKER_KEY, broker)
             t.put("bridge", LAST_REPORTS_KEY, reports)
 
-        self.store.write(results)
-        # origin 0: no tick led to it (risk's own exits, a bar closed by the clock)
-        self.to_gateway.add_since(approved["origin_ns"], arrived)
-        self.window.add_since(approved["origin_ns"], arrived)
-        self.to_broker.add_since(approved["origin_ns"], sending)
-        self.orders += len(cids)
-        return np.array(reports, ORDER_DTYPE)
+        return Sent(np.array(reports, ORDER_DTYPE), results)
 
     def roll_window(self, now: float) -> None:
         """Close the latency window once it is LATENCY_WINDOW_S old (the broker side calls it)."""
@@ -178,10 +205,8 @@ class Gateway:
         if ex.retcode == Retcode.DONE:
             self.book.advance(t, cid, [OrderState.FILLED], fill_price=str(ex.price), ticket=ex.ticket,
                               commission=str(ex.commission), realized_pnl=str(ex.realized_pnl))  # fmt: skip
-            self.fills += 1
         else:
             self.book.advance(t, cid, [OrderState.REJECTED], retcode=int(ex.retcode), why=ex.reason)
-            self.rejects += 1
 
 
 def execute(broker: PaperBroker, rec: np.void) -> Execution:
@@ -262,6 +287,7 @@ class BrokerLoop(threading.Thread):
         self.finishing = False
         self.error: BaseException | None = None
         self.turn_at = time.monotonic()  # when the broker side last went round its loop
+        self.buf = np.zeros(approved.capacity, ORDER_DTYPE)
 
     # ---- the feed's side
 
@@ -311,7 +337,6 @@ class BrokerLoop(threading.Thread):
             self.error = e
 
     def _loop(self) -> None:
-        buf = np.zeros(self.approved.capacity, ORDER_DTYPE)
         while True:
             self.turn_at = time.monotonic()
             self.gw.roll_window(self.turn_at)
@@ -321,9 +346,7 @@ class BrokerLoop(threading.Thread):
                 self._ticks(taken)
             elif not self.finishing:  # asleep until an approved order, a batch (the feed's kick) or 50 ms
                 wait_for_records([self.approved], timeout=0.05, since=[seen])
-            n = self.approved.pop_into(buf)
-            if n:
-                self._orders(buf[:n].copy())
+            n = self._orders()
             if self.finishing and not n and self.caught_up() and not self.approved.stats()["depth"]:
                 return
 
@@ -348,15 +371,30 @@ class BrokerLoop(threading.Thread):
         for _ in taken:
             self.inbox.task_done()
 
-    def _orders(self, orders: np.ndarray) -> None:
-        at, n = self.position, len(orders)
-
-        def submitted() -> None:
+    def _orders(self) -> int:
+        """Send the approved orders waiting, batch by batch; returns how many. A batch
+        approved while the one before it was at the broker is committed SUBMITTING with
+        that one's results (Gateway.submit), so it waits for one fsync, not two. The
+        broker sees no tick in between: every batch goes at the same tick position."""
+        sent: Sent | None = None
+        total = 0
+        for _ in range(self.COALESCE):  # then the ticks waiting: stops and targets are not held up
+            n = self.approved.pop_into(self.buf)
+            if not n:
+                break
+            orders = self.buf[:n].copy()
+            self.gw.submit(orders, sent)
+            if sent is not None:  # durable now
+                self.send_reports(sent.reports)
             failpoint("gateway.unlogged")
-            self.log("o", at, n)
+            self.log("o", self.position, n)
             failpoint("gateway.submitting")
-
-        self.send_reports(self.gw.on_orders(orders, submitted))
+            sent = self.gw.send(orders)
+            total += n
+        if sent is not None:
+            self.gw.store.write(sent.commit)
+            self.send_reports(sent.reports)
+        return total
 
 
 def run(child: Child, config: Config) -> None:

@@ -314,6 +314,79 @@ def test_the_broker_side_takes_batches_in_order_and_sends_orders_between_them(tm
     assert len(reports) == gw.fills + gw.rejects  # every fill and reject reported once
 
 
+@pytest.mark.parametrize("killed", [False, True])
+def test_an_order_approved_while_the_last_is_at_the_broker_goes_in_one_commit_with_its_results(
+        tmp_path: Path, killed: bool) -> None:  # fmt: skip
+    """Batch 2 comes while batch 1 is at the broker: its SUBMITTING and batch 1's results
+    are one durable transaction (three commits for two batches, not four). Batch 1's
+    reports are pushed once that lands, before batch 2 is sent; both go at the same tick
+    position. Killed right after that commit: the next gateway pushes batch 1's reports
+    again and resolves batch 2, never sent, as rejected."""
+    cfg = Config()
+    store = StateStore(tmp_path / "s")
+    gw = Gateway(store, make_broker(cfg, 4))
+    ticks = simulate_ticks(4, 10, seed=3)
+    gw.on_ticks(ticks)
+    s = int(ticks["symbol"][-1])
+    first, second = (intent(price=float(ticks["ask"][-1]), sl=0.0, tp=0.0, cid=c, symbol=s) for c in (61, 62))
+    for o in (first, second):
+        o["kind"], o["volume"] = ORDER_APPROVED, 0.1
+    commits: list[list[str]] = []  # the two orders' states after each commit
+
+    def write(fn, real=store.write):  # type: ignore[no-untyped-def]
+        out = real(fn)
+        ours = [o for o in OrderBook(store).in_state(*OrderState) if o["client_order_id"] > 60]
+        commits.append([o["state"] for o in ours])
+        return out
+
+    store.write = write  # type: ignore[method-assign]
+    pushed: list[list[int]] = []
+
+    def push(reports: np.ndarray) -> None:
+        if killed:
+            raise SystemExit  # the gateway dies before it pushes anything
+        pushed.append(reports["client_order_id"].tolist())
+
+    log = EventLog(tmp_path, "sess", "gateway")
+    with OrderRing.create(ring_name("ap"), 64) as approved:
+        at_broker = gw.broker.market_order
+
+        def market_order(*args, **kw):  # type: ignore[no-untyped-def]
+            if approved.stats()["pushed"] == 1:  # batch 1 at the broker: batch 2 comes
+                approved.push(second)
+            return at_broker(*args, **kw)
+
+        gw.broker.market_order = market_order  # type: ignore[method-assign]
+        loop = BrokerLoop(gw, approved, push, log, position=7)
+        approved.push(first)
+        loop.start()
+        deadline = time.monotonic() + 30
+        while len(pushed) < 2 and loop.is_alive():
+            assert time.monotonic() < deadline
+            time.sleep(0.001)
+        loop.finish()
+        loop.join(30)
+    log.close()
+    sent = [e for e in read_events(tmp_path, "sess")[0]["gateway"] if e[0] == "o"]
+    assert sent == [["o", 7, 1]] * (2 - killed)
+    if not killed:
+        loop.check()
+        assert commits == [["SUBMITTING"], ["FILLED", "SUBMITTING"], ["FILLED", "FILLED"]]
+        assert pushed == [[61], [62]]
+        assert gw.orders == gw.fills == 2 and gw.broker.ledger.volume(s) == D("0.2")
+        return
+    assert commits == [["SUBMITTING"], ["FILLED", "SUBMITTING"]] and not pushed
+    store.close()
+    store = StateStore(tmp_path / "s")
+    gw2 = Gateway(store, make_broker(cfg, 4))
+    assert gw2.broker.ledger.volume(s) == D("0.1")  # batch 1's fill is durable, batch 2 never went
+    fixes = gw2.recover()
+    assert {f["client_order_id"]: f["state"] for f in fixes} == {62: "REJECTED"}
+    again, n_last = gw2.unsent(fixes)
+    assert n_last == 1 and again["client_order_id"].tolist() == [61, 62]
+    assert again["kind"].tolist() == [ORDER_FILL, ORDER_REJECT]
+
+
 def test_a_failing_broker_side_stops_the_gateway(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "s")
     gw = Gateway(store, make_broker(Config(), 4))

@@ -219,7 +219,10 @@ def test_a_process_killed_between_its_commit_and_its_push_loses_nothing(tmp_path
     assert same_book(book, broker["ledger"])
     assert role == "risk" or "reconciled" not in events  # a restarted gateway's reports reach risk
     assert not [o for o in orders.values() if o["state"] in ("SUBMITTING", "APPROVED")]
-    assert ("recovered" in events) == (point in ("gateway.unlogged", "gateway.submitting"))
+    # After gateway.unsent's commit an order is left in SUBMITTING only if that commit held
+    # the next batch too (one approved while the last was at the broker: BrokerLoop._orders).
+    if point != "gateway.unsent":
+        assert ("recovered" in events) == (point in ("gateway.unlogged", "gateway.submitting"))
     code, diff, err = _replay(tmp_path)
     assert code == 0, (err, orjson.dumps(diff, option=orjson.OPT_INDENT_2).decode()[:6000])
     _identical(diff)
