@@ -47,6 +47,11 @@ class SystemConfig:
     # At full speed it always trails by all of them, and an approved order waits behind
     # them: fewer cut tick-to-order, more buy throughput (bench/bench_pipeline.py).
     broker_inbox: int = _f(8, 1, 1024)
+    # Risk runs at this SCHED_FIFO priority (0: the normal scheduler), so that an intent
+    # or a halt wakes it at once on cores the feed and the workers keep busy. Needs
+    # CAP_SYS_NICE or an RLIMIT_RTPRIO this high (the unit's LimitRTPRIO); refused, risk
+    # says so and runs at normal priority.
+    risk_rt_priority: int = _f(10, 0, 99)
 
 
 @dataclass(frozen=True)

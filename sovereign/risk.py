@@ -37,7 +37,7 @@ from sovereign.latency import LatencyHistogram
 from sovereign.ledger import ZERO, Ledger, new_deal, same_book, to_decimal
 from sovereign.orders import ClientIds, OrderBook, OrderState
 from sovereign.recorder import event_log
-from sovereign.runtime import RUNNING, STOPPED, Child, symbol_specs
+from sovereign.runtime import RUNNING, STOPPED, Child, set_realtime, symbol_specs
 from sovereign.state import Committer, StateStore, Txn
 
 NS = 1_000_000_000
@@ -311,6 +311,10 @@ def run(child: Child, config: Config) -> None:
     from sovereign.gateway import BROKER_KEY  # the paper broker's persisted account
 
     layout = child.layout
+    # Before any thread starts: the committer's inherits it. Measured at 300 k ticks/s on
+    # 2 cores: an intent's wait from the coordinator's push to risk taking it went from
+    # p50 125, p99 650 us to p50 45, p99 190-280 (the woken risk waited for a busy core).
+    print(f"risk: {set_realtime(config.system.risk_rt_priority)}", flush=True)
     store = StateStore(config.system.state_dir)
     ids = ClientIds(store)
     issued = ids.issued  # cleared as each event is logged

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import mmap
 import os
+import resource
 import signal
 import time
 from dataclasses import dataclass, field
@@ -229,6 +230,21 @@ class Child:
 
     def beat(self, state: int = RUNNING, **counters: int) -> None:
         self.hb.beat(self.slot, state, **counters)
+
+
+def set_realtime(priority: int) -> str:
+    """Run the calling thread, and the threads it starts after, under SCHED_FIFO at
+    `priority` (0: leave the normal scheduler). Returns what was done, or why not: refused
+    without CAP_SYS_NICE or RLIMIT_RTPRIO (the unit's LimitRTPRIO) this high."""
+    if priority == 0:
+        return "normal priority"
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+    except PermissionError:
+        limit = resource.getrlimit(resource.RLIMIT_RTPRIO)[0]
+        return (f"real-time priority {priority} refused (no CAP_SYS_NICE, RLIMIT_RTPRIO {limit}): "
+                "normal priority")
+    return f"real-time priority {priority} (SCHED_FIFO)"
 
 
 def _die_with_parent() -> None:

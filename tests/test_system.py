@@ -4,6 +4,7 @@ LMDB and the heartbeat board; kill -9 of a worker, SIGTERM, a drawdown halt, a b
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sovereign.ledger import same_book
-from sovereign.runtime import RUNNING, Heartbeats, Layout
+from sovereign.runtime import RUNNING, Heartbeats, Layout, set_realtime
 from sovereign.state import StateStore
 
 ROLES_BEFORE_WORKERS = 3  # gateway, coordinator, risk; then worker-0..
@@ -91,6 +92,73 @@ def test_ticks_become_signals_orders_fills_and_positions_in_lmdb(tmp_path: Path)
     assert same_book(risk_book, broker["ledger"])  # risk's view and the broker's truth agree exactly
     assert snapshot and risk_state["state"] in ("ACTIVE", "REDUCING")
     assert "stopped clean=True undrained_records=0" in out
+
+
+CAP_SYS_NICE = 23
+
+
+def _may_run_realtime(priority: int) -> bool:
+    """Whether this process's children may take SCHED_FIFO at `priority`."""
+    status = Path("/proc/self/status").read_text()
+    caps = int(next(line for line in status.splitlines() if line.startswith("CapEff:")).split()[1], 16)
+    return bool(caps >> CAP_SYS_NICE & 1) or resource.getrlimit(resource.RLIMIT_RTPRIO)[0] >= priority
+
+
+def test_risk_runs_at_real_time_priority_the_rest_at_normal(tmp_path: Path) -> None:
+    proc = start(tmp_path, '[feed]\npace = "realtime"\nspeed = 100\n')
+    try:
+        hb = board(proc)
+        wait_for(lambda: all(hb.slots["state"] == RUNNING), 60, "every process running")
+        roles = ("gateway", "coordinator", "risk", "worker-0")
+        pids = {role: int(hb.slots[k]["pid"]) for k, role in enumerate(roles)}
+        policies = {role: os.sched_getscheduler(pid) for role, pid in pids.items()}
+        risk_priority = os.sched_getparam(pids["risk"]).sched_priority
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code, out = finish(proc)
+    assert code == 0, out
+    others = {role: p for role, p in policies.items() if role != "risk"}
+    assert set(others.values()) == {os.SCHED_OTHER}, policies
+    if _may_run_realtime(10):
+        assert policies["risk"] == os.SCHED_FIFO and risk_priority == 10, policies
+        assert "risk: real-time priority 10 (SCHED_FIFO)" in out
+    else:
+        assert policies["risk"] == os.SCHED_OTHER and "risk: real-time priority 10 refused" in out, out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become another user")
+@pytest.mark.parametrize("limit", [0, 10])
+def test_an_unprivileged_risk_runs_real_time_only_within_its_rtprio_limit(limit: int) -> None:
+    """As systemd's LimitRTPRIO= grants it: a user without CAP_SYS_NICE may take SCHED_FIFO
+    up to RLIMIT_RTPRIO; beyond it, risk is told why and stays on the normal scheduler."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: nobody, with that limit
+        try:
+            try:
+                resource.setrlimit(resource.RLIMIT_RTPRIO, (limit, limit))
+            except ValueError:  # a hard limit below it, and no CAP_SYS_RESOURCE to raise it
+                os.write(write, b"cannot raise RLIMIT_RTPRIO here")
+                os._exit(0)
+            os.setgid(65534)
+            os.setuid(65534)
+            said = set_realtime(10)
+            os.write(write, f"{os.sched_getscheduler(0)}|{said}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        answer = f.read()
+    os.waitpid(pid, 0)
+    if answer.startswith("cannot"):
+        pytest.skip(answer)
+    policy, said = answer.split("|")  # nothing: the child failed
+    if limit >= 10:
+        assert int(policy) == os.SCHED_FIFO and said == "real-time priority 10 (SCHED_FIFO)"
+    else:
+        assert int(policy) == os.SCHED_OTHER
+        assert said == "real-time priority 10 refused (no CAP_SYS_NICE, RLIMIT_RTPRIO 0): normal priority"
+    assert set_realtime(0) == "normal priority" and os.sched_getscheduler(0) == os.SCHED_OTHER
 
 
 def test_kill_9_worker_is_restarted_with_its_snapshot_while_the_rest_goes_on(tmp_path: Path) -> None:
