@@ -117,25 +117,21 @@ class PaperBroker:
         self._raw.pop(symbol, None)
         self._quotes[symbol] = (ts_ns, b, a)
         pos = self.positions.get(symbol)
-        if pos is None:
-            return []
-        vol = pos.volume
-        exit_price = b if vol > 0 else a  # a long closes at the bid, a short at the ask
-        hit = ""
-        if pos.sl is not None and (exit_price <= pos.sl if vol > 0 else exit_price >= pos.sl):
-            hit = "sl"
-        elif pos.tp is not None and (exit_price >= pos.tp if vol > 0 else exit_price <= pos.tp):
-            hit = "tp"
+        hit = "" if pos is None else _exit_hit(pos, b, a)
         if not hit:
             return []
-        return [self._fill(0, symbol, -1 if vol > 0 else 1, abs(vol), None, None, hit)]
+        assert pos is not None
+        return [self._fill(0, symbol, -1 if pos.volume > 0 else 1, abs(pos.volume), None, None, hit)]
 
     def on_ticks(self, ticks: np.ndarray) -> list[Execution]:
         """A batch of ticks (TICK_DTYPE, time order): stops and targets are checked tick by
-        tick for symbols with a position, and every symbol ends on its last quote."""
+        tick for symbols with a position, and every symbol ends on its last quote. The
+        exits are filled in tick order across symbols, as on_tick for each tick in turn
+        would: so a batch split anywhere gives the same deals with the same tickets (a
+        replay after a crash shows the broker ticks in other batches than live did)."""
         if len(ticks) == 0:
             return []
-        out: list[Execution] = []
+        hits: list[tuple[int, int]] = []  # (tick index, symbol) of each position's exit
         watched = [s for s in self.ledger.open_symbols() if self.positions[s].sl or self.positions[s].tp]
         for s in watched:  # few positions: one C++ scan each, then each candidate decided exactly
             pos = self.positions[s]
@@ -145,13 +141,16 @@ class PaperBroker:
             tp = float(pos.tp) if pos.tp is not None else -never
             lo, hi = (sl, tp) if long else (tp, sl)
             j = first_touch(ticks, s, long, lo, hi, 0)
-            while j >= 0:  # float screening, Decimal decision: on_tick re-checks the candidate exactly
-                ts, bid, ask = ticks[j].item()[:3]
-                fills = self.on_tick(s, ts, bid, ask)
-                if fills:
-                    out += fills
+            while j >= 0:  # float screening, Decimal decision
+                _, bid, ask = ticks[j].item()[:3]
+                if _exit_hit(pos, to_decimal(bid), to_decimal(ask)):
+                    hits.append((j, s))
                     break
                 j = first_touch(ticks, s, long, lo, hi, j + 1)
+        out: list[Execution] = []
+        for j, s in sorted(hits):  # one symbol's exit does not move another's
+            ts, bid, ask = ticks[j].item()[:3]
+            out += self.on_tick(s, ts, bid, ask)
         # Every symbol ends on its last quote; converted to Decimal only when used.
         last = ticks[last_of_each(ticks)]
         self._raw.update(zip(last["symbol"].tolist(), zip(last["ts_ns"].tolist(), last["bid"].tolist(),
@@ -304,3 +303,15 @@ class PaperBroker:
         ts = (self.quote(symbol) or (0, None, None))[0]
         zero = Decimal(0)
         return Execution(cid, symbol, side, volume, zero, zero, zero, ts, code, why)
+
+
+def _exit_hit(pos: Position, bid: Decimal, ask: Decimal) -> str:
+    """"sl" or "tp" if this quote closes the position (a long at the bid, a short at the
+    ask), else ""."""
+    long = pos.volume > 0
+    exit_price = bid if long else ask
+    if pos.sl is not None and (exit_price <= pos.sl if long else exit_price >= pos.sl):
+        return "sl"
+    if pos.tp is not None and (exit_price >= pos.tp if long else exit_price <= pos.tp):
+        return "tp"
+    return ""
