@@ -10,6 +10,9 @@ in production, a point costs one dict lookup.
 The points:
 - gateway.unlogged: orders committed in SUBMITTING, not yet in the replay's schedule;
 - gateway.submitting: orders committed in SUBMITTING and logged, the broker not called yet;
+- gateway.untold: the exits of a batch of ticks committed with the broker's state, not yet
+  in the replay's schedule (the replay fills them from the recording, beside those of
+  ticks the broker never saw, and keeps those the new gateway's account has);
 - gateway.unsent: execution reports committed with the broker's state (and, if the next
   batch of orders came while these were at the broker, that batch in SUBMITTING), not
   pushed yet;
@@ -23,7 +26,7 @@ import os
 import signal
 from pathlib import Path
 
-POINTS = ("gateway.unlogged", "gateway.submitting", "gateway.unsent", "risk.refusing")
+POINTS = ("gateway.unlogged", "gateway.submitting", "gateway.untold", "gateway.unsent", "risk.refusing")
 ENV = "SOVEREIGN_FAILPOINTS"
 
 

@@ -366,6 +366,7 @@ class BrokerLoop(threading.Thread):
         exits = self.gw.on_ticks(batch)
         self.position = at + len(batch)
         if len(exits):
+            failpoint("gateway.untold")
             self.log("t", at, self.position)
         self.send_reports(exits)
         for _ in taken:

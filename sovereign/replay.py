@@ -357,7 +357,13 @@ class Replayer:
             return
         first = int(d["broker"]["next_ticket"])
         recovered = {int(c): state for c, state in d.get("recovered", {}).items()}
-        durable = [b for b in self.batches if not any(r[3] >= first or r[2] in recovered for r in b)]
+        # What of each commit was durable. The exits the killed gateway filled but never
+        # logged are in one batch here (`_start` shows the broker every tick up to the new
+        # one's base at once), with those of ticks it never showed its broker: their
+        # tickets are the new one's (tickets follow tick order, however the ticks are
+        # batched), and the rest is the one commit it made of them.
+        durable = [kept for b in self.batches
+                   if (kept := [r for r in b if r[3] < first and r[2] not in recovered])]  # fmt: skip
         rows = list(durable[-1]) if durable else []
         for cid, state in recovered.items():
             order = self.out.orders.get(cid)

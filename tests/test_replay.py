@@ -147,7 +147,7 @@ def test_replay_catches_a_doctored_schedule_and_reports_a_cut_log(session: Path,
 def test_replay_is_exact_through_kill_9_of_gateway_coordinator_and_risk(tmp_path: Path) -> None:
     """Risk, the coordinator and the gateway each killed once, mid-session, wherever they
     happen to be: the replay still makes the session's signals, orders and executions.
-    (Its rare failures were three windows; each now has its failpoint case in
+    (Its rare failures were four windows; each now has its failpoint case in
     test_a_process_killed_between_its_commit_and_its_push_loses_nothing.)"""
     proc = _run(tmp_path, "[feed]\nsymbols = 20\n")
     try:
