@@ -118,9 +118,8 @@ class PaperBroker:
         self._quotes[symbol] = (ts_ns, b, a)
         pos = self.positions.get(symbol)
         hit = "" if pos is None else _exit_hit(pos, b, a)
-        if not hit:
+        if pos is None or not hit:
             return []
-        assert pos is not None
         return [self._fill(0, symbol, -1 if pos.volume > 0 else 1, abs(pos.volume), None, None, hit)]
 
     def on_ticks(self, ticks: np.ndarray) -> list[Execution]:
