@@ -243,12 +243,18 @@ def test_daily_loss_reduces_until_the_next_day_and_drawdown_halts_and_flattens()
 # ---- gateway
 
 
+def quoted_gateway(tmp_path: Path, cfg: Config, n_symbols: int) -> tuple[StateStore, Gateway, np.ndarray]:
+    """A gateway on fresh state under tmp_path whose broker has seen 10 ticks of each symbol."""
+    store = StateStore(tmp_path / "s")
+    gw = Gateway(store, make_broker(cfg, n_symbols))
+    ticks = simulate_ticks(n_symbols, 10, seed=3)
+    gw.on_ticks(ticks)
+    return store, gw, ticks
+
+
 def test_gateway_commits_submitting_first_and_recovers_without_resending(tmp_path: Path) -> None:
     cfg = Config()
-    store = StateStore(tmp_path / "s")
-    gw = Gateway(store, make_broker(cfg, 2))
-    ticks = simulate_ticks(2, 10, seed=3)
-    gw.on_ticks(ticks)
+    store, gw, ticks = quoted_gateway(tmp_path, cfg, 2)
     order = intent(price=float(ticks["ask"][-1]), sl=0.0, tp=0.0, cid=41, symbol=int(ticks["symbol"][-1]))
     order["kind"], order["volume"] = ORDER_APPROVED, 0.1
     (rep,) = gw.on_orders(order)
@@ -323,10 +329,7 @@ def test_an_order_approved_while_the_last_is_at_the_broker_goes_in_one_commit_wi
     position. Killed right after that commit: the next gateway pushes batch 1's reports
     again and resolves batch 2, never sent, as rejected."""
     cfg = Config()
-    store = StateStore(tmp_path / "s")
-    gw = Gateway(store, make_broker(cfg, 4))
-    ticks = simulate_ticks(4, 10, seed=3)
-    gw.on_ticks(ticks)
+    store, gw, ticks = quoted_gateway(tmp_path, cfg, 4)
     s = int(ticks["symbol"][-1])
     first, second = (intent(price=float(ticks["ask"][-1]), sl=0.0, tp=0.0, cid=c, symbol=s) for c in (61, 62))
     for o in (first, second):
@@ -410,10 +413,7 @@ def test_a_restarted_gateway_sends_again_the_reports_its_predecessor_may_not_hav
     """Killed between a commit and pushing its reports: the next gateway pushes them, with
     those of the orders it recovered; risk and the coordinator apply each deal once."""
     cfg = Config()
-    store = StateStore(tmp_path / "s")
-    gw = Gateway(store, make_broker(cfg, 2))
-    ticks = simulate_ticks(2, 10, seed=3)
-    gw.on_ticks(ticks)
+    store, gw, ticks = quoted_gateway(tmp_path, cfg, 2)
     symbol = int(ticks["symbol"][-1])
     order = intent(price=float(ticks["ask"][-1]), sl=0.0, tp=0.0, cid=41, symbol=symbol)
     order["kind"], order["volume"], order["agent"] = ORDER_APPROVED, 0.1, 7
