@@ -194,6 +194,26 @@ def test_risk_caps_size_by_exposure_and_refuses_with_reasons() -> None:
         assert [w for _, w in refused] == [why], why
 
 
+def test_gross_exposure_values_other_positions_at_the_last_mark_as_equity_is() -> None:
+    r = make_risk(max_symbol_exposure=100.0, max_gross_exposure=1.5)
+    held = intent(symbol=0, cid=1)
+    held["kind"], held["volume"], held["price"] = ORDER_FILL, 1.0, 1.1002
+    r.on_reports(held)
+    r.mark(quotes_at(1.1, 1.1002), 1000 * NS)  # equity 99980; symbol 0 worth 1.0 * 100000 * 1.1
+    moved = lambda s: (1000 * NS, 2.2, 2.2002, 0) if s == 0 else (1000 * NS, 1.1, 1.1002, 0)  # noqa: E731
+    ok, refused = r.on_intents(intent(symbol=1, cid=2), moved, 1000 * NS)
+    # Room 1.5 * 99980 - 110000 = 39970 at the mark's bid (not at 2.2, where there is none).
+    assert not refused and ok[0]["volume"] == 0.36
+    more = held.copy()
+    more["client_order_id"], more["volume"] = 3, 0.1
+    r.on_reports(more)  # the position changed after the mark: valued at the quote now
+    _, refused = r.on_intents(intent(symbol=2, cid=4), moved, 1000 * NS)
+    assert [w for _, w in refused] == [Reason.GROSS_EXPOSURE]
+    r.mark(quotes_at(1.1, 1.1002), 1000 * NS)
+    ok, refused = r.on_intents(intent(symbol=2, cid=5), moved, 1000 * NS)
+    assert not refused and ok[0]["volume"] == 0.26  # room 1.5 * 99978 - 1.1 * 110000 = 28967
+
+
 def test_risk_limits_positions_and_order_rate() -> None:
     r = make_risk(max_open_positions=1, max_orders_per_minute=2)
     ok, _ = r.on_intents(intent(symbol=0), quotes_at(1.1, 1.1002), 1000 * NS)
