@@ -200,7 +200,10 @@ def test_gross_exposure_values_other_positions_at_the_last_mark_as_equity_is() -
     held["kind"], held["volume"], held["price"] = ORDER_FILL, 1.0, 1.1002
     r.on_reports(held)
     r.mark(quotes_at(1.1, 1.1002), 1000 * NS)  # equity 99980; symbol 0 worth 1.0 * 100000 * 1.1
-    moved = lambda s: (1000 * NS, 2.2, 2.2002, 0) if s == 0 else (1000 * NS, 1.1, 1.1002, 0)  # noqa: E731
+
+    def moved(s: int) -> tuple[int, float, float, int]:  # symbol 0's quote doubled since the mark
+        return (1000 * NS, 2.2, 2.2002, 0) if s == 0 else (1000 * NS, 1.1, 1.1002, 0)
+
     ok, refused = r.on_intents(intent(symbol=1, cid=2), moved, 1000 * NS)
     # Room 1.5 * 99980 - 110000 = 39970 at the mark's bid (not at 2.2, where there is none).
     assert not refused and ok[0]["volume"] == 0.36
