@@ -154,8 +154,8 @@ class Replay:
     executions: dict[str, dict[str, Any]] = field(default_factory=dict)  # order:<cid> / deal:<ticket>
     problems: list[str] = field(default_factory=list)  # where the schedule could not be followed
     first_ticket: int = 1
-    # A coordinator killed between taking signals and writing them to its history (every
-    # 0.1 s) leaves them out of it: how many, and the signals it may have been.
+    # A coordinator killed between taking signals and writing them to its history (once a
+    # second) leaves them out of it: how many, and the signals it may have been.
     history_lost: int = 0
     lost_from: np.ndarray | None = None
     # Intents or approved orders a risk or gateway popped as it was killed, before it
@@ -659,8 +659,12 @@ def _signal_diff(a: np.ndarray, b: np.ndarray, names: list[str], limit: int, r: 
     only_replay = sorted(set_a - set_b)
     only_live = sorted(set_b - set_a)
     lost = 0
-    if (r.history_lost and r.lost_from is not None and len(only_replay) == r.history_lost
-            and set(only_replay) <= _rows(r.lost_from)):  # taken live, never written to the history
+    # Taken live and never written to the history: each is one the killed coordinator took,
+    # and there are no more of them than it lost. (Fewer where the cut above, for a trimmed
+    # history, took some: signals are not taken in the order of their times, so a lost one
+    # can be older than the oldest the history kept.)
+    if (r.history_lost and r.lost_from is not None and len(only_replay) <= r.history_lost
+            and set(only_replay) <= _rows(r.lost_from)):  # fmt: skip
         lost, only_replay = len(only_replay), []
 
     def show(rows: list[tuple]) -> list[dict[str, Any]]:

@@ -19,11 +19,12 @@ import orjson
 import pytest
 
 from sovereign.config import Config
+from sovereign.core import SIGNAL_DTYPE
 from sovereign.datafile import open_file
 from sovereign.failpoints import POINTS
 from sovereign.ledger import same_book
 from sovereign.recorder import Recorder, recordings
-from sovereign.replay import load_session
+from sovereign.replay import Replay, _signal_diff, load_session
 from sovereign.runtime import RUNNING, Heartbeats
 from sovereign.sim import SimMarket
 from sovereign.state import StateStore
@@ -176,6 +177,23 @@ def test_replay_is_exact_through_kill_9_of_gateway_coordinator_and_risk(tmp_path
 
 
 SLOT = {"gateway": 0, "risk": 2}  # heartbeat slots
+
+
+def test_signals_a_killed_coordinator_never_wrote_are_told_apart_from_differences() -> None:
+    """The case CI met: the killed coordinator took three signals, wrote the first and lost
+    two, one of them older than the oldest the history kept (signals are not taken in time
+    order). The cut for a trimmed history leaves one of the two: it is explained. A signal
+    the killed coordinator never took is a difference."""
+    sig = np.zeros(5, SIGNAL_DTYPE)
+    sig["ts_ns"] = [100, 300, 350, 400, 500]
+    sig["agent"] = np.arange(5)
+    live = sig[[1, 3]]  # 300 written by the killed coordinator, 400 by the next
+    r = Replay(signals=sig[[0, 1, 2, 3]], history_lost=2, lost_from=sig[[1, 0, 2]])
+    d = _signal_diff(r.signals, live, [], 20, r)
+    assert d["identical"] and d["not_in_live_history"] == 1 and d["replayed"] == 3  # 100 is cut
+    r.signals = sig  # and 500, which no coordinator took live
+    d = _signal_diff(r.signals, live, [], 20, r)
+    assert not d["identical"] and d["n_only_in_replay"] == 2 and d["not_in_live_history"] == 0
 
 
 @pytest.mark.parametrize("point", POINTS)
