@@ -186,14 +186,14 @@ class Risk:
             if s != skip:
                 known = self.notional.get(s)
                 if known is None or known[0] is not pos or known[1] != pos.volume:
-                    known = self._value(s, pos, quotes(s)[1])
+                    known = self._value(s, pos, to_decimal(quotes(s)[1]))
                 total += known[2]
         return total
 
-    def _value(self, symbol: int, pos: Position, bid: float) -> tuple[Position, Decimal, Decimal]:
-        known = self.notional[symbol] = (pos, pos.volume, abs(pos.volume) * self.specs[symbol].contract_size
-                                         * to_decimal(bid))  # fmt: skip
-        return known
+    def _value(self, symbol: int, pos: Position, bid: Decimal) -> tuple[Position, Decimal, Decimal]:
+        notional = abs(pos.volume) * self.specs[symbol].contract_size * bid
+        self.notional[symbol] = (pos, pos.volume, notional)
+        return self.notional[symbol]
 
     # ---- executions and marking
 
@@ -219,8 +219,9 @@ class Risk:
         self.notional.clear()
         for s, pos in self.ledger.positions.items():
             _, bid, ask, _ = quotes(s)
-            equity += self.ledger.unrealized(s, to_decimal(bid), to_decimal(ask))
-            self._value(s, pos, bid)
+            exact_bid = to_decimal(bid)
+            equity += self.ledger.unrealized(s, exact_bid, to_decimal(ask))
+            self._value(s, pos, exact_bid)
         self.equity = equity
         self.peak = max(self.peak, equity)
         day = now_ns // DAY_NS
