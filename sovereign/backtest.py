@@ -50,8 +50,8 @@ from sovereign.core import NO_AGENT, TICK_DTYPE, Screen
 from sovereign.datafile import FILE_BAR_DTYPE, FILE_TICK_DTYPE, Market
 from sovereign.gateway import _row, make_broker
 from sovereign.ledger import ZERO, to_decimal
-from sovereign.risk import Reason, Risk
-from sovereign.runtime import symbol_specs
+from sovereign.risk import Reason, Risk, reduce_only
+from sovereign.symbols import symbol_specs
 from sovereign.worker import build_pool
 
 NS = 1_000_000_000
@@ -115,8 +115,8 @@ class Backtest:
         self.pool.threads = _cores()  # bars: symbols split over the cores (the same results)
         self.ids = Ids()
         self.coord = Coordinator(config, self.ids)
-        self.risk = Risk(config, symbol_specs(config, n), self.ids)
-        self.broker = make_broker(config, n)
+        self.risk = Risk(config, symbol_specs(config, self.names), self.ids)
+        self.broker = make_broker(config, self.names)
         self.point = config.symbols.point
         self.contract = {s: spec.contract_size for s, spec in self.risk.specs.items()}
         self.q_ts = np.zeros(n, np.int64)
@@ -263,7 +263,8 @@ class Backtest:
                 self._send(f)
 
     def _send(self, f: tuple) -> None:
-        ex = self.broker.market_order(f[2], f[4], f[6], to_decimal(f[10]), sl=f[12] or None, tp=f[13] or None)
+        ex = self.broker.market_order(f[2], f[4], f[6], to_decimal(f[10]), sl=f[12] or None, tp=f[13] or None,
+                                      reduce_only=reduce_only(f[8]))  # fmt: skip
         row = _order_row(
             f,
             "FILLED" if ex.retcode == Retcode.DONE else "REJECTED",

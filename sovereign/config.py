@@ -9,6 +9,7 @@ walks them, so every error names the key and what would be right:
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +76,7 @@ class BrokerConfig:
     initial_balance: float = _f(100_000.0, 0.0, 1e12, lo_open=True)
     commission_per_lot: float = _f(7.0, 0.0, 1e6)
     slippage_points: int = _f(0, 0, 10_000)
+    account_currency: str = _f("USD")  # ISO 4217: what balance, equity and every limit are in
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,19 @@ class SymbolDefaults:
     min_lot: float = _f(0.01, 0.0, 1e6, lo_open=True)
     max_lot: float = _f(100.0, 0.0, 1e6, lo_open=True)
     point: float = _f(0.00001, 0.0, 1e6, lo_open=True)  # slippage and MT5 spreads are in points
+    stops_level: int = _f(0, 0, 1_000_000)  # points a stop or target keeps from the closing price
+    # The currency prices are in; empty: a six-letter FX name's last three letters
+    # (EURGBP: GBP), else the account currency.
+    quote_currency: str = _f("")
+    base_currency: str = _f("")  # empty: a six-letter FX name's first three letters
+    # Account currency per unit of quote currency, fixed (0: none). Not needed when the
+    # quote or the base currency is the account's; without either, the symbol is refused.
+    rate: float = _f(0.0, 0.0, 1e9)
+    commission_per_lot: float = _f(-1.0, -1.0, 1e6)  # in the account currency; -1: the broker's
+    # Per symbol: [symbols.EURUSD] or a glob pattern [symbols."*JPY"], any of the keys
+    # above; what a table does not set comes from [symbols]. An exact name wins, then the
+    # first pattern that matches, in the file's order.
+    overrides: dict[str, SymbolDefaults] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -125,9 +140,19 @@ class Config:
             sim_start_ns(self.feed.start)
         if self.feed.kind == "replay" and not self.feed.files:
             raise ConfigError("config key feed.files: a replay feed needs at least one file")
-        if self.symbols.min_lot > self.symbols.max_lot:
-            raise ConfigError(f"config key symbols.min_lot: {self.symbols.min_lot} is above "
-                              f"symbols.max_lot ({self.symbols.max_lot})")
+        for name, table in {"": self.symbols, **self.symbols.overrides}.items():
+            key = f"symbols.{name}." if name else "symbols."
+            if table.min_lot > table.max_lot:
+                raise ConfigError(f"config key {key}min_lot: {table.min_lot} is above "
+                                  f"{key}max_lot ({table.max_lot})")
+            for ccy in ("quote_currency", "base_currency"):
+                code = getattr(table, ccy)
+                if code and not re.fullmatch(r"[A-Z]{3}", code):
+                    raise ConfigError(f"config key {key}{ccy}: {code[:20]!r} is not a three-letter "
+                                      "currency code like 'USD'")
+        if not re.fullmatch(r"[A-Z]{3}", self.broker.account_currency):
+            raise ConfigError(f"config key broker.account_currency: {self.broker.account_currency[:20]!r} "
+                              "is not a three-letter currency code like 'USD'")
         if self.risk.daily_loss_limit > self.risk.max_drawdown:
             raise ConfigError(f"config key risk.daily_loss_limit: {self.risk.daily_loss_limit} is above "
                               f"risk.max_drawdown ({self.risk.max_drawdown}); a day's loss would halt "
@@ -162,7 +187,31 @@ def load(path: str | Path | None = None) -> Config:
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
+    if isinstance(raw, dict) and isinstance(raw.get("symbols"), dict):
+        raw = {**raw, "symbols": _symbol_tables(raw["symbols"])}
     return _build(Config, raw, "")
+
+
+SYMBOL_PATTERN = re.compile(r"^[A-Za-z0-9._#*?\[\]-]{1,32}$")
+
+
+def _symbol_tables(raw: dict[str, Any]) -> dict[str, Any]:
+    """[symbols] with its sub-tables ([symbols.EURUSD]) gathered under `overrides`, each
+    one merged over the defaults; `overrides` given as such (a saved config) is taken too."""
+    defaults = {k: v for k, v in raw.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in raw.items() if isinstance(v, dict) and k != "overrides"}
+    saved = raw.get("overrides", {})
+    if not isinstance(saved, dict):
+        raise ConfigError(f"config key symbols.overrides: expected a table, got {type(saved).__name__}")
+    overrides = {}
+    for name, table in {**saved, **tables}.items():
+        if not SYMBOL_PATTERN.match(name):
+            raise ConfigError(f"config key symbols.{name[:40]!r}: a symbol name or glob pattern is 1-32 of "
+                              "A-Z a-z 0-9 . _ # - * ? [ ]")  # fmt: skip
+        if table.get("overrides"):
+            raise ConfigError(f"config key symbols.{name}.overrides: per-symbol tables do not nest")
+        overrides[name] = {**defaults, **{k: v for k, v in table.items() if k != "overrides"}}
+    return {**defaults, "overrides": overrides}
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -177,7 +226,12 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     values = {}
     for name, value in raw.items():
         key = f"{prefix}{name}"
-        if dataclasses.is_dataclass(hints[name]):
+        if getattr(hints[name], "__origin__", None) is dict:  # name -> table (symbols.overrides)
+            item = hints[name].__args__[1]
+            if not isinstance(value, dict):
+                raise ConfigError(f"config key {key}: expected a table, got {type(value).__name__}")
+            values[name] = {k: _build(item, v, f"{prefix}{k}.") for k, v in value.items()}
+        elif dataclasses.is_dataclass(hints[name]):
             values[name] = _build(hints[name], value, f"{key}.")
         else:
             values[name] = _check(key, hints[name], value, fields[name].metadata)

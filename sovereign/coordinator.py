@@ -6,8 +6,8 @@ over the live signals, the newest per agent; opposite signals cancel. When |net|
 the threshold in a direction the symbol is not already positioned in (and no order for
 it is in flight), the coordinator emits an order intent:
 
-    conviction = |net|
-    risk       = min(risk_per_trade * |net|, max_symbol_share * risk_per_trade * max_open_positions)
+    conviction = min(1, |net|)   (a sum over up to ten agents: never more than one full trade)
+    risk       = min(risk_per_trade * conviction, max_symbol_share * risk_per_trade * max_open_positions)
 
 `risk` is the fraction of equity to lose if the stop is hit; the cap keeps one symbol
 from taking more than its share of the risk the whole book may carry. Entry, stop and
@@ -89,12 +89,13 @@ class Coordinator:
             flight = self.in_flight.get(symbol)
             if flight is not None and flight[1] > clock:
                 continue
-            risk = min(self.config.risk.risk_per_trade * abs(net), self.cap())
+            conviction = min(1.0, abs(net))
+            risk = min(self.config.risk.risk_per_trade * conviction, self.cap())
             cid = self.next_id()
             self.in_flight[symbol] = (cid, clock + IN_FLIGHT_S * NS)
             self.intents += 1
             out.append((clock, origin_ns, cid, 0, symbol, agent, side, ORDER_INTENT, 0, 0,
-                        0.0, entry, stop, target, abs(net), risk, 0.0))  # fmt: skip
+                        0.0, entry, stop, target, conviction, risk, 0.0))  # fmt: skip
         return out
 
     def on_reports(self, reports: np.ndarray) -> None:

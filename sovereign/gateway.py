@@ -22,7 +22,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -47,9 +47,10 @@ from sovereign.latency import LatencyHistogram
 from sovereign.ledger import to_decimal
 from sovereign.orders import OrderBook, OrderState
 from sovereign.recorder import EventLog, Recorder, event_log, record_dir
-from sovereign.risk import Reason
-from sovereign.runtime import FEED_DONE, LATENCY_WINDOW_S, RUNNING, STOPPED, Child, symbol_specs
+from sovereign.risk import Reason, reduce_only
+from sovereign.runtime import FEED_DONE, LATENCY_WINDOW_S, RUNNING, STOPPED, Child
 from sovereign.state import StateStore, Txn, u64_key
+from sovereign.symbols import symbol_specs
 
 EXIT_REASONS = {"sl": Reason.EXIT_SL, "tp": Reason.EXIT_TP}
 BROKER_KEY = "paper"
@@ -210,10 +211,12 @@ class Gateway:
 
 
 def execute(broker: PaperBroker, rec: np.void) -> Execution:
-    """Send one approved order (ORDER_DTYPE) to the broker: live, in backtests, in replays."""
+    """Send one approved order (ORDER_DTYPE) to the broker: live, in backtests, in replays.
+    Risk's exits and flatten orders go reduce-only (clipped to the broker's position)."""
     return broker.market_order(int(rec["client_order_id"]), int(rec["symbol"]), int(rec["side"]),
                                to_decimal(rec["volume"]), sl=float(rec["sl"]) or None,
-                               tp=float(rec["tp"]) or None)  # fmt: skip
+                               tp=float(rec["tp"]) or None,
+                               reduce_only=reduce_only(int(rec["reason"])))  # fmt: skip
 
 
 def route(ticks: np.ndarray, worker_of: np.ndarray, n_workers: int) -> list[np.ndarray]:
@@ -256,9 +259,10 @@ def _row(ex: Execution, origin: int, agent: int, conviction: float, sl: float, t
             float(ex.price), sl, tp, conviction, 0.0, float(ex.commission))  # fmt: skip
 
 
-def make_broker(config: Config, n_symbols: int) -> PaperBroker:
+def make_broker(config: Config, names: Sequence[str] | int) -> PaperBroker:
+    """The paper broker, its symbols' specs from the config by name (a count: unnamed)."""
     b = config.broker
-    return PaperBroker(Decimal(repr(b.initial_balance)), symbol_specs(config, n_symbols),
+    return PaperBroker(Decimal(repr(b.initial_balance)), symbol_specs(config, names),
                        commission_per_lot=Decimal(repr(b.commission_per_lot)),
                        slippage_points=b.slippage_points)  # fmt: skip
 
@@ -275,6 +279,7 @@ class BrokerLoop(threading.Thread):
     costs one commit, not one per batch."""
 
     COALESCE = 16  # batches shown to the broker at once, at most
+    REACH_WAIT_S = 1.0  # how long an order waits for the ticks its decision saw
 
     def __init__(self, gw: Gateway, approved: OrderRing, send_reports: Callable[[np.ndarray], None],
                  log: EventLog | None, position: int, inbox: int = 8):  # fmt: skip
@@ -288,6 +293,7 @@ class BrokerLoop(threading.Thread):
         self.error: BaseException | None = None
         self.turn_at = time.monotonic()  # when the broker side last went round its loop
         self.buf = np.zeros(approved.capacity, ORDER_DTYPE)
+        self.clock_ns = 0  # the time of the newest tick shown to the broker
 
     # ---- the feed's side
 
@@ -365,12 +371,27 @@ class BrokerLoop(threading.Thread):
         assert at == self.position, (at, self.position)  # the feed's batches, in order
         exits = self.gw.on_ticks(batch)
         self.position = at + len(batch)
+        self.clock_ns = max(self.clock_ns, int(batch["ts_ns"][-1]))
         if len(exits):
             failpoint("gateway.untold")
             self.log("t", at, self.position)
         self.send_reports(exits)
         for _ in taken:
             self.inbox.task_done()
+
+    def _reach(self, decided_ns: int) -> None:
+        """Show the broker every tick up to the market time risk decided at (an order's
+        ts_ns: the quote board's newest time then), so that a paper order never fills at
+        a quote older than its decision saw, however far the broker side trails the feed.
+        The feed publishes a batch on the board just before it gives it here: wait for it,
+        bounded by REACH_WAIT_S (a restarted feed may never reach an old order's time)."""
+        give_up = time.monotonic() + self.REACH_WAIT_S
+        while self.clock_ns < decided_ns and time.monotonic() < give_up:
+            taken = self._take()
+            if taken:
+                self._ticks(taken)
+            else:
+                time.sleep(0.0002)
 
     def _orders(self) -> int:
         """Send the approved orders waiting, batch by batch; returns how many. A batch
@@ -384,6 +405,13 @@ class BrokerLoop(threading.Thread):
             if not n:
                 break
             orders = self.buf[:n].copy()
+            decided = int(orders["ts_ns"].max())
+            if self.clock_ns < decided:  # ticks first; the batch before is committed and told
+                if sent is not None:  # before them: reports go out in the order of their deals
+                    self.gw.store.write(sent.commit)
+                    self.send_reports(sent.reports)
+                    sent = None
+                self._reach(decided)
             self.gw.submit(orders, sent)
             if sent is not None:  # durable now
                 self.send_reports(sent.reports)
@@ -402,7 +430,7 @@ def run(child: Child, config: Config) -> None:
     """The gateway process: feed -> board, broker, worker rings; approved orders -> broker."""
     layout = child.layout
     store = StateStore(config.system.state_dir)
-    gw = Gateway(store, make_broker(config, layout.n_symbols))
+    gw = Gateway(store, make_broker(config, layout.symbol_names or layout.n_symbols))
     worker_of = layout.worker_of()
     fixes = gw.recover()
     for fix in fixes:

@@ -3,7 +3,9 @@
 The paper broker keeps one (the broker's truth) and risk keeps one fed by execution
 reports (its view); the same code does both, so they cannot drift apart. Money is
 Decimal; a float price becomes Decimal(repr(price)), the shortest decimal that is that
-float, so 1.1 stays 1.1. The quote currency is taken as the account currency.
+float, so 1.1 stays 1.1. Lots are kept in the symbol's quote currency; P&L is converted
+to the account currency by the symbol's spec (sovereign.symbols) at the price it is made
+at: a deal's fill price, a mark's bid or ask.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+
+from sovereign.symbols import SymbolSpec
 
 ZERO = Decimal(0)
 
@@ -46,11 +50,12 @@ class Position:
 
 
 class Ledger:
-    """Positions per symbol and the balance; contract_size(symbol) converts lots to units."""
+    """Positions per symbol and the balance (account currency); specs[symbol] converts lots
+    to units and the quote currency to the account currency."""
 
-    def __init__(self, balance: Decimal, contract_sizes: dict[int, Decimal]):
+    def __init__(self, balance: Decimal, specs: dict[int, SymbolSpec]):
         self.balance = Decimal(balance)
-        self.contract_sizes = contract_sizes
+        self.specs = specs
         self.positions: dict[int, Position] = {}  # open positions only
 
     def volume(self, symbol: int) -> Decimal:
@@ -70,8 +75,10 @@ class Ledger:
         sl: Decimal | None = None,
         tp: Decimal | None = None,
     ) -> Decimal:
-        """Apply an execution; returns the P&L it realized (before commission)."""
-        size = self.contract_sizes[symbol]
+        """Apply an execution; returns the P&L it realized (before commission), in the
+        account currency."""
+        spec = self.specs[symbol]
+        size = spec.contract_size
         pos = self.positions.get(symbol)
         if pos is None:
             pos = self.positions[symbol] = Position()
@@ -94,6 +101,8 @@ class Ledger:
             del self.positions[symbol]
         elif (pos.volume > 0) != direction_before or sl is not None or tp is not None:
             pos.sl, pos.tp = sl, tp  # a new or flipped position never inherits the old stops
+        if realized:
+            realized = spec.to_account(realized, price)
         self.balance += realized - commission
         return realized
 
@@ -102,8 +111,9 @@ class Ledger:
         if pos is None:
             return ZERO
         mark = bid if pos.volume > 0 else ask  # what closing it would get
-        size = self.contract_sizes[symbol]
-        return sum(((mark - p) * v * size for v, p in pos.lots), ZERO)
+        spec = self.specs[symbol]
+        quoted = sum(((mark - p) * v * spec.contract_size for v, p in pos.lots), ZERO)
+        return spec.to_account(quoted, mark) if quoted else quoted
 
     # ---- persistence: exact decimals as strings, so a restart restores them bit for bit
 

@@ -36,7 +36,7 @@ from sovereign.datafile import Market, open_file
 from sovereign.gateway import _report, exec_key, execute, make_broker, recovered_report
 from sovereign.recorder import read_events, recordings, session_of
 from sovereign.risk import Reason, Risk, _command
-from sovereign.runtime import symbol_specs
+from sovereign.symbols import symbol_specs
 from sovereign.worker import build_pool
 
 SIGNAL_FIELDS = [n for n in SIGNAL_DTYPE.names or () if n != "origin_ns"]
@@ -187,8 +187,8 @@ class Replayer:
         self.reports = {"risk": _Fifo(), "coordinator": _Fifo()}
         self.coord_ids, self.risk_ids = _Ids(), _Ids()
         self.coord = Coordinator(self.config, self.coord_ids)
-        self.risk = Risk(self.config, symbol_specs(self.config, self.n), self.risk_ids)
-        self.broker: PaperBroker = make_broker(self.config, self.n)
+        self.risk = Risk(self.config, symbol_specs(self.config, list(self.s.market.names)), self.risk_ids)
+        self.broker: PaperBroker = make_broker(self.config, list(s.market.names))
         self.pos = 0
         self.by_worker = [self.out.signals[self._owner(self.out.signals) == k] for k in range(self.n_workers)]
         self.starts = dict.fromkeys(ROLES, 0)
@@ -309,7 +309,7 @@ class Replayer:
             if restart:
                 self._undo_undurable(d)
             self._resent(d, restart)
-            self.broker = make_broker(self.config, self.n)
+            self.broker = make_broker(self.config, list(self.s.market.names))
             self.broker.load_dict(d["broker"])
             self.pos = int(d["base"])
         elif role == "coordinator":
@@ -317,7 +317,7 @@ class Replayer:
             self.coord.load_positions({int(s): Decimal(v) for s, v in d["volumes"].items()},
                                       int(d.get("ticket", 0)))
         else:
-            self.risk = Risk(self.config, symbol_specs(self.config, self.n), self.risk_ids)
+            self.risk = Risk(self.config, symbol_specs(self.config, list(self.s.market.names)), self.risk_ids)
             self.risk.load_dict(d["state"])
             self.risk.ledger.load_dict(d["ledger"])
 
@@ -506,9 +506,9 @@ class Replayer:
             order = self.out.orders.setdefault(int(rec["client_order_id"]), {
                 "ts_ns": int(rec["ts_ns"]), "symbol": int(rec["symbol"]), "side": int(rec["side"]),
                 "conviction": float(rec["conviction"])})  # fmt: skip
-            order.update(state="SUBMITTING", volume=float(rec["volume"]), price=float(rec["price"]),
-                         sl=float(rec["sl"]), tp=float(rec["tp"]), agent=int(rec["agent"]),
-                         reason=Reason(int(rec["reason"])).name)  # fmt: skip
+            order.update(state="SUBMITTING", ts_ns=int(rec["ts_ns"]), volume=float(rec["volume"]),
+                         price=float(rec["price"]), sl=float(rec["sl"]), tp=float(rec["tp"]),
+                         agent=int(rec["agent"]), reason=Reason(int(rec["reason"])).name)  # fmt: skip
         self._unpushed(self.approved.put(out))
         return True
 
@@ -617,7 +617,7 @@ def live_signals(t: Any, s: Session) -> np.ndarray:
 def session_ids(s: Session) -> list[int]:
     """Every client id the session's coordinator and risk gave an order."""
     ids = [i for e in s.events.get("coordinator", []) if e[0] == "s" for i in e[3]]
-    ids += [i for e in s.events.get("risk", []) if e[0] in ("m", "c") for i in e[4]]
+    ids += [i for e in s.events.get("risk", []) if e[0] in ("i", "m", "c") for i in e[4]]
     return ids
 
 

@@ -12,16 +12,16 @@ exactly as live does. Transport-free; the process wrapper persists `events` and 
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
 from decimal import ROUND_FLOOR, Decimal
 from enum import Enum, IntEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from sovereign.broker.paper import SymbolSpec
 from sovereign.config import Config, RiskConfig
 from sovereign.core import (
     NO_AGENT,
@@ -37,8 +37,9 @@ from sovereign.latency import LatencyHistogram
 from sovereign.ledger import ZERO, Ledger, Position, new_deal, same_book, to_decimal
 from sovereign.orders import ClientIds, OrderBook, OrderState
 from sovereign.recorder import event_log
-from sovereign.runtime import RUNNING, STOPPED, Child, set_realtime, symbol_specs
+from sovereign.runtime import RUNNING, STOPPED, Child, set_realtime
 from sovereign.state import Committer, StateStore, Txn
+from sovereign.symbols import SymbolSpec, symbol_specs
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
@@ -51,7 +52,7 @@ class Reason(IntEnum):
 
     OK = 0
     HALTED = 1
-    REDUCING = 2
+    REDUCING = 2  # refused: exits only; on an order: an exit made while reducing (reduce-only)
     MAX_POSITIONS = 3
     SYMBOL_EXPOSURE = 4
     GROSS_EXPOSURE = 5
@@ -63,10 +64,23 @@ class Reason(IntEnum):
     BAD_STOP = 11
     ALREADY_POSITIONED = 12
     UNKNOWN_SYMBOL = 13
-    FLATTEN = 20  # an order of risk's own: closing everything
+    IN_FLIGHT = 14  # an order for the symbol is approved and not reported yet
+    NO_RATE = 15  # no conversion from the symbol's quote currency to the account's
+    BAD_INTENT = 16  # a side that is not +1/-1, or a risk fraction that is not a number > 0
+    FLATTEN = 20  # an order of risk's own: closing everything (reduce-only)
     EXIT_SL = 21  # execution reports: the broker closed at the stop-loss
     EXIT_TP = 22  # ... at the take-profit
+    CLOSE = 23  # risk's close of the position an opposite intent reverses (reduce-only)
     BROKER = 30  # the broker refused the order (the report's retcode says why)
+
+
+# Orders that may only reduce a position: the gateway sends them reduce-only, clipped to
+# the broker's position when executed (nothing to close: nothing traded).
+REDUCE_ONLY = frozenset({Reason.REDUCING, Reason.FLATTEN, Reason.CLOSE})
+
+
+def reduce_only(reason: int) -> bool:
+    return reason in REDUCE_ONLY
 
 
 class TradingState(str, Enum):
@@ -75,24 +89,34 @@ class TradingState(str, Enum):
     HALTED = "HALTED"
 
 
+class Flight(NamedTuple):
+    """An order risk approved whose report has not come back: it counts as exposure."""
+
+    symbol: int
+    volume: Decimal  # signed lots
+    price: Decimal  # what it was approved at, to value its notional
+    reduce_only: bool
+
+
 class Risk:
     def __init__(self, config: Config, specs: dict[int, SymbolSpec], next_id: Callable[[], int]):
         self.limits: RiskConfig = config.risk
         self.specs = specs
         self.next_id = next_id
-        self.ledger = Ledger(Decimal(repr(config.broker.initial_balance)),
-                             {s: spec.contract_size for s, spec in specs.items()})  # fmt: skip
+        self.ledger = Ledger(Decimal(repr(config.broker.initial_balance)), specs)
         self.state = TradingState.ACTIVE
         self.why = ""
         self.peak = self.ledger.balance
-        self.day = -1
+        self.day = -1  # market days since the epoch; never moves backwards
         self.day_start = self.ledger.balance
         self.equity = self.ledger.balance
+        self.marked = False  # whether equity is a mark of real quotes (not just the balance)
         self.approved_ts: deque[int] = deque()  # market times of recent approvals (order rate)
         self.events: list[dict[str, Any]] = []  # for the journal; the wrapper drains it
         self.rejected = dict.fromkeys(Reason, 0)
         self.flattening = False  # halted with flatten: keep closing whatever is open
-        self.closing: dict[int, int] = {}  # symbol -> client id of risk's close in flight
+        self.in_flight: dict[int, Flight] = {}  # client id -> approved, not reported yet
+        self.feed_stalled = False  # the whole feed silent in wall-clock time (the wrapper says)
         self.ticket = 0  # the newest deal in the book: a report of it or an older one is not applied again
         # Each open position's notional at the last mark (as equity is), for the gross limit:
         # symbol -> (the position, its volume then, notional). Refreshed by every mark; an
@@ -108,79 +132,102 @@ class Risk:
 
     def check(self, intents: list[tuple], quotes: Quotes, now_ns: int) -> tuple[list[tuple], list]:
         """`on_intents` on records as tuples of ORDER_DTYPE's fields (`tolist()`): the
-        approved orders as such tuples, and (index of the intent, Reason) for each refused."""
+        approved orders as such tuples, and (index of the intent, Reason) for each refused.
+        Each approval is in flight before the next intent is checked, so a batch cannot
+        pass a limit that each of its intents alone keeps."""
         approved, refused = [], []
         for i, f in enumerate(intents):
-            order, why = self._check(f, quotes, now_ns)
-            if order is not None:
-                approved.append(order)
+            orders, why = self._check(f, quotes, now_ns)
+            for order in orders:  # a reversal's close goes even if its open is refused
+                self._fly(order)
                 self.approved_ts.append(now_ns)
-            else:
+            approved += orders
+            if why is not Reason.OK:
                 self.rejected[why] += 1
                 refused.append((i, why))
         return approved, refused
 
-    def _check(self, f: tuple, quotes: Quotes, now_ns: int) -> tuple[tuple | None, Reason]:
+    def _check(self, f: tuple, quotes: Quotes, now_ns: int) -> tuple[list[tuple], Reason]:
         symbol, side, price, rec_sl, rec_tp, rec_risk = f[4], f[6], f[11], f[12], f[13], f[15]
         spec = self.specs.get(symbol)
         if spec is None:
-            return None, Reason.UNKNOWN_SYMBOL
+            return [], Reason.UNKNOWN_SYMBOL
+        if not spec.convertible:
+            return [], Reason.NO_RATE
+        if side not in (1, -1) or not (rec_risk > 0 and math.isfinite(rec_risk)) or not price > 0:
+            return [], Reason.BAD_INTENT
         if self.state is TradingState.HALTED:
-            return None, Reason.HALTED
+            return [], Reason.HALTED
         qts, bid, ask, _ = quotes(symbol)
-        if qts == 0:
-            return None, Reason.NO_QUOTE
-        if now_ns - qts > self.limits.stale_after_s * NS:
-            return None, Reason.STALE_QUOTE
+        if qts == 0 or not (bid > 0 and ask > 0):
+            return [], Reason.NO_QUOTE
+        if self.feed_stalled or now_ns - qts > self.limits.stale_after_s * NS:
+            return [], Reason.STALE_QUOTE
         ref = ask if side > 0 else bid
         if abs(ref / price - 1.0) > self.limits.price_band:
-            return None, Reason.PRICE_BAND
+            return [], Reason.PRICE_BAND
+        if any(o.symbol == symbol for o in self.in_flight.values()):
+            return [], Reason.IN_FLIGHT  # sized on the book once the broker has answered
         current = self.ledger.volume(symbol)
         if current != 0 and (current > 0) == (side > 0):
-            return None, Reason.ALREADY_POSITIONED
+            return [], Reason.ALREADY_POSITIONED
         if self.state is TradingState.REDUCING and current == 0:
-            return None, Reason.REDUCING
+            return [], Reason.REDUCING
         while self.approved_ts and self.approved_ts[0] <= now_ns - 60 * NS:
             self.approved_ts.popleft()
         if len(self.approved_ts) >= self.limits.max_orders_per_minute:
-            return None, Reason.ORDER_RATE
-        closing = abs(current)
+            return [], Reason.ORDER_RATE
+        orders = []
         if self.state is TradingState.REDUCING:  # exits only: close, do not reverse
-            return self._order(f, closing, ref, 0.0, 0.0, Reason.REDUCING), Reason.OK
-        stop = rec_sl
-        if (stop >= ref) if side > 0 else (stop <= ref):
-            return None, Reason.BAD_STOP
-        if current == 0 and len(self.ledger.positions) >= self.limits.max_open_positions:
-            return None, Reason.MAX_POSITIONS
-        budget = self.equity * Decimal(repr(rec_risk))
-        per_lot = abs(to_decimal(ref) - to_decimal(stop)) * spec.contract_size  # exact: no float subtraction
+            return [self._order(f, f[2], abs(current), ref, 0.0, 0.0, Reason.REDUCING, now_ns)], Reason.OK
+        if current != 0:  # a reversal is a reduce-only close, then an open sized on its own
+            orders.append(self._order(f, self.next_id(), abs(current), ref, 0.0, 0.0, Reason.CLOSE, now_ns))
+        exact_bid, exact_ask = to_decimal(bid), to_decimal(ask)
+        stop = to_decimal(rec_sl) if rec_sl else None
+        if stop is None or not spec.stops_ok(side, stop, None, exact_bid, exact_ask):
+            return orders, Reason.BAD_STOP  # a reversal's close still goes: the signal turned
+        open_symbols = set(self.ledger.positions) | {o.symbol for o in self.in_flight.values()}
+        if current == 0 and len(open_symbols) >= self.limits.max_open_positions:
+            return orders, Reason.MAX_POSITIONS
+        exact_ref = to_decimal(ref)
+        budget = self.equity * min(Decimal(repr(rec_risk)), Decimal(repr(self.limits.risk_per_trade)))
+        # exact: no float subtraction; in the account currency at the entry price
+        per_lot = spec.to_account(abs(exact_ref - stop) * spec.contract_size, exact_ref)
         volume = (budget / per_lot / spec.lot_step).to_integral_value(ROUND_FLOOR) * spec.lot_step
-        volume = min(volume, spec.max_lot - closing)
+        volume = min(volume, spec.max_lot)
         if volume < spec.min_lot:
-            return None, Reason.VOLUME_TOO_SMALL
+            return orders, Reason.VOLUME_TOO_SMALL
         # Exposure limits cut the size down to what fits; refuse only if not a minimum lot.
-        per_lot_notional = spec.contract_size * to_decimal(ref)
+        per_lot_notional = spec.to_account(spec.contract_size * exact_ref, exact_ref)
         symbol_room = self.equity * to_decimal(self.limits.max_symbol_exposure)
-        gross_room = self.equity * to_decimal(self.limits.max_gross_exposure) - self._gross(
-            quotes, skip=symbol
-        )
+        gross_room = self.equity * to_decimal(self.limits.max_gross_exposure)
+        gross_room -= self._gross(quotes, skip=symbol)
         for room, why in ((symbol_room, Reason.SYMBOL_EXPOSURE), (gross_room, Reason.GROSS_EXPOSURE)):
             fits = (room / per_lot_notional / spec.lot_step).to_integral_value(ROUND_FLOOR) * spec.lot_step
             if fits < spec.min_lot:
-                return None, why
+                return orders, why
             volume = min(volume, fits)
-        tp = rec_tp if ((rec_tp > ref) if side > 0 else (0 < rec_tp < ref)) else 0.0
-        return self._order(f, closing + volume, ref, stop, tp, Reason.OK), Reason.OK
+        tp = to_decimal(rec_tp) if rec_tp else None
+        tp_ok = tp is not None and spec.stops_ok(side, None, tp, exact_bid, exact_ask)
+        orders.append(self._order(f, f[2], volume, ref, rec_sl, rec_tp if tp_ok else 0.0, Reason.OK, now_ns))
+        return orders, Reason.OK
 
     @staticmethod
-    def _order(f: tuple, volume: Decimal, price: float, sl: float, tp: float, why: Reason) -> tuple:
-        """The intent `f` as the order risk approves."""
-        return (*f[:7], ORDER_APPROVED, int(why), f[9], float(volume), price, sl, tp, *f[14:])
+    def _order(f: tuple, cid: int, volume: Decimal, price: float, sl: float, tp: float, why: Reason,
+               now_ns: int) -> tuple:  # fmt: skip
+        """The intent `f` as an order risk approves, stamped with the market time risk decided
+        at: the gateway's paper broker fills it at a quote no older than that."""
+        return (now_ns, f[1], cid, *f[3:7], ORDER_APPROVED, int(why), f[9], float(volume), price, sl, tp,
+                *f[14:])  # fmt: skip
+
+    def _fly(self, order: tuple) -> None:
+        volume = to_decimal(order[10]) * order[6]
+        self.in_flight[order[2]] = Flight(order[4], volume, to_decimal(order[11]), reduce_only(order[8]))
 
     def _gross(self, quotes: Quotes, skip: int) -> Decimal:
-        """The open positions' notional but `skip`'s, at the last mark's bids. Measured live
-        (20 positions, 30 k ticks/s), valuing each at its quote now was a third of an
-        intent's check; risk's whole decision went from p50 130-150 to 109-113 us."""
+        """The notional of every open position but `skip`'s, at the last mark's bids (see
+        bench/bench_pipeline.py for why not at each quote now), and of every opening order
+        in flight, at the price it was approved at."""
         total = ZERO
         for s, pos in self.ledger.positions.items():
             if s != skip:
@@ -188,10 +235,18 @@ class Risk:
                 if known is None or known[0] is not pos or known[1] != pos.volume:
                     known = self._value(s, pos, to_decimal(quotes(s)[1]))
                 total += known[2]
+        for o in self.in_flight.values():
+            if not o.reduce_only and o.symbol != skip:
+                spec = self.specs[o.symbol]
+                total += spec.to_account(abs(o.volume) * spec.contract_size * o.price, o.price)
         return total
 
     def _value(self, symbol: int, pos: Position, bid: Decimal) -> tuple[Position, Decimal, Decimal]:
-        notional = abs(pos.volume) * self.specs[symbol].contract_size * bid
+        """A position's notional in the account currency; at cost while it has no quote."""
+        if bid <= 0:
+            bid = sum((abs(v) * p for v, p in pos.lots), ZERO) / abs(pos.volume)
+        spec = self.specs[symbol]
+        notional = spec.to_account(abs(pos.volume) * spec.contract_size * bid, bid)
         self.notional[symbol] = (pos, pos.volume, notional)
         return self.notional[symbol]
 
@@ -205,27 +260,42 @@ class Risk:
         for r in reports:
             cid, ticket, symbol, side, kind, volume, price, sl, tp, commission = (
                 r[2], r[3], r[4], r[6], r[7], r[10], r[11], r[12], r[13], r[16])
-            if self.closing.get(symbol) == cid:
-                del self.closing[symbol]
+            self.in_flight.pop(cid, None)
             if kind == ORDER_FILL and new_deal(ticket, self.ticket):
                 self.ticket = max(self.ticket, ticket)
                 self.ledger.fill(symbol, side, to_decimal(volume), to_decimal(price), to_decimal(commission),
                                  to_decimal(sl) if sl else None, to_decimal(tp) if tp else None)  # fmt: skip
 
+    def forget(self, cids: list[int]) -> None:
+        """Orders known lost (taken by a gateway that died before recording them): no report
+        will come, so they no longer count as exposure."""
+        for cid in cids:
+            if self.in_flight.pop(cid, None) is not None:
+                self.events.append({"event": "order_lost", "client_order_id": cid})
+
     def mark(self, quotes: Quotes, now_ns: int) -> np.ndarray:
         """Mark the book to market; enforce the daily loss and drawdown limits. Returns the
-        flatten orders of an emergency shutdown (empty otherwise)."""
+        flatten orders of an emergency shutdown (empty otherwise).
+
+        Only real quotes mark: while a position has none (a restart on a fresh quote
+        board), equity, the peak, the day and both limits wait for it."""
         equity = self.ledger.balance
         self.notional.clear()
+        unquoted = now_ns <= 0
         for s, pos in self.ledger.positions.items():
-            _, bid, ask, _ = quotes(s)
+            qts, bid, ask, _ = quotes(s)
+            if qts == 0 or not (bid > 0 and ask > 0):
+                unquoted = True
+                continue
             exact_bid = to_decimal(bid)
             equity += self.ledger.unrealized(s, exact_bid, to_decimal(ask))
             self._value(s, pos, exact_bid)
-        self.equity = equity
+        if unquoted:
+            return self._flatten_open(quotes, now_ns) if self.state is TradingState.HALTED else _NONE
+        self.equity, self.marked = equity, True
         self.peak = max(self.peak, equity)
         day = now_ns // DAY_NS
-        if day != self.day:
+        if day > self.day:
             self.day, self.day_start = day, equity
             if self.state is TradingState.REDUCING:
                 self._set(TradingState.ACTIVE, "a new trading day")
@@ -240,7 +310,7 @@ class Risk:
             self._set(TradingState.REDUCING, f"daily loss limit: equity {equity:.2f} is more than "
                                              f"{self.limits.daily_loss_limit:.1%} below the day's start "
                                              f"{self.day_start:.2f}")  # fmt: skip
-        return np.zeros(0, ORDER_DTYPE)
+        return _NONE
 
     # ---- commands
 
@@ -251,21 +321,36 @@ class Risk:
         return self._flatten_open(quotes, now_ns)
 
     def _flatten_open(self, quotes: Quotes, now_ns: int) -> np.ndarray:
-        """While flattening, close every open position without a close in flight: a fill
+        """While flattening, close every open position without an order in flight: a fill
         of an order that was already on its way when the halt came is closed in turn."""
         if not self.flattening:
-            return np.zeros(0, ORDER_DTYPE)
-        todo = [s for s in self.ledger.open_symbols() if s not in self.closing]
-        return np.array([self._close(s, quotes, now_ns) for s in todo], ORDER_DTYPE)
+            return _NONE
+        return self._closes(self.ledger.open_symbols(), quotes, now_ns)
 
     def flatten(self, symbol: int | None, quotes: Quotes, now_ns: int) -> np.ndarray:
         """Close one symbol's position (None: every open position) without changing the
-        trading state. A symbol whose close is already in flight is left alone."""
+        trading state. A symbol with an order in flight, or without a quote yet, is left
+        alone (flatten again once it has been answered)."""
         symbols = self.ledger.open_symbols() if symbol is None else [symbol]
-        todo = [s for s in symbols if self.ledger.volume(s) and s not in self.closing]
-        self.events.extend({"event": "flatten", "symbol": s, "volume": str(self.ledger.volume(s))}
-                           for s in todo)  # fmt: skip
-        return np.array([self._close(s, quotes, now_ns) for s in todo], ORDER_DTYPE)
+        out = self._closes([s for s in symbols if self.ledger.volume(s)], quotes, now_ns)
+        self.events.extend({"event": "flatten", "symbol": int(o["symbol"]), "volume": str(o["volume"])}
+                           for o in out)  # fmt: skip
+        return out
+
+    def _closes(self, symbols: list[int], quotes: Quotes, now_ns: int) -> np.ndarray:
+        busy = {o.symbol for o in self.in_flight.values()}
+        out = []
+        for s in symbols:
+            qts, bid, ask, _ = quotes(s)
+            if s in busy or qts == 0 or not (bid > 0 and ask > 0):
+                continue
+            vol = self.ledger.volume(s)
+            side = -1 if vol > 0 else 1
+            order = (now_ns, 0, self.next_id(), 0, s, NO_AGENT, side, ORDER_APPROVED, int(Reason.FLATTEN), 0,
+                     float(abs(vol)), ask if side > 0 else bid, 0.0, 0.0, 0.0, 0.0, 0.0)  # fmt: skip
+            self._fly(order)
+            out.append(order)
+        return np.array(out, ORDER_DTYPE) if out else _NONE
 
     def account(self) -> dict[str, Any]:
         """What an operator asks first: state, money, drawdown, the day's P&L."""
@@ -274,27 +359,36 @@ class Risk:
                 "equity": str(self.equity), "peak": str(self.peak),
                 "day_pnl": str(self.equity - self.day_start), "drawdown": float(dd),
                 "open_positions": len(self.ledger.open_symbols()), "flattening": self.flattening,
-                "closing": len(self.closing),
+                "closing": sum(o.reduce_only for o in self.in_flight.values()),
+                "in_flight": len(self.in_flight),
                 "rejected": {r.name: n for r, n in self.rejected.items() if n}}  # fmt: skip
 
-    def resume(self) -> None:
-        if self.state is not TradingState.ACTIVE:
-            self.peak = self.equity  # the drawdown that halted it is acknowledged
-            self.flattening = False
-            self._set(TradingState.ACTIVE, "resumed by command")
+    def resume(self) -> str:
+        """Back to ACTIVE; says what it did. Only a resume from HALTED re-bases the peak
+        (the drawdown that halted it is acknowledged); a resume from REDUCING keeps the
+        peak and re-bases the day's start (the day's loss is acknowledged)."""
+        before = self.state
+        if before is TradingState.ACTIVE:
+            return "already active"
+        if before is TradingState.HALTED:
+            did = f"resumed from HALTED; drawdown peak re-based from {self.peak:.2f} to {self.equity:.2f}"
+            self.peak = self.equity
+        else:
+            did = (f"resumed from REDUCING; the day's start re-based from {self.day_start:.2f} to "
+                   f"{self.equity:.2f}, the drawdown peak stays {self.peak:.2f}")  # fmt: skip
+            self.day_start = self.equity
+        self.flattening = False
+        self._set(TradingState.ACTIVE, did)
+        return did
+
+    def set_feed_stalled(self, stalled: bool) -> None:
+        if stalled != self.feed_stalled:
+            self.feed_stalled = stalled
+            self.events.append({"event": "feed_stalled" if stalled else "feed_back"})
 
     def reload(self, limits: RiskConfig) -> None:
         self.limits = limits
         self.events.append({"event": "risk_limits_reloaded", "limits": limits.__dict__})
-
-    def _close(self, symbol: int, quotes: Quotes, now_ns: int) -> tuple:
-        vol = self.ledger.volume(symbol)
-        side = -1 if vol > 0 else 1
-        _, bid, ask, _ = quotes(symbol)
-        cid = self.next_id()
-        self.closing[symbol] = cid
-        return (now_ns, 0, cid, 0, symbol, NO_AGENT, side, ORDER_APPROVED, int(Reason.FLATTEN), 0,
-                float(abs(vol)), ask if side > 0 else bid, 0.0, 0.0, 0.0, 0.0, 0.0)  # fmt: skip
 
     def _set(self, state: TradingState, why: str) -> None:
         if state is self.state and why == self.why:
@@ -307,15 +401,23 @@ class Risk:
 
     def to_dict(self) -> dict[str, Any]:
         return {"state": self.state.value, "why": self.why, "peak": str(self.peak), "day": self.day,
-                "day_start": str(self.day_start), "equity": str(self.equity),
-                "flattening": self.flattening, "ticket": self.ticket}  # fmt: skip
+                "day_start": str(self.day_start), "equity": str(self.equity), "marked": self.marked,
+                "flattening": self.flattening, "ticket": self.ticket,
+                "in_flight": [[cid, o.symbol, str(o.volume), str(o.price), o.reduce_only]
+                              for cid, o in self.in_flight.items()]}  # fmt: skip
 
     def load_dict(self, d: dict[str, Any]) -> None:
         self.state, self.why = TradingState(d["state"]), d["why"]
         self.peak, self.day, self.day_start = Decimal(d["peak"]), int(d["day"]), Decimal(d["day_start"])
         self.equity = Decimal(d["equity"])
+        self.marked = bool(d.get("marked", True))
         self.flattening = bool(d.get("flattening", False))
         self.ticket = int(d.get("ticket", 0))
+        self.in_flight = {int(cid): Flight(int(s), Decimal(v), Decimal(p), bool(r))
+                          for cid, s, v, p, r in d.get("in_flight", [])}  # fmt: skip
+
+
+_NONE = np.zeros(0, ORDER_DTYPE)
 
 
 BOOK_KEY = "book"  # positions database: risk's ledger
@@ -336,7 +438,7 @@ def run(child: Child, config: Config) -> None:
     store = StateStore(config.system.state_dir)
     ids = ClientIds(store)
     issued = ids.issued  # cleared as each event is logged
-    risk = Risk(config, symbol_specs(config, layout.n_symbols), ids.next)
+    risk = Risk(config, symbol_specs(config, layout.symbol_names or layout.n_symbols), ids.next)
     saved, book, broker = store.read(lambda t: (t.get("risk", STATE_KEY), t.get("positions", BOOK_KEY),
                                                 t.get("bridge", BROKER_KEY)))  # fmt: skip
     if saved is not None:
@@ -399,9 +501,13 @@ def run(child: Child, config: Config) -> None:
     buf = np.zeros(intents.capacity, ORDER_DTYPE)
     rep = np.zeros(reports.capacity, ORDER_DTYPE)
     clock = [0]
+    fed = [0, time.monotonic()]  # the board's newest quote time, and when it last moved (wall clock)
 
     def now() -> int:
-        clock[0] = max(clock[0], board.newest_ts())
+        newest = board.newest_ts()
+        if newest != fed[0]:
+            fed[0], fed[1] = newest, time.monotonic()
+        clock[0] = max(clock[0], newest)
         return clock[0]
 
     orders = OrderBook(store)
@@ -436,11 +542,36 @@ def run(child: Child, config: Config) -> None:
             committer.hurry()
 
     next_mark = next_save = next_beat = 0.0
-    awaiting: dict[int, float] = {}  # client id -> when approved, until its report comes back
+    # client id -> (when approved, its place in the approved ring), until its report comes
+    # back; those a restarted risk found in flight: placed before everything pushed so far.
+    pushed = approved.stats()["pushed"]
+    awaiting: dict[int, tuple[float, int]] = dict.fromkeys(risk.in_flight, (time.monotonic(), pushed - 1))
 
     def push(orders: np.ndarray) -> None:
+        nonlocal pushed
         approved.push(orders, timeout=1.0)
-        awaiting.update(dict.fromkeys(orders["client_order_id"].tolist(), time.monotonic()))
+        for cid in orders["client_order_id"].tolist():
+            awaiting[cid] = (time.monotonic(), pushed)
+            pushed += 1
+
+    def internal() -> list[tuple]:
+        """What risk is told by its own wrapper, as commands (logged, so the replay sees
+        them): the whole feed silent by the wall clock (a stall never looks stale against
+        the newest quote), and orders lost with a gateway: taken from the approved ring
+        REPORT_WAIT_S ago and still not in the order book."""
+        msgs: list[tuple] = []
+        stalled = time.monotonic() - fed[1] > risk.limits.stale_after_s
+        if stalled != risk.feed_stalled:
+            msgs.append(("feed", stalled))
+        since, taken_by_gateway = time.monotonic() - REPORT_WAIT_S, approved.stats()["popped"]
+        old = [cid for cid, (at, place) in awaiting.items() if at < since and place < taken_by_gateway]
+        if old:
+            lost = [cid for cid in old if orders.get(cid) is None]
+            for cid in old:
+                awaiting.pop(cid)
+            if lost:
+                msgs.append(("lost", lost))
+        return msgs
 
     def draining() -> bool:
         """Stopping, the coordinator has exited: decide on the intents it left, and take the
@@ -450,7 +581,7 @@ def run(child: Child, config: Config) -> None:
         if intents.stats()["depth"] or reports.stats()["depth"]:
             return True
         since = time.monotonic() - REPORT_WAIT_S
-        return any(t > since for t in awaiting.values())
+        return any(t > since for t, _ in awaiting.values())
 
     watched = [intents, reports]
     intent_in, approved_out = LatencyHistogram(), LatencyHistogram()
@@ -463,7 +594,7 @@ def run(child: Child, config: Config) -> None:
             taken += n
             clock_ns = now()
             ok, refused = risk.on_intents(buf[:n], read, clock_ns)
-            logged("i", n, clock_ns, seen, [])
+            logged("i", n, clock_ns, seen, issued)
             if log is not None:
                 log.flush()
             if len(ok):
@@ -491,7 +622,7 @@ def run(child: Child, config: Config) -> None:
             else:
                 pending[:] = [("m", None, clock_ns, dict(seen), [])]
                 seen.clear()
-            for msg in child.messages():
+            for msg in child.messages() + internal():
                 clock_ns = now()
                 more, answer = _command(risk, msg, read, clock_ns)
                 if answer["did"]:
@@ -527,7 +658,8 @@ def run(child: Child, config: Config) -> None:
 
 def _marked(risk: Risk) -> tuple:
     """What a mark may change besides equity (replay: a mark changing none of it is not logged)."""
-    return risk.state, risk.why, risk.peak, risk.day, risk.day_start, risk.flattening, len(risk.events)
+    return (risk.state, risk.why, risk.peak, risk.day, risk.day_start, risk.flattening, risk.marked,
+            len(risk.events))  # fmt: skip
 
 
 def _command(risk: Risk, msg: tuple, quotes: Quotes, now_ns: int) -> tuple[np.ndarray, dict[str, Any]]:
@@ -544,9 +676,13 @@ def _command(risk: Risk, msg: tuple, quotes: Quotes, now_ns: int) -> tuple[np.nd
         out = risk.flatten(None if msg[1] is None else int(msg[1]), quotes, now_ns)
         did = f"{len(out)} closing orders sent"
     elif kind == "resume":
-        before = risk.state
-        risk.resume()
-        did = "already active" if before is TradingState.ACTIVE else f"resumed from {before.name}"
+        did = risk.resume()
+    elif kind == "feed":
+        risk.set_feed_stalled(bool(msg[1]))
+        did = "feed stalled: every intent refused as stale" if msg[1] else "feed back"
+    elif kind == "lost":
+        risk.forget([int(c) for c in msg[1]])
+        did = f"{len(msg[1])} orders lost with a gateway no longer count as exposure"
     elif kind == "reload":
         risk.reload(msg[1])
         did = "risk limits reloaded"

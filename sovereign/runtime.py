@@ -22,9 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from sovereign.broker.paper import SymbolSpec
 from sovereign.config import Config, ConfigError
-from sovereign.ledger import to_decimal
 
 TICK_RING = 1 << 16
 SIGNAL_RING = 1 << 14
@@ -178,13 +176,6 @@ class Heartbeats:
         self._map.close()
         if self.owner:
             self.path.unlink(missing_ok=True)
-
-
-def symbol_specs(config: Config, n_symbols: int) -> dict[int, SymbolSpec]:
-    d = config.symbols
-    spec = SymbolSpec(to_decimal(d.contract_size), to_decimal(d.lot_step), to_decimal(d.min_lot),
-                      to_decimal(d.max_lot), to_decimal(d.point))  # fmt: skip
-    return dict.fromkeys(range(n_symbols), spec)
 
 
 class Child:

@@ -36,10 +36,10 @@ from sovereign.gateway import BrokerLoop, Gateway, _final_stats, exec_key, make_
 from sovereign.orders import OrderBook, OrderState
 from sovereign.presets import add_default_agents
 from sovereign.recorder import EventLog, read_events
-from sovereign.risk import Reason, Risk, TradingState
-from sovereign.runtime import symbol_specs
+from sovereign.risk import Flight, Reason, Risk, TradingState
 from sovereign.sim import SimMarket, simulate_ticks
 from sovereign.state import StateStore
+from sovereign.symbols import symbol_specs
 from tests.helpers import ring_name
 
 NS = 1_000_000_000
@@ -207,6 +207,11 @@ def test_gross_exposure_values_other_positions_at_the_last_mark_as_equity_is() -
     ok, refused = r.on_intents(intent(symbol=1, cid=2), moved, 1000 * NS)
     # Room 1.5 * 99980 - 110000 = 39970 at the mark's bid (not at 2.2, where there is none).
     assert not refused and ok[0]["volume"] == 0.36
+    _, refused = r.on_intents(intent(symbol=3, cid=6), moved, 1000 * NS)
+    assert [w for _, w in refused] == [Reason.GROSS_EXPOSURE]  # the approved order counts while in flight
+    gone = ok.copy()
+    gone["kind"] = ORDER_REJECT
+    r.on_reports(gone)  # the broker refused it: no longer exposure
     more = held.copy()
     more["client_order_id"], more["volume"] = 3, 0.1
     r.on_reports(more)  # the position changed after the mark: valued at the quote now
@@ -247,6 +252,9 @@ def test_daily_loss_reduces_until_the_next_day_and_drawdown_halts_and_flattens()
     assert refused[0][1] == Reason.REDUCING
     ok, _ = r.on_intents(intent(side=-1, price=1.04, sl=1.05, cid=3), quotes_at(1.04, 1.0402, day0), day0)
     assert ok[0]["volume"] == 0.18 and ok[0]["reason"] == Reason.REDUCING  # a close, not a reversal
+    refused = ok.copy()
+    refused["kind"] = ORDER_REJECT
+    r.on_reports(refused)  # the broker refused the close: the position stays open
     r.mark(quotes_at(1.04, 1.0402, day0 + 86400 * NS), day0 + 86400 * NS)
     assert r.state is TradingState.ACTIVE
     out = r.mark(quotes_at(0.8, 0.8002, day0 + 86400 * NS), day0 + 86400 * NS)
@@ -455,7 +463,7 @@ def test_a_restarted_gateway_sends_again_the_reports_its_predecessor_may_not_hav
     # and reported, so risk's close in flight for that symbol is over.
     close = order.copy()
     close["client_order_id"], close["side"], close["agent"] = 42, -1, 0
-    risk.closing[symbol] = 42
+    risk.in_flight[42] = Flight(symbol, D("-0.1"), D(str(close["price"][0])), True)
 
     def killed() -> None:
         raise SystemExit
@@ -472,7 +480,7 @@ def test_a_restarted_gateway_sends_again_the_reports_its_predecessor_may_not_hav
         42, ORDER_REJECT, symbol, -1)
     assert rejected["volume"] == 0.1 and rejected["reason"] == Reason.BROKER
     risk.on_reports(again)
-    assert risk.closing == {} and risk.ledger.volume(symbol) == D("0.1")
+    assert risk.in_flight == {} and risk.ledger.volume(symbol) == D("0.1")
     _final_stats(store, gw3, 0, 0, 0.0)  # a clean stop: every report was pushed
     assert len(gw3.unsent([])[0]) == 0
 

@@ -235,7 +235,8 @@ def test_drawdown_past_the_limit_flattens_and_halts(tmp_path: Path) -> None:
     halts = [e for e in events if e["event"] == "trading_state" and e["state"] == "HALTED"]
     assert halts and "max drawdown" in halts[0]["why"], Counter(e["event"] for e in events)
     flatten = [o for o in orders(state) if o.get("reason") == "FLATTEN"]
-    unfilled = [o for o in flatten if o["state"] != "FILLED"]
+    # A flatten is reduce-only: one whose position a stop closed first finds nothing to close.
+    unfilled = [o for o in flatten if o["state"] != "FILLED" and o.get("retcode") != 10036]
     assert flatten and not unfilled, unfilled
     # Nothing but exits once halted. Orders risk approved before the halt may still be in
     # flight; the approved ring is FIFO and risk pushes its closing orders after them, so

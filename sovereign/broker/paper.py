@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from sovereign.core import first_touch, last_of_each
-from sovereign.ledger import Ledger, Position, to_decimal
+from sovereign.ledger import ZERO, Ledger, Position, to_decimal
+from sovereign.symbols import SymbolSpec
 
 __all__ = ["Execution", "PaperBroker", "Position", "Retcode", "SymbolSpec", "to_decimal"]
 REMEMBERED_ORDERS = 100_000  # client ids kept for `find` after a crash
@@ -34,15 +35,7 @@ class Retcode(IntEnum):
     INVALID_STOPS = 10016
     NO_MONEY = 10019
     PRICE_OFF = 10021  # no quote for the symbol yet
-
-
-@dataclass(frozen=True)
-class SymbolSpec:
-    contract_size: Decimal = Decimal(100_000)
-    lot_step: Decimal = Decimal("0.01")
-    min_lot: Decimal = Decimal("0.01")
-    max_lot: Decimal = Decimal(100)
-    point: Decimal = Decimal("0.00001")
+    POSITION_CLOSED = 10036  # a reduce-only order found no position to reduce
 
 
 @dataclass(frozen=True)
@@ -77,7 +70,7 @@ class PaperBroker:
     def __init__(self, balance: Decimal, specs: dict[int, SymbolSpec], *,
                  commission_per_lot: Decimal = Decimal(0), slippage_points: int = 0,
                  leverage: Decimal = Decimal(100)):
-        self.ledger = Ledger(Decimal(balance), {s: spec.contract_size for s, spec in specs.items()})
+        self.ledger = Ledger(Decimal(balance), specs)
         self.specs = specs
         self.commission_per_lot = Decimal(commission_per_lot)
         self.slippage_points = slippage_points
@@ -178,13 +171,24 @@ class PaperBroker:
     # ---- orders
 
     def market_order(self, client_order_id: int, symbol: int, side: int, volume: Decimal,
-                     sl: float | None = None, tp: float | None = None) -> Execution:
+                     sl: float | None = None, tp: float | None = None, *,
+                     reduce_only: bool = False) -> Execution:  # fmt: skip
         """Fill a market order at the current quote (ask to buy, bid to sell) plus slippage.
-        sl/tp, when given, become the position's (netting: the newest order sets them)."""
+        sl/tp, when given, become the position's (netting: the newest order sets them).
+
+        A reduce-only order (an exit, a flatten) is clipped to the position it finds here,
+        whatever the sender's book said: with nothing to close it is refused
+        (POSITION_CLOSED) and nothing is traded, so it can never open or grow a position."""
         spec = self.specs.get(symbol)
-        quote = self.quote(symbol)
         volume = Decimal(volume)
-        if spec is None or quote is None:
+        if spec is None:
+            return self._reject(client_order_id, symbol, side, volume, Retcode.REJECT,
+                                f"unknown symbol {symbol}")
+        if not spec.convertible:
+            return self._reject(client_order_id, symbol, side, volume, Retcode.REJECT,
+                                f"symbol {symbol} has no rate to the account currency")  # fmt: skip
+        quote = self.quote(symbol)
+        if quote is None:
             return self._reject(client_order_id, symbol, side, volume, Retcode.PRICE_OFF,
                                 f"no quote for symbol {symbol}")
         if side not in (1, -1):
@@ -193,18 +197,28 @@ class PaperBroker:
             return self._reject(client_order_id, symbol, side, volume, Retcode.INVALID_VOLUME,
                                 f"volume {volume} is not a multiple of {spec.lot_step} in "
                                 f"[{spec.min_lot}, {spec.max_lot}]")
+        held = self.ledger.volume(symbol)
+        if reduce_only:
+            if held == 0 or (held > 0) == (side > 0):
+                return self._reject(client_order_id, symbol, side, volume, Retcode.POSITION_CLOSED,
+                                    f"reduce-only: no {'short' if side > 0 else 'long'} position to close")
+            return self._fill(client_order_id, symbol, side, min(volume, abs(held)), None, None, "")
         _, bid, ask = quote
         dsl = None if sl is None else to_decimal(sl)
         dtp = None if tp is None else to_decimal(tp)
-        ref = ask if side > 0 else bid
-        if (dsl is not None and (dsl >= ref if side > 0 else dsl <= ref)) or (
-            dtp is not None and (dtp <= ref if side > 0 else dtp >= ref)
-        ):
+        if not spec.stops_ok(side, dsl, dtp, bid, ask):
             return self._reject(client_order_id, symbol, side, volume, Retcode.INVALID_STOPS,
-                                f"sl {sl} / tp {tp} on the wrong side of {ref}")
-        if self._short_of_margin(symbol, side * volume, ref):
-            return self._reject(client_order_id, symbol, side, volume, Retcode.NO_MONEY,
-                                "not enough free margin")
+                                f"sl {sl} / tp {tp} not beyond {bid if side > 0 else ask} by the stops level "
+                                f"({spec.stops_level} points)")  # fmt: skip
+        ref = ask if side > 0 else bid
+        if abs(held + side * volume) > abs(held):  # only an order that adds exposure needs margin
+            unquoted = [s for s in self.positions if s != symbol and self.quote(s) is None]
+            if unquoted:
+                return self._reject(client_order_id, symbol, side, volume, Retcode.PRICE_OFF,
+                                    f"no quote yet for positioned symbol {unquoted[0]}: margin unknown")
+            if self._short_of_margin(symbol, side * volume, ref):
+                return self._reject(client_order_id, symbol, side, volume, Retcode.NO_MONEY,
+                                    "not enough free margin")
         return self._fill(client_order_id, symbol, side, volume, dsl, dtp, "")
 
     # ---- account
@@ -213,10 +227,12 @@ class PaperBroker:
         return self.balance + sum((self.unrealized(s) for s in self.ledger.open_symbols()), Decimal(0))
 
     def unrealized(self, symbol: int) -> Decimal:
-        if not self.ledger.volume(symbol):
-            return Decimal(0)
-        _, bid, ask = self.quote(symbol)  # type: ignore[misc]
-        return self.ledger.unrealized(symbol, bid, ask)
+        """Open P&L at the quote (account currency); a position without a quote yet (a
+        restarted broker) is valued at cost, 0, until its first tick."""
+        quote = self.quote(symbol)
+        if not self.ledger.volume(symbol) or quote is None:
+            return ZERO
+        return self.ledger.unrealized(symbol, quote[1], quote[2])
 
     def to_dict(self) -> dict[str, Any]:
         """The account (positions, balance) and ticket counter; executions are persisted
@@ -238,7 +254,8 @@ class PaperBroker:
         if price is None:
             _, bid, ask = self.quote(symbol)  # type: ignore[misc]
             price = (bid + ask) / 2
-        return abs(volume) * self.specs[symbol].contract_size * price / self.leverage
+        spec = self.specs[symbol]
+        return spec.to_account(abs(volume) * spec.contract_size * price / self.leverage, price)
 
     def _short_of_margin(self, symbol: int, delta: Decimal, price: Decimal) -> bool:
         """Whether the margin after an order of `delta` lots at `price` exceeds equity.
@@ -256,18 +273,23 @@ class PaperBroker:
             else:
                 _, b, a = self._quotes[s]
                 bid, ask = float(b), float(a)
-            size, vol = self._float_size[s], float(pos.volume)
+            size, vol, spec = self._float_size[s], float(pos.volume), self.specs[s]
             cost = 0.0
             for v, p in pos.lots:
                 cost += float(v) * float(p)
-            value = (bid if vol > 0 else ask) * vol
-            equity += (value - cost) * size
-            scale += (abs(value) + abs(cost)) * size
+            mark = bid if vol > 0 else ask
+            value = mark * vol
+            rate = spec.factor(mark)
+            equity += (value - cost) * size * rate
+            scale += (abs(value) + abs(cost)) * size * rate
             if s != symbol:
-                m = abs(vol) * size * (bid + ask) / 2 / lev
+                mid = (bid + ask) / 2
+                m = abs(vol) * size * mid / lev * spec.factor(mid)
                 margin += m
                 scale += m
-        after = abs(float(self.ledger.volume(symbol) + delta)) * self._float_size[symbol] * float(price) / lev
+        px = float(price)
+        after = abs(float(self.ledger.volume(symbol) + delta)) * self._float_size[symbol] * px / lev
+        after *= self.specs[symbol].factor(px)
         margin += after
         equity += float(self.balance)
         if abs(margin - equity) > 1e-9 * (scale + after):
@@ -284,8 +306,10 @@ class PaperBroker:
               tp: Decimal | None, reason: str, at: Decimal | None = None) -> Execution:
         ts, bid, ask = self.quote(symbol)  # type: ignore[misc]
         base = at if at is not None else (ask if side > 0 else bid)
-        price = base + side * self.slippage_points * self.specs[symbol].point
-        commission = self.commission_per_lot * volume
+        spec = self.specs[symbol]
+        price = base + side * self.slippage_points * spec.point
+        per_lot = self.commission_per_lot if spec.commission_per_lot is None else spec.commission_per_lot
+        commission = per_lot * volume
         realized = self.ledger.fill(symbol, side, volume, price, commission, sl, tp)
         ex = Execution(cid, symbol, side, volume, price, commission, realized, ts, Retcode.DONE, reason,
                        self.next_ticket)
