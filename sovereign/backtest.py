@@ -44,7 +44,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from sovereign.broker.paper import Retcode
-from sovereign.config import Config
+from sovereign.config import Config, ConfigError
 from sovereign.coordinator import Coordinator
 from sovereign.core import NO_AGENT, TICK_DTYPE, Screen
 from sovereign.datafile import FILE_BAR_DTYPE, FILE_TICK_DTYPE, Market
@@ -118,7 +118,16 @@ class Backtest:
         self.risk = Risk(config, symbol_specs(config, self.names), self.ids)
         self.broker = make_broker(config, self.names)
         self.point = config.symbols.point
-        self.contract = {s: spec.contract_size for s, spec in self.risk.specs.items()}
+        # Screening values positions in float, linearly: contract size times the fixed rate
+        # to the account currency. A rate of 1/price is not linear: such a symbol needs a
+        # fixed rate for a backtest (the live system converts it exactly).
+        inverse = [names[s] for s, spec in self.risk.specs.items() if spec.inverse]
+        if inverse:
+            account = config.broker.account_currency
+            raise ConfigError(f"backtest: {inverse[0]} converts to {account} at 1/price, "
+                              f"which the backtest's screening cannot value; set [symbols.{inverse[0]}] "
+                              "rate = <account currency per unit of quote currency>")  # fmt: skip
+        self.contract = {s: spec.contract_size * (spec.rate or 1) for s, spec in self.risk.specs.items()}
         self.q_ts = np.zeros(n, np.int64)
         self.q_bid = np.zeros(n)
         self.q_ask = np.zeros(n)

@@ -342,3 +342,17 @@ def test_an_exit_report_is_the_report_risk_books() -> None:
     ex = b.market_order(5, 0, 1, D("0.1"), sl=1.09)
     rec = np.array([_report(ex, None)], ORDER_DTYPE)
     assert rec["kind"][0] == ORDER_FILL and rec["volume"][0] == 0.1
+
+
+def test_a_backtest_converts_a_fixed_rate_symbol_and_refuses_one_at_1_over_price() -> None:
+    from sovereign.backtest import Backtest
+    from sovereign.ledger import same_book
+    from sovereign.sim import simulate_ticks
+
+    cfg = from_dict({"symbols": {"EURGBP": {"rate": 1.27}}})
+    bt = Backtest(cfg, ["EURGBP", "EURUSD"], "ticks")
+    bt.feed(simulate_ticks(2, 60_000, seed=3))
+    assert bt.broker.ledger.balance != D(100_000)  # it traded
+    assert same_book(bt.risk.ledger.to_dict(), bt.broker.ledger.to_dict())
+    with pytest.raises(ConfigError, match=r"USDJPY converts to USD at 1/price"):
+        Backtest(from_dict({}), ["USDJPY"], "ticks")
