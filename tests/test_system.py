@@ -17,6 +17,7 @@ import pytest
 from sovereign.ledger import same_book
 from sovereign.runtime import RUNNING, Heartbeats, Layout, set_realtime
 from sovereign.state import StateStore
+from tests.invariants import check_system_invariants
 
 ROLES_BEFORE_WORKERS = 3  # gateway, coordinator, risk; then worker-0..
 
@@ -90,6 +91,7 @@ def test_ticks_become_signals_orders_fills_and_positions_in_lmdb(tmp_path: Path)
         snapshot = st.read(lambda t: t.get_bytes("snapshots", "worker-0"))
         risk_state = st.read(lambda t: t.get("risk", "state"))
     assert same_book(risk_book, broker["ledger"])  # risk's view and the broker's truth agree exactly
+    check_system_invariants(state)
     assert snapshot and risk_state["state"] in ("ACTIVE", "REDUCING")
     assert "stopped clean=True undrained_records=0" in out
 
@@ -222,6 +224,7 @@ def test_sigterm_stops_cleanly_and_loses_nothing(tmp_path: Path, killed: str | N
     with StateStore(state, readonly=True) as st:
         book, broker = st.read(lambda t: (t.get("positions", "book"), t.get("bridge", "paper")))
         assert same_book(book, broker["ledger"])
+    check_system_invariants(state)
     assert not list(Path("/dev/shm").glob(f"sov{proc.pid}-*"))  # shared memory removed
 
 
@@ -249,6 +252,7 @@ def test_drawdown_past_the_limit_flattens_and_halts(tmp_path: Path) -> None:
     with StateStore(state, readonly=True) as st:
         assert st.read(lambda t: t.get("risk", "state"))["state"] == "HALTED"
         assert st.read(lambda t: t.get("bridge", "paper"))["ledger"]["positions"] == {}
+    check_system_invariants(state)
     refused_after = [o for o in orders(state) if o.get("reason") == "HALTED"]
     assert all(o["state"] == "REJECTED" for o in refused_after), refused_after
 
