@@ -16,6 +16,10 @@ Exit codes:
      `run` ended uncleanly
   2  bad arguments, or an invalid config or data file (nothing was started or changed)
   3  the system is not running (control commands; `status` still prints the stored state)
+`status` exits 1, printing the stored state, when the control socket stays busy.
+
+Free text shown (reasons, names from data files, a broker's messages) has its control
+characters escaped and is cut to a bounded length (sovereign.text), whatever is stored.
 """
 
 from __future__ import annotations
@@ -32,7 +36,10 @@ from typing import Any
 import click
 import orjson
 
+from sovereign.text import MAX_FIELD, clean
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DOWN = 0, 1, 2, 3
+STATUS_BUSY_WAIT_S = 2.0  # then `status` prints the stored state
 SYSTEM_CONFIG = "/etc/sovereign/sovereign.toml"
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -43,7 +50,7 @@ class Fail(click.ClickException):
     exit_code = EXIT_FAILED
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"sovereign: {self.message}", err=True)
+        click.echo(f"sovereign: {clean(self.message, MAX_FIELD)}", err=True)
 
 
 class BadInput(Fail):
@@ -52,6 +59,18 @@ class BadInput(Fail):
 
 class Down(Fail):
     exit_code = EXIT_DOWN
+
+
+class SocketBusy(Fail):
+    """Every slot of the control socket stayed taken while we waited."""
+
+
+def _safe(value: Any, limit: int = MAX_FIELD) -> str:
+    """Text for a line or a table cell that rich reads as markup: escaped, bounded, and
+    its brackets never taken for markup."""
+    from rich.markup import escape
+
+    return escape(clean(value, limit))
 
 
 def _console() -> Any:
@@ -105,13 +124,17 @@ class Target:
         with self.store() as store:
             return store.read(fn)
 
-    def ask(self, cmd: str, **args: Any) -> Any:
-        from sovereign.control import ControlError, NotRunning, request
+    def ask(self, cmd: str, busy_timeout: float | None = None, **args: Any) -> Any:
+        """The answer; busy_timeout: how long to wait for a free slot (default: all the time
+        the request may take)."""
+        from sovereign.control import Busy, ControlError, NotRunning, request
 
         try:
-            return request(self.socket, cmd, **args)
+            return request(self.socket, cmd, busy_timeout=busy_timeout, **args)
         except NotRunning as e:
             raise Down(str(e)) from None
+        except Busy as e:
+            raise SocketBusy(str(e)) from None
         except ControlError as e:
             raise Fail(str(e)) from None
 
@@ -187,21 +210,27 @@ def run(config_path: str | None, max_ticks: int | None, state_dir: str | None) -
 def status(t: Target, as_json: bool) -> None:
     """Processes, rings, rates, trading state and the account.
 
-    When the system is down it prints the state it left in LMDB and exits 3.
+    When the system is down it prints the state it left in LMDB and exits 3; when the
+    control socket stays busy, the same, and exits 1.
     """
     from sovereign import views
 
-    live = t.live("status")
-    if live is None:
-        data = {"running": False, "account": t.read(views.account) if (t.state_dir / "data.mdb").exists()
-                else None, "state_dir": str(t.state_dir)}  # fmt: skip
-    else:
-        data = {"running": True, **live}
+    def stored() -> dict[str, Any]:
+        account = t.read(views.account) if (t.state_dir / "data.mdb").exists() else None
+        return {"account": account, "state_dir": str(t.state_dir)}
+
+    try:
+        data = {"running": True, "live": True, **t.ask("status", busy_timeout=STATUS_BUSY_WAIT_S)}
+        code = EXIT_OK
+    except Down:
+        data, code = {"running": False, "live": False, **stored()}, EXIT_DOWN
+    except SocketBusy as e:
+        data, code = {"running": True, "live": False, "busy": e.message, **stored()}, EXIT_FAILED
     if as_json:
         _json(data)
     else:
         _print_status(data, t)
-    sys.exit(EXIT_OK if data["running"] else EXIT_DOWN)
+    sys.exit(code)
 
 
 def _print_status(data: dict[str, Any], t: Target) -> None:
@@ -209,9 +238,14 @@ def _print_status(data: dict[str, Any], t: Target) -> None:
 
     con = _console()
     if not data["running"]:
-        con.print(f"[bold red]not running[/] (socket {t.socket}); the stored state at {t.state_dir}:")
+        con.print(f"[bold red]not running[/] (socket {_safe(t.socket)}); the stored state at "
+                  f"{_safe(t.state_dir)}:")  # fmt: skip
+    elif not data["live"]:
+        con.print(f"[bold yellow]running, but the control socket is busy[/] ({_safe(data['busy'])}); the "
+                  f"stored state at {_safe(t.state_dir)}:")  # fmt: skip
     else:
-        con.print(f"[bold green]running[/] · supervisor pid {data['supervisor_pid']} · {data['status']}")
+        pid, line = data["supervisor_pid"], _safe(data["status"])
+        con.print(f"[bold green]running[/] · supervisor pid {pid} · {line}")
         procs = Table("process", "pid", "core", "state", "uptime", "heartbeat", "restarts", "ticks",
                       "signals", "orders", "rejects", "dropped")  # fmt: skip
         for p in data["processes"]:
@@ -239,7 +273,7 @@ def _print_status(data: dict[str, Any], t: Target) -> None:
         con.print("account: no risk state yet")
         return
     colour = {"ACTIVE": "green", "REDUCING": "yellow", "HALTED": "red"}.get(a["state"], "white")
-    why = f" ({a['why']})" if a.get("why") else ""
+    why = f" ({_safe(a['why'])})" if a.get("why") else ""
     stale = " · as last saved" if a.get("stale") else ""
     con.print(f"trading: [bold {colour}]{a['state']}[/]{why}{stale}")
     con.print(f"balance {_money(a.get('balance'))} · equity {_money(a['equity'])} · day P&L "
@@ -287,7 +321,7 @@ def positions(t: Target, as_json: bool) -> None:
 
     table = Table("symbol", "side", "volume", "avg price", "price", "unrealized", "stop", "target")
     for r in rows:
-        table.add_row(r["name"], r["side"], r["volume"], r["avg_price"], r.get("price", "-"),
+        table.add_row(_safe(r["name"]), r["side"], r["volume"], r["avg_price"], r.get("price", "-"),
                       _money(r.get("unrealized")), r["sl"] or "-", r["tp"] or "-")  # fmt: skip
     con = _console()
     con.print(table if rows else "no open positions")
@@ -314,8 +348,8 @@ def orders(t: Target, open_only: bool, limit: int, as_json: bool) -> None:
     table = Table("client id", "time (UTC)", "symbol", "side", "volume", "price", "state", "ticket", "reason")
     for o in rows:
         side = {1: "BUY", -1: "SELL"}.get(o.get("side"), "-")
-        reason = "" if o.get("reason") in (None, "OK") else str(o["reason"])
-        table.add_row(str(o["client_order_id"]), _when(o.get("ts_ns")), o.get("name", "-"), side,
+        reason = "" if o.get("reason") in (None, "OK") else _safe(o["reason"])
+        table.add_row(str(o["client_order_id"]), _when(o.get("ts_ns")), _safe(o.get("name", "-")), side,
                       str(o.get("volume", "-")), str(o.get("price", "-")), o["state"],
                       str(o.get("ticket") or "-"), reason)  # fmt: skip
     _console().print(table if rows else ("no open orders" if open_only else "no orders"))
@@ -359,7 +393,8 @@ def signals(t: Target, follow: bool, limit: int, as_json: bool) -> None:
     con = _console()
 
     def show(s: dict[str, Any]) -> None:
-        con.print(f"{s['seq']:>8} {_when(s['ts_ns'])} {s['name']:<8} agent {s['agent']:<5} {s['side']:<4} "
+        name = _safe(s["name"])
+        con.print(f"{s['seq']:>8} {_when(s['ts_ns'])} {name:<8} agent {s['agent']:<5} {s['side']:<4} "
                   f"conv {s['conviction']:.2f} entry {s['entry']:.5f} stop {s['stop']:.5f} "
                   f"target {s['target']:.5f} touches {s['touches']}")  # fmt: skip
 
@@ -377,15 +412,15 @@ def journal(t: Target, follow: bool, limit: int, as_json: bool) -> None:
 
     con = _console()
 
-    def show(e: dict[str, Any]) -> None:
-        fields = " ".join(f"{k}={v}" for k, v in e.items() if k not in ("seq", "event"))
-        con.print(f"{e['seq']:>8} [bold]{e['event']}[/] {fields}", markup=True)
+    def show(e: dict[str, Any]) -> None:  # entries written before text was escaped at input are escaped here
+        fields = " ".join(f"{_safe(k)}={_safe(v)}" for k, v in e.items() if k not in ("seq", "event"))
+        con.print(f"{e['seq']:>8} [bold]{_safe(e['event'])}[/] {fields}", markup=True)
 
     _follow(t, lambda tx, after: views.journal(tx, limit=limit, after=after), show, follow, as_json)
 
 
 def _report(answer: dict[str, Any]) -> None:
-    why = f" ({answer['why']})" if answer.get("why") else ""
+    why = f" ({clean(answer['why'])})" if answer.get("why") else ""
     click.echo(f"{answer.get('did') or 'done'}; trading state {answer['state']}{why}; "
                f"open positions {answer['open_positions']}")
 
@@ -414,7 +449,7 @@ def flatten(t: Target, symbol: str | None, everything: bool) -> None:
     """Close one symbol's position (or --all) at market; the trading state is unchanged."""
     if (symbol is None) == (not everything):
         raise click.UsageError("give a SYMBOL or --all (not both)")
-    _report(t.ask("flatten", symbol=symbol))
+    _report(t.ask("flatten", **({"all": True} if everything else {"symbol": symbol})))
 
 
 @main.command(epilog="Example: sovereign reload   (the same as systemctl reload sovereign)")
@@ -488,7 +523,7 @@ def _print_checks(checks: list[Any], as_json: bool) -> None:
     colour = {"ok": "green", "warn": "yellow", "fail": "bold red"}
     table = Table("check", "result", "detail")
     for c in checks:
-        table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
+        table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", _safe(c.detail))
     _console().print(table)
 
 
@@ -605,7 +640,7 @@ def _load_market(data: Sequence[str], layout: str, skip_bad_rows: bool, start: i
     except DataError as e:
         raise BadInput(str(e)) from None
     for f, line, what in market.issues[:20]:
-        click.echo(f"sovereign: skipped {f}:{line}: {what}", err=True)
+        click.echo(f"sovereign: skipped {clean(f)}:{line}: {clean(what, MAX_FIELD)}", err=True)
     if len(market.issues) > 20:
         click.echo(f"sovereign: ... {len(market.issues) - 20} more bad rows skipped", err=True)
     market = market.between(start, end)
@@ -822,7 +857,7 @@ def data_info(files: tuple[str, ...], layout: str, gap_s: float | None, as_json:
     table = Table("symbol", "rows", "first", "last", "gaps", "longest gap (h)", box=None)
     for s in summary["symbols"]:
         longest = s.get("longest_gaps") or [{}]
-        table.add_row(s["symbol"], f"{s['rows']:,}", s.get("first", ""), s.get("last", ""),
+        table.add_row(_safe(s["symbol"]), f"{s['rows']:,}", s.get("first", ""), s.get("last", ""),
                       str(s.get("gaps", 0)), str(longest[0].get("hours", "")))  # fmt: skip
     tf = f", {summary['timeframe_s']} s bars" if summary.get("timeframe_s") else ""
     click.echo(f"{summary['kind']}{tf}: {summary['rows']:,} rows, {summary.get('first', '')} .. "

@@ -24,7 +24,7 @@ import sdnotify  # type: ignore[import-untyped]
 from sovereign import config as configuration
 from sovereign import views
 from sovereign.config import Config, ConfigError
-from sovereign.control import ControlServer, Request, socket_path
+from sovereign.control import COMMANDS, ControlServer, Request, socket_path
 from sovereign.core import LAYOUT_VERSION, OrderRing, QuoteBoard, SignalRing, TickRing
 from sovereign.data import load_ticks
 from sovereign.recorder import new_session
@@ -41,6 +41,7 @@ from sovereign.runtime import (
     Layout,
 )
 from sovereign.state import StateStore, Txn
+from sovereign.text import MAX_FIELD, clean
 
 POLL_S = 0.05
 MAX_BACKOFF_S = 30.0
@@ -114,8 +115,12 @@ class Supervisor:
         self.notifier.notify(text)
 
     def log(self, event: str, **fields: Any) -> None:
-        """One structured line per event (systemd's journal keeps stdout)."""
-        print(f"sovereign: {event} " + " ".join(f"{k}={v}" for k, v in fields.items()), flush=True)
+        """One structured line per event (systemd's journal keeps stdout), and the same in
+        the journal. Text is escaped and bounded (sovereign.text): a value never starts a
+        line of its own."""
+        fields = {k: clean(v, MAX_FIELD) if isinstance(v, str) else v for k, v in fields.items()}
+        print(f"sovereign: {event} " + " ".join(f"{k}={clean(v, MAX_FIELD)}" for k, v in fields.items()),
+              flush=True)  # fmt: skip
         self.store.write(lambda t: t.journal(event, **fields))
 
     # ---- start
@@ -130,7 +135,7 @@ class Supervisor:
         self.layout = layout = Layout.plan(c, f"sov{os.getpid()}", len(names), names, new_session())
         self.store = StateStore(c.system.state_dir)
         # the control socket first: a second supervisor on the same state stops here
-        self.server = ControlServer(socket_path(c.system.state_dir, c.system.runtime_dir))
+        self.server = ControlServer(socket_path(c.system.state_dir, c.system.runtime_dir), COMMANDS)
 
         def meta(t: Txn) -> None:  # what the CLI and a later replay need to know about this run
             t.put("meta", "symbols", list(names))
@@ -330,6 +335,8 @@ class Supervisor:
                 self.handle(req)
             except Exception as e:  # a bad request must never take the supervisor down
                 self.server.answer(req.conn_id, error=f"{req.cmd}: {type(e).__name__}: {e}")
+        for rid in [rid for rid, p in self.pending.items() if p.conn_id not in self.server.clients]:
+            del self.pending[rid]  # its client timed out and left: risk's answer has nobody to go to
         risk = self.procs["risk"]
         if risk.control is None:
             return
@@ -348,6 +355,7 @@ class Supervisor:
         self.send("risk", ("request", rid, *message))
 
     def handle(self, req: Request) -> None:
+        """A request that fits COMMANDS (the server checked every argument's type)."""
         a, cid = req.args, req.conn_id
         if self.phase == "stopping":
             self.server.answer(cid, error="the system is stopping")
@@ -359,27 +367,16 @@ class Supervisor:
             else:
                 self.answered(Pending(cid, "status"), self.store.read(views.account))
         elif req.cmd == "halt":
-            reason = str(a.get("reason") or "operator halt")
-            self.log("operator", command="halt", flatten=bool(a.get("flatten")), reason=reason)
-            self.ask_risk(cid, "halt", ("halt", bool(a.get("flatten")), reason))
+            flatten, reason = a.get("flatten", False), clean(a.get("reason") or "operator halt")
+            self.log("operator", command="halt", flatten=flatten, reason=reason)
+            self.ask_risk(cid, "halt", ("halt", flatten, reason))
         elif req.cmd == "resume":
             self.log("operator", command="resume")
             self.ask_risk(cid, "resume", ("resume",))
         elif req.cmd == "flatten":
-            symbol = a.get("symbol")
-            if symbol is None:
-                index = None
-            elif symbol in self.layout.symbol_names:
-                index = self.layout.symbol_names.index(symbol)
-            else:
-                self.server.answer(cid, error=f"unknown symbol {symbol!r}; known: "
-                                              f"{', '.join(self.layout.symbol_names[:20])}"
-                                              f"{' ...' if self.layout.n_symbols > 20 else ''}")  # fmt: skip
-                return
-            self.log("operator", command="flatten", symbol=symbol or "all")
-            self.ask_risk(cid, "flatten", ("flatten", index))
+            self.flatten(cid, a.get("symbol"), a.get("all", False))
         elif req.cmd == "quotes":
-            wanted = [int(x) for x in a.get("symbols", []) if 0 <= int(x) < self.layout.n_symbols]
+            wanted = [x for x in a.get("symbols", []) if 0 <= x < self.layout.n_symbols]
             quotes = {str(x): dict(zip(("ts_ns", "bid", "ask", "recv_ns"), self.board.read(x), strict=True))
                       for x in wanted}  # fmt: skip
             self.server.answer(cid, {k: v for k, v in quotes.items() if v["ts_ns"]})
@@ -387,8 +384,28 @@ class Supervisor:
             self.log("operator", command="reload")
             self.reload(cid)
         else:
-            self.server.answer(cid, error=f"unknown command {req.cmd!r}; known: "
-                                          "ping, status, quotes, halt, resume, flatten, reload")  # fmt: skip
+            self.server.answer(cid, error=f"{req.cmd}: in the command table but not handled here")
+
+    def flatten(self, cid: int, symbol: str | None, everything: bool) -> None:
+        """Close one symbol's position, or every position: "all" must be asked for by name,
+        never by leaving the symbol out (risk takes None as all)."""
+        if symbol is None and not everything:
+            self.server.answer(cid, error="flatten: say which: a symbol, or all (\"all\": true)")
+            return
+        if symbol is not None and everything:
+            self.server.answer(cid, error="flatten: a symbol or all, not both")
+            return
+        index = None
+        if symbol is not None:
+            if symbol not in self.layout.symbol_names:
+                names = self.layout.symbol_names
+                self.server.answer(cid, error=f"unknown symbol '{clean(symbol, 40)}'; known: "
+                                              f"{clean(', '.join(names[:20]), MAX_FIELD)}"
+                                              f"{' ...' if len(names) > 20 else ''}")  # fmt: skip
+                return
+            index = self.layout.symbol_names.index(symbol)
+        self.log("operator", command="flatten", symbol="all" if index is None else symbol)
+        self.ask_risk(cid, "flatten", ("flatten", index))
 
     def answered(self, p: Pending, account: dict[str, Any]) -> None:
         if p.cmd != "status":

@@ -154,6 +154,35 @@ def test_signals_follow_prints_new_signals(live: System) -> None:
     assert proc.returncode == 0
 
 
+def _journal_after(live: System, seq: int) -> list[dict]:
+    from sovereign import views
+    from sovereign.state import StateStore
+
+    with StateStore(live.state, readonly=True) as store:
+        return store.read(lambda t: views.journal(t, after=seq))
+
+
+def test_bad_control_arguments_are_refused_and_change_nothing(live: System) -> None:
+    wait_for(lambda: sov_json("positions", config=live.config), 60, "an open position")
+    before = _journal_after(live, 0)[-1]["seq"]
+    refused = [
+        ("halt", {"flatten": "no"}, "halt: argument 'flatten' must be true or false, not \"no\""),
+        ("halt", {"flatten": True, "reasn": "typo"}, "halt: unknown argument 'reasn'"),
+        ("flatten", {}, "flatten: say which: a symbol, or all"),
+        ("flatten", {"all": False}, "flatten: say which: a symbol, or all"),
+        ("flatten", {"symbol": "SIM000", "all": True}, "flatten: a symbol or all, not both"),
+        ("flatten", {"symbol": 3}, "flatten: argument 'symbol' must be a string, not 3"),
+        ("resume", {"force": True}, "resume: unknown argument 'force'; resume takes no arguments"),
+    ]
+    for cmd, args, why in refused:
+        with pytest.raises(ControlError) as e:
+            request(live.socket, cmd, **args)
+        assert str(e.value).startswith(why), (cmd, args, str(e.value))
+    changes = ("operator", "flatten", "trading_state")
+    assert [e for e in _journal_after(live, before) if e["event"] in changes] == []
+    assert sov_json("status", config=live.config)["account"]["state"] == "ACTIVE"
+
+
 def test_halt_flatten_closes_everything_and_resume_reopens(live: System) -> None:
     positions = wait_for(lambda: sov_json("positions", config=live.config), 60, "an open position")
     assert all("unrealized" in p for p in positions)  # prices while running
@@ -190,6 +219,23 @@ def test_halt_flatten_closes_everything_and_resume_reopens(live: System) -> None
     assert any(e["event"] == "operator" and e["command"] == "halt" for e in events)
     assert "resumed" in sov("resume", config=live.config).stdout
     assert sov_json("status", config=live.config)["account"]["state"] == "ACTIVE"
+
+
+def test_free_text_is_bounded_and_escaped_where_it_is_shown(live: System) -> None:
+    """A reason with a newline and terminal codes would forge a line in the supervisor's
+    log and the journal: it is kept on its line, escaped, and cut to 200 characters."""
+    forged = "maintenance\nsovereign: stopped clean=True undrained_records=0\x1b[2K\x1b[1A" + "x" * 60_000
+    assert request(live.socket, "halt", reason=forged)["state"] == "HALTED"
+    why = sov_json("status", config=live.config)["account"]["why"]
+    assert why.startswith("maintenance\\nsovereign: stopped clean=True undrained_records=0\\x1b[2K\\x1b[1A")
+    assert len(why) <= 200 and why.isprintable() and why.endswith(" chars]")
+    shown = {"status": sov("status", config=live.config).stdout,
+             "journal": sov("journal", "--limit", "200", config=live.config).stdout}  # fmt: skip
+    for cmd, out in shown.items():
+        assert "\x1b" not in out and "maintenance\\nsovereign: stopped" in out, cmd
+        assert not any(line.startswith("sovereign: stopped") for line in out.splitlines()), cmd
+        assert max(len(line) for line in out.splitlines()) < 1000, cmd
+    assert "resumed" in sov("resume", config=live.config).stdout
 
 
 def test_flatten_one_symbol_or_all(live: System) -> None:
@@ -258,6 +304,9 @@ def test_bad_requests_never_disturb_the_running_system(live: System) -> None:
 def test_stopped_system_reads_work_and_controls_refuse(live: System) -> None:
     out = live.stop()
     assert "stopped clean=True" in out
+    # the forged reason above stayed inside its own line, escaped and cut
+    assert sum(line.startswith("sovereign: stopped") for line in out.splitlines()) == 1
+    assert "\x1b" not in out and max(len(line) for line in out.splitlines()) < 2000
     assert not live.socket.exists()
     r = sov("status", config=live.config, check=3)
     assert "not running" in r.stdout and "as last saved" in r.stdout

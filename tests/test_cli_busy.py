@@ -1,0 +1,41 @@
+"""`sovereign status` while the control socket is busy (every slot holds a request not yet
+answered): it says so and prints the stored state, as it does when the system is down."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import orjson
+
+from sovereign.control import MAX_CLIENTS, request
+from sovereign.risk import STATE_KEY
+from sovereign.state import StateStore
+from tests.test_control import Served, wait_until
+from tests.test_ops import sov
+
+
+def test_status_shows_the_stored_state_when_the_socket_stays_busy(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with StateStore(state) as st:
+        st.write(lambda t: t.put("risk", STATE_KEY, {"state": "HALTED", "why": "stored", "equity": "1000",
+                                                     "peak": "1000", "day_start": "1000"}))  # fmt: skip
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[system]\nstate_dir = "{state}"\n')
+    served = Served(state / "control.sock")
+    holds = [threading.Thread(target=request, args=(served.path, "hold")) for _ in range(MAX_CLIENTS)]
+    try:
+        for t in holds:
+            t.start()
+        wait_until(lambda: len(served.held) == MAX_CLIENTS, "every slot to hold a request")
+        r = sov("status", config=cfg, check=1)
+        assert "busy" in r.stdout and "stored" in r.stdout and "HALTED" in r.stdout, r.stdout + r.stderr
+        data = orjson.loads(sov("status", "--json", config=cfg, check=1).stdout)
+        assert data["running"] is True and data["live"] is False and "busy" in data["busy"]
+        assert data["account"]["state"] == "HALTED" and data["account"]["stale"] is True
+    finally:
+        for cid in served.held:
+            served.answer_held(cid, "released")
+        for t in holds:
+            t.join()
+        served.close()
