@@ -3,10 +3,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
-#include <thread>
 #include <stdexcept>
+#include <thread>
 #include <unordered_map>
 
 namespace sovereign {
@@ -34,9 +35,9 @@ struct SnapshotHeader {
 };
 
 uint64_t layout_fingerprint() {
-  const uint64_t parts[] = {
-      sizeof(AgentConfig), sizeof(AgentState), sizeof(SeriesState), sizeof(PoolCounters),
-      kMaxPivotK,          kMaxMomentumM,      kMaxLevels,          static_cast<uint64_t>(Reject::kCount)};
+  const uint64_t parts[] = {sizeof(AgentConfig),  sizeof(AgentState),  sizeof(SeriesState),
+                            sizeof(PoolCounters), sizeof(StreamClock), kMaxPivotK,
+                            kMaxMomentumM,        kMaxLevels,          static_cast<uint64_t>(Reject::kCount)};
   return fnv1a(parts, sizeof(parts));
 }
 
@@ -55,6 +56,8 @@ void take(const char*& p, std::vector<T>& v, size_t n) {
 [[noreturn]] void refuse(const std::string& why) {
   throw std::invalid_argument("cannot restore AgentPool snapshot: " + why);
 }
+
+constexpr const char* kWindowText = "outside the window [2000-01-01, 2200-01-01)";
 
 }  // namespace
 
@@ -178,9 +181,17 @@ size_t AgentPool::on_ticks(const Tick* ticks, size_t n, std::vector<Signal>& out
       reject(Reject::kBadTimestamp);
       continue;
     }
+    if (!in_time_window(t.ts_ns)) {
+      reject(Reject::kOutOfWindow);
+      continue;
+    }
     const uint32_t sym = t.symbol;
     if (sym >= n_symbols || symbol_series_offsets_[sym] == symbol_series_offsets_[sym + 1]) {
       reject(Reject::kUnknownSymbol);
+      continue;
+    }
+    if (far_ahead(t.ts_ns)) {
+      reject(Reject::kAhead);
       continue;
     }
     if (t.ts_ns < last_ts_[sym]) {
@@ -197,6 +208,8 @@ size_t AgentPool::on_ticks(const Tick* ticks, size_t n, std::vector<Signal>& out
     }
 
     last_ts_[sym] = t.ts_ns;
+    clock_.newest_ns = std::max(clock_.newest_ns, t.ts_ns);
+    clock_.jump_ns = 0;
     ++accepted;
     for (const uint32_t* s = first; s != last; ++s) {
       SeriesState& ss = series_[*s];
@@ -214,7 +227,7 @@ size_t AgentPool::on_ticks(const Tick* ticks, size_t n, std::vector<Signal>& out
         for (size_t k = before; k < out.size(); ++k) out[k].origin_ns = t.recv_ns;
       }
       ss.open_start = t.ts_ns - t.ts_ns % ss.tf_ns;  // ts > 0, so this is the floor
-      ss.open_end = ss.open_start + ss.tf_ns;
+      ss.open_end = ss.open_start + ss.tf_ns;        // below kMaxTimeNs + tf_ns: no overflow
       ss.open = ss.high = ss.low = ss.close = t.bid;
       ss.volume_sum = t.volume;
       ss.tick_count = 1;
@@ -317,6 +330,10 @@ bool AgentPool::bar_one(const Bar& b, PoolCounters& counters, std::vector<Signal
     reject(Reject::kBadTimestamp);
     return false;
   }
+  if (!in_time_window(b.ts_ns)) {  // so that b.ts_ns + a timeframe cannot overflow
+    reject(Reject::kOutOfWindow);
+    return false;
+  }
   if (b.ts_ns % (int64_t{b.timeframe_s} * 1'000'000'000) != 0) {
     reject(Reject::kMisaligned);
     return false;
@@ -371,6 +388,15 @@ bool AgentPool::bar_one(const Bar& b, PoolCounters& counters, std::vector<Signal
     if (b.ts_ns + bar_ns >= ss.open_end) close_bar(s, counters, out);  // it completes the period: no waiting
   }
   return true;
+}
+
+bool AgentPool::far_ahead(int64_t ts) {
+  if (clock_.newest_ns == 0 || ts - clock_.newest_ns <= kMaxAheadNs) return false;
+  if (clock_.jump_ns == 0 || std::abs(ts - clock_.jump_ns) > kMaxAheadNs) {  // a jump begins (or another)
+    clock_.jump_ns = ts;
+    return true;
+  }
+  return ts - clock_.jump_ns < kJumpConfirmNs;  // taken once the stream has gone on there
 }
 
 void AgentPool::close_bar(uint32_t series, PoolCounters& counters, std::vector<Signal>& out) {
@@ -437,6 +463,7 @@ std::string AgentPool::snapshot() const {
   append(payload, series_);
   append(payload, last_ts_);
   payload.append(reinterpret_cast<const char*>(&counters_), sizeof(counters_));
+  payload.append(reinterpret_cast<const char*>(&clock_), sizeof(clock_));
 
   SnapshotHeader h{kSnapshotMagic,       kLayoutVersion,  sizeof(SnapshotHeader),
                    layout_fingerprint(), configs_.size(), series_.size(),
@@ -460,7 +487,7 @@ void AgentPool::restore(const std::string& blob) {
   }
   const uint64_t expect = h.n_agents * (sizeof(AgentConfig) + sizeof(AgentState)) +
                           h.n_series * sizeof(SeriesState) + h.n_symbols * sizeof(int64_t) +
-                          sizeof(PoolCounters);
+                          sizeof(PoolCounters) + sizeof(StreamClock);
   if (h.payload_bytes != expect || blob.size() != sizeof(h) + expect) {
     refuse("its size (" + std::to_string(blob.size()) + " bytes) does not match its header");
   }
@@ -496,14 +523,45 @@ void AgentPool::restore(const std::string& blob) {
   take(p, series, h.n_series);
   for (size_t s = 0; s < series.size(); ++s) {
     if (series[s].symbol != fresh.series_[s].symbol ||
-        series[s].timeframe_s != fresh.series_[s].timeframe_s) {
+        series[s].timeframe_s != fresh.series_[s].timeframe_s || series[s].tf_ns != fresh.series_[s].tf_ns) {
       refuse("its series do not match its agents");
     }
   }
   fresh.series_ = std::move(series);
   take(p, fresh.last_ts_, h.n_symbols);
   std::memcpy(&fresh.counters_, p, sizeof(PoolCounters));
+  p += sizeof(PoolCounters);
+  std::memcpy(&fresh.clock_, p, sizeof(StreamClock));
+  check_times(fresh.series_, fresh.last_ts_, fresh.clock_);
   *this = std::move(fresh);
+}
+
+// Every time a snapshot holds is one the pool could have made: in the window (or none), and
+// a bar's end its start plus its period, so nothing restored can overflow or poison a symbol.
+void AgentPool::check_times(const std::vector<SeriesState>& series, const std::vector<int64_t>& last_ts,
+                            const StreamClock& clock) {
+  for (size_t y = 0; y < last_ts.size(); ++y) {
+    if (last_ts[y] != 0 && !in_time_window(last_ts[y])) {
+      refuse("symbol " + std::to_string(y) + "'s last tick time " + std::to_string(last_ts[y]) + " ns is " +
+             kWindowText);
+    }
+  }
+  for (const SeriesState& ss : series) {
+    const bool open_ok = ss.open_start == kNoBar
+                             ? ss.open_end == kNoBar
+                             : in_time_window(ss.open_start) && ss.open_start % ss.tf_ns == 0 &&
+                                   ss.open_end == ss.open_start + ss.tf_ns;
+    const bool closed_ok =
+        ss.closed_end == kNoBar || (ss.closed_end > kMinTimeNs && ss.closed_end <= kMaxTimeNs + ss.tf_ns);
+    if (!open_ok || !closed_ok) {
+      refuse("the bar times of symbol " + std::to_string(ss.symbol) + " at timeframe " +
+             std::to_string(ss.timeframe_s) + " s are " + kWindowText + " or not on the timeframe");
+    }
+  }
+  for (int64_t ts : {clock.newest_ns, clock.jump_ns}) {
+    if (ts != 0 && !in_time_window(ts))
+      refuse("its stream clock " + std::to_string(ts) + " ns is " + kWindowText);
+  }
 }
 
 }  // namespace sovereign

@@ -31,15 +31,45 @@ enum class Reject : uint32_t {
   kLate,           // belongs to a bar period that a flush already closed
   kBadBar,         // OHLC not finite/positive, or high/low not enclosing open/close
   kMisaligned,     // bar ts_ns not a multiple of its timeframe
+  kOutOfWindow,    // ts_ns > 0 but outside [kMinTimeNs, kMaxTimeNs)
+  kAhead,          // a tick more than kMaxAheadNs ahead of the newest tick taken (see StreamClock)
   kCount
 };
-inline constexpr const char* kRejectNames[] = {"bad_price",     "crossed",   "bad_volume",
-                                               "bad_timestamp", "backwards", "unknown_symbol",
-                                               "late",          "bad_bar",   "misaligned"};
+inline constexpr const char* kRejectNames[] = {"bad_price",  "crossed",        "bad_volume", "bad_timestamp",
+                                               "backwards",  "unknown_symbol", "late",       "bad_bar",
+                                               "misaligned", "out_of_window",  "ahead"};
 static_assert(std::size(kRejectNames) == static_cast<size_t>(Reject::kCount));
 
 inline constexpr uint32_t kMaxTimeframeS = 7 * 86400;
 inline constexpr int64_t kNoBar = INT64_MIN;
+
+// The times the pool takes, in ns since the epoch: [2000-01-01, 2200-01-01) UTC. Before it
+// there is no market data this system can trade (MT5 dates from 2010), and it is where a
+// unit error puts a time (seconds, ms or us read as ns land in 1970). From 2200 on is a
+// corrupt clock; that bound leaves INT64_MAX 62 years above it, so a time plus any period
+// (at most kMaxTimeframeS) never overflows. A snapshot holding other times is refused.
+inline constexpr int64_t kMinTimeNs = 946'684'800LL * 1'000'000'000;
+inline constexpr int64_t kMaxTimeNs = 7'258'118'400LL * 1'000'000'000;
+static_assert(kMaxTimeNs < INT64_MAX - 2 * int64_t{kMaxTimeframeS} * 1'000'000'000);
+inline constexpr bool in_time_window(int64_t ts) { return ts >= kMinTimeNs && ts < kMaxTimeNs; }
+
+// A tick more than this ahead of the newest tick the pool took is refused as `ahead`: one
+// bad clock must not take its symbol years into the future, where every later tick would be
+// refused as going backwards. A whole market is never closed this long (a weekend is two
+// days, with a holiday four), and the stream's newest time moves with every symbol's ticks,
+// so a live stream loses nothing to it.
+inline constexpr int64_t kMaxAheadNs = 7 * 86'400 * 1'000'000'000LL;
+// A stream that does resume after a longer silence (a data set with a hole, a system down
+// for weeks) is not refused for good: once the ticks refused as ahead, with none taken
+// between, have gone on for this long at the new time (within kMaxAheadNs of the first),
+// the stream is taken there. A burst of bad ticks at one bogus time never spans it.
+inline constexpr int64_t kJumpConfirmNs = 60 * 1'000'000'000LL;
+
+// The stream's clock, by the ticks the pool took. Part of the snapshot.
+struct StreamClock {
+  int64_t newest_ns = 0;  // the newest tick time taken; 0 before the first
+  int64_t jump_ns = 0;    // the first tick refused as ahead since the last one taken; 0 if none
+};
 
 // The bar being built for one (symbol, timeframe), plus where the last one ended.
 struct SeriesState {
@@ -67,7 +97,9 @@ class AgentPool {
   // Throws std::invalid_argument for an out-of-range symbol, timeframe or parameter.
   uint32_t add_agent(int64_t symbol, int64_t timeframe_s, const AgentParams& params);
 
-  // Process a batch; signals are appended to `out`. Returns the number accepted.
+  // Process a batch; signals are appended to `out`. Returns the number accepted. A rejected
+  // record changes nothing but its reason's count (and, refused as ahead, StreamClock's
+  // note of it). Times outside the window are rejected (ticks and bars), and ticks far ahead.
   size_t on_ticks(const Tick* ticks, size_t n, std::vector<Signal>& out);
   size_t on_bars(const Bar* bars, size_t n, std::vector<Signal>& out);
 
@@ -80,7 +112,8 @@ class AgentPool {
   // The whole pool (agents, their state, open bars, counters) as bytes, and back.
   // restore() into an empty pool adopts the snapshot's agents; into a configured pool
   // it requires the same agents in the same order. Throws std::invalid_argument on a
-  // foreign, corrupt or other-version snapshot, leaving the pool untouched.
+  // foreign, corrupt or other-version snapshot, or one holding times outside the window,
+  // leaving the pool untouched.
   std::string snapshot() const;
   void restore(const std::string& blob);
 
@@ -102,6 +135,9 @@ class AgentPool {
   void materialize_twins();
   void group_twins();
   bool bar_one(const Bar& bar, PoolCounters& counters, std::vector<Signal>& out);
+  bool far_ahead(int64_t ts);  // refuse as ahead? (notes the jump if so)
+  static void check_times(const std::vector<SeriesState>& series, const std::vector<int64_t>& last_ts,
+                          const StreamClock& clock);
   void close_bar(uint32_t series, PoolCounters& counters, std::vector<Signal>& out);
   void run_agents(uint32_t series, const Bar& bar, PoolCounters& counters, std::vector<Signal>& out);
   void reject(Reject why) { ++counters_.rejected[static_cast<size_t>(why)]; }
@@ -111,6 +147,7 @@ class AgentPool {
   std::vector<SeriesState> series_;
   std::vector<int64_t> last_ts_;  // per symbol id up to the largest traded: newest tick ts, 0 if none
   PoolCounters counters_;
+  StreamClock clock_;
   // Derived from configs_ (rebuilt, never snapshotted): agents per series, series per
   // symbol as CSR arrays so routing a tick touches two small contiguous ranges.
   std::unordered_map<uint64_t, uint32_t> series_index_;  // (symbol << 32 | timeframe_s) -> series

@@ -685,8 +685,8 @@ PYBIND11_MODULE(_core, m) {
             return book;
           }));
 
-  py::class_<AgentPool>(m, "AgentPool", "Agents in contiguous storage, fed tick or bar batches.")
-      .def(py::init<>())
+  py::class_<AgentPool> agent_pool(m, "AgentPool", "Agents in contiguous storage, fed tick or bar batches.");
+  agent_pool.def(py::init<>())
       .def(
           "add_agent",
           [](AgentPool& pool, int64_t symbol, int64_t timeframe_s, const py::kwargs& kw) {
@@ -754,4 +754,9 @@ PYBIND11_MODULE(_core, m) {
                              "(parameters that differ only in weights and min_conviction, equal states); "
                              "each still scores with its own.")
       .def("__len__", &AgentPool::size);
+  // The times it takes and how far ahead of its stream a tick may be (agent_pool.hpp).
+  agent_pool.attr("MIN_TIME_NS") = kMinTimeNs;
+  agent_pool.attr("MAX_TIME_NS") = kMaxTimeNs;
+  agent_pool.attr("MAX_AHEAD_NS") = kMaxAheadNs;
+  agent_pool.attr("JUMP_CONFIRM_NS") = kJumpConfirmNs;
 }

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from sovereign.core import LAYOUT_VERSION, SIGNAL_DTYPE, TICK_DTYPE, AgentPool
 from sovereign.sim import simulate_ticks
 from tests.helpers import NS, T0, random_bars, ticks
+from tests.helpers import bars as bars_of
 
 PARAM_SETS = [{}, {"k": 2, "atr_n": 5, "m": 5, "wick": 0.3, "min_conviction": 0.4}]
 
@@ -267,6 +268,118 @@ def test_flush_closes_only_ended_periods_and_late_ticks_are_rejected() -> None:
     assert pool.stats()["ticks"] == 2
 
 
+# ---- time: a window of sane times, and no tick far ahead of the stream
+
+DAY = 86_400 * NS
+FAR_FUTURE = [2**63 - 1, 2**63 - 2**20, 7_258_118_400 * NS]  # the last: 2200-01-01, the first time refused
+LONG_AGO = [1, 1_767_225_600, 946_684_799 * NS]  # 1970; 2026 in seconds read as ns; 1999-12-31T23:59:59Z
+
+
+def inserted(data: np.ndarray, at: int, rows: list[tuple[int, int]]) -> np.ndarray:
+    """data with ticks (symbol, ts_ns) inserted before position `at`, prices of the tick before."""
+    extra = np.repeat(data[at - 1 : at], len(rows))
+    extra["symbol"], extra["ts_ns"] = zip(*rows, strict=True)
+    return np.concatenate([data[:at], extra, data[at:]])
+
+
+def test_ticks_outside_the_time_window_are_rejected_and_poison_nothing(market: np.ndarray) -> None:
+    """A tick stamped near 2^63 was accepted: its bar end overflowed, and every later tick
+    of its symbol was rejected as going backwards, for good."""
+    clean = run_all(make_pool(), market)
+    half = len(market) // 2
+    bad = [(s, ts) for ts in FAR_FUTURE + LONG_AGO for s in range(3)]
+    pool = make_pool()
+    before = pool.snapshot()
+    pool.on_ticks(inserted(market, 1, bad)[1 : 1 + len(bad)])  # before any good tick: nothing changes
+    changed = pool.snapshot()
+    got = run_all(pool, inserted(market, half, bad))
+    assert np.array_equal(got, clean)
+    stats = pool.stats()
+    assert stats["rejected"]["out_of_window"] == 2 * len(bad)
+    assert stats["ticks"] == len(market) and stats["rejected"]["backwards"] == 0
+    counters = 8 * (3 + len(stats["rejected"])) + 16  # the snapshot's PoolCounters and StreamClock
+    assert changed[64:-counters] == before[64:-counters] and changed[-16:] == before[-16:]  # after the header
+
+
+def test_ticks_far_ahead_of_the_stream_are_rejected(market: np.ndarray) -> None:
+    """Within the window but more than 7 days ahead of the newest tick the pool took: a
+    clock gone wrong, not the market (no market closes for longer). A burst of them at one
+    bogus time is refused too."""
+    clean = run_all(make_pool(), market)
+    half = len(market) // 2
+    newest = int(market["ts_ns"][half - 1])
+    bad = [(1, newest + 8 * DAY), (0, 2**62), (1, 2**62), (2, 2**62), (2, 2**62 + NS)]
+    pool = make_pool()
+    got = run_all(pool, inserted(market, half, bad))
+    assert np.array_equal(got, clean)
+    assert pool.stats()["rejected"]["ahead"] == len(bad) and pool.stats()["ticks"] == len(market)
+    assert pool.stats()["rejected"]["backwards"] == 0
+
+
+def test_a_jump_of_the_whole_stream_is_taken_after_a_minute_of_it(market: np.ndarray) -> None:
+    """A stream that resumes after a longer silence (a data set with a hole, a system down
+    for weeks) is not refused for good: its ticks are taken once it has gone on for a minute
+    at the new time with no tick at the old between. A snapshot taken meanwhile resumes
+    exactly."""
+    half = len(market) // 2
+    data = market.copy()
+    data["ts_ns"][half:] += 30 * DAY
+    lost = int((data["ts_ns"][half:] < data["ts_ns"][half] + 60 * NS).sum())
+    unbroken = make_pool()
+    want = run_all(unbroken, data)
+    assert lost > 1 and unbroken.stats()["rejected"]["ahead"] == lost
+    assert unbroken.stats()["ticks"] == len(data) - lost
+    pool = make_pool()
+    head = pool.on_ticks(data[: half + 1])
+    resumed = AgentPool()
+    resumed.restore(pool.snapshot())
+    got = np.concatenate([head, run_all(resumed, data[half + 1 :])])
+    assert np.array_equal(got, want) and (got["ts_ns"] > data["ts_ns"][half]).sum() > 0
+    assert resumed.stats() == unbroken.stats() and resumed.snapshot() == unbroken.snapshot()
+
+
+def test_bars_outside_the_time_window_are_rejected() -> None:
+    pool = AgentPool()
+    pool.add_agent(0, 60)
+    far = bars_of([(1.0, 1.2, 0.9, 1.1)], start=(2**63 - 1) // (60 * NS) * 60 * NS)
+    pool.on_bars(far)
+    assert pool.stats()["rejected"]["out_of_window"] == 1 and pool.stats()["bars"] == 0
+    pool.on_bars(random_bars(20))
+    assert pool.stats()["bars"] == 20
+
+
+def fnv1a(data: bytes) -> int:
+    h = 0xCBF29CE484222325
+    for b in data:
+        h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def poisoned(blob: bytes, old: int, new: int) -> bytes:
+    """The snapshot with the time `old` written as `new` wherever it holds it, its checksum
+    (the header's last word, FNV-1a of the payload after the 64-byte header) made good."""
+    was = struct.pack("<q", old)
+    assert blob.count(was) >= 1
+    out = bytearray(blob.replace(was, struct.pack("<q", new)))
+    out[56:64] = struct.pack("<Q", fnv1a(bytes(out[64:])))
+    return bytes(out)
+
+
+@pytest.mark.parametrize("where", ["last_tick", "open_bar_end"])
+def test_restore_refuses_a_snapshot_holding_times_outside_the_window(where: str) -> None:
+    pool = AgentPool()
+    pool.add_agent(0, 60)
+    last = T0 + 61 * NS + 500_000_000  # the symbol's newest tick; its open bar ends at T0 + 120 s
+    pool.on_ticks(ticks([(T0 + 5 * NS, 1.0, 1.1), (last, 1.0, 1.1)]))
+    old = last if where == "last_tick" else T0 + 120 * NS
+    blob = poisoned(pool.snapshot(), old, 2**63 - 2**20)
+    target = AgentPool()
+    with pytest.raises(ValueError, match="outside"):
+        target.restore(blob)
+    assert len(target) == 0
+    target.restore(poisoned(pool.snapshot(), old, old))  # the same bytes: the checksum is right
+
+
 # ---- no look-ahead
 
 
@@ -414,7 +527,7 @@ def test_memory_per_agent_is_within_8_kib() -> None:
 def test_on_ticks_releases_the_gil(market: np.ndarray) -> None:
     pool = make_pool()
     big = np.concatenate([market] * 10)
-    big["ts_ns"] += np.repeat(np.arange(10, dtype=np.int64) * 10**15, len(market))
+    big["ts_ns"] += np.repeat(np.arange(10, dtype=np.int64) * DAY, len(market))  # each copy a day on
     started = threading.Event()
     progress = 0
 
