@@ -230,9 +230,12 @@ class ControlServer:
 
     # ---- slots (see the module doc)
 
+    def _reserved(self) -> int:
+        return sum(c.reserved for c in self.clients.values())
+
     def _room(self) -> bool:
         """Could a waiting connection be let in now?"""
-        reserved = sum(c.reserved for c in self.clients.values())
+        reserved = self._reserved()
         return (len(self.clients) - reserved < MAX_CLIENTS or reserved < RESERVED_SLOTS
                 or self._idlest() is not None)  # fmt: skip
 
@@ -255,7 +258,7 @@ class ControlServer:
 
     def _accept_waiting(self) -> None:
         while True:
-            reserved = sum(c.reserved for c in self.clients.values())
+            reserved = self._reserved()
             victim = None
             if len(self.clients) - reserved < MAX_CLIENTS:
                 slot_reserved = False
@@ -342,7 +345,10 @@ class ControlServer:
         if why is not None:
             self.answer(cid, error=why)
             return None
-        if self.clients[cid].reserved and cmd not in PRIORITY:
+        c = self.clients[cid]
+        if c.reserved and cmd not in PRIORITY and len(self.clients) - self._reserved() < MAX_CLIENTS:
+            c.reserved = False  # an ordinary slot freed since it came in: it takes that one
+        if c.reserved and cmd not in PRIORITY:
             self._send(cid, _reply(error=f"busy: all {MAX_CLIENTS} connections are in use (the reserved "
                                          f"one is for {', '.join(sorted(PRIORITY))} only); try again",
                                    busy=True))  # fmt: skip

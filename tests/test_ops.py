@@ -238,6 +238,37 @@ def test_free_text_is_bounded_and_escaped_where_it_is_shown(live: System) -> Non
     assert "resumed" in sov("resume", config=live.config).stdout
 
 
+def test_a_script_holding_connections_never_locks_the_operator_out(live: System) -> None:
+    """More idle connections than the socket has slots, taken again whenever one is let go:
+    the CLI's halt, status and resume still get through."""
+    import threading
+
+    from sovereign.control import MAX_CLIENTS
+    from tests.test_control import HOLDER
+
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(live.socket), str(MAX_CLIENTS + 8)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        assert "HALTED" in sov("halt", "--reason", "held out", config=live.config).stdout
+        s = sov_json("status", config=live.config)
+        assert s["live"] is True and s["account"]["state"] == "HALTED" and s["account"]["why"] == "held out"
+        assert "resumed" in sov("resume", config=live.config).stdout
+    finally:
+        holder.communicate("", timeout=30)
+    answers: list[str] = []  # and 200 status requests at once all get answers
+
+    def ask() -> None:
+        answers.append(request(live.socket, "status")["phase"])
+
+    threads = [threading.Thread(target=ask) for _ in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == ["running"] * 200
+
+
 def test_flatten_one_symbol_or_all(live: System) -> None:
     name = wait_for(lambda: sov_json("positions", config=live.config), 60, "an open position")[0]["name"]
     out = sov("flatten", name, config=live.config).stdout
