@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,8 +43,46 @@ TICK_COLUMNS = ("time", "symbol", "bid", "ask")
 BAR_COLUMNS = ("time", "symbol", "open", "high", "low", "close")
 
 
+# Symbols all the data files of one load may bring: each costs agents and memory (ten
+# agents of 3.8 KiB and their bars), so a file cannot make the machine allocate without
+# bound; refused as the name past the limit is read, before anything is allocated for it.
+MAX_SYMBOLS = 10_000
+# A symbol name: what brokers use (EURUSD, EURUSD.m, US30#, BRN-JAN25, XAU_USD), nothing
+# a terminal, a spreadsheet or markup could take for an instruction.
+SYMBOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._#-]{0,31}")
+
+
 class DataError(ValueError):
     """A data file cannot be used; the message names the file and line."""
+
+
+def check_symbol(name: str) -> str:
+    """`name` if it is a valid symbol name, else ValueError showing it safely."""
+    if not SYMBOL_NAME.fullmatch(name):
+        raise ValueError(f"symbol {name[:40]!a}{'...' if len(name) > 40 else ''} is not 1-32 of "
+                         "A-Z a-z 0-9 . _ # - starting with a letter or digit")  # fmt: skip
+    return name
+
+
+class Symbols:
+    """Names to ids in the order first seen, in constant time each; at most MAX_SYMBOLS."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.ids: dict[str, int] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.ids)
+
+    def id(self, name: str) -> int:
+        sid = self.ids.get(name)
+        if sid is None:
+            check_symbol(name)
+            if len(self.ids) >= MAX_SYMBOLS:
+                raise DataError(f"{self.where}: more than {MAX_SYMBOLS} symbols (at {name}); split the data")
+            sid = self.ids[name] = len(self.ids)
+        return sid
 
 
 @dataclass
@@ -172,7 +211,14 @@ def _load_generic(path: Path, f, bad: _Rows) -> Series:  # type: ignore[no-untyp
                 _check_ohlc(o, h, lo, c)
                 rec = (ts, o, h, lo, c, volume)
             sym = names.get(name, len(names))
+            if sym == len(names):
+                check_symbol(name)
+                if len(names) >= MAX_SYMBOLS:
+                    raise DataError(f"{path}:{line}: more than {MAX_SYMBOLS} symbols (at {name}); "
+                                    "split the data")  # fmt: skip
             _check_order(last.get(sym), rec, kind, name, row[col["time"]].strip())
+        except DataError:
+            raise  # the file as a whole, whatever the bad-row policy
         except ValueError as e:
             bad.bad(line, str(e))
             continue
@@ -220,6 +266,10 @@ def _load_mt5(path: Path, f, bad: _Rows) -> Series:  # type: ignore[no-untyped-d
     rows: list[tuple] = []
     bid = ask = 0.0
     name = path.stem.split("_")[0]
+    try:
+        check_symbol(name)
+    except ValueError as e:
+        raise DataError(f"{path}: the file name gives the {e}") from None
     prev: tuple | None = None
     for line, row in enumerate(reader, start=2):
         if not row or not "".join(row).strip():
@@ -326,7 +376,7 @@ def load_ticks(
 ) -> tuple[np.ndarray, list[str]]:
     """All files as one tick stream in time order, and the symbol names (ids index them).
     Bar files become four ticks per bar (bars_to_ticks)."""
-    names: list[str] = []
+    symbols = Symbols("the data files")
     parts = []
     for p in paths:
         s = load_csv(p, layout, bad_rows)
@@ -335,14 +385,8 @@ def load_ticks(
         else:
             assert s.spread_points is not None
             ticks = bars_to_ticks(s.records, s.spread_points, point)
-        ids = np.array([_intern(names, n) for n in s.names], np.uint32)
+        ids = np.array([symbols.id(n) for n in s.names], np.uint32)
         ticks["symbol"] = ids[ticks["symbol"]]
         parts.append(ticks)
     ticks = np.concatenate(parts)
-    return ticks[np.argsort(ticks["ts_ns"], kind="stable")], names
-
-
-def _intern(names: list[str], name: str) -> int:
-    if name not in names:
-        names.append(name)
-    return names.index(name)
+    return ticks[np.argsort(ticks["ts_ns"], kind="stable")], symbols.names

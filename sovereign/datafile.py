@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from sovereign.data import NS, DataError, _intern, load_csv
+from sovereign.data import MAX_SYMBOLS, NS, DataError, Symbols, check_symbol, load_csv
 
 MAGIC = b"SOVDATA\x00"
 FORMAT_VERSION = 1
@@ -128,8 +128,16 @@ def open_file(path: str | Path) -> Market:
         issues.append((str(path), n, cut))
     if "rows" in meta and meta["rows"] != n:
         raise DataError(f"{path}: the header promises {meta['rows']} records, the file holds {n}")
+    names = meta.get("symbols")
+    if not isinstance(names, list) or len(names) > MAX_SYMBOLS or not all(isinstance(x, str) for x in names):
+        raise DataError(f"{path}: the header's symbols are not a list of at most {MAX_SYMBOLS} names")
+    try:
+        for name in names:
+            check_symbol(name)
+    except ValueError as e:
+        raise DataError(f"{path}: the header's {e}") from None
     records = np.memmap(path, dtype, "r", offset, (n,)) if n else np.zeros(0, dtype)
-    return Market(meta["kind"], records, list(meta["symbols"]), issues, meta)
+    return Market(meta["kind"], records, list(names), issues, meta)
 
 
 def from_series(kind: str, parts: list[tuple[np.ndarray, list[str], np.ndarray | None]]) -> np.ndarray:
@@ -151,7 +159,7 @@ def load(paths: list[str] | tuple[str, ...], layout: str = "generic", bad_rows: 
     agree on the kind (ticks or bars) and, for bars, the timeframe."""
     if not paths:
         raise DataError("no data files given")
-    names: list[str] = []
+    symbols = Symbols("the data files")
     parts: list[np.ndarray] = []
     issues: list[tuple[str, int, str]] = []
     kinds: dict[str, str] = {}
@@ -168,7 +176,7 @@ def load(paths: list[str] | tuple[str, ...], layout: str = "generic", bad_rows: 
             issues_here = [(str(p), line, what) for line, what in s.issues]
         kinds[str(p)] = kind
         issues += issues_here
-        ids = np.array([_intern(names, n) for n in file_names], np.uint32)
+        ids = np.array([symbols.id(n) for n in file_names], np.uint32)
         if len(recs):
             recs = np.array(recs)  # off the map: symbols are renumbered
             recs["symbol"] = ids[recs["symbol"]]
@@ -182,7 +190,7 @@ def load(paths: list[str] | tuple[str, ...], layout: str = "generic", bad_rows: 
     if kind == "bars" and len(records) and len(np.unique(records["timeframe_s"])) > 1:
         found = sorted(set(records["timeframe_s"].tolist()))
         raise DataError(f"bar files of different timeframes: {found} s")
-    return Market(kind, records, names, issues, meta)
+    return Market(kind, records, symbols.names, issues, meta)
 
 
 def info(market: Market, gap_s: float | None = None) -> dict[str, Any]:

@@ -392,6 +392,7 @@ def test_an_order_approved_while_the_last_is_at_the_broker_goes_in_one_commit_wi
 
         gw.broker.market_order = market_order  # type: ignore[method-assign]
         loop = BrokerLoop(gw, approved, push, log, position=7)
+        loop.clock_ns = int(ticks["ts_ns"][-1])  # the broker has been shown the ticks risk decided on
         approved.push(first)
         loop.start()
         deadline = time.monotonic() + 30

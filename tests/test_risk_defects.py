@@ -4,6 +4,7 @@ review proved (issue 19), each failing on the code before its fix."""
 from __future__ import annotations
 
 from decimal import Decimal as D
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -356,3 +357,38 @@ def test_a_backtest_converts_a_fixed_rate_symbol_and_refuses_one_at_1_over_price
     assert same_book(bt.risk.ledger.to_dict(), bt.broker.ledger.to_dict())
     with pytest.raises(ConfigError, match=r"USDJPY converts to USD at 1/price"):
         Backtest(from_dict({}), ["USDJPY"], "ticks")
+
+
+# ---- 12: a paper fill never at a quote older than the decision's
+
+
+def test_a_paper_order_waits_for_the_ticks_its_decision_saw(tmp_path: Path) -> None:
+    import time
+
+    from sovereign.config import Config
+    from sovereign.core import ORDER_APPROVED, OrderRing
+    from sovereign.gateway import BrokerLoop
+    from tests.helpers import ring_name
+    from tests.test_components import quoted_gateway
+
+    store, gw, ticks = quoted_gateway(tmp_path, Config(), 4)
+    s, last = int(ticks["symbol"][-1]), int(ticks["ts_ns"][-1])
+    later = ticks[-1:].copy()  # the quote risk decided on: on the board, not yet at the broker
+    later["ts_ns"], later["bid"], later["ask"] = last + NS, later["bid"] + 0.01, later["ask"] + 0.01
+    order = intent(price=float(later["ask"][0]), sl=0.0, tp=0.0, cid=71, symbol=s)
+    order["kind"], order["volume"], order["ts_ns"] = ORDER_APPROVED, 0.1, last + NS
+    pushed: list[np.ndarray] = []
+    with OrderRing.create(ring_name("ap"), 64) as approved:
+        loop = BrokerLoop(gw, approved, lambda r: pushed.append(r) if len(r) else None, None, position=0)
+        loop.clock_ns = last
+        loop.start()
+        approved.push(order)
+        time.sleep(0.05)  # the broker side takes the order before the feed gives it the batch
+        loop.give(0, later)
+        while not pushed and loop.is_alive():
+            time.sleep(0.001)
+        loop.finish()
+        loop.join(30)
+    loop.check()
+    store.close()
+    assert pushed[0]["client_order_id"][0] == 71 and pushed[0]["price"][0] == later["ask"][0]
