@@ -304,7 +304,12 @@ def positions(t: Target, as_json: bool) -> None:
     from sovereign import views
 
     rows = t.read(views.positions)
-    quotes = t.live("quotes", symbols=[r["symbol"] for r in rows]) if rows else None
+    quotes, no_prices = None, "the system is not running"
+    if rows:
+        try:
+            quotes = t.live("quotes", busy_timeout=STATUS_BUSY_WAIT_S, symbols=[r["symbol"] for r in rows])
+        except SocketBusy:
+            no_prices = "the control socket is busy"
     size = Decimal(repr(t.config.symbols.contract_size))
     for r in rows:
         q = (quotes or {}).get(str(r["symbol"]))
@@ -326,7 +331,7 @@ def positions(t: Target, as_json: bool) -> None:
     con = _console()
     con.print(table if rows else "no open positions")
     if rows and quotes is None:
-        con.print("(the system is not running: no prices, no unrealized P&L)")
+        con.print(f"({no_prices}: no prices, no unrealized P&L)")
 
 
 @main.command(epilog="Example: sovereign orders --open")

@@ -1,5 +1,6 @@
-"""`sovereign status` while the control socket is busy (every slot holds a request not yet
-answered): it says so and prints the stored state, as it does when the system is down."""
+"""`sovereign status` and `positions` while the control socket is busy (every slot holds a
+request not yet answered): they say so and print the stored state, as when the system is
+down."""
 
 from __future__ import annotations
 
@@ -9,17 +10,22 @@ from pathlib import Path
 import orjson
 
 from sovereign.control import MAX_CLIENTS, request
-from sovereign.risk import STATE_KEY
+from sovereign.risk import BOOK_KEY, STATE_KEY
 from sovereign.state import StateStore
 from tests.test_control import Served, wait_until
 from tests.test_ops import sov
 
 
-def test_status_shows_the_stored_state_when_the_socket_stays_busy(tmp_path: Path) -> None:
+def test_status_and_positions_show_the_stored_state_when_the_socket_stays_busy(tmp_path: Path) -> None:
     state = tmp_path / "state"
     with StateStore(state) as st:
-        st.write(lambda t: t.put("risk", STATE_KEY, {"state": "HALTED", "why": "stored", "equity": "1000",
-                                                     "peak": "1000", "day_start": "1000"}))  # fmt: skip
+        st.write(lambda t: (
+            t.put("risk", STATE_KEY, {"state": "HALTED", "why": "stored", "equity": "1000", "peak": "1000",
+                                      "day_start": "1000"}),
+            t.put("meta", "symbols", ["EURUSD"]),
+            t.put("positions", BOOK_KEY, {"balance": "1000", "positions": {"0": {
+                "lots": [["1", "1.1"]], "sl": None, "tp": None}}}),
+        ))  # fmt: skip
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[system]\nstate_dir = "{state}"\n')
     served = Served(state / "control.sock")
@@ -33,6 +39,8 @@ def test_status_shows_the_stored_state_when_the_socket_stays_busy(tmp_path: Path
         data = orjson.loads(sov("status", "--json", config=cfg, check=1).stdout)
         assert data["running"] is True and data["live"] is False and "busy" in data["busy"]
         assert data["account"]["state"] == "HALTED" and data["account"]["stale"] is True
+        out = sov("positions", config=cfg).stdout
+        assert "EURUSD" in out and "(the control socket is busy: no prices" in out
     finally:
         for cid in served.held:
             served.answer_held(cid, "released")
