@@ -292,8 +292,8 @@ class ControlServer:
     def _evict(self, cid: int) -> None:
         c = self.clients[cid]
         if not c.answered:  # best effort: it is idle, and one line fits any socket buffer
-            with contextlib.suppress(OSError):
-                c.sock.send(_reply(error="evicted: idle while another client waited for a slot"))
+            with contextlib.suppress(OSError):  # busy: nothing of it ran, a client may try again
+                c.sock.send(_reply(error="evicted: idle while another client waited for a slot", busy=True))
         self.evicted += 1
         self._drop(cid)
 

@@ -256,6 +256,21 @@ def test_a_script_holding_connections_never_locks_the_operator_out(served: Serve
     assert holder.returncode == 0
 
 
+def test_an_evicted_connection_is_told_it_may_retry(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sovereign import control
+
+    monkeypatch.setattr(control, "MAX_CLIENTS", 1)
+    monkeypatch.setattr(control, "RESERVED_SLOTS", 0)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as idle:
+        idle.settimeout(5)
+        idle.connect(str(served.path))
+        wait_until(lambda: len(served.srv.clients) == 1, "the idle connection to take the only slot")
+        assert request(served.path, "ping")["cmd"] == "ping"  # let in once the idle one has idled enough
+        reply = orjson.loads(idle.makefile("rb").readline())
+    assert reply["ok"] is False and reply["busy"] is True and reply["error"].startswith("evicted: idle")
+    assert served.srv.evicted == 1
+
+
 def test_halt_gets_through_while_every_slot_waits_for_an_answer(served: Served) -> None:
     """Every ordinary slot holds a request the server has not answered yet (none can be
     evicted): a halt takes the reserved slot; anything else is answered busy there."""
