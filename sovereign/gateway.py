@@ -506,6 +506,7 @@ def run(child: Child, config: Config) -> None:
             ticks += len(batch)
         else:  # nothing due yet (realtime), or the feed is done or stopped: the broker side still runs
             time.sleep(min(feed.due_in(), 0.01) if feeding and not feed.done else 0.01)
+        child.publish_market_clock(feed.clock_ns)  # the ticks before it are pushed: workers close bars by it
         if time.monotonic() >= next_beat and broker.healthy():
             next_beat = time.monotonic() + 0.05
             # Feed done only once the broker has seen every tick: what they filled is pushed.

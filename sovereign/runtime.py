@@ -38,7 +38,9 @@ HEARTBEAT_DTYPE = np.dtype([
     ("ticks", "<u8"), ("signals", "<u8"), ("orders", "<u8"), ("rejects", "<u8"), ("dropped", "<u8"),
     # the gateway's tick-to-order over its last full window (LATENCY_WINDOW_S); n 0: no orders
     ("latency_n", "<u8"), ("latency_p50_ns", "<u8"), ("latency_p99_ns", "<u8"),
-    ("pad", "<u8", 2),
+    # the gateway's market clock: every tick older than it is in the workers' rings (0: none yet)
+    ("market_ns", "<i8"),
+    ("pad", "<u8", 1),
 ])  # fmt: skip
 LATENCY_WINDOW_S = 10.0
 COUNTERS = ("ticks", "signals", "orders", "rejects", "dropped",
@@ -221,6 +223,16 @@ class Child:
 
     def beat(self, state: int = RUNNING, **counters: int) -> None:
         self.hb.beat(self.slot, state, **counters)
+
+    def publish_market_clock(self, ns: int) -> None:
+        """The gateway: its feed's clock (Feed.clock_ns), once the ticks before it are pushed.
+        One aligned word, written by the gateway alone: a reader never sees half of it."""
+        self.hb.slots[self.slot]["market_ns"] = ns
+
+    def market_clock(self) -> int:
+        """The gateway's market clock (0: none yet). Read it before looking at a tick ring:
+        once the ring is empty after that, every tick older than the clock has been taken."""
+        return int(self.hb.slots[self.layout.slot("gateway")]["market_ns"])
 
 
 def set_realtime(priority: int) -> str:

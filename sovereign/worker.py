@@ -19,7 +19,11 @@ from sovereign.runtime import RUNNING, STOPPED, Child
 from sovereign.state import StateStore
 
 NS = 1_000_000_000
-FLUSH_GRACE_NS = 2 * NS  # realtime: a bar closes this long after its period, tick or not
+# A bar closes once the market clock is this far past its end, tick or not, so a quiet
+# symbol's bar does not wait for its next tick. The clock is the gateway's feed's (market
+# time, never the wall clock: a replay of history, or a paced feed started in the past,
+# would find every bar long over and refuse its ticks as late).
+FLUSH_GRACE_NS = 2 * NS
 
 
 def build_pool(symbols: list[int]) -> AgentPool:
@@ -68,18 +72,24 @@ def run(child: Child, config: Config, k: int) -> None:
         log.flush()
     ticks_in = TickRing.attach(layout.tick_ring(k))
     signals_out = SignalRing.attach(layout.signal_ring(k))
-    realtime = config.feed.pace == "realtime"
+
+    def close_bars(clock: int) -> None:
+        """Close the bars the market clock (read before the ring was found empty) has ended."""
+        if not clock or ticks_in.stats()["depth"]:  # a tick older than the clock may be waiting
+            return
+        cut = clock - FLUSH_GRACE_NS
+        closed = pool.flush(cut)
+        if log is not None and len(closed):
+            log.add("flush", cut, seen(pool), len(closed))
+            log.flush()
+        signals_out.push(closed)
+
     next_snapshot = time.monotonic() + config.system.snapshot_interval_s
     # Stopping: the gateway has stopped feeding; take what is left in the ring first.
     while not child.stop_requested or ticks_in.stats()["depth"]:
+        clock = child.market_clock()
         pool.pump(ticks_in, signals_out, 0.05)
-        if realtime:
-            cut = time.time_ns() - FLUSH_GRACE_NS
-            closed = pool.flush(cut)
-            if log is not None and len(closed):
-                log.add("flush", cut, seen(pool), len(closed))
-                log.flush()
-            signals_out.push(closed)
+        close_bars(clock)
         child.messages()
         if time.monotonic() >= next_snapshot:
             save(store, pool, k)
@@ -92,6 +102,7 @@ def run(child: Child, config: Config, k: int) -> None:
             rejects=sum(stats["rejected"].values()),
             dropped=signals_out.stats()["dropped"],
         )
+    close_bars(child.market_clock())  # the gateway has stopped feeding: its last clock
     save(store, pool, k)
     if log is not None:
         log.close()
