@@ -713,6 +713,7 @@ def backtest(data: tuple[str, ...], config_path: str | None, layout: str | None,
     from sovereign import report
     from sovereign.backtest import DAY_NS, NS
     from sovereign.config import ConfigError, load
+    from sovereign.files import write_atomic
 
     if DAY_NS % (mark_interval * NS):
         raise BadInput(f"--mark-interval {mark_interval} does not divide a day (86400 s)")
@@ -728,8 +729,11 @@ def backtest(data: tuple[str, ...], config_path: str | None, layout: str | None,
     t0 = time.perf_counter()
     bt = _run_backtest(config, market, resume, mark_interval=mark_interval)
     elapsed = time.perf_counter() - t0
-    if save_state is not None:
-        Path(save_state).write_bytes(bt.snapshot())
+    if save_state is not None:  # replaces a file or link there, never writes through it
+        try:
+            write_atomic(save_state, bt.snapshot())
+        except OSError as e:
+            raise Fail(f"cannot save the state to {save_state}: {e.strerror}") from None
     bt.finish()
     doc, trades, prices = report.build(bt, market)
     try:

@@ -27,6 +27,7 @@ import csv
 import html
 import io
 import math
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from decimal import Decimal
@@ -37,6 +38,7 @@ import numpy as np
 import orjson
 
 from sovereign.core import NO_AGENT
+from sovereign.files import write_atomic
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
@@ -294,7 +296,7 @@ def write(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "report.json"]
-    written[0].write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    write_atomic(written[0], orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     written.append(_csv(out / "trades.csv", [t.row() for t in trades], [*list(Trade.__annotations__), "net"]))
     written.append(
         _csv(out / "equity.csv", [{"time": iso(t), "equity": _q(e)} for t, e in equity], ["time", "equity"])
@@ -331,19 +333,40 @@ def write(
                 sym, prices[sym], [t for t in trades if t.symbol == sym]
             )
     for name, png in pictures.items():
-        (out / name).write_bytes(png)
+        write_atomic(out / name, png)
         written.append(out / name)
-    (out / "report.html").write_text(_html(report, trades, pictures))
+    write_atomic(out / "report.html", _html(report, trades, pictures).encode())
     written.append(out / "report.html")
     return written
 
 
 def _csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
-    with path.open("w", newline="") as f:
-        w = csv.DictWriter(f, columns, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    w.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
+    write_atomic(path, buf.getvalue().encode())
     return path
+
+
+# A text cell a spreadsheet would take for a formula (OWASP, "CSV injection"): one that
+# starts with = + - @, a tab or a carriage return. A plain number (-12.50) is one only to
+# the letter: it stays as it is, so that it is still read as a number.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+
+
+def _cell(v: Any) -> Any:
+    """A CSV cell: text that a spreadsheet would run as a formula gets a leading ' (shown
+    as text, not run); numbers and other text as they are. A carriage return in text
+    becomes a line feed: the writer quotes a cell with a line feed (our line end), not
+    one with a bare CR, which a spreadsheet reads as the end of the row, and the rest
+    as the start of the next (where a formula would run)."""
+    if not isinstance(v, str):
+        return v
+    if v.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(v):
+        v = "'" + v
+    return v.replace("\r\n", "\n").replace("\r", "\n") if "\r" in v else v
 
 
 def _figure():  # type: ignore[no-untyped-def]
