@@ -35,6 +35,7 @@ import orjson
 from sovereign.core import TICK_DTYPE
 from sovereign.data import DataError
 from sovereign.datafile import FILE_TICK_DTYPE, SUFFIX, header_bytes, read_header
+from sovereign.state import private_dirs
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
@@ -61,8 +62,8 @@ class EventLog:
 
     def __init__(self, directory: str | Path, session: str, role: str):
         path = Path(directory) / f"events-{session}-{role}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        private_dirs(path.parent)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         self.lines: list[bytes] = []
 
     def add(self, *event: Any) -> None:
@@ -111,8 +112,7 @@ def read_events(directory: str | Path, session: str) -> tuple[dict[str, list[lis
 
 class Recorder:
     def __init__(self, directory: str | Path, meta: dict[str, Any], retention_days: int, session: str = ""):
-        self.dir = Path(directory)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.dir = private_dirs(directory)
         self.meta = {"kind": "ticks", **meta}
         self.retention_days = retention_days
         self.session = session or new_session()
@@ -152,7 +152,7 @@ class Recorder:
         if path.exists():  # a restarted gateway: a record cut short by the crash would misalign the rest
             _whole_records(path, trim=True)
         new = not path.exists()
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         if new:
             os.write(self.fd, header_bytes({**self.meta, "day": date, "session": self.session}))
         self.prune()

@@ -10,6 +10,7 @@ after it starts (an LMDB environment must never cross a fork).
 from __future__ import annotations
 
 import functools
+import os
 import struct
 import threading
 import time
@@ -123,16 +124,35 @@ def _key(key: bytes | str | int) -> bytes:
     return u64_key(key)
 
 
+def private_dirs(path: str | Path) -> Path:
+    """Create `path` and every missing parent with mode 0700, whatever the umask: a
+    directory that others may write lets them swap what lies inside it."""
+    path = Path(path)
+    missing = []
+    p = path
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            continue  # made meanwhile: its own mode is its maker's business
+        os.chmod(d, 0o700)  # the umask may have taken bits away, never added: this sets them
+    return path
+
+
 class StateStore:
-    """The LMDB environment under `path` (a directory, created if missing)."""
+    """The LMDB environment under `path` (a directory, created if missing, mode 0700;
+    its files 0600)."""
 
     def __init__(self, path: str | Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False):
         self.path = Path(path)
         try:
             if not readonly:
-                self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+                private_dirs(self.path)
             self._env = lmdb.open(
-                str(self.path), map_size=map_size, max_dbs=len(DATABASES), subdir=True,
+                str(self.path), map_size=map_size, max_dbs=len(DATABASES), subdir=True, mode=0o600,
                 readonly=readonly, sync=True, metasync=True, lock=True, create=not readonly,
             )  # fmt: skip
             self._dbs = {name: self._open_db(name, readonly) for name in DATABASES}
@@ -190,8 +210,10 @@ class StateStore:
     def copy_to(self, dest: str | Path) -> None:
         """A consistent hot copy (compacted) into the empty directory dest."""
         try:
-            Path(dest).mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dirs(dest)
             self._env.copy(str(dest), compact=True)
+            for f in Path(dest).iterdir():  # LMDB creates the copy as 0666 less the umask
+                f.chmod(0o600)
         except (lmdb.Error, OSError) as e:  # no space, I/O error: the copy is incomplete
             raise StateError(f"cannot copy the state to {dest}: {e}") from e
 

@@ -1,0 +1,66 @@
+"""Files and directories the system makes are its own, whatever the umask (issue 20,
+item 7): LMDB 0600, directories made on the way 0700, recordings 0600."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sovereign.core import TICK_DTYPE
+from sovereign.recorder import EventLog, Recorder
+from sovereign.state import StateStore
+
+
+@pytest.fixture
+def umask_000() -> Iterator[None]:
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.lstat().st_mode)
+
+
+def test_state_its_parents_and_its_copy_are_private_under_umask_000(tmp_path: Path, umask_000: None) -> None:
+    state = tmp_path / "a" / "b" / "state"
+    with StateStore(state) as st:
+        st.write(lambda t: t.put("risk", "state", {"x": 1}))
+        st.copy_to(tmp_path / "c" / "copy")
+    for d in (tmp_path / "a", tmp_path / "a" / "b", state, tmp_path / "c", tmp_path / "c" / "copy"):
+        assert mode(d) == 0o700, d
+    for f in [*state.iterdir(), *(tmp_path / "c" / "copy").iterdir()]:
+        assert mode(f) == 0o600, f
+
+
+def test_recordings_and_event_logs_are_private_under_umask_000(tmp_path: Path, umask_000: None) -> None:
+    rec = tmp_path / "r" / "recordings"
+    r = Recorder(rec, {"symbols": ["EURUSD"]}, 30, "sess")
+    ticks = np.zeros(2, TICK_DTYPE)
+    ticks["ts_ns"], ticks["bid"], ticks["ask"] = [1_767_225_600_000_000_000] * 2, 1.1, 1.1002
+    r.write(ticks)
+    r.close()
+    log = EventLog(tmp_path / "e" / "logs", "sess", "risk")
+    log.add("start", {})
+    log.flush()
+    for d in (tmp_path / "r", rec, tmp_path / "e", tmp_path / "e" / "logs"):
+        assert mode(d) == 0o700, d
+    files = [*rec.iterdir(), *(tmp_path / "e" / "logs").iterdir()]
+    assert files and all(mode(f) == 0o600 for f in files), [(f, oct(mode(f))) for f in files]
+
+
+def test_an_event_log_does_not_follow_a_planted_symlink(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    (tmp_path / "logs").mkdir(mode=0o700)
+    (tmp_path / "logs" / "events-sess-risk.jsonl").symlink_to(victim)
+    with pytest.raises(OSError):
+        EventLog(tmp_path / "logs", "sess", "risk")
+    assert victim.read_text() == "untouched"
