@@ -23,6 +23,9 @@ else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
 
+NS = 1_000_000_000
+
+
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key."""
 
@@ -166,8 +169,9 @@ def sim_start_ns(text: str) -> int:
     except ValueError:
         raise ConfigError(f"config key feed.start: {text!r} is not a UTC time like "
                           "'2026-03-01T00:00:00'") from None  # fmt: skip
-    if ns <= 0:
-        raise ConfigError(f"config key feed.start: {text!r} is before 1970")
+    if not 946_684_800 * NS <= ns < 7_258_118_400 * NS:  # the ticks' window (AgentPool.MIN/MAX_TIME_NS)
+        raise ConfigError(f"config key feed.start: {text!r} is outside 2000-01-01 .. 2200-01-01, "
+                          "where every tick would be refused")  # fmt: skip
     return ns
 
 

@@ -522,15 +522,18 @@ def run(child: Child, config: Config) -> None:
         recorder.close()
     if log is not None:
         log.close()
-    _final_stats(store, gw, ticks, lost, feed_s=(feed.finished_at or time.monotonic()) - started)
+    _final_stats(store, gw, ticks, lost, feed_s=(feed.finished_at or time.monotonic()) - started,
+                 refused=feed.refused)  # fmt: skip
     child.beat(STOPPED, ticks=ticks, orders=gw.orders, rejects=gw.rejects, dropped=lost)
     store.close()
 
 
-def _final_stats(store: StateStore, gw: Gateway, ticks: int, lost: int, feed_s: float) -> None:
+def _final_stats(store: StateStore, gw: Gateway, ticks: int, lost: int, feed_s: float,
+                 refused: dict[str, int] | None = None) -> None:  # fmt: skip
     def tx(t: Txn) -> None:
         t.delete("bridge", LAST_REPORTS_KEY)  # every report was pushed
-        t.journal("gateway_stats", ticks=ticks, feed_s=feed_s, lost_ticks=lost, orders=gw.orders,
+        t.journal("gateway_stats", ticks=ticks, feed_s=feed_s, lost_ticks=lost, refused_ticks=refused or {},
+                  orders=gw.orders,
                   fills=gw.fills, rejects=gw.rejects, tick_to_broker=gw.to_broker.to_dict(),
                   tick_to_gateway=gw.to_gateway.to_dict())  # fmt: skip
 

@@ -65,3 +65,15 @@ def test_unreadable_files_are_clear_errors(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(ConfigError, match="cannot be read"):
         load(binary)
+
+
+def test_a_sim_start_outside_the_ticks_window_is_refused() -> None:
+    from sovereign.core import AgentPool
+
+    for start in ("1999-12-31T23:59:59", "2200-01-01T00:00:00", "1970-01-01T00:00:01"):
+        with pytest.raises(ConfigError, match=r"outside 2000-01-01 \.\. 2200-01-01"):
+            from_dict({"feed": {"start": start}})
+    assert from_dict({"feed": {"start": "2000-01-01T00:00:00"}}).feed.start
+    from sovereign.config import sim_start_ns
+
+    assert sim_start_ns("2000-01-01T00:00:00") == AgentPool.MIN_TIME_NS
