@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -112,6 +113,14 @@ class ShmSegment {
       ::close(fd);
       fail("stat", name);
     }
+    // Only a segment of this user that nobody else may reach is ours: another user's (one
+    // planted under a name it guessed) would let them feed or steer the engine.
+    if (st.st_uid != ::geteuid() || (st.st_mode & 077) != 0) {
+      ::close(fd);
+      throw ShmError("shared-memory segment '" + name + "' is owned by uid " + std::to_string(st.st_uid) +
+                     " with mode " + octal(st.st_mode & 0777) + ": only one of uid " +
+                     std::to_string(::geteuid()) + " with mode 600 is trusted");
+    }
     if (st.st_size == 0) {
       ::close(fd);
       throw ShmError("shared-memory segment '" + name + "' is empty (not initialised)");
@@ -146,6 +155,12 @@ class ShmSegment {
     s.data_ = p;
     s.size_ = size;
     return s;
+  }
+
+  static std::string octal(unsigned mode) {
+    char buf[8];
+    std::snprintf(buf, sizeof buf, "%o", mode);
+    return buf;
   }
 
   [[noreturn]] static void fail(const char* what, const std::string& name) {

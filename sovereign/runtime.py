@@ -13,6 +13,7 @@ import ctypes
 import mmap
 import os
 import resource
+import secrets
 import signal
 import time
 from dataclasses import dataclass, field
@@ -144,6 +145,35 @@ class Layout:
         return f"{self.prefix}-heartbeats"
 
 
+def _open_private(path: Path, size: int | None) -> int:
+    """A shared-memory file that only this user can reach: created new with `size` bytes
+    (never one that is already there, never through a symlink, and whole before its name
+    appears: made under a temporary name, then linked), mode 0600; or (size None) opened
+    only if this user owns it and nobody else may read or write it. A board another user
+    could write would let them tell the supervisor its children are done, or hung."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    if size is None:
+        fd = os.open(path, flags)
+    else:
+        tmp = path.with_name(f"{path.name}.new-{secrets.token_hex(8)}")
+        fd = os.open(tmp, flags | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.ftruncate(fd, size)
+            os.link(tmp, path)  # never replaces: a name already there is refused
+        except FileExistsError:
+            os.close(fd)
+            raise FileExistsError(f"{path} already exists: refusing to adopt a file this process did not "
+                                  "make") from None
+        finally:
+            tmp.unlink()
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+        os.close(fd)
+        raise PermissionError(f"{path} is owned by uid {st.st_uid} with mode {st.st_mode & 0o777:o}: "
+                              f"only a file of uid {os.geteuid()} with mode 600 is trusted")  # fmt: skip
+    return fd
+
+
 class Heartbeats:
     """One 128-byte slot per process in /dev/shm. Each field has one writer (the child,
     but `restarts`: the supervisor), and each is one aligned 8-byte word, so a reader
@@ -152,11 +182,11 @@ class Heartbeats:
     def __init__(self, name: str, n: int | None = None):
         self.path = Path("/dev/shm") / name
         self.owner = n is not None
-        if n is not None:
-            with self.path.open("w+b") as f:
-                f.truncate(n * HEARTBEAT_DTYPE.itemsize)
-        with self.path.open("r+b") as f:
-            self._map = mmap.mmap(f.fileno(), 0)
+        fd = _open_private(self.path, None if n is None else n * HEARTBEAT_DTYPE.itemsize)
+        try:
+            self._map = mmap.mmap(fd, 0)
+        finally:
+            os.close(fd)
         self.slots = np.frombuffer(self._map, HEARTBEAT_DTYPE)
 
     def beat(self, slot: int, state: int, **counters: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import os
+import secrets
 import signal
 import sys
 import time
@@ -132,7 +133,8 @@ class Supervisor:
             names = tuple(load_ticks(c.feed.files, c.feed.layout, c.symbols.point, c.feed.bad_rows)[1])
         else:
             names = tuple(f"SIM{s:03d}" for s in range(c.feed.symbols))
-        self.layout = layout = Layout.plan(c, f"sov{os.getpid()}", len(names), names, new_session())
+        self.layout = layout = Layout.plan(c, f"sov{os.getpid()}-{secrets.token_hex(8)}", len(names), names,
+                                           new_session())  # an unguessable name: nobody can plant it first
         self.store = StateStore(c.system.state_dir)
         # the control socket first: a second supervisor on the same state stops here
         self.server = ControlServer(socket_path(c.system.state_dir, c.system.runtime_dir), COMMANDS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -51,3 +52,9 @@ def random_bars(n: int, *, seed: int = 0, symbol: int = 0, tf: int = 60) -> np.n
 
 def ring_name(tag: str = "t") -> str:
     return f"sovtest-{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def board_path(pid: int) -> Path | None:
+    """The heartbeat board of the supervisor with this pid (its name has a random part)."""
+    found = sorted(Path("/dev/shm").glob(f"sov{pid}-*-heartbeats"))
+    return found[0] if found else None

@@ -28,6 +28,7 @@ from sovereign.replay import Replay, _signal_diff, load_session
 from sovereign.runtime import RUNNING, Heartbeats
 from sovereign.sim import SimMarket
 from sovereign.state import StateStore
+from tests.helpers import board_path
 
 CLI = [sys.executable, "-m", "sovereign.cli"]
 DAY = 86_400 * 10**9
@@ -152,9 +153,8 @@ def test_replay_is_exact_through_kill_9_of_gateway_coordinator_and_risk(tmp_path
     test_a_process_killed_between_its_commit_and_its_push_loses_nothing.)"""
     proc = _run(tmp_path, "[feed]\nsymbols = 20\n")
     try:
-        path = Path(f"/dev/shm/sov{proc.pid}-heartbeats")
-        _wait(lambda: path.exists(), 60, "the heartbeat board")
-        hb = Heartbeats(path.name)
+        _wait(lambda: board_path(proc.pid) is not None, 60, "the heartbeat board")
+        hb = Heartbeats(board_path(proc.pid).name)  # type: ignore[union-attr]
         _wait(lambda: all(hb.slots["state"] == RUNNING) and hb.slots[0]["ticks"] > 300_000, 60, "trading")
         for slot, role in ((2, "risk"), (1, "coordinator"), (0, "gateway")):
             victim = int(hb.slots[slot]["pid"])
@@ -211,9 +211,8 @@ def test_a_process_killed_between_its_commit_and_its_push_loses_nothing(tmp_path
     marker = tmp_path / "fired"
     proc = _run(tmp_path, "[feed]\nsymbols = 20\n", env={"SOVEREIGN_FAILPOINTS": f"{point}={marker}"})
     try:
-        path = Path(f"/dev/shm/sov{proc.pid}-heartbeats")
-        _wait(lambda: path.exists(), 60, "the heartbeat board")
-        hb = Heartbeats(path.name)
+        _wait(lambda: board_path(proc.pid) is not None, 60, "the heartbeat board")
+        hb = Heartbeats(board_path(proc.pid).name)  # type: ignore[union-attr]
         k = SLOT[role]
         _wait(marker.exists, 120, f"{role} reaching {point}")
         # The process started after the kill (risk can reach its point in its first batch,

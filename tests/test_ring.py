@@ -330,12 +330,14 @@ def test_owner_unlinks_on_close_attacher_does_not() -> None:
 def test_attach_to_foreign_segment_fails_clearly() -> None:
     name = ring_name("foreign")
     Path(f"/dev/shm/{name}").write_bytes(os.urandom(4096))
+    Path(f"/dev/shm/{name}").chmod(0o600)  # ours and private: then the header is what is refused
     try:
         with pytest.raises(RingError, match="not a Sovereign ring"):
             TickRing.attach(name)
     finally:
         os.unlink(f"/dev/shm/{name}")
     Path(f"/dev/shm/{name}").write_bytes(b"x" * 10)
+    Path(f"/dev/shm/{name}").chmod(0o600)
     try:
         with pytest.raises(RingError, match="smaller than a ring header"):
             TickRing.attach(name)

@@ -17,6 +17,7 @@ import pytest
 from sovereign.ledger import same_book
 from sovereign.runtime import RUNNING, Heartbeats, Layout, set_realtime
 from sovereign.state import StateStore
+from tests.helpers import board_path
 from tests.invariants import check_system_invariants
 
 ROLES_BEFORE_WORKERS = 3  # gateway, coordinator, risk; then worker-0..
@@ -40,9 +41,8 @@ def orders(state: Path) -> list[dict]:
 
 
 def board(proc: subprocess.Popen, timeout: float = 60) -> Heartbeats:
-    path = Path(f"/dev/shm/sov{proc.pid}-heartbeats")
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while (path := board_path(proc.pid)) is None:
         assert proc.poll() is None, proc.stdout.read()  # type: ignore[union-attr]
         assert time.monotonic() < deadline, "the supervisor never created its heartbeat board"
         time.sleep(0.05)

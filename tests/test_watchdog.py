@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from sovereign.runtime import RUNNING, Heartbeats
+from tests.helpers import board_path
 
 WATCHDOG_S = 1.0
 HEARTBEAT_TIMEOUT_S = 1.5
@@ -86,7 +87,7 @@ def test_watchdog_protocol(tmp_path: Path) -> None:
         assert any(line.startswith("STATUS=trading:") and "ticks/s" in line for line in statuses)
 
         # hang a worker: the supervisor stops pinging once it sees the hang
-        board = Heartbeats(f"sov{proc.pid}-heartbeats")
+        board = Heartbeats(board_path(proc.pid).name)  # type: ignore[union-attr]
         worker = int(board.slots[WORKER_SLOT]["pid"])
         os.kill(worker, signal.SIGSTOP)
         stopped = time.monotonic()
