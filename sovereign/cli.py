@@ -25,6 +25,7 @@ characters escaped and is cut to a bounded length (sovereign.text), whatever is 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -167,7 +168,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="print JSON i
 @click.group(context_settings=CONTEXT, help=__doc__)
 @click.version_option(package_name="sovereign")
 def main() -> None:
-    pass
+    # Everything the system writes is its own (state, backups, recordings, reports): files
+    # 0600 and directories 0700 whatever umask it was started under.
+    os.umask(0o077)
 
 
 @main.command(epilog="Example: sovereign run --config /etc/sovereign/sovereign.toml")
@@ -182,7 +185,7 @@ def run(config_path: str | None, max_ticks: int | None, state_dir: str | None) -
     Ctrl-C (or until a finite feed ends), then drains and exits 0.
     """
     from sovereign import supervisor
-    from sovereign.config import ConfigError, load
+    from sovereign.config import ConfigError, load, with_absolute_paths
     from sovereign.control import ControlError
     from sovereign.core import RingError
     from sovereign.data import DataError
@@ -196,6 +199,12 @@ def run(config_path: str | None, max_ticks: int | None, state_dir: str | None) -
             config = replace(config, system=replace(config.system, state_dir=state_dir))
         if max_ticks is not None:
             config = replace(config, feed=replace(config.feed, max_ticks=max_ticks))
+        # Neither the supervisor nor its children may import from the directory it was
+        # started in (a `socket.py` there ran in all five children): paths are made
+        # absolute, the processes work in /, and no child puts its directory on sys.path.
+        config = with_absolute_paths(config)
+        os.environ["PYTHONSAFEPATH"] = "1"
+        os.chdir("/")
         code = supervisor.Supervisor(config, config_path).run()
     except (ConfigError, DataError) as e:
         raise BadInput(str(e)) from None

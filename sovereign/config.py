@@ -9,6 +9,7 @@ walks them, so every error names the key and what would be right:
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -160,6 +161,20 @@ class Config:
             raise ConfigError(f"config key risk.daily_loss_limit: {self.risk.daily_loss_limit} is above "
                               f"risk.max_drawdown ({self.risk.max_drawdown}); a day's loss would halt "
                               "the system before it could reduce")
+
+
+def with_absolute_paths(config: Config) -> Config:
+    """The config with every path made absolute against the current directory, for a
+    process about to leave it (empty paths stay empty: they mean a default)."""
+
+    def absolute(p: str) -> str:
+        return os.path.abspath(p) if p else p
+
+    s, f = config.system, config.feed
+    system = dataclasses.replace(s, state_dir=absolute(s.state_dir), runtime_dir=absolute(s.runtime_dir),
+                                 record_dir=absolute(s.record_dir))  # fmt: skip
+    feed = dataclasses.replace(f, files=tuple(map(absolute, f.files)))
+    return dataclasses.replace(config, system=system, feed=feed)
 
 
 def sim_start_ns(text: str) -> int:

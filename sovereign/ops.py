@@ -67,8 +67,10 @@ def verify(path: str | Path) -> list[Check]:
     manifest = path / MANIFEST
     if manifest.exists():
         checks.append(_check_manifest(path, manifest))
-    proc = subprocess.run([sys.executable, "-m", "sovereign.ops", "verify", str(path)],
-                          capture_output=True, timeout=3600)  # fmt: skip
+    # -I and cwd /: the reader imports nothing from the directory the operator stands in
+    # (a `sovereign/__init__.py` there ran as root).
+    proc = subprocess.run([sys.executable, "-I", "-m", "sovereign.ops", "verify", str(path.absolute())],
+                          capture_output=True, timeout=3600, cwd="/")  # fmt: skip
     if proc.returncode != 0:
         why = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         if proc.returncode < 0:

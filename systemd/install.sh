@@ -16,6 +16,8 @@
 set -euo pipefail
 
 SRC="$(cd "$(dirname "$0")/.." && pwd)"
+cd /  # nothing below may import from the checkout or wherever root stands (a planted module)
+export PYTHONSAFEPATH=1
 PREFIX=/opt/sovereign
 ETC=/etc/sovereign
 UNITS=/etc/systemd/system

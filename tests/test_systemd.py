@@ -75,3 +75,16 @@ def test_unit_timeouts_match_the_engine() -> None:
 def test_install_script_parses() -> None:
     r = subprocess.run(["bash", "-n", str(UNITS / "install.sh")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_service_has_its_own_dev_shm_and_works_in_root() -> None:
+    """PrivateDevices bind-mounts the host's /dev/shm: the service needs a tmpfs of its own
+    there, or any local user can plant or read its segments (issue 20, item 2); and it
+    imports nothing from a working directory (item 3)."""
+    unit = (UNITS / "sovereign.service").read_text()
+    assert re.search(r"^TemporaryFileSystem=/dev/shm(:\S*)?$", unit, re.M), "no private /dev/shm"
+    for name in ("sovereign.service", "sovereign-backup.service"):
+        text = (UNITS / name).read_text()
+        assert re.search(r"^WorkingDirectory=/$", text, re.M) and "PYTHONSAFEPATH=1" in text, name
+    install = (UNITS / "install.sh").read_text()
+    assert re.search(r"^cd /( |$)", install, re.M), "install.sh must leave the checkout first"
