@@ -32,9 +32,12 @@ Money is exact throughout (the Ledger's Decimals); the report's statistics are f
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import os
-import pickle
+import zipfile
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,15 +45,26 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 
-from sovereign.broker.paper import Retcode
-from sovereign.config import Config, ConfigError
-from sovereign.coordinator import Coordinator
-from sovereign.core import NO_AGENT, TICK_DTYPE, Screen
+from sovereign.broker.paper import Retcode, checked_ledger
+from sovereign.config import Config, ConfigError, from_dict
+from sovereign.coordinator import LIVE_DTYPE, Coordinator
+from sovereign.core import NO_AGENT, ORDER_DTYPE, SIGNAL_DTYPE, TICK_DTYPE, Screen
 from sovereign.datafile import FILE_BAR_DTYPE, FILE_TICK_DTYPE, Market
+from sovereign.files import (
+    encode_float,
+    want_bool,
+    want_decimal,
+    want_dict,
+    want_float,
+    want_int,
+    want_list,
+    want_str,
+)
 from sovereign.gateway import _row, make_broker
-from sovereign.ledger import ZERO, to_decimal
-from sovereign.risk import Reason, Risk, reduce_only
+from sovereign.ledger import ZERO, Position, to_decimal
+from sovereign.risk import Reason, Risk, TradingState, reduce_only
 from sovereign.symbols import symbol_specs
 from sovereign.worker import build_pool
 
@@ -58,11 +72,10 @@ NS = 1_000_000_000
 DAY_NS = 86_400 * NS
 CHUNK = 1 << 18  # records per pass of the agents
 _LAZY = True
-SNAPSHOT_MAGIC = b"SOVBT\x00\x01\x00"
 
 
 class Ids:
-    """Client order ids for one backtest: 1, 2, 3, ... (deterministic, picklable)."""
+    """Client order ids for one backtest: 1, 2, 3, ... (deterministic)."""
 
     def __init__(self) -> None:
         self.n = 0
@@ -93,7 +106,7 @@ class _Agents(NamedTuple):
 
 
 class Backtest:
-    """One run over a Market, fed in consecutive pieces (`feed`); picklable between them
+    """One run over a Market, fed in consecutive pieces (`feed`); saved as data between them
     (`snapshot`/`restore`), so a run can stop at any time and resume."""
 
     def __init__(
@@ -309,31 +322,17 @@ class Backtest:
                     }
                 )
 
-    # ---- snapshots
+    # ---- saved state (--save-state, --resume): data, never code
 
     def snapshot(self) -> bytes:
-        """Everything needed to resume: the agents' snapshot and the components' state."""
-        state = dict(self.__dict__)
-        state["pool"] = self.pool.snapshot()
-        body = pickle.dumps(state, protocol=5)
-        return SNAPSHOT_MAGIC + hashlib.sha256(body).digest() + body
+        """Everything needed to resume, as data (format 2; see _save_state)."""
+        return _save_state(self)
 
     @classmethod
     def restore(cls, blob: bytes) -> Backtest:
-        """A Backtest from `snapshot()` bytes; refuses anything else or a damaged copy."""
-        if blob[:8] != SNAPSHOT_MAGIC:
-            raise ValueError("not a backtest snapshot (or one from another version)")
-        digest, body = blob[8:40], blob[40:]
-        if hashlib.sha256(body).digest() != digest:
-            raise ValueError("backtest snapshot is damaged (checksum mismatch)")
-        state = pickle.loads(body)  # our own file, checksummed above
-        bt = cls.__new__(cls)
-        blob_pool = state.pop("pool")
-        bt.__dict__.update(state)
-        bt.pool = build_pool(list(range(len(bt.names))))
-        bt.pool.restore(blob_pool)
-        bt.pool.threads = _cores()
-        return bt
+        """A Backtest from `snapshot()` bytes. Every field is checked; anything else (another
+        format, a damaged or forged file) raises ValueError saying what is wrong."""
+        return _load_state(cls, blob)
 
 
 def _cores() -> int:
@@ -662,6 +661,264 @@ def _order_row(f: tuple, state: str, reason: str) -> dict[str, Any]:
         "state": state,
         "reason": reason,
     }
+
+
+# ---- saved state
+#
+# A state file is SNAPSHOT_MAGIC (the format version is its 7th byte), the sha256 of the
+# rest, and the rest: an .npz (np.load reads it) of members stored uncompressed:
+#   state           the JSON document (orjson, UTF-8) as bytes: config, names, kind, the
+#                   walk's counters, the coordinator, risk, the broker and the output so far;
+#                   money as decimal strings, floats as numbers ('nan', 'inf', '-inf' as strings)
+#   pool            the AgentPool's own snapshot bytes (versioned and checked by its restore)
+#   q_ts q_bid q_ask  the walk's quote board (int64, float64, float64 per symbol)
+#   pending         bars: approved orders waiting for their symbol's next open (ORDER_DTYPE)
+#   live            the coordinator's live signals (coordinator.LIVE_DTYPE)
+#   signals signal_batches  the signals kept (keep_signals), concatenated, and each batch's length
+# Reading it runs no code: np.load(allow_pickle=False) refuses object arrays, JSON is
+# data, and each field is checked for its type and range before it is used. The checksum
+# catches damage only; anyone can recompute it, so it guards nothing else.
+
+SNAPSHOT_MAGIC = b"SOVBT\x00\x02\x00"
+_MEMBERS = ("state", "pool", "q_ts", "q_bid", "q_ask", "pending", "live", "signals", "signal_batches")
+_STATE_KEYS = {"config", "names", "kind", "keep_signals", "mark_interval_s", "ids", "period", "seq", "now_ns",
+               "best", "changes", "coordinator", "risk", "broker", "out"}  # fmt: skip
+MAX_SYMBOLS = 10_000  # as a data load (sovereign.data)
+
+
+def _save_state(bt: Backtest) -> bytes:
+    """The state file of `bt` (see above); the same state gives the same bytes."""
+    n = len(bt.names)
+    coord, live = bt.coord.to_state(n)
+    risk = bt.risk
+    doc = {
+        "config": dataclasses.asdict(bt.config),
+        "names": bt.names,
+        "kind": bt.kind,
+        "keep_signals": bt.keep_signals,
+        "mark_interval_s": bt.mark_ns // NS,
+        "ids": bt.ids.n,
+        "period": bt.period,
+        "seq": bt.seq,
+        "now_ns": bt.now_ns,
+        "best": None if bt.best is None else str(bt.best),
+        "changes": bt.changes,
+        "coordinator": coord,
+        "risk": {
+            "state": risk.to_dict(),
+            "ledger": risk.ledger.to_dict(),
+            "approved_ts": list(risk.approved_ts),
+            "rejected": {r.name: k for r, k in risk.rejected.items()},
+            "feed_stalled": risk.feed_stalled,
+            "notional": [[s, pos is risk.ledger.positions.get(s), str(vol), str(value)]
+                         for s, (pos, vol, value) in risk.notional.items()],
+            "events": risk.events,
+        },
+        "broker": bt.broker.to_state(),
+        "out": {
+            "fills": [{**f, **{k: str(f[k]) for k in _FILL_MONEY}} for f in bt.out.fills],
+            "orders": [{**o, **{k: encode_float(o[k]) for k in _ORDER_FLOATS}} for o in bt.out.orders],
+            "equity": [[ts, str(e)] for ts, e in bt.out.equity],
+            "n_signals": bt.out.n_signals,
+            "records": bt.out.records,
+            "first_ns": bt.out.first_ns,
+            "last_ns": bt.out.last_ns,
+        },
+    }
+    signals = bt.out.signals
+    arrays = {
+        "state": np.frombuffer(orjson.dumps(doc), np.uint8),
+        "pool": np.frombuffer(bt.pool.snapshot(), np.uint8),
+        "q_ts": bt.q_ts, "q_bid": bt.q_bid, "q_ask": bt.q_ask,
+        "pending": np.array([f for orders in bt.pending.values() for f in orders], ORDER_DTYPE),
+        "live": live,
+        "signals": np.concatenate(signals) if signals else np.zeros(0, SIGNAL_DTYPE),
+        "signal_batches": np.array([len(x) for x in signals], np.int64),
+    }  # fmt: skip
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
+        for name in _MEMBERS:  # dated 1980 (ZipInfo's default): the same state, the same bytes
+            with z.open(zipfile.ZipInfo(f"{name}.npy"), "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arrays[name]), allow_pickle=False)
+    body = buf.getvalue()
+    return SNAPSHOT_MAGIC + hashlib.sha256(body).digest() + body
+
+
+def _load_state(cls: type[Backtest], blob: bytes) -> Backtest:
+    """A Backtest made as new from the saved config, names and kind, then given the saved
+    state, each part checked on the way in."""
+    arrays = _read_members(blob)
+    try:
+        doc = orjson.loads(arrays["state"].tobytes())
+    except orjson.JSONDecodeError as e:
+        raise ValueError(f"state: not JSON ({e})") from None
+    d = want_dict(doc, "state", _STATE_KEYS)
+    names = want_list(d["names"], "names")
+    if not len(names) <= MAX_SYMBOLS or len(set(map(str, names))) != len(names):
+        raise ValueError(f"names: {len(names)} names, not up to {MAX_SYMBOLS} different ones")
+    names = [want_str(x, "names", 64) for x in names]
+    try:  # the config's own checks (ConfigError is a ValueError)
+        config = from_dict(want_dict(d["config"], "config", {f.name for f in dataclasses.fields(Config)}))
+    except (TypeError, AttributeError) as e:  # config.from_dict takes {"a": 1} as a table of overrides
+        raise ValueError(f"config: not a saved config ({e})") from None
+    bt = cls(config, names, want_str(d["kind"], "kind", 8),
+             keep_signals=want_bool(d["keep_signals"], "keep_signals"),
+             mark_interval_s=want_int(d["mark_interval_s"], "mark_interval_s", 1, DAY_NS // NS))  # fmt: skip
+    n = len(names)
+    pool = arrays["pool"]
+    if pool.dtype != np.uint8 or pool.ndim != 1:
+        raise ValueError(f"pool: {pool.dtype} x {pool.shape} is not bytes")
+    bt.pool.restore(pool.tobytes())  # the pool's own checks: ValueError on anything but its snapshot
+    for name, dtype in (("q_ts", np.int64), ("q_bid", np.float64), ("q_ask", np.float64)):
+        setattr(bt, name, _array(arrays, name, dtype, n).copy())
+    bt.ids.n = want_int(d["ids"], "ids", 0)
+    bt.period = want_int(d["period"], "period", -1)
+    bt.seq = want_int(d["seq"], "seq", 0)
+    bt.now_ns = want_int(d["now_ns"], "now_ns")
+    bt.best = None if d["best"] is None else want_decimal(d["best"], "best")
+    bt.changes = want_int(d["changes"], "changes", 0)
+    pending = _array(arrays, "pending", ORDER_DTYPE)
+    if len(pending) and (bt.kind == "ticks" or pending["symbol"].max() >= n):
+        raise ValueError("pending: orders of a ticks run, or for a symbol out of range")
+    for f in pending.tolist():
+        bt.pending.setdefault(f[4], []).append(f)
+    bt.coord.load_state(d["coordinator"], _array(arrays, "live", LIVE_DTYPE), n)
+    _load_risk(bt.risk, d["risk"], n)
+    bt.broker.load_state(d["broker"])
+    bt.out = _load_out(d["out"], arrays, bt)
+    bt.pool.threads = _cores()
+    return bt
+
+
+def _read_members(blob: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a state file, after its magic and checksum; ValueError for anything else."""
+    magic = SNAPSHOT_MAGIC
+    if blob[:6] != magic[:6] or len(blob) < 8:
+        raise ValueError("not a backtest snapshot (a file saved by backtest --save-state)")
+    if blob[6:8] != magic[6:8]:
+        old = " (pickled by an older version, never read: it could run code)" if blob[6] == 1 else ""
+        raise ValueError(f"a backtest snapshot of format {blob[6]}{old}; this version reads format "
+                         f"{magic[6]}: run the backtest again to save one")  # fmt: skip
+    digest, body = blob[8:40], blob[40:]
+    if hashlib.sha256(body).digest() != digest:
+        raise ValueError("backtest snapshot is damaged (checksum mismatch)")
+    try:
+        npz = np.load(io.BytesIO(body), allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError("not an npz archive")
+        with npz:
+            members = set(npz.files)
+            extra, missing = sorted(members - set(_MEMBERS)), [m for m in _MEMBERS if m not in members]
+            if extra or missing:
+                what = f"an extra member {extra[0][:40]!r}" if extra else f"no member {missing[0]!r}"
+                raise ValueError(what)
+            for info in npz.zip.infolist() if npz.zip else ():  # no member can grow past the file's size
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size > len(body):
+                    raise ValueError(f"member {info.filename[:40]!r} is compressed or larger than the file")
+            return {name: npz[name] for name in _MEMBERS}  # an object array raises: it would unpickle
+    except Exception as e:  # zipfile's and numpy's parsers raise many kinds on a bad archive
+        raise ValueError(f"backtest snapshot: {type(e).__name__}: {e}") from None
+
+
+def _array(arrays: dict[str, np.ndarray], name: str, dtype: Any, n: int | None = None) -> np.ndarray:
+    """A member, a 1-d array of `dtype` (of n items when n is given)."""
+    a = arrays[name]
+    if a.dtype != np.dtype(dtype) or a.ndim != 1 or (n is not None and len(a) != n):
+        count = "" if n is None else f"{n} "
+        raise ValueError(f"{name}: {a.dtype} x {a.shape} is not a list of {count}{np.dtype(dtype)}")
+    return a
+
+
+def _load_risk(risk: Risk, d: Any, n: int) -> None:
+    """Risk's state back; its to_dict/load_dict have the book and the limits' state, the
+    rest (the order rate's times, the refusal counts, the marked notionals) is here."""
+    d = want_dict(d, "risk", {"state", "ledger", "approved_ts", "rejected", "feed_stalled", "notional",
+                              "events"})  # fmt: skip
+    st = want_dict(d["state"], "risk.state", {"state", "why", "peak", "day", "day_start", "equity", "marked",
+                                              "flattening", "ticket", "in_flight"})  # fmt: skip
+    if want_str(st["state"], "risk.state", 16) not in {t.value for t in TradingState}:
+        raise ValueError(f"risk.state: {str(st['state'])[:20]!r} is not a TradingState")
+    want_str(st["why"], "risk.why")
+    for k in ("peak", "day_start", "equity"):
+        want_decimal(st[k], f"risk.{k}")
+    want_int(st["day"], "risk.day", -1)
+    want_bool(st["marked"], "risk.marked")
+    want_bool(st["flattening"], "risk.flattening")
+    want_int(st["ticket"], "risk.ticket", 0)
+    for x in want_list(st["in_flight"], "risk.in_flight"):
+        cid, s, vol, price, reduce = want_list(x, "risk.in_flight", 5)
+        want_int(cid, "risk.in_flight id", 0), want_int(s, "risk.in_flight symbol", 0, n - 1)
+        want_decimal(vol, "risk.in_flight volume"), want_decimal(price, "risk.in_flight price")
+        want_bool(reduce, "risk.in_flight reduce_only")
+    ledger = checked_ledger(d["ledger"], "risk.ledger", risk.specs)
+    approved = deque(want_int(t, "risk.approved_ts") for t in want_list(d["approved_ts"], "risk.approved_ts"))
+    counts = want_dict(d["rejected"], "risk.rejected", set(), frozenset(Reason.__members__))
+    rejected = dict.fromkeys(Reason, 0)
+    rejected.update({Reason[k]: want_int(v, f"risk.rejected.{k}", 0) for k, v in counts.items()})
+    events = want_list(d["events"], "risk.events")
+    for e in events:
+        if type(e) is not dict:
+            raise ValueError("risk.events: an event that is not an object")
+    stalled = want_bool(d["feed_stalled"], "risk.feed_stalled")
+    notional = []
+    for x in want_list(d["notional"], "risk.notional"):
+        s, same, vol, value = want_list(x, "risk.notional", 4)
+        notional.append((want_int(s, "risk.notional symbol", 0, n - 1), want_bool(same, "risk.notional same"),
+                         want_decimal(vol, "risk.notional volume"),
+                         want_decimal(value, "risk.notional value")))  # fmt: skip
+    risk.load_dict(st)
+    risk.ledger.load_dict(ledger)
+    risk.approved_ts, risk.rejected, risk.events, risk.feed_stalled = approved, rejected, events, stalled
+    # A notional is reused while its entry holds the very position the ledger has (Risk._gross):
+    # one of a position since closed holds a stale one, which never is.
+    positions = risk.ledger.positions
+    if any(same and s not in positions for s, same, _, _ in notional):
+        raise ValueError("risk.notional: the notional of a position the ledger does not have")
+    risk.notional = {s: (positions[s] if same else Position(), vol, value)
+                     for s, same, vol, value in notional}  # fmt: skip
+
+
+_FILL_MONEY = ("volume", "price", "commission", "realized")
+_FILL_KEYS = {"ts_ns", "symbol", "side", "agent", "client_order_id", "reason", *_FILL_MONEY}
+_ORDER_FLOATS = ("conviction", "volume", "price", "sl", "tp")
+_ORDER_INTS = ("ts_ns", "client_order_id", "symbol", "side", "agent")
+
+
+def _load_out(d: Any, arrays: dict[str, np.ndarray], bt: Backtest) -> Recorded:
+    """The output so far (Recorded), checked."""
+    d = want_dict(d, "out", {"fills", "orders", "equity", "n_signals", "records", "first_ns", "last_ns"})
+    out = Recorded(n_signals=want_int(d["n_signals"], "out.n_signals", 0),
+                   records=want_int(d["records"], "out.records", 0),
+                   first_ns=want_int(d["first_ns"], "out.first_ns"),
+                   last_ns=want_int(d["last_ns"], "out.last_ns"))  # fmt: skip
+    names = set(bt.names)
+    for f in want_list(d["fills"], "out.fills"):
+        f = want_dict(f, "out.fills", _FILL_KEYS)
+        if want_str(f["symbol"], "out.fills symbol", 64) not in names:
+            raise ValueError(f"out.fills: symbol {f['symbol']!r} is not one of the run's")
+        for k in ("ts_ns", "side", "agent", "client_order_id"):
+            want_int(f[k], f"out.fills {k}")
+        want_str(f["reason"], "out.fills reason")
+        out.fills.append({**f, **{k: want_decimal(f[k], f"out.fills {k}") for k in _FILL_MONEY}})
+    for o in want_list(d["orders"], "out.orders"):
+        o = want_dict(o, "out.orders", {*_ORDER_INTS, *_ORDER_FLOATS, "state", "reason"},
+                      frozenset({"fill_price", "retcode"}))  # fmt: skip
+        for k in _ORDER_INTS:
+            want_int(o[k], f"out.orders {k}")
+        for k in ("state", "reason", "fill_price"):
+            if k in o:
+                want_str(o[k], f"out.orders {k}")
+        if "retcode" in o:
+            want_int(o["retcode"], "out.orders retcode")
+        out.orders.append({**o, **{k: want_float(o[k], f"out.orders {k}") for k in _ORDER_FLOATS}})
+    for x in want_list(d["equity"], "out.equity"):
+        ts, e = want_list(x, "out.equity", 2)
+        out.equity.append((want_int(ts, "out.equity time"), want_decimal(e, "out.equity")))
+    signals, batches = _array(arrays, "signals", SIGNAL_DTYPE), _array(arrays, "signal_batches", np.int64)
+    if (batches <= 0).any() or batches.sum() != len(signals) or (len(batches) and not bt.keep_signals):
+        raise ValueError("signal_batches: not the lengths of the kept signals' batches")
+    out.signals = np.split(signals.copy(), np.cumsum(batches)[:-1]) if len(batches) else []
+    return out
 
 
 def run(

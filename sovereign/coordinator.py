@@ -16,9 +16,11 @@ target come from the strongest live signal in that direction. Risk sizes the ord
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +35,7 @@ from sovereign.core import (
     SignalRing,
     wait_for_records,
 )
+from sovereign.files import want_decimal, want_dict, want_int, want_list
 from sovereign.latency import LatencyHistogram
 from sovereign.ledger import ZERO, new_deal, to_decimal
 from sovereign.orders import ClientIds
@@ -45,6 +48,10 @@ NS = 1_000_000_000
 SIGNAL_BATCH = 4096
 RECORD_EVERY_S = 1.0  # the signal history for the ops CLI is committed this often
 IN_FLIGHT_S = 60  # market seconds an intent blocks another for its symbol without an answer
+# A live signal in the coordinator's book, as a saved backtest keeps it (SignalBook.live's fields).
+LIVE_DTYPE = np.dtype([("symbol", "<u4"), ("agent", "<u4"), ("expires_ns", "<i8"), ("side", "i1"),
+                       ("conviction", "<f8"), ("entry", "<f8"), ("stop", "<f8"),
+                       ("target", "<f8")])  # fmt: skip
 
 
 class Coordinator:
@@ -115,6 +122,52 @@ class Coordinator:
                 self.volume[symbol] = self.volume.get(symbol, ZERO) + side * to_decimal(volume)
                 vol = self.volume[symbol]
                 self.position[symbol] = 0 if vol == 0 else (1 if vol > 0 else -1)
+
+    # ---- a backtest's saved state (sovereign.backtest): data only, every field checked back
+
+    def to_state(self, symbols: int) -> tuple[dict[str, Any], np.ndarray]:
+        """Everything but the config and the id source, as JSON-able data, and the book's
+        live signals of symbols 0..symbols-1 in netting order (LIVE_DTYPE)."""
+        live = [(s, *sig) for s in range(symbols) for sig in self.book.live(s)]
+        return {
+            "clock_ns": self.book.clock_ns,
+            "volume": [[s, str(v)] for s, v in self.volume.items()],
+            "position": [[s, p] for s, p in self.position.items()],
+            "in_flight": [[s, cid, expires] for s, (cid, expires) in self.in_flight.items()],
+            "intents": self.intents,
+            "ticket": self.ticket,
+        }, np.array(live, LIVE_DTYPE)
+
+    def load_state(self, d: Any, live: np.ndarray, symbols: int) -> None:
+        """`to_state`'s data back, each field checked (symbols below `symbols`); a bad one
+        raises ValueError naming it, and leaves this coordinator as it was."""
+        name = "coordinator"
+        d = want_dict(d, name, {"clock_ns", "volume", "position", "in_flight", "intents", "ticket"})
+        sym = functools.partial(want_int, lo=0, hi=symbols - 1)
+        volume = {sym(s, f"{name}.volume symbol"): want_decimal(v, f"{name}.volume")
+                  for s, v in (want_list(x, f"{name}.volume", 2) for x in want_list(d["volume"], name))}
+        position = {sym(s, f"{name}.position symbol"): want_int(p, f"{name}.position", -1, 1)
+                    for s, p in (want_list(x, f"{name}.position", 2) for x in want_list(d["position"], name))}
+        in_flight = {sym(s, f"{name}.in_flight symbol"): (want_int(c, f"{name}.in_flight id", 0),
+                                                           want_int(t, f"{name}.in_flight expiry"))
+                     for s, c, t in (want_list(x, f"{name}.in_flight", 3)
+                                     for x in want_list(d["in_flight"], name))}  # fmt: skip
+        if live.dtype != LIVE_DTYPE or live.ndim != 1:
+            raise ValueError(f"{name}.live: {live.dtype} x {live.shape} is not a list of LIVE_DTYPE records")
+        if len(live) and (live["symbol"].max() >= symbols or not np.isin(live["side"], (-1, 1)).all()
+                          or not np.isfinite(live["conviction"]).all()):  # fmt: skip
+            raise ValueError(f"{name}.live: a signal with a symbol out of range, a side not -1 or 1 or a "
+                             "conviction not finite")  # fmt: skip
+        clock = want_int(d["clock_ns"], f"{name}.clock_ns")
+        intents = want_int(d["intents"], f"{name}.intents", 0)
+        ticket = want_int(d["ticket"], f"{name}.ticket", 0)
+        by_symbol: dict[int, list[tuple]] = {}
+        for rec in live.tolist():
+            by_symbol.setdefault(rec[0], []).append(rec[1:])
+        book = SignalBook.__new__(SignalBook)  # as pickle makes one: the C++ restore, from checked data
+        book.__setstate__((self.book.threshold, clock, list(by_symbol.items())))  # type: ignore[attr-defined]
+        self.book, self.volume, self.position, self.in_flight = book, volume, position, in_flight
+        self.intents, self.ticket = intents, ticket
 
     def load_positions(self, volumes: dict[int, Decimal], ticket: int = 0) -> None:
         """Net volume per symbol at start-up, from the book risk keeps in LMDB, which has

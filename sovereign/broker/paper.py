@@ -21,6 +21,15 @@ from typing import Any
 import numpy as np
 
 from sovereign.core import first_touch, last_of_each
+from sovereign.files import (
+    encode_float,
+    want_decimal,
+    want_dict,
+    want_float,
+    want_int,
+    want_list,
+    want_str,
+)
 from sovereign.ledger import ZERO, Ledger, Position, to_decimal
 from sovereign.symbols import SymbolSpec
 
@@ -243,6 +252,43 @@ class PaperBroker:
         self.ledger.load_dict(d["ledger"])
         self.next_ticket = int(d["next_ticket"])
 
+    def to_state(self) -> dict[str, Any]:
+        """All of the broker's state as JSON-able data, for a backtest to save between runs:
+        `to_dict`, and what a live gateway need not keep: the quotes (exact, and the raw
+        floats not converted yet) and the recent executions."""
+        return {
+            "account": self.to_dict(),
+            "quotes": [[s, ts, str(bid), str(ask)] for s, (ts, bid, ask) in self._quotes.items()],
+            "raw": [[s, ts, encode_float(bid), encode_float(ask)] for s, (ts, bid, ask) in self._raw.items()],
+            "executed": [ex.to_dict() for ex in self.executed.values()],
+        }
+
+    def load_state(self, d: Any) -> None:
+        """`to_state`'s data back, each field checked against this broker's symbols; a bad
+        one raises ValueError naming it, and leaves the broker as it was."""
+        d = want_dict(d, "broker", {"account", "quotes", "raw", "executed"})
+        account = want_dict(d["account"], "broker", {"ledger", "next_ticket"})
+        ledger = checked_ledger(account["ledger"], "broker.ledger", self.specs)
+        next_ticket = want_int(account["next_ticket"], "broker.next_ticket", 1)
+        quotes, raw = {}, {}
+        for q in want_list(d["quotes"], "broker.quotes"):
+            s, ts, bid, ask = want_list(q, "broker.quotes", 4)
+            quotes[_symbol(s, "broker.quotes", self.specs)] = (
+                want_int(ts, "broker.quotes time"), want_decimal(bid, "broker.quotes bid"),
+                want_decimal(ask, "broker.quotes ask"))  # fmt: skip
+        for q in want_list(d["raw"], "broker.raw"):
+            s, ts, bid, ask = want_list(q, "broker.raw", 4)
+            raw[_symbol(s, "broker.raw", self.specs)] = (
+                want_int(ts, "broker.raw time"), want_float(bid, "broker.raw bid"),
+                want_float(ask, "broker.raw ask"))  # fmt: skip
+        executed = want_list(d["executed"], "broker.executed")
+        if len(executed) > REMEMBERED_ORDERS:
+            raise ValueError(f"broker.executed: {len(executed)} executions, more than {REMEMBERED_ORDERS}")
+        remembered = OrderedDict((ex.client_order_id, ex) for ex in
+                                 (_checked_execution(x, self.specs) for x in executed))  # fmt: skip
+        self.load_dict({"ledger": ledger, "next_ticket": next_ticket})
+        self._quotes, self._raw, self.executed = quotes, raw, remembered
+
     def margin(self) -> Decimal:
         return sum((self._margin_of(s, p.volume) for s, p in self.positions.items()), Decimal(0))
 
@@ -326,6 +372,53 @@ class PaperBroker:
         ts = (self.quote(symbol) or (0, None, None))[0]
         zero = Decimal(0)
         return Execution(cid, symbol, side, volume, zero, zero, zero, ts, code, why)
+
+
+def checked_ledger(d: Any, name: str, specs: dict[int, SymbolSpec]) -> dict[str, Any]:
+    """A `Ledger.to_dict` read back from a file, checked for `Ledger.load_dict`: exact
+    amounts, symbols of `specs`, open positions of lots all on one side. Raises ValueError
+    naming the first bad field."""
+    d = want_dict(d, name, {"balance", "positions"})
+    want_decimal(d["balance"], f"{name}.balance")
+    if type(d["positions"]) is not dict:
+        raise ValueError(f"{name}.positions: not an object")
+    for key, pos in d["positions"].items():
+        symbol = int(key) if key.isdigit() and len(key) < 10 else -1
+        if key != str(_symbol(symbol, f"{name}.positions", specs)):
+            raise ValueError(f"{name}.positions: symbol {key!r} is not written as {symbol}")
+        at = f"{name}.positions.{key}"
+        pos = want_dict(pos, at, {"lots", "sl", "tp"})
+        lots = [want_list(lot, f"{at}.lots", 2) for lot in want_list(pos["lots"], f"{at}.lots")]
+        sides = {want_decimal(v, f"{at}.lots volume").compare(ZERO) for v, _ in lots}
+        for _, price in lots:
+            want_decimal(price, f"{at}.lots price")
+        if not lots or len(sides) != 1 or 0 in sides:
+            raise ValueError(f"{at}.lots: an open position is lots of volume all on one side, not zero")
+        for k in ("sl", "tp"):
+            if pos[k] is not None:
+                want_decimal(pos[k], f"{at}.{k}")
+    return d
+
+
+def _symbol(v: Any, name: str, specs: dict[int, SymbolSpec]) -> int:
+    if type(v) is not int or v not in specs:
+        raise ValueError(f"{name}: symbol {str(v)[:20]!r} is not one of 0..{len(specs) - 1}")
+    return v
+
+
+def _checked_execution(d: Any, specs: dict[int, SymbolSpec]) -> Execution:
+    """An `Execution.to_dict` read back from a file, checked."""
+    name = "broker.executed"
+    d = want_dict(d, name, {"client_order_id", "symbol", "side", "volume", "price", "commission",
+                            "realized_pnl", "ts_ns", "retcode", "reason", "ticket"})  # fmt: skip
+    if type(d["retcode"]) is not int or d["retcode"] not in set(Retcode):
+        raise ValueError(f"{name}: retcode {str(d['retcode'])[:20]!r} is not a Retcode")
+    money = {k: want_decimal(d[k], f"{name} {k}") for k in ("volume", "price", "commission", "realized_pnl")}
+    return Execution(want_int(d["client_order_id"], f"{name} client id", 1),
+                     _symbol(d["symbol"], name, specs), want_int(d["side"], f"{name} side", -1, 1),
+                     ts_ns=want_int(d["ts_ns"], f"{name} time"),
+                     retcode=Retcode(d["retcode"]), reason=want_str(d["reason"], f"{name} reason"),
+                     ticket=want_int(d["ticket"], f"{name} ticket", 0), **money)  # fmt: skip
 
 
 def _exit_hit(pos: Position, bid: Decimal, ask: Decimal) -> str:
