@@ -558,7 +558,9 @@ def state_verify(t: Target, path: str | None, as_json: bool) -> None:
 @target_options
 @click.argument("backup_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
-def state_restore(t: Target, backup_dir: str, yes: bool) -> None:
+@click.option("--unsigned", is_flag=True,
+              help="restore a backup not signed with this installation's key")  # fmt: skip
+def state_restore(t: Target, backup_dir: str, yes: bool, unsigned: bool) -> None:
     """Replace the state with BACKUP_DIR (verified first). The system must be stopped; the
     current state is moved aside, not deleted."""
     from sovereign.ops import OpsError, restore
@@ -570,7 +572,7 @@ def state_restore(t: Target, backup_dir: str, yes: bool) -> None:
             raise BadInput("restoring replaces the state: confirm with --yes")
         click.confirm(f"Replace the state at {t.state_dir} with {backup_dir}?", abort=True)
     try:
-        done = restore(backup_dir, t.state_dir)
+        done = restore(backup_dir, t.state_dir, unsigned=unsigned)
     except OpsError as e:
         raise Fail(str(e)) from None
     moved = done["previous_state_moved_to"]

@@ -3,9 +3,16 @@ state, and check the machine (doctor). Each check is a `Check`; the CLI prints t
 
 Backups are LMDB's own hot copy (`mdb_env_copy2` with compaction) taken inside one read
 transaction, so a backup of a running system is consistent without stopping it. A
-backup is written under a temporary name and renamed only once it is complete, verified
-and described by MANIFEST.json (sha256 of the data file), so a partial backup never looks
-like a good one.
+backup is written into a fresh private directory (mkdtemp beside the destination, never a
+name another user could plant first) and renamed only once it is complete, verified and
+described by MANIFEST.json, so a partial backup never looks like a good one. A
+destination that is a symlink is refused.
+
+The manifest is signed: an HMAC-SHA256 over it with a key kept beside the state directory
+(`.sovereign-backup.key`, 0600, made at the first backup), not inside any backup. A
+restore refuses a backup whose signature does not check with that key, so state forged
+into a backup directory (its sha256 recomputed) is never taken back; a backup of another
+installation needs `--unsigned`, said out loud.
 
 Verification walks every record of every database in a separate process: LMDB trusts its
 file, and a corrupt page can crash the reader, so a crash is reported as corruption
@@ -17,11 +24,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import hmac
 import itertools
 import os
+import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from decimal import Decimal
@@ -34,6 +44,7 @@ from sovereign.config import Config
 
 MANIFEST = "MANIFEST.json"
 DATA_FILE = "data.mdb"
+KEY_FILE = ".sovereign-backup.key"
 MIN_FREE_DISK = 1 << 30  # below this, doctor warns; below a quarter of it, it fails
 
 
@@ -58,15 +69,18 @@ def failed(checks: list[Check]) -> bool:
 # ---- verify
 
 
-def verify(path: str | Path) -> list[Check]:
-    """Integrity of the state at path, checked in a child process (see the module doc)."""
+def verify(path: str | Path, key: bytes | None = None) -> list[Check]:
+    """Integrity of the state at path, checked in a child process (see the module doc);
+    with `key`, a backup's manifest must be signed with it."""
     path = Path(path)
     if not (path / DATA_FILE).is_file():
         return [Check("environment", "fail", f"no LMDB environment at {path} ({DATA_FILE} is missing)")]
     checks = []
     manifest = path / MANIFEST
     if manifest.exists():
-        checks.append(_check_manifest(path, manifest))
+        checks.append(_check_manifest(path, manifest, key))
+    elif key is not None:
+        checks.append(Check("manifest", "fail", f"{path} has no {MANIFEST}: not a backup made here"))
     # -I and cwd /: the reader imports nothing from the directory the operator stands in
     # (a `sovereign/__init__.py` there ran as root).
     proc = subprocess.run([sys.executable, "-I", "-m", "sovereign.ops", "verify", str(path.absolute())],
@@ -79,12 +93,52 @@ def verify(path: str | Path) -> list[Check]:
     return checks + [Check(**c) for c in orjson.loads(proc.stdout)]
 
 
-def _check_manifest(path: Path, manifest: Path) -> Check:
+def backup_key_path(state_dir: str | Path) -> Path:
+    """Where the key that signs this state's backups lives: beside the state directory, so
+    that a restore, which moves the state directory aside, keeps it."""
+    return Path(state_dir).absolute().parent / KEY_FILE
+
+
+def backup_key(state_dir: str | Path, *, create: bool) -> bytes | None:
+    """The signing key (made, 32 random bytes, mode 0600, when `create` and missing)."""
+    path = backup_key_path(state_dir)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        if not create:
+            return None
+        key = secrets.token_bytes(32)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+            os.fsync(f.fileno())
+        return key
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if st.st_uid != os.geteuid() or st.st_mode & 0o077:
+            raise OpsError(f"{path} must belong to uid {os.geteuid()} with mode 0600 (it is uid "
+                           f"{st.st_uid}, mode {st.st_mode & 0o777:o}): whoever reads it can forge "
+                           "backups")  # fmt: skip
+        key = f.read()
+    if len(key) != 32:
+        raise OpsError(f"{path} is not a backup key (32 bytes)")
+    return key
+
+
+def _signature(manifest: dict[str, Any], key: bytes) -> str:
+    body = orjson.dumps({k: v for k, v in manifest.items() if k != "hmac"}, option=orjson.OPT_SORT_KEYS)
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def _check_manifest(path: Path, manifest: Path, key: bytes | None = None) -> Check:
     try:
         m = orjson.loads(manifest.read_bytes())
         want = m["sha256"]
     except (orjson.JSONDecodeError, KeyError, TypeError, OSError) as e:
         return Check("manifest", "fail", f"{manifest} is unreadable: {e}")
+    if key is not None and not hmac.compare_digest(str(m.get("hmac", "")), _signature(m, key)):
+        return Check("manifest", "fail", f"{manifest} is not signed with this installation's backup key: "
+                                         "it was not made here, or it was changed since")  # fmt: skip
     got = sha256(path / DATA_FILE)
     if got != want:
         return Check("manifest", "fail", f"{DATA_FILE} does not match the backup's checksum: it changed or "
@@ -212,21 +266,27 @@ def backup(state_dir: str | Path, dest: str | Path, *, rotate: int = 0) -> dict[
     With rotate=N, dest is a folder of backups: a new timestamped one goes in and only the
     newest N are kept. Returns the manifest."""
     from sovereign.core import LAYOUT_VERSION
-    from sovereign.state import StateError, StateStore
+    from sovereign.state import StateError, StateStore, private_dirs
 
     src = Path(state_dir)
     if not (src / DATA_FILE).is_file():
         raise OpsError(f"no state at {src} to back up")
-    dest = Path(dest)
+    dest = Path(dest).absolute()
+    _refuse_symlink(dest)
     if rotate:
-        dest.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dirs(dest)
         final = dest / time.strftime("sovereign-%Y%m%dT%H%M%SZ", time.gmtime())
+        _refuse_symlink(final)
     else:
         final = dest
     if final.exists() and any(final.iterdir()):
         raise OpsError(f"{final} exists and is not empty; a backup never overwrites")
-    tmp = final.with_name(f".{final.name}.partial-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    key = backup_key(src, create=True)
+    assert key is not None
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=private_dirs(final.parent)))
+    except OSError as e:
+        raise OpsError(f"cannot write the backup to {final.parent}: {e}") from None
     try:
         try:
             with StateStore(src, readonly=True) as store:
@@ -241,11 +301,13 @@ def backup(state_dir: str | Path, dest: str | Path, *, rotate: int = 0) -> dict[
             "sha256": sha256(tmp / DATA_FILE), "bytes": (tmp / DATA_FILE).stat().st_size,
             "layout_version": LAYOUT_VERSION, "counts": counts,
         }  # fmt: skip
+        manifest["hmac"] = _signature(manifest, key)
         checks = verify(tmp)
         if failed(checks):
             bad = next(c for c in checks if c.status == "fail")
             raise OpsError(f"the copy does not verify, so it was not kept: {bad.name}: {bad.detail}")
         _write_synced(tmp / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        _refuse_symlink(final)
         if final.exists():
             final.rmdir()  # empty, checked above
         tmp.rename(final)
@@ -260,25 +322,33 @@ def backup(state_dir: str | Path, dest: str | Path, *, rotate: int = 0) -> dict[
     return {"path": str(final), **manifest}
 
 
-def restore(backup_dir: str | Path, state_dir: str | Path) -> dict[str, Any]:
-    """Replace the state with a verified backup. The current state is moved aside, never
-    deleted. The caller makes sure the system is stopped."""
-    src, dst = Path(backup_dir), Path(state_dir)
-    checks = verify(src)
+def restore(backup_dir: str | Path, state_dir: str | Path, *, unsigned: bool = False) -> dict[str, Any]:
+    """Replace the state with a verified backup, signed with this installation's backup
+    key (unless `unsigned`: a backup from elsewhere, trusted by the operator). The current
+    state is moved aside, never deleted. The caller makes sure the system is stopped."""
+    from sovereign.state import private_dirs
+
+    src, dst = Path(backup_dir), Path(state_dir).absolute()
+    _refuse_symlink(dst)
+    key = None if unsigned else backup_key(dst, create=False)
+    if key is None and not unsigned:
+        raise OpsError(f"no backup key at {backup_key_path(dst)}: this backup's signature cannot be checked; "
+                       "restore it with --unsigned only if you trust where it came from")  # fmt: skip
+    checks = verify(src, key)
     if failed(checks):
         bad = next(c for c in checks if c.status == "fail")
         raise OpsError(f"{src} is not a good backup: {bad.name}: {bad.detail}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     aside = dst.with_name(f"{dst.name}.replaced-{stamp}") if dst.exists() else None
-    tmp = dst.with_name(f".{dst.name}.restoring-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir(mode=0o700, parents=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.restoring-", dir=private_dirs(dst.parent)))
         shutil.copyfile(src / DATA_FILE, tmp / DATA_FILE)
+        (tmp / DATA_FILE).chmod(0o600)
         with (tmp / DATA_FILE).open("rb+") as f:
             os.fsync(f.fileno())
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if "tmp" in locals():
+            shutil.rmtree(tmp, ignore_errors=True)
         raise OpsError(f"cannot copy the backup into {dst.parent}: {e}; the state is unchanged") from None
     if aside is not None:
         dst.rename(aside)
@@ -287,8 +357,14 @@ def restore(backup_dir: str | Path, state_dir: str | Path) -> dict[str, Any]:
     return {"restored": str(dst), "from": str(src), "previous_state_moved_to": str(aside) if aside else None}
 
 
+def _refuse_symlink(path: Path) -> None:
+    if path.is_symlink():
+        raise OpsError(f"{path} is a symlink: refusing to write through it (give the real path)")
+
+
 def _write_synced(path: Path, data: bytes) -> None:
-    with path.open("wb") as f:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
