@@ -224,8 +224,11 @@ def _symbol_tables(raw: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"config key symbols.overrides: expected a table, got {type(saved).__name__}")
     overrides = {}
     for name, table in {**saved, **tables}.items():
-        if not SYMBOL_PATTERN.match(name):
-            raise ConfigError(f"config key symbols.{name[:40]!r}: a symbol name or glob pattern is 1-32 of "
+        shown = f"config key symbols.{str(name)[:40]!a}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{shown}: expected a table, got {type(table).__name__}")
+        if not isinstance(name, str) or not SYMBOL_PATTERN.match(name):
+            raise ConfigError(f"{shown}: a symbol name or glob pattern is 1-32 of "
                               "A-Z a-z 0-9 . _ # - * ? [ ]")  # fmt: skip
         if table.get("overrides"):
             raise ConfigError(f"config key symbols.{name}.overrides: per-symbol tables do not nest")

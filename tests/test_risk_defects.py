@@ -392,3 +392,10 @@ def test_a_paper_order_waits_for_the_ticks_its_decision_saw(tmp_path: Path) -> N
     loop.check()
     store.close()
     assert pushed[0]["client_order_id"][0] == 71 and pushed[0]["price"][0] == later["ask"][0]
+
+
+@pytest.mark.parametrize("raw", [{"symbols": {"overrides": {"a": 1}}}, {"symbols": {"overrides": 3}},
+                                 {"symbols": {"EURUSD": {"overrides": {"X": {}}}}}])  # fmt: skip
+def test_malformed_symbol_tables_are_config_errors(raw: dict) -> None:
+    with pytest.raises(ConfigError, match="config key symbols"):
+        from_dict(raw)
