@@ -165,6 +165,9 @@ json_option = click.option("--json", "as_json", is_flag=True, help="print JSON i
 # ---- the commands
 
 
+MAX_STATE_BYTES = 4 << 30  # a backtest's --save-state file: refused above this before reading it
+
+
 @click.group(context_settings=CONTEXT, help=__doc__)
 @click.version_option(package_name="sovereign")
 def main() -> None:
@@ -670,9 +673,12 @@ def _run_backtest(config: Any, market: Any, resume: str | None, keep_signals: bo
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from sovereign.backtest import Backtest
+    from sovereign.config import ConfigError
 
     if resume is not None:
         try:
+            if Path(resume).stat().st_size > MAX_STATE_BYTES:
+                raise ValueError(f"larger than {MAX_STATE_BYTES >> 30} GiB: not a saved backtest")
             bt = Backtest.restore(Path(resume).read_bytes())
         except (OSError, ValueError) as e:
             raise BadInput(f"cannot resume from {resume}: {e}") from None
@@ -680,8 +686,11 @@ def _run_backtest(config: Any, market: Any, resume: str | None, keep_signals: bo
             raise BadInput(f"{resume} is a snapshot of other data ({bt.kind}: {', '.join(bt.names[:5])})")
         market = market.between(bt.out.last_ns + 1, None)
     else:
-        bt = Backtest(config, market.names, market.kind, keep_signals=keep_signals,
-                      mark_interval_s=mark_interval)  # fmt: skip
+        try:
+            bt = Backtest(config, market.names, market.kind, keep_signals=keep_signals,
+                          mark_interval_s=mark_interval)  # fmt: skip
+        except ConfigError as e:  # a symbol the backtest cannot value (see Backtest)
+            raise BadInput(str(e)) from None
     n = len(market.records)
     show = sys.stderr.isatty() and n > 4_000_000
     with Progress(TextColumn("backtest"), BarColumn(), TextColumn("{task.completed:,}/{task.total:,}"),
@@ -750,7 +759,7 @@ def backtest(data: tuple[str, ...], config_path: str | None, layout: str | None,
     try:
         report.write(out_dir, doc, trades, bt.out.equity, bt.out.orders, prices)
     except OSError as e:
-        raise Fail(f"cannot write the report to {out_dir}: {e.strerror}") from None
+        raise Fail(f"cannot write the report to {out_dir}: {e.strerror or e}") from None
     if as_json:
         _json(doc)
         return

@@ -294,6 +294,8 @@ def write(
     """report.json, trades.csv, equity.csv, orders.csv, equity.png, one price PNG per
     traded symbol (the most traded first, at most 6), report.html. Returns the paths."""
     out = Path(out_dir)
+    if out.is_symlink():  # the files inside are written atomically; the folder itself must be real
+        raise OSError(f"{out} is a symlink: refusing to write the report through it (give the real path)")
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "report.json"]
     write_atomic(written[0], orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")

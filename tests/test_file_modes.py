@@ -64,3 +64,19 @@ def test_an_event_log_does_not_follow_a_planted_symlink(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         EventLog(tmp_path / "logs", "sess", "risk")
     assert victim.read_text() == "untouched"
+
+
+def test_a_backtest_report_folder_that_is_a_symlink_is_refused(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    data = tmp_path / "eur.csv"
+    data.write_text("time,symbol,bid,ask\n2026-01-01T00:00:00Z,EURUSD,1.0,1.0002\n"
+                    "2026-01-01T00:00:01Z,EURUSD,1.0,1.0002\n")  # fmt: skip
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (tmp_path / "out").symlink_to(victim)
+    cmd = [sys.executable, "-m", "sovereign.cli", "backtest", str(data), "--out", str(tmp_path / "out")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "is a symlink" in r.stderr, r.stderr
+    assert list(victim.iterdir()) == []
