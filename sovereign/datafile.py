@@ -18,7 +18,6 @@ is ignored and reported (`Market.issues`), never read as a tick.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 import orjson
 
 from sovereign.data import MAX_SYMBOLS, NS, DataError, Symbols, check_symbol, load_csv
+from sovereign.files import atomic_writer
 
 MAGIC = b"SOVDATA\x00"
 FORMAT_VERSION = 1
@@ -101,17 +101,12 @@ def write(path: str | Path, market: Market, **extra: Any) -> Path:
     meta = {"kind": market.kind, "symbols": market.names, "rows": len(market.records), **extra}
     if market.kind == "bars":
         meta["timeframe_s"] = market.timeframe_s
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open("wb") as f:
+    try:  # a fresh temporary file, renamed over the destination: a symlink there is replaced
+        with atomic_writer(path) as f:
             f.write(header_bytes(meta))
-            f.write(np.ascontiguousarray(market.records, DTYPES[market.kind]).tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
+            f.write(np.ascontiguousarray(market.records, DTYPES[market.kind]).data)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise DataError(f"{path}: cannot write: {e.strerror}") from None
+        raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
     return path
 
 

@@ -18,24 +18,43 @@ import contextlib
 import math
 import os
 import tempfile
+from collections.abc import Iterator
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-__all__ = ["encode_float", "want_bool", "want_decimal", "want_dict", "want_float", "want_int", "want_list",
-           "want_str", "write_atomic"]  # fmt: skip
+__all__ = [
+    "atomic_writer",
+    "encode_float",
+    "want_bool",
+    "want_decimal",
+    "want_dict",
+    "want_float",
+    "want_int",
+    "want_list",
+    "want_str",
+    "write_atomic",
+]  # fmt: skip
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
     """Write `data` to `path` as a new file (mode 0666 less the umask), replacing any file
     or symlink there without following it. On an error the destination is unchanged and
     no temporary file is left. Raises OSError (IsADirectoryError for a directory there)."""
+    with atomic_writer(path) as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | Path) -> Iterator[BinaryIO]:
+    """`write_atomic` for data written in parts: a file to write to, in place at `path`
+    only once the block ends without an error."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600; a plain open the umask's
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -63,3 +63,18 @@ def test_symbols_past_the_limit_are_refused_before_they_are_allocated(tmp_path: 
         load([str(p) for p in parts])
     with pytest.raises(DataError, match=f"more than {MAX_SYMBOLS} symbols"):
         load_ticks([str(p) for p in parts])
+
+
+def test_data_import_replaces_a_planted_symlink_and_never_writes_through_it(tmp_path: Path) -> None:
+    from sovereign.datafile import open_file, write
+
+    src = tmp_path / "t.csv"
+    src.write_text("time,symbol,bid,ask\n2026-01-01T00:00:00Z,EURUSD,1.0,1.1\n")
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    out = tmp_path / "out.sovdata"
+    (tmp_path / ".out.sovdata.tmp").symlink_to(victim)  # the old predictable temporary name
+    out.symlink_to(victim)
+    write(out, load([str(src)]))
+    assert victim.read_text() == "untouched" and not out.is_symlink()
+    assert open_file(out).names == ["EURUSD"]
