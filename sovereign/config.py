@@ -152,10 +152,10 @@ class Config:
             for ccy in ("quote_currency", "base_currency"):
                 code = getattr(table, ccy)
                 if code and not re.fullmatch(r"[A-Z]{3}", code):
-                    raise ConfigError(f"config key {key}{ccy}: {code[:20]!r} is not a three-letter "
+                    raise ConfigError(f"config key {key}{ccy}: {_shown(code)} is not a three-letter "
                                       "currency code like 'USD'")
         if not re.fullmatch(r"[A-Z]{3}", self.broker.account_currency):
-            raise ConfigError(f"config key broker.account_currency: {self.broker.account_currency[:20]!r} "
+            raise ConfigError(f"config key broker.account_currency: {_shown(self.broker.account_currency)} "
                               "is not a three-letter currency code like 'USD'")
         if self.risk.daily_loss_limit > self.risk.max_drawdown:
             raise ConfigError(f"config key risk.daily_loss_limit: {self.risk.daily_loss_limit} is above "
@@ -182,10 +182,10 @@ def sim_start_ns(text: str) -> int:
     try:
         ns = int(np.datetime64(text.removesuffix("Z"), "ns").astype(np.int64))
     except ValueError:
-        raise ConfigError(f"config key feed.start: {text!r} is not a UTC time like "
+        raise ConfigError(f"config key feed.start: {_shown(text)} is not a UTC time like "
                           "'2026-03-01T00:00:00'") from None  # fmt: skip
     if not 946_684_800 * NS <= ns < 7_258_118_400 * NS:  # the ticks' window (AgentPool.MIN/MAX_TIME_NS)
-        raise ConfigError(f"config key feed.start: {text!r} is outside 2000-01-01 .. 2200-01-01, "
+        raise ConfigError(f"config key feed.start: {text[:19]!a} is outside 2000-01-01 .. 2200-01-01, "
                           "where every tick would be refused")  # fmt: skip
     return ns
 
@@ -238,7 +238,7 @@ def _symbol_tables(raw: dict[str, Any]) -> dict[str, Any]:
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"config key {prefix.rstrip('.')}: expected a table, got {raw!r}")
+        raise ConfigError(f"config key {prefix.rstrip('.')}: expected a table, got {_shown(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(raw) - set(fields))
     if unknown:
@@ -269,13 +269,13 @@ def _check(key: str, kind: Any, value: Any, meta: Any) -> Any:
             isinstance(v, item) and not isinstance(v, bool) for v in value
         ):
             plural = {int: "integers", float: "numbers", str: "strings"}[item]
-            raise ConfigError(f"config key {key}: expected a list of {plural}, got {value!r}")
+            raise ConfigError(f"config key {key}: expected a list of {plural}, got {_shown(value)}")
         return tuple(value)
     if not isinstance(value, kind) or isinstance(value, bool):
-        raise ConfigError(f"config key {key}: expected {_name(kind)}, got {value!r}")
+        raise ConfigError(f"config key {key}: expected {_name(kind)}, got {_shown(value)}")
     choices = meta.get("choices", ())
     if choices and value not in choices:
-        raise ConfigError(f"config key {key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        raise ConfigError(f"config key {key}: {_shown(value)} is not one of {', '.join(map(repr, choices))}")
     lo, hi = meta.get("lo"), meta.get("hi")
     if lo is not None and hi is not None:
         lo_ok = value > lo if meta.get("lo_open") else value >= lo
@@ -283,6 +283,18 @@ def _check(key: str, kind: Any, value: Any, meta: Any) -> Any:
             bracket = "(" if meta.get("lo_open") else "["
             raise ConfigError(f"config key {key}: {value} is not in {bracket}{lo:g}, {hi:g}]")
     return value
+
+
+def _shown(value: Any) -> str:
+    """A value as an error message may show it: numbers and flags as they are; text never
+    (a token pasted under the wrong key would reach the journal, LMDB and every backup),
+    only its kind and length; tables and lists by their kind."""
+    if isinstance(value, bool | int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    kinds: dict[type, str] = {dict: "table", list: "list"}
+    return f"a {kinds.get(type(value), type(value).__name__)}"
 
 
 def _name(kind: Any) -> str:

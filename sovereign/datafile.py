@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from sovereign.credentials import json_default
 from sovereign.data import MAX_SYMBOLS, NS, DataError, Symbols, check_symbol, load_csv
 from sovereign.files import atomic_writer
 
@@ -67,7 +68,7 @@ class Market:
 
 
 def header_bytes(meta: dict[str, Any]) -> bytes:
-    body = orjson.dumps(meta)
+    body = orjson.dumps(meta, default=json_default)
     body += b" " * (-(len(body) + _PREFIX) % 64)
     return MAGIC + FORMAT_VERSION.to_bytes(4, "little") + len(body).to_bytes(4, "little") + body
 

@@ -33,6 +33,7 @@ import numpy as np
 import orjson
 
 from sovereign.core import TICK_DTYPE
+from sovereign.credentials import json_default
 from sovereign.data import DataError
 from sovereign.datafile import FILE_TICK_DTYPE, SUFFIX, header_bytes, read_header
 from sovereign.state import private_dirs
@@ -67,7 +68,8 @@ class EventLog:
         self.lines: list[bytes] = []
 
     def add(self, *event: Any) -> None:
-        self.lines.append(orjson.dumps(event, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS))
+        options = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+        self.lines.append(orjson.dumps(event, default=json_default, option=options))
 
     def flush(self) -> None:
         if self.lines:

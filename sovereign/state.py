@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import lmdb
 import orjson
 
+from sovereign.credentials import json_default
+
 DATABASES = (
     "orders", "positions", "risk", "coordinator", "bridge", "snapshots", "journal", "signals", "meta",
 )  # fmt: skip
@@ -57,7 +59,7 @@ class Txn:
         return None if raw is None else orjson.loads(raw)
 
     def put(self, db: str, key: bytes | str | int, record: Any) -> None:
-        self._txn.put(_key(key), orjson.dumps(record), db=self._store.db(db))
+        self._txn.put(_key(key), orjson.dumps(record, default=json_default), db=self._store.db(db))
 
     def put_bytes(self, db: str, key: bytes | str | int, blob: bytes) -> None:
         self._txn.put(_key(key), blob, db=self._store.db(db))
