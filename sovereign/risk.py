@@ -154,7 +154,9 @@ class Risk:
             return [], Reason.UNKNOWN_SYMBOL
         if not spec.convertible:
             return [], Reason.NO_RATE
-        if side not in (1, -1) or not (rec_risk > 0 and math.isfinite(rec_risk)) or not price > 0:
+        if side not in (1, -1) or not (rec_risk > 0 and math.isfinite(rec_risk)) or not (
+            price > 0 and math.isfinite(price)
+        ):
             return [], Reason.BAD_INTENT
         if self.state is TradingState.HALTED:
             return [], Reason.HALTED
@@ -175,7 +177,10 @@ class Risk:
             return [], Reason.REDUCING
         while self.approved_ts and self.approved_ts[0] <= now_ns - 60 * NS:
             self.approved_ts.popleft()
-        if len(self.approved_ts) >= self.limits.max_orders_per_minute:
+        # A reversal sends two orders (its close and its open): both must fit in the rate.
+        if len(self.approved_ts) + (2 if current != 0 and self.state is TradingState.ACTIVE else 1) > (
+            self.limits.max_orders_per_minute
+        ):
             return [], Reason.ORDER_RATE
         orders = []
         if self.state is TradingState.REDUCING:  # exits only: close, do not reverse
@@ -183,7 +188,7 @@ class Risk:
         if current != 0:  # a reversal is a reduce-only close, then an open sized on its own
             orders.append(self._order(f, self.next_id(), abs(current), ref, 0.0, 0.0, Reason.CLOSE, now_ns))
         exact_bid, exact_ask = to_decimal(bid), to_decimal(ask)
-        stop = to_decimal(rec_sl) if rec_sl else None
+        stop = to_decimal(rec_sl) if rec_sl and math.isfinite(rec_sl) else None
         if stop is None or not spec.stops_ok(side, stop, None, exact_bid, exact_ask):
             return orders, Reason.BAD_STOP  # a reversal's close still goes: the signal turned
         open_symbols = set(self.ledger.positions) | {o.symbol for o in self.in_flight.values()}
@@ -207,7 +212,7 @@ class Risk:
             if fits < spec.min_lot:
                 return orders, why
             volume = min(volume, fits)
-        tp = to_decimal(rec_tp) if rec_tp else None
+        tp = to_decimal(rec_tp) if rec_tp and math.isfinite(rec_tp) else None
         tp_ok = tp is not None and spec.stops_ok(side, None, tp, exact_bid, exact_ask)
         orders.append(self._order(f, f[2], volume, ref, rec_sl, rec_tp if tp_ok else 0.0, Reason.OK, now_ns))
         return orders, Reason.OK
@@ -403,6 +408,7 @@ class Risk:
         return {"state": self.state.value, "why": self.why, "peak": str(self.peak), "day": self.day,
                 "day_start": str(self.day_start), "equity": str(self.equity), "marked": self.marked,
                 "flattening": self.flattening, "ticket": self.ticket,
+                "approved_ts": list(self.approved_ts),  # the order rate's window survives a restart
                 "in_flight": [[cid, o.symbol, str(o.volume), str(o.price), o.reduce_only]
                               for cid, o in self.in_flight.items()]}  # fmt: skip
 
@@ -413,6 +419,7 @@ class Risk:
         self.marked = bool(d.get("marked", True))
         self.flattening = bool(d.get("flattening", False))
         self.ticket = int(d.get("ticket", 0))
+        self.approved_ts = deque(int(t) for t in d.get("approved_ts", []))
         self.in_flight = {int(cid): Flight(int(s), Decimal(v), Decimal(p), bool(r))
                           for cid, s, v, p, r in d.get("in_flight", [])}  # fmt: skip
 

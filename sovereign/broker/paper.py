@@ -353,7 +353,9 @@ class PaperBroker:
         ts, bid, ask = self.quote(symbol)  # type: ignore[misc]
         base = at if at is not None else (ask if side > 0 else bid)
         spec = self.specs[symbol]
-        price = base + side * self.slippage_points * spec.point
+        # A price is a float64 where it travels (DESIGN.md section 2): the fill is at the one
+        # its report carries, or risk books the lot at another price than the broker.
+        price = to_decimal(float(base + side * self.slippage_points * spec.point))
         per_lot = self.commission_per_lot if spec.commission_per_lot is None else spec.commission_per_lot
         commission = per_lot * volume
         realized = self.ledger.fill(symbol, side, volume, price, commission, sl, tp)
