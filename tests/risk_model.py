@@ -49,12 +49,15 @@ def config(risk: dict[str, Any], broker: dict[str, Any], eurusd_stops_level: int
 
 
 class Market:
-    """Each symbol's mid and spread in points; prices are on the point grid, as a feed's are,
-    and stay within half and twice their start."""
+    """Each symbol's mid and spread in points, within half and twice its start. Prices are
+    on the point grid, as the sim's and MT5's are; or, as a replay of bars makes them
+    (sovereign.data.bars_to_ticks), the bid on the grid and the ask bid + spread * point
+    in floats (1.2068 + 18 * 1e-5 = 1.2069800000000002)."""
 
-    def __init__(self) -> None:
+    def __init__(self, float_asks: bool = False) -> None:
         self.mid = list(START)
         self.spread = [20] * len(NAMES)
+        self.float_asks = float_asks
 
     def move(self, symbol: int, points: int, spread: int) -> tuple[float, float]:
         lo, hi = START[symbol] // 2, START[symbol] * 2
@@ -68,6 +71,8 @@ class Market:
     def price(self, symbol: int, points_above_bid: int) -> float:
         """The float a feed would print for the bid plus some points (negative: below)."""
         bid = self.mid[symbol] - self.spread[symbol] // 2
+        if self.float_asks:
+            return float(bid * POINTS[symbol]) + points_above_bid * float(POINTS[symbol])
         return float((bid + points_above_bid) * POINTS[symbol])
 
 

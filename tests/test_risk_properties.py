@@ -23,10 +23,12 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from sovereign.config import from_dict
 from sovereign.core import ORDER_APPROVED, ORDER_DTYPE, ORDER_FILL, ORDER_INTENT
+from sovereign.data import bars_to_ticks
 from sovereign.gateway import _report, execute, make_broker
 from sovereign.ledger import Position, same_book
 from sovereign.risk import DAY_NS, NS, REDUCE_ONLY, Reason, Risk, TradingState
 from sovereign.symbols import symbol_specs
+from tests.helpers import bars
 from tests.risk_model import (
     NAMES,
     NO_RATE,
@@ -84,14 +86,17 @@ class RiskMachine(RuleBasedStateMachine):
         }),
         costs=st.fixed_dictionaries({"commission_per_lot": st.sampled_from((0.0, 7.0)),
                                      "slippage_points": st.sampled_from((0, 2))}),
+        float_asks=st.booleans(),
         stops_level=st.sampled_from((0, 10)),
         start=st.sampled_from(("flat", "flat", "positioned", "reducing")),
         held=st.lists(st.tuples(st.sampled_from((1, -1)), st.integers(10, 150)), min_size=1, max_size=3),
     )  # fmt: skip
-    def open_market(self, limits: dict[str, Any], costs: dict[str, Any], stops_level: int, start: str,
-                    held: list[tuple[int, int]]) -> None:  # fmt: skip
+    def open_market(self, limits: dict[str, Any], costs: dict[str, Any], float_asks: bool, stops_level: int,
+                    start: str, held: list[tuple[int, int]]) -> None:  # fmt: skip
         """A fresh account; or one a previous session left with positions (EURUSD, USDJPY,
         EURGBP: side and hundredths of a lot each), and REDUCING after a day's loss."""
+        if float_asks:  # slipped, their fills lose digits in the reports (the xfail test below)
+            costs = {**costs, "slippage_points": 0}
         self.cfg = from_dict(config(limits, costs, stops_level))
         self.stops_level = (stops_level, 0, 0, 0)
         self.ids = iter(range(1, 10**9))  # client ids: the coordinator's and risk's, one counter as live
@@ -99,7 +104,7 @@ class RiskMachine(RuleBasedStateMachine):
         self.risk = Risk(self.cfg, self.specs, self.next_id)
         self.broker = make_broker(self.cfg, NAMES)
         self.ref = ReferenceBook.opened(self.cfg.broker.initial_balance)
-        self.market = Market()
+        self.market = Market(float_asks)
         self.clock = 20_000 * DAY_NS + 10 * 3600 * NS  # market time: 10:00 UTC
         self.board: dict[int, tuple[int, float, float, int]] = {}  # risk's quote board
         self.approved: deque[tuple] = deque()  # approved, not executed yet
@@ -540,3 +545,21 @@ def test_a_restart_does_not_reset_the_order_rate() -> None:
     on_gbp = (T, T, 2, 0, 2, 0, 1, ORDER_INTENT, 0, 0, 0.0, 0.8502, 0.8452, 0.0, 1.0, 0.005, 0.0)
     approved, refused = again.check([on_gbp], lambda s: (T, 0.85, 0.8502, T), T + NS)
     assert [w for _, w in refused] == [Reason.ORDER_RATE], f"a second order in a second: {approved}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gateway._row reports float(ex.price): a slipped fill of a float ask has digits a float drops, "
+    "so risk books the lot at another price than the broker",
+)
+def test_risk_books_a_slipped_fill_of_a_replayed_bar_at_the_brokers_price() -> None:
+    cfg = from_dict(config({}, {"slippage_points": 2}, 0))
+    ids = iter(range(1, 100))
+    risk, broker = Risk(cfg, symbol_specs(cfg, NAMES), lambda: next(ids)), make_broker(cfg, NAMES)
+    (tick, *_) = bars_to_ticks(bars([(1.2068, 1.2068, 1.2068, 1.2068)]), np.array([18]), 1e-5).tolist()
+    broker.on_tick(0, tick[0], tick[1], tick[2])  # ask 1.2069800000000002
+    rec = np.array([(T, 0, 7, 0, 0, 0, 1, ORDER_APPROVED, 0, 0, 0.1, tick[2], 0.0, 0.0, 1.0, 0.005, 0.0)],
+                   ORDER_DTYPE)[0]  # fmt: skip
+    ex = execute(broker, rec)  # at 1.2070000000000002, reported as 1.2070000000000003
+    risk.on_report_rows([_report(ex, rec)])
+    assert same_book(risk.ledger.to_dict(), broker.ledger.to_dict()), (ex.price, _report(ex, rec)[11])
