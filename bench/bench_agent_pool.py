@@ -12,9 +12,9 @@ import pytest
 
 from bench.conftest import median_seconds
 from sovereign.core import AgentPool
+from sovereign.market.sim import simulate_ticks
 from sovereign.presets import add_default_agents
-from sovereign.reference import ReferencePool
-from sovereign.sim import simulate_ticks
+from sovereign.research.reference import ReferencePool
 
 # The default ten agents per symbol, over M1, M5 and M15. The simulated ticks are 0.25 s
 # apart per symbol, so bars close often enough that the analyzers, not just bar

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 from bench.conftest import median_seconds
-from sovereign import backtest as engine
 from sovereign.config import Config, from_dict
-from sovereign.datafile import FILE_BAR_DTYPE, FILE_TICK_DTYPE, Market
-from sovereign.sim import SimMarket
+from sovereign.market.datafile import FILE_BAR_DTYPE, FILE_TICK_DTYPE, Market
+from sovereign.market.sim import SimMarket
+from sovereign.research import backtest as engine
 
 N_TICKS = 2_000_000
 BAR_SYMBOLS = 100

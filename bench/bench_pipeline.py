@@ -21,9 +21,9 @@ import numpy as np
 
 from bench.conftest import median_seconds
 from sovereign.core import AgentPool
+from sovereign.market.sim import SimMarket
 from sovereign.presets import add_default_agents
-from sovereign.sim import SimMarket
-from sovereign.state import StateStore
+from sovereign.state.store import StateStore
 
 TICKS = 8_000_000
 PACED_RATE = 300_000  # ticks/s: 100 symbols at 3000x their default pace of one tick a second

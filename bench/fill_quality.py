@@ -15,7 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sovereign.state import StateStore
+from sovereign.state.store import StateStore
 
 
 def main(ticks: int) -> None:

@@ -94,7 +94,7 @@ class Target:
 
     def __init__(self, config_path: str | None, state_dir: str | None):
         from sovereign.config import ConfigError, load
-        from sovereign.control import socket_path
+        from sovereign.engine.control import socket_path
 
         if config_path is None and Path(SYSTEM_CONFIG).exists():
             config_path = SYSTEM_CONFIG
@@ -111,7 +111,7 @@ class Target:
 
     def store(self) -> Any:
         """The state, read-only."""
-        from sovereign.state import StateError, StateStore
+        from sovereign.state.store import StateError, StateStore
 
         if not (self.state_dir / "data.mdb").exists():
             raise Fail(f"no state at {self.state_dir}: the system has never run with this config "
@@ -128,7 +128,7 @@ class Target:
     def ask(self, cmd: str, busy_timeout: float | None = None, **args: Any) -> Any:
         """The answer; busy_timeout: how long to wait for a free slot (default: all the time
         the request may take)."""
-        from sovereign.control import Busy, ControlError, NotRunning, request
+        from sovereign.engine.control import Busy, ControlError, NotRunning, request
 
         try:
             return request(self.socket, cmd, busy_timeout=busy_timeout, **args)
@@ -187,12 +187,12 @@ def run(config_path: str | None, max_ticks: int | None, state_dir: str | None) -
     Supervisor, gateway, pinned workers, coordinator and risk; it trades until SIGTERM or
     Ctrl-C (or until a finite feed ends), then drains and exits 0.
     """
-    from sovereign import supervisor
     from sovereign.config import ConfigError, load, with_absolute_paths
-    from sovereign.control import ControlError
     from sovereign.core import RingError
-    from sovereign.data import DataError
-    from sovereign.state import StateError
+    from sovereign.engine import supervisor
+    from sovereign.engine.control import ControlError
+    from sovereign.market.data import DataError
+    from sovereign.state.store import StateError
 
     if config_path is not None:
         config_path = str(Path(config_path).absolute())  # SIGHUP and `reload` read it again later
@@ -225,7 +225,7 @@ def status(t: Target, as_json: bool) -> None:
     When the system is down it prints the state it left in LMDB and exits 3; when the
     control socket stays busy, the same, and exits 1.
     """
-    from sovereign import views
+    from sovereign.ops import views
 
     def stored() -> dict[str, Any]:
         account = t.read(views.account) if (t.state_dir / "data.mdb").exists() else None
@@ -313,7 +313,7 @@ def _when(ts_ns: int | None) -> str:
 @json_option
 def positions(t: Target, as_json: bool) -> None:
     """Open positions (one per symbol), with unrealized P&L while the system runs."""
-    from sovereign import views
+    from sovereign.ops import views
 
     rows = t.read(views.positions)
     quotes, no_prices = None, "the system is not running"
@@ -354,7 +354,7 @@ def positions(t: Target, as_json: bool) -> None:
 @json_option
 def orders(t: Target, open_only: bool, limit: int, as_json: bool) -> None:
     """Orders, newest first, with their lifecycle state."""
-    from sovereign import views
+    from sovereign.ops import views
 
     rows = t.read(lambda tx: views.orders(tx, open_only=open_only, limit=limit))
     if as_json:
@@ -405,7 +405,7 @@ def _follow(t: Target, fetch: Callable[..., list[dict[str, Any]]], show: Callabl
 @json_option
 def signals(t: Target, follow: bool, limit: int, as_json: bool) -> None:
     """Signals the agents emitted (the newest system.signal_history are kept)."""
-    from sovereign import views
+    from sovereign.ops import views
 
     con = _console()
 
@@ -425,7 +425,7 @@ def signals(t: Target, follow: bool, limit: int, as_json: bool) -> None:
 @json_option
 def journal(t: Target, follow: bool, limit: int, as_json: bool) -> None:
     """The append-only audit journal: orders, fills, restarts, state changes, operator commands."""
-    from sovereign import views
+    from sovereign.ops import views
 
     con = _console()
 
@@ -517,7 +517,7 @@ def state() -> None:
 @json_option
 def state_backup(t: Target, dest: str, rotate: int | None, as_json: bool) -> None:
     """A consistent hot copy of the state into DEST (safe while the system runs), verified."""
-    from sovereign.ops import OpsError, backup
+    from sovereign.ops.maintenance import OpsError, backup
 
     try:
         manifest = backup(t.state_dir, dest, rotate=rotate or 0)
@@ -550,7 +550,7 @@ def _print_checks(checks: list[Any], as_json: bool) -> None:
 @json_option
 def state_verify(t: Target, path: str | None, as_json: bool) -> None:
     """Check the integrity of the state (or of the backup at PATH); exit 1 on a failure."""
-    from sovereign.ops import failed, verify
+    from sovereign.ops.maintenance import failed, verify
 
     checks = verify(path or t.state_dir)
     _print_checks(checks, as_json)
@@ -566,7 +566,7 @@ def state_verify(t: Target, path: str | None, as_json: bool) -> None:
 def state_restore(t: Target, backup_dir: str, yes: bool, unsigned: bool) -> None:
     """Replace the state with BACKUP_DIR (verified first). The system must be stopped; the
     current state is moved aside, not deleted."""
-    from sovereign.ops import OpsError, restore
+    from sovereign.ops.maintenance import OpsError, restore
 
     if t.live("ping") is not None:
         raise Fail("the system is running: stop it first (systemctl stop sovereign)")
@@ -588,8 +588,8 @@ def state_restore(t: Target, backup_dir: str, yes: bool, unsigned: bool) -> None
 @json_option
 def doctor(t: Target, as_json: bool) -> None:
     """Check the machine: cores, shared memory, state directory, disk, unit file, clock."""
-    from sovereign.ops import doctor as run_checks
-    from sovereign.ops import failed
+    from sovereign.ops.maintenance import doctor as run_checks
+    from sovereign.ops.maintenance import failed
 
     checks = run_checks(t.config)
     _print_checks(checks, as_json)
@@ -607,8 +607,8 @@ def demo(symbols: int, ticks_per_symbol: int, seed: int, show: int) -> None:
     import numpy as np
 
     from sovereign.core import AgentPool
+    from sovereign.market.sim import simulate_ticks
     from sovereign.presets import add_default_agents
-    from sovereign.sim import simulate_ticks
 
     ticks = simulate_ticks(symbols, ticks_per_symbol, seed=seed, mean_interval_s=0.25)
     pool = AgentPool()
@@ -639,7 +639,7 @@ def demo(symbols: int, ticks_per_symbol: int, seed: int, show: int) -> None:
 
 
 def _when_arg(text: str | None, what: str) -> int | None:
-    from sovereign.data import parse_time
+    from sovereign.market.data import parse_time
 
     if text is None:
         return None
@@ -651,8 +651,8 @@ def _when_arg(text: str | None, what: str) -> int | None:
 
 def _load_market(data: Sequence[str], layout: str, skip_bad_rows: bool, start: int | None,
                  end: int | None) -> Any:  # fmt: skip
-    from sovereign.data import DataError
-    from sovereign.datafile import load
+    from sovereign.market.data import DataError
+    from sovereign.market.datafile import load
 
     try:
         market = load(list(data), layout, "skip" if skip_bad_rows else "refuse")
@@ -672,8 +672,8 @@ def _run_backtest(config: Any, market: Any, resume: str | None, keep_signals: bo
                   mark_interval: int = 3600) -> Any:  # fmt: skip
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from sovereign.backtest import Backtest
     from sovereign.config import ConfigError
+    from sovereign.research.backtest import Backtest
 
     if resume is not None:
         try:
@@ -730,10 +730,10 @@ def backtest(data: tuple[str, ...], config_path: str | None, layout: str | None,
     when a bar touches both). Writes report.json, report.html, trades.csv, equity.csv,
     orders.csv and PNG pictures to --out.
     """
-    from sovereign import report
-    from sovereign.backtest import DAY_NS, NS
     from sovereign.config import ConfigError, load
     from sovereign.files import write_atomic
+    from sovereign.research import report
+    from sovereign.research.backtest import DAY_NS, NS
 
     if DAY_NS % (mark_interval * NS):
         raise BadInput(f"--mark-interval {mark_interval} does not divide a day (86400 s)")
@@ -793,9 +793,9 @@ def replay(t: Target, recording: str, session: str | None, limit: int, as_json: 
     RECORDING: the recordings directory (the newest session, or --session), or one of a
     session's ticks-*.sovdata files.
     """
-    from sovereign.data import DataError
-    from sovereign.replay import compare, live_signals, live_state, load_session
-    from sovereign.replay import replay as run_replay
+    from sovereign.market.data import DataError
+    from sovereign.research.replay import compare, live_signals, live_state, load_session
+    from sovereign.research.replay import replay as run_replay
 
     try:
         s = load_session(recording, session)
@@ -847,8 +847,8 @@ def data() -> None:
 @json_option
 def data_import(files: tuple[str, ...], out: str, layout: str, skip_bad_rows: bool, as_json: bool) -> None:
     """Validate CSV files and write them as one .sovdata file (binary, memory-mapped)."""
-    from sovereign.data import DataError
-    from sovereign.datafile import SUFFIX, info, write
+    from sovereign.market.data import DataError
+    from sovereign.market.datafile import SUFFIX, info, write
 
     if not out.endswith(SUFFIX):
         raise BadInput(f"the output file must end in {SUFFIX}: {out}")
@@ -874,7 +874,7 @@ def data_import(files: tuple[str, ...], out: str, layout: str, skip_bad_rows: bo
 @json_option
 def data_info(files: tuple[str, ...], layout: str, gap_s: float | None, as_json: bool) -> None:
     """Symbols, row counts, time ranges and gaps of data files (bad rows are listed)."""
-    from sovereign.datafile import info
+    from sovereign.market.datafile import info
 
     market = _load_market(files, layout, True, None, None)
     summary = info(market, gap_s)

@@ -51,7 +51,7 @@ def config(risk: dict[str, Any], broker: dict[str, Any], eurusd_stops_level: int
 class Market:
     """Each symbol's mid and spread in points, within half and twice its start. Prices are
     on the point grid, as the sim's and MT5's are; or, as a replay of bars makes them
-    (sovereign.data.bars_to_ticks), the bid on the grid and the ask bid + spread * point
+    (sovereign.market.data.bars_to_ticks), the bid on the grid and the ask bid + spread * point
     in floats (1.2068 + 18 * 1e-5 = 1.2069800000000002)."""
 
     def __init__(self, float_asks: bool = False) -> None:

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sovereign.core import LAYOUT_VERSION, SIGNAL_DTYPE, TICK_DTYPE, AgentPool
-from sovereign.sim import simulate_ticks
+from sovereign.market.sim import simulate_ticks
 from tests.helpers import NS, T0, random_bars, ticks
 from tests.helpers import bars as bars_of
 

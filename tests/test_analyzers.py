@@ -9,8 +9,8 @@ import pytest
 import talib
 
 from sovereign.core import AgentPool
-from sovereign.reference import ReferencePool
-from sovereign.sim import simulate_ticks
+from sovereign.market.sim import simulate_ticks
+from sovereign.research.reference import ReferencePool
 from tests.helpers import NS, T0, bars, random_bars
 
 

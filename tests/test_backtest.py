@@ -18,12 +18,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sovereign import backtest as engine
-from sovereign import report
 from sovereign.config import Config, from_dict
-from sovereign.data import DataError, load_csv
-from sovereign.datafile import FILE_BAR_DTYPE, FILE_TICK_DTYPE, Market, load, open_file, write
-from sovereign.sim import SimMarket
+from sovereign.market.data import DataError, load_csv
+from sovereign.market.datafile import FILE_BAR_DTYPE, FILE_TICK_DTYPE, Market, load, open_file, write
+from sovereign.market.sim import SimMarket
+from sovereign.research import backtest as engine
+from sovereign.research import report
 from tests.helpers import NS, T0, random_bars
 
 CLI = [sys.executable, "-m", "sovereign.cli"]

@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sovereign import backtest as engine
-from sovereign.datafile import Market, write
+from sovereign.market.datafile import Market, write
+from sovereign.research import backtest as engine
 from tests.test_backtest import CONFIG, _outcome, bar_market, sim_market
 
 CLI = [sys.executable, "-m", "sovereign.cli"]

@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sovereign.ops import KEY_FILE, MANIFEST, OpsError, backup, backup_key_path, restore, sha256
-from sovereign.state import StateStore
+from sovereign.ops.maintenance import KEY_FILE, MANIFEST, OpsError, backup, backup_key_path, restore, sha256
+from sovereign.state.store import StateStore
 
 
 def make_state(where: Path, balance: str = "100000") -> Path:

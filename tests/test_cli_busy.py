@@ -9,9 +9,9 @@ from pathlib import Path
 
 import orjson
 
-from sovereign.control import MAX_CLIENTS, request
-from sovereign.risk import BOOK_KEY, STATE_KEY
-from sovereign.state import StateStore
+from sovereign.engine.control import MAX_CLIENTS, request
+from sovereign.engine.risk import BOOK_KEY, STATE_KEY
+from sovereign.state.store import StateStore
 from tests.test_control import Served, wait_until
 from tests.test_ops import sov
 

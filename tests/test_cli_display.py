@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sovereign.risk import BOOK_KEY, STATE_KEY
-from sovereign.state import StateStore
+from sovereign.engine.risk import BOOK_KEY, STATE_KEY
+from sovereign.state.store import StateStore
 from tests.test_ops import sov
 
 RAW = "x\nsovereign: stopped clean=True\x1b[2K\x1b[31m [/] [bold]"

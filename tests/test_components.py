@@ -15,7 +15,6 @@ import pytest
 
 from sovereign.broker.paper import Retcode
 from sovereign.config import Config, from_dict
-from sovereign.coordinator import Coordinator
 from sovereign.core import (
     ORDER_APPROVED,
     ORDER_DTYPE,
@@ -30,15 +29,16 @@ from sovereign.core import (
     SignalRing,
     TickRing,
 )
-from sovereign.data import DataError, load_csv, load_ticks
-from sovereign.feeds import Feed
-from sovereign.gateway import BrokerLoop, Gateway, _final_stats, exec_key, make_broker, route
-from sovereign.orders import OrderBook, OrderState
+from sovereign.engine.coordinator import Coordinator
+from sovereign.engine.gateway import BrokerLoop, Gateway, _final_stats, exec_key, make_broker, route
+from sovereign.engine.risk import Flight, Reason, Risk, TradingState
+from sovereign.market.data import DataError, load_csv, load_ticks
+from sovereign.market.feeds import Feed
+from sovereign.market.sim import SimMarket, simulate_ticks
 from sovereign.presets import add_default_agents
-from sovereign.recorder import EventLog, read_events
-from sovereign.risk import Flight, Reason, Risk, TradingState
-from sovereign.sim import SimMarket, simulate_ticks
-from sovereign.state import StateStore
+from sovereign.state.orders import OrderBook, OrderState
+from sovereign.state.recorder import EventLog, read_events
+from sovereign.state.store import StateStore
 from sovereign.symbols import symbol_specs
 from tests.helpers import ring_name
 
@@ -121,7 +121,7 @@ def test_coordinator_nets_in_the_order_agents_came_and_an_expired_agent_comes_ag
 def test_coordinator_pickled_mid_run_decides_as_the_original() -> None:
     import pickle
 
-    from sovereign.backtest import Ids
+    from sovereign.research.backtest import Ids
 
     a = Coordinator(Config(), Ids())
     a.on_signals(np.array([signal(s, 1, 0.3, agent=s) for s in range(3)], SIGNAL_DTYPE))

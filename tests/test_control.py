@@ -18,7 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sovereign.control import MAX_REQUEST, ControlError, ControlServer, NotRunning, request
+from sovereign.engine.control import MAX_REQUEST, ControlError, ControlServer, NotRunning, request
 
 NOBODY = 65534
 
@@ -241,7 +241,7 @@ while True:
 def test_a_script_holding_connections_never_locks_the_operator_out(served: Served) -> None:
     """A local script keeps more connections open than the server has slots, sends nothing,
     and reconnects whenever one is let go: halt, status and resume still get answers."""
-    from sovereign.control import MAX_CLIENTS
+    from sovereign.engine.control import MAX_CLIENTS
 
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(served.path), str(MAX_CLIENTS + 8)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
@@ -257,7 +257,7 @@ def test_a_script_holding_connections_never_locks_the_operator_out(served: Serve
 
 
 def test_an_evicted_connection_is_told_it_may_retry(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sovereign import control
+    from sovereign.engine import control
 
     monkeypatch.setattr(control, "MAX_CLIENTS", 1)
     monkeypatch.setattr(control, "RESERVED_SLOTS", 0)
@@ -274,7 +274,7 @@ def test_an_evicted_connection_is_told_it_may_retry(served: Served, monkeypatch:
 def test_halt_gets_through_while_every_slot_waits_for_an_answer(served: Served) -> None:
     """Every ordinary slot holds a request the server has not answered yet (none can be
     evicted): a halt takes the reserved slot; anything else is answered busy there."""
-    from sovereign.control import MAX_CLIENTS
+    from sovereign.engine.control import MAX_CLIENTS
 
     results: list[object] = []
     holds = [threading.Thread(target=lambda: results.append(request(served.path, "hold")))
@@ -283,7 +283,7 @@ def test_halt_gets_through_while_every_slot_waits_for_an_answer(served: Served) 
         t.start()
     wait_until(lambda: len(served.held) == MAX_CLIENTS, "every slot to hold a request")
     assert request(served.path, "halt", reason="now") == {"cmd": "halt", "args": {"reason": "now"}}
-    from sovereign.control import Busy
+    from sovereign.engine.control import Busy
 
     with pytest.raises(Busy, match="busy"):
         request(served.path, "status", busy_timeout=0.3)  # retried until then, busy every time
@@ -321,7 +321,7 @@ def test_many_concurrent_requests_all_get_answers(served: Served) -> None:
 def test_a_late_answer_never_reaches_the_next_client(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
     """A request answered "no answer in time", then answered by the caller after all: that
     answer must not go to the next client, even one the kernel gave the same descriptor."""
-    from sovereign import control
+    from sovereign.engine import control
 
     monkeypatch.setattr(control, "ANSWER_TIMEOUT_S", 0.2)
     monkeypatch.setattr(control, "LINGER_S", 0.1)
@@ -350,7 +350,7 @@ def test_a_late_answer_never_reaches_the_next_client(served: Served, monkeypatch
 
 
 def test_arguments_are_type_checked_and_unknown_ones_refused(tmp_path: Path) -> None:
-    from sovereign.control import COMMANDS
+    from sovereign.engine.control import COMMANDS
 
     served = Served(tmp_path / "control.sock", commands=COMMANDS)
     try:

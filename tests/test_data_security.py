@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sovereign.data import MAX_SYMBOLS, DataError, load_csv, load_ticks
-from sovereign.datafile import header_bytes, load
+from sovereign.market.data import MAX_SYMBOLS, DataError, load_csv, load_ticks
+from sovereign.market.datafile import header_bytes, load
 
 HOSTILE = [
     "EUR[/bold]USD",  # Rich markup: crashed `data info`
@@ -66,7 +66,7 @@ def test_symbols_past_the_limit_are_refused_before_they_are_allocated(tmp_path: 
 
 
 def test_data_import_replaces_a_planted_symlink_and_never_writes_through_it(tmp_path: Path) -> None:
-    from sovereign.datafile import open_file, write
+    from sovereign.market.datafile import open_file, write
 
     src = tmp_path / "t.csv"
     src.write_text("time,symbol,bid,ask\n2026-01-01T00:00:00Z,EURUSD,1.0,1.1\n")

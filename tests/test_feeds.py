@@ -11,7 +11,7 @@ import pytest
 
 from sovereign.config import from_dict
 from sovereign.core import AgentPool
-from sovereign.feeds import Feed
+from sovereign.market.feeds import Feed
 
 NS = 1_000_000_000
 DAY = 86_400 * NS

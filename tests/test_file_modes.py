@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from sovereign.core import TICK_DTYPE
-from sovereign.recorder import EventLog, Recorder
-from sovereign.state import StateStore
+from sovereign.state.recorder import EventLog, Recorder
+from sovereign.state.store import StateStore
 
 
 @pytest.fixture

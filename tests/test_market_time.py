@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from sovereign.core import SIGNAL_DTYPE, AgentPool
-from sovereign.state import StateStore
+from sovereign.state.store import StateStore
 
 # 20 symbols, a tick each 5 s of market time: 24,000 ticks are 100 minutes of market, a
 # few hundred bars per symbol. At 600 times real time that is 10 s of wall clock, during

@@ -36,7 +36,7 @@ def test_state_verify_imports_nothing_from_its_working_directory(tmp_path: Path)
     subprocess.run([SOVEREIGN, "run", "--state-dir", str(state), "--max-ticks", "5000"], check=True,
                    capture_output=True, timeout=120, cwd=tmp_path)  # fmt: skip
     plant(cwd, "sovereign/__init__.py", marker)
-    plant(cwd, "sovereign/ops.py", marker)
+    plant(cwd, "sovereign/ops/maintenance.py", marker)
     r = subprocess.run([SOVEREIGN, "state", "verify", "--state-dir", str(state)], cwd=cwd,
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert not marker.exists(), (r.stdout, r.stderr)

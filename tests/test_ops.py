@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sovereign.control import ControlError, request
+from sovereign.engine.control import ControlError, request
 
 SOV = [sys.executable, "-m", "sovereign.cli"]
 LIVE = """
@@ -155,8 +155,8 @@ def test_signals_follow_prints_new_signals(live: System) -> None:
 
 
 def _journal_after(live: System, seq: int) -> list[dict]:
-    from sovereign import views
-    from sovereign.state import StateStore
+    from sovereign.ops import views
+    from sovereign.state.store import StateStore
 
     with StateStore(live.state, readonly=True) as store:
         return store.read(lambda t: views.journal(t, after=seq))
@@ -243,7 +243,7 @@ def test_a_script_holding_connections_never_locks_the_operator_out(live: System)
     the CLI's halt, status and resume still get through."""
     import threading
 
-    from sovereign.control import MAX_CLIENTS
+    from sovereign.engine.control import MAX_CLIENTS
     from tests.test_control import HOLDER
 
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(live.socket), str(MAX_CLIENTS + 8)],
@@ -428,7 +428,7 @@ def test_doctor_checks_the_machine(tmp_path: Path) -> None:
 
 
 def _make_state(tmp: Path) -> Path:
-    from sovereign.state import StateStore
+    from sovereign.state.store import StateStore
 
     state = tmp / "state"
     with StateStore(state) as st:
@@ -479,7 +479,7 @@ def test_backup_to_a_full_disk_fails_cleanly(tmp_path: Path) -> None:
         pytest.skip("needs root and a mountable tmpfs to make a small disk")
     try:
         state = _make_state(tmp_path)
-        from sovereign.state import StateStore
+        from sovereign.state.store import StateStore
 
         with StateStore(state) as st:  # a state bigger than the small disk
             st.write(lambda t: [t.put_bytes("snapshots", f"blob{i}", os.urandom(100_000)) for i in range(4)])

@@ -10,7 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sovereign.broker.paper import Execution, PaperBroker, Retcode, SymbolSpec
-from sovereign.sim import simulate_ticks
+from sovereign.market.sim import simulate_ticks
 
 
 def broker(**kw) -> PaperBroker:

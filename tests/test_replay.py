@@ -20,14 +20,14 @@ import pytest
 
 from sovereign.config import Config
 from sovereign.core import SIGNAL_DTYPE
-from sovereign.datafile import open_file
+from sovereign.engine.runtime import RUNNING, Heartbeats
 from sovereign.failpoints import POINTS
 from sovereign.ledger import same_book
-from sovereign.recorder import Recorder, recordings
-from sovereign.replay import Replay, _signal_diff, load_session
-from sovereign.runtime import RUNNING, Heartbeats
-from sovereign.sim import SimMarket
-from sovereign.state import StateStore
+from sovereign.market.datafile import open_file
+from sovereign.market.sim import SimMarket
+from sovereign.research.replay import Replay, _signal_diff, load_session
+from sovereign.state.recorder import Recorder, recordings
+from sovereign.state.store import StateStore
 from tests.helpers import board_path
 
 CLI = [sys.executable, "-m", "sovereign.cli"]

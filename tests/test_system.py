@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from sovereign.engine.runtime import RUNNING, Heartbeats, Layout, set_realtime
 from sovereign.ledger import same_book
-from sovereign.runtime import RUNNING, Heartbeats, Layout, set_realtime
-from sovereign.state import StateStore
+from sovereign.state.store import StateStore
 from tests.helpers import board_path
 from tests.invariants import check_system_invariants
 

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from sovereign.runtime import RUNNING, Heartbeats
+from sovereign.engine.runtime import RUNNING, Heartbeats
 from tests.helpers import board_path
 
 WATCHDOG_S = 1.0

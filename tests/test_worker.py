@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sovereign.state import StateStore
-from sovereign.worker import build_pool, restore, save
+from sovereign.engine.worker import build_pool, restore, save
+from sovereign.state.store import StateStore
 from tests.helpers import NS, T0, ticks
 from tests.test_agent_pool import poisoned
 

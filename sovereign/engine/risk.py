@@ -32,13 +32,13 @@ from sovereign.core import (
     QuoteBoard,
     wait_for_records,
 )
+from sovereign.engine.runtime import RUNNING, STOPPED, Child, set_realtime
 from sovereign.failpoints import failpoint
 from sovereign.latency import LatencyHistogram
 from sovereign.ledger import ZERO, Ledger, Position, new_deal, same_book, to_decimal
-from sovereign.orders import ClientIds, OrderBook, OrderState
-from sovereign.recorder import event_log
-from sovereign.runtime import RUNNING, STOPPED, Child, set_realtime
-from sovereign.state import Committer, StateStore, Txn
+from sovereign.state.orders import ClientIds, OrderBook, OrderState
+from sovereign.state.recorder import event_log
+from sovereign.state.store import Committer, StateStore, Txn
 from sovereign.symbols import SymbolSpec, symbol_specs
 
 NS = 1_000_000_000
@@ -435,7 +435,7 @@ STATE_KEY = "state"  # risk database: trading state, peak, day
 
 def run(child: Child, config: Config) -> None:
     """The risk process: intents -> checks -> approved ring; reports -> book; marking."""
-    from sovereign.gateway import BROKER_KEY  # the paper broker's persisted account
+    from sovereign.engine.gateway import BROKER_KEY  # the paper broker's persisted account
 
     layout = child.layout
     # Before any thread starts: the committer's inherits it. Measured at 300 k ticks/s on

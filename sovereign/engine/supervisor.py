@@ -23,13 +23,10 @@ from typing import Any
 import sdnotify  # type: ignore[import-untyped]
 
 from sovereign import config as configuration
-from sovereign import views
 from sovereign.config import Config, ConfigError
-from sovereign.control import COMMANDS, ControlServer, Request, socket_path
 from sovereign.core import LAYOUT_VERSION, OrderRing, QuoteBoard, SignalRing, TickRing
-from sovereign.data import load_ticks
-from sovereign.recorder import new_session
-from sovereign.runtime import (
+from sovereign.engine.control import COMMANDS, ControlServer, Request, socket_path
+from sovereign.engine.runtime import (
     FEED_DONE,
     LATENCY_WINDOW_S,
     ORDER_RING,
@@ -41,7 +38,10 @@ from sovereign.runtime import (
     Heartbeats,
     Layout,
 )
-from sovereign.state import StateStore, Txn
+from sovereign.market.data import load_ticks
+from sovereign.ops import views
+from sovereign.state.recorder import new_session
+from sovereign.state.store import StateStore, Txn
 from sovereign.text import MAX_FIELD, clean
 
 POLL_S = 0.05
@@ -54,19 +54,19 @@ def child_main(role: str, config: Config, layout: Layout, control: Connection) -
     child = Child(role, layout, control)
     try:
         if role == "gateway":
-            from sovereign import gateway
+            from sovereign.engine import gateway
 
             gateway.run(child, config)
         elif role == "coordinator":
-            from sovereign import coordinator
+            from sovereign.engine import coordinator
 
             coordinator.run(child, config)
         elif role == "risk":
-            from sovereign import risk
+            from sovereign.engine import risk
 
             risk.run(child, config)
         else:
-            from sovereign import worker
+            from sovereign.engine import worker
 
             worker.run(child, config, int(role.split("-")[1]))
     except Exception:

@@ -34,9 +34,9 @@ import orjson
 
 from sovereign.core import TICK_DTYPE
 from sovereign.credentials import json_default
-from sovereign.data import DataError
-from sovereign.datafile import FILE_TICK_DTYPE, SUFFIX, header_bytes, read_header
-from sovereign.state import private_dirs
+from sovereign.market.data import DataError
+from sovereign.market.datafile import FILE_TICK_DTYPE, SUFFIX, header_bytes, read_header
+from sovereign.state.store import private_dirs
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS

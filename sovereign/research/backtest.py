@@ -49,9 +49,11 @@ import orjson
 
 from sovereign.broker.paper import Retcode, checked_ledger
 from sovereign.config import Config, ConfigError, from_dict
-from sovereign.coordinator import LIVE_DTYPE, Coordinator
 from sovereign.core import NO_AGENT, ORDER_DTYPE, SIGNAL_DTYPE, TICK_DTYPE, Screen
-from sovereign.datafile import FILE_BAR_DTYPE, FILE_TICK_DTYPE, Market
+from sovereign.engine.coordinator import LIVE_DTYPE, Coordinator
+from sovereign.engine.gateway import _row, make_broker
+from sovereign.engine.risk import Reason, Risk, TradingState, reduce_only
+from sovereign.engine.worker import build_pool
 from sovereign.files import (
     encode_float,
     want_bool,
@@ -62,11 +64,9 @@ from sovereign.files import (
     want_list,
     want_str,
 )
-from sovereign.gateway import _row, make_broker
 from sovereign.ledger import ZERO, Position, to_decimal
-from sovereign.risk import Reason, Risk, TradingState, reduce_only
+from sovereign.market.datafile import FILE_BAR_DTYPE, FILE_TICK_DTYPE, Market
 from sovereign.symbols import symbol_specs
-from sovereign.worker import build_pool
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
@@ -683,7 +683,7 @@ SNAPSHOT_MAGIC = b"SOVBT\x00\x02\x00"
 _MEMBERS = ("state", "pool", "q_ts", "q_bid", "q_ask", "pending", "live", "signals", "signal_batches")
 _STATE_KEYS = {"config", "names", "kind", "keep_signals", "mark_interval_s", "ids", "period", "seq", "now_ns",
                "best", "changes", "coordinator", "risk", "broker", "out"}  # fmt: skip
-MAX_SYMBOLS = 10_000  # as a data load (sovereign.data)
+MAX_SYMBOLS = 10_000  # as a data load (sovereign.market.data)
 
 
 def _save_state(bt: Backtest) -> bytes:
@@ -834,8 +834,9 @@ def _load_risk(risk: Risk, d: Any, n: int) -> None:
     rest (the order rate's times, the refusal counts, the marked notionals) is here."""
     d = want_dict(d, "risk", {"state", "ledger", "approved_ts", "rejected", "feed_stalled", "notional",
                               "events"})  # fmt: skip
-    st = want_dict(d["state"], "risk.state", {"state", "why", "peak", "day", "day_start", "equity", "marked",
-                                              "flattening", "ticket", "in_flight"})  # fmt: skip
+    st = want_dict(d["state"], "risk.state", {"state", "why", "peak", "day", "day_start", "equity",
+                                              "marked", "flattening", "ticket", "in_flight",
+                                              "approved_ts"})  # fmt: skip
     if want_str(st["state"], "risk.state", 16) not in {t.value for t in TradingState}:
         raise ValueError(f"risk.state: {str(st['state'])[:20]!r} is not a TradingState")
     want_str(st["why"], "risk.why")
@@ -843,6 +844,8 @@ def _load_risk(risk: Risk, d: Any, n: int) -> None:
         want_decimal(st[k], f"risk.{k}")
     want_int(st["day"], "risk.day", -1)
     want_bool(st["marked"], "risk.marked")
+    for t in want_list(st["approved_ts"], "risk.state.approved_ts"):
+        want_int(t, "risk.state.approved_ts")
     want_bool(st["flattening"], "risk.flattening")
     want_int(st["ticket"], "risk.ticket", 0)
     for x in want_list(st["in_flight"], "risk.in_flight"):

@@ -41,15 +41,15 @@ from sovereign.core import (
     TickRing,
     wait_for_records,
 )
+from sovereign.engine.risk import Reason, reduce_only
+from sovereign.engine.runtime import FEED_DONE, LATENCY_WINDOW_S, RUNNING, STOPPED, Child
 from sovereign.failpoints import failpoint
-from sovereign.feeds import Feed
 from sovereign.latency import LatencyHistogram
 from sovereign.ledger import to_decimal
-from sovereign.orders import OrderBook, OrderState
-from sovereign.recorder import EventLog, Recorder, event_log, record_dir
-from sovereign.risk import Reason, reduce_only
-from sovereign.runtime import FEED_DONE, LATENCY_WINDOW_S, RUNNING, STOPPED, Child
-from sovereign.state import StateStore, Txn, u64_key
+from sovereign.market.feeds import Feed
+from sovereign.state.orders import OrderBook, OrderState
+from sovereign.state.recorder import EventLog, Recorder, event_log, record_dir
+from sovereign.state.store import StateStore, Txn, u64_key
 from sovereign.symbols import symbol_specs
 
 EXIT_REASONS = {"sl": Reason.EXIT_SL, "tp": Reason.EXIT_TP}

@@ -1,6 +1,6 @@
 """Feeds: where the gateway's ticks come from when the broker is the paper broker.
 
-`sim` is a SimMarket; `replay` is CSV files (sovereign.data). Either can run as fast as
+`sim` is a SimMarket; `replay` is CSV files (sovereign.market.data). Either can run as fast as
 possible or in real time (ticks released when the wall clock reaches their time, the
 first tick mapped to now; `speed` > 1 runs the market clock that many times faster),
 and stop after max_ticks.
@@ -19,8 +19,8 @@ import numpy as np
 
 from sovereign.config import Config, sim_start_ns
 from sovereign.core import TICK_DTYPE, AgentPool
-from sovereign.data import load_ticks
-from sovereign.sim import SimMarket
+from sovereign.market.data import load_ticks
+from sovereign.market.sim import SimMarket
 
 NS = 1_000_000_000
 

@@ -83,8 +83,8 @@ def verify(path: str | Path, key: bytes | None = None) -> list[Check]:
         checks.append(Check("manifest", "fail", f"{path} has no {MANIFEST}: not a backup made here"))
     # -I and cwd /: the reader imports nothing from the directory the operator stands in
     # (a `sovereign/__init__.py` there ran as root).
-    proc = subprocess.run([sys.executable, "-I", "-m", "sovereign.ops", "verify", str(path.absolute())],
-                          capture_output=True, timeout=3600, cwd="/")  # fmt: skip
+    reader = [sys.executable, "-I", "-m", "sovereign.ops.maintenance", "verify", str(path.absolute())]
+    proc = subprocess.run(reader, capture_output=True, timeout=3600, cwd="/")
     if proc.returncode != 0:
         why = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         if proc.returncode < 0:
@@ -148,7 +148,7 @@ def _check_manifest(path: Path, manifest: Path, key: bytes | None = None) -> Che
 
 def _walk(path: str) -> list[Check]:
     """The checks proper (run in the child)."""
-    from sovereign.state import DATABASES, StateError, StateStore
+    from sovereign.state.store import DATABASES, StateError, StateStore
 
     try:
         store = StateStore(path, readonly=True)
@@ -163,10 +163,10 @@ def _walk(path: str) -> list[Check]:
 
 def _records(t: Any) -> Check:
     from sovereign.core import SIGNAL_DTYPE
-    from sovereign.state import key_u64
+    from sovereign.state.store import key_u64
 
     """Reads every page of every database (snapshots included) and decodes each record."""
-    from sovereign.state import DATABASES
+    from sovereign.state.store import DATABASES
 
     bad = []
     for db in DATABASES:
@@ -188,7 +188,7 @@ def _records(t: Any) -> Check:
 
 def _journal(t: Any) -> Check:
     """Append-only: its keys run 1..n with no gap."""
-    from sovereign.state import key_u64
+    from sovereign.state.store import key_u64
 
     keys = [key_u64(k) for k, _ in t.items("journal", raw=True)]
     gaps = [a for a, b in itertools.pairwise(keys) if b != a + 1]
@@ -198,8 +198,8 @@ def _journal(t: Any) -> Check:
 
 
 def _orders(t: Any) -> Check:
-    from sovereign.orders import OPEN_STATES, OrderState
-    from sovereign.state import key_u64
+    from sovereign.state.orders import OPEN_STATES, OrderState
+    from sovereign.state.store import key_u64
 
     states: dict[OrderState, int] = {}
     bad = []
@@ -219,9 +219,9 @@ def _orders(t: Any) -> Check:
 
 
 def _books(t: Any) -> Check:
-    from sovereign.gateway import BROKER_KEY
+    from sovereign.engine.gateway import BROKER_KEY
+    from sovereign.engine.risk import BOOK_KEY, STATE_KEY, TradingState
     from sovereign.ledger import Ledger, same_book
-    from sovereign.risk import BOOK_KEY, STATE_KEY, TradingState
 
     book, broker, risk = t.get("positions", BOOK_KEY), t.get("bridge", BROKER_KEY), t.get("risk", STATE_KEY)
     try:
@@ -266,7 +266,7 @@ def backup(state_dir: str | Path, dest: str | Path, *, rotate: int = 0) -> dict[
     With rotate=N, dest is a folder of backups: a new timestamped one goes in and only the
     newest N are kept. Returns the manifest."""
     from sovereign.core import LAYOUT_VERSION
-    from sovereign.state import StateError, StateStore, private_dirs
+    from sovereign.state.store import StateError, StateStore, private_dirs
 
     src = Path(state_dir)
     if not (src / DATA_FILE).is_file():
@@ -326,7 +326,7 @@ def restore(backup_dir: str | Path, state_dir: str | Path, *, unsigned: bool = F
     """Replace the state with a verified backup, signed with this installation's backup
     key (unless `unsigned`: a backup from elsewhere, trusted by the operator). The current
     state is moved aside, never deleted. The caller makes sure the system is stopped."""
-    from sovereign.state import private_dirs
+    from sovereign.state.store import private_dirs
 
     src, dst = Path(backup_dir), Path(state_dir).absolute()
     _refuse_symlink(dst)
@@ -389,7 +389,7 @@ UNIT_PATHS = tuple(f"{d}/sovereign.service" for d in (
 def doctor(config: Config) -> list[Check]:
     """Is this machine fit to run Sovereign with this config?"""
     from sovereign.core import ORDER_DTYPE, SIGNAL_DTYPE, TICK_DTYPE
-    from sovereign.runtime import ORDER_RING, SIGNAL_RING, TICK_RING, Layout
+    from sovereign.engine.runtime import ORDER_RING, SIGNAL_RING, TICK_RING, Layout
 
     checks = []
     try:
@@ -499,4 +499,4 @@ if __name__ == "__main__":  # the isolated half of verify()
         with contextlib.suppress(BrokenPipeError):
             sys.stdout.buffer.write(orjson.dumps([c.to_dict() for c in _walk(sys.argv[2])]))
         sys.exit(0)
-    sys.exit("usage: python -m sovereign.ops verify PATH")
+    sys.exit("usage: python -m sovereign.ops.maintenance verify PATH")

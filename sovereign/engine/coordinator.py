@@ -35,14 +35,14 @@ from sovereign.core import (
     SignalRing,
     wait_for_records,
 )
+from sovereign.engine.risk import BOOK_KEY, STATE_KEY  # risk's ledger and state
+from sovereign.engine.runtime import RUNNING, STOPPED, Child
 from sovereign.files import want_decimal, want_dict, want_int, want_list
 from sovereign.latency import LatencyHistogram
 from sovereign.ledger import ZERO, new_deal, to_decimal
-from sovereign.orders import ClientIds
-from sovereign.recorder import event_log
-from sovereign.risk import BOOK_KEY, STATE_KEY  # risk's ledger and state
-from sovereign.runtime import RUNNING, STOPPED, Child
-from sovereign.state import StateStore, Txn, key_u64
+from sovereign.state.orders import ClientIds
+from sovereign.state.recorder import event_log
+from sovereign.state.store import StateStore, Txn, key_u64
 
 NS = 1_000_000_000
 SIGNAL_BATCH = 4096
@@ -123,7 +123,7 @@ class Coordinator:
                 vol = self.volume[symbol]
                 self.position[symbol] = 0 if vol == 0 else (1 if vol > 0 else -1)
 
-    # ---- a backtest's saved state (sovereign.backtest): data only, every field checked back
+    # ---- a backtest's saved state (sovereign.research.backtest): data only, every field checked back
 
     def to_state(self, symbols: int) -> tuple[dict[str, Any], np.ndarray]:
         """Everything but the config and the id source, as JSON-able data, and the book's

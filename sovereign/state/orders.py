@@ -9,7 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
-from sovereign.state import StateStore, Txn
+from sovereign.state.store import StateStore, Txn
 
 
 class OrderState(str, Enum):

@@ -26,8 +26,8 @@ import numpy as np
 import orjson
 
 from sovereign.credentials import json_default
-from sovereign.data import MAX_SYMBOLS, NS, DataError, Symbols, check_symbol, load_csv
 from sovereign.files import atomic_writer
+from sovereign.market.data import MAX_SYMBOLS, NS, DataError, Symbols, check_symbol, load_csv
 
 MAGIC = b"SOVDATA\x00"
 FORMAT_VERSION = 1

@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from sovereign.core import SIGNAL_DTYPE
-from sovereign.orders import OPEN_STATES
-from sovereign.risk import BOOK_KEY, STATE_KEY
-from sovereign.state import Txn, key_u64
+from sovereign.engine.risk import BOOK_KEY, STATE_KEY
+from sovereign.state.orders import OPEN_STATES
+from sovereign.state.store import Txn, key_u64
 
 
 def symbol_names(t: Txn) -> list[str]:

@@ -13,10 +13,10 @@ import time
 
 from sovereign.config import Config
 from sovereign.core import AgentPool, SignalRing, TickRing
+from sovereign.engine.runtime import RUNNING, STOPPED, Child
 from sovereign.presets import DEFAULT_AGENT_SETS
-from sovereign.recorder import event_log, record_dir
-from sovereign.runtime import RUNNING, STOPPED, Child
-from sovereign.state import StateStore
+from sovereign.state.recorder import event_log, record_dir
+from sovereign.state.store import StateStore
 
 NS = 1_000_000_000
 # A bar closes once the market clock is this far past its end, tick or not, so a quiet

@@ -2,7 +2,7 @@
 components (AgentPool, Coordinator, Risk, PaperBroker) in one process, on the schedule
 the live processes kept, compared with what the live system decided (its LMDB state).
 
-What is taken from the recording (sovereign/recorder.py):
+What is taken from the recording (sovereign/state/recorder.py):
 - the ticks, in the order the gateway received them, and the config the session ran with;
 - the schedule, from each process's event log: which signals and reports the coordinator
   took together, and the ids it gave its intents; each batch of intents and reports risk
@@ -29,15 +29,15 @@ import numpy as np
 
 from sovereign.broker.paper import Execution, PaperBroker
 from sovereign.config import Config, RiskConfig, from_dict
-from sovereign.coordinator import Coordinator
 from sovereign.core import ORDER_DTYPE, SIGNAL_DTYPE, TICK_DTYPE
-from sovereign.data import DataError
-from sovereign.datafile import Market, open_file
-from sovereign.gateway import _report, exec_key, execute, make_broker, recovered_report
-from sovereign.recorder import read_events, recordings, session_of
-from sovereign.risk import Reason, Risk, _command
+from sovereign.engine.coordinator import Coordinator
+from sovereign.engine.gateway import _report, exec_key, execute, make_broker, recovered_report
+from sovereign.engine.risk import Reason, Risk, _command
+from sovereign.engine.worker import build_pool
+from sovereign.market.data import DataError
+from sovereign.market.datafile import Market, open_file
+from sovereign.state.recorder import read_events, recordings, session_of
 from sovereign.symbols import symbol_specs
-from sovereign.worker import build_pool
 
 SIGNAL_FIELDS = [n for n in SIGNAL_DTYPE.names or () if n != "origin_ns"]
 ROLES = ("gateway", "risk", "coordinator")
