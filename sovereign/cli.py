@@ -225,7 +225,7 @@ def status(t: Target, as_json: bool) -> None:
     When the system is down it prints the state it left in LMDB and exits 3; when the
     control socket stays busy, the same, and exits 1.
     """
-    from sovereign.ops import views
+    from sovereign.state import views
 
     def stored() -> dict[str, Any]:
         account = t.read(views.account) if (t.state_dir / "data.mdb").exists() else None
@@ -313,7 +313,7 @@ def _when(ts_ns: int | None) -> str:
 @json_option
 def positions(t: Target, as_json: bool) -> None:
     """Open positions (one per symbol), with unrealized P&L while the system runs."""
-    from sovereign.ops import views
+    from sovereign.state import views
 
     rows = t.read(views.positions)
     quotes, no_prices = None, "the system is not running"
@@ -354,7 +354,7 @@ def positions(t: Target, as_json: bool) -> None:
 @json_option
 def orders(t: Target, open_only: bool, limit: int, as_json: bool) -> None:
     """Orders, newest first, with their lifecycle state."""
-    from sovereign.ops import views
+    from sovereign.state import views
 
     rows = t.read(lambda tx: views.orders(tx, open_only=open_only, limit=limit))
     if as_json:
@@ -405,7 +405,7 @@ def _follow(t: Target, fetch: Callable[..., list[dict[str, Any]]], show: Callabl
 @json_option
 def signals(t: Target, follow: bool, limit: int, as_json: bool) -> None:
     """Signals the agents emitted (the newest system.signal_history are kept)."""
-    from sovereign.ops import views
+    from sovereign.state import views
 
     con = _console()
 
@@ -425,7 +425,7 @@ def signals(t: Target, follow: bool, limit: int, as_json: bool) -> None:
 @json_option
 def journal(t: Target, follow: bool, limit: int, as_json: bool) -> None:
     """The append-only audit journal: orders, fills, restarts, state changes, operator commands."""
-    from sovereign.ops import views
+    from sovereign.state import views
 
     con = _console()
 

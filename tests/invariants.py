@@ -7,8 +7,8 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
-from sovereign.engine.risk import REDUCE_ONLY, Reason
 from sovereign.ledger import same_book
+from sovereign.model import REDUCE_ONLY, Reason
 from sovereign.state.store import StateStore
 
 REDUCE_ONLY_NAMES = {r.name for r in REDUCE_ONLY}

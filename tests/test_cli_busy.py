@@ -10,7 +10,7 @@ from pathlib import Path
 import orjson
 
 from sovereign.engine.control import MAX_CLIENTS, request
-from sovereign.engine.risk import BOOK_KEY, STATE_KEY
+from sovereign.state.schema import BOOK_KEY, RISK_STATE_KEY
 from sovereign.state.store import StateStore
 from tests.test_control import Served, wait_until
 from tests.test_ops import sov
@@ -20,8 +20,8 @@ def test_status_and_positions_show_the_stored_state_when_the_socket_stays_busy(t
     state = tmp_path / "state"
     with StateStore(state) as st:
         st.write(lambda t: (
-            t.put("risk", STATE_KEY, {"state": "HALTED", "why": "stored", "equity": "1000", "peak": "1000",
-                                      "day_start": "1000"}),
+            t.put("risk", RISK_STATE_KEY, {"state": "HALTED", "why": "stored", "equity": "1000",
+                                           "peak": "1000", "day_start": "1000"}),
             t.put("meta", "symbols", ["EURUSD"]),
             t.put("positions", BOOK_KEY, {"balance": "1000", "positions": {"0": {
                 "lots": [["1", "1.1"]], "sl": None, "tp": None}}}),

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sovereign.engine.risk import BOOK_KEY, STATE_KEY
+from sovereign.state.schema import BOOK_KEY, RISK_STATE_KEY
 from sovereign.state.store import StateStore
 from tests.test_ops import sov
 
@@ -18,7 +18,7 @@ def _stored(tmp: Path) -> Path:
     with StateStore(state) as st:
         st.write(lambda t: (
             t.put("meta", "symbols", ["EUR\x1b[31mUSD[/]"]),
-            t.put("risk", STATE_KEY, {"state": "HALTED", "why": RAW + "y" * 60_000, "equity": "1000",
+            t.put("risk", RISK_STATE_KEY, {"state": "HALTED", "why": RAW + "y" * 60_000, "equity": "1000",
                                       "peak": "1000", "day_start": "1000"}),
             t.put("positions", BOOK_KEY, {"balance": "1000", "positions": {"0": {
                 "lots": [["1", "1.1"]], "sl": None, "tp": None}}}),

@@ -30,14 +30,16 @@ from sovereign.core import (
     TickRing,
 )
 from sovereign.engine.coordinator import Coordinator
-from sovereign.engine.gateway import BrokerLoop, Gateway, _final_stats, exec_key, make_broker, route
-from sovereign.engine.risk import Flight, Reason, Risk, TradingState
+from sovereign.engine.gateway import BrokerLoop, Gateway, _final_stats, make_broker, route
+from sovereign.engine.risk import Flight, Risk
 from sovereign.market.data import DataError, load_csv, load_ticks
 from sovereign.market.feeds import Feed
 from sovereign.market.sim import SimMarket, simulate_ticks
+from sovereign.model import Reason, TradingState
 from sovereign.presets import add_default_agents
 from sovereign.state.orders import OrderBook, OrderState
 from sovereign.state.recorder import EventLog, read_events
+from sovereign.state.schema import exec_key
 from sovereign.state.store import StateStore
 from sovereign.symbols import symbol_specs
 from tests.helpers import ring_name

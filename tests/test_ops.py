@@ -155,7 +155,7 @@ def test_signals_follow_prints_new_signals(live: System) -> None:
 
 
 def _journal_after(live: System, seq: int) -> list[dict]:
-    from sovereign.ops import views
+    from sovereign.state import views
     from sovereign.state.store import StateStore
 
     with StateStore(live.state, readonly=True) as store:

@@ -13,8 +13,9 @@ from sovereign.broker.paper import PaperBroker, Retcode
 from sovereign.config import ConfigError, from_dict
 from sovereign.core import ORDER_DTYPE, ORDER_FILL, ORDER_REJECT, SIGNAL_DTYPE
 from sovereign.engine.coordinator import Coordinator
-from sovereign.engine.gateway import _report, execute
-from sovereign.engine.risk import Reason, Risk, TradingState
+from sovereign.engine.gateway import execute, report_of
+from sovereign.engine.risk import Risk
+from sovereign.model import Reason, TradingState
 from sovereign.symbols import symbol_specs
 from tests.test_components import NS, ids, intent, make_risk, quotes_at
 
@@ -341,7 +342,7 @@ def test_an_exit_report_is_the_report_risk_books() -> None:
     b = PaperBroker(D(100_000), symbol_specs(from_dict({}), 1))
     b.on_tick(0, T0, 1.1, 1.1002)
     ex = b.market_order(5, 0, 1, D("0.1"), sl=1.09)
-    rec = np.array([_report(ex, None)], ORDER_DTYPE)
+    rec = np.array([report_of(ex, None)], ORDER_DTYPE)
     assert rec["kind"][0] == ORDER_FILL and rec["volume"][0] == 0.1
 
 

@@ -23,10 +23,11 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from sovereign.config import from_dict
 from sovereign.core import ORDER_APPROVED, ORDER_DTYPE, ORDER_FILL, ORDER_INTENT
-from sovereign.engine.gateway import _report, execute, make_broker
-from sovereign.engine.risk import DAY_NS, NS, REDUCE_ONLY, Reason, Risk, TradingState
+from sovereign.engine.gateway import execute, make_broker, report_of
+from sovereign.engine.risk import DAY_NS, NS, Risk
 from sovereign.ledger import Position, same_book
 from sovereign.market.data import bars_to_ticks
+from sovereign.model import REDUCE_ONLY, Reason, TradingState
 from sovereign.symbols import symbol_specs
 from tests.helpers import bars
 from tests.risk_model import (
@@ -140,7 +141,7 @@ class RiskMachine(RuleBasedStateMachine):
             rec = np.array([order], ORDER_DTYPE)[0]
             ex = execute(self.broker, rec)
             self._booked(ex)
-            self.risk.on_report_rows([_report(ex, rec)])
+            self.risk.on_report_rows([report_of(ex, rec)])
         if reducing:  # the day started higher, by half the drawdown limit; REDUCING until the next
             was = Decimal(repr(1 + self.cfg.risk.max_drawdown / 2)) * self.risk.ledger.balance
             saved = self.risk.to_dict() | {"state": "REDUCING", "why": "daily loss limit", "peak": str(was),
@@ -180,7 +181,7 @@ class RiskMachine(RuleBasedStateMachine):
         for ex in self.broker.on_tick(symbol, self.clock, bid, ask):  # a stop or target hit
             event(f"broker exit {ex.reason}")
             self._booked(ex)
-            self.reports.append(_report(ex, None))
+            self.reports.append(report_of(ex, None))
 
     @precondition(lambda self: self.approved)
     @rule()
@@ -215,7 +216,7 @@ class RiskMachine(RuleBasedStateMachine):
             f"an order approved while {approval.state.value} took the broker's position in {NAMES[symbol]} "
             f"from {before} to {after}")  # fmt: skip
         self._booked(ex)
-        self.reports.append(_report(ex, rec))
+        self.reports.append(report_of(ex, rec))
         event(f"executed {reason.name}: {ex.retcode.name}")
 
     def _booked(self, ex: Any) -> None:
@@ -509,12 +510,12 @@ def test_a_usdjpy_round_trip_books_its_pnl_in_usd_at_the_exit_price() -> None:
     (buy,), refused = risk.check([intent], board.__getitem__, T)
     assert not refused and buy[10] == 1.0
     rec = np.array([buy], ORDER_DTYPE)[0]
-    risk.on_report_rows([_report(execute(broker, rec), rec)])
+    risk.on_report_rows([report_of(execute(broker, rec), rec)])
     board[1] = (T + NS, 150.5, 150.52, T + NS)
     broker.on_tick(1, T + NS, 150.5, 150.52)
     (close,) = risk.flatten(1, board.__getitem__, T + NS)
     ex = execute(broker, close)
-    risk.on_report_rows([_report(ex, close)])
+    risk.on_report_rows([report_of(ex, close)])
     pnl = Decimal(50_000) / Decimal("150.5")
     assert ex.realized_pnl == pnl and f"{pnl:.2f}" == "332.23"
     assert broker.balance == Decimal(100_000) + pnl and risk.ledger.balance == broker.balance
@@ -564,5 +565,5 @@ def test_risk_books_a_slipped_fill_of_a_replayed_bar_at_the_brokers_price() -> N
     rec = np.array([(T, 0, 7, 0, 0, 0, 1, ORDER_APPROVED, 0, 0, 0.1, tick[2], 0.0, 0.0, 1.0, 0.005, 0.0)],
                    ORDER_DTYPE)[0]  # fmt: skip
     ex = execute(broker, rec)
-    risk.on_report_rows([_report(ex, rec)])
-    assert same_book(risk.ledger.to_dict(), broker.ledger.to_dict()), (ex.price, _report(ex, rec)[11])
+    risk.on_report_rows([report_of(ex, rec)])
+    assert same_book(risk.ledger.to_dict(), broker.ledger.to_dict()), (ex.price, report_of(ex, rec)[11])

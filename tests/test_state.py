@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from sovereign.state.orders import LifecycleError, OrderBook, OrderState
-from sovereign.state.store import Committer, StateError, StateStore, Txn, key_u64
+from sovereign.state.schema import key_u64
+from sovereign.state.store import Committer, StateError, StateStore, Txn
 
 CTX = mp.get_context("spawn")
 S = OrderState

@@ -35,14 +35,14 @@ from sovereign.core import (
     SignalRing,
     wait_for_records,
 )
-from sovereign.engine.risk import BOOK_KEY, STATE_KEY  # risk's ledger and state
 from sovereign.engine.runtime import RUNNING, STOPPED, Child
 from sovereign.files import want_decimal, want_dict, want_int, want_list
 from sovereign.latency import LatencyHistogram
 from sovereign.ledger import ZERO, new_deal, to_decimal
 from sovereign.state.orders import ClientIds
 from sovereign.state.recorder import event_log
-from sovereign.state.store import StateStore, Txn, key_u64
+from sovereign.state.schema import BOOK_KEY, RISK_STATE_KEY, key_u64
+from sovereign.state.store import StateStore, Txn
 
 NS = 1_000_000_000
 SIGNAL_BATCH = 4096
@@ -184,7 +184,7 @@ def run(child: Child, config: Config) -> None:
     ids = ClientIds(store)
     issued = ids.issued  # cleared as each event is logged
     coord = Coordinator(config, ids.next)
-    book, state = store.read(lambda t: (t.get("positions", BOOK_KEY), t.get("risk", STATE_KEY)))
+    book, state = store.read(lambda t: (t.get("positions", BOOK_KEY), t.get("risk", RISK_STATE_KEY)))
     if book is not None:
         coord.load_positions({int(s): sum((Decimal(v) for v, _ in p["lots"]), ZERO)
                               for s, p in book["positions"].items()},

@@ -41,20 +41,19 @@ from sovereign.core import (
     TickRing,
     wait_for_records,
 )
-from sovereign.engine.risk import Reason, reduce_only
 from sovereign.engine.runtime import FEED_DONE, LATENCY_WINDOW_S, RUNNING, STOPPED, Child
 from sovereign.failpoints import failpoint
 from sovereign.latency import LatencyHistogram
 from sovereign.ledger import to_decimal
 from sovereign.market.feeds import Feed
+from sovereign.model import Reason, reduce_only
 from sovereign.state.orders import OrderBook, OrderState
 from sovereign.state.recorder import EventLog, Recorder, event_log, record_dir
-from sovereign.state.store import StateStore, Txn, u64_key
+from sovereign.state.schema import LAST_REPORTS_KEY, PAPER_BROKER_KEY, deal_key, exec_key
+from sovereign.state.store import StateStore, Txn
 from sovereign.symbols import symbol_specs
 
 EXIT_REASONS = {"sl": Reason.EXIT_SL, "tp": Reason.EXIT_TP}
-BROKER_KEY = "paper"
-LAST_REPORTS_KEY = "last_reports"  # the reports of the newest commit, until it is pushed
 FEED_BATCH = 2048  # ticks per loop: larger amortizes per-batch work, smaller checks orders sooner
 
 
@@ -64,10 +63,6 @@ class Sent(NamedTuple):
 
     reports: np.ndarray
     commit: Callable[[Txn], None]
-
-
-def exec_key(cid: int) -> bytes:
-    return b"exec:" + u64_key(cid)
 
 
 class Gateway:
@@ -82,7 +77,7 @@ class Gateway:
         self.window, self.window_from = LatencyHistogram(), time.monotonic()
         self.last_window = (0, 0, 0)
         self.orders = self.fills = self.rejects = 0
-        saved = store.read(lambda t: t.get("bridge", BROKER_KEY))
+        saved = store.read(lambda t: t.get("bridge", PAPER_BROKER_KEY))
         if saved is not None:
             broker.load_dict(saved)
 
@@ -122,13 +117,13 @@ class Gateway:
         if not fills:
             return np.zeros(0, ORDER_DTYPE)
 
-        reports = [_report(ex, None) for ex in fills]
+        reports = [report_of(ex, None) for ex in fills]
 
         def tx(t: Txn) -> None:
             for ex in fills:
-                t.put("bridge", b"deal:" + u64_key(ex.ticket), ex.to_dict())
+                t.put("bridge", deal_key(ex.ticket), ex.to_dict())
                 t.journal("fill", **ex.to_dict())
-            t.put("bridge", BROKER_KEY, self.broker.to_dict())
+            t.put("bridge", PAPER_BROKER_KEY, self.broker.to_dict())
             t.put("bridge", LAST_REPORTS_KEY, reports)
 
         self.store.write(tx)
@@ -179,7 +174,7 @@ class Gateway:
         self.to_broker.add_since(approved["origin_ns"], time.monotonic_ns())
         cids = [int(c) for c in approved["client_order_id"]]
         executions = [execute(self.broker, rec) for rec in approved]
-        reports = [_report(ex, rec) for ex, rec in zip(executions, approved, strict=True)]
+        reports = [report_of(ex, rec) for ex, rec in zip(executions, approved, strict=True)]
         broker = self.broker.to_dict()  # as these orders left it: the next batch is not in it
         filled = sum(ex.retcode == Retcode.DONE for ex in executions)
         self.orders += len(cids)
@@ -189,7 +184,7 @@ class Gateway:
         def results(t: Txn) -> None:
             for cid, ex in zip(cids, executions, strict=True):
                 self._record(t, cid, ex)
-            t.put("bridge", BROKER_KEY, broker)
+            t.put("bridge", PAPER_BROKER_KEY, broker)
             t.put("bridge", LAST_REPORTS_KEY, reports)
 
         return Sent(np.array(reports, ORDER_DTYPE), results)
@@ -240,18 +235,23 @@ def recovered_report(order: dict[str, Any]) -> tuple:
         ex = Execution(order["client_order_id"], order["symbol"], order["side"], to_decimal(order["volume"]),
                        to_decimal(order["price"]), Decimal(0), Decimal(0), order["ts_ns"], Retcode.REJECT,
                        "not executed before a crash")  # fmt: skip
-    return _row(ex, 0, order.get("agent", NO_AGENT), order.get("conviction", 0.0), order.get("sl", 0.0),
+    return report_row(ex, 0, order.get("agent", NO_AGENT), order.get("conviction", 0.0), order.get("sl", 0.0),
                 order.get("tp", 0.0))
 
 
-def _report(ex: Execution, rec: np.void | None) -> tuple:
+def report_of(ex: Execution, rec: np.void | None) -> tuple:
+    """The execution report (a tuple of ORDER_DTYPE's fields) of `ex`, the broker's answer
+    to the approved order `rec` (None: a deal the broker made on its own, a stop or target).
+    Live, backtests and replays report with it."""
     if rec is None:
-        return _row(ex, 0, NO_AGENT, 0.0, 0.0, 0.0)
+        return report_row(ex, 0, NO_AGENT, 0.0, 0.0, 0.0)
     f = rec.item()
-    return _row(ex, f[1], f[5], f[14], f[12], f[13])
+    return report_row(ex, f[1], f[5], f[14], f[12], f[13])
 
 
-def _row(ex: Execution, origin: int, agent: int, conviction: float, sl: float, tp: float) -> tuple:
+def report_row(ex: Execution, origin: int, agent: int, conviction: float, sl: float, tp: float) -> tuple:
+    """The report of `ex` with the order's fields that travel with it (origin of its tick,
+    agent, conviction, stop and target): FILL or REJECT, with the exit reason or BROKER."""
     done = ex.retcode == Retcode.DONE
     reason = EXIT_REASONS.get(ex.reason, Reason.OK) if done else Reason.BROKER
     return (ex.ts_ns, origin, ex.client_order_id, ex.ticket, ex.symbol, agent, ex.side,

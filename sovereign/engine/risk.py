@@ -17,7 +17,6 @@ import time
 from collections import deque
 from collections.abc import Callable
 from decimal import ROUND_FLOOR, Decimal
-from enum import Enum, IntEnum
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,8 +35,10 @@ from sovereign.engine.runtime import RUNNING, STOPPED, Child, set_realtime
 from sovereign.failpoints import failpoint
 from sovereign.latency import LatencyHistogram
 from sovereign.ledger import ZERO, Ledger, Position, new_deal, same_book, to_decimal
+from sovereign.model import Reason, TradingState, reduce_only
 from sovereign.state.orders import ClientIds, OrderBook, OrderState
 from sovereign.state.recorder import event_log
+from sovereign.state.schema import BOOK_KEY, PAPER_BROKER_KEY, RISK_STATE_KEY
 from sovereign.state.store import Committer, StateStore, Txn
 from sovereign.symbols import SymbolSpec, symbol_specs
 
@@ -45,48 +46,6 @@ NS = 1_000_000_000
 DAY_NS = 86_400 * NS
 
 Quotes = Callable[[int], tuple[int, float, float, int]]  # symbol -> (ts_ns, bid, ask, recv_ns)
-
-
-class Reason(IntEnum):
-    """Why risk refused an intent, or why it sent an order of its own."""
-
-    OK = 0
-    HALTED = 1
-    REDUCING = 2  # refused: exits only; on an order: an exit made while reducing (reduce-only)
-    MAX_POSITIONS = 3
-    SYMBOL_EXPOSURE = 4
-    GROSS_EXPOSURE = 5
-    ORDER_RATE = 6
-    PRICE_BAND = 7
-    STALE_QUOTE = 8
-    NO_QUOTE = 9
-    VOLUME_TOO_SMALL = 10
-    BAD_STOP = 11
-    ALREADY_POSITIONED = 12
-    UNKNOWN_SYMBOL = 13
-    IN_FLIGHT = 14  # an order for the symbol is approved and not reported yet
-    NO_RATE = 15  # no conversion from the symbol's quote currency to the account's
-    BAD_INTENT = 16  # a side that is not +1/-1, or a risk fraction that is not a number > 0
-    FLATTEN = 20  # an order of risk's own: closing everything (reduce-only)
-    EXIT_SL = 21  # execution reports: the broker closed at the stop-loss
-    EXIT_TP = 22  # ... at the take-profit
-    CLOSE = 23  # risk's close of the position an opposite intent reverses (reduce-only)
-    BROKER = 30  # the broker refused the order (the report's retcode says why)
-
-
-# Orders that may only reduce a position: the gateway sends them reduce-only, clipped to
-# the broker's position when executed (nothing to close: nothing traded).
-REDUCE_ONLY = frozenset({Reason.REDUCING, Reason.FLATTEN, Reason.CLOSE})
-
-
-def reduce_only(reason: int) -> bool:
-    return reason in REDUCE_ONLY
-
-
-class TradingState(str, Enum):
-    ACTIVE = "ACTIVE"
-    REDUCING = "REDUCING"
-    HALTED = "HALTED"
 
 
 class Flight(NamedTuple):
@@ -427,15 +386,12 @@ class Risk:
 _NONE = np.zeros(0, ORDER_DTYPE)
 
 
-BOOK_KEY = "book"  # positions database: risk's ledger
 RISK_COMMIT_EVERY_S = 0.05  # risk's state and refusals: at most 20 commits a second
 REPORT_WAIT_S = 5.0  # stopping: how long risk waits for the report of an order it approved
-STATE_KEY = "state"  # risk database: trading state, peak, day
 
 
 def run(child: Child, config: Config) -> None:
     """The risk process: intents -> checks -> approved ring; reports -> book; marking."""
-    from sovereign.engine.gateway import BROKER_KEY  # the paper broker's persisted account
 
     layout = child.layout
     # Before any thread starts: the committer's inherits it. Measured at 300 k ticks/s on
@@ -446,8 +402,8 @@ def run(child: Child, config: Config) -> None:
     ids = ClientIds(store)
     issued = ids.issued  # cleared as each event is logged
     risk = Risk(config, symbol_specs(config, layout.symbol_names or layout.n_symbols), ids.next)
-    saved, book, broker = store.read(lambda t: (t.get("risk", STATE_KEY), t.get("positions", BOOK_KEY),
-                                                t.get("bridge", BROKER_KEY)))  # fmt: skip
+    saved, book, broker = store.read(lambda t: (t.get("risk", RISK_STATE_KEY), t.get("positions", BOOK_KEY),
+                                                t.get("bridge", PAPER_BROKER_KEY)))  # fmt: skip
     if saved is not None:
         risk.load_dict(saved)
     if book is not None:
@@ -542,7 +498,7 @@ def run(child: Child, config: Config) -> None:
                 t.journal(**e)
             if book is not None:
                 t.put("positions", BOOK_KEY, book)
-            t.put("risk", STATE_KEY, state)
+            t.put("risk", RISK_STATE_KEY, state)
 
         committer.submit(tx)
         if book is not None:
@@ -631,7 +587,7 @@ def run(child: Child, config: Config) -> None:
                 seen.clear()
             for msg in child.messages() + internal():
                 clock_ns = now()
-                more, answer = _command(risk, msg, read, clock_ns)
+                more, answer = apply_command(risk, msg, read, clock_ns)
                 if answer["did"]:
                     logged("c", msg[2:] if msg[0] == "request" else msg, clock_ns, seen, issued)
                 out = np.concatenate([out, more])
@@ -669,7 +625,7 @@ def _marked(risk: Risk) -> tuple:
             len(risk.events))  # fmt: skip
 
 
-def _command(risk: Risk, msg: tuple, quotes: Quotes, now_ns: int) -> tuple[np.ndarray, dict[str, Any]]:
+def apply_command(risk: Risk, msg: tuple, quotes: Quotes, now_ns: int) -> tuple[np.ndarray, dict[str, Any]]:
     """A control message from the supervisor (the ops CLI, SIGHUP): ("request", id, kind,
     *args) expects an answer, (kind, *args) does not. Returns the orders it makes and the
     answer: the account after the command, and what the command did."""

@@ -39,7 +39,7 @@ from sovereign.engine.runtime import (
     Layout,
 )
 from sovereign.market.data import load_ticks
-from sovereign.ops import views
+from sovereign.state import views
 from sovereign.state.recorder import new_session
 from sovereign.state.store import StateStore, Txn
 from sovereign.text import MAX_FIELD, clean

@@ -16,6 +16,7 @@ from sovereign.core import AgentPool, SignalRing, TickRing
 from sovereign.engine.runtime import RUNNING, STOPPED, Child
 from sovereign.presets import DEFAULT_AGENT_SETS
 from sovereign.state.recorder import event_log, record_dir
+from sovereign.state.schema import snapshot_key
 from sovereign.state.store import StateStore
 
 NS = 1_000_000_000
@@ -32,10 +33,6 @@ def build_pool(symbols: list[int]) -> AgentPool:
         for tf, params in DEFAULT_AGENT_SETS:
             pool.add_agent(s, tf, **params)
     return pool
-
-
-def snapshot_key(k: int) -> str:
-    return f"worker-{k}"
 
 
 def restore(store: StateStore, pool: AgentPool, k: int) -> str:

@@ -1,2 +1,2 @@
 """The operator's side: backups, verification, restore and the machine checks
-(maintenance), and what the CLI shows of the state (views)."""
+(maintenance). What the CLI shows of the state lives in sovereign.state.views."""

@@ -148,7 +148,8 @@ def _check_manifest(path: Path, manifest: Path, key: bytes | None = None) -> Che
 
 def _walk(path: str) -> list[Check]:
     """The checks proper (run in the child)."""
-    from sovereign.state.store import DATABASES, StateError, StateStore
+    from sovereign.state.schema import DATABASES
+    from sovereign.state.store import StateError, StateStore
 
     try:
         store = StateStore(path, readonly=True)
@@ -163,10 +164,10 @@ def _walk(path: str) -> list[Check]:
 
 def _records(t: Any) -> Check:
     from sovereign.core import SIGNAL_DTYPE
-    from sovereign.state.store import key_u64
+    from sovereign.state.schema import key_u64
 
     """Reads every page of every database (snapshots included) and decodes each record."""
-    from sovereign.state.store import DATABASES
+    from sovereign.state.schema import DATABASES
 
     bad = []
     for db in DATABASES:
@@ -188,7 +189,7 @@ def _records(t: Any) -> Check:
 
 def _journal(t: Any) -> Check:
     """Append-only: its keys run 1..n with no gap."""
-    from sovereign.state.store import key_u64
+    from sovereign.state.schema import key_u64
 
     keys = [key_u64(k) for k, _ in t.items("journal", raw=True)]
     gaps = [a for a, b in itertools.pairwise(keys) if b != a + 1]
@@ -199,7 +200,7 @@ def _journal(t: Any) -> Check:
 
 def _orders(t: Any) -> Check:
     from sovereign.state.orders import OPEN_STATES, OrderState
-    from sovereign.state.store import key_u64
+    from sovereign.state.schema import key_u64
 
     states: dict[OrderState, int] = {}
     bad = []
@@ -219,11 +220,12 @@ def _orders(t: Any) -> Check:
 
 
 def _books(t: Any) -> Check:
-    from sovereign.engine.gateway import BROKER_KEY
-    from sovereign.engine.risk import BOOK_KEY, STATE_KEY, TradingState
     from sovereign.ledger import Ledger, same_book
+    from sovereign.model import TradingState
+    from sovereign.state.schema import BOOK_KEY, PAPER_BROKER_KEY, RISK_STATE_KEY
 
-    book, broker, risk = t.get("positions", BOOK_KEY), t.get("bridge", BROKER_KEY), t.get("risk", STATE_KEY)
+    book, broker = t.get("positions", BOOK_KEY), t.get("bridge", PAPER_BROKER_KEY)
+    risk = t.get("risk", RISK_STATE_KEY)
     try:
         if book is not None:
             Ledger(Decimal(0), {}).load_dict(book)

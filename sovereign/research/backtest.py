@@ -51,8 +51,8 @@ from sovereign.broker.paper import Retcode, checked_ledger
 from sovereign.config import Config, ConfigError, from_dict
 from sovereign.core import NO_AGENT, ORDER_DTYPE, SIGNAL_DTYPE, TICK_DTYPE, Screen
 from sovereign.engine.coordinator import LIVE_DTYPE, Coordinator
-from sovereign.engine.gateway import _row, make_broker
-from sovereign.engine.risk import Reason, Risk, TradingState, reduce_only
+from sovereign.engine.gateway import make_broker, report_row
+from sovereign.engine.risk import Risk
 from sovereign.engine.worker import build_pool
 from sovereign.files import (
     encode_float,
@@ -66,6 +66,7 @@ from sovereign.files import (
 )
 from sovereign.ledger import ZERO, Position, to_decimal
 from sovereign.market.datafile import FILE_BAR_DTYPE, FILE_TICK_DTYPE, Market
+from sovereign.model import Reason, TradingState, reduce_only
 from sovereign.symbols import symbol_specs
 
 NS = 1_000_000_000
@@ -294,11 +295,11 @@ class Backtest:
         )
         row["fill_price"], row["retcode"] = str(ex.price), int(ex.retcode)
         self.out.orders.append(row)
-        self._reports([_row(ex, f[1], f[5], f[14], f[12], f[13])], [ex], agent=f[5])
+        self._reports([report_row(ex, f[1], f[5], f[14], f[12], f[13])], [ex], agent=f[5])
 
     def _exits(self, executions: list) -> None:
         """The broker's own fills (stops, targets) reported."""
-        self._reports([_row(ex, 0, NO_AGENT, 0.0, 0.0, 0.0) for ex in executions], executions)
+        self._reports([report_row(ex, 0, NO_AGENT, 0.0, 0.0, 0.0) for ex in executions], executions)
 
     def _reports(self, reports: list[tuple], executions: list, agent: int = NO_AGENT) -> None:
         self.changes += 1

@@ -31,12 +31,14 @@ from sovereign.broker.paper import Execution, PaperBroker
 from sovereign.config import Config, RiskConfig, from_dict
 from sovereign.core import ORDER_DTYPE, SIGNAL_DTYPE, TICK_DTYPE
 from sovereign.engine.coordinator import Coordinator
-from sovereign.engine.gateway import _report, exec_key, execute, make_broker, recovered_report
-from sovereign.engine.risk import Reason, Risk, _command
+from sovereign.engine.gateway import execute, make_broker, recovered_report, report_of
+from sovereign.engine.risk import Risk, apply_command
 from sovereign.engine.worker import build_pool
 from sovereign.market.data import DataError
 from sovereign.market.datafile import Market, open_file
+from sovereign.model import Reason
 from sovereign.state.recorder import read_events, recordings, session_of
+from sovereign.state.schema import exec_key
 from sovereign.symbols import symbol_specs
 
 SIGNAL_FIELDS = [n for n in SIGNAL_DTYPE.names or () if n != "origin_ns"]
@@ -353,7 +355,7 @@ class Replayer:
         logged = np.array([tuple(r) for r in d["resent"]], ORDER_DTYPE)
         if not restart:
             self.batches = [logged[: int(d["resent_last"])].tolist()]
-            self._report(logged)
+            self.report_of(logged)
             return
         first = int(d["broker"]["next_ticket"])
         recovered = {int(c): state for c, state in d.get("recovered", {}).items()}
@@ -376,7 +378,7 @@ class Replayer:
         if len(mine) != len(logged) or (len(mine) and not np.array_equal(mine[names], logged[names])):
             self.out.problems.append(f"gateway restarted at tick {d['base']} and sent {len(logged)} reports "
                                      f"again; the replay made {len(mine)}, not the same")  # fmt: skip
-        self._report(mine)
+        self.report_of(mine)
 
     def _inputs_ready(self, role: str, rings: dict[str, Any]) -> bool:
         """A restarted consumer skips what its last run popped: wait until it was made."""
@@ -447,9 +449,9 @@ class Replayer:
             for rec in batch:
                 ex = execute(self.broker, rec)
                 self._executed(ex, rec)
-                done.append(_report(ex, rec))
+                done.append(report_of(ex, rec))
             self._commit(done)
-            self._report(np.array(done, ORDER_DTYPE))
+            self.report_of(np.array(done, ORDER_DTYPE))
         return True
 
     def _coordinator(self, e: list[Any]) -> bool:
@@ -500,7 +502,7 @@ class Replayer:
             msg = list(arg)
             if msg[0] == "reload":
                 msg[1] = RiskConfig(**msg[1])
-            out, _ = _command(self.risk, tuple(msg), quotes, now)
+            out, _ = apply_command(self.risk, tuple(msg), quotes, now)
         self._unused_ids("risk", self.risk_ids)
         for rec in out:
             order = self.out.orders.setdefault(int(rec["client_order_id"]), {
@@ -574,10 +576,10 @@ class Replayer:
         for ex in fills:
             self.out.executions[f"deal:{ex.ticket}"] = ex.to_dict()
         if fills:
-            reports = [_report(ex, None) for ex in fills]
+            reports = [report_of(ex, None) for ex in fills]
             self._commit(reports)
             if push:
-                self._report(np.array(reports, ORDER_DTYPE))
+                self.report_of(np.array(reports, ORDER_DTYPE))
 
     def _executed(self, ex: Execution, rec: np.void) -> None:
         cid = int(rec["client_order_id"])
@@ -594,7 +596,7 @@ class Replayer:
         sends those of the newest one that was durable again)."""
         self.batches = [*self.batches[-3:], reports]
 
-    def _report(self, reports: np.ndarray) -> None:
+    def report_of(self, reports: np.ndarray) -> None:
         for fifo in self.reports.values():
             fifo.put(reports)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
+from sovereign.state.schema import NEXT_ID_KEY
 from sovereign.state.store import StateStore, Txn
 
 
@@ -41,9 +42,6 @@ OPEN_STATES = frozenset({S.INTENT, S.APPROVED, S.SUBMITTING, S.ACCEPTED, S.PARTI
 
 class LifecycleError(ValueError):
     """A transition the order lifecycle does not allow."""
-
-
-NEXT_ID_KEY = "next_client_order_id"  # in the coordinator database
 
 
 def reserve_ids(t: Txn, n: int) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,10 +21,8 @@ import lmdb
 import orjson
 
 from sovereign.credentials import json_default
+from sovereign.state.schema import DATABASES, key_u64, u64_key
 
-DATABASES = (
-    "orders", "positions", "risk", "coordinator", "bridge", "snapshots", "journal", "signals", "meta",
-)  # fmt: skip
 DEFAULT_MAP_SIZE = 64 << 20
 MAX_MAP_SIZE = 1 << 40
 
@@ -34,15 +31,6 @@ T = TypeVar("T")
 
 class StateError(RuntimeError):
     """The state directory cannot be used as it is (corrupt, unreadable, no space)."""
-
-
-def u64_key(n: int) -> bytes:
-    """Big-endian u64: LMDB's byte order then sorts keys numerically."""
-    return struct.pack(">Q", n)
-
-
-def key_u64(key: bytes) -> int:
-    return int(struct.unpack(">Q", key)[0])
 
 
 class Txn:

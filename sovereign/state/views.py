@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from sovereign.core import SIGNAL_DTYPE
-from sovereign.engine.risk import BOOK_KEY, STATE_KEY
 from sovereign.state.orders import OPEN_STATES
-from sovereign.state.store import Txn, key_u64
+from sovereign.state.schema import BOOK_KEY, RISK_STATE_KEY, key_u64
+from sovereign.state.store import Txn
 
 
 def symbol_names(t: Txn) -> list[str]:
@@ -27,7 +27,7 @@ def _name(names: list[str], symbol: int) -> str:
 
 def account(t: Txn) -> dict[str, Any]:
     """The account as risk last saved it (it saves every second and on every fill)."""
-    saved = t.get("risk", STATE_KEY)
+    saved = t.get("risk", RISK_STATE_KEY)
     book = t.get("positions", BOOK_KEY)
     if saved is None:
         return {"state": None, "stale": True, "why": "no risk state yet (the system has never run here)"}

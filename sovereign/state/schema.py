@@ -1,0 +1,55 @@
+"""Every LMDB database and every key, with who writes it and who reads it. A process
+names a key only through this module, so a key cannot drift between its writer and its
+readers. Values are orjson (`Txn.put`), keys are text or big-endian u64 (`u64_key`).
+"""
+
+from __future__ import annotations
+
+import struct
+
+DATABASES = (
+    "orders",  # client id (u64) -> the order's record. Gateway and risk (refusals) write; CLI, replay read.
+    "positions",  # BOOK_KEY. Risk writes; coordinator (start), CLI, ops checks read.
+    "risk",  # RISK_STATE_KEY. Risk writes; coordinator (start), CLI, ops checks read.
+    "coordinator",  # NEXT_ID_KEY. Whoever reserves client ids (coordinator, risk) writes and reads.
+    "bridge",  # the broker side: PAPER_BROKER_KEY, LAST_REPORTS_KEY, exec_key, deal_key. Gateway writes.
+    "snapshots",  # snapshot_key(k) -> worker k's AgentPool snapshot. Worker k writes and reads.
+    "journal",  # seq (u64) -> an event. Every process appends; CLI, ops checks read.
+    "signals",  # seq (u64) -> raw Signal records, the newest system.signal_history. Coordinator writes.
+    "meta",  # META_*: the session's start. Supervisor writes; CLI, ops checks, replay read.
+)
+
+BOOK_KEY = "book"  # positions: risk's ledger (Ledger.to_dict), committed on every report
+RISK_STATE_KEY = "state"  # risk: trading state, peak, day, in flight (Risk.to_dict)
+PAPER_BROKER_KEY = "paper"  # bridge: the paper broker's account and ticket counter; risk reconciles from it
+LAST_REPORTS_KEY = "last_reports"  # bridge: the reports of the gateway's newest commit, until pushed
+NEXT_ID_KEY = "next_client_order_id"  # coordinator: the next client order id not yet reserved
+META_SYMBOLS = "symbols"  # meta: the symbol names, by index
+META_LAYOUT = "layout_version"  # meta: the record layout the state was written with
+META_CONFIG = "config"  # meta: the config of the last start (no secret: see sovereign.credentials)
+META_CONFIG_PATH = "config_path"  # meta: the file it came from
+META_SUPERVISOR = "supervisor"  # meta: the supervisor's pid and start
+
+
+def u64_key(n: int) -> bytes:
+    """Big-endian u64: LMDB's byte order then sorts keys numerically."""
+    return struct.pack(">Q", n)
+
+
+def key_u64(key: bytes) -> int:
+    return int(struct.unpack(">Q", key)[0])
+
+
+def exec_key(cid: int) -> bytes:
+    """bridge: the broker's execution of order `cid` (gateway writes; recover, replay read)."""
+    return b"exec:" + u64_key(cid)
+
+
+def deal_key(ticket: int) -> bytes:
+    """bridge: a deal the broker made on its own (a stop or target), by ticket."""
+    return b"deal:" + u64_key(ticket)
+
+
+def snapshot_key(worker: int) -> str:
+    """snapshots: worker `worker`'s AgentPool."""
+    return f"worker-{worker}"
