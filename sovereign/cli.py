@@ -168,7 +168,30 @@ json_option = click.option("--json", "as_json", is_flag=True, help="print JSON i
 MAX_STATE_BYTES = 4 << 30  # a backtest's --save-state file: refused above this before reading it
 
 
-@click.group(context_settings=CONTEXT, help=__doc__)
+def failure(e: Exception, prefix: str = "") -> Fail:
+    """The CLI's answer to an error of the system's own (sovereign.errors) or of the C++
+    core's rings: its message, and its exit code (usage 2, operational 1)."""
+    from sovereign.errors import SovereignError
+
+    code = e.exit_code if isinstance(e, SovereignError) else EXIT_FAILED
+    out = BadInput(f"{prefix}{e}") if code == EXIT_USAGE else Fail(f"{prefix}{e}")
+    return out
+
+
+class Root(click.Group):
+    """Every command's errors of the system's own are caught here, once."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sovereign.core import RingError
+        from sovereign.errors import SovereignError
+
+        try:
+            return super().invoke(ctx)
+        except (SovereignError, RingError) as e:
+            raise failure(e) from None
+
+
+@click.group(cls=Root, context_settings=CONTEXT, help=__doc__)
 @click.version_option(package_name="sovereign")
 def main() -> None:
     # Everything the system writes is its own (state, backups, recordings, reports): files
@@ -187,12 +210,10 @@ def run(config_path: str | None, max_ticks: int | None, state_dir: str | None) -
     Supervisor, gateway, pinned workers, coordinator and risk; it trades until SIGTERM or
     Ctrl-C (or until a finite feed ends), then drains and exits 0.
     """
-    from sovereign.config import ConfigError, load, with_absolute_paths
+    from sovereign.config import load, with_absolute_paths
     from sovereign.core import RingError
     from sovereign.engine import supervisor
-    from sovereign.engine.control import ControlError
-    from sovereign.market.data import DataError
-    from sovereign.state.store import StateError
+    from sovereign.errors import SovereignError
 
     if config_path is not None:
         config_path = str(Path(config_path).absolute())  # SIGHUP and `reload` read it again later
@@ -209,10 +230,8 @@ def run(config_path: str | None, max_ticks: int | None, state_dir: str | None) -
         os.environ["PYTHONSAFEPATH"] = "1"
         os.chdir("/")
         code = supervisor.Supervisor(config, config_path).run()
-    except (ConfigError, DataError) as e:
-        raise BadInput(str(e)) from None
-    except (StateError, RingError, ControlError) as e:
-        raise Fail(f"cannot start: {e}") from None
+    except (SovereignError, RingError) as e:
+        raise failure(e, "" if getattr(e, "exit_code", 1) == EXIT_USAGE else "cannot start: ") from None
     sys.exit(code)
 
 
@@ -517,12 +536,9 @@ def state() -> None:
 @json_option
 def state_backup(t: Target, dest: str, rotate: int | None, as_json: bool) -> None:
     """A consistent hot copy of the state into DEST (safe while the system runs), verified."""
-    from sovereign.ops.maintenance import OpsError, backup
+    from sovereign.ops.maintenance import backup
 
-    try:
-        manifest = backup(t.state_dir, dest, rotate=rotate or 0)
-    except OpsError as e:
-        raise Fail(str(e)) from None
+    manifest = backup(t.state_dir, dest, rotate=rotate or 0)
     if as_json:
         _json(manifest)
     else:
@@ -566,7 +582,7 @@ def state_verify(t: Target, path: str | None, as_json: bool) -> None:
 def state_restore(t: Target, backup_dir: str, yes: bool, unsigned: bool) -> None:
     """Replace the state with BACKUP_DIR (verified first). The system must be stopped; the
     current state is moved aside, not deleted."""
-    from sovereign.ops.maintenance import OpsError, restore
+    from sovereign.ops.maintenance import restore
 
     if t.live("ping") is not None:
         raise Fail("the system is running: stop it first (systemctl stop sovereign)")
@@ -574,10 +590,7 @@ def state_restore(t: Target, backup_dir: str, yes: bool, unsigned: bool) -> None
         if not sys.stdin.isatty():
             raise BadInput("restoring replaces the state: confirm with --yes")
         click.confirm(f"Replace the state at {t.state_dir} with {backup_dir}?", abort=True)
-    try:
-        done = restore(backup_dir, t.state_dir, unsigned=unsigned)
-    except OpsError as e:
-        raise Fail(str(e)) from None
+    done = restore(backup_dir, t.state_dir, unsigned=unsigned)
     moved = done["previous_state_moved_to"]
     click.echo(f"restored {done['restored']} from {done['from']}" +
                (f"; the previous state is at {moved}" if moved else ""))  # fmt: skip

@@ -23,11 +23,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
 
+from sovereign.errors import UsageError
 
 NS = 1_000_000_000
 
 
-class ConfigError(ValueError):
+class ConfigError(UsageError):
     """The configuration is invalid; the message names the key."""
 
 

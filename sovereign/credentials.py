@@ -12,11 +12,13 @@ import stat
 from pathlib import Path
 from typing import NoReturn
 
+from sovereign.errors import UsageError
+
 MAX_BYTES = 4096  # a password or a token; anything larger is not one
 REDACTED = "***"
 
 
-class CredentialError(ValueError):
+class CredentialError(UsageError):
     """A credential cannot be read; the message names the file, never its content."""
 
 

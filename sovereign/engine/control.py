@@ -64,6 +64,7 @@ from typing import Any
 
 import orjson
 
+from sovereign.errors import OperationalError
 from sovereign.text import clean
 
 VERSION = 1
@@ -101,7 +102,7 @@ _KINDS: dict[str, tuple[str, Callable[[Any], bool]]] = {  # JSON's true is no in
 }
 
 
-class ControlError(RuntimeError):
+class ControlError(OperationalError):
     """The system answered with an error, or the exchange failed."""
 
 

@@ -37,6 +37,7 @@ from sovereign.core import (
     TICK_FLAG_LAST,
     TICK_FLAG_VOLUME,
 )
+from sovereign.errors import UsageError
 
 NS = 1_000_000_000
 TICK_COLUMNS = ("time", "symbol", "bid", "ask")
@@ -52,7 +53,7 @@ MAX_SYMBOLS = 10_000
 SYMBOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._#-]{0,31}")
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A data file cannot be used; the message names the file and line."""
 
 

@@ -41,6 +41,7 @@ from typing import Any
 import orjson
 
 from sovereign.config import Config
+from sovereign.errors import OperationalError
 
 MANIFEST = "MANIFEST.json"
 DATA_FILE = "data.mdb"
@@ -48,7 +49,7 @@ KEY_FILE = ".sovereign-backup.key"
 MIN_FREE_DISK = 1 << 30  # below this, doctor warns; below a quarter of it, it fails
 
 
-class OpsError(RuntimeError):
+class OpsError(OperationalError):
     """An operation could not be done; nothing was changed."""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from enum import Enum
 from typing import Any
 
+from sovereign.errors import OperationalError
 from sovereign.state.schema import NEXT_ID_KEY
 from sovereign.state.store import StateStore, Txn
 
@@ -40,7 +41,7 @@ TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
 OPEN_STATES = frozenset({S.INTENT, S.APPROVED, S.SUBMITTING, S.ACCEPTED, S.PARTIALLY_FILLED})
 
 
-class LifecycleError(ValueError):
+class LifecycleError(OperationalError, ValueError):
     """A transition the order lifecycle does not allow."""
 
 

@@ -21,6 +21,7 @@ import lmdb
 import orjson
 
 from sovereign.credentials import json_default
+from sovereign.errors import OperationalError
 from sovereign.state.schema import DATABASES, key_u64, u64_key
 
 DEFAULT_MAP_SIZE = 64 << 20
@@ -29,7 +30,7 @@ MAX_MAP_SIZE = 1 << 40
 T = TypeVar("T")
 
 
-class StateError(RuntimeError):
+class StateError(OperationalError):
     """The state directory cannot be used as it is (corrupt, unreadable, no space)."""
 
 
