@@ -86,5 +86,9 @@ def test_the_service_has_its_own_dev_shm_and_works_in_root() -> None:
     for name in ("sovereign.service", "sovereign-backup.service"):
         text = (UNITS / name).read_text()
         assert re.search(r"^WorkingDirectory=/$", text, re.M) and "PYTHONSAFEPATH=1" in text, name
+    # No network until a feature needs it (the paper broker needs none): a feature that does
+    # (the MT5 bridge's terminal on loopback, the Telegram bot) allows exactly its addresses.
+    assert re.search(r"^IPAddressDeny=any$", unit, re.M) and re.search(r"^PrivateNetwork=yes$", unit, re.M)
+    assert "IPAddressAllow=" not in unit
     install = (UNITS / "install.sh").read_text()
     assert re.search(r"^cd /( |$)", install, re.M), "install.sh must leave the checkout first"
