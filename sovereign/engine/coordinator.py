@@ -177,44 +177,100 @@ class Coordinator:
         self.position = {s: (1 if v > 0 else -1) for s, v in volumes.items() if v != 0}
 
 
-def run(child: Child, config: Config) -> None:
-    """The coordinator process: signal rings -> Coordinator -> intent ring; reports back."""
-    layout = child.layout
-    store = StateStore(config.system.state_dir)
-    ids = ClientIds(store)
-    issued = ids.issued  # cleared as each event is logged
-    coord = Coordinator(config, ids.next)
-    book, state = store.read(lambda t: (t.get("positions", BOOK_KEY), t.get("risk", RISK_STATE_KEY)))
-    if book is not None:
-        coord.load_positions({int(s): sum((Decimal(v) for v, _ in p["lots"]), ZERO)
-                              for s, p in book["positions"].items()},
-                             int((state or {}).get("ticket", 0)))  # fmt: skip
-    signal_rings = [SignalRing.attach(layout.signal_ring(k)) for k in range(layout.n_workers)]
-    reports = OrderRing.attach(layout.reports_coordinator)
-    intents = OrderRing.attach(layout.intents)
-    # When this process took what (replay): which signals and reports together, and the
-    # ids it gave the intents they made; each written before what it made is pushed.
-    log = event_log(config, layout.session, "coordinator")
-    if log is not None:
-        last = store.read(lambda t: t.last_key("signals"))  # this session's signals are kept after it
-        rings = {"signals": [r.stats()["popped"] for r in signal_rings], "reports": reports.stats()["popped"],
-                 "intents": intents.stats()["pushed"]}  # fmt: skip
-        log.add("start", {"volumes": {s: str(v) for s, v in coord.volume.items()}, "ticket": coord.ticket,
-                          "signals_after": 0 if last is None else key_u64(last), "rings": rings})  # fmt: skip
-        log.flush()
-    sig_buf = np.zeros(SIGNAL_BATCH, SIGNAL_DTYPE)
-    rep_buf = np.zeros(reports.capacity, ORDER_DTYPE)
-    signals, next_beat, next_record = 0, 0.0, 0.0
-    signal_in, intent_out = LatencyHistogram(), LatencyHistogram()
-    recent: list[np.ndarray] = []
-    keep = config.system.signal_history
+class CoordinatorProcess:
+    """The coordinator's process wrapper: signals from the workers' rings and reports from
+    the gateway's into `Coordinator`, its intents out to risk; the signal history for the
+    ops CLI; beats.
 
-    def record() -> None:
+    The event log says when this process took what (replay): which signals and reports
+    together, and the ids it gave the intents they made; each written before what it made
+    is pushed."""
+
+    def __init__(self, child: Child, config: Config):
+        self.child = child
+        layout = child.layout
+        self.store = StateStore(config.system.state_dir)
+        ids = ClientIds(self.store)
+        self.issued = ids.issued  # cleared as each event is logged
+        self.coord = Coordinator(config, ids.next)
+        book, state = self.store.read(lambda t: (t.get("positions", BOOK_KEY), t.get("risk", RISK_STATE_KEY)))
+        if book is not None:
+            self.coord.load_positions({int(s): sum((Decimal(v) for v, _ in p["lots"]), ZERO)
+                                       for s, p in book["positions"].items()},
+                                      int((state or {}).get("ticket", 0)))  # fmt: skip
+        self.signal_rings = [SignalRing.attach(layout.signal_ring(k)) for k in range(layout.n_workers)]
+        self.reports = OrderRing.attach(layout.reports_coordinator)
+        self.intents = OrderRing.attach(layout.intents)
+        self.log = event_log(config, layout.session, "coordinator")
+        self.start()
+        self.sig_buf = np.zeros(SIGNAL_BATCH, SIGNAL_DTYPE)
+        self.rep_buf = np.zeros(self.reports.capacity, ORDER_DTYPE)
+        self.signals, self.next_beat, self.next_record = 0, 0.0, 0.0
+        self.signal_in, self.intent_out = LatencyHistogram(), LatencyHistogram()
+        self.recent: list[np.ndarray] = []
+        self.keep = config.system.signal_history
+        self.watched = [*self.signal_rings, self.reports]
+
+    def start(self) -> None:
+        """Log where the replay starts: the net volumes, the newest deal, the rings' positions."""
+        if self.log is not None:
+            # The newest signal kept so far: this session's are kept after it.
+            last = self.store.read(lambda t: t.last_key("signals"))
+            rings = {"signals": [r.stats()["popped"] for r in self.signal_rings],
+                     "reports": self.reports.stats()["popped"],
+                     "intents": self.intents.stats()["pushed"]}  # fmt: skip
+            coord = self.coord
+            self.log.add("start", {"volumes": {s: str(v) for s, v in coord.volume.items()},
+                                   "ticket": coord.ticket,
+                                   "signals_after": 0 if last is None else key_u64(last),
+                                   "rings": rings})  # fmt: skip
+            self.log.flush()
+
+    def signals_left(self) -> bool:
+        """Stopping: the workers have exited; take the signals they left first."""
+        return any(r.stats()["depth"] for r in self.signal_rings)
+
+    def take_signals(self) -> None:
+        """Each ring's signals waiting, one batch each: logged, then the intents pushed."""
+        coord, log, issued, buf, keep = self.coord, self.log, self.issued, self.sig_buf, self.keep
+        got = 0
+        for k, ring in enumerate(self.signal_rings):
+            n = ring.pop_into(buf)
+            if n:
+                popped = time.monotonic_ns()
+                got += n
+                if keep:
+                    self.recent.append(buf[:n].copy())
+                out = coord.on_signals(buf[:n])
+                if log is not None:
+                    log.add("s", k, n, issued)
+                    log.flush()
+                issued.clear()
+                if len(out):
+                    pushing = time.monotonic_ns()  # before: the push may hand the core to risk
+                    self.intents.push(out, timeout=1.0)
+                    self.intent_out.add_since(out["origin_ns"], pushing)
+                self.signal_in.add_since(buf["origin_ns"][:n], popped)  # after the push: off the path
+        self.signals += got
+
+    def take_reports(self) -> None:
+        n = self.reports.pop_into(self.rep_buf, timeout=0.0)
+        if n:
+            if self.log is not None:
+                self.log.add("r", n)
+            self.coord.on_reports(self.rep_buf[:n])
+
+    def flush(self) -> None:
+        if self.log is not None:
+            self.log.flush()
+
+    def record(self) -> None:
         """The signals seen since the last call, kept (the newest `keep`) for the ops CLI."""
-        if not recent:
+        if not self.recent:
             return
-        batch = np.concatenate(recent)[-keep:]
-        recent.clear()
+        keep = self.keep
+        batch = np.concatenate(self.recent)[-keep:]
+        self.recent.clear()
 
         def tx(t: Txn) -> None:
             last = t.last_key("signals")
@@ -224,51 +280,37 @@ def run(child: Child, config: Config) -> None:
                 t.put_bytes("signals", seq, rec.tobytes())
             t.trim("signals", keep)
 
-        store.write(tx)
+        self.store.write(tx)
 
-    watched = [*signal_rings, reports]
-    # Stopping: the workers have exited; take the signals they left first.
-    while not child.stop_requested or any(r.stats()["depth"] for r in signal_rings):
+    def beat(self) -> None:
+        if time.monotonic() >= self.next_beat:
+            self.next_beat = time.monotonic() + 0.1
+            self.child.messages()
+            if time.monotonic() >= self.next_record:  # a durable commit: not ten a second beside the orders'
+                self.next_record = time.monotonic() + RECORD_EVERY_S
+                self.record()
+            self.child.beat(RUNNING, signals=self.signals, orders=self.coord.intents)
+
+    def stop(self) -> None:
+        self.record()
+        # Hop by hop, from each tick's arrival at the gateway (bench/bench_pipeline.py reads it).
+        hops = {"tick_to_signal": self.signal_in.to_dict(), "tick_to_intent": self.intent_out.to_dict()}
+        signals, intents = self.signals, self.coord.intents
+        self.store.write(lambda t: t.journal("coordinator_stats", signals=signals, intents=intents, **hops))
+        if self.log is not None:
+            self.log.close()
+        self.child.beat(STOPPED, signals=signals, orders=intents)
+        self.store.close()
+
+
+def run(child: Child, config: Config) -> None:
+    """The coordinator process: signal rings -> Coordinator -> intent ring; reports back."""
+    p = CoordinatorProcess(child, config)
+    while not child.stop_requested or p.signals_left():
         # Asleep until a signal or a report comes (any ring's push wakes it), or the beat is due.
-        wait_for_records(watched, timeout=max(0.0, next_beat - time.monotonic()))
-        got = 0
-        for k, ring in enumerate(signal_rings):
-            n = ring.pop_into(sig_buf)
-            if n:
-                popped = time.monotonic_ns()
-                got += n
-                if keep:
-                    recent.append(sig_buf[:n].copy())
-                out = coord.on_signals(sig_buf[:n])
-                if log is not None:
-                    log.add("s", k, n, issued)
-                    log.flush()
-                issued.clear()
-                if len(out):
-                    pushing = time.monotonic_ns()  # before: the push may hand the core to risk
-                    intents.push(out, timeout=1.0)
-                    intent_out.add_since(out["origin_ns"], pushing)
-                signal_in.add_since(sig_buf["origin_ns"][:n], popped)  # after the push: off the path
-        signals += got
-        n = reports.pop_into(rep_buf, timeout=0.0)
-        if n:
-            if log is not None:
-                log.add("r", n)
-            coord.on_reports(rep_buf[:n])
-        if log is not None:
-            log.flush()
-        if time.monotonic() >= next_beat:
-            next_beat = time.monotonic() + 0.1
-            child.messages()
-            if time.monotonic() >= next_record:  # a durable commit: not ten a second beside the orders'
-                next_record = time.monotonic() + RECORD_EVERY_S
-                record()
-            child.beat(RUNNING, signals=signals, orders=coord.intents)
-    record()
-    # Hop by hop, from each tick's arrival at the gateway (bench/bench_pipeline.py reads it).
-    hops = {"tick_to_signal": signal_in.to_dict(), "tick_to_intent": intent_out.to_dict()}
-    store.write(lambda t: t.journal("coordinator_stats", signals=signals, intents=coord.intents, **hops))
-    if log is not None:
-        log.close()
-    child.beat(STOPPED, signals=signals, orders=coord.intents)
-    store.close()
+        wait_for_records(p.watched, timeout=max(0.0, p.next_beat - time.monotonic()))
+        p.take_signals()
+        p.take_reports()
+        p.flush()
+        p.beat()
+    p.stop()

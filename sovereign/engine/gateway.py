@@ -423,109 +423,160 @@ class BrokerLoop(threading.Thread):
         return total
 
 
-def run(child: Child, config: Config) -> None:
-    """The gateway process: feed -> board, broker, worker rings; approved orders -> broker."""
-    layout = child.layout
-    store = StateStore(config.system.state_dir)
-    gw = Gateway(store, make_broker(config, layout.symbol_names or layout.n_symbols))
-    worker_of = layout.worker_of()
-    fixes = gw.recover()
-    for fix in fixes:
-        print(f"gateway: recovered order {fix['client_order_id']} as {fix['state']}", flush=True)
-    feed = Feed(config)
-    recorder, base = None, 0
-    directory = record_dir(config)
-    if directory is not None:
-        meta = {"symbols": list(feed.names), "config": dataclasses.asdict(config),
-                "layout_version": LAYOUT_VERSION}  # fmt: skip
-        recorder = Recorder(directory, meta, config.system.record_days, layout.session)
-        base = recorder.ticks
-    # When this process took what (replay): the tick position of each batch of orders it
-    # sent and of each batch of ticks that filled a stop or target.
-    rings = [TickRing.attach(layout.tick_ring(k)) for k in range(layout.n_workers)]
-    board = QuoteBoard.attach(layout.quotes)
-    approved = OrderRing.attach(layout.approved)
-    reports_out = [OrderRing.attach(layout.reports_risk), OrderRing.attach(layout.reports_coordinator)]
-    # Each event is written before what it made is pushed.
-    log = event_log(config, layout.session, "gateway")
-    unsent, n_last = gw.unsent(fixes)
-    if log is not None:
-        positions = {"approved": approved.stats()["popped"], "ticks": [r.stats()["pushed"] for r in rings],
-                     "reports": [r.stats()["pushed"] for r in reports_out]}  # fmt: skip
-        log.add("start", {"base": base, "n_workers": layout.n_workers, "broker": gw.broker.to_dict(),
-                          "rings": positions,
-                          "recovered": {f["client_order_id"]: f["state"] for f in fixes},
-                          "resent": unsent.tolist(), "resent_last": n_last})  # fmt: skip
-        log.flush()
-    sys.setswitchinterval(0.0005)  # two threads: a commit done gets the GIL back soon (default 5 ms)
+class GatewayProcess:
+    """The gateway's process wrapper, the feed's side: ticks -> recorder, board, workers,
+    and the broker's inbox; the broker side (`BrokerLoop`) runs on its own thread.
 
-    def send_reports(reports: np.ndarray) -> None:
+    The event log says when this process took what (replay): the tick position of each
+    batch of orders it sent and of each batch of ticks that filled a stop or target. Each
+    event is written before what it made is pushed."""
+
+    def __init__(self, child: Child, config: Config):
+        self.child = child
+        layout = self.layout = child.layout
+        self.store = StateStore(config.system.state_dir)
+        self.gw = Gateway(self.store, make_broker(config, layout.symbol_names or layout.n_symbols))
+        self.worker_of = layout.worker_of()
+        fixes = self.gw.recover()
+        for fix in fixes:
+            print(f"gateway: recovered order {fix['client_order_id']} as {fix['state']}", flush=True)
+        self.feed = Feed(config)
+        self.recorder, self.base = None, 0
+        directory = record_dir(config)
+        if directory is not None:
+            meta = {"symbols": list(self.feed.names), "config": dataclasses.asdict(config),
+                    "layout_version": LAYOUT_VERSION}  # fmt: skip
+            self.recorder = Recorder(directory, meta, config.system.record_days, layout.session)
+            self.base = self.recorder.ticks
+        self.rings = [TickRing.attach(layout.tick_ring(k)) for k in range(layout.n_workers)]
+        self.board = QuoteBoard.attach(layout.quotes)
+        approved = OrderRing.attach(layout.approved)
+        self.reports_out = [OrderRing.attach(layout.reports_risk),
+                            OrderRing.attach(layout.reports_coordinator)]  # fmt: skip
+        self.log = event_log(config, layout.session, "gateway")
+        unsent = self.start(fixes, approved)
+        sys.setswitchinterval(0.0005)  # two threads: a commit done gets the GIL back soon (default 5 ms)
+        self.send_reports(unsent)  # what the last gateway committed and may never have pushed
+        self.broker = BrokerLoop(self.gw, approved, self.send_reports, self.log, self.base,
+                                 config.system.broker_inbox)  # fmt: skip
+        self.broker.start()
+        self.stalled = [False] * layout.n_workers
+        self.feeding, self.ticks, self.lost, self.next_beat = True, 0, 0, 0.0
+        self.started = time.monotonic()
+        self.next_look = 0.0
+
+    def start(self, fixes: list[dict], approved: OrderRing) -> np.ndarray:
+        """Log where the replay starts (the recording's tick count, the broker, the rings'
+        positions, what was recovered); returns the reports to push again (`Gateway.unsent`)."""
+        unsent, n_last = self.gw.unsent(fixes)
+        if self.log is not None:
+            positions = {"approved": approved.stats()["popped"],
+                         "ticks": [r.stats()["pushed"] for r in self.rings],
+                         "reports": [r.stats()["pushed"] for r in self.reports_out]}  # fmt: skip
+            self.log.add("start", {"base": self.base, "n_workers": self.layout.n_workers,
+                                   "broker": self.gw.broker.to_dict(), "rings": positions,
+                                   "recovered": {f["client_order_id"]: f["state"] for f in fixes},
+                                   "resent": unsent.tolist(), "resent_last": n_last})  # fmt: skip
+            self.log.flush()
+        return unsent
+
+    def send_reports(self, reports: np.ndarray) -> None:
+        """To risk and the coordinator (the broker side calls it, after each commit)."""
         if len(reports):
             failpoint("gateway.unsent")
-        for ring in reports_out:
+        for ring in self.reports_out:
             ring.push(reports, timeout=1.0)
 
-    send_reports(unsent)  # what the last gateway committed and may never have pushed
-    broker = BrokerLoop(gw, approved, send_reports, log, base, config.system.broker_inbox)
-    broker.start()
-    stalled = [False] * layout.n_workers
-    feeding, ticks, lost, next_beat = True, 0, 0, 0.0
-    started = time.monotonic()
-    # The feed side: ticks -> recorder, board, workers, and the broker's inbox.
-    next_look = 0.0
-    while not child.stop_requested:
-        broker.check()
-        if time.monotonic() >= next_look:  # a poll(2) of the control pipe: not one per batch
-            next_look = time.monotonic() + 0.005
-            for msg in child.messages():
+    def look(self) -> None:
+        """Read the control pipe (a poll(2): not one per batch)."""
+        if time.monotonic() >= self.next_look:
+            self.next_look = time.monotonic() + 0.005
+            for msg in self.child.messages():
                 if msg[0] == "stop_feed":
-                    feeding = False
-        feeding = feeding and not child.stop_requested
-        batch = feed.next(FEED_BATCH) if feeding else None
-        if batch is not None and len(batch):
-            batch["recv_ns"] = time.monotonic_ns()
-            if recorder is not None:
-                recorder.write(batch)
-            board.publish(batch)
-            at = base + ticks
-            for k, part in enumerate(route(batch, worker_of, layout.n_workers)):
-                # A worker that stops taking ticks (dead, restarting) must not stall the
-                # others: after one timeout its ticks are counted as lost until it drains.
-                if stalled[k] and rings[k].stats()["depth"] < rings[k].capacity // 2:
-                    stalled[k] = False
-                pushed = rings[k].push(part, timeout=0.0 if stalled[k] else 0.25)
-                if pushed < len(part):
-                    stalled[k] = True
-                    lost += len(part) - pushed
-                    if log is not None:  # the worker never saw the rest of its part of this batch
-                        broker.log("lost", at, at + len(batch), k, pushed)
-            broker.give(at, batch)  # waits while the broker is a full inbox behind
-            ticks += len(batch)
-        else:  # nothing due yet (realtime), or the feed is done or stopped: the broker side still runs
-            time.sleep(min(feed.due_in(), 0.01) if feeding and not feed.done else 0.01)
-        child.publish_market_clock(feed.clock_ns)  # the ticks before it are pushed: workers close bars by it
-        if time.monotonic() >= next_beat and broker.healthy():
-            next_beat = time.monotonic() + 0.05
+                    self.feeding = False
+        self.feeding = self.feeding and not self.child.stop_requested
+
+    def take(self, batch: np.ndarray) -> None:
+        """A batch from the feed: stamped, recorded, published, routed to the workers and
+        given to the broker side."""
+        batch["recv_ns"] = time.monotonic_ns()
+        if self.recorder is not None:
+            self.recorder.write(batch)
+        self.board.publish(batch)
+        at = self.base + self.ticks
+        for k, part in enumerate(route(batch, self.worker_of, self.layout.n_workers)):
+            self.push(k, part, at, at + len(batch))
+        self.broker.give(at, batch)  # waits while the broker is a full inbox behind
+        self.ticks += len(batch)
+
+    def push(self, k: int, part: np.ndarray, at: int, end: int) -> None:
+        """Worker k's part of the batch of ticks at..end. A worker that stops taking ticks
+        (dead, restarting) must not stall the others: after one timeout its ticks are
+        counted as lost until it drains."""
+        ring = self.rings[k]
+        if self.stalled[k] and ring.stats()["depth"] < ring.capacity // 2:
+            self.stalled[k] = False
+        pushed = ring.push(part, timeout=0.0 if self.stalled[k] else 0.25)
+        if pushed < len(part):
+            self.stalled[k] = True
+            self.lost += len(part) - pushed
+            if self.log is not None:  # the worker never saw the rest of its part of this batch
+                self.broker.log("lost", at, end, k, pushed)
+
+    def idle(self) -> None:
+        """Nothing due yet (realtime), or the feed is done or stopped: the broker side still
+        runs."""
+        feed = self.feed
+        time.sleep(min(feed.due_in(), 0.01) if self.feeding and not feed.done else 0.01)
+
+    def beat(self) -> None:
+        if time.monotonic() >= self.next_beat and self.broker.healthy():
+            self.next_beat = time.monotonic() + 0.05
             # Feed done only once the broker has seen every tick: what they filled is pushed.
-            done = (feed.done or not feeding) and broker.caught_up()
-            n, p50, p99 = gw.last_window
-            child.beat(FEED_DONE if done else RUNNING, ticks=ticks, orders=gw.orders, rejects=gw.rejects,
-                       dropped=lost, latency_n=n, latency_p50_ns=p50, latency_p99_ns=p99)  # fmt: skip
-    # Stopping: risk has exited; the broker side sends the orders it left, then ends.
-    broker.finish()
-    while broker.is_alive():
-        broker.join(0.05)
-        if broker.healthy():
-            child.beat(FEED_DONE, ticks=ticks, orders=gw.orders, rejects=gw.rejects, dropped=lost)
-    broker.check()
-    if recorder is not None:
-        recorder.close()
-    if log is not None:
-        log.close()
-    _final_stats(store, gw, ticks, lost, feed_s=(feed.finished_at or time.monotonic()) - started,
-                 refused=feed.refused)  # fmt: skip
-    child.beat(STOPPED, ticks=ticks, orders=gw.orders, rejects=gw.rejects, dropped=lost)
-    store.close()
+            done = (self.feed.done or not self.feeding) and self.broker.caught_up()
+            n, p50, p99 = self.gw.last_window
+            self.child.beat(FEED_DONE if done else RUNNING, **self.counts(), latency_n=n,
+                            latency_p50_ns=p50, latency_p99_ns=p99)  # fmt: skip
+
+    def counts(self) -> dict[str, int]:
+        """What every beat carries."""
+        gw = self.gw
+        return {"ticks": self.ticks, "orders": gw.orders, "rejects": gw.rejects, "dropped": self.lost}
+
+    def stop(self) -> None:
+        """Stopping: risk has exited; the broker side sends the orders it left, then ends."""
+        broker = self.broker
+        broker.finish()
+        while broker.is_alive():
+            broker.join(0.05)
+            if broker.healthy():
+                self.child.beat(FEED_DONE, **self.counts())
+        broker.check()
+        if self.recorder is not None:
+            self.recorder.close()
+        if self.log is not None:
+            self.log.close()
+        feed_s = (self.feed.finished_at or time.monotonic()) - self.started
+        _final_stats(self.store, self.gw, self.ticks, self.lost, feed_s=feed_s, refused=self.feed.refused)
+        self.child.beat(STOPPED, **self.counts())
+        self.store.close()
+
+
+def run(child: Child, config: Config) -> None:
+    """The gateway process: feed -> board, broker, worker rings; approved orders -> broker."""
+    p = GatewayProcess(child, config)
+    while not child.stop_requested:
+        p.broker.check()
+        p.look()
+        batch = p.feed.next(FEED_BATCH) if p.feeding else None
+        if batch is not None and len(batch):
+            p.take(batch)
+        else:
+            p.idle()
+        # The ticks before the market clock are pushed: workers close bars by it.
+        child.publish_market_clock(p.feed.clock_ns)
+        p.beat()
+    p.stop()
 
 
 def _final_stats(store: StateStore, gw: Gateway, ticks: int, lost: int, feed_s: float,

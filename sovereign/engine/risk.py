@@ -390,105 +390,135 @@ RISK_COMMIT_EVERY_S = 0.05  # risk's state and refusals: at most 20 commits a se
 REPORT_WAIT_S = 5.0  # stopping: how long risk waits for the report of an order it approved
 
 
-def run(child: Child, config: Config) -> None:
-    """The risk process: intents -> checks -> approved ring; reports -> book; marking."""
+class RiskProcess:
+    """Risk's process wrapper: moves intents and reports between its rings and `Risk`,
+    logs each decision for the replay, commits refusals, state and book, and beats.
 
-    layout = child.layout
-    # Before any thread starts: the committer's inherits it. Measured at 300 k ticks/s on
-    # 2 cores: an intent's wait from the coordinator's push to risk taking it went from
-    # p50 125, p99 650 us to p50 45, p99 190-280 (the woken risk waited for a busy core).
-    print(f"risk: {set_realtime(config.system.risk_rt_priority)}", flush=True)
-    store = StateStore(config.system.state_dir)
-    ids = ClientIds(store)
-    issued = ids.issued  # cleared as each event is logged
-    risk = Risk(config, symbol_specs(config, layout.symbol_names or layout.n_symbols), ids.next)
-    saved, book, broker = store.read(lambda t: (t.get("risk", RISK_STATE_KEY), t.get("positions", BOOK_KEY),
-                                                t.get("bridge", PAPER_BROKER_KEY)))  # fmt: skip
-    if saved is not None:
-        risk.load_dict(saved)
-    if book is not None:
-        risk.ledger.load_dict(book)
-    if broker is not None and not same_book(broker["ledger"], risk.ledger.to_dict()):  # crashed in between
-        # The broker's book has every deal before its next ticket, some of them maybe
-        # still in the reports ring: those are not applied again.
-        risk.ledger.load_dict(broker["ledger"])
-        risk.ticket = int(broker["next_ticket"]) - 1
+    The event log says when this process took what (replay): each batch of reports, and
+    every decision as (kind, what, clock, quotes read, new client ids): "i" a batch of
+    intents, "m" a mark, "c" a command. A mark that changed nothing but equity is logged
+    only if an event follows it (the next mark overwrites equity). Each event is written
+    before what it made is pushed."""
 
-        def reconcile(t: Txn) -> None:
-            t.journal("reconciled", source="broker", book=broker["ledger"])
-            t.put("positions", BOOK_KEY, broker["ledger"])
+    def __init__(self, child: Child, config: Config):
+        self.child = child
+        layout = child.layout
+        # Before any thread starts: the committer's inherits it. A woken risk no longer
+        # waits for a busy core to take an intent (the figures: see bench/bench_pipeline.py).
+        print(f"risk: {set_realtime(config.system.risk_rt_priority)}", flush=True)
+        self.store = StateStore(config.system.state_dir)
+        ids = ClientIds(self.store)
+        self.issued = ids.issued  # cleared as each event is logged
+        self.risk = Risk(config, symbol_specs(config, layout.symbol_names or layout.n_symbols), ids.next)
+        saved = self.restore()
+        self.board = QuoteBoard.attach(layout.quotes)
+        self.seen: dict[int, tuple] = {}  # the quotes read since the last event
+        self.log = event_log(config, layout.session, "risk")
+        self.pending: list[tuple] = []  # a mark held back until an event follows it
+        self.intents = OrderRing.attach(layout.intents)
+        self.reports = OrderRing.attach(layout.reports_risk)
+        self.approved = OrderRing.attach(layout.approved)
+        # The intents of this session taken so far, committed with risk's state: every refusal
+        # they made is in LMDB. Those taken after it by a process killed before its commit
+        # left no record (the replay drops their refusals too).
+        self.session, self.taken = layout.session, self.intents.stats()["popped"]
+        self.start(saved)
+        self.buf = np.zeros(self.intents.capacity, ORDER_DTYPE)
+        self.rep = np.zeros(self.reports.capacity, ORDER_DTYPE)
+        self.clock_ns = 0
+        self.fed_ns, self.fed_at = 0, time.monotonic()  # the board's newest quote time, when it last moved
+        self.orders = OrderBook(self.store)
+        # Refusals and risk's state wait for nothing risk does next: those lost with a killed
+        # risk are what the replay already handles (the intents its last commit covers). So
+        # they are committed on a thread, spaced, and the decisions never wait for them. The
+        # book, changed by reports, is committed at once (hurry), not after the spacing: it is
+        # what the operator's views show, and it must stay the broker's, not up to a spacing
+        # behind. Risk does not wait for that commit: it decides on the intents meanwhile. A
+        # risk killed before it lands restarts from the broker's book (`restore`).
+        self.committer = Committer(self.store, "risk-commits", every_s=RISK_COMMIT_EVERY_S)
+        self.next_mark = self.next_save = self.next_beat = 0.0
+        # client id -> (when approved, its place in the approved ring), until its report comes
+        # back; those a restarted risk found in flight: placed before everything pushed so far.
+        self.pushed = self.approved.stats()["pushed"]
+        self.awaiting = dict.fromkeys(self.risk.in_flight, (time.monotonic(), self.pushed - 1))
+        self.watched = [self.intents, self.reports]
+        self.intent_in, self.approved_out = LatencyHistogram(), LatencyHistogram()
 
-        store.write(reconcile)
-    board = QuoteBoard.attach(layout.quotes)
-    seen: dict[int, tuple] = {}  # the quotes read since the last event
+    def restore(self) -> Any:
+        """Risk's saved state and book from LMDB; returns the state as saved."""
+        risk = self.risk
+        saved, book, broker = self.store.read(lambda t: (t.get("risk", RISK_STATE_KEY),
+                                                         t.get("positions", BOOK_KEY),
+                                                         t.get("bridge", PAPER_BROKER_KEY)))  # fmt: skip
+        if saved is not None:
+            risk.load_dict(saved)
+        if book is not None:
+            risk.ledger.load_dict(book)
+        if broker is not None and not same_book(broker["ledger"], risk.ledger.to_dict()):  # crashed between
+            # The broker's book has every deal before its next ticket, some of them maybe
+            # still in the reports ring: those are not applied again.
+            risk.ledger.load_dict(broker["ledger"])
+            risk.ticket = int(broker["next_ticket"]) - 1
 
-    def read(symbol: int) -> tuple[int, float, float, int]:
+            def reconcile(t: Txn) -> None:
+                t.journal("reconciled", source="broker", book=broker["ledger"])
+                t.put("positions", BOOK_KEY, broker["ledger"])
+
+            self.store.write(reconcile)
+        return saved
+
+    def start(self, saved: Any) -> None:
+        """Log where the replay starts: risk's state and book, the rings' positions, and how
+        many intents of this session the last commit covered."""
+        covered = (saved or {}).get("intents_taken")  # [session, count], from the last commit
+        durable = int(covered[1]) if isinstance(covered, list) and covered[0] == self.session else 0
+        if self.log is not None:
+            rings = {"intents": self.taken, "reports": self.reports.stats()["popped"],
+                     "approved": self.approved.stats()["pushed"]}  # fmt: skip
+            self.log.add("start", {"state": self.risk.to_dict(), "ledger": self.risk.ledger.to_dict(),
+                                   "rings": rings, "intents_taken": durable})  # fmt: skip
+            self.log.flush()
+
+    def read(self, symbol: int) -> tuple[int, float, float, int]:
         """One view of the market per decision: a symbol's quote is read from the board once
         per batch of intents, mark or command (the feed moves the board meanwhile)."""
-        q = seen.get(symbol)
+        q = self.seen.get(symbol)
         if q is None:
-            seen[symbol] = q = board.read(symbol)
+            self.seen[symbol] = q = self.board.read(symbol)
         return q
 
-    # When this process took what (replay): each batch of reports, and every decision as
-    # (kind, what, clock, quotes read, new client ids): "i" a batch of intents, "m" a mark,
-    # "c" a command. A mark that changed nothing but
-    # equity is logged only if an event follows it (the next mark overwrites equity).
-    log = event_log(config, layout.session, "risk")
-    pending: list[tuple] = []
+    def now(self) -> int:
+        """The market clock: the board's newest quote time, never backwards."""
+        newest = self.board.newest_ts()
+        if newest != self.fed_ns:
+            self.fed_ns, self.fed_at = newest, time.monotonic()
+        self.clock_ns = max(self.clock_ns, newest)
+        return self.clock_ns
 
-    def logged(*event: Any) -> None:
-        if log is not None:
-            for e in pending:
-                log.add(*e)
-            log.add(*event)
-        pending.clear()
-        seen.clear()
-        issued.clear()
+    def logged(self, *event: Any) -> None:
+        """Log `event`, after the mark held back for it; the next decision reads its own
+        quotes and issues its own client ids."""
+        if self.log is not None:
+            for e in self.pending:
+                self.log.add(*e)
+            self.log.add(*event)
+        self.pending.clear()
+        self.seen.clear()
+        self.issued.clear()
 
-    intents = OrderRing.attach(layout.intents)
-    reports = OrderRing.attach(layout.reports_risk)
-    approved = OrderRing.attach(layout.approved)
-    # The intents of this session taken so far, committed with risk's state: every refusal
-    # they made is in LMDB. Those taken after it by a process killed before its commit
-    # left no record (the replay drops their refusals too).
-    taken = intents.stats()["popped"]
-    covered = (saved or {}).get("intents_taken")  # [session, count], from the last commit
-    durable = int(covered[1]) if isinstance(covered, list) and covered[0] == layout.session else 0
-    if log is not None:  # each event is written before what it made is pushed
-        rings = {"intents": taken, "reports": reports.stats()["popped"],
-                 "approved": approved.stats()["pushed"]}  # fmt: skip
-        log.add("start", {"state": risk.to_dict(), "ledger": risk.ledger.to_dict(), "rings": rings,
-                          "intents_taken": durable})  # fmt: skip
-        log.flush()
-    buf = np.zeros(intents.capacity, ORDER_DTYPE)
-    rep = np.zeros(reports.capacity, ORDER_DTYPE)
-    clock = [0]
-    fed = [0, time.monotonic()]  # the board's newest quote time, and when it last moved (wall clock)
+    def flush(self) -> None:
+        if self.log is not None:
+            self.log.flush()
 
-    def now() -> int:
-        newest = board.newest_ts()
-        if newest != fed[0]:
-            fed[0], fed[1] = newest, time.monotonic()
-        clock[0] = max(clock[0], newest)
-        return clock[0]
-
-    orders = OrderBook(store)
-    # Refusals and risk's state wait for nothing risk does next: those lost with a killed
-    # risk are what the replay already handles (the intents its last commit covers). So
-    # they are committed on a thread, spaced, and the decisions never wait for them. The
-    # book, changed by reports, is committed at once (hurry), not after the spacing: it is
-    # what the operator's views show, and it must stay the broker's, not up to a spacing
-    # behind. Risk does not wait for that commit: it decides on the intents meanwhile. A
-    # risk killed before it lands restarts from the broker's book (reconciled below).
-    committer = Committer(store, "risk-commits", every_s=RISK_COMMIT_EVERY_S)
-
-    def persist(refused: list | None = None, book_changed: bool = False) -> None:
+    def persist(self, refused: list | None = None, book_changed: bool = False) -> None:
+        """Queue a commit of the refusals, risk's events and state, and the book if it changed
+        (at once: see the committer's comment in __init__)."""
+        risk, orders = self.risk, self.orders
         events, risk.events = risk.events, []
         rows = [(int(rec["client_order_id"]), why.name, int(rec["symbol"]), int(rec["side"]),
                  float(rec["conviction"]), int(rec["ts_ns"])) for rec, why in refused or ()]  # fmt: skip
         book = risk.ledger.to_dict() if book_changed else None
-        state = {**risk.to_dict(), "intents_taken": [layout.session, taken]}
+        state = {**risk.to_dict(), "intents_taken": [self.session, self.taken]}
 
         def tx(t: Txn) -> None:
             for cid, why, symbol, side, conviction, ts_ns in rows:
@@ -500,123 +530,152 @@ def run(child: Child, config: Config) -> None:
                 t.put("positions", BOOK_KEY, book)
             t.put("risk", RISK_STATE_KEY, state)
 
-        committer.submit(tx)
+        self.committer.submit(tx)
         if book is not None:
-            committer.hurry()
+            self.committer.hurry()
 
-    next_mark = next_save = next_beat = 0.0
-    # client id -> (when approved, its place in the approved ring), until its report comes
-    # back; those a restarted risk found in flight: placed before everything pushed so far.
-    pushed = approved.stats()["pushed"]
-    awaiting: dict[int, tuple[float, int]] = dict.fromkeys(risk.in_flight, (time.monotonic(), pushed - 1))
-
-    def push(orders: np.ndarray) -> None:
-        nonlocal pushed
-        approved.push(orders, timeout=1.0)
+    def push(self, orders: np.ndarray) -> None:
+        self.approved.push(orders, timeout=1.0)
         for cid in orders["client_order_id"].tolist():
-            awaiting[cid] = (time.monotonic(), pushed)
-            pushed += 1
+            self.awaiting[cid] = (time.monotonic(), self.pushed)
+            self.pushed += 1
 
-    def internal() -> list[tuple]:
+    def take_intents(self) -> None:
+        """Decide on the intents waiting: logged, then the approved pushed, then the
+        refusals queued for commit."""
+        n = self.intents.pop_into(self.buf)
+        if not n:
+            return
+        popped = time.monotonic_ns()
+        self.taken += n
+        clock_ns = self.now()
+        ok, refused = self.risk.on_intents(self.buf[:n], self.read, clock_ns)
+        self.logged("i", n, clock_ns, self.seen, self.issued)
+        self.flush()
+        if len(ok):
+            pushing = time.monotonic_ns()  # before: the push may hand the core to the gateway
+            self.push(ok)
+            self.approved_out.add_since(ok["origin_ns"], pushing)
+        self.intent_in.add_since(self.buf["origin_ns"][:n], popped)  # after the push: off the path
+        if refused:
+            failpoint("risk.refusing")
+            self.persist(refused)
+
+    def take_reports(self) -> None:
+        """Apply the execution reports waiting to the book, and commit it."""
+        m = self.reports.pop_into(self.rep, timeout=0.0)
+        if not m:
+            return
+        for cid in self.rep["client_order_id"][:m].tolist():
+            self.awaiting.pop(cid, None)
+        self.risk.on_reports(self.rep[:m])
+        self.logged("r", m)
+        self.persist(book_changed=True)
+
+    def mark(self) -> np.ndarray:
+        """Mark the book to market; returns the orders it makes (an emergency shutdown's)."""
+        clock_ns, before = self.now(), _marked(self.risk)
+        out = self.risk.mark(self.read, clock_ns)
+        if len(out) or _marked(self.risk) != before:
+            self.logged("m", None, clock_ns, self.seen, self.issued)
+        else:
+            self.pending[:] = [("m", None, clock_ns, dict(self.seen), [])]
+            self.seen.clear()
+        return out
+
+    def commands(self) -> np.ndarray:
+        """Apply the supervisor's messages and the wrapper's own (`internal`), each logged if
+        it did something, and answer the requests; returns the orders they make."""
+        out = _NONE
+        for msg in self.child.messages() + self.internal():
+            clock_ns = self.now()
+            more, answer = apply_command(self.risk, msg, self.read, clock_ns)
+            if answer["did"]:
+                self.logged("c", msg[2:] if msg[0] == "request" else msg, clock_ns, self.seen, self.issued)
+            out = np.concatenate([out, more])
+            if msg[0] == "request":
+                self.child.reply(msg[1], answer)
+        return out
+
+    def send(self, out: np.ndarray) -> None:
+        """Push the orders a mark and the commands made, once what made them is logged."""
+        self.flush()
+        if self.risk.events:  # a trading-state change is durable before the orders it makes go out
+            self.persist()
+            self.committer.flush()
+        if len(out):
+            self.push(out)
+
+    def internal(self) -> list[tuple]:
         """What risk is told by its own wrapper, as commands (logged, so the replay sees
         them): the whole feed silent by the wall clock (a stall never looks stale against
         the newest quote), and orders lost with a gateway: taken from the approved ring
         REPORT_WAIT_S ago and still not in the order book."""
         msgs: list[tuple] = []
-        stalled = time.monotonic() - fed[1] > risk.limits.stale_after_s
-        if stalled != risk.feed_stalled:
+        stalled = time.monotonic() - self.fed_at > self.risk.limits.stale_after_s
+        if stalled != self.risk.feed_stalled:
             msgs.append(("feed", stalled))
-        since, taken_by_gateway = time.monotonic() - REPORT_WAIT_S, approved.stats()["popped"]
-        old = [cid for cid, (at, place) in awaiting.items() if at < since and place < taken_by_gateway]
+        since, taken_by_gateway = time.monotonic() - REPORT_WAIT_S, self.approved.stats()["popped"]
+        old = [cid for cid, (at, place) in self.awaiting.items() if at < since and place < taken_by_gateway]
         if old:
-            lost = [cid for cid in old if orders.get(cid) is None]
+            lost = [cid for cid in old if self.orders.get(cid) is None]
             for cid in old:
-                awaiting.pop(cid)
+                self.awaiting.pop(cid)
             if lost:
                 msgs.append(("lost", lost))
         return msgs
 
-    def draining() -> bool:
+    def draining(self) -> bool:
         """Stopping, the coordinator has exited: decide on the intents it left, and take the
         reports of the orders approved (the gateway stops after risk), so that the book
         risk saves is the broker's. An order unreported for REPORT_WAIT_S was lost with a
         killed gateway (it popped it, never recorded it): not waited for."""
-        if intents.stats()["depth"] or reports.stats()["depth"]:
+        if self.intents.stats()["depth"] or self.reports.stats()["depth"]:
             return True
         since = time.monotonic() - REPORT_WAIT_S
-        return any(t > since for t, _ in awaiting.values())
+        return any(t > since for t, _ in self.awaiting.values())
 
-    watched = [intents, reports]
-    intent_in, approved_out = LatencyHistogram(), LatencyHistogram()
-    while not child.stop_requested or draining():
+    def save(self, t: float) -> None:
+        if self.risk.events or t >= self.next_save:  # risk's state at least every second, logged or not
+            self.next_save = t + 1.0
+            self.persist()
+
+    def beat(self, t: float) -> None:
+        # A commit stuck: no beat, so the supervisor sees a hang.
+        if t >= self.next_beat and not self.committer.stalled(1.0):
+            self.next_beat = t + 0.05
+            risk = self.risk
+            self.child.beat(RUNNING, orders=len(risk.approved_ts), rejects=sum(risk.rejected.values()))
+
+    def stop(self) -> None:
+        self.persist(book_changed=True)
+        self.committer.close()
+        # Hop by hop, from each tick's arrival at the gateway (bench/bench_pipeline.py reads it).
+        hops = {"tick_to_intent": self.intent_in.to_dict(), "tick_to_approved": self.approved_out.to_dict()}
+        self.store.write(lambda t: t.journal("risk_stats", intents=self.taken, **hops))
+        if self.log is not None:
+            self.log.close()
+        self.child.beat(STOPPED)
+        self.store.close()
+
+
+def run(child: Child, config: Config) -> None:
+    """The risk process: intents -> checks -> approved ring; reports -> book; marking."""
+    p = RiskProcess(child, config)
+    while not child.stop_requested or p.draining():
         # Asleep until an intent or a report comes, or the next mark (every 10 ms) is due.
-        wait_for_records(watched, timeout=max(0.0, min(next_mark, next_beat) - time.monotonic()))
-        n = intents.pop_into(buf)
-        if n:
-            popped = time.monotonic_ns()
-            taken += n
-            clock_ns = now()
-            ok, refused = risk.on_intents(buf[:n], read, clock_ns)
-            logged("i", n, clock_ns, seen, issued)
-            if log is not None:
-                log.flush()
-            if len(ok):
-                pushing = time.monotonic_ns()  # before: the push may hand the core to the gateway
-                push(ok)
-                approved_out.add_since(ok["origin_ns"], pushing)
-            intent_in.add_since(buf["origin_ns"][:n], popped)  # after the push: off the path
-            if refused:
-                failpoint("risk.refusing")
-                persist(refused)
-        m = reports.pop_into(rep, timeout=0.0)
-        if m:
-            for cid in rep["client_order_id"][:m].tolist():
-                awaiting.pop(cid, None)
-            risk.on_reports(rep[:m])
-            logged("r", m)
-            persist(book_changed=True)
+        wait_for_records(p.watched, timeout=max(0.0, min(p.next_mark, p.next_beat) - time.monotonic()))
+        p.take_intents()
+        p.take_reports()
         t = time.monotonic()
-        if t >= next_mark:
-            next_mark = t + 0.01
-            clock_ns, before = now(), _marked(risk)
-            out = risk.mark(read, clock_ns)
-            if len(out) or _marked(risk) != before:
-                logged("m", None, clock_ns, seen, issued)
-            else:
-                pending[:] = [("m", None, clock_ns, dict(seen), [])]
-                seen.clear()
-            for msg in child.messages() + internal():
-                clock_ns = now()
-                more, answer = apply_command(risk, msg, read, clock_ns)
-                if answer["did"]:
-                    logged("c", msg[2:] if msg[0] == "request" else msg, clock_ns, seen, issued)
-                out = np.concatenate([out, more])
-                if msg[0] == "request":
-                    child.reply(msg[1], answer)
-            if log is not None:
-                log.flush()
-            if risk.events:  # a trading-state change is durable before the orders it makes go out
-                persist()
-                committer.flush()
-            if len(out):
-                push(out)
-        if log is not None:
-            log.flush()
-        if risk.events or t >= next_save:  # risk's state at least every second, logged or not
-            next_save = t + 1.0
-            persist()
-        if t >= next_beat and not committer.stalled(1.0):  # a commit stuck: the supervisor sees a hang
-            next_beat = t + 0.05
-            child.beat(RUNNING, orders=len(risk.approved_ts), rejects=sum(risk.rejected.values()))
-    persist(book_changed=True)
-    committer.close()
-    # Hop by hop, from each tick's arrival at the gateway (bench/bench_pipeline.py reads it).
-    store.write(lambda t: t.journal("risk_stats", intents=taken, tick_to_intent=intent_in.to_dict(),
-                                    tick_to_approved=approved_out.to_dict()))  # fmt: skip
-    if log is not None:
-        log.close()
-    child.beat(STOPPED)
-    store.close()
+        if t >= p.next_mark:
+            p.next_mark = t + 0.01
+            out = p.mark()
+            p.send(np.concatenate([out, p.commands()]))
+        p.flush()
+        p.save(t)
+        p.beat(t)
+    p.stop()
 
 
 def _marked(risk: Risk) -> tuple:
