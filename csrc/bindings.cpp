@@ -16,6 +16,7 @@
 #include "quote_board.hpp"
 #include "records.hpp"
 #include "ring.hpp"
+#include "ring_wait.hpp"
 #include "screen.hpp"
 #include "signal_book.hpp"
 #include "sim.hpp"

@@ -1,8 +1,8 @@
-// ShmRing<Record>: a single-producer single-consumer, lock-free ring of fixed-size
-// records in POSIX shared memory, shared by two processes (DESIGN.md section 2).
+// ShmRing<Record>: a lock-free single-producer single-consumer ring of fixed-size records.
 //
 // Contract
-// - Exactly one process pushes and one pops. A third process may attach to read stats().
+// - The ring lives in POSIX shared memory, shared by two processes (DESIGN.md section 2).
+//   Exactly one process pushes and one pops. A third process may attach to read stats().
 // - Indices are free-running 64-bit counters (never wrap in practice); the slot of index i
 //   is i & (capacity - 1), so head - tail is the depth and head/tail double as the
 //   pushed/popped counters.
@@ -14,48 +14,25 @@
 // - Each shared counter has a single writer: head, dropped, full_waits (producer); tail,
 //   high_water (consumer). Everyone else only loads them.
 // - A side that must wait (consumer on empty, 'wait' producer on full) spins briefly, then
-//   sleeps on a futex doorbell that the other side rings after each push / pop. Each
-//   doorbell word has one writer too: `seq` the ringer, `waiting` the sleeper.
+//   sleeps on a futex doorbell (futex.hpp) that the other side rings after each push / pop.
+//   A consumer of several rings waits on all of them at once (ring_wait.hpp).
 // - The creator owns the segment and unlinks it on close. A segment whose owner died is
 //   reclaimed by the next create of the same name; one whose owner lives is refused.
 #pragma once
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 #include <string>
-#include <thread>
+#include <type_traits>
 #include <utility>
 
-#if defined(__linux__)
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-#include <cerrno>
-#include <climits>
-#include <ctime>
-// futex_waitv has the same number on every architecture (new syscalls are unified).
-#if defined(SYS_futex_waitv)
-inline constexpr long kSysFutexWaitv = SYS_futex_waitv;
-#else
-inline constexpr long kSysFutexWaitv = 449;
-#endif
-#endif
-
+#include "futex.hpp"
 #include "records.hpp"
 #include "shm.hpp"
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define SOVEREIGN_CPU_RELAX() _mm_pause()
-#elif defined(__aarch64__)
-#define SOVEREIGN_CPU_RELAX() asm volatile("yield")
-#else
-#define SOVEREIGN_CPU_RELAX() ((void)0)
-#endif
 
 namespace sovereign {
 
@@ -66,107 +43,6 @@ enum class FullPolicy : uint32_t { kWait = 0, kDrop = 1 };
 
 static_assert(std::atomic<uint64_t>::is_always_lock_free,
               "rings need address-free 64-bit atomics to work across processes");
-
-// Futex on a 32-bit word in shared memory (not FUTEX_PRIVATE: the waker is another
-// process). Elsewhere a plain sleep stands in: the waits below are bounded either way.
-// Returns true if the sleep ran its full time (no wake came).
-inline bool futex_wait(std::atomic<uint32_t>* word, uint32_t expected, int64_t max_ns) {
-#if defined(__linux__)
-  timespec ts{static_cast<time_t>(max_ns / 1000000000), static_cast<long>(max_ns % 1000000000)};
-  long r = syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAIT, expected, &ts, nullptr, 0);
-  return r != 0 && errno == ETIMEDOUT;
-#else
-  (void)word, (void)expected;
-  std::this_thread::sleep_for(std::chrono::nanoseconds(max_ns < 50000 ? max_ns : 50000));
-  return false;
-#endif
-}
-
-inline void futex_wake_all(std::atomic<uint32_t>* word) {
-#if defined(__linux__)
-  syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), FUTEX_WAKE, INT32_MAX, nullptr, nullptr, 0);
-#else
-  (void)word;
-#endif
-}
-
-// One side's doorbell (an eventcount): `waiting` says a peer sleeps on `seq`, which the
-// other side bumps, then wakes it. The sleeper raises `waiting` and re-checks its
-// condition before it sleeps; the ringer publishes its index, then reads `waiting`. The
-// seq_cst fences between each side's store and load mean at least one of them sees the
-// other's: the sleeper finds the records, or the ringer finds the sleeper. Ringing costs
-// one fence and one load when nobody sleeps.
-struct Doorbell {
-  std::atomic<uint32_t> seq;      // futex word; bumped (fetch_add) by the ringers
-  std::atomic<uint32_t> waiting;  // written by the sleeper
-  std::atomic<uint64_t> late;     // sleeps that ran their full time and then found the condition
-                                  // true: a ring that never came (written by the sleeper)
-};
-
-// A sleep that ran its full time and found the condition true (only the sleeper writes).
-inline void count_late(Doorbell& d) {
-  d.late.store(d.late.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-}
-
-inline void ring_doorbell(Doorbell& d) {
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (d.waiting.load(std::memory_order_relaxed) != 0) {
-    d.seq.fetch_add(1, std::memory_order_release);
-    futex_wake_all(&d.seq);
-  }
-}
-
-// How long the next sleep may be: max_nap, or what is left of the timeout (< 0: none);
-// <= 0 once the timeout has passed.
-inline int64_t nap_within(int64_t timeout_ns, int64_t elapsed_ns, int64_t max_nap) {
-  if (timeout_ns < 0) return max_nap;
-  int64_t left = timeout_ns - elapsed_ns;
-  return left < max_nap ? left : max_nap;
-}
-
-// Spin briefly (a peer is usually microseconds away), then sleep on the doorbell until it
-// rings, so a wait costs no CPU and ends within a wake-up of the records arriving. Each
-// sleep is bounded (kMaxNap) so the timeout and `keep_waiting` are still honoured, and a
-// peer that never rings (dead mid-push) costs a late wake, never a hang. `keep_waiting` is
-// polled between sleeps; returning false abandons the wait (used to let Python handle
-// Ctrl-C). timeout_ns < 0: no limit.
-template <class Ready, class KeepWaiting>
-bool wait_until(Doorbell& bell, Ready&& ready, int64_t timeout_ns, KeepWaiting&& keep_waiting) {
-  using clock = std::chrono::steady_clock;
-  constexpr int64_t kMaxNap = 20'000'000;  // 20 ms
-  const auto start = clock::now();
-  const auto spin_for = std::chrono::microseconds(20);
-  auto elapsed_ns = [&] {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count();
-  };
-  for (;;) {
-    for (int i = 0; i < 64; ++i) {
-      if (ready()) return true;
-      SOVEREIGN_CPU_RELAX();
-    }
-    if (timeout_ns >= 0 && elapsed_ns() >= timeout_ns) return ready();
-    if (clock::now() - start < spin_for) continue;
-    break;
-  }
-  for (;;) {
-    const int64_t nap = nap_within(timeout_ns, elapsed_ns(), kMaxNap);
-    if (nap <= 0) return ready();
-    bell.waiting.store(1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    const uint32_t seq = bell.seq.load(std::memory_order_acquire);
-    if (ready()) {
-      bell.waiting.store(0, std::memory_order_relaxed);
-      return true;
-    }
-    const bool slept_through = futex_wait(&bell.seq, seq, nap);
-    bell.waiting.store(0, std::memory_order_relaxed);
-    if (ready()) {
-      if (slept_through) count_late(bell);
-      return true;
-    }
-    if (!keep_waiting()) return false;
-  }
-}
 
 struct RingHeader {
   // Written once by the creator before `magic` is published; read-only afterwards.
@@ -188,13 +64,12 @@ struct RingHeader {
   // Consumer's line.
   alignas(kCacheLine) std::atomic<uint64_t> tail;
   std::atomic<uint64_t> high_water;  // largest depth the consumer has observed
-  Doorbell room;                     // rung by the consumer after a pop; a producer waiting for room sleeps on it
+  Doorbell room;                     // rung by the consumer after a pop; a producer waiting for
+                                     // room sleeps on it
 };
 static_assert(offsetof(RingHeader, head) % kCacheLine == 0);
 static_assert(offsetof(RingHeader, tail) - offsetof(RingHeader, head) >= kCacheLine);
 static_assert(sizeof(RingHeader) == 3 * kCacheLine, "the doorbells fit in the index lines");
-static_assert(std::atomic<uint32_t>::is_always_lock_free && sizeof(std::atomic<uint32_t>) == 4,
-              "a doorbell's seq is a futex word");
 inline constexpr size_t kRingDataOffset = (sizeof(RingHeader) + kCacheLine - 1) / kCacheLine * kCacheLine;
 
 struct RingStats {
@@ -202,101 +77,6 @@ struct RingStats {
   int32_t owner_pid;
   FullPolicy full_policy;
 };
-
-// The consumer of several rings waits for the first record in any of them: the same
-// doorbells, slept on together with futex_waitv (Linux 5.16+). Where the kernel lacks it,
-// each sleep is a short nap instead (kFallbackNap): correct, only later and busier.
-// `heads[i]` is ring i's header; the caller must be the consumer of every one (it writes
-// their `waiting`). Returns true as soon as one has records; false at the timeout, when
-// keep_waiting() says stop, or when woken with nothing to take (a kick: wake_consumer()).
-// Callers loop, so a false return is never wrong, only early.
-inline bool has_records(const RingHeader* h) {
-  return h->head.load(std::memory_order_acquire) != h->tail.load(std::memory_order_relaxed);
-}
-
-inline bool any_has_records(RingHeader* const* heads, size_t n) {
-  for (size_t i = 0; i < n; ++i)
-    if (has_records(heads[i])) return true;
-  return false;
-}
-
-// Whether any ring's records doorbell has rung since the counts `since` were read (null: no).
-inline bool rung_since(RingHeader* const* heads, size_t n, const uint32_t* since) {
-  if (since == nullptr) return false;
-  for (size_t i = 0; i < n; ++i)
-    if (heads[i]->records.seq.load(std::memory_order_acquire) != since[i]) return true;
-  return false;
-}
-
-// `since` (or null): each ring's doorbell seq when the caller last looked; the wait ends
-// at once if one has rung since (the eventcount's "prepare, check, wait" for a condition
-// of the caller's own, such as another thread's queue: see wake_consumer()).
-template <class KeepWaiting>
-bool wait_for_records(RingHeader* const* heads, size_t n, int64_t timeout_ns, KeepWaiting&& keep_waiting,
-                      const uint32_t* since = nullptr) {
-  constexpr size_t kMaxRings = 128;  // futex_waitv's limit
-  constexpr int64_t kMaxNap = 20'000'000, kFallbackNap = 200'000;
-  if (n == 0 || n > kMaxRings) throw std::invalid_argument("wait for 1 to 128 rings");
-  auto any = [&] { return any_has_records(heads, n); };
-  auto rung = [&] { return rung_since(heads, n, since); };
-  using clock = std::chrono::steady_clock;
-  const auto start = clock::now();
-  auto elapsed_ns = [&] {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - start).count();
-  };
-  while (elapsed_ns() < 20'000) {  // spin 20 us, as one ring's wait does
-    if (any()) return true;
-    if (rung()) return false;
-    SOVEREIGN_CPU_RELAX();
-    if (timeout_ns >= 0 && elapsed_ns() >= timeout_ns) return any();
-  }
-#if defined(__linux__)
-  // SOVEREIGN_NO_FUTEX_WAITV set: take the fallback as on a kernel without it (tests do).
-  static std::atomic<bool> no_waitv{std::getenv("SOVEREIGN_NO_FUTEX_WAITV") != nullptr};
-  futex_waitv waiters[kMaxRings];
-#endif
-  for (;;) {
-    const int64_t nap = nap_within(timeout_ns, elapsed_ns(), kMaxNap);
-    if (nap <= 0) return any();
-    for (size_t i = 0; i < n; ++i) heads[i]->records.waiting.store(1, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    bool slept_through = false, woken = false;
-#if defined(__linux__)
-    for (size_t i = 0; i < n; ++i) {
-      waiters[i] = {};
-      waiters[i].val = since != nullptr ? since[i] : heads[i]->records.seq.load(std::memory_order_acquire);
-      waiters[i].uaddr = reinterpret_cast<uintptr_t>(&heads[i]->records.seq);
-      waiters[i].flags = FUTEX_32;  // shared, not FUTEX_PRIVATE_FLAG: the ringers are other processes
-    }
-#endif
-    if (!any() && !rung()) {
-#if defined(__linux__)
-      if (!no_waitv.load(std::memory_order_relaxed)) {
-        timespec until{};
-        clock_gettime(CLOCK_MONOTONIC, &until);
-        int64_t at = static_cast<int64_t>(until.tv_sec) * 1'000'000'000 + until.tv_nsec + nap;
-        until.tv_sec = static_cast<time_t>(at / 1'000'000'000);
-        until.tv_nsec = static_cast<long>(at % 1'000'000'000);
-        long r = syscall(kSysFutexWaitv, waiters, static_cast<unsigned>(n), 0u, &until, CLOCK_MONOTONIC);
-        if (r < 0 && errno == ENOSYS) no_waitv.store(true, std::memory_order_relaxed);
-        slept_through = r < 0 && errno == ETIMEDOUT;
-        woken = r >= 0 || errno == EAGAIN;  // rung (or rung between our read and the call)
-      }
-      if (no_waitv.load(std::memory_order_relaxed))
-#endif
-        std::this_thread::sleep_for(std::chrono::nanoseconds(nap < kFallbackNap ? nap : kFallbackNap));
-    }
-    for (size_t i = 0; i < n; ++i) heads[i]->records.waiting.store(0, std::memory_order_relaxed);
-    bool found = false;
-    for (size_t i = 0; i < n; ++i) {
-      if (!has_records(heads[i])) continue;
-      found = true;
-      if (slept_through) count_late(heads[i]->records);
-    }
-    if (found) return true;
-    if (woken || rung() || !keep_waiting()) return false;
-  }
-}
 
 template <class Record>
 class ShmRing {
