@@ -524,8 +524,7 @@ class GatewayProcess:
                 self.broker.log("lost", at, end, k, pushed)
 
     def idle(self) -> None:
-        """Nothing due yet (realtime), or the feed is done or stopped: the broker side still
-        runs."""
+        """Nothing due yet (realtime), or the feed done or stopped: the broker side runs on."""
         feed = self.feed
         time.sleep(min(feed.due_in(), 0.01) if self.feeding and not feed.done else 0.01)
 
