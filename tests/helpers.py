@@ -1,4 +1,5 @@
-"""Builders for test data: bars and ticks from plain Python rows."""
+"""Builders for test data: bars and ticks from plain Python rows, and the components'
+builders the engine tests share (risk with its limits, an intent, a quoted gateway)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sovereign.core import BAR_DTYPE, TICK_DTYPE
+from sovereign.config import Config, from_dict
+from sovereign.core import BAR_DTYPE, ORDER_DTYPE, ORDER_INTENT, TICK_DTYPE
+from sovereign.engine.gateway import Gateway, make_broker
+from sovereign.engine.risk import Risk
+from sovereign.market.sim import simulate_ticks
+from sovereign.state.store import StateStore
+from sovereign.symbols import symbol_specs
 
 NS = 1_000_000_000
 T0 = 1_767_225_600 * NS  # 2026-01-01T00:00:00Z, a multiple of every timeframe used here
@@ -58,3 +65,36 @@ def board_path(pid: int) -> Path | None:
     """The heartbeat board of the supervisor with this pid (its name has a random part)."""
     found = sorted(Path("/dev/shm").glob(f"sov{pid}-*-heartbeats"))
     return found[0] if found else None
+
+
+# ---- the components' builders (engine tests share them)
+
+
+def ids() -> object:
+    counter = iter(range(1, 10**6))
+    return lambda: next(counter)
+
+
+def quotes_at(bid: float, ask: float, ts: int = 1000 * NS):  # type: ignore[no-untyped-def]
+    return lambda s: (ts, bid, ask, 0)
+
+
+def intent(symbol: int = 0, side: int = 1, price: float = 1.1002, sl: float = 1.0952, tp: float = 1.12,
+           risk: float = 0.005, cid: int = 1) -> np.ndarray:  # fmt: skip
+    rec = np.zeros(1, ORDER_DTYPE)
+    rec[0] = (1000 * NS, 5, cid, 0, symbol, 0, side, ORDER_INTENT, 0, 0, 0.0, price, sl, tp, 1.0, risk, 0.0)
+    return rec
+
+
+def make_risk(**risk: object) -> Risk:
+    cfg = from_dict({"risk": risk}) if risk else Config()
+    return Risk(cfg, symbol_specs(cfg, 4), ids())
+
+
+def quoted_gateway(tmp_path: Path, cfg: Config, n_symbols: int) -> tuple[StateStore, Gateway, np.ndarray]:
+    """A gateway on fresh state under tmp_path whose broker has seen 10 ticks of each symbol."""
+    store = StateStore(tmp_path / "s")
+    gw = Gateway(store, make_broker(cfg, n_symbols))
+    ticks = simulate_ticks(n_symbols, 10, seed=3)
+    gw.on_ticks(ticks)
+    return store, gw, ticks

@@ -19,7 +19,7 @@ from sovereign.core import NO_AGENT
 from sovereign.market.datafile import Market, write
 from sovereign.research import backtest as engine
 from sovereign.research import report
-from tests.test_backtest import sim_market
+from tests.research.test_backtest import sim_market
 
 CLI = [sys.executable, "-m", "sovereign.cli"]
 T = 1_767_225_600 * 1_000_000_000

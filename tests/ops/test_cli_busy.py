@@ -12,8 +12,8 @@ import orjson
 from sovereign.engine.control import MAX_CLIENTS, request
 from sovereign.state.schema import BOOK_KEY, RISK_STATE_KEY
 from sovereign.state.store import StateStore
-from tests.test_control import Served, wait_until
-from tests.test_ops import sov
+from tests.engine.test_control import Served, wait_until
+from tests.ops.test_ops import sov
 
 
 def test_status_and_positions_show_the_stored_state_when_the_socket_stays_busy(tmp_path: Path) -> None:

@@ -29,8 +29,7 @@ from sovereign.ledger import Position, same_book
 from sovereign.market.data import bars_to_ticks
 from sovereign.model import REDUCE_ONLY, Reason, TradingState
 from sovereign.symbols import symbol_specs
-from tests.helpers import bars
-from tests.risk_model import (
+from tests.engine.risk_model import (
     NAMES,
     NO_RATE,
     POINTS,
@@ -41,6 +40,7 @@ from tests.risk_model import (
     notional,
     to_account,
 )
+from tests.helpers import bars
 
 EXAMPLES = int(os.environ.get("SOVEREIGN_PROPERTY_EXAMPLES", "200"))
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

@@ -17,8 +17,8 @@ import pytest
 from sovereign.engine.runtime import RUNNING, Heartbeats, Layout, set_realtime
 from sovereign.ledger import same_book
 from sovereign.state.store import StateStore
+from tests.engine.invariants import check_system_invariants
 from tests.helpers import board_path
-from tests.invariants import check_system_invariants
 
 ROLES_BEFORE_WORKERS = 3  # gateway, coordinator, risk; then worker-0..
 

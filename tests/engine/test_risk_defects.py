@@ -17,7 +17,7 @@ from sovereign.engine.gateway import execute, report_of
 from sovereign.engine.risk import Risk
 from sovereign.model import Reason, TradingState
 from sovereign.symbols import symbol_specs
-from tests.test_components import NS, ids, intent, make_risk, quotes_at
+from tests.helpers import NS, ids, intent, make_risk, quotes_at
 
 DAY = 86_400 * NS
 T0 = 20_000 * DAY + 3_600 * NS  # a market time well inside a day
@@ -369,8 +369,7 @@ def test_a_paper_order_waits_for_the_ticks_its_decision_saw(tmp_path: Path) -> N
     from sovereign.config import Config
     from sovereign.core import ORDER_APPROVED, OrderRing
     from sovereign.engine.gateway import BrokerLoop
-    from tests.helpers import ring_name
-    from tests.test_components import quoted_gateway
+    from tests.helpers import quoted_gateway, ring_name
 
     store, gw, ticks = quoted_gateway(tmp_path, Config(), 4)
     s, last = int(ticks["symbol"][-1]), int(ticks["ts_ns"][-1])

@@ -244,7 +244,7 @@ def test_a_script_holding_connections_never_locks_the_operator_out(live: System)
     import threading
 
     from sovereign.engine.control import MAX_CLIENTS
-    from tests.test_control import HOLDER
+    from tests.engine.test_control import HOLDER
 
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(live.socket), str(MAX_CLIENTS + 8)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
@@ -399,7 +399,7 @@ def test_bad_arguments_exit_2_with_a_clear_message(tmp_path: Path) -> None:
     r = sov("config", "check", str(bad), check=2)
     assert "risk.max_drawdown" in r.stderr
     assert orjson.loads(sov("config", "check", str(bad), "--json", check=2).stdout)["ok"] is False
-    example = Path(__file__).parent.parent / "systemd" / "sovereign.toml"
+    example = Path(__file__).parents[2] / "systemd" / "sovereign.toml"
     assert "ok" in sov("config", "check", str(example)).stdout
     # read commands with no state: a clear error, not a traceback
     r = sov("orders", config=cfg, check=1)

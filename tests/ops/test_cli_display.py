@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sovereign.state.schema import BOOK_KEY, RISK_STATE_KEY
 from sovereign.state.store import StateStore
-from tests.test_ops import sov
+from tests.ops.test_ops import sov
 
 RAW = "x\nsovereign: stopped clean=True\x1b[2K\x1b[31m [/] [bold]"
 

@@ -1,4 +1,4 @@
-"""What tests/test_risk_properties.py holds risk and the paper broker to, kept apart from
+"""What tests/engine/test_risk_properties.py holds risk and the paper broker to, kept apart from
 them: a market of random-walk quotes on each symbol's point grid, and a reference book
 in exact fractions whose money conversion is written out here by symbol name (not read
 from sovereign.symbols), so a conversion wrong in the shared Ledger cannot agree with it."""
