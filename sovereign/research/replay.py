@@ -546,10 +546,14 @@ class Replayer:
 
     def _tick_at(self, symbol: int, ts: int, bid: float, ask: float) -> int | None:
         """The position of a recorded tick of `symbol` at `ts` quoting bid/ask, if any."""
-        lo = np.searchsorted(self.sorted_symbols, symbol, "left")
-        hi = np.searchsorted(self.sorted_symbols, symbol, "right")
+        # The keys in the arrays' own types: a Python int would make numpy convert the whole
+        # array on every call (24 ms a call on 22 M ticks, against 57 us).
+        key = self.sorted_symbols.dtype.type(symbol)
+        lo = np.searchsorted(self.sorted_symbols, key, "left")
+        hi = np.searchsorted(self.sorted_symbols, key, "right")
         times = self.sorted_ts[lo:hi]
-        a, b = np.searchsorted(times, ts, "left"), np.searchsorted(times, ts, "right")
+        at = times.dtype.type(ts)
+        a, b = np.searchsorted(times, at, "left"), np.searchsorted(times, at, "right")
         for j in self.by_symbol[lo + a : lo + b]:
             if self.ticks["bid"][j] == bid and self.ticks["ask"][j] == ask:
                 return int(j)
