@@ -95,9 +95,8 @@ class Layout:
         full speed it fills one). The coordinator and risk: the workers' cores. A worker's
         hot loop leaves most of its core idle (AgentPool runs tens of millions of ticks a
         second on one), so they find a core there at once instead of waiting behind the
-        feed: on 2 cores this took the system from 0.68 to 1.13 M ticks/s and halved
-        tick-to-order (bench/bench_pipeline.py). Where workers are pinned to every core,
-        every process may run anywhere."""
+        feed (measured in docs/performance.md with bench/bench_pipeline.py). Where workers
+        are pinned to every core, every process may run anywhere."""
         if role.startswith("worker-"):
             core = self.worker_cores[int(role.removeprefix("worker-"))]
             return None if core is None else {core}
