@@ -49,6 +49,10 @@ class SystemConfig:
     heartbeat_timeout_s: float = _f(10.0, 0.5, 600.0)  # a child silent this long is hung: restarted
     record_days: int = _f(30, 0, 36_500)  # days of recorded ticks kept for `sovereign replay`; 0: none
     record_dir: str = _f("")  # where the recording goes; empty: <state_dir>/recordings
+    # The recordings' byte budget, MiB (0: none, record_days alone bounds them): past it the
+    # oldest day files go first. At the default fast pace the sim makes about 400 MB of
+    # ticks per simulated day of 100 symbols, so days alone would fill a disk in minutes.
+    record_max_mb: int = _f(1024, 0, 10**9)
     # Feed batches the gateway's broker side may trail the feed by before the feed waits.
     # At full speed it always trails by all of them, and an approved order waits behind
     # them: fewer cut tick-to-order, more buy throughput (bench/bench_pipeline.py).

@@ -446,7 +446,8 @@ class GatewayProcess:
         if directory is not None:
             meta = {"symbols": list(self.feed.names), "config": dataclasses.asdict(config),
                     "layout_version": LAYOUT_VERSION}  # fmt: skip
-            self.recorder = Recorder(directory, meta, config.system.record_days, layout.session)
+            self.recorder = Recorder(directory, meta, config.system.record_days, layout.session,
+                                     max_bytes=config.system.record_max_mb << 20)  # fmt: skip
             self.base = self.recorder.ticks
         self.rings = [TickRing.attach(layout.tick_ring(k)) for k in range(layout.n_workers)]
         self.board = QuoteBoard.attach(layout.quotes)

@@ -113,10 +113,14 @@ def read_events(directory: str | Path, session: str) -> tuple[dict[str, list[lis
 
 
 class Recorder:
-    def __init__(self, directory: str | Path, meta: dict[str, Any], retention_days: int, session: str = ""):
+    def __init__(self, directory: str | Path, meta: dict[str, Any], retention_days: int, session: str = "",
+                 max_bytes: int = 0):  # fmt: skip
         self.dir = private_dirs(directory)
         self.meta = {"kind": "ticks", **meta}
         self.retention_days = retention_days
+        self.max_bytes = max_bytes  # 0: no byte budget
+        self.unchecked = 0  # bytes written since the budget was last checked
+        self.current: Path | None = None  # the file being written: never pruned
         self.session = session or new_session()
         self.day = -1
         self.fd = -1
@@ -143,8 +147,13 @@ class Recorder:
         for day, part in parts:
             if day != self.day or self.fd < 0:
                 self._open(day)
-            os.write(self.fd, file_records(part))
+            data = file_records(part)
+            _write_all(self.fd, data)
             self.ticks += len(part)
+            self.unchecked += len(data)
+        if self.max_bytes and self.unchecked > self.max_bytes // 16:  # a few checks per budget's worth
+            self.unchecked = 0
+            self.prune()
 
     def _open(self, day: int) -> None:
         self.close()
@@ -156,15 +165,18 @@ class Recorder:
         new = not path.exists()
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
         if new:
-            os.write(self.fd, header_bytes({**self.meta, "day": date, "session": self.session}))
+            _write_all(self.fd, header_bytes({**self.meta, "day": date, "session": self.session}))
+        self.current = path
         self.prune()
 
     def prune(self) -> list[Path]:
-        """Delete recordings older than the retention, counted from the newest day, and the
-        events and snapshots of sessions with no tick file left."""
+        """Delete recordings older than the retention, counted from the newest day, then the
+        oldest day files while all of them pass the byte budget (never the file being
+        written), and the events and snapshots of sessions with no tick file left."""
         if self.retention_days <= 0:
             return []
         gone, sessions = [], {self.session}
+        kept: list[tuple[int, str, Path, int]] = []  # (day, session, path, bytes) of what stays
         for path in sorted(self.dir.iterdir()):
             m = NAME.match(path.name)
             if m is None:
@@ -174,7 +186,15 @@ class Recorder:
                 path.unlink(missing_ok=True)
                 gone.append(path)
             else:
-                sessions.add(m.group(2))
+                kept.append((day, m.group(2), path, path.stat().st_size))
+        total = sum(k[3] for k in kept)
+        for _day, session, path, size in sorted(kept):
+            if not self.max_bytes or total <= self.max_bytes or path == self.current:
+                sessions.add(session)
+                continue
+            path.unlink(missing_ok=True)
+            gone.append(path)
+            total -= size
         for path in sorted(self.dir.iterdir()):
             m = SIDECAR.match(path.name)
             if m is not None and m.group(1) not in sessions:
@@ -190,6 +210,17 @@ class Recorder:
 
 # A file tick is a live tick without recv_ns, its last field: the first 48 bytes of each.
 assert all((TICK_DTYPE.fields or {})[name] == f for name, f in (FILE_TICK_DTYPE.fields or {}).items())
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` or raise: a short write (a full disk) must not leave a record cut
+    that would shift every later one."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:
+            raise OSError(f"wrote nothing of {len(view)} bytes")
+        view = view[n:]
 
 
 def file_records(ticks: np.ndarray) -> bytes:

@@ -80,3 +80,21 @@ def test_a_backtest_report_folder_that_is_a_symlink_is_refused(tmp_path: Path) -
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "is a symlink" in r.stderr, r.stderr
     assert list(victim.iterdir()) == []
+
+
+def test_recordings_keep_to_their_byte_budget_oldest_days_first(tmp_path: Path) -> None:
+    """A first run must never fill the disk (issue 22): past the budget the oldest day files
+    go, never the one being written."""
+    day = 86_400 * 1_000_000_000
+    start = 1_767_225_600_000_000_000
+    r = Recorder(tmp_path / "rec", {"symbols": ["EURUSD"]}, 30, "20260101T000000Z", max_bytes=200_000)
+    for d in range(6):  # six days of 2,000 ticks: about 96 kB a day
+        ticks = np.zeros(2_000, TICK_DTYPE)
+        ticks["ts_ns"] = start + d * day + np.arange(2_000) * 1_000_000
+        ticks["bid"], ticks["ask"] = 1.1, 1.1002
+        r.write(ticks)
+    r.close()
+    files = sorted((tmp_path / "rec").glob("ticks-*"))
+    total = sum(f.stat().st_size for f in files)
+    assert total <= 200_000 + files[-1].stat().st_size and len(files) < 6
+    assert files[-1].name.startswith("ticks-2026-01-06")  # the newest day stays
