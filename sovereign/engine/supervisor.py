@@ -74,6 +74,9 @@ def child_main(role: str, config: Config, layout: Layout, control: Connection) -
         sys.exit(1)
 
 
+READER_CHECK_S = 60.0  # how often LMDB readers of dead processes are cleared
+
+
 @dataclass
 class Proc:
     role: str
@@ -260,7 +263,7 @@ class Supervisor:
             self.cleanup()
 
     def loop(self) -> int:
-        last_ping = last_status = 0.0
+        last_ping = last_status = next_reader_check = 0.0
         was_healthy = False
         while not self.stopping:
             healthy = all([self.check(p) for p in self.procs.values()])
@@ -278,6 +281,11 @@ class Supervisor:
                 self.sample()
                 self.notify(f"STATUS={self.status_line()}")
                 last_status = now
+            if now >= next_reader_check:  # a process killed inside a read would pin old pages forever
+                next_reader_check = now + READER_CHECK_S
+                cleared = self.store.clear_stale_readers()
+                if cleared:
+                    self.log("stale_readers_cleared", count=cleared)
             if self.reload_requested:
                 self.reload_requested = False
                 self.reload()

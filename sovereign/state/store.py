@@ -147,6 +147,8 @@ class StateStore:
                 readonly=readonly, sync=True, metasync=True, lock=True, create=not readonly,
             )  # fmt: skip
             self._dbs = {name: self._open_db(name, readonly) for name in DATABASES}
+            if not readonly:
+                self._env.reader_check()  # readers a killed process left: they would pin old pages
         except lmdb.InvalidError as e:
             raise StateError(f"state at {self.path} is not a valid LMDB environment (corrupt?): {e}") from e
         except (lmdb.Error, OSError) as e:
@@ -207,6 +209,12 @@ class StateStore:
                 f.chmod(0o600)
         except (lmdb.Error, OSError) as e:  # no space, I/O error: the copy is incomplete
             raise StateError(f"cannot copy the state to {dest}: {e}") from e
+
+    def clear_stale_readers(self) -> int:
+        """Release the read slots of processes that died inside a read transaction (LMDB
+        cannot reuse the pages such a reader pins, so the file grows until the disk is
+        full). Returns how many were released."""
+        return int(self._env.reader_check())
 
     def close(self) -> None:
         self._env.close()

@@ -283,3 +283,30 @@ def test_a_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path, fill: An
     assert says in msg and ("File too large" in msg or "Input/output error" in msg), msg
     with StateStore(path) as st:
         assert st.read(lambda t: t.get("positions", "kept")) == {"volume": 1.0}
+
+
+def _read_forever(path: str, ready: Any) -> None:
+    store = StateStore(path, readonly=True)
+    txn = store._env.begin()  # a read transaction that never ends: its process is killed in it
+    txn.get(b"x")
+    ready.set()
+    time.sleep(3600)
+
+
+def test_a_reader_killed_in_its_transaction_is_cleared(tmp_path: Path) -> None:
+    """LMDB cannot reuse pages a dead reader pins, so rewrites grow the file without bound
+    (issue 22): a store opened for writing, and the supervisor every minute, clear them."""
+    import multiprocessing as mp
+    import signal as sig
+
+    with StateStore(tmp_path / "s") as st:  # open all along, as the live processes keep it
+        st.write(lambda t: t.put("meta", "x", 1))
+        ctx = mp.get_context("spawn")
+        ready = ctx.Event()
+        p = ctx.Process(target=_read_forever, args=(str(tmp_path / "s"), ready))
+        p.start()
+        assert ready.wait(60)
+        os.kill(p.pid, sig.SIGKILL)
+        p.join()
+        assert st.clear_stale_readers() == 1  # the dead one's slot, released once
+        assert st.clear_stale_readers() == 0
