@@ -65,6 +65,7 @@ from typing import Any
 import orjson
 
 from sovereign.errors import OperationalError
+from sovereign.state.store import private_dirs
 from sovereign.text import clean
 
 VERSION = 1
@@ -168,11 +169,19 @@ class ControlServer:
         self.errors = 0
         self.evicted = 0
         self._ids = itertools.count(1)
+        try:
+            private_dirs(self.path.parent)  # a runtime directory not made yet (not by systemd)
+        except OSError as e:
+            raise ControlError(f"cannot make the control socket's directory {self.path.parent}: "
+                               f"{e.strerror}") from None  # fmt: skip
         self._remove_stale()
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)  # born 0600: no window in which another user could connect
         try:
             self.sock.bind(str(self.path))
+        except OSError as e:
+            self.sock.close()
+            raise ControlError(f"cannot listen on {self.path}: {e.strerror}") from None
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)

@@ -41,7 +41,7 @@ from sovereign.engine.runtime import (
 from sovereign.market.data import load_ticks
 from sovereign.state import views
 from sovereign.state.recorder import new_session
-from sovereign.state.store import StateStore, Txn
+from sovereign.state.store import StateLock, StateStore, Txn
 from sovereign.text import MAX_FIELD, clean
 
 POLL_S = 0.05
@@ -138,6 +138,8 @@ class Supervisor:
             names = tuple(f"SIM{s:03d}" for s in range(c.feed.symbols))
         self.layout = layout = Layout.plan(c, f"sov{os.getpid()}-{secrets.token_hex(8)}", len(names), names,
                                            new_session())  # an unguessable name: nobody can plant it first
+        # One system per state directory, whatever its runtime directory: held until the end.
+        self.lock = StateLock(c.system.state_dir, "a running sovereign supervisor")
         self.store = StateStore(c.system.state_dir)
         # the control socket first: a second supervisor on the same state stops here
         self.server = ControlServer(socket_path(c.system.state_dir, c.system.runtime_dir), COMMANDS)
@@ -526,3 +528,5 @@ class Supervisor:
             self.server.close()
         if hasattr(self, "store"):
             self.store.close()
+        if hasattr(self, "lock"):
+            self.lock.release()

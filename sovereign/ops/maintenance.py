@@ -329,9 +329,20 @@ def restore(backup_dir: str | Path, state_dir: str | Path, *, unsigned: bool = F
     """Replace the state with a verified backup, signed with this installation's backup
     key (unless `unsigned`: a backup from elsewhere, trusted by the operator). The current
     state is moved aside, never deleted. The caller makes sure the system is stopped."""
+    from sovereign.state.store import StateError, StateLock
+
+    dst = Path(state_dir).absolute()
+    try:
+        lock = StateLock(dst, "sovereign state restore")
+    except StateError as e:  # a live supervisor holds it, whatever the control socket said
+        raise OpsError(f"cannot restore: {e}") from None
+    with lock:
+        return _restore(Path(backup_dir), dst, unsigned)
+
+
+def _restore(src: Path, dst: Path, unsigned: bool) -> dict[str, Any]:
     from sovereign.state.store import private_dirs
 
-    src, dst = Path(backup_dir), Path(state_dir).absolute()
     _refuse_symlink(dst)
     key = None if unsigned else backup_key(dst, create=False)
     if key is None and not unsigned:

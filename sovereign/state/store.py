@@ -9,6 +9,7 @@ after it starts (an LMDB environment must never cross a fork).
 
 from __future__ import annotations
 
+import fcntl
 import functools
 import os
 import threading
@@ -131,6 +132,42 @@ def private_dirs(path: str | Path) -> Path:
             continue  # made meanwhile: its own mode is its maker's business
         os.chmod(d, 0o700)  # the umask may have taken bits away, never added: this sets them
     return path
+
+
+class StateLock:
+    """An exclusive lock on a state directory, held by the one process that may run a system
+    on it (the supervisor) or replace it (restore): a second supervisor, whatever its
+    runtime directory, or a restore under a live system, stops here. The lock file sits
+    beside the directory (a restore moves the directory aside, never the lock); the kernel
+    releases it when its holder dies, however it dies."""
+
+    def __init__(self, state_dir: str | Path, what: str):
+        state = Path(state_dir).absolute()
+        self.path = private_dirs(state.parent) / f".{state.name}.lock"
+        try:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:
+            raise StateError(f"cannot open the lock {self.path}: {e.strerror}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(self.fd)
+            raise StateError(f"the state at {state} is in use by {holder}: stop it first") from None
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{what} (pid {os.getpid()})".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = -1
+
+    def __enter__(self) -> StateLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 class StateStore:
