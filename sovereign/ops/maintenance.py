@@ -46,6 +46,7 @@ from sovereign.errors import OperationalError
 MANIFEST = "MANIFEST.json"
 DATA_FILE = "data.mdb"
 KEY_FILE = ".sovereign-backup.key"
+OWNER_FILE = ".owner"  # in a backup being written: the pid and start time of its writer
 MIN_FREE_DISK = 1 << 30  # below this, doctor warns; below a quarter of it, it fails
 
 
@@ -287,7 +288,9 @@ def backup(state_dir: str | Path, dest: str | Path, *, rotate: int = 0) -> dict[
     key = backup_key(src, create=True)
     assert key is not None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=private_dirs(final.parent)))
+        _sweep_partials(private_dirs(final.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+        (tmp / OWNER_FILE).write_text(f"{os.getpid()} {_start_time(os.getpid())}")
     except OSError as e:
         raise OpsError(f"cannot write the backup to {final.parent}: {e}") from None
     try:
@@ -310,6 +313,7 @@ def backup(state_dir: str | Path, dest: str | Path, *, rotate: int = 0) -> dict[
             bad = next(c for c in checks if c.status == "fail")
             raise OpsError(f"the copy does not verify, so it was not kept: {bad.name}: {bad.detail}")
         _write_synced(tmp / MANIFEST, orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+        (tmp / OWNER_FILE).unlink()
         _refuse_symlink(final)
         if final.exists():
             final.rmdir()  # empty, checked above
@@ -369,6 +373,28 @@ def _restore(src: Path, dst: Path, unsigned: bool) -> dict[str, Any]:
     tmp.rename(dst)
     _fsync_dir(dst.parent)
     return {"restored": str(dst), "from": str(src), "previous_state_moved_to": str(aside) if aside else None}
+
+
+def _start_time(pid: int) -> str:
+    """A process's start time (clock ticks since boot, /proc), so a reused pid is told apart."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _sweep_partials(folder: Path) -> None:
+    """Remove the temporary copies of backups whose process died before finishing (a full
+    copy of the state each, left forever otherwise). One still being written is kept."""
+    for d in folder.glob(".*.partial-*"):
+        if d.is_symlink() or not d.is_dir():
+            continue
+        try:
+            pid, started = (d / OWNER_FILE).read_text().split()
+        except (OSError, ValueError):
+            pid, started = "0", ""
+        if not (int(pid) > 0 and _start_time(int(pid)) == started):
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _refuse_symlink(path: Path) -> None:

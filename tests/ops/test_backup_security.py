@@ -97,3 +97,24 @@ def test_backups_are_private_under_umask_000(tmp_path: Path) -> None:
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
     for f in made.iterdir():
         assert stat.S_IMODE(f.stat().st_mode) & 0o077 == 0, f
+
+
+def test_a_killed_backups_copy_is_swept_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """A backup killed mid-copy left a full-size copy of the state forever (issue 22)."""
+    from sovereign.ops.maintenance import OWNER_FILE, _start_time
+
+    state = make_state(tmp_path)
+    (tmp_path / "backups").mkdir()
+    dead = tmp_path / "backups" / ".old.partial-abc123"
+    dead.mkdir()
+    (dead / "data.mdb").write_bytes(b"x" * 100_000)
+    (dead / OWNER_FILE).write_text("4194303 1")  # a pid no process has
+    legacy = tmp_path / "backups" / ".older.partial-4242"  # from before owners were written
+    legacy.mkdir()
+    live = tmp_path / "backups" / ".now.partial-def456"
+    live.mkdir()
+    (live / OWNER_FILE).write_text(f"{os.getpid()} {_start_time(os.getpid())}")
+    backup(state, tmp_path / "backups", rotate=3)
+    assert not dead.exists() and not legacy.exists() and live.exists()
+    made = [p for p in (tmp_path / "backups").iterdir() if p.name.startswith("sovereign-")]
+    assert len(made) == 1 and not (made[0] / OWNER_FILE).exists()
