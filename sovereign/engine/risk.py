@@ -615,8 +615,10 @@ class RiskProcess:
         stalled = time.monotonic() - self.fed_at > self.risk.limits.stale_after_s
         if stalled != self.risk.feed_stalled:
             msgs.append(("feed", stalled))
-        since, taken_by_gateway = time.monotonic() - REPORT_WAIT_S, self.approved.stats()["popped"]
-        old = [cid for cid, (at, place) in self.awaiting.items() if at < since and place < taken_by_gateway]
+        since = time.monotonic() - REPORT_WAIT_S
+        waited = [(cid, place) for cid, (at, place) in self.awaiting.items() if at < since]
+        taken_by_gateway = self.approved.stats()["popped"] if waited else 0  # rarely asked
+        old = [cid for cid, place in waited if place < taken_by_gateway]
         if old:
             lost = [cid for cid in old if self.orders.get(cid) is None]
             for cid in old:

@@ -76,13 +76,21 @@ class Symbols:
     def names(self) -> list[str]:
         return list(self.ids)
 
-    def id(self, name: str) -> int:
+    def peek(self, name: str, where: str = "") -> int:
+        """The id `name` has, or would get: a new name is checked, and the limit, but not kept."""
         sid = self.ids.get(name)
-        if sid is None:
-            check_symbol(name)
-            if len(self.ids) >= MAX_SYMBOLS:
-                raise DataError(f"{self.where}: more than {MAX_SYMBOLS} symbols (at {name}); split the data")
-            sid = self.ids[name] = len(self.ids)
+        if sid is not None:
+            return sid
+        check_symbol(name)
+        if len(self.ids) >= MAX_SYMBOLS:
+            raise DataError(f"{where or self.where}: more than {MAX_SYMBOLS} symbols (at {name}); "
+                            "split the data")  # fmt: skip
+        return len(self.ids)
+
+    def id(self, name: str, where: str = "") -> int:
+        """`name`'s id, kept (a new name gets the next one)."""
+        sid = self.peek(name, where)
+        self.ids.setdefault(name, sid)
         return sid
 
 
@@ -185,7 +193,7 @@ def _load_generic(path: Path, f, bad: _Rows) -> Series:  # type: ignore[no-untyp
             f"({','.join(TICK_COLUMNS)}) nor the bar columns ({','.join(BAR_COLUMNS)})"
         )
     col = {name: header.index(name) for name in header}
-    names: dict[str, int] = {}
+    names = Symbols(str(path))
     rows: list[tuple] = []
     last: dict[int, tuple] = {}  # symbol -> its previous row
     for line, row in enumerate(reader, start=2):
@@ -211,22 +219,17 @@ def _load_generic(path: Path, f, bad: _Rows) -> Series:  # type: ignore[no-untyp
                 o, h, lo, c = (_price(row[col[k]], k) for k in ("open", "high", "low", "close"))
                 _check_ohlc(o, h, lo, c)
                 rec = (ts, o, h, lo, c, volume)
-            sym = names.get(name, len(names))
-            if sym == len(names):
-                check_symbol(name)
-                if len(names) >= MAX_SYMBOLS:
-                    raise DataError(f"{path}:{line}: more than {MAX_SYMBOLS} symbols (at {name}); "
-                                    "split the data")  # fmt: skip
+            sym = names.peek(name, f"{path}:{line}")  # kept only once the row is good
             _check_order(last.get(sym), rec, kind, name, row[col["time"]].strip())
         except DataError:
             raise  # the file as a whole, whatever the bad-row policy
         except ValueError as e:
             bad.bad(line, str(e))
             continue
-        names.setdefault(name, sym)
+        names.id(name)
         last[sym] = rec
         rows.append((*rec, sym))
-    return _series(path, kind, rows, list(names))
+    return _series(path, kind, rows, names.names)
 
 
 def _optional(row: list[str], col: dict[str, int], name: str) -> float:
