@@ -147,6 +147,10 @@ class Config:
     def __post_init__(self) -> None:
         if self.feed.start:
             sim_start_ns(self.feed.start)
+        if self.broker.kind == "mt5":  # accepted, it would trade on paper and say nothing: a lie about money
+            raise ConfigError("config key broker.kind: 'mt5' is not available yet: the MetaTrader 5 "
+                              "bridge is not built, and nothing may pretend to trade a real account; "
+                              "use 'paper'")
         if self.feed.kind == "replay" and not self.feed.files:
             raise ConfigError("config key feed.files: a replay feed needs at least one file")
         for name, table in {"": self.symbols, **self.symbols.overrides}.items():
