@@ -12,6 +12,7 @@ import dataclasses
 import os
 import re
 import sys
+import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -132,6 +133,19 @@ class RiskConfig:
     stale_after_s: float = _f(5.0, 0.0, 3600.0, lo_open=True)
     daily_loss_limit: float = _f(0.03, 0.0, 1.0, lo_open=True)
     max_drawdown: float = _f(0.10, 0.0, 1.0, lo_open=True)
+    # The daily loss limit's day starts at day_start ("HH:MM") in day_timezone (an IANA
+    # name), following its daylight saving. Brokers on New York close: "America/New_York", "17:00".
+    day_timezone: str = _f("UTC")
+    day_start: str = _f("00:00")
+
+
+@dataclass(frozen=True)
+class MarketConfig:
+    # "fx": Sunday 17:00 to Friday 17:00 in `timezone`, less `holidays`; "always": 24/7.
+    # A feed silent while the market is shut is not stale.
+    hours: str = _f("fx", choices=("fx", "always"))
+    timezone: str = _f("America/New_York")  # an IANA name: where 17:00 and the holidays' dates are
+    holidays: tuple[str, ...] = _f(("12-25", "01-01"))  # "MM-DD": the FX day ending that date at 17:00
 
 
 @dataclass(frozen=True)
@@ -143,6 +157,7 @@ class Config:
     agents: AgentsConfig = field(default_factory=AgentsConfig)
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
+    market: MarketConfig = field(default_factory=MarketConfig)
 
     def __post_init__(self) -> None:
         if self.feed.start:
@@ -170,6 +185,36 @@ class Config:
             raise ConfigError(f"config key risk.daily_loss_limit: {self.risk.daily_loss_limit} is above "
                               f"risk.max_drawdown ({self.risk.max_drawdown}); a day's loss would halt "
                               "the system before it could reduce")
+        _check_time_fields(self.market, self.risk)
+
+
+def _check_time_fields(market: MarketConfig, risk: RiskConfig) -> None:
+    """The time zones, the day's start and the holidays: each one a calendar can use."""
+    if market.hours == "fx":  # "always" never looks at a zone
+        _check_zone("market.timezone", market.timezone)
+    _check_zone("risk.day_timezone", risk.day_timezone)
+    if not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", risk.day_start):
+        raise ConfigError(f"config key risk.day_start: {_shown(risk.day_start)} is not a time of day "
+                          "like '17:00' (HH:MM, 00:00 to 23:59)")  # fmt: skip
+    for i, day in enumerate(market.holidays):
+        try:  # in 2000, a leap year: "02-29" is a day
+            ok = re.fullmatch(r"\d\d-\d\d", day) is not None and np.datetime64(f"2000-{day}", "D") is not None
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ConfigError(f"config key market.holidays: item {i + 1} ({_shown(day)}) is not a month "
+                              "and day like '12-25'")
+
+
+def _check_zone(key: str, name: str) -> None:
+    if name == "UTC":  # known without a time zone database
+        return
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        raise ConfigError(f"config key {key}: {_shown(name)} is not a time zone this machine knows; give an "
+                          "IANA name like 'America/New_York' or 'UTC' (a machine without /usr/share/"
+                          "zoneinfo needs the tzdata package)") from None
 
 
 def with_absolute_paths(config: Config) -> Config:
