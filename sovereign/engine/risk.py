@@ -3,11 +3,13 @@
 It sizes each intent from its stop distance and the symbol's specs, checks every limit
 (each refusal carries a Reason), keeps its own book from execution reports (a Ledger,
 exact), marks it to market from the quote board, and holds the trading state:
-ACTIVE; REDUCING (exits only) after the day's loss limit, until the next UTC day;
+ACTIVE; REDUCING (exits only) after the day's loss limit, until the next trading day
+(it starts at risk.day_start in risk.day_timezone: UTC midnight unless configured);
 HALTED after the max drawdown from peak or on command, with every position flattened.
 
 Clock: `now_ns` is the market clock (the newest quote time), so a backtest decides
-exactly as live does. Transport-free; the process wrapper persists `events` and state.
+exactly as live does; the wrapper measures durations on the monotonic clock, never the
+wall clock (NTP may step it). Transport-free; the process wrapper persists `events` and state.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from sovereign.engine.runtime import RUNNING, STOPPED, Child, set_realtime
 from sovereign.failpoints import failpoint
 from sovereign.latency import LatencyHistogram
 from sovereign.ledger import ZERO, Ledger, Position, new_deal, same_book, to_decimal
+from sovereign.market.calendar import CLOSED, LIVE, STALLED, Days, FeedWatch, MarketCalendar, feed_rate
 from sovereign.model import Reason, TradingState, reduce_only
 from sovereign.state.orders import ClientIds, OrderBook, OrderState
 from sovereign.state.recorder import event_log
@@ -66,7 +69,8 @@ class Risk:
         self.state = TradingState.ACTIVE
         self.why = ""
         self.peak = self.ledger.balance
-        self.day = -1  # market days since the epoch; never moves backwards
+        self.days = Days(config.risk.day_timezone, config.risk.day_start)
+        self.day = -1  # the trading day (Days.key: its date as days since 1970); never moves backwards
         self.day_start = self.ledger.balance
         self.equity = self.ledger.balance
         self.marked = False  # whether equity is a mark of real quotes (not just the balance)
@@ -75,7 +79,11 @@ class Risk:
         self.rejected = dict.fromkeys(Reason, 0)
         self.flattening = False  # halted with flatten: keep closing whatever is open
         self.in_flight: dict[int, Flight] = {}  # client id -> approved, not reported yet
-        self.feed_stalled = False  # the whole feed silent in wall-clock time (the wrapper says)
+        # The whole feed silent (the wrapper says, by the monotonic clock): for stale_after_s of
+        # open market (stalled), or since the calendar shut the market (closed). Either way
+        # every quote is stale; only a stall is an alarm.
+        self.feed_stalled = False
+        self.market_closed = False
         self.ticket = 0  # the newest deal in the book: a report of it or an older one is not applied again
         # Each open position's notional at the last mark (as equity is), for the gross limit:
         # symbol -> (the position, its volume then, notional). Refreshed by every mark; an
@@ -122,7 +130,7 @@ class Risk:
         qts, bid, ask, _ = quotes(symbol)
         if qts == 0 or not (bid > 0 and ask > 0):
             return [], Reason.NO_QUOTE
-        if self.feed_stalled or now_ns - qts > self.limits.stale_after_s * NS:
+        if self.feed_stalled or self.market_closed or now_ns - qts > self.limits.stale_after_s * NS:
             return [], Reason.STALE_QUOTE
         ref = ask if side > 0 else bid
         if abs(ref / price - 1.0) > self.limits.price_band:
@@ -258,7 +266,7 @@ class Risk:
             return self._flatten_open(quotes, now_ns) if self.state is TradingState.HALTED else _NONE
         self.equity, self.marked = equity, True
         self.peak = max(self.peak, equity)
-        day = now_ns // DAY_NS
+        day = self.days.key(now_ns)
         if day > self.day:
             self.day, self.day_start = day, equity
             if self.state is TradingState.REDUCING:
@@ -324,7 +332,7 @@ class Risk:
                 "day_pnl": str(self.equity - self.day_start), "drawdown": float(dd),
                 "open_positions": len(self.ledger.open_symbols()), "flattening": self.flattening,
                 "closing": sum(o.reduce_only for o in self.in_flight.values()),
-                "in_flight": len(self.in_flight),
+                "in_flight": len(self.in_flight), "feed": self.feed_state,
                 "rejected": {r.name: n for r, n in self.rejected.items() if n}}  # fmt: skip
 
     def resume(self) -> str:
@@ -345,13 +353,26 @@ class Risk:
         self._set(TradingState.ACTIVE, did)
         return did
 
+    @property
+    def feed_state(self) -> str:
+        return STALLED if self.feed_stalled else CLOSED if self.market_closed else LIVE
+
+    def set_feed(self, state: str) -> None:
+        """The whole feed is LIVE, STALLED or CLOSED (FeedWatch); journaled when it changes:
+        feed_stalled (the alarm), market_closed, and feed_back or market_open after them."""
+        was = self.feed_state
+        if state == was or state not in (LIVE, STALLED, CLOSED):
+            return
+        self.feed_stalled, self.market_closed = state == STALLED, state == CLOSED
+        event = {STALLED: "feed_stalled", CLOSED: "market_closed"}.get(state)
+        self.events.append({"event": event or ("feed_back" if was == STALLED else "market_open")})
+
     def set_feed_stalled(self, stalled: bool) -> None:
-        if stalled != self.feed_stalled:
-            self.feed_stalled = stalled
-            self.events.append({"event": "feed_stalled" if stalled else "feed_back"})
+        self.set_feed(STALLED if stalled else LIVE)
 
     def reload(self, limits: RiskConfig) -> None:
         self.limits = limits
+        self.days = Days(limits.day_timezone, limits.day_start)
         self.events.append({"event": "risk_limits_reloaded", "limits": limits.__dict__})
 
     def _set(self, state: TradingState, why: str) -> None:
@@ -426,7 +447,11 @@ class RiskProcess:
         self.buf = np.zeros(self.intents.capacity, ORDER_DTYPE)
         self.rep = np.zeros(self.reports.capacity, ORDER_DTYPE)
         self.clock_ns = 0
-        self.fed_ns, self.fed_at = 0, time.monotonic()  # the board's newest quote time, when it last moved
+        # The feed's newest quote time and when it last moved (a restarted risk: when the
+        # gateway stamped the newest quote on the board, so a silence keeps its length).
+        self.watch = FeedWatch(MarketCalendar(config.market), feed_rate(config.feed), start_ns=time.time_ns())
+        heard = int(self.board.snapshot()["recv_ns"].max(initial=0))
+        self.watch.moved(self.board.newest_ts(), at_ns=heard or None)
         self.orders = OrderBook(self.store)
         # Refusals and risk's state wait for nothing risk does next: those lost with a killed
         # risk are what the replay already handles (the intents its last commit covers). So
@@ -490,8 +515,7 @@ class RiskProcess:
     def now(self) -> int:
         """The market clock: the board's newest quote time, never backwards."""
         newest = self.board.newest_ts()
-        if newest != self.fed_ns:
-            self.fed_ns, self.fed_at = newest, time.monotonic()
+        self.watch.moved(newest)
         self.clock_ns = max(self.clock_ns, newest)
         return self.clock_ns
 
@@ -608,13 +632,14 @@ class RiskProcess:
 
     def internal(self) -> list[tuple]:
         """What risk is told by its own wrapper, as commands (logged, so the replay sees
-        them): the whole feed silent by the wall clock (a stall never looks stale against
-        the newest quote), and orders lost with a gateway: taken from the approved ring
-        REPORT_WAIT_S ago and still not in the order book."""
+        them): the whole feed silent by the monotonic clock, stalled or with the market
+        shut (a silence never looks stale against the newest quote; see FeedWatch), and
+        orders lost with a gateway: taken from the approved ring REPORT_WAIT_S ago and still
+        not in the order book."""
         msgs: list[tuple] = []
-        stalled = time.monotonic() - self.fed_at > self.risk.limits.stale_after_s
-        if stalled != self.risk.feed_stalled:
-            msgs.append(("feed", stalled))
+        feed = self.watch.state(self.risk.limits.stale_after_s)
+        if feed != self.risk.feed_state:
+            msgs.append(("feed", feed))
         since = time.monotonic() - REPORT_WAIT_S
         waited = [(cid, place) for cid, (at, place) in self.awaiting.items() if at < since]
         taken_by_gateway = self.approved.stats()["popped"] if waited else 0  # rarely asked
@@ -701,9 +726,13 @@ def apply_command(risk: Risk, msg: tuple, quotes: Quotes, now_ns: int) -> tuple[
         did = f"{len(out)} closing orders sent"
     elif kind == "resume":
         did = risk.resume()
-    elif kind == "feed":
-        risk.set_feed_stalled(bool(msg[1]))
-        did = "feed stalled: every intent refused as stale" if msg[1] else "feed back"
+    elif kind == "feed":  # a state (FeedWatch), or a flag: stalled (recordings before the calendar)
+        was, state = risk.feed_state, msg[1] if isinstance(msg[1], str) else STALLED if msg[1] else LIVE
+        risk.set_feed(state)
+        did = "" if risk.feed_state == was else {
+            STALLED: "feed stalled: every intent refused as stale",
+            CLOSED: "market closed by the calendar: intents refused as stale, no alarm",
+            LIVE: "feed back" if was == STALLED else "market open: ticks again"}[state]  # fmt: skip
     elif kind == "lost":
         risk.forget([int(c) for c in msg[1]])
         did = f"{len(msg[1])} orders lost with a gateway no longer count as exposure"

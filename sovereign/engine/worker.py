@@ -10,10 +10,12 @@ the snapshot and the crash are missing from its bars).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from sovereign.config import Config
 from sovereign.core import AgentPool, SignalRing, TickRing
 from sovereign.engine.runtime import RUNNING, STOPPED, Child
+from sovereign.market.calendar import FeedWatch, MarketCalendar, feed_rate
 from sovereign.presets import DEFAULT_AGENT_SETS
 from sovereign.state.recorder import event_log, record_dir
 from sovereign.state.schema import snapshot_key
@@ -25,6 +27,23 @@ NS = 1_000_000_000
 # time, never the wall clock: a replay of history, or a paced feed started in the past,
 # would find every bar long over and refuse its ticks as late).
 FLUSH_GRACE_NS = 2 * NS
+
+
+class BarClock:
+    """Up to when the worker's open bars may close with no tick to close them: the market
+    clock less FLUSH_GRACE_NS and, the feed silent, the close of a market the calendar has
+    shut since. So the week's last bars close at Friday's close, not at Sunday's first tick
+    (their signals would meet the weekend's gap), and no bar is made for the closed hours:
+    the next opens at the first tick. The silence is measured on the monotonic clock."""
+
+    def __init__(self, config: Config, clock: Callable[[], int] = time.monotonic_ns):
+        self.watch = FeedWatch(MarketCalendar(config.market), feed_rate(config.feed), clock=clock)
+
+    def cut(self, market_ns: int) -> int:
+        """Bars that end by the returned time may close (`market_ns`: the gateway's clock)."""
+        self.watch.moved(market_ns)
+        shut = self.watch.calendar.closed_since(self.watch.market_now() - FLUSH_GRACE_NS)
+        return max(market_ns - FLUSH_GRACE_NS, shut or 0)
 
 
 def build_pool(symbols: list[int]) -> AgentPool:
@@ -70,11 +89,13 @@ def run(child: Child, config: Config, k: int) -> None:
     ticks_in = TickRing.attach(layout.tick_ring(k))
     signals_out = SignalRing.attach(layout.signal_ring(k))
 
+    bar_clock = BarClock(config)
+
     def close_bars(clock: int) -> None:
         """Close the bars the market clock (read before the ring was found empty) has ended."""
         if not clock or ticks_in.stats()["depth"]:  # a tick older than the clock may be waiting
             return
-        cut = clock - FLUSH_GRACE_NS
+        cut = bar_clock.cut(clock)
         closed = pool.flush(cut)
         if log is not None and len(closed):
             log.add("flush", cut, seen(pool), len(closed))
