@@ -25,6 +25,8 @@ void bind_quote_board(py::module_& m) {
                          "Latest bid/ask per symbol in shared memory; one writer, seqlocked readers.")
       .def_static("create", &QuoteBoard::create, py::arg("name"), py::arg("n_symbols"))
       .def_static("attach", &QuoteBoard::attach, py::arg("name"))
+      .def_static("bytes_for", &QuoteBoard::bytes_for, py::arg("n_symbols"),
+                  "The shared memory a board of `n_symbols` takes.")
       .def(
           "publish",
           [](QuoteBoard& b, const py::array& arr) {

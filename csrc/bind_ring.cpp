@@ -48,6 +48,8 @@ void bind_shm_ring(py::module_& m, const char* name, const char* doc) {
           "Create the ring `name` and own it (the owner unlinks it on close). on_full: "
           "'wait' (producer waits for room) or 'drop' (counts what does not fit).")
       .def_static("attach", &Ring::attach, py::arg("name"), "Attach to a ring another process created.")
+      .def_static("bytes_for", &Ring::bytes_for, py::arg("capacity"),
+                  "The shared memory a ring of `capacity` records takes.")
       .def(
           "push",
           [](Ring& r, const py::array& arr, std::optional<double> timeout) {

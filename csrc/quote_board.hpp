@@ -57,7 +57,7 @@ class QuoteBoard {
     if (n_symbols == 0 || n_symbols > (1u << 20)) {
       throw std::invalid_argument("quote board needs 1..2^20 symbols, got " + std::to_string(n_symbols));
     }
-    const size_t bytes = kBoardDataOffset + size_t{n_symbols} * sizeof(BoardSlot);
+    const size_t bytes = bytes_for(n_symbols);
     QuoteBoard b;
     b.seg_ = ShmSegment::create(name, bytes);
     if (!b.seg_.valid()) {
@@ -75,6 +75,11 @@ class QuoteBoard {
     b.owner_ = true;
     b.bind();
     return b;
+  }
+
+  // The shared memory a board of `n_symbols` takes.
+  static size_t bytes_for(uint32_t n_symbols) {
+    return kBoardDataOffset + size_t{n_symbols} * sizeof(BoardSlot);
   }
 
   static QuoteBoard attach(const std::string& name) {

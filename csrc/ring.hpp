@@ -90,7 +90,7 @@ class ShmRing {
       throw std::invalid_argument("ring capacity must be a power of two in [2, 2^32], got " +
                                   std::to_string(capacity));
     }
-    const size_t bytes = kRingDataOffset + capacity * sizeof(Record);
+    const size_t bytes = bytes_for(capacity);
     ShmRing ring;
     for (int attempt = 0; attempt < 2; ++attempt) {
       ring.seg_ = ShmSegment::create(name, bytes);
@@ -116,6 +116,9 @@ class ShmRing {
     ring.bind();
     return ring;
   }
+
+  // The shared memory a ring of `capacity` records takes.
+  static size_t bytes_for(uint64_t capacity) { return kRingDataOffset + capacity * sizeof(Record); }
 
   // Attaches to a ring another process created. Fails with a message naming the mismatch.
   static ShmRing attach(const std::string& name) {

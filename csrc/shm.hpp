@@ -87,19 +87,30 @@ class ShmSegment {
   ShmSegment& operator=(const ShmSegment&) = delete;
   ~ShmSegment() { unmap(); }
 
-  // Creates a new segment of `size` bytes, zero-filled. Returns an empty segment (no
-  // throw) if one of that name already exists, so the caller can inspect and reclaim it.
+  // Creates a new segment of `size` bytes, zero-filled, its pages reserved: a /dev/shm
+  // too small fails here with ENOSPC, not later with SIGBUS in whichever process first
+  // touches a page tmpfs cannot give. Returns an empty segment (no throw) if one of that
+  // name already exists, so the caller can inspect and reclaim it.
   static ShmSegment create(const std::string& name, size_t size) {
     std::string path = shm_path(name);
     int fd = ::shm_open(path.c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
     if (fd < 0 && errno == EEXIST) return ShmSegment();
     if (fd < 0) fail("create", name);
+    const char* step = nullptr;
     if (::ftruncate(fd, static_cast<off_t>(size)) != 0) {
+      step = "size";
+    } else if (int err = ::posix_fallocate(fd, 0, static_cast<off_t>(size));
+               err != 0 && err != EOPNOTSUPP && err != EINVAL) {  // those two: no reservation here
+      errno = err;
+      step = "reserve the pages of";
+    }
+    if (step != nullptr) {
       int err = errno;
       ::close(fd);
       ::shm_unlink(path.c_str());
       errno = err;
-      fail("size", name);
+      throw ShmError("cannot " + std::string(step) + " shared-memory segment '" + name + "' (" +
+                     std::to_string(size) + " bytes): " + std::strerror(err));
     }
     return map(fd, name, size);
   }

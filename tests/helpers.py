@@ -4,6 +4,7 @@ builders the engine tests share (risk with its limits, an intent, a quoted gatew
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -62,9 +63,15 @@ def ring_name(tag: str = "t") -> str:
 
 
 def board_path(pid: int) -> Path | None:
-    """The heartbeat board of the supervisor with this pid (its name has a random part)."""
-    found = sorted(Path("/dev/shm").glob(f"sov{pid}-*-heartbeats"))
-    return found[0] if found else None
+    """The heartbeat board the supervisor with this pid has mapped (its name comes from the
+    state directory, not the pid: found in the process's own mappings)."""
+    try:
+        maps = Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return None
+    # mapped under the temporary name it was made with (Heartbeats links it into place)
+    found = sorted(set(re.findall(r"/dev/shm/(sov-[0-9a-f]+-heartbeats)", maps)))
+    return Path("/dev/shm", found[0]) if found else None
 
 
 # ---- the components' builders (engine tests share them)

@@ -80,7 +80,8 @@ def test_a_sim_start_outside_the_ticks_window_is_refused() -> None:
     assert sim_start_ns("2000-01-01T00:00:00") == AgentPool.MIN_TIME_NS
 
 
-def test_an_mt5_broker_is_refused_before_anything_starts(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_an_mt5_broker_is_refused_before_anything_starts(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture) -> None:
     """Until the bridge exists, `kind = "mt5"` must not pass the check nor start the system
     on the paper broker: that would be a silent lie about a real account."""
     from sovereign.cli import entry

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import hashlib
 import mmap
 import os
 import resource
@@ -24,6 +26,10 @@ from typing import Any
 import numpy as np
 
 from sovereign.config import Config, ConfigError
+from sovereign.core import OrderRing, QuoteBoard, SignalRing, TickRing
+from sovereign.errors import OperationalError
+from sovereign.state.schema import META_STATE_ID
+from sovereign.state.store import StateStore, StateUser
 
 TICK_RING = 1 << 16
 SIGNAL_RING = 1 << 14
@@ -63,10 +69,11 @@ class Layout:
     worker_cores: tuple[int | None, ...]
     symbol_names: tuple[str, ...] = field(default=())
     session: str = ""  # names the session's recording and event logs (empty: not recorded)
+    state_dir: str = ""  # every child holds it (StateUser) for its life; empty: none (tests)
 
     @staticmethod
     def plan(config: Config, prefix: str, n_symbols: int, symbol_names: tuple[str, ...] = (),
-             session: str = "") -> Layout:  # fmt: skip
+             session: str = "", state_dir: str = "") -> Layout:  # fmt: skip
         """Workers: config.system.workers, or one per core but the first (at least one),
         pinned to config.system.cores or to the cores after the first, round-robin."""
         available = sorted(os.sched_getaffinity(0))
@@ -80,7 +87,7 @@ class Layout:
                 f"(available: {', '.join(map(str, available))})"
             )
         pinned: tuple[int | None, ...] = tuple(cores[k % len(cores)] for k in range(n))
-        return Layout(prefix, n_symbols, n, pinned, symbol_names, session)
+        return Layout(prefix, n_symbols, n, pinned, symbol_names, session, state_dir)
 
     def worker_of(self) -> np.ndarray:
         """symbol -> worker, round-robin: symbols of similar activity spread evenly."""
@@ -158,6 +165,7 @@ def _open_private(path: Path, size: int | None) -> int:
         fd = os.open(tmp, flags | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             os.ftruncate(fd, size)
+            os.posix_fallocate(fd, 0, size)  # a full /dev/shm fails here, not with SIGBUS later
             os.link(tmp, path)  # never replaces: a name already there is refused
         except FileExistsError:
             os.close(fd)
@@ -219,6 +227,8 @@ class Child:
         self.control = control
         self.stop_requested = False
         _die_with_parent()
+        # held until this process exits: a new system waits for it even if the supervisor died
+        self.user = StateUser(layout.state_dir) if layout.state_dir else None
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which stops us
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -287,3 +297,99 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)
     except (OSError, AttributeError):
         pass
+
+
+SHM_DIR = Path("/dev/shm")
+
+
+class ShmSpaceError(OperationalError):
+    """/dev/shm cannot hold the system's segments."""
+
+
+def shm_prefix(store: StateStore, state_dir: str | Path) -> str:
+    """The prefix of every shared-memory name of the system on this state directory. The
+    same at every start, so the segments of a run that died are found and reclaimed (a
+    SIGKILLed supervisor cannot remove its own); different for every state directory (its
+    device and inode), so two systems never meet, even in separate PID namespaces that
+    share /dev/shm; unguessable by another user, whose segment planted under it first
+    would be refused anyway (only this user's mode-0600 segments are opened), because half
+    of it is a secret kept in the private state."""
+
+    def identity(t: Any) -> str:
+        sid = t.get("meta", META_STATE_ID)
+        if not isinstance(sid, str):
+            sid = secrets.token_hex(16)
+            t.put("meta", META_STATE_ID, sid)
+        return sid
+
+    sid = store.write(identity)
+    st = os.stat(state_dir)
+    return "sov-" + hashlib.blake2b(f"{sid}:{st.st_dev}:{st.st_ino}".encode(), digest_size=8).hexdigest()
+
+
+def reclaim_segments(prefix: str) -> dict[str, int]:
+    """Remove this user's segments named under `prefix`; returns their names and sizes.
+    Call it only holding the state's lock with no process of the state left (StateLock):
+    then each one provably belongs to a dead system of this same state."""
+    out: dict[str, int] = {}
+    for path in SHM_DIR.glob(prefix + "-*"):
+        try:
+            st = path.lstat()
+            if st.st_uid == os.geteuid():  # another user's is not ours to remove; creating refuses it
+                path.unlink()
+                out[path.name] = st.st_size
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def shm_bytes(layout: Layout) -> tuple[int, int]:
+    """The shared memory a system takes: (per worker, shared by all)."""
+    per_worker = TickRing.bytes_for(TICK_RING) + SignalRing.bytes_for(SIGNAL_RING)
+    shared = (4 * OrderRing.bytes_for(ORDER_RING) + QuoteBoard.bytes_for(layout.n_symbols)
+              + len(layout.roles()) * HEARTBEAT_DTYPE.itemsize)  # fmt: skip
+    return per_worker, shared
+
+
+def shm_room_error(layout: Layout, free: int | None = None) -> str | None:
+    """Why /dev/shm cannot hold the layout's segments (free: its free bytes, or measured),
+    or None when it can."""
+    if free is None:
+        v = os.statvfs(SHM_DIR)
+        free = v.f_bavail * v.f_frsize
+    per_worker, shared = shm_bytes(layout)
+    need = layout.n_workers * per_worker + shared
+    if need <= free:
+        return None
+    return f"{_shm_need(layout)} and only {free / MIB:.1f} MiB is free: {SHM_ADVICE}"
+
+
+MIB = 1 << 20
+SHM_ADVICE = "enlarge it (docker run --shm-size, or the tmpfs's size=) or run fewer workers (system.workers)"
+
+
+def _shm_need(layout: Layout) -> str:
+    per_worker, shared = shm_bytes(layout)
+    need, n = layout.n_workers * per_worker + shared, layout.n_workers
+    return (f"shared memory: this system needs {need / MIB:.1f} MiB in {SHM_DIR} ({n} worker"
+            f"{'s' if n != 1 else ''} at {per_worker / MIB:.1f} MiB each, {shared / MIB:.1f} MiB shared)")
+
+
+def check_shm_room(layout: Layout) -> None:
+    """Refuse to start, saying how much is needed, when /dev/shm cannot hold the system."""
+    why = shm_room_error(layout)
+    if why is not None:
+        raise ShmSpaceError(why)
+
+
+def shm_ran_out(layout: Layout, e: BaseException) -> ShmSpaceError:
+    """The start error for a segment that found /dev/shm full although check_shm_room saw
+    room (another process took it meanwhile)."""
+    return ShmSpaceError(f"{_shm_need(layout)}, and it ran out while they were made (another process is "
+                         f"using {SHM_DIR}): {e}; {SHM_ADVICE}")
+
+
+def out_of_shm(e: BaseException) -> bool:
+    """Whether creating a segment failed because /dev/shm is full (another process took the
+    room between check_shm_room and the creation)."""
+    return getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e)

@@ -11,20 +11,20 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import os
-import secrets
 import signal
 import sys
 import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 import sdnotify  # type: ignore[import-untyped]
 
 from sovereign import config as configuration
 from sovereign.config import Config, ConfigError
-from sovereign.core import LAYOUT_VERSION, OrderRing, QuoteBoard, SignalRing, TickRing
+from sovereign.core import LAYOUT_VERSION, OrderRing, QuoteBoard, RingError, SignalRing, TickRing
 from sovereign.engine.control import COMMANDS, ControlServer, Request, socket_path
 from sovereign.engine.runtime import (
     FEED_DONE,
@@ -37,6 +37,11 @@ from sovereign.engine.runtime import (
     Child,
     Heartbeats,
     Layout,
+    check_shm_room,
+    out_of_shm,
+    reclaim_segments,
+    shm_prefix,
+    shm_ran_out,
 )
 from sovereign.market.data import load_ticks
 from sovereign.state import views
@@ -131,18 +136,24 @@ class Supervisor:
 
     def setup(self) -> None:
         c = self.config
+        # One system per state directory, whatever its runtime directory: held until the end.
+        # Processes of an earlier system whose supervisor died drain for up to its shutdown
+        # timeout (they are told by PR_SET_PDEATHSIG): wait for them, then the state is ours.
+        self.lock = StateLock(c.system.state_dir, "a running sovereign supervisor",
+                              wait_s=c.system.shutdown_timeout_s + 5)  # fmt: skip
+        self.store = StateStore(c.system.state_dir)
+        # the control socket first: a second supervisor on the same state stops here
+        self.server = ControlServer(socket_path(c.system.state_dir, c.system.runtime_dir), COMMANDS)
+        prefix = shm_prefix(self.store, c.system.state_dir)
+        reclaimed = reclaim_segments(prefix)  # every one is a dead system's: the state is locked
         if c.feed.kind == "replay":
             # validates every row
             names = tuple(load_ticks(c.feed.files, c.feed.layout, c.symbols.point, c.feed.bad_rows)[1])
         else:
             names = tuple(f"SIM{s:03d}" for s in range(c.feed.symbols))
-        self.layout = layout = Layout.plan(c, f"sov{os.getpid()}-{secrets.token_hex(8)}", len(names), names,
-                                           new_session())  # an unguessable name: nobody can plant it first
-        # One system per state directory, whatever its runtime directory: held until the end.
-        self.lock = StateLock(c.system.state_dir, "a running sovereign supervisor")
-        self.store = StateStore(c.system.state_dir)
-        # the control socket first: a second supervisor on the same state stops here
-        self.server = ControlServer(socket_path(c.system.state_dir, c.system.runtime_dir), COMMANDS)
+        self.layout = layout = Layout.plan(c, prefix, len(names), names, new_session(),
+                                           str(Path(c.system.state_dir).absolute()))  # fmt: skip
+        check_shm_room(layout)
 
         def meta(t: Txn) -> None:  # what the CLI and a later replay need to know about this run
             t.put("meta", "symbols", list(names))
@@ -150,11 +161,32 @@ class Supervisor:
             t.put("meta", "config", dataclasses.asdict(c))
             t.put("meta", "config_path", self.config_path)
             t.put("meta", "supervisor", {"pid": os.getpid(), "started_ns": time.time_ns(),
-                                         "session": layout.session})  # fmt: skip
+                                         "session": layout.session, "shm_prefix": prefix})  # fmt: skip
 
         self.store.write(meta)
+        if reclaimed:
+            self.log("shm_reclaimed", segments=len(reclaimed), bytes=sum(reclaimed.values()),
+                     why="left by an earlier run of this state that died")  # fmt: skip
         self.rings: list[Any] = []
         self.ring_names: list[str] = []
+        try:
+            self.create_shm()
+        except (OSError, RingError) as e:
+            if out_of_shm(e):
+                raise shm_ran_out(layout, e) from None
+            raise
+        self.lock.share()  # the children join the state (StateUser) and hold it while they live
+        # consumers first, so nothing is produced into a ring nobody reads yet
+        order = ["risk", "coordinator", *(r for r in layout.roles() if r.startswith("worker-")), "gateway"]
+        self.procs = {role: Proc(role) for role in order}
+        for p in self.procs.values():
+            self.spawn(p)
+        self.log("started", workers=layout.n_workers, symbols=layout.n_symbols,
+                 cores=",".join(map(str, layout.worker_cores)), agents=layout.n_symbols * 10)  # fmt: skip
+
+    def create_shm(self) -> None:
+        """Every ring, the quote board and the heartbeat board, each one's pages reserved."""
+        layout = self.layout
         for k in range(layout.n_workers):
             self.rings.append(TickRing.create(layout.tick_ring(k), TICK_RING, "wait"))
             # a stale signal is worthless: never block a worker on it, count drops instead
@@ -165,13 +197,6 @@ class Supervisor:
             self.ring_names.append(name.removeprefix(layout.prefix + "-"))
         self.board = QuoteBoard.create(layout.quotes, layout.n_symbols)
         self.hb = Heartbeats(layout.heartbeats, len(layout.roles()))
-        # consumers first, so nothing is produced into a ring nobody reads yet
-        order = ["risk", "coordinator", *(r for r in layout.roles() if r.startswith("worker-")), "gateway"]
-        self.procs = {role: Proc(role) for role in order}
-        for p in self.procs.values():
-            self.spawn(p)
-        self.log("started", workers=layout.n_workers, symbols=layout.n_symbols,
-                 cores=",".join(map(str, layout.worker_cores)), agents=layout.n_symbols * 10)  # fmt: skip
 
     def spawn(self, p: Proc) -> None:
         mine, theirs = self.ctx.Pipe()

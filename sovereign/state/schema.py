@@ -29,6 +29,7 @@ META_LAYOUT = "layout_version"  # meta: the record layout the state was written 
 META_CONFIG = "config"  # meta: the config of the last start (no secret: see sovereign.credentials)
 META_CONFIG_PATH = "config_path"  # meta: the file it came from
 META_SUPERVISOR = "supervisor"  # meta: the supervisor's pid and start
+META_STATE_ID = "state_id"  # meta: a secret made once per state; names its shared memory (runtime.shm_prefix)
 
 
 def u64_key(n: int) -> bytes:

@@ -137,17 +137,23 @@ def private_dirs(path: str | Path) -> Path:
 class StateLock:
     """An exclusive lock on a state directory, held by the one process that may run a system
     on it (the supervisor) or replace it (restore): a second supervisor, whatever its
-    runtime directory, or a restore under a live system, stops here. The lock file sits
-    beside the directory (a restore moves the directory aside, never the lock); the kernel
-    releases it when its holder dies, however it dies."""
+    runtime directory, or a restore under a live system, stops here. The lock files sit
+    beside the directory (a restore moves the directory aside, never the locks); the kernel
+    releases a lock when its holder dies, however it dies.
 
-    def __init__(self, state_dir: str | Path, what: str):
+    Two files, because a system outlives its supervisor for a moment: `.<state>.lock` is
+    the supervisor's (exclusive); `.<state>.users` is held shared by every process of the
+    running system (StateUser) and taken exclusive here, so that the children of a
+    supervisor that was killed, still draining, keep a new system and a restore out until
+    the last of them has exited. `wait_s` is how long to wait for them."""
+
+    def __init__(self, state_dir: str | Path, what: str, *, wait_s: float = 0.0):
         state = Path(state_dir).absolute()
-        self.path = private_dirs(state.parent) / f".{state.name}.lock"
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as e:
-            raise StateError(f"cannot open the lock {self.path}: {e.strerror}") from None
+        parent = private_dirs(state.parent)
+        self.path = parent / f".{state.name}.lock"
+        self.users_path = parent / f".{state.name}.users"
+        self.fd = self.users = -1
+        self.fd = _open_lock(self.path)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -156,8 +162,29 @@ class StateLock:
             raise StateError(f"the state at {state} is in use by {holder}: stop it first") from None
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, f"{what} (pid {os.getpid()})".encode(), 0)
+        try:
+            self.users = _open_lock(self.users_path)
+            deadline = time.monotonic() + wait_s
+            while not _try_flock(self.users, fcntl.LOCK_EX):
+                if time.monotonic() >= deadline:
+                    pids = ", ".join(map(str, lock_holders(self.users_path))) or "unknown"
+                    raise StateError(f"the state at {state} is still open by processes of an earlier run "
+                                     f"(pids {pids}), stopping after their supervisor died: wait for them "
+                                     "to exit, or stop them")  # fmt: skip
+                time.sleep(0.1)
+        except BaseException:
+            self.release()
+            raise
+
+    def share(self) -> None:
+        """Let the processes of the system this holder starts take the state (StateUser): the
+        holder keeps the state's lock, and keeps its use of the state shared with them."""
+        fcntl.flock(self.users, fcntl.LOCK_SH)
 
     def release(self) -> None:
+        if self.users >= 0:
+            os.close(self.users)
+            self.users = -1
         if self.fd >= 0:
             os.ftruncate(self.fd, 0)
             os.close(self.fd)  # closing the descriptor releases the lock
@@ -168,6 +195,45 @@ class StateLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+class StateUser:
+    """A process of a running system, for its whole life: a shared hold on the state's
+    `.users` lock (see StateLock), released by the kernel when the process exits."""
+
+    def __init__(self, state_dir: str | Path):
+        state = Path(state_dir).absolute()
+        self.fd = _open_lock(state.parent / f".{state.name}.users")
+        if not _try_flock(self.fd, fcntl.LOCK_SH):
+            os.close(self.fd)
+            raise StateError(f"the state at {state} is being replaced or started by another process")
+
+
+def _open_lock(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise StateError(f"cannot open the lock {path}: {e.strerror}") from None
+
+
+def _try_flock(fd: int, how: int) -> bool:
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def lock_holders(path: Path) -> list[int]:
+    """The pids holding a flock on `path`, from /proc/locks (empty where it cannot tell)."""
+    try:
+        st = os.stat(path)
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return []
+    ident = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return sorted({int(f[4]) for f in (line.split() for line in text.splitlines())
+                   if len(f) > 5 and f[1] == "FLOCK" and f[5] == ident and f[4].isdigit()})  # fmt: skip
 
 
 class StateStore:

@@ -1,12 +1,13 @@
 """Shared memory nobody else can reach (issue 20, item 2): the heartbeat board and the
 rings are created new (never adopted, never through a symlink), mode 0600 whatever the
-umask, under a name with a random part, and refused at attach when another user owns
+umask, under a name with a secret part, and refused at attach when another user owns
 them or may reach them. Attacks run as `nobody` where the machine has it."""
 
 from __future__ import annotations
 
 import os
 import pwd
+import re
 import stat
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 from sovereign.core import RingError, TickRing
 from sovereign.engine.runtime import FEED_DONE, Heartbeats
-from tests.helpers import ring_name
+from tests.helpers import board_path, ring_name
 
 try:
     NOBODY = pwd.getpwnam("nobody").pw_uid
@@ -121,15 +122,18 @@ def test_a_ring_another_user_owns_is_refused_at_attach() -> None:
 
 
 def test_the_supervisor_names_its_shared_memory_unguessably(tmp_path: Path) -> None:
+    """`sov-<16 hex>`: a hash of a secret kept in the private state (runtime.shm_prefix),
+    so another user cannot plant a segment under a name before it is made."""
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[system]\nstate_dir = "{tmp_path / "state"}"\nrecord_days = 0\n[feed]\nsymbols = 4\n')
     cmd = [sys.executable, "-m", "sovereign.cli", "run", "--config", str(cfg), "--max-ticks", "20000"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     names: set[str] = set()
     while proc.poll() is None:
-        names |= {p.name for p in Path("/dev/shm").glob(f"sov{proc.pid}-*")}
+        if (board := board_path(proc.pid)) is not None:
+            names |= {p.name for p in Path("/dev/shm").glob(board.name.removesuffix("heartbeats") + "*")}
         time.sleep(0.01)  # not a spin beside the system it watches
     out = proc.stdout.read()  # type: ignore[union-attr]
     assert proc.returncode == 0, out
-    assert names and all(n.split("-")[1] != "" and len(n.split("-")[1]) == 16 for n in names), names
-    assert not list(Path("/dev/shm").glob(f"sov{proc.pid}-*"))
+    assert names and all(re.fullmatch(r"sov-[0-9a-f]{16}-[a-z0-9-]+", n) for n in names), names
+    assert not [n for n in names if (Path("/dev/shm") / n).exists()]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from sovereign.ops.maintenance import OpsError, backup, restore
-from sovereign.state.store import StateError, StateLock, StateStore
+from sovereign.state.store import StateError, StateLock, StateStore, StateUser
 
 CLI = [sys.executable, "-m", "sovereign.cli"]
 
@@ -66,3 +66,40 @@ def test_restore_refuses_while_the_lock_is_held_and_a_dead_holder_frees_it(tmp_p
         holder.wait()
     restore(tmp_path / "b", state)  # the kernel released a dead holder's lock
     assert (state / "data.mdb").is_file()
+
+
+def test_a_process_of_a_system_whose_supervisor_died_keeps_the_state_until_it_exits(tmp_path: Path) -> None:
+    """The children of a killed supervisor drain for a moment: a new supervisor or a restore
+    must not take the state while one of them still writes to it (two systems, one
+    database). Each holds it shared (StateUser) for its life; StateLock waits for them, or
+    refuses naming their pids."""
+    state = tmp_path / "state"
+    lock = StateLock(state, "a supervisor")
+    lock.share()
+    child = subprocess.Popen([sys.executable, "-c", "import time\n"
+                              "from sovereign.state.store import StateUser\n"
+                              f"user = StateUser({str(state)!r})\n"
+                              "print('joined', flush=True)\n"
+                              "time.sleep(3600)"], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert child.stdout.readline().strip() == "joined"  # type: ignore[union-attr]
+        lock.release()  # the supervisor dies; its child lives on
+        earlier = rf"still open by processes of an earlier run \(pids {child.pid}\)"
+        with pytest.raises(StateError, match=earlier):
+            StateLock(state, "a new supervisor")
+        with pytest.raises(OpsError, match="still open by processes of an earlier run"):
+            restore(tmp_path / "nothing", state)
+        killer = subprocess.Popen(["sh", "-c", f"sleep 1; kill -9 {child.pid}"])
+        StateLock(state, "a new supervisor", wait_s=60).release()  # waits for the child to go
+        killer.wait()
+        assert child.wait(5) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_user_cannot_join_a_state_being_restored(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with StateLock(state, "sovereign state restore"), pytest.raises(StateError, match="being replaced"):
+        StateUser(state)  # a restore holds it exclusive: no share()
+    StateUser(state)
