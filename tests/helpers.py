@@ -3,11 +3,17 @@ builders the engine tests share (risk with its limits, an intent, a quoted gatew
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -105,3 +111,220 @@ def quoted_gateway(tmp_path: Path, cfg: Config, n_symbols: int) -> tuple[StateSt
     ticks = simulate_ticks(n_symbols, 10, seed=3)
     gw.on_ticks(ticks)
     return store, gw, ticks
+
+
+# ---- a whole system as real processes, killed and started again (chaos, soak)
+
+
+def toml_text(tables: dict[str, dict[str, object]]) -> str:
+    """A config file's text from {table: {key: value}} (str, bool, int, float and lists of them)."""
+
+    def value(v: object) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+
+    return "".join(f"[{name}]\n" + "".join(f"{k} = {value(v)}\n" for k, v in table.items())
+                   for name, table in tables.items())  # fmt: skip
+
+
+class LiveSystem:
+    """`sovereign run --config FILE` as an operator's service manager runs it: started,
+    watched over its control socket, killed (one process, or the whole system at once),
+    started again on the same state, stopped. Each supervisor leads a session of its own, so
+    a whole-system kill takes its process group at once, like a power cut; it runs in the
+    directory of `log`, where its output goes (appended at every start). Shared-memory
+    segments are this system's when their name carries the prefix of a supervisor it
+    started (`segments`)."""
+
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None):
+        from sovereign.config import load
+        from sovereign.engine.control import socket_path
+
+        self.config = config
+        cfg = load(config)
+        self.state = Path(cfg.system.state_dir)
+        self.socket = socket_path(cfg.system.state_dir, cfg.system.runtime_dir)
+        self.log = log
+        self.env = env  # None: this process's (code_snapshot gives one that runs a copy of the code)
+        self.proc: subprocess.Popen | None = None
+        self.supervisors: list[int] = []  # the pid of every supervisor started, in order
+        self.prefixes: dict[int, str] = {}  # supervisor pid -> its shared-memory prefix, once found
+
+    def start(self, *args: str) -> None:
+        with open(self.log, "ab") as out:
+            command = [sys.executable, "-m", "sovereign.cli", "run", "--config", str(self.config), *args]
+            self.proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT,
+                                         start_new_session=True, env=self.env, cwd=self.log.parent)
+        self.supervisors.append(self.proc.pid)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def request(self, cmd: str, timeout: float = 2.0, **args: Any) -> Any:
+        """A control command's answer; None when the system does not answer (down, busy,
+        starting, or the command timed out)."""
+        from sovereign.engine.control import ControlError, request
+
+        try:
+            return request(self.socket, cmd, timeout=timeout, **args)
+        except ControlError:
+            return None
+
+    def status(self, timeout: float = 2.0) -> dict | None:
+        answer = self.request("status", timeout)
+        return answer if isinstance(answer, dict) and "processes" in answer else None
+
+    def healthy(self, status: dict | None, not_pids: Sequence[int] = ()) -> bool:
+        """Every process runs and beats, and none is one of `not_pids` (killed, maybe not
+        seen dead yet)."""
+        if status is None or status.get("phase") != "running":
+            return False
+        procs = status["processes"]
+        return all(p["health"] == "ok" and p["pid"] not in not_pids for p in procs)
+
+    def wait_healthy(self, timeout: float, not_pids: Sequence[int] = (), poll_s: float = 0.05) -> dict:
+        """Poll until healthy (see `healthy`); returns the status. Raises TimeoutError, or
+        RuntimeError when the supervisor exits meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.running():
+                raise RuntimeError(f"the supervisor exited with {self.proc and self.proc.returncode}: "
+                                   f"{self.tail()}")  # fmt: skip
+            status = self.status()
+            if status is not None:
+                self._note_prefix()
+            if self.healthy(status, not_pids):
+                assert status is not None
+                return status
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"not healthy within {timeout:g} s: {status and status.get('status')}")
+            time.sleep(poll_s)
+
+    def pids(self, status: dict | None = None) -> dict[str, int]:
+        """role -> pid, from `status` (or a fresh one); empty when the system does not answer."""
+        status = status or self.status()
+        return {p["role"]: int(p["pid"]) for p in status["processes"]} if status else {}
+
+    def kill(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+    def kill_all(self, children: Sequence[int] = (), timeout: float = 30.0) -> None:
+        """SIGKILL the supervisor and every process of its group at once, then wait until
+        they are all gone (`children`: pids to wait for besides the group, as last seen)."""
+        assert self.proc is not None
+        self._note_prefix()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout)
+        for pid in children:  # reparented and reaped elsewhere: wait for them to be gone
+            self.kill(pid)
+        wait_gone([self.proc.pid, *children], timeout)
+
+    def stop(self, timeout: float = 120.0) -> int:
+        """SIGTERM and wait: the supervisor's exit code."""
+        assert self.proc is not None
+        self._note_prefix()
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def close(self) -> None:
+        """Kill whatever is left (a failed test), and remove this system's shared memory."""
+        if self.running():
+            assert self.proc is not None
+            children = list(self.pids().values()) if self.status(0.5) else []
+            self.kill_all(children)
+        self.remove_segments()
+
+    def tail(self, n: int = 4000) -> str:
+        try:
+            return self.log.read_bytes()[-n:].decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    # ---- shared memory
+
+    def _note_prefix(self) -> None:
+        """The running supervisor's segment prefix, once found (by its heartbeat board,
+        `<prefix>-heartbeats`, the one segment every layout has): named after its pid, or
+        named in the state's meta (a layout whose names do not carry the pid)."""
+        if self.proc is None or self.proc.pid in self.prefixes:
+            return
+        boards = [p.name.removesuffix("-heartbeats") for p in Path("/dev/shm").glob("sov*-heartbeats")]
+        mine = [b for b in boards if b.startswith(f"sov{self.proc.pid}-")]
+        if not mine and boards:
+            meta = self._meta_text()
+            mine = [b for b in boards if b in meta]
+        if mine:
+            self.prefixes[self.proc.pid] = mine[0]
+
+    def _meta_text(self) -> str:
+        try:
+            with StateStore(self.state, readonly=True) as st:
+                return st.read(lambda t: repr([(bytes(k), v) for k, v in t.items("meta")]))
+        except Exception:  # not created yet, or being written: asked again at the next poll
+            return ""
+
+    def segments(self) -> list[Path]:
+        """This system's shared-memory segments now in /dev/shm."""
+        found: set[Path] = set()
+        for prefix in {*self.prefixes.values(), *(f"sov{pid}" for pid in self.supervisors)}:
+            found.update(Path("/dev/shm").glob(f"{glob_escape(prefix)}-*"))
+        return sorted(found)
+
+    def remove_segments(self) -> list[str]:
+        """Remove this system's segments (never another's); returns their names."""
+        gone = []
+        for path in self.segments():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                gone.append(path.name)
+        return gone
+
+
+def glob_escape(text: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+
+def wait_gone(pids: Sequence[int], timeout: float) -> None:
+    """Wait until none of pids runs (a zombie counts as gone: it holds nothing)."""
+    import psutil  # type: ignore[import-untyped]
+
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while True:
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    break
+            except psutil.NoSuchProcess:
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"process {pid} still runs {timeout:g} s after SIGKILL")
+            time.sleep(0.01)
+
+
+def code_snapshot(dest: Path) -> dict[str, str]:
+    """Copy the sovereign package as it is now (sources and the built extension) to dest,
+    and return the environment that runs a system from that copy: a long run then keeps one
+    version of the code while the checkout is edited, instead of children restarted
+    meanwhile running newer code beside an older supervisor. The editable install's import
+    hook is shadowed by a stub of the same name, first on PYTHONPATH."""
+    import shutil
+    import site
+
+    import sovereign
+    from sovereign import _core
+
+    package = Path(sovereign.__file__).parent
+    shutil.copytree(package, dest / "sovereign", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    shutil.copy2(_core.__file__, dest / "sovereign" / Path(_core.__file__).name)
+    for site_dir in site.getsitepackages():
+        for hook in Path(site_dir).glob("_editable_*sovereign*.py"):
+            (dest / hook.name).write_text('"""Shadows the editable install: the package beside it runs."""\n')
+    path = [str(dest), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
