@@ -58,13 +58,16 @@ def record_dir(config: Any) -> Path | None:
 
 class EventLog:
     """One process's event log for a session: orjson lists, one per line, appended.
-    `add` buffers; `flush` writes what was added with one write() (call it once per turn
-    of the process's loop)."""
+    `add` buffers; `flush` writes what was added, whole or raising (call it once per turn
+    of the process's loop). A process restarted in the same session goes on in the same
+    file, after cutting off a line its predecessor's crash (or a full disk) left half
+    written: that line in the middle of the file made the whole session unreplayable."""
 
     def __init__(self, directory: str | Path, session: str, role: str):
         path = Path(directory) / f"events-{session}-{role}.jsonl"
         private_dirs(path.parent)
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        _trim_cut_line(self.fd)
         self.lines: list[bytes] = []
 
     def add(self, *event: Any) -> None:
@@ -74,7 +77,7 @@ class EventLog:
     def flush(self) -> None:
         if self.lines:
             self.lines.append(b"")
-            os.write(self.fd, b"\n".join(self.lines))
+            _write_all(self.fd, b"\n".join(self.lines))
             self.lines.clear()
 
     def close(self) -> None:
@@ -221,6 +224,21 @@ def _write_all(fd: int, data: bytes) -> None:
         if n <= 0:
             raise OSError(f"wrote nothing of {len(view)} bytes")
         view = view[n:]
+
+
+def _trim_cut_line(fd: int, chunk: int = 1 << 16) -> None:
+    """Cut the file after its last newline (a last line without one was cut short)."""
+    size = os.fstat(fd).st_size
+    end = size
+    while end > 0:
+        start = max(0, end - chunk)
+        newline = os.pread(fd, end - start, start).rfind(b"\n")
+        if newline >= 0:
+            end = start + newline + 1
+            break
+        end = start
+    if end < size:
+        os.ftruncate(fd, end)
 
 
 def file_records(ticks: np.ndarray) -> bytes:
