@@ -244,6 +244,7 @@ def status(t: Target, as_json: bool) -> None:
     When the system is down it prints the state it left in LMDB and exits 3; when the
     control socket stays busy, the same, and exits 1.
     """
+    from sovereign.ops.maintenance import storage
     from sovereign.state import views
 
     def stored() -> dict[str, Any]:
@@ -257,6 +258,7 @@ def status(t: Target, as_json: bool) -> None:
         data, code = {"running": False, "live": False, **stored()}, EXIT_DOWN
     except SocketBusy as e:
         data, code = {"running": True, "live": False, "busy": e.message, **stored()}, EXIT_FAILED
+    data["storage"] = storage(t.config)
     if as_json:
         _json(data)
     else:
@@ -299,6 +301,7 @@ def _print_status(data: dict[str, Any], t: Target) -> None:
         window = f"tick-to-order over the last full {lat.get('window_s', 0):.0f} s"
         con.print(f"{window}: p50 {lat['p50_us'] / 1e3:,.2f} ms · p99 {lat['p99_us'] / 1e3:,.2f} ms · "
                   f"{lat['n']:,} orders" if lat.get("n") else f"{window}: no orders")  # fmt: skip
+    _print_storage(con, data.get("storage") or {})
     a = data.get("account")
     if not a or a.get("state") is None:
         con.print("account: no risk state yet")
@@ -309,6 +312,16 @@ def _print_status(data: dict[str, Any], t: Target) -> None:
     con.print(f"trading: [bold {colour}]{a['state']}[/]{why}{stale}")
     con.print(f"balance {_money(a.get('balance'))} · equity {_money(a['equity'])} · day P&L "
               f"{_money(a['day_pnl'])} · drawdown {a['drawdown']:.2%} · open positions {a['open_positions']}")
+
+
+def _print_storage(con: Any, s: dict[str, Any]) -> None:
+    from sovereign.ops.maintenance import size_text
+
+    db, archive = s.get("lmdb"), s.get("archive") or {}
+    state = (f"LMDB {size_text(db['file_bytes'])} (in use {size_text(db['used_bytes'])}, free pages "
+             f"{size_text(db['free_bytes'])})" if db else "no LMDB state yet")  # fmt: skip
+    con.print(f"storage: {state} · archive {size_text(archive.get('bytes', 0))} in "
+              f"{archive.get('files', 0)} files")  # fmt: skip
 
 
 def _money(x: Any) -> str:
@@ -365,17 +378,65 @@ def positions(t: Target, as_json: bool) -> None:
         con.print(f"({no_prices}: no prices, no unrealized P&L)")
 
 
-@main.command(epilog="Example: sovereign orders --open")
+def _months(start: str | None, end: str | None) -> tuple[int | None, int | None]:
+    """--from and --to (a month, 2027-01, or a day, UTC) as nanoseconds; --to is left out."""
+    from sovereign.state.archive import parse_month
+
+    try:
+        lo = parse_month(start, "--from") if start is not None else None
+        hi = parse_month(end, "--to") if end is not None else None
+    except ValueError as e:
+        raise BadInput(str(e)) from None
+    if lo is not None and hi is not None and hi <= lo:
+        raise BadInput(f"--to {end} is not after --from {start} (--to is the first month left out)")
+    return lo, hi
+
+
+def _history(t: Target, fetch: Callable[..., list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Rows of the archive and the state together; the read transaction begins first (see
+    sovereign.state.archive.history)."""
+    from sovereign.state.archive import ArchiveError, archive_dir
+
+    try:
+        return t.read(lambda tx: fetch(tx, archive_dir(t.config)))  # type: ignore[no-any-return]
+    except ArchiveError as e:
+        raise Fail(str(e)) from None
+
+
+from_options = [
+    click.option("--from", "start", metavar="MONTH", help="from this month (2027-01) or day of market time, "
+                                                          "archived history included; oldest first"),
+    click.option("--to", "end", metavar="MONTH", help="up to this month or day, left out (--from or not)"),
+]  # fmt: skip
+
+
+def with_from(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(from_options):
+        fn = option(fn)
+    return fn
+
+
+@main.command(epilog="Examples: sovereign orders --open · sovereign orders --from 2027-01 --to 2027-02")
 @target_options
-@click.option("--open", "open_only", is_flag=True, help="only orders not yet final (scans every order)")
-@click.option("--limit", type=click.IntRange(min=0), default=30, show_default=True,
-              help="newest N (0: all)")  # fmt: skip
+@click.option("--open", "open_only", is_flag=True, help="only orders not yet final (the open-order index)")
+@click.option("--limit", type=click.IntRange(min=0),
+              help="newest N (default 30; with --from or --to: the first N, default all; 0: all)")
+@with_from
 @json_option
-def orders(t: Target, open_only: bool, limit: int, as_json: bool) -> None:
-    """Orders, newest first, with their lifecycle state."""
+def orders(t: Target, open_only: bool, limit: int | None, start: str | None, end: str | None,
+           as_json: bool) -> None:  # fmt: skip
+    """Orders, newest first, with their lifecycle state; with --from or --to, those of a
+    span of market time, oldest first, archived ones included."""
     from sovereign.state import views
 
-    rows = t.read(lambda tx: views.orders(tx, open_only=open_only, limit=limit))
+    lo, hi = _months(start, end)
+    rows: Any
+    if lo is not None or hi is not None:
+        if open_only:
+            raise BadInput("--open shows every open order, whatever its time: give it without --from or --to")
+        rows = _history(t, lambda tx, archive: views.order_history(tx, archive, lo, hi, limit or 0))
+    else:
+        rows = t.read(lambda tx: views.orders(tx, open_only=open_only, limit=30 if limit is None else limit))
     if as_json:
         _json(rows)
         return
@@ -392,9 +453,9 @@ def orders(t: Target, open_only: bool, limit: int, as_json: bool) -> None:
 
 
 def _follow(t: Target, fetch: Callable[..., list[dict[str, Any]]], show: Callable[[Any], None],
-            follow: bool, as_json: bool) -> None:
-    """Print the newest `limit` rows, then (follow) new ones as they are written."""
-    rows = t.read(functools.partial(fetch, after=0))
+            follow: bool, as_json: bool, first: list[dict[str, Any]] | None = None) -> None:
+    """Print the newest `limit` rows (or `first`), then (follow) new ones as they are written."""
+    rows = first if first is not None else t.read(functools.partial(fetch, after=0))
     last = rows[-1]["seq"] if rows else 0
     emit = (lambda r: sys.stdout.buffer.write(orjson.dumps(r) + b"\n")) if as_json and follow else show
     if as_json and not follow:
@@ -437,14 +498,25 @@ def signals(t: Target, follow: bool, limit: int, as_json: bool) -> None:
     _follow(t, lambda tx, after: views.signals(tx, limit=limit, after=after), show, follow, as_json)
 
 
-@main.command(epilog="Example: sovereign journal --follow --json")
+@main.command(epilog="Examples: sovereign journal --follow --json · "
+                     "sovereign journal --from 2027-01 --to 2027-02")  # fmt: skip
 @target_options
 @click.option("--follow", "-f", is_flag=True, help="keep printing new events (Ctrl-C stops)")
-@click.option("--limit", type=click.IntRange(min=1), default=30, show_default=True, help="newest N first")
+@click.option("--limit", type=click.IntRange(min=1),
+              help="newest N (default 30; with --from or --to: the first N, default all)")
+@with_from
 @json_option
-def journal(t: Target, follow: bool, limit: int, as_json: bool) -> None:
-    """The append-only audit journal: orders, fills, restarts, state changes, operator commands."""
+def journal(t: Target, follow: bool, limit: int | None, start: str | None, end: str | None,
+            as_json: bool) -> None:  # fmt: skip
+    """The append-only audit journal: orders, fills, restarts, state changes, operator
+    commands; with --from or --to, a span of market time, archived months included."""
     from sovereign.state import views
+
+    lo, hi = _months(start, end)
+    first = None
+    if lo is not None or hi is not None:
+        first = _history(t, lambda tx, archive: views.journal_history(tx, archive, lo, hi, limit or 0))
+    limit = limit or 30
 
     con = _console()
 
@@ -452,7 +524,7 @@ def journal(t: Target, follow: bool, limit: int, as_json: bool) -> None:
         fields = " ".join(f"{_safe(k)}={_safe(v)}" for k, v in e.items() if k not in ("seq", "event"))
         con.print(f"{e['seq']:>8} [bold]{_safe(e['event'])}[/] {fields}", markup=True)
 
-    _follow(t, lambda tx, after: views.journal(tx, limit=limit, after=after), show, follow, as_json)
+    _follow(t, lambda tx, after: views.journal(tx, limit=limit, after=after), show, follow, as_json, first)
 
 
 def _report(answer: dict[str, Any]) -> None:
@@ -525,7 +597,7 @@ def config_check(file: str, as_json: bool) -> None:
 
 @main.group(context_settings=CONTEXT)
 def state() -> None:
-    """The LMDB state: back up, verify, restore."""
+    """The LMDB state: back up, verify, restore, compact."""
 
 
 @state.command("backup", epilog="Examples: sovereign state backup /backups/today · "
@@ -537,8 +609,9 @@ def state() -> None:
 def state_backup(t: Target, dest: str, rotate: int | None, as_json: bool) -> None:
     """A consistent hot copy of the state into DEST (safe while the system runs), verified."""
     from sovereign.ops.maintenance import backup
+    from sovereign.state.archive import archive_dir
 
-    manifest = backup(t.state_dir, dest, rotate=rotate or 0)
+    manifest = backup(t.state_dir, dest, rotate=rotate or 0, archive_dir=archive_dir(t.config))
     if as_json:
         _json(manifest)
     else:
@@ -567,8 +640,9 @@ def _print_checks(checks: list[Any], as_json: bool) -> None:
 def state_verify(t: Target, path: str | None, as_json: bool) -> None:
     """Check the integrity of the state (or of the backup at PATH); exit 1 on a failure."""
     from sovereign.ops.maintenance import failed, verify
+    from sovereign.state.archive import archive_dir
 
-    checks = verify(path or t.state_dir)
+    checks = verify(path or t.state_dir, archive=None if path else archive_dir(t.config))
     _print_checks(checks, as_json)
     sys.exit(EXIT_FAILED if failed(checks) else EXIT_OK)
 
@@ -590,10 +664,78 @@ def state_restore(t: Target, backup_dir: str, yes: bool, unsigned: bool) -> None
         if not sys.stdin.isatty():
             raise BadInput("restoring replaces the state: confirm with --yes")
         click.confirm(f"Replace the state at {t.state_dir} with {backup_dir}?", abort=True)
-    done = restore(backup_dir, t.state_dir, unsigned=unsigned)
+    from sovereign.state.archive import archive_dir
+
+    done = restore(backup_dir, t.state_dir, unsigned=unsigned, archive_dir=archive_dir(t.config))
     moved = done["previous_state_moved_to"]
     click.echo(f"restored {done['restored']} from {done['from']}" +
                (f"; the previous state is at {moved}" if moved else ""))  # fmt: skip
+
+
+@state.command("compact", epilog="Example: sovereign state compact")
+@target_options
+@json_option
+def state_compact(t: Target, as_json: bool) -> None:
+    """Rewrite the LMDB file without its free pages. The system must be stopped (the
+    supervisor also does it at start when retention.compact_free_ratio is passed)."""
+    from sovereign.ops.maintenance import size_text
+    from sovereign.state.store import StateError, StateLock, compact
+
+    try:
+        with StateLock(t.state_dir, "sovereign state compact"):
+            done = compact(t.state_dir)
+    except StateError as e:
+        raise Fail(f"cannot compact: {e}") from None
+    if as_json:
+        _json(done)
+    else:
+        click.echo(f"compacted {t.state_dir / 'data.mdb'}: {size_text(done['bytes_before'])} -> "
+                   f"{size_text(done['bytes_after'])}")  # fmt: skip
+
+
+@main.group(context_settings=CONTEXT)
+def archive() -> None:
+    """The history archive: orders, executions and journal past retention.days, by month."""
+
+
+@archive.command("run", epilog="Example: sovereign archive run")
+@target_options
+@json_option
+def archive_run(t: Target, as_json: bool) -> None:
+    """Move every whole month past the retention to the archive now. The system must be
+    stopped (while it runs, its supervisor does this every retention.interval_s)."""
+    from sovereign.state.archive import ArchiveError, Archiver, archive_dir
+    from sovereign.state.store import StateError, StateLock, StateStore
+
+    if not (t.state_dir / "data.mdb").exists():
+        raise Fail(f"no state at {t.state_dir}: nothing to archive")
+    try:
+        with StateLock(t.state_dir, "sovereign archive run"), StateStore(t.state_dir) as store:
+            done = Archiver(store, archive_dir(t.config), t.config.retention.days).run()
+    except (StateError, ArchiveError) as e:
+        raise Fail(f"cannot archive: {e}") from None
+    if as_json:
+        _json(done)
+        return
+    where = archive_dir(t.config)
+    click.echo(f"archived {done['records']:,} records in {len(done['parts'])} parts to {where}")
+    if done["mismatched"]:
+        click.echo(f"sovereign: {done['mismatched']} records differ from their archived copy and were kept "
+                   "in LMDB; see `sovereign archive verify`", err=True)  # fmt: skip
+        sys.exit(EXIT_FAILED)
+
+
+@archive.command("verify", epilog="Example: sovereign archive verify --json")
+@target_options
+@json_option
+def archive_verify(t: Target, as_json: bool) -> None:
+    """Check every archive file against the manifest (checksum, every record); exit 1 on a failure."""
+    from sovereign.ops.maintenance import failed, verify_archive
+    from sovereign.state.archive import archive_dir
+
+    checks = verify_archive(archive_dir(t.config))
+    _print_checks(checks, as_json)
+    sys.exit(EXIT_FAILED if failed(checks) else EXIT_OK)
 
 
 @main.command(epilog="Example: sovereign doctor --config /etc/sovereign/sovereign.toml")

@@ -112,6 +112,20 @@ class SymbolDefaults:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    # Market days of orders, executions and journal entries kept in LMDB; older ones move to
+    # monthly archive files a whole month at a time (so LMDB keeps `days` to `days` + 31).
+    # 0: nothing is archived. Must exceed system.record_days: a kept recording replays
+    # against the orders in LMDB.
+    days: int = _f(90, 0, 36_500)
+    archive_dir: str = _f("")  # empty: <state_dir>/archive
+    interval_s: float = _f(600.0, 1.0, 86_400.0)  # how often the supervisor looks for a month to archive
+    # At the supervisor's start, the LMDB file is compacted when free pages are this share
+    # of it (and at least 64 MiB); 1: never. LMDB reuses free pages without it.
+    compact_free_ratio: float = _f(0.5, 0.0, 1.0, lo_open=True)
+
+
+@dataclass(frozen=True)
 class AgentsConfig:
     preset: str = _f("default", choices=("default",))
 
@@ -157,6 +171,7 @@ class Config:
     agents: AgentsConfig = field(default_factory=AgentsConfig)
     coordinator: CoordinatorConfig = field(default_factory=CoordinatorConfig)
     risk: RiskConfig = field(default_factory=RiskConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
     market: MarketConfig = field(default_factory=MarketConfig)
 
     def __post_init__(self) -> None:
@@ -181,6 +196,10 @@ class Config:
         if not re.fullmatch(r"[A-Z]{3}", self.broker.account_currency):
             raise ConfigError(f"config key broker.account_currency: {_shown(self.broker.account_currency)} "
                               "is not a three-letter currency code like 'USD'")
+        if self.retention.days and self.system.record_days and self.retention.days <= self.system.record_days:
+            raise ConfigError(f"config key retention.days: {self.retention.days} is not above "
+                              f"system.record_days ({self.system.record_days}); a kept recording is "
+                              "replayed against the orders in LMDB, so they must outlive it")
         if self.risk.daily_loss_limit > self.risk.max_drawdown:
             raise ConfigError(f"config key risk.daily_loss_limit: {self.risk.daily_loss_limit} is above "
                               f"risk.max_drawdown ({self.risk.max_drawdown}); a day's loss would halt "
@@ -228,7 +247,8 @@ def with_absolute_paths(config: Config) -> Config:
     system = dataclasses.replace(s, state_dir=absolute(s.state_dir), runtime_dir=absolute(s.runtime_dir),
                                  record_dir=absolute(s.record_dir))  # fmt: skip
     feed = dataclasses.replace(f, files=tuple(map(absolute, f.files)))
-    return dataclasses.replace(config, system=system, feed=feed)
+    retention = dataclasses.replace(config.retention, archive_dir=absolute(config.retention.archive_dir))
+    return dataclasses.replace(config, system=system, feed=feed, retention=retention)
 
 
 def sim_start_ns(text: str) -> int:

@@ -17,7 +17,12 @@ The points:
   batch of orders came while these were at the broker, that batch in SUBMITTING), not
   pushed yet;
 - risk.refusing: a batch of intents decided and logged, the approved ones pushed, the
-  refusals not committed yet.
+  refusals not committed yet;
+- archive.temp: an archive part half written to its temporary file;
+- archive.written: a part complete and synced under its name, not in the manifest yet;
+- archive.listed: the part in the manifest, its records still in LMDB;
+- archive.deleting: the first batch of its records deleted from LMDB, the rest not;
+- archive.deleted: every record of the part deleted, the manifest not told yet.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ import os
 import signal
 from pathlib import Path
 
-POINTS = ("gateway.unlogged", "gateway.submitting", "gateway.untold", "gateway.unsent", "risk.refusing")
+POINTS = ("gateway.unlogged", "gateway.submitting", "gateway.untold", "gateway.unsent", "risk.refusing",
+          "archive.temp", "archive.written", "archive.listed", "archive.deleting", "archive.deleted")
 ENV = "SOVEREIGN_FAILPOINTS"
 
 

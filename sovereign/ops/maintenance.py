@@ -48,6 +48,7 @@ DATA_FILE = "data.mdb"
 KEY_FILE = ".sovereign-backup.key"
 OWNER_FILE = ".owner"  # in a backup being written: the pid and start time of its writer
 MIN_FREE_DISK = 1 << 30  # below this, doctor warns; below a quarter of it, it fails
+ARCHIVE_DIR = "archive"  # in a backup (and by default in the state directory): the history archive
 
 
 class OpsError(OperationalError):
@@ -71,9 +72,10 @@ def failed(checks: list[Check]) -> bool:
 # ---- verify
 
 
-def verify(path: str | Path, key: bytes | None = None) -> list[Check]:
-    """Integrity of the state at path, checked in a child process (see the module doc);
-    with `key`, a backup's manifest must be signed with it."""
+def verify(path: str | Path, key: bytes | None = None, archive: str | Path | None = None) -> list[Check]:
+    """Integrity of the state at path, checked in a child process (see the module doc), and
+    of its archive (`archive`, else <path>/archive where there is one); with `key`, a
+    backup's manifest must be signed with it."""
     path = Path(path)
     if not (path / DATA_FILE).is_file():
         return [Check("environment", "fail", f"no LMDB environment at {path} ({DATA_FILE} is missing)")]
@@ -83,6 +85,8 @@ def verify(path: str | Path, key: bytes | None = None) -> list[Check]:
         checks.append(_check_manifest(path, manifest, key))
     elif key is not None:
         checks.append(Check("manifest", "fail", f"{path} has no {MANIFEST}: not a backup made here"))
+    archive = Path(archive) if archive is not None else path / ARCHIVE_DIR
+    archived = verify_archive(archive) if archive.exists() else []
     # -I and cwd /: the reader imports nothing from the directory the operator stands in
     # (a `sovereign/__init__.py` there ran as root).
     reader = [sys.executable, "-I", "-m", "sovereign.ops.maintenance", "verify", str(path.absolute())]
@@ -91,8 +95,16 @@ def verify(path: str | Path, key: bytes | None = None) -> list[Check]:
         why = proc.stderr.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
         if proc.returncode < 0:
             why = [f"the reader crashed with signal {-proc.returncode}"]
-        return [*checks, Check("environment", "fail", f"cannot walk {path}: {why[0]}; the file is corrupt")]
-    return checks + [Check(**c) for c in orjson.loads(proc.stdout)]
+        return [*checks, Check("environment", "fail", f"cannot walk {path}: {why[0]}; the file is corrupt"),
+                *archived]  # fmt: skip
+    return checks + [Check(**c) for c in orjson.loads(proc.stdout)] + archived
+
+
+def verify_archive(path: str | Path) -> list[Check]:
+    """Every archive part against its manifest: a check per problem, and one summary."""
+    from sovereign.state.archive import Archive
+
+    return [Check(name, status, detail) for name, status, detail in Archive(path).verify()]
 
 
 def backup_key_path(state_dir: str | Path) -> Path:
@@ -145,6 +157,14 @@ def _check_manifest(path: Path, manifest: Path, key: bytes | None = None) -> Che
     if got != want:
         return Check("manifest", "fail", f"{DATA_FILE} does not match the backup's checksum: it changed or "
                                          "was damaged after the backup")  # fmt: skip
+    archive = path / ARCHIVE_DIR / "MANIFEST.json"
+    listed = (m.get("archive") or {}).get("manifest_sha256")
+    if listed is None and archive.exists():
+        return Check("manifest", "fail", f"{path / ARCHIVE_DIR} is not in the backup's manifest: it was "
+                                         "added after the backup")  # fmt: skip
+    if listed is not None and (not archive.is_file() or sha256(archive) != listed):
+        return Check("manifest", "fail", f"{archive} is missing or does not match the backup's checksum: it "
+                                         "changed or was damaged after the backup")  # fmt: skip
     return Check("manifest", "ok", f"checksum matches the backup taken {m.get('created', '?')}")
 
 
@@ -176,6 +196,10 @@ def _records(t: Any) -> Check:
         for k, v in t.items(db, raw=True):
             if db == "snapshots":
                 continue  # blobs the workers check themselves (checksum, layout) on restore
+            if db == "open_orders":
+                if v:
+                    bad.append(f"open_orders/{key_u64(k)}")
+                continue
             if db == "signals":
                 if len(v) != SIGNAL_DTYPE.itemsize:
                     bad.append(f"signals/{key_u64(k)}")
@@ -190,14 +214,16 @@ def _records(t: Any) -> Check:
 
 
 def _journal(t: Any) -> Check:
-    """Append-only: its keys run 1..n with no gap."""
-    from sovereign.state.schema import key_u64
+    """Append-only: its keys run with no gap from 1, or from after the newest archived one."""
+    from sovereign.state.schema import META_JOURNAL_ARCHIVED, key_u64
 
+    archived = int(t.get("meta", META_JOURNAL_ARCHIVED) or 0)
     keys = [key_u64(k) for k, _ in t.items("journal", raw=True)]
     gaps = [a for a, b in itertools.pairwise(keys) if b != a + 1]
-    if keys and (keys[0] != 1 or gaps):
-        return Check("journal", "fail", f"records are missing after {gaps[:3] or [0]}")
-    return Check("journal", "ok", f"{len(keys)} events, contiguous")
+    if keys and (keys[0] != archived + 1 or gaps):
+        return Check("journal", "fail", f"records are missing after {gaps[:3] or [archived]}")
+    moved = f" (1..{archived} archived)" if archived else ""
+    return Check("journal", "ok", f"{len(keys)} events, contiguous{moved}")
 
 
 def _orders(t: Any) -> Check:
@@ -265,14 +291,19 @@ def sha256(path: Path) -> str:
 # ---- backup and restore
 
 
-def backup(state_dir: str | Path, dest: str | Path, *, rotate: int = 0) -> dict[str, Any]:
-    """A consistent hot copy of the state into dest (which must not exist or be empty).
+def backup(state_dir: str | Path, dest: str | Path, *, rotate: int = 0,
+           archive_dir: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """A consistent hot copy of the state into dest (which must not exist or be empty), with
+    its history archive (`archive_dir`, default <state_dir>/archive) under dest/archive.
     With rotate=N, dest is a folder of backups: a new timestamped one goes in and only the
-    newest N are kept. Returns the manifest."""
+    newest N are kept, and an archive part the newest one already holds is hard-linked
+    from it, not copied again. Returns the manifest."""
     from sovereign.core import LAYOUT_VERSION
+    from sovereign.state.archive import Archive, ArchiveError
     from sovereign.state.store import StateError, StateStore, private_dirs
 
     src = Path(state_dir)
+    archive = Archive(archive_dir if archive_dir is not None else src / ARCHIVE_DIR)
     if not (src / DATA_FILE).is_file():
         raise OpsError(f"no state at {src} to back up")
     dest = Path(dest).absolute()
@@ -281,8 +312,10 @@ def backup(state_dir: str | Path, dest: str | Path, *, rotate: int = 0) -> dict[
         private_dirs(dest)
         final = dest / time.strftime("sovereign-%Y%m%dT%H%M%SZ", time.gmtime())
         _refuse_symlink(final)
+        previous = max((p for p in dest.iterdir() if p.is_dir() and p.name.startswith("sovereign-")),
+                       default=None)  # fmt: skip
     else:
-        final = dest
+        final, previous = dest, None
     if final.exists() and any(final.iterdir()):
         raise OpsError(f"{final} exists and is not empty; a backup never overwrites")
     key = backup_key(src, create=True)
@@ -295,10 +328,12 @@ def backup(state_dir: str | Path, dest: str | Path, *, rotate: int = 0) -> dict[
         raise OpsError(f"cannot write the backup to {final.parent}: {e}") from None
     try:
         try:
+            before = archive.load()  # parts done before the copy: their records are not in it
             with StateStore(src, readonly=True) as store:
                 store.copy_to(tmp)
                 counts = store.read(lambda t: {db: t.count(db) for db in ("orders", "journal", "signals")})
-        except StateError as e:
+            archived = _copy_archive(archive, tmp / ARCHIVE_DIR, before, previous)
+        except (StateError, ArchiveError) as e:
             raise OpsError(str(e)) from None
         except OSError as e:
             raise OpsError(f"cannot write the backup to {tmp.parent}: {e}") from None
@@ -307,6 +342,8 @@ def backup(state_dir: str | Path, dest: str | Path, *, rotate: int = 0) -> dict[
             "sha256": sha256(tmp / DATA_FILE), "bytes": (tmp / DATA_FILE).stat().st_size,
             "layout_version": LAYOUT_VERSION, "counts": counts,
         }  # fmt: skip
+        if archived is not None:
+            manifest["archive"] = archived
         manifest["hmac"] = _signature(manifest, key)
         checks = verify(tmp)
         if failed(checks):
@@ -329,7 +366,66 @@ def backup(state_dir: str | Path, dest: str | Path, *, rotate: int = 0) -> dict[
     return {"path": str(final), **manifest}
 
 
-def restore(backup_dir: str | Path, state_dir: str | Path, *, unsigned: bool = False) -> dict[str, Any]:
+def _copy_archive(archive: Any, dest: Path, before: list[Any],
+                  previous: Path | None) -> dict[str, Any] | None:  # fmt: skip
+    """The archive's parts listed now (after the LMDB copy) into dest, with a manifest of
+    its own: a part that was not done before the copy began is marked not done there, so
+    that the restored state's next archiving run deletes its records from LMDB again (they
+    may be in the copy). Parts the previous backup holds, the same, are hard-linked."""
+    from sovereign.state.archive import Archive, ArchiveError
+    from sovereign.state.store import private_dirs
+
+    parts = archive.load()
+    if not parts:
+        return None
+    done = {p.file for p in before if p.done}
+    old: dict[str, str] = {}
+    prev = previous / ARCHIVE_DIR if previous is not None else dest
+    with contextlib.suppress(ArchiveError, OSError):
+        old = {p.file: p.sha256 for p in Archive(prev).load()} if previous is not None else {}
+    private_dirs(dest)
+    linked = 0
+    for p in parts:
+        if old.get(p.file) == p.sha256 and not (prev / p.file).is_symlink() and _link(prev / p.file, dest):
+            linked += 1
+        else:
+            _copy_synced(archive.path / p.file, dest / p.file)
+        p.done = p.file in done
+    Archive(dest).save(parts)
+    _fsync_dir(dest)
+    return {"parts": len(parts), "linked": linked, "bytes": sum(p.bytes for p in parts),
+            "manifest_sha256": sha256(dest / "MANIFEST.json")}  # fmt: skip
+
+
+def _link(src: Path, folder: Path) -> bool:
+    try:
+        os.link(src, folder / src.name)
+    except OSError:  # another filesystem: copied instead
+        return False
+    return True
+
+
+def _copy_synced(src: Path, dest: Path) -> None:
+    shutil.copyfile(src, dest)
+    dest.chmod(0o600)
+    with dest.open("rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _copy_archive_back(src: Path, dest: Path) -> None:
+    """A backup's archive (manifest and listed parts) into the new directory dest."""
+    from sovereign.state.archive import Archive
+    from sovereign.state.store import private_dirs
+
+    private_dirs(dest)
+    for p in Archive(src).load():
+        _copy_synced(src / p.file, dest / p.file)
+    _copy_synced(src / "MANIFEST.json", dest / "MANIFEST.json")
+    _fsync_dir(dest)
+
+
+def restore(backup_dir: str | Path, state_dir: str | Path, *, unsigned: bool = False,
+            archive_dir: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Replace the state with a verified backup, signed with this installation's backup
     key (unless `unsigned`: a backup from elsewhere, trusted by the operator). The current
     state is moved aside, never deleted. The caller makes sure the system is stopped."""
@@ -341,10 +437,14 @@ def restore(backup_dir: str | Path, state_dir: str | Path, *, unsigned: bool = F
     except StateError as e:  # a live supervisor holds it, whatever the control socket said
         raise OpsError(f"cannot restore: {e}") from None
     with lock:
-        return _restore(Path(backup_dir), dst, unsigned)
+        archive = Path(archive_dir).absolute() if archive_dir is not None else dst / ARCHIVE_DIR
+        return _restore(Path(backup_dir), dst, unsigned, archive)
 
 
-def _restore(src: Path, dst: Path, unsigned: bool) -> dict[str, Any]:
+def _restore(src: Path, dst: Path, unsigned: bool, archive: Path) -> dict[str, Any]:
+    """The backup's LMDB file and archive in place of the state's, both: a state and its
+    archive go together (the archive of the state replaced is moved aside with it)."""
+    from sovereign.state.archive import ArchiveError
     from sovereign.state.store import private_dirs
 
     _refuse_symlink(dst)
@@ -358,21 +458,38 @@ def _restore(src: Path, dst: Path, unsigned: bool) -> dict[str, Any]:
         raise OpsError(f"{src} is not a good backup: {bad.name}: {bad.detail}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     aside = dst.with_name(f"{dst.name}.replaced-{stamp}") if dst.exists() else None
+    inside = archive.is_relative_to(dst)  # the default: it moves with the state directory
+    backed = src / ARCHIVE_DIR if (src / ARCHIVE_DIR / "MANIFEST.json").exists() else None
+    made: list[Path] = []
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.restoring-", dir=private_dirs(dst.parent)))
-        shutil.copyfile(src / DATA_FILE, tmp / DATA_FILE)
-        (tmp / DATA_FILE).chmod(0o600)
-        with (tmp / DATA_FILE).open("rb+") as f:
-            os.fsync(f.fileno())
-    except OSError as e:
-        if "tmp" in locals():
-            shutil.rmtree(tmp, ignore_errors=True)
+        made.append(tmp)
+        _copy_synced(src / DATA_FILE, tmp / DATA_FILE)
+        if backed is not None and inside:
+            _copy_archive_back(backed, tmp / archive.relative_to(dst))
+        elif backed is not None:
+            beside = private_dirs(archive.parent)
+            made.append(Path(tempfile.mkdtemp(prefix=f".{archive.name}.restoring-", dir=beside)))
+            _copy_archive_back(backed, made[-1])
+    except (OSError, ArchiveError) as e:
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)
         raise OpsError(f"cannot copy the backup into {dst.parent}: {e}; the state is unchanged") from None
     if aside is not None:
         dst.rename(aside)
     tmp.rename(dst)
     _fsync_dir(dst.parent)
-    return {"restored": str(dst), "from": str(src), "previous_state_moved_to": str(aside) if aside else None}
+    archive_aside = None
+    if not inside:
+        if archive.exists():
+            archive_aside = archive.with_name(f"{archive.name}.replaced-{stamp}")
+            archive.rename(archive_aside)
+        if backed is not None:
+            made[-1].rename(archive)
+        _fsync_dir(archive.parent)
+    return {"restored": str(dst), "from": str(src), "previous_state_moved_to": str(aside) if aside else None,
+            "archive": str(archive) if backed is not None else None,
+            "previous_archive_moved_to": str(archive_aside) if archive_aside else None}  # fmt: skip
 
 
 def _start_time(pid: int) -> str:
@@ -462,19 +579,83 @@ def doctor(config: Config) -> list[Check]:
         need = (n * (TICK_RING * TICK_DTYPE.itemsize + SIGNAL_RING * SIGNAL_DTYPE.itemsize)
                 + 4 * ORDER_RING * ORDER_DTYPE.itemsize + config.feed.symbols * 64 + (1 << 20))  # fmt: skip
         verdict = "ok" if free >= 2 * need else "warn" if free >= need else "fail"
-        checks.append(Check("shared memory", verdict, f"/dev/shm has {_size(free)} free; the rings need "
-                                                      f"{_size(need)}"))  # fmt: skip
+        checks.append(Check("shared memory", verdict, f"/dev/shm has {size_text(free)} free; the rings need "
+                                                      f"{size_text(need)}"))  # fmt: skip
     checks.append(_check_state_dir(Path(config.system.state_dir)))
     free_disk = _free_disk(Path(config.system.state_dir))
     verdict = "ok" if free_disk >= MIN_FREE_DISK else "warn" if free_disk >= MIN_FREE_DISK // 4 else "fail"
-    checks.append(Check("free disk", verdict, f"{_size(free_disk)} free where the state lives "
+    checks.append(Check("free disk", verdict, f"{size_text(free_disk)} free where the state lives "
                                               f"(LMDB grows its map as needed)"))  # fmt: skip
+    checks.append(_check_retention(config, free_disk))
     unit = next((p for p in UNIT_PATHS if Path(p).exists()), None)
     checks.append(Check("unit file", "ok", f"installed at {unit}") if unit else
                   Check("unit file", "warn", "sovereign.service is not installed (see docs/runbook.md, "
                                              "Install); fine for a foreground run"))  # fmt: skip
     checks.append(_check_clock())
     return checks
+
+
+# LMDB bytes per market day at the default pace, per 100 symbols: 2.7 MB of orders, journal
+# entries and executions a market day (measured, 4 M ticks of the default sim), twice that
+# in B-tree pages. The archive takes about a tenth of the records' bytes (zstd).
+LMDB_DAY_BYTES = 6_000_000
+ARCHIVE_DAY_BYTES = 300_000
+RECORDING_DAY_BYTES = 400_000_000  # ticks a simulated day, per 100 symbols (see system.record_max_mb)
+
+
+def storage(config: Config) -> dict[str, Any]:
+    """The state's sizes (the LMDB file; of it, the pages in use and the free pages it
+    reuses) and the archive's (files, bytes), for `status`."""
+    from sovereign.state.archive import Archive, archive_dir
+    from sovereign.state.store import StateError, StateStore
+
+    out: dict[str, Any] = {"lmdb": None, "archive": Archive(archive_dir(config)).size()}
+    state = config.system.state_dir
+    if (Path(state) / DATA_FILE).is_file():
+        with contextlib.suppress(StateError, OSError), StateStore(state, readonly=True) as db:
+            out["lmdb"] = db.usage()
+    return out
+
+
+def _day_bytes(config: Config) -> tuple[float, str]:
+    """LMDB bytes per market day: measured on the state where it holds a market day or more
+    of history, else the default pace's."""
+    from sovereign.state.archive import market_first, market_now
+    from sovereign.state.store import StateError, StateStore
+
+    scale = config.feed.symbols / 100
+    try:
+        with StateStore(config.system.state_dir, readonly=True) as st:
+            used = st.usage()["used_bytes"]
+            now = st.read(market_now)
+            first = st.read(market_first)
+    except (StateError, OSError):
+        now = first = None
+    if now is not None and first is not None and now - first >= 86_400 * 10**9:
+        return used / ((now - first) / (86_400 * 10**9)), "measured on this state"
+    return LMDB_DAY_BYTES * scale, "the default pace's"
+
+
+def _check_retention(config: Config, free: int) -> Check:
+    """Does what the configured retention keeps fit the free disk: the recordings' budget,
+    LMDB at its steady state (twice: compacting copies it) and a market year of archive?"""
+    r, s = config.retention, config.system
+    per_day, source = _day_bytes(config)
+    scale = config.feed.symbols / 100
+    recordings = 0 if not s.record_days else s.record_max_mb << 20 if s.record_max_mb else \
+        s.record_days * RECORDING_DAY_BYTES * scale
+    if not r.days:
+        return Check("retention", "warn", f"retention.days = 0: orders and the journal are never archived, "
+                                          f"and LMDB grows about {size_text(per_day)} a market day "
+                                          f"({source}) without bound")  # fmt: skip
+    lmdb = 2 * per_day * (r.days + 31)
+    archive = ARCHIVE_DAY_BYTES * scale * 365
+    need = recordings + lmdb + archive
+    detail = (f"recordings {size_text(recordings)}, LMDB {size_text(lmdb / 2)} at {r.days} + 31 market days "
+              f"({size_text(per_day)} a day, {source}; twice that to compact), archive about "
+              f"{size_text(archive)} a market year: {size_text(need)} of {size_text(free)} free")  # fmt: skip
+    return Check("retention", "ok" if need <= free else "warn", detail if need <= free else
+                 f"the configured retention may not fit the disk: {detail}")  # fmt: skip
 
 
 def _check_state_dir(path: Path) -> Check:
@@ -526,7 +707,7 @@ def _check_clock() -> Check:
     return Check("clock sync", "ok", f"synchronized; estimated error {tx.esterror} µs")
 
 
-def _size(n: float) -> str:
+def size_text(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

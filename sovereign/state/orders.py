@@ -1,7 +1,10 @@
 """The order lifecycle of DESIGN.md section 5, kept in the `orders` database.
 
 Every transition is checked against the lifecycle and journaled in the same transaction
-as the new state, so the journal and the order book never disagree.
+as the new state, so the journal and the order book never disagree. The same transaction
+keeps the `open_orders` index, so open orders are found without scanning every order ever
+made; a state written before the index existed gets it built once, by the first OrderBook
+that opens it for writing.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from enum import Enum
 from typing import Any
 
 from sovereign.errors import OperationalError
-from sovereign.state.schema import NEXT_ID_KEY
+from sovereign.state.schema import META_OPEN_INDEX, NEXT_ID_KEY
 from sovereign.state.store import StateStore, Txn
 
 
@@ -39,10 +42,44 @@ TRANSITIONS: dict[OrderState, frozenset[OrderState]] = {
     S.EXPIRED: frozenset(),
 }
 OPEN_STATES = frozenset({S.INTENT, S.APPROVED, S.SUBMITTING, S.ACCEPTED, S.PARTIALLY_FILLED})
+OPEN_VALUES = frozenset(s.value for s in OPEN_STATES)
 
 
 class LifecycleError(OperationalError, ValueError):
     """A transition the order lifecycle does not allow."""
+
+
+def put_order(t: Txn, cid: int, order: dict[str, Any]) -> None:
+    """Write an order and keep the open-order index with it: every writer of `orders` goes
+    through here."""
+    t.put("orders", cid, order)
+    if order["state"] in OPEN_VALUES:
+        t.put_bytes("open_orders", cid, b"")
+    else:
+        t.delete("open_orders", cid)
+
+
+def open_orders(t: Txn) -> list[dict[str, Any]]:
+    """The orders in an open state, by client id: from the index, or by a scan of every
+    order where the index was never built (an older state opened read-only)."""
+    if t.get("meta", META_OPEN_INDEX) is None:
+        return [o for _, o in t.items("orders") if o.get("state") in OPEN_VALUES]
+    found = (t.get("orders", k) for k, _ in t.items("open_orders", raw=True))
+    return [o for o in found if o is not None and o.get("state") in OPEN_VALUES]
+
+
+def build_open_index(t: Txn) -> int:
+    """Build the open-order index from every order, once (the migration of a state written
+    before it existed); returns how many open orders it holds, or -1 when it was built."""
+    if t.get("meta", META_OPEN_INDEX) is not None:
+        return -1
+    n = 0
+    for k, o in t.items("orders"):
+        if o.get("state") in OPEN_VALUES:
+            t.put_bytes("open_orders", k, b"")
+            n += 1
+    t.put("meta", META_OPEN_INDEX, {"built_with": n})
+    return n
 
 
 def reserve_ids(t: Txn, n: int) -> int:
@@ -77,13 +114,15 @@ class OrderBook:
 
     def __init__(self, store: StateStore):
         self.store = store
+        if not store.readonly and store.read(lambda t: t.get("meta", META_OPEN_INDEX)) is None:
+            store.write(build_open_index)
 
     def create(self, **fields: Any) -> int:
         """Record a new order in INTENT with a fresh client id; returns the id."""
 
         def tx(t: Txn) -> int:
             cid = reserve_ids(t, 1)
-            t.put("orders", cid, {**fields, "client_order_id": cid, "state": S.INTENT.value})
+            put_order(t, cid, {**fields, "client_order_id": cid, "state": S.INTENT.value})
             t.journal("order", client_order_id=cid, state=S.INTENT.value, **fields)
             return cid
 
@@ -106,7 +145,7 @@ class OrderBook:
             extra = fields if step == len(path) - 1 else {}
             t.journal("order", client_order_id=cid, state=new.value, previous=old.value, **extra)
         order.update(fields)
-        t.put("orders", cid, order)
+        put_order(t, cid, order)
         return order
 
     def transition(self, cid: int, new: OrderState, **fields: Any) -> dict[str, Any]:
@@ -122,7 +161,7 @@ class OrderBook:
                 raise LifecycleError(f"order {cid}: {old.value} -> {new.value} is not allowed; from "
                                      f"{old.value} only {allowed}")
             order.update(fields, state=new.value)
-            t.put("orders", cid, order)
+            put_order(t, cid, order)
             t.journal("order", client_order_id=cid, state=new.value, previous=old.value, **fields)
             return order
 
@@ -132,5 +171,8 @@ class OrderBook:
         return self.store.read(lambda t: t.get("orders", cid))
 
     def in_state(self, *states: OrderState) -> list[dict[str, Any]]:
+        """Orders in any of `states`, by client id; open states only are found through the index."""
         wanted = {s.value for s in states}
+        if wanted <= OPEN_VALUES:
+            return [o for o in self.store.read(open_orders) if o["state"] in wanted]
         return self.store.read(lambda t: [o for _, o in t.items("orders") if o["state"] in wanted])

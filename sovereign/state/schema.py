@@ -9,14 +9,21 @@ import struct
 
 DATABASES = (
     "orders",  # client id (u64) -> the order's record. Gateway and risk (refusals) write; CLI, replay read.
+    # Final orders past the retention move to the archive (sovereign.state.archive), open ones never.
     "positions",  # BOOK_KEY. Risk writes; coordinator (start), CLI, ops checks read.
     "risk",  # RISK_STATE_KEY. Risk writes; coordinator (start), CLI, ops checks read.
     "coordinator",  # NEXT_ID_KEY. Whoever reserves client ids (coordinator, risk) writes and reads.
     "bridge",  # the broker side: PAPER_BROKER_KEY, LAST_REPORTS_KEY, exec_key, deal_key. Gateway writes.
+    # exec_key and deal_key records past the retention are archived; the rest is what a
+    # restarted gateway and risk reconcile from (the account and the newest ticket), never archived.
     "snapshots",  # snapshot_key(k) -> worker k's AgentPool snapshot. Worker k writes and reads.
-    "journal",  # seq (u64) -> an event. Every process appends; CLI, ops checks read.
+    "journal",  # seq (u64) -> an event. Every process appends; CLI, ops checks read. The oldest are
+    # archived: the live keys run from META_JOURNAL_ARCHIVED + 1, with no gap.
     "signals",  # seq (u64) -> raw Signal records, the newest system.signal_history. Coordinator writes.
     "meta",  # META_*: the session's start. Supervisor writes; CLI, ops checks, replay read.
+    # client id (u64) -> b"": the orders in an open state, written in the same transaction as
+    # the order (OrderBook), so open orders are found without scanning every order ever made.
+    "open_orders",
 )
 
 BOOK_KEY = "book"  # positions: risk's ledger (Ledger.to_dict), committed on every report
@@ -29,6 +36,10 @@ META_LAYOUT = "layout_version"  # meta: the record layout the state was written 
 META_CONFIG = "config"  # meta: the config of the last start (no secret: see sovereign.credentials)
 META_CONFIG_PATH = "config_path"  # meta: the file it came from
 META_SUPERVISOR = "supervisor"  # meta: the supervisor's pid and start
+META_OPEN_INDEX = "open_orders_index"  # meta: present once open_orders holds every open order (OrderBook)
+# meta: the newest journal seq moved to the archive, written with the deletes (the archiver);
+# the next journal entry is numbered after it even when every live entry is archived
+META_JOURNAL_ARCHIVED = "journal_archived_through"
 META_STATE_ID = "state_id"  # meta: a secret made once per state; names its shared memory (runtime.shm_prefix)
 
 

@@ -9,9 +9,12 @@ after it starts (an LMDB environment must never cross a fork).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +26,7 @@ import orjson
 
 from sovereign.credentials import json_default
 from sovereign.errors import OperationalError
-from sovereign.state.schema import DATABASES, key_u64, u64_key
+from sovereign.state.schema import DATABASES, META_JOURNAL_ARCHIVED, key_u64, u64_key
 
 DEFAULT_MAP_SIZE = 64 << 20
 MAX_MAP_SIZE = 1 << 40
@@ -101,9 +104,10 @@ class Txn:
             return bytes(cur.key()) if cur.last() else None
 
     def journal(self, event: str, **fields: Any) -> int:
-        """Append an audit record in this transaction; returns its sequence number."""
+        """Append an audit record in this transaction; returns its sequence number (after the
+        newest archived one when the archiver took every live entry: numbers are never reused)."""
         last = self.last_key("journal")
-        seq = 1 if last is None else key_u64(last) + 1
+        seq = key_u64(last) + 1 if last is not None else int(self.get("meta", META_JOURNAL_ARCHIVED) or 0) + 1
         self.put("journal", seq, {"event": event, **fields})
         return seq
 
@@ -242,6 +246,7 @@ class StateStore:
 
     def __init__(self, path: str | Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False):
         self.path = Path(path)
+        self.readonly = readonly
         try:
             if not readonly:
                 private_dirs(self.path)
@@ -313,6 +318,23 @@ class StateStore:
         except (lmdb.Error, OSError) as e:  # no space, I/O error: the copy is incomplete
             raise StateError(f"cannot copy the state to {dest}: {e}") from e
 
+    def usage(self) -> dict[str, int]:
+        """The data file's bytes, and of them the pages in use and the free pages LMDB reuses
+        before it grows the file. The file never shrinks by itself (its size is the high-water
+        mark of the pages ever in use at once); `compact` gives the free pages back."""
+
+        def pages(st: Any) -> int:
+            return int(st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
+
+        env = self._env.stat()  # the main database: the named databases' roots
+        with self._begin(write=False) as txn:
+            named = sum(pages(txn.stat(db)) for db in self._dbs.values() if db is not None)
+            high = int(self._env.info()["last_pgno"]) + 1
+        used = min(high, pages(env) + named + 2)  # 2: the meta pages
+        psize = int(env["psize"])
+        return {"file_bytes": (self.path / "data.mdb").stat().st_size, "used_bytes": used * psize,
+                "free_bytes": (high - used) * psize, "map_bytes": self.map_size}  # fmt: skip
+
     def clear_stale_readers(self) -> int:
         """Release the read slots of processes that died inside a read transaction (LMDB
         cannot reuse the pages such a reader pins, so the file grows until the disk is
@@ -327,6 +349,58 @@ class StateStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+COMPACT_MIN_FREE = 64 << 20  # free bytes below which compacting is not worth a copy of the file
+
+
+def compact(path: str | Path) -> dict[str, int]:
+    """Rewrite the environment at `path` without its free pages (LMDB's compacting copy) and
+    put the copy in place of its data file. The caller must hold the state's StateLock, so
+    that no process of the system has the environment open: one would go on writing to the
+    replaced file. A reader that has it open (a CLI command) keeps reading the old file.
+    A crash leaves the old file or the new one, whole. Returns the sizes before and after."""
+    path = Path(path)
+    data = path / "data.mdb"
+    if not data.is_file():
+        raise StateError(f"no state at {path} to compact")
+    for old in path.glob(".compact-*"):  # a copy a crash left behind
+        shutil.rmtree(old, ignore_errors=True)
+    before = data.stat().st_size
+    tmp = Path(tempfile.mkdtemp(prefix=".compact-", dir=path))
+    try:
+        with StateStore(path, readonly=True) as store:
+            store.copy_to(tmp)
+        with (tmp / "data.mdb").open("rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp / "data.mdb", data)
+        # The lock file's reader table and transaction id are the old file's: a fresh one is
+        # made by the next process that opens the environment.
+        with contextlib.suppress(FileNotFoundError):
+            (path / "lock.mdb").unlink()
+        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise StateError(f"cannot compact the state at {path} (it is unchanged): {e}") from e
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"bytes_before": before, "bytes_after": data.stat().st_size}
+
+
+def compact_if_needed(path: str | Path, free_ratio: float,
+                      min_free: int = COMPACT_MIN_FREE) -> dict[str, int] | None:  # fmt: skip
+    """`compact` when at least `free_ratio` of the file and `min_free` bytes are free pages
+    (the caller holds the StateLock); None when it is not needed or there is no state yet."""
+    if not (Path(path) / "data.mdb").is_file():
+        return None
+    with StateStore(path, readonly=True) as store:
+        use = store.usage()
+    if use["free_bytes"] < min_free or use["free_bytes"] < free_ratio * use["file_bytes"]:
+        return None
+    return compact(path)
 
 
 class Committer:

@@ -7,12 +7,14 @@ stopped system or a backup.
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sovereign.core import SIGNAL_DTYPE
-from sovereign.state.orders import OPEN_STATES
+from sovereign.state.archive import history
+from sovereign.state.orders import open_orders
 from sovereign.state.schema import BOOK_KEY, RISK_STATE_KEY, key_u64
 from sovereign.state.store import Txn
 
@@ -62,16 +64,42 @@ def positions(t: Txn) -> list[dict[str, Any]]:
 
 
 def orders(t: Txn, *, open_only: bool = False, limit: int = 50) -> list[dict[str, Any]]:
-    """The newest orders first (client ids only grow). open_only scans every order: a stuck
-    order may be old."""
+    """The newest orders first (client ids only grow); open_only: those in an open state,
+    from the index (a stuck order may be old)."""
     names = symbol_names(t)
+    found = reversed(open_orders(t)) if open_only else (o for _, o in t.items("orders", reverse=True))
     out = []
-    for _, o in t.items("orders", reverse=True):
-        if open_only and o.get("state") not in {s.value for s in OPEN_STATES}:
-            continue
+    for o in found:
         if "symbol" in o:
             o["name"] = _name(names, int(o["symbol"]))
         out.append(o)
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+def order_history(t: Txn, archive: str | Path, start: int | None, end: int | None,
+                  limit: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+    """Orders whose market time is in [start, end), oldest first, from the archive and
+    then LMDB (see sovereign.state.archive.history); the first `limit` (0: all)."""
+    names = symbol_names(t)
+    out = []
+    for _, o in history(t, archive, "orders", start, end):
+        if "symbol" in o:
+            o["name"] = _name(names, int(o["symbol"]))
+        out.append(o)
+        if limit and len(out) >= limit:
+            break
+    return out
+
+
+def journal_history(t: Txn, archive: str | Path, start: int | None, end: int | None,
+                    limit: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+    """Journal events of [start, end) market time with their sequence numbers, oldest
+    first, from the archive and then LMDB; the first `limit` (0: all)."""
+    out = []
+    for seq, e in history(t, archive, "journal", start, end):
+        out.append({"seq": seq, **e})
         if limit and len(out) >= limit:
             break
     return out

@@ -439,8 +439,8 @@ def test_doctor_checks_the_machine(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[system]\nstate_dir = "{tmp_path / "state"}"\n')
     checks = {c["name"]: c for c in sov_json("doctor", config=cfg, check=0)}
-    assert set(checks) == {"engine", "cores", "shared memory", "state directory", "free disk", "unit file",
-                           "clock sync"}  # fmt: skip
+    assert set(checks) == {"engine", "cores", "shared memory", "state directory", "free disk", "retention",
+                           "unit file", "clock sync"}  # fmt: skip
     (tmp_path / "state").mkdir(mode=0o755)
     os.chmod(tmp_path / "state", 0o755)
     checks = {c["name"]: c for c in sov_json("doctor", config=cfg, check=0)}
