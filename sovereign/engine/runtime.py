@@ -17,6 +17,7 @@ import os
 import resource
 import secrets
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -393,3 +394,37 @@ def out_of_shm(e: BaseException) -> bool:
     """Whether creating a segment failed because /dev/shm is full (another process took the
     room between check_shm_room and the creation)."""
     return getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in str(e)
+
+
+class _Tolerant:
+    """A text stream whose failed writes (a log on a full disk, a reader gone away) are
+    dropped and counted instead of raised."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+        self.lost = 0  # writes and flushes dropped
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self.stream.write(text))
+        except OSError:
+            self.lost += 1
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except OSError:
+            self.lost += 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+def tolerant_output() -> None:
+    """A process must never die of its own log: stdout and stderr drop what they cannot
+    write. (The supervisor's print to a full disk killed every child without draining.)"""
+    if not isinstance(sys.stdout, _Tolerant):
+        sys.stdout = _Tolerant(sys.stdout)  # type: ignore[assignment]
+    if not isinstance(sys.stderr, _Tolerant):
+        sys.stderr = _Tolerant(sys.stderr)  # type: ignore[assignment]

@@ -42,11 +42,12 @@ from sovereign.engine.runtime import (
     reclaim_segments,
     shm_prefix,
     shm_ran_out,
+    tolerant_output,
 )
 from sovereign.market.data import load_ticks
 from sovereign.state import views
 from sovereign.state.recorder import new_session
-from sovereign.state.store import StateLock, StateStore, Txn
+from sovereign.state.store import StateError, StateLock, StateStore, Txn
 from sovereign.text import MAX_FIELD, clean
 
 POLL_S = 0.05
@@ -56,6 +57,7 @@ START_GRACE_S = 60.0  # a process may take this long to reach RUNNING (imports, 
 
 def child_main(role: str, config: Config, layout: Layout, control: Connection) -> None:
     """Entry point of every child process (spawned: a fresh interpreter, nothing inherited)."""
+    tolerant_output()
     child = Child(role, layout, control)
     try:
         if role == "gateway":
@@ -130,7 +132,10 @@ class Supervisor:
         fields = {k: clean(v, MAX_FIELD) if isinstance(v, str) else v for k, v in fields.items()}
         print(f"sovereign: {event} " + " ".join(f"{k}={clean(v, MAX_FIELD)}" for k, v in fields.items()),
               flush=True)  # fmt: skip
-        self.store.write(lambda t: t.journal(event, **fields))
+        try:
+            self.store.write(lambda t: t.journal(event, **fields))
+        except StateError as e:  # a full state disk: supervising goes on, its entry is lost
+            print(f"sovereign: journal_write_failed event={event} why={clean(str(e), MAX_FIELD)}", flush=True)
 
     # ---- start
 
@@ -283,9 +288,16 @@ class Supervisor:
         signal.signal(signal.SIGTERM, self._on_stop)
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
+        tolerant_output()
         try:
             self.setup()
-            return self.loop()
+            try:
+                return self.loop()
+            except Exception:  # a defect or the disk: the children still drain, as at a stop
+                traceback.print_exc()
+                self.notify("STATUS=failed: draining the processes before exiting")
+                self.shutdown()
+                return 1
         finally:
             self.cleanup()
 

@@ -1,0 +1,87 @@
+"""The supervisor under faults of its own (issue 22): its log going away (a full disk, a
+reader gone) costs log lines, never the system; any exception in its loop drains every
+process as a stop does, where it SIGKILLed them all."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from sovereign.state.store import StateStore
+from tests.helpers import LiveSystem, wait_gone
+
+CLI = [sys.executable, "-m", "sovereign.cli"]
+
+
+def config(tmp: Path) -> Path:
+    cfg = tmp / "c.toml"
+    cfg.write_text(f'[system]\nstate_dir = "{tmp / "state"}"\nrecord_days = 0\nworkers = 1\n'
+                   '[feed]\nsymbols = 4\npace = "realtime"\nspeed = 60.0\n')  # fmt: skip
+    return cfg
+
+
+def journal(state: Path) -> list[dict]:
+    with StateStore(state, readonly=True) as st:
+        return st.read(lambda t: [v for _, v in t.items("journal")])
+
+
+def test_a_log_that_goes_away_costs_lines_not_the_system(tmp_path: Path) -> None:
+    system = LiveSystem(config(tmp_path), tmp_path / "unused.log")
+    system.proc = subprocess.Popen([*CLI, "run", "--config", str(system.config)], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        status = system.wait_healthy(90)
+        system.proc.stdout.close()  # type: ignore[union-attr]  # every print now fails with EPIPE
+        worker = system.pids(status)["worker-0"]
+        system.kill(worker)  # its restart is logged: that print raised in the loop, and killed all
+        status = system.wait_healthy(60, not_pids=[worker])
+        assert {p["role"]: p["restarts"] for p in status["processes"]}["worker-0"] == 1
+        assert system.stop() == 0
+    finally:
+        system.close()
+    events = journal(tmp_path / "state")
+    assert any(e["event"] == "restart" and e.get("process") == "worker-0" for e in events)
+    assert [e["clean"] for e in events if e["event"] == "stopped"] == [True]
+
+
+SCRIPT = """
+import sys
+from sovereign.config import load, with_absolute_paths
+from sovereign.engine import supervisor
+
+calls = 0
+def sample(self):
+    global calls
+    calls += 1
+    if calls == 3:  # a second after ready: a defect in the loop
+        raise RuntimeError("injected: a defect in the supervisor's loop")
+
+supervisor.Supervisor.sample = sample
+sys.exit(supervisor.Supervisor(with_absolute_paths(load({cfg!r}))).run())
+"""
+
+
+def test_an_exception_in_the_loop_drains_every_process(tmp_path: Path) -> None:
+    script = textwrap.dedent(SCRIPT.format(cfg=str(config(tmp_path))))
+    log = tmp_path / "log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    system = LiveSystem(config(tmp_path), log)
+    system.proc = proc
+    try:
+        status = system.wait_healthy(90)
+        children = list(system.pids(status).values())
+        assert proc.wait(120) == 1, system.tail()
+        wait_gone(children, 30)
+    finally:
+        system.close()
+    text = log.read_text()
+    assert "injected: a defect in the supervisor's loop" in text
+    assert "stopped clean=True" in text, text[-3000:]
+    events = journal(tmp_path / "state")
+    stops = [e for e in events if e["event"] == "gateway_stats"]
+    assert stops, "the gateway never wrote its final stats: it was killed, not stopped"
+    assert [e["clean"] for e in events if e["event"] == "stopped"] == [True]
