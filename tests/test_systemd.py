@@ -16,7 +16,7 @@ import pytest
 from sovereign.config import Config
 
 UNITS = Path(__file__).parent.parent / "systemd"
-INSTALLED = "/opt/sovereign/bin/sovereign"  # where install.sh puts the entry point
+INSTALLED = "/opt/sovereign/current/bin/sovereign"  # where install.sh puts the entry point
 
 analyze = shutil.which("systemd-analyze")
 pytestmark = pytest.mark.skipif(analyze is None and not os.environ.get("CI"),
