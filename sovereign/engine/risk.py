@@ -130,7 +130,9 @@ class Risk:
         qts, bid, ask, _ = quotes(symbol)
         if qts == 0 or not (bid > 0 and ask > 0):
             return [], Reason.NO_QUOTE
-        if self.feed_stalled or self.market_closed or now_ns - qts > self.limits.stale_after_s * NS:
+        if self.market_closed:
+            return [], Reason.MARKET_CLOSED
+        if self.feed_stalled or now_ns - qts > self.limits.stale_after_s * NS:
             return [], Reason.STALE_QUOTE
         ref = ask if side > 0 else bid
         if abs(ref / price - 1.0) > self.limits.price_band:

@@ -199,7 +199,7 @@ def test_risk_refuses_while_the_market_is_closed_and_journals_no_stall() -> None
     t = utc("2027-01-08T21:59:58")
     apply_command(r, ("feed", CLOSED), quotes_at(1.1, 1.1002, t), t)
     _, refused = r.on_intents(intent(), quotes_at(1.1, 1.1002, t), t)
-    assert [w for _, w in refused] == [Reason.STALE_QUOTE] and r.account()["feed"] == CLOSED
+    assert [w for _, w in refused] == [Reason.MARKET_CLOSED] and r.account()["feed"] == CLOSED
     apply_command(r, ("feed", LIVE), quotes_at(1.1, 1.1002, t), t)
     ok, _ = r.on_intents(intent(cid=2), quotes_at(1.1, 1.1002, t), t)
     assert len(ok) == 1
