@@ -82,7 +82,23 @@ void bind_sim(py::module_& m) {
           py::arg("n"), "The next n ticks (TICK_DTYPE, time order, recv_ns 0).")
       .def_property_readonly("n_symbols", &SimMarket::n_symbols)
       .def_property_readonly("clock_ns", &SimMarket::clock_ns,
-                             "ts_ns of the last tick made (start_ns before any).");
+                             "ts_ns of the last tick made (start_ns before any).")
+      .def(
+          "state", [](const SimMarket& market) { return py::bytes(market.state()); },
+          "The whole market as bytes: from_state(state()) goes on with the same ticks.")
+      .def_static(
+          "from_state", [](const py::bytes& blob) { return SimMarket::from_state(std::string(blob)); },
+          py::arg("blob"), "A market from state()'s bytes (ValueError for bytes that are not one).")
+      .def(
+          "mids", [](const SimMarket& market) { return to_array(market.mids()); },
+          "Each symbol's mid price now (float64): its last tick's, or where it starts.")
+      .def(
+          "set_mids",
+          [](SimMarket& market, const py::array_t<double, py::array::c_style | py::array::forcecast>& mids) {
+            if (mids.ndim() != 1) throw py::value_error("set_mids expects a 1-D array of prices");
+            market.set_mids(mids.data(), static_cast<size_t>(mids.size()));
+          },
+          py::arg("mids"), "Each symbol's walk goes on from mids[s] (0: unchanged). See sim.hpp.");
 }
 
 void bind_tick_scans(py::module_& m) {

@@ -12,10 +12,16 @@
 // never changes it: next(a) then next(b) gives the ticks of next(a + b). The generator
 // and every distribution are written out here (std::*_distribution differs between
 // standard libraries), so one build gives the same ticks on every machine.
+//
+// A market can be taken as bytes (state) and made again from them (from_state): the
+// stream then goes on exactly as if it had never stopped, which is how a restarted gateway
+// resumes the sim feed. A market can also be started from another's last prices
+// (set_mids), where the stream itself cannot go on (another seed or symbol count).
 #pragma once
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -96,6 +102,7 @@ class Rng {
   }
 
  private:
+  friend class SimMarket;  // takes and gives back the whole state (SimMarket::state)
   static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }
   uint64_t s_[4];
   double spare_ = 0.0;
@@ -120,6 +127,99 @@ class SimMarket {
 
   uint32_t n_symbols() const { return static_cast<uint32_t>(walks_.size()); }
   int64_t clock_ns() const { return clock_ns_; }
+
+  // Each symbol's mid price now: its last tick's (a tick's `last`), or where it starts.
+  std::vector<double> mids() const {
+    std::vector<double> out(walks_.size());
+    for (size_t s = 0; s < walks_.size(); ++s) out[s] = std::exp(log_mid(walks_[s]));
+    return out;
+  }
+
+  // Each symbol's walk goes on from mids[s] (a finite price > 0; 0 leaves the symbol as it
+  // is), in the regime it is in. Throws std::invalid_argument, changing nothing, unless
+  // there is one entry per symbol and each is 0 or a finite positive price.
+  void set_mids(const double* mids, size_t n) {
+    if (n != walks_.size()) {
+      throw std::invalid_argument("set_mids: " + std::to_string(n) + " prices for " +
+                                  std::to_string(walks_.size()) + " symbols");
+    }
+    for (size_t s = 0; s < n; ++s) {
+      if (mids[s] != 0.0 && !(mids[s] > 0.0 && std::isfinite(mids[s]))) {
+        throw std::invalid_argument("set_mids: the price of symbol " + std::to_string(s) + " is " +
+                                    std::to_string(mids[s]) + ", not a finite price > 0 (or 0: unchanged)");
+      }
+    }
+    for (size_t s = 0; s < n; ++s) {
+      if (mids[s] == 0.0) continue;
+      walks_[s].anchor = std::log(mids[s]);  // log_mid is the anchor where the walk is 0, in every regime
+      walks_[s].raw = 0.0;
+    }
+  }
+
+  // The whole market (generator, clock, every walk) as bytes, field by field in this
+  // build's byte order, with a checksum: from_state(state()) makes the same ticks as this
+  // market would have from here on.
+  std::string state() const {
+    std::string out;
+    put(out, kStateMagic);
+    put(out, static_cast<uint64_t>(walks_.size()));
+    for (uint64_t word : rng_.s_) put(out, word);
+    put(out, rng_.spare_);
+    put(out, static_cast<uint64_t>(rng_.has_spare_));
+    put(out, clock_ns_);
+    put(out, gap_ns_);
+    for (const Walk& w : walks_) {
+      put(out, w.anchor), put(out, w.raw), put(out, w.sigma), put(out, w.drift), put(out, w.width);
+      put(out, w.volume_floor), put(out, w.left), put(out, static_cast<int64_t>(w.regime));
+    }
+    put(out, checksum(out));
+    return out;
+  }
+
+  // A market from state()'s bytes. Throws std::invalid_argument naming what is wrong for
+  // bytes that are not a state of this build (magic, size, checksum) or hold a value the
+  // generator never makes (so a bad state cannot make NaN prices or an endless regime).
+  static SimMarket from_state(const std::string& blob) {
+    const size_t head = 8 * 10, per_walk = 8 * 8;  // as state() writes them
+    if (blob.size() < head + 8) bad_state("it is " + std::to_string(blob.size()) + " bytes, too short");
+    const char* p = blob.data();
+    uint64_t magic = 0, n = 0;
+    get(p, magic), get(p, n);
+    if (magic != kStateMagic) bad_state("not a SimMarket state of this version (bad magic)");
+    if (n < 1 || n > static_cast<uint64_t>(kMaxSymbol) + 1 || blob.size() != head + n * per_walk + 8) {
+      bad_state("its size (" + std::to_string(blob.size()) + " bytes) does not match its " +
+                std::to_string(n) + " symbols");
+    }
+    uint64_t sum = 0;
+    std::memcpy(&sum, blob.data() + blob.size() - 8, 8);
+    if (sum != checksum(std::string(blob.data(), blob.size() - 8)))
+      bad_state("checksum mismatch (corrupt data)");
+    SimMarket m;
+    m.walks_.resize(n);
+    uint64_t has_spare = 0;
+    for (uint64_t& word : m.rng_.s_) get(p, word);
+    get(p, m.rng_.spare_), get(p, has_spare), get(p, m.clock_ns_), get(p, m.gap_ns_);
+    m.rng_.has_spare_ = has_spare != 0;
+    const uint64_t* s = m.rng_.s_;
+    if ((s[0] | s[1] | s[2] | s[3]) == 0 || !std::isfinite(m.rng_.spare_) || has_spare > 1 ||
+        !(m.gap_ns_ > 0.0 && std::isfinite(m.gap_ns_))) {
+      bad_state("its generator or clock is not one a market has");
+    }
+    for (Walk& w : m.walks_) {
+      int64_t regime = 0;
+      get(p, w.anchor), get(p, w.raw), get(p, w.sigma), get(p, w.drift), get(p, w.width);
+      get(p, w.volume_floor), get(p, w.left), get(p, regime);
+      const bool finite = std::isfinite(w.anchor) && std::isfinite(w.raw) && std::isfinite(w.sigma) &&
+                          std::isfinite(w.drift) && std::isfinite(w.width);
+      if (!finite || !(w.sigma >= 0.0) || !(w.width > 0.0) ||
+          !(w.volume_floor > 0.0 && w.volume_floor <= 1.0) || w.left < 1 || w.left > 3000 ||
+          regime < kTrend || regime > kBurst) {
+        bad_state("a symbol's walk holds values the market never makes");
+      }
+      w.regime = static_cast<Regime>(regime);
+    }
+    return m;
+  }
 
   // The next n ticks into out (recv_ns left 0 for the gateway to stamp).
   void next(Tick* out, size_t n) {
@@ -153,6 +253,28 @@ class SimMarket {
     int64_t left = 0;  // ticks left in the regime
     Regime regime = kTrend;
   };
+
+  static constexpr uint64_t kStateMagic = 0x31534d4953564f53ULL;  // "SOVSIMS1"
+
+  SimMarket() : rng_(0), clock_ns_(0) {}  // from_state fills it
+
+  template <class T>
+  static void put(std::string& out, const T& x) {
+    out.append(reinterpret_cast<const char*>(&x), sizeof(x));
+  }
+  template <class T>
+  static void get(const char*& p, T& x) {
+    std::memcpy(&x, p, sizeof(x));
+    p += sizeof(x);
+  }
+  static uint64_t checksum(const std::string& bytes) {  // FNV-1a: catches a damaged state
+    uint64_t h = 0xcbf29ce484222325ULL;
+    for (unsigned char c : bytes) h = (h ^ c) * 0x100000001b3ULL;
+    return h;
+  }
+  [[noreturn]] static void bad_state(const std::string& why) {
+    throw std::invalid_argument("cannot restore a SimMarket state: " + why);
+  }
 
   static double quoted(double price) { return std::nearbyint(price * 1e5) / 1e5; }
 

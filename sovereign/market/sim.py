@@ -46,10 +46,32 @@ class SimMarket:
         self.n_symbols = n_symbols
         self._market = _core.SimMarket(n_symbols, seed, int(start_ns), float(mean_interval_s))
 
+    @classmethod
+    def from_state(cls, blob: bytes) -> SimMarket:
+        """The market `state()` took, going on with the ticks it would have made; ValueError
+        for bytes that are not such a state (csrc/sim.hpp)."""
+        market = _core.SimMarket.from_state(blob)
+        self = cls.__new__(cls)
+        self.n_symbols, self._market = market.n_symbols, market
+        return self
+
     @property
     def clock_ns(self) -> int:
         """ts_ns of the last tick made (start_ns before the first)."""
         return self._market.clock_ns
+
+    def state(self) -> bytes:
+        """The whole market as bytes (its generator, clock and every symbol's walk)."""
+        return self._market.state()
+
+    def mids(self) -> np.ndarray:
+        """Each symbol's mid price now (float64): its last tick's `last`, or where it starts."""
+        return self._market.mids()
+
+    def set_mids(self, mids: np.ndarray) -> None:
+        """Each symbol's walk goes on from mids[s], a price > 0 (0: unchanged): a market
+        started where another left off."""
+        self._market.set_mids(np.asarray(mids, np.float64))
 
     def next(self, n: int) -> np.ndarray:
         """The next n ticks (TICK_DTYPE; recv_ns left 0 for the gateway to stamp)."""
