@@ -8,6 +8,13 @@ next batch's SUBMITTING, if that batch came while this one was at the broker). A
 crash an order found in SUBMITTING is resolved from the broker's record of what it
 executed (`recover`), never sent again.
 
+The feed's position is kept with the broker's state (`FEED_KEY`, in every transaction that
+commits `PAPER_BROKER_KEY`), as of the ticks the broker has been shown. A restarted gateway
+resumes the feed there (Feed.resume): the broker goes on from the state it committed with
+the very ticks that came after it, and the workers and the quote board are given only the
+ticks the killed gateway had not pushed yet (the tick rings' counts, kept with the
+position, say how many it had), so market time never goes back.
+
 Reports: the reports of each commit are kept with it (`LAST_REPORTS_KEY`), and pushed
 after it. A gateway killed in between never pushed them, so its successor pushes them
 again, with the reports of the orders it recovered (`unsent`): risk and the coordinator
@@ -45,16 +52,34 @@ from sovereign.engine.runtime import FEED_DONE, LATENCY_WINDOW_S, RUNNING, STOPP
 from sovereign.failpoints import failpoint
 from sovereign.latency import LatencyHistogram
 from sovereign.ledger import to_decimal
-from sovereign.market.feeds import Feed
+from sovereign.market.feeds import Feed, FeedMark
 from sovereign.model import Reason, reduce_only
 from sovereign.state.orders import OrderBook, OrderState
 from sovereign.state.recorder import EventLog, Recorder, event_log, record_dir
-from sovereign.state.schema import LAST_REPORTS_KEY, PAPER_BROKER_KEY, deal_key, exec_key
+from sovereign.state.schema import FEED_KEY, LAST_REPORTS_KEY, PAPER_BROKER_KEY, deal_key, exec_key
 from sovereign.state.store import StateStore, Txn
 from sovereign.symbols import symbol_specs
 
 EXIT_REASONS = {"sl": Reason.EXIT_SL, "tp": Reason.EXIT_TP}
 FEED_BATCH = 2048  # ticks per loop: larger amortizes per-batch work, smaller checks orders sooner
+# The feed's position is committed at least this often while ticks flow (with every fill and
+# order besides): a gateway killed meanwhile has its successor show the broker again at most
+# this much of the market (the workers are not shown it again).
+FEED_COMMIT_S = 0.25
+
+
+class FeedPosition(NamedTuple):
+    """Where the feed stood after a batch: its mark, the tick rings' pushed counts then, the
+    broker's tick position after it (the recording's count) and the run (the session)."""
+
+    mark: FeedMark
+    pushed: tuple[int, ...]
+    recorded: int
+    session: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"feed": self.mark.to_dict(), "pushed": list(self.pushed), "recorded": self.recorded,
+                "session": self.session}  # fmt: skip
 
 
 class Sent(NamedTuple):
@@ -77,6 +102,11 @@ class Gateway:
         self.window, self.window_from = LatencyHistogram(), time.monotonic()
         self.last_window = (0, 0, 0)
         self.orders = self.fills = self.rejects = 0
+        # The feed's position as of the ticks the broker has been shown (BrokerLoop sets it):
+        # every transaction that commits the broker's state commits it too.
+        self.feed_at: FeedPosition | None = None
+        self.feed_kept: FeedPosition | None = None  # the newest committed
+        self.feed_kept_at = time.monotonic()
         saved = store.read(lambda t: t.get("bridge", PAPER_BROKER_KEY))
         if saved is not None:
             broker.load_dict(saved)
@@ -118,12 +148,13 @@ class Gateway:
             return np.zeros(0, ORDER_DTYPE)
 
         reports = [report_of(ex, None) for ex in fills]
+        feed = self.feed_at
 
         def tx(t: Txn) -> None:
             for ex in fills:
                 t.put("bridge", deal_key(ex.ticket), ex.to_dict())
                 t.journal("fill", **ex.to_dict())
-            t.put("bridge", PAPER_BROKER_KEY, self.broker.to_dict())
+            self.put_broker(t, self.broker.to_dict(), feed)
             t.put("bridge", LAST_REPORTS_KEY, reports)
 
         self.store.write(tx)
@@ -176,6 +207,7 @@ class Gateway:
         executions = [execute(self.broker, rec) for rec in approved]
         reports = [report_of(ex, rec) for ex, rec in zip(executions, approved, strict=True)]
         broker = self.broker.to_dict()  # as these orders left it: the next batch is not in it
+        feed = self.feed_at  # and the ticks it had been shown
         filled = sum(ex.retcode == Retcode.DONE for ex in executions)
         self.orders += len(cids)
         self.fills += filled
@@ -184,10 +216,28 @@ class Gateway:
         def results(t: Txn) -> None:
             for cid, ex in zip(cids, executions, strict=True):
                 self._record(t, cid, ex)
-            t.put("bridge", PAPER_BROKER_KEY, broker)
+            self.put_broker(t, broker, feed)
             t.put("bridge", LAST_REPORTS_KEY, reports)
 
         return Sent(np.array(reports, ORDER_DTYPE), results)
+
+    def put_broker(self, t: Txn, broker: dict[str, Any], feed: FeedPosition | None) -> None:
+        """The broker's state and the feed's position it goes with, in one transaction."""
+        t.put("bridge", PAPER_BROKER_KEY, broker)
+        if feed is not None:
+            t.put("bridge", FEED_KEY, feed.to_dict())
+            self.feed_kept = feed
+
+    def keep_feed(self, now: float) -> None:
+        """Commit the feed's position (with the broker's unchanged state) once FEED_COMMIT_S
+        has passed since the last, when the broker has been shown ticks since (the broker
+        side calls it between batches, with every result committed)."""
+        feed = self.feed_at
+        if feed is None or feed is self.feed_kept or now - self.feed_kept_at < FEED_COMMIT_S:
+            return
+        broker = self.broker.to_dict()
+        self.store.write(lambda t: self.put_broker(t, broker, feed))
+        self.feed_kept_at = now
 
     def roll_window(self, now: float) -> None:
         """Close the latency window once it is LATENCY_WINDOW_S old (the broker side calls it)."""
@@ -287,7 +337,7 @@ class BrokerLoop(threading.Thread):
         self.gw, self.approved, self.send_reports, self.event_log = gw, approved, send_reports, log
         self.position = position  # ticks shown to the broker (the recording's count)
         # Batches the broker side may fall behind before the feed waits (system.broker_inbox).
-        self.inbox: queue.Queue[tuple[int, np.ndarray]] = queue.Queue(inbox)
+        self.inbox: queue.Queue[tuple[int, np.ndarray, FeedPosition | None]] = queue.Queue(inbox)
         self.log_lock = threading.Lock()
         self.finishing = False
         self.error: BaseException | None = None
@@ -297,10 +347,11 @@ class BrokerLoop(threading.Thread):
 
     # ---- the feed's side
 
-    def give(self, at: int, batch: np.ndarray) -> None:
+    def give(self, at: int, batch: np.ndarray, where: FeedPosition | None = None) -> None:
+        """The feed's batch of ticks at..at+len, and the feed's position after it."""
         while True:
             try:
-                self.inbox.put((at, batch), timeout=0.1)
+                self.inbox.put((at, batch, where), timeout=0.1)
                 # The broker side may be asleep (on the approved ring) only if this batch is
                 # the only one waiting: with another ahead of it, it has a take still to do,
                 # which finds this one too. So a busy broker side is not woken per batch.
@@ -353,11 +404,12 @@ class BrokerLoop(threading.Thread):
             elif not self.finishing:  # asleep until an approved order, a batch (the feed's kick) or 50 ms
                 wait_for_records([self.approved], timeout=0.05, since=[seen])
             n = self._orders()
+            self.gw.keep_feed(time.monotonic())
             if self.finishing and not n and self.caught_up() and not self.approved.stats()["depth"]:
                 return
 
-    def _take(self) -> list[tuple[int, np.ndarray]]:
-        taken: list[tuple[int, np.ndarray]] = []
+    def _take(self) -> list[tuple[int, np.ndarray, FeedPosition | None]]:
+        taken: list[tuple[int, np.ndarray, FeedPosition | None]] = []
         while len(taken) < self.COALESCE:
             try:
                 taken.append(self.inbox.get_nowait())
@@ -365,10 +417,12 @@ class BrokerLoop(threading.Thread):
                 break
         return taken
 
-    def _ticks(self, taken: list[tuple[int, np.ndarray]]) -> None:
+    def _ticks(self, taken: list[tuple[int, np.ndarray, FeedPosition | None]]) -> None:
         at = taken[0][0]
-        batch = taken[0][1] if len(taken) == 1 else np.concatenate([b for _, b in taken])
+        batch = taken[0][1] if len(taken) == 1 else np.concatenate([b for _, b, _ in taken])
         assert at == self.position, (at, self.position)  # the feed's batches, in order
+        if taken[-1][2] is not None:
+            self.gw.feed_at = taken[-1][2]  # what the broker's state is as of, once it has these
         exits = self.gw.on_ticks(batch)
         self.position = at + len(batch)
         self.clock_ns = max(self.clock_ns, int(batch["ts_ns"][-1]))
@@ -440,7 +494,11 @@ class GatewayProcess:
         fixes = self.gw.recover()
         for fix in fixes:
             print(f"gateway: recovered order {fix['client_order_id']} as {fix['state']}", flush=True)
-        self.feed = Feed(config)
+        self.feed = Feed(config, layout.symbol_names)
+        saved = self.store.read(lambda t: t.get("bridge", FEED_KEY))
+        same_run = saved is not None and saved.get("session") == layout.session
+        # after the mark the broker's state is of; nothing older than the last clock published
+        self.feed.resume(saved["feed"] if saved else None, same_run, child.market_clock())
         self.recorder, self.base = None, 0
         directory = record_dir(config)
         if directory is not None:
@@ -450,6 +508,15 @@ class GatewayProcess:
                                      max_bytes=config.system.record_max_mb << 20)  # fmt: skip
             self.base = self.recorder.ticks
         self.rings = [TickRing.attach(layout.tick_ring(k)) for k in range(layout.n_workers)]
+        self.pushed = [int(r.stats()["pushed"]) for r in self.rings]  # ticks each ring has had, ever
+        self.redo_record = 0  # ticks the feed gives again that the recording has
+        self.unseen: np.ndarray | None = None  # per worker: ticks it gives again that the worker has
+        if same_run and self.feed.resumed["mode"] == "exact":
+            self.catch_up(saved)  # type: ignore[arg-type]
+        if self.feed.resumed["mode"] != "new":
+            told = {**self.feed.resumed, "same_run": same_run, "not_pushed_again": self.catching_up()}
+            self.store.write(lambda t: t.journal("feed_resumed", **told))
+        self.tell_unquoted()
         self.board = QuoteBoard.attach(layout.quotes)
         approved = OrderRing.attach(layout.approved)
         self.reports_out = [OrderRing.attach(layout.reports_risk),
@@ -466,6 +533,38 @@ class GatewayProcess:
         self.started = time.monotonic()
         self.next_look = 0.0
 
+    def tell_unquoted(self) -> None:
+        """Open positions on symbols this feed has no ticks for (a state's name the files no
+        longer have) are never quoted: the broker cannot fill their stops or close them,
+        and risk values them at cost and waits for a quote before it marks the account (its
+        loss limits wait with it). Said at every start, in the log and the journal."""
+        names = self.feed.names
+        unfed = [names[s] for s in self.gw.broker.ledger.open_symbols() if s not in self.feed.fed]
+        if unfed:
+            why = ("the feed has no ticks for them: the broker cannot close them and risk does not mark the "
+                   "account until they are quoted; add their data to feed.files")  # fmt: skip
+            print(f"gateway: open positions on {', '.join(unfed)}: {why}", flush=True)
+            self.store.write(lambda t: t.journal("positions_unquoted", symbols=unfed, why=why))
+
+    def catch_up(self, saved: dict[str, Any]) -> None:
+        """A gateway of this run was killed after the mark: it had recorded and pushed ticks
+        past it (the rings' counts and the recording say how many). The feed, resumed at the
+        mark, gives them again: the broker is shown them (its state is the mark's), the
+        recording and each worker skip what they had (`take`). The broker's positions are
+        the recording's again from the mark's (`base`)."""
+        pushed = [int(n) for n in saved["pushed"]]
+        if len(pushed) == len(self.pushed) and all(a <= b for a, b in zip(pushed, self.pushed, strict=True)):
+            unseen = np.array(self.pushed, np.int64) - pushed
+            self.unseen = unseen if unseen.any() else None
+        recorded = int(saved["recorded"])
+        if self.recorder is not None and recorded <= self.recorder.ticks:
+            self.redo_record, self.base = self.recorder.ticks - recorded, recorded
+
+    def catching_up(self) -> dict[str, Any]:
+        """What the workers and the recording have of the ticks the feed gives again."""
+        workers: list[int] = [] if self.unseen is None else self.unseen.tolist()
+        return {"workers": workers, "recording": self.redo_record}
+
     def start(self, fixes: list[dict], approved: OrderRing) -> np.ndarray:
         """Log where the replay starts (the recording's tick count, the broker, the rings'
         positions, what was recovered); returns the reports to push again (`Gateway.unsent`)."""
@@ -476,6 +575,7 @@ class GatewayProcess:
                          "reports": [r.stats()["pushed"] for r in self.reports_out]}  # fmt: skip
             self.log.add("start", {"base": self.base, "n_workers": self.layout.n_workers,
                                    "broker": self.gw.broker.to_dict(), "rings": positions,
+                                   "feed": self.feed.resumed, "again": self.catching_up(),
                                    "recovered": {f["client_order_id"]: f["state"] for f in fixes},
                                    "resent": unsent.tolist(), "resent_last": n_last})  # fmt: skip
             self.log.flush()
@@ -499,30 +599,54 @@ class GatewayProcess:
 
     def take(self, batch: np.ndarray) -> None:
         """A batch from the feed: stamped, recorded, published, routed to the workers and
-        given to the broker side."""
+        given to the broker side, with the feed's position after it."""
         batch["recv_ns"] = time.monotonic_ns()
+        at, n = self.base + self.ticks, len(batch)
+        fresh, had = batch, [0] * self.layout.n_workers
+        if self.redo_record or self.unseen is not None:  # ticks a killed gateway gave: once to each
+            fresh, had = self.again(batch)
         if self.recorder is not None:
-            self.recorder.write(batch)
-        self.board.publish(batch)
-        at = self.base + self.ticks
-        for k, part in enumerate(route(batch, self.worker_of, self.layout.n_workers)):
-            self.push(k, part, at, at + len(batch))
-        self.broker.give(at, batch)  # waits while the broker is a full inbox behind
-        self.ticks += len(batch)
+            done = min(self.redo_record, n)  # recorded by the killed gateway
+            self.redo_record -= done
+            if done < n:
+                self.recorder.write(batch[done:])
+        self.board.publish(fresh)
+        for k, part in enumerate(route(fresh, self.worker_of, self.layout.n_workers)):
+            self.push(k, part, at, at + n, had[k])
+        where = FeedPosition(self.feed.mark(), tuple(self.pushed), at + n, self.layout.session)
+        self.broker.give(at, batch, where)  # waits while the broker is a full inbox behind
+        self.ticks += n
 
-    def push(self, k: int, part: np.ndarray, at: int, end: int) -> None:
-        """Worker k's part of the batch of ticks at..end. A worker that stops taking ticks
-        (dead, restarting) must not stall the others: after one timeout its ticks are
-        counted as lost until it drains."""
+    def again(self, batch: np.ndarray) -> tuple[np.ndarray, list[int]]:
+        """The ticks of a batch the workers have not had (their first `unseen` were pushed by
+        the killed gateway), and how many each had."""
+        had = [0] * self.layout.n_workers
+        if self.unseen is None:
+            return batch, had
+        owner = self.worker_of[batch["symbol"]]
+        keep = np.ones(len(batch), bool)
+        for k in np.flatnonzero(self.unseen):
+            mine = np.flatnonzero(owner == k)[: self.unseen[k]]
+            keep[mine], had[k] = False, len(mine)
+            self.unseen[k] -= len(mine)
+        if not self.unseen.any():
+            self.unseen = None
+        return batch[keep], had
+
+    def push(self, k: int, part: np.ndarray, at: int, end: int, had: int = 0) -> None:
+        """Worker k's part of the batch of ticks at..end (after the `had` it had already). A
+        worker that stops taking ticks (dead, restarting) must not stall the others: after
+        one timeout its ticks are counted as lost until it drains."""
         ring = self.rings[k]
         if self.stalled[k] and ring.stats()["depth"] < ring.capacity // 2:
             self.stalled[k] = False
-        pushed = ring.push(part, timeout=0.0 if self.stalled[k] else 0.25)
+        pushed = ring.push(part, timeout=0.0 if self.stalled[k] else 0.25) if len(part) else 0
+        self.pushed[k] += pushed
         if pushed < len(part):
             self.stalled[k] = True
             self.lost += len(part) - pushed
             if self.log is not None:  # the worker never saw the rest of its part of this batch
-                self.broker.log("lost", at, end, k, pushed)
+                self.broker.log("lost", at, end, k, had + pushed)
 
     def idle(self) -> None:
         """Nothing due yet (realtime), or the feed done or stopped: the broker side runs on."""
@@ -583,6 +707,8 @@ def _final_stats(store: StateStore, gw: Gateway, ticks: int, lost: int, feed_s: 
                  refused: dict[str, int] | None = None) -> None:  # fmt: skip
     def tx(t: Txn) -> None:
         t.delete("bridge", LAST_REPORTS_KEY)  # every report was pushed
+        if gw.feed_at is not None:  # the broker has been shown every tick the feed gave
+            gw.put_broker(t, gw.broker.to_dict(), gw.feed_at)
         t.journal("gateway_stats", ticks=ticks, feed_s=feed_s, lost_ticks=lost, refused_ticks=refused or {},
                   orders=gw.orders,
                   fills=gw.fills, rejects=gw.rejects, tick_to_broker=gw.to_broker.to_dict(),

@@ -44,9 +44,10 @@ from sovereign.engine.runtime import (
     shm_ran_out,
     tolerant_output,
 )
-from sovereign.market.data import load_ticks
+from sovereign.market.feeds import feed_symbols
 from sovereign.state import views
 from sovereign.state.recorder import new_session
+from sovereign.state.schema import META_SYMBOLS
 from sovereign.state.store import StateError, StateLock, StateStore, Txn
 from sovereign.text import MAX_FIELD, clean
 
@@ -151,17 +152,15 @@ class Supervisor:
         self.server = ControlServer(socket_path(c.system.state_dir, c.system.runtime_dir), COMMANDS)
         prefix = shm_prefix(self.store, c.system.state_dir)
         reclaimed = reclaim_segments(prefix)  # every one is a dead system's: the state is locked
-        if c.feed.kind == "replay":
-            # validates every row
-            names = tuple(load_ticks(c.feed.files, c.feed.layout, c.symbols.point, c.feed.bad_rows)[1])
-        else:
-            names = tuple(f"SIM{s:03d}" for s in range(c.feed.symbols))
+        # The state's symbol ids stay theirs (positions, books, orders and snapshots are keyed by
+        # them), new names follow; a replay's files are read here, every row validated.
+        names = feed_symbols(c, self.store.read(lambda t: t.get("meta", META_SYMBOLS)))
         self.layout = layout = Layout.plan(c, prefix, len(names), names, new_session(),
                                            str(Path(c.system.state_dir).absolute()))  # fmt: skip
         check_shm_room(layout)
 
         def meta(t: Txn) -> None:  # what the CLI and a later replay need to know about this run
-            t.put("meta", "symbols", list(names))
+            t.put("meta", META_SYMBOLS, list(names))  # the stored list, with new names after it
             t.put("meta", "layout_version", LAYOUT_VERSION)
             t.put("meta", "config", dataclasses.asdict(c))
             t.put("meta", "config_path", self.config_path)

@@ -37,7 +37,7 @@ from sovereign.core import (
     TICK_FLAG_LAST,
     TICK_FLAG_VOLUME,
 )
-from sovereign.errors import UsageError
+from sovereign.errors import OperationalError, UsageError
 
 NS = 1_000_000_000
 TICK_COLUMNS = ("time", "symbol", "bid", "ask")
@@ -55,6 +55,10 @@ SYMBOL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._#-]{0,31}")
 
 class DataError(UsageError):
     """A data file cannot be used; the message names the file and line."""
+
+
+class SymbolListError(OperationalError):
+    """The state's symbol list (meta "symbols") is not one the system could have written."""
 
 
 def check_symbol(name: str) -> str:
@@ -92,6 +96,31 @@ class Symbols:
         sid = self.peek(name, where)
         self.ids.setdefault(name, sid)
         return sid
+
+
+def known_symbols(stored: object, limit: int = MAX_SYMBOLS) -> list[str]:
+    """The state's symbol list (meta "symbols": the names by id) checked: None (a new state)
+    is none; anything but a list of at most `limit` distinct valid names is refused with
+    SymbolListError, since every position, order and book of the state is keyed by these ids."""
+    if stored is None:
+        return []
+    what = "state meta 'symbols'"
+    fix = "its positions and orders cannot be matched to instruments; restore the state from a backup"
+    if not isinstance(stored, list) or not all(isinstance(n, str) for n in stored):
+        raise SymbolListError(f"{what} is not a list of symbol names: {fix}")
+    if len(stored) > limit:
+        raise SymbolListError(
+            f"{what} holds {len(stored)} symbols, more than the {limit} a system may have: {fix}"
+        )
+    try:
+        for name in stored:
+            check_symbol(name)
+    except ValueError as e:
+        raise SymbolListError(f"{what}: {e}: {fix}") from None
+    if len(set(stored)) != len(stored):
+        twice = next(n for i, n in enumerate(stored) if n in stored[:i])
+        raise SymbolListError(f"{what} names {twice} twice: {fix}")
+    return list(stored)
 
 
 @dataclass
@@ -376,11 +405,20 @@ def bars_to_ticks(bars: np.ndarray, spread: np.ndarray, point: float) -> np.ndar
 
 
 def load_ticks(
-    paths: list[str] | tuple[str, ...], layout: str = "generic", point: float = 1e-5, bad_rows: str = "refuse"
+    paths: list[str] | tuple[str, ...],
+    layout: str = "generic",
+    point: float = 1e-5,
+    bad_rows: str = "refuse",
+    known: list[str] | tuple[str, ...] = (),
 ) -> tuple[np.ndarray, list[str]]:
     """All files as one tick stream in time order, and the symbol names (ids index them).
-    Bar files become four ticks per bar (bars_to_ticks)."""
-    symbols = Symbols("the data files")
+    Bar files become four ticks per bar (bars_to_ticks). `known` names (a state's, by id)
+    keep their ids, whatever order the files come in; the files' other names follow them."""
+    symbols = Symbols("the state's symbols and the data files" if known else "the data files")
+    for name in known:
+        symbols.ids.setdefault(name, len(symbols.ids))
+    if len(symbols.ids) != len(known):
+        raise ValueError("load_ticks: the known symbol names are not distinct")
     parts = []
     for p in paths:
         s = load_csv(p, layout, bad_rows)

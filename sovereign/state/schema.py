@@ -30,6 +30,9 @@ BOOK_KEY = "book"  # positions: risk's ledger (Ledger.to_dict), committed on eve
 RISK_STATE_KEY = "state"  # risk: trading state, peak, day, in flight (Risk.to_dict)
 PAPER_BROKER_KEY = "paper"  # bridge: the paper broker's account and ticket counter; risk reconciles from it
 LAST_REPORTS_KEY = "last_reports"  # bridge: the reports of the gateway's newest commit, until pushed
+# bridge: the feed's position as of the ticks the broker has been shown (gateway.FeedPosition),
+# committed with PAPER_BROKER_KEY in one transaction; a restarted gateway resumes the feed after it.
+FEED_KEY = "feed"
 NEXT_ID_KEY = "next_client_order_id"  # coordinator: the next client order id not yet reserved
 META_SYMBOLS = "symbols"  # meta: the symbol names, by index
 META_LAYOUT = "layout_version"  # meta: the record layout the state was written with
