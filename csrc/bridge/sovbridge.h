@@ -91,7 +91,7 @@ enum {
 enum {
   SB_ACTION_DEAL = 1,       /* a market order: OrderSend */
   SB_ACTION_LOOKUP = 100,   /* find client_order_id (in comment, with magic) in orders and deals */
-  SB_ACTION_HISTORY = 101,  /* replay the deals with ticket > since (sb_deal.replay = request_id) */
+  SB_ACTION_HISTORY = 101,  /* replay the deals with ticket > since (sb_deal.replay = 1) */
   SB_ACTION_POSITIONS = 102 /* a snapshot of every open position (sb_position.snapshot = request_id) */
 };
 
@@ -165,7 +165,7 @@ typedef struct sb_deal {
   int64_t time_msc;
   double volume, price, profit, commission, swap;
   int32_t type, entry, reason; /* DEAL_TYPE, DEAL_ENTRY, DEAL_REASON */
-  uint32_t replay;             /* 0: live (OnTradeTransaction); else the HISTORY request_id */
+  uint32_t replay;             /* 0: live (OnTradeTransaction); 1: in answer to a HISTORY request */
   char symbol[32];
   char comment[32];
 } sb_deal; /* 160 bytes */

@@ -231,7 +231,7 @@ int main(int argc, char** argv) {
         uint64_t* d = deals_done[i];
         if ((int64_t)d[0] <= q.since) continue;
         B.deal(g_h, d[0], d[1], d[2], (const uint16_t*)book[0].symbol, (int32_t)d[3], (int32_t)d[4], 3, 0.01,
-               deal_px[i], 0, 0, 0, d[5], now, (uint32_t)q.request_id, (const uint16_t*)L"replayed");
+               deal_px[i], 0, 0, 0, d[5], now, 1, (const uint16_t*)L"replayed");
       }
       B.result(g_h, q.request_id, 0, q.action, SB_LIST_DONE, 0, 0, 0, 0, 0, 0, now, (const uint16_t*)L"");
     } else if (q.action == SB_ACTION_POSITIONS) {

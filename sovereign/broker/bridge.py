@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cffi import FFI
+from cffi import FFI  # type: ignore[import-untyped]
 
 import sovereign
 
@@ -370,7 +370,7 @@ class Bridge:
             )
         )
 
-    def deal(self, d: dict[str, Any], replay: int = 0) -> int:
+    def deal(self, d: dict[str, Any], replay: bool = False) -> int:
         f = self.ffi
         return self.check(
             self.lib.sbt_deal_w(
@@ -389,7 +389,7 @@ class Bridge:
                 0.0,
                 d["magic"],
                 d["time_msc"],
-                replay,
+                int(replay),
                 _w(f, d["comment"]),
             )
         )

@@ -160,7 +160,7 @@ def test_the_dll_under_wine_talks_to_the_linux_engine(tmp_path: Path) -> None:
     ]
     assert text(results[1]["comment"]) == "Request executed é"  # UTF-16 in, UTF-8 out
     deals = np.concatenate(got[L.SB_RING_DEALS])
-    live, replayed = deals[deals["replay"] == 0], deals[deals["replay"] == 5]
+    live, replayed = deals[deals["replay"] == 0], deals[deals["replay"] == 1]
     assert [text(c) for c in live["comment"]] == ["101", "102"] and set(live["magic"]) == {77}
     assert replayed["ticket"].tolist() == live["ticket"].tolist()
     positions = np.concatenate(got[L.SB_RING_POSITIONS])

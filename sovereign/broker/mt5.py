@@ -1,0 +1,472 @@
+"""MT5Broker: the engine's side of the MetaTrader 5 bridge, a `Broker` over the bridge file.
+
+No call blocks: `submit` queues, `poll` does one turn (heartbeat, read every ring, move
+each order on) and returns what became final and the deals seen. Identity is magic +
+our client order id in the comment, never MT5's request_id. Return codes follow MT5.md's
+policy (base.classify); an ambiguous answer, a missing one, or a lost transport is
+resolved by looking the client id up at the terminal (LOOKUP, after the deal stream)
+before anything is resent; requests carry an expiry, so one stuck in a dead ring is never
+executed late. At every (re)connect: the deals since the last one seen are replayed
+(HISTORY) and the positions listed, before any order is sent or resent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+
+from sovereign.broker.base import (
+    AccountInfo,
+    Act,
+    BrokerPosition,
+    Deal,
+    OrderRequest,
+    Outcome,
+    classify,
+    retcode_name,
+)
+from sovereign.broker.bridge import Bridge, BridgeError, lib, text
+from sovereign.core import TICK_DTYPE
+from sovereign.ledger import to_decimal
+from sovereign.symbols import SymbolSpec
+
+MARKET, EXCHANGE = 2, 3  # SYMBOL_TRADE_EXECUTION
+FOK, IOC, RETURN = 0, 1, 2  # ORDER_FILLING
+
+
+@dataclass
+class MT5Settings:
+    bridge_path: str
+    magic: int
+    symbols: Sequence[str]  # our names; the index is our symbol id
+    symbol_map: dict[str, str] = field(default_factory=dict)  # ours -> the terminal's, where they differ
+    deviation: int = 10
+    max_reprice: int = 3
+    max_backoff: int = 3
+    backoff_s: float = 0.2
+    max_resend: int = 1  # resends after a look-up found nothing (twice, settle_s apart)
+    result_timeout_s: float = 5.0
+    settle_s: float = 0.5
+    heartbeat_timeout_ms: int = 3000
+    request_ttl_ms: int = 10_000
+    owner_uid: int = -1
+
+
+def filling_for(spec: np.void) -> int | None:
+    """MetaQuotes' CTrade::FillingCheck: the ORDER_FILLING for a market order, or None
+    (10030). SYMBOL_FILLING_MODE is a mask with other numbers (FOK=1, IOC=2)."""
+    mask, mode = int(spec["filling_mode"]), int(spec["execution_mode"])
+    if mode not in (MARKET, EXCHANGE):
+        return -1  # request or instant execution: the terminal sets it
+    if mask & 1:
+        return FOK
+    if mask & 2:
+        return IOC
+    return RETURN if mode == EXCHANGE else None
+
+
+@dataclass
+class _Order:
+    req: OrderRequest
+    recovering: bool = False  # a crash left it in SUBMITTING: resolved, never resent
+    state: str = "queued"  # queued, wait (a result), lookup, hold (until `at`), done
+    rid: int = 0
+    at: float = 0.0
+    reprices: int = 0
+    backoffs: int = 0
+    resends: int = 0
+    nones: int = 0
+    last_retcode: int = 0
+
+
+class MT5Broker:
+    def __init__(self, settings: MT5Settings, state: dict[str, Any] | None = None):
+        self.s = settings
+        self.L = lib()
+        self.ids = {settings.symbol_map.get(n, n): i for i, n in enumerate(settings.symbols)}
+        self.last_deal = int((state or {}).get("last_deal", 0))
+        self.bridge: Bridge | None = None
+        self.why_down = "not connected yet"
+        self.specs: dict[str, np.void] = {}
+        self.account: np.void | None = None
+        self.orders: dict[int, _Order] = {}
+        self.deals: dict[int, Deal] = {}  # by ticket: each applied once
+        self.positions: list[BrokerPosition] = []
+        self.reconciling: set[int] = set()  # request ids of HISTORY / POSITIONS still answering
+        self._positions_next: list[BrokerPosition] = []
+        self._outcomes: list[Outcome] = []
+        self._new_deals: list[Deal] = []
+        self._ticks: deque[np.ndarray] = deque()
+        self.dropped_ticks = 0
+        self._rid = time.time_ns() // 1_000_000 << 20  # unique across restarts without being stored
+        self.epoch = 0
+
+    # ---- the interface
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"last_deal": self.last_deal}
+
+    def connected(self) -> tuple[bool, str]:
+        if self.bridge is None:
+            return False, self.why_down
+        if self.account is not None and not (self.account["connected"] and self.account["trade_allowed"]):
+            return False, "the terminal is not connected to its server, or AutoTrading is off"
+        return True, ""
+
+    def submit(self, orders: Sequence[OrderRequest]) -> None:
+        for o in orders:
+            if o.client_order_id in self.orders:
+                continue  # the same id twice is the same order
+            self.orders[o.client_order_id] = _Order(o)
+
+    def resolve(self, client_order_ids: Sequence[int]) -> None:
+        for cid in client_order_ids:
+            if cid not in self.orders:
+                self.orders[cid] = _Order(
+                    OrderRequest(cid, -1, 0, Decimal(0)), recovering=True, state="lookup"
+                )
+
+    def poll(self) -> tuple[list[Outcome], list[Deal]]:
+        self._turn()
+        out, deals = self._outcomes, self._new_deals
+        self._outcomes, self._new_deals = [], []
+        return out, deals
+
+    def ticks(self) -> np.ndarray:
+        """The terminal's ticks since the last call, as TICK_DTYPE with our symbol ids."""
+        parts = list(self._ticks)
+        self._ticks.clear()
+        return np.concatenate(parts) if parts else np.zeros(0, TICK_DTYPE)
+
+    def open_positions(self) -> list[BrokerPosition]:
+        return list(self.positions)
+
+    def deals_since(self, ticket: int) -> list[Deal]:
+        return [self.deals[t] for t in sorted(self.deals) if t > ticket]
+
+    def account_info(self) -> AccountInfo | None:
+        a = self.account
+        if a is None:
+            return None
+        return AccountInfo(
+            to_decimal(a["balance"]),
+            to_decimal(a["equity"]),
+            to_decimal(a["margin"]),
+            text(a["currency"]),
+            int(a["margin_mode"]),
+            bool(a["trade_allowed"]),
+        )
+
+    def symbol_specs(self) -> dict[int, SymbolSpec]:
+        out = {}
+        for name, sp in self.specs.items():
+            if name in self.ids and sp["exists"]:
+                out[self.ids[name]] = SymbolSpec(
+                    contract_size=to_decimal(sp["contract_size"]),
+                    lot_step=to_decimal(sp["volume_step"]),
+                    min_lot=to_decimal(sp["volume_min"]),
+                    max_lot=to_decimal(sp["volume_max"]),
+                    point=to_decimal(sp["point"]),
+                    stops_level=int(sp["stops_level"]),
+                )
+        return out
+
+    def close(self) -> None:
+        if self.bridge is not None:
+            self.bridge.close()
+            self.bridge = None
+
+    # ---- one turn
+
+    def _turn(self) -> None:
+        if self.bridge is None and not self._connect():
+            self._refuse_queued()
+            return
+        b = self.bridge
+        assert b is not None
+        try:
+            b.beat()
+            if b.recreated():
+                return self._lost("the terminal recreated the bridge file (a terminal restart)")
+            rc, _, why = b.peer(self.s.heartbeat_timeout_ms)
+            if rc != self.L.SB_OK:
+                return self._lost(why)
+            self._read(b)
+            if not self.reconciling:
+                self._advance(b)
+        except BridgeError as e:
+            if e.code == self.L.SB_E_CORRUPT:  # reported, skipped, counted: the look-ups recover its content
+                self.why_down = f"skipped a bad record: {e.message}"
+                for ring in range(self.L.SB_N_RINGS - 1):
+                    if b.pending(ring):
+                        try:
+                            b.poll(ring, 1)
+                        except BridgeError:
+                            b.skip(ring)
+                            break
+                return None
+            self._lost(e.message)
+        return None
+
+    def _connect(self) -> bool:
+        try:
+            self.bridge = Bridge.engine(self.s.bridge_path, self.s.owner_uid)
+        except BridgeError as e:
+            self.why_down = e.message
+            return False
+        self.epoch = self.bridge.hello()[1]
+        self.why_down = ""
+        self.bridge.beat()
+        self.specs.clear()
+        # Reconcile before anything is sent: the deals since the last one seen, the positions.
+        # An order that was waiting for an answer is looked up again afterwards.
+        for o in self.orders.values():
+            if o.state in ("wait", "hold"):
+                o.state = "lookup"
+        self.reconciling = {
+            self._request(self.L.SB_ACTION_HISTORY, since=self.last_deal),
+            self._request(self.L.SB_ACTION_POSITIONS),
+        }
+        self._positions_next = []
+        return True
+
+    def _lost(self, why: str) -> None:
+        self.why_down = why
+        if self.bridge is not None:
+            self.bridge.close()
+        self.bridge = None
+        self.account = None
+        for o in self.orders.values():  # whatever was at the terminal is looked up at the reconnect
+            if o.state in ("wait", "hold"):
+                o.state = "lookup"
+
+    def _refuse_queued(self) -> None:
+        for cid, o in list(self.orders.items()):
+            if o.state == "queued":
+                self._final(cid, o, "REJECTED", 10031, why=f"not sent: the bridge is down ({self.why_down})")
+
+    # ---- reading
+
+    def _read(self, b: Bridge) -> None:
+        L = self.L
+        for sp in b.poll(L.SB_RING_SPECS):
+            self.specs[text(sp["symbol"])] = sp
+        acc = b.poll(L.SB_RING_ACCOUNT)
+        if len(acc):
+            self.account = acc[-1]
+        self._read_ticks(b)
+        for d in b.poll(L.SB_RING_DEALS):
+            self._on_deal(d)
+        for p in b.poll(L.SB_RING_POSITIONS):
+            if int(p["snapshot"]) in self.reconciling:
+                self._positions_next.append(self._position(p))
+        for r in b.poll(L.SB_RING_RESULTS):
+            self._on_result(r)
+
+    def _read_ticks(self, b: Bridge) -> None:
+        raw = b.poll(self.L.SB_RING_TICKS, 65536)
+        if not len(raw):
+            return
+        ids = np.array([self.ids.get(text(s), -1) for s in raw["symbol"]], np.int64)
+        keep = ids >= 0
+        self.dropped_ticks += int((~keep).sum())
+        t = np.zeros(int(keep.sum()), TICK_DTYPE)
+        for f in ("bid", "ask", "last", "volume", "flags"):
+            t[f] = raw[f][keep]
+        t["ts_ns"] = raw["time_msc"][keep] * 1_000_000
+        t["symbol"] = ids[keep]
+        t["recv_ns"] = time.monotonic_ns()
+        self._ticks.append(t)
+
+    def _position(self, p: np.void) -> BrokerPosition:
+        return BrokerPosition(
+            int(p["ticket"]),
+            self.ids.get(text(p["symbol"]), -1),
+            1 if p["type"] == 0 else -1,
+            to_decimal(p["volume"]),
+            to_decimal(p["price_open"]),
+            float(p["sl"]),
+            float(p["tp"]),
+            int(p["magic"]),
+        )
+
+    def _on_deal(self, d: np.void) -> None:
+        ticket = int(d["ticket"])
+        if ticket in self.deals:
+            return  # replayed after a reconnect: applied once
+        comment = text(d["comment"])
+        ours = int(d["magic"]) == self.s.magic and comment.isdigit()
+        deal = Deal(
+            ticket,
+            int(d["order"]),
+            int(d["position"]),
+            self.ids.get(text(d["symbol"]), -1),
+            1 if d["type"] == 0 else -1,
+            int(d["entry"]),
+            to_decimal(d["volume"]),
+            to_decimal(d["price"]),
+            to_decimal(d["commission"]),
+            to_decimal(d["profit"]),
+            int(d["magic"]),
+            int(comment) if ours else 0,
+            int(d["reason"]),
+            int(d["time_msc"]),
+        )
+        self.deals[ticket] = deal
+        self.last_deal = max(self.last_deal, ticket)
+        self._new_deals.append(deal)
+
+    def _on_result(self, r: np.void) -> None:
+        L, rid, code = self.L, int(r["request_id"]), int(r["retcode"])
+        if rid in self.reconciling:
+            if code == L.SB_LIST_DONE:
+                self.reconciling.discard(rid)
+                if int(r["action"]) == L.SB_ACTION_POSITIONS:
+                    self.positions = self._positions_next
+            return
+        cid = int(r["client_order_id"])
+        o = self.orders.get(cid)
+        if o is None or o.rid != rid or o.state != "wait":
+            return  # an answer to an earlier session's or an abandoned request
+        if int(r["action"]) == L.SB_ACTION_LOOKUP:
+            return self._on_lookup(cid, o, r)
+        o.last_retcode = code
+        act = classify(code)
+        vol, price = to_decimal(r["volume"]), to_decimal(r["price"])
+        why = f"{retcode_name(code)}: {text(r['comment'])}"
+        if act == Act.DONE:
+            state = "FILLED" if vol >= o.req.volume else "PARTIALLY_FILLED"
+            return self._final(cid, o, state, code, vol, price, (int(r["deal"]),))
+        if act == Act.PARTIAL:
+            return self._final(cid, o, "PARTIALLY_FILLED", code, vol, price, (int(r["deal"]),), why)
+        if act == Act.REPRICE and o.reprices < self.s.max_reprice:
+            o.reprices += 1
+            o.state = "queued"
+            return None
+        if act == Act.BACKOFF and o.backoffs < self.s.max_backoff:
+            o.backoffs += 1
+            o.state, o.at = "hold", time.monotonic() + self.s.backoff_s * 2**o.backoffs
+            return None
+        if act == Act.AMBIGUOUS:
+            o.state = "lookup"
+            return None
+        return self._final(cid, o, "REJECTED", code, why=why)
+
+    def _on_lookup(self, cid: int, o: _Order, r: np.void) -> None:
+        L, code = self.L, int(r["retcode"])
+        if code == L.SB_LOOKUP_FOUND:
+            vol, price = to_decimal(r["volume"]), to_decimal(r["price"])
+            tickets = tuple(t for t, d in sorted(self.deals.items()) if d.client_order_id == cid) or (
+                int(r["deal"]),
+            )
+            state = "FILLED" if o.recovering or vol >= o.req.volume else "PARTIALLY_FILLED"
+            return self._final(cid, o, state, 10009, vol, price, tickets, "found at the terminal")
+        if code == L.SB_LOOKUP_PENDING or (code == L.SB_LOOKUP_NONE and o.nones == 0):
+            o.nones += code == L.SB_LOOKUP_NONE
+            o.state, o.at = "hold_lookup", time.monotonic() + self.s.settle_s  # look again once it settled
+            return None
+        if o.recovering:
+            return self._final(
+                cid, o, "REJECTED", o.last_retcode, why="not executed: not found at the terminal"
+            )
+        if o.resends < self.s.max_resend:
+            o.resends += 1
+            o.nones = 0
+            o.state = "queued"
+            return None
+        return self._final(
+            cid, o, "REJECTED", o.last_retcode, why="not executed (looked up), no resends left"
+        )
+
+    # ---- sending
+
+    def _advance(self, b: Bridge) -> None:
+        now = time.monotonic()
+        for cid, o in list(self.orders.items()):
+            if o.state == "hold" and now >= o.at:
+                o.state = "queued"
+            elif o.state == "hold_lookup" and now >= o.at:
+                o.state = "lookup"
+            elif o.state == "wait" and now - o.at > self.s.result_timeout_s:
+                o.state = "lookup"  # no answer: may have executed
+            if o.state == "queued":
+                self._send_order(cid, o)
+            elif o.state == "lookup":
+                o.rid = self._request(self.L.SB_ACTION_LOOKUP, cid=cid)
+                if o.rid:
+                    o.state, o.at = "wait", now
+
+    def _send_order(self, cid: int, o: _Order) -> None:
+        r = o.req
+        name = (
+            self.s.symbol_map.get(self.s.symbols[r.symbol], self.s.symbols[r.symbol])
+            if 0 <= r.symbol < len(self.s.symbols)
+            else f"#{r.symbol}"
+        )
+        spec = self.specs.get(name)
+        if spec is None or not spec["exists"]:
+            return self._final(cid, o, "REJECTED", 10013, why=f"the terminal has no symbol {name}")
+        filling = filling_for(spec)
+        if filling is None:
+            return self._final(cid, o, "REJECTED", 10030, why=f"{name}: no filling mode fits its mask")
+        o.rid = self._request(
+            self.L.SB_ACTION_DEAL,
+            cid=cid,
+            symbol=name,
+            side=r.side,
+            volume=float(r.volume),
+            sl=r.sl or 0.0,
+            tp=r.tp or 0.0,
+            filling=filling,
+        )
+        if o.rid:
+            o.state, o.at = "wait", time.monotonic()
+        return None
+
+    def _request(
+        self,
+        action: int,
+        cid: int = 0,
+        since: int = 0,
+        symbol: str = "",
+        side: int = 1,
+        volume: float = 0.0,
+        sl: float = 0.0,
+        tp: float = 0.0,
+        filling: int = -1,
+    ) -> int:
+        """Send one request; its id, or 0 when the ring is full (tried again next turn)."""
+        b = self.bridge
+        assert b is not None
+        self._rid += 1
+        q = np.zeros(1, b.dtypes[self.L.SB_RING_REQUESTS])[0]
+        q["request_id"], q["client_order_id"], q["magic"], q["action"] = self._rid, cid, self.s.magic, action
+        q["since"], q["symbol"], q["comment"] = since, symbol.encode(), (str(cid) if cid else "").encode()
+        q["type"], q["volume"], q["sl"], q["tp"] = 0 if side > 0 else 1, volume, sl, tp
+        q["deviation"], q["filling"] = self.s.deviation, filling
+        if action == self.L.SB_ACTION_DEAL:
+            q["expire_msc"] = time.time_ns() // 1_000_000 + self.s.request_ttl_ms
+        return self._rid if b.request(q) else 0
+
+    def _final(
+        self,
+        cid: int,
+        o: _Order,
+        state: str,
+        retcode: int,
+        volume: Decimal = Decimal(0),
+        price: Decimal = Decimal(0),
+        deals: tuple[int, ...] = (),
+        why: str = "",
+    ) -> None:
+        o.state = "done"
+        del self.orders[cid]
+        self._outcomes.append(
+            Outcome(cid, o.req.symbol, o.req.side, state, retcode, volume, price, deals, why)
+        )

@@ -1,0 +1,240 @@
+"""MT5Broker against the terminal simulator across the real cffi boundary (both faces of
+the Linux library over one file): every fault of the venue, and after each the venue's
+own books show every client id executed at most its ordered volume, once."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from sovereign.broker.base import Act, OrderRequest, Outcome, classify
+from sovereign.broker.mt5 import MT5Broker, MT5Settings
+from sovereign.broker.mt5sim import Faults, Simulator
+
+MAGIC = 77
+SYMBOLS = ["EURUSD", "GBPUSD", "XAUUSD"]  # the terminal has no XAUUSD
+
+
+def settings(tmp_path: Path, **kw) -> MT5Settings:
+    return MT5Settings(
+        str(tmp_path / "bridge.sov"),
+        MAGIC,
+        SYMBOLS,
+        settle_s=0.01,
+        result_timeout_s=0.3,
+        backoff_s=0.001,
+        **kw,
+    )
+
+
+def make(tmp_path: Path, script: list[str] | None = None, **faults) -> tuple[Simulator, MT5Broker]:
+    sim = Simulator(
+        tmp_path / "venue",
+        str(tmp_path / "bridge.sov"),
+        {"EURUSD": 1.1, "GBPUSD": 1.27},
+        Faults(script=script or [], **faults),
+    )
+    sim.open()
+    return sim, MT5Broker(settings(tmp_path))
+
+
+def run(sim: Simulator, broker: MT5Broker, want: int, steps: int = 0) -> tuple[list[Outcome], list]:
+    """Step both sides until `want` outcomes came (or `steps` steps, when given)."""
+    outcomes: list[Outcome] = []
+    deals: list = []
+    deadline = time.monotonic() + 60
+    i = 0
+    while time.monotonic() < deadline and (not steps or i < steps):
+        i += 1
+        sim.step()
+        time.sleep(0.0002)
+        o, d = broker.poll()
+        outcomes += o
+        deals += d
+        if len(outcomes) >= want and (want or steps):
+            return outcomes, deals
+    if steps:
+        return outcomes, deals
+    raise AssertionError(f"{len(outcomes)} outcomes of {want}: {broker.orders}, down: {broker.why_down}")
+
+
+def executed(sim: Simulator) -> dict[int, float]:
+    """Volume the venue executed per client id (its own books)."""
+    out: dict[int, float] = {}
+    for d in sim.venue.dump()["deals"]:
+        if d["magic"] == MAGIC and d["comment"].isdigit():
+            out[int(d["comment"])] = round(out.get(int(d["comment"]), 0) + d["volume"], 8)
+    return out
+
+
+def order(cid: int, symbol: int = 0, side: int = 1, volume: str = "0.10", **kw) -> OrderRequest:
+    return OrderRequest(cid, symbol, side, Decimal(volume), **kw)
+
+
+@pytest.mark.parametrize(
+    ("fault", "state", "volume"),
+    [
+        ("ok", "FILLED", 0.1),
+        ("requote", "FILLED", 0.1),  # re-priced and resent
+        ("price_changed", "FILLED", 0.1),
+        ("timeout_exec", "FILLED", 0.1),  # looked up: found, not resent
+        ("timeout_noexec", "FILLED", 0.1),  # looked up twice: nothing, resent once
+        ("connection_exec", "FILLED", 0.1),
+        ("connection_noexec", "FILLED", 0.1),
+        ("drop_exec", "FILLED", 0.1),  # no answer at all: timed out, looked up
+        (
+            "restart_exec",
+            "FILLED",
+            0.1,
+        ),  # the terminal restarted after executing: reconnect, reconcile, look up
+        ("restart_noexec", "FILLED", 0.1),  # ... before executing: the request died with the file
+        ("unknown_noexec", "FILLED", 0.1),  # a code nobody documents is ambiguous: looked up first
+        ("partial", "PARTIALLY_FILLED", 0.05),  # the rest canceled: never topped up under the same id
+        ("reject", "REJECTED", 0.0),
+    ],
+)
+def test_each_fault_executes_an_order_at_most_once(
+    tmp_path: Path, fault: str, state: str, volume: float
+) -> None:
+    sim, broker = make(tmp_path, [fault])
+    run(sim, broker, 0, 5)
+    broker.submit([order(1)])
+    outcomes, _ = run(sim, broker, 1)
+    (o,) = outcomes
+    assert (o.client_order_id, o.state) == (1, state), o
+    assert executed(sim).get(1, 0.0) == volume
+    assert o.volume == Decimal(str(volume)) or state == "REJECTED"
+    broker.close()
+    sim.close()
+
+
+def test_retries_are_bounded(tmp_path: Path) -> None:
+    sim, broker = make(tmp_path, ["requote"] * 10)
+    broker.submit([order(1)])
+    (o,), _ = run(sim, broker, 1)
+    assert (o.state, o.retcode) == ("REJECTED", 10004) and executed(sim) == {}
+    assert sim.requests == 1 + broker.s.max_reprice
+
+
+def test_server_side_closes_and_manual_trades_are_reported_as_not_ours(tmp_path: Path) -> None:
+    sim, broker = make(tmp_path, stopout_every=40, manual_every=25)
+    mid = sim.mid["EURUSD"]
+    broker.submit([order(1, sl=round(mid * 0.9999, 5)), order(2, symbol=1, side=-1)])
+    deals: list = []
+    for _ in range(200):
+        sim.step()
+        deals += broker.poll()[1]
+    reasons = {d.reason for d in deals if d.client_order_id == 0}
+    assert {0, 6} <= reasons  # manual trades and the stop-out, if not the stop first
+    assert all(d.magic != MAGIC or d.client_order_id in (1, 2) or d.reason != 3 for d in deals)
+    tickets = [d.ticket for d in deals]
+    assert len(tickets) == len(set(tickets))  # each deal once
+    assert sorted(tickets) == [d["ticket"] for d in sim.venue.dump()["deals"]]
+
+
+def test_reconnect_replays_missed_deals_once_and_lists_positions(tmp_path: Path) -> None:
+    sim, broker = make(tmp_path)
+    broker.submit([order(1), order(2, symbol=1, side=-1, volume="0.20")])
+    run(sim, broker, 2)
+    sim.venue.trade("EURUSD", 1, 0.05, 1.1, 0, "", 0)  # a manual trade while the engine was away
+    sim.restart()  # its notice was lost with the terminal's restart
+    deals: list = []
+    for _ in range(50):
+        sim.step()
+        deals += broker.poll()[1]
+    assert [d.client_order_id for d in deals] == [0]  # only the one missed, once
+    venue = {(p["symbol"], p["side"], p["volume"]) for p in sim.venue.positions()}
+    assert {(SYMBOLS[p.symbol], p.side, float(p.volume)) for p in broker.open_positions()} == venue
+
+
+def test_a_crash_in_submitting_is_resolved_at_the_terminal_never_resent(tmp_path: Path) -> None:
+    sim, broker = make(tmp_path, ["drop_exec"])
+    broker.submit([order(1)])
+    for _ in range(5):
+        sim.step()
+        broker.poll()
+    broker.close()  # the engine dies: 1 executed without an answer; 2 never left
+    state = broker.to_dict()
+    again = MT5Broker(settings(tmp_path), state)
+    again.resolve([1, 2])
+    outcomes, _ = run(sim, again, 2)
+    by = {o.client_order_id: o for o in outcomes}
+    assert by[1].state == "FILLED" and by[2].state == "REJECTED"
+    assert executed(sim) == {1: 0.1}
+
+
+def test_bad_input_symbols_and_a_missing_terminal(tmp_path: Path) -> None:
+    broker = MT5Broker(settings(tmp_path))
+    broker.submit([order(1)])
+    (o,), _ = broker.poll()
+    assert o.state == "REJECTED" and "the bridge is down" in o.why and "is the terminal running" in o.why
+    assert broker.connected() == (False, broker.why_down)
+    sim = Simulator(tmp_path / "venue", str(tmp_path / "bridge.sov"), {"EURUSD": 1.1, "GBPUSD": 1.27})
+    sim.open()
+    broker.submit([order(2, symbol=2), order(3, symbol=7)])
+    outcomes, _ = run(sim, broker, 2)
+    assert {o.client_order_id: (o.state, o.retcode) for o in outcomes} == {
+        2: ("REJECTED", 10013),
+        3: ("REJECTED", 10013),
+    }
+    assert "the terminal has no symbol XAUUSD" in {o.client_order_id: o for o in outcomes}[2].why
+    assert broker.connected()[0]
+
+
+def test_a_garbage_record_is_skipped_and_reconciled(tmp_path: Path) -> None:
+    from tests.broker.test_bridge import poke, slot_offset
+
+    sim, broker = make(tmp_path)
+    run(sim, broker, 0, 3)
+    L = broker.L
+    broker.submit([order(1)])
+    sim.step()
+    broker.poll()  # sent
+    sim.step()  # executed: its deal and result are in the rings
+    path = Path(broker.s.bridge_path)
+    poke(path, slot_offset(path, L.SB_RING_DEALS, 0) + 30, b"\xde\xad")
+    outcomes, _ = run(sim, broker, 1)
+    assert outcomes[0].state == "FILLED" and broker.bridge is not None
+    assert broker.bridge.stats(L.SB_RING_DEALS)["corrupt_skipped"] == 1
+    assert executed(sim) == {1: 0.1}
+
+
+def test_unknown_retcodes_are_ambiguous() -> None:
+    assert classify(10099) == Act.AMBIGUOUS and classify(10012) == Act.AMBIGUOUS
+    assert classify(10004) == Act.REPRICE and classify(10027) == Act.OPERATOR and classify(10019) == Act.FINAL
+
+
+def test_seeded_chaos_never_executes_an_order_twice(tmp_path: Path) -> None:
+    odds = {
+        f: 0.04
+        for f in (
+            "requote",
+            "price_changed",
+            "timeout_exec",
+            "timeout_noexec",
+            "connection_exec",
+            "connection_noexec",
+            "partial",
+            "reject",
+            "drop_exec",
+            "restart_exec",
+            "restart_noexec",
+            "unknown_noexec",
+        )
+    }
+    sim, broker = make(tmp_path, odds=odds, seed=7, stopout_every=97, manual_every=53)
+    n = 120
+    outcomes: list[Outcome] = []
+    for cid in range(1, n + 1):
+        broker.submit([order(cid, symbol=cid % 2, side=1 if cid % 3 else -1)])
+        outcomes += run(sim, broker, 1)[0]
+    by = {o.client_order_id: o for o in outcomes}
+    assert sorted(by) == list(range(1, n + 1))  # every order has one final answer
+    done = executed(sim)
+    for cid, o in by.items():
+        assert done.get(cid, 0.0) <= 0.1  # at most its ordered volume, once
+        assert float(o.volume) == done.get(cid, 0.0), (o, done.get(cid))
+    assert sim.restarts > 0
