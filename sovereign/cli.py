@@ -1049,6 +1049,42 @@ def data_info(files: tuple[str, ...], layout: str, gap_s: float | None, as_json:
     _console().print(table)
 
 
+@main.group(context_settings=CONTEXT)
+def mt5() -> None:
+    """The MetaTrader 5 bridge: the terminal simulator."""
+
+
+@mt5.command("simulate", epilog="Example: sovereign mt5 simulate --state venue/ --faults "
+             "'{\"odds\": {\"requote\": 0.1}}'")
+@click.option("--state", "state_dir", required=True, type=click.Path(file_okay=False),
+              help="the venue's own books (created if missing)")  # fmt: skip
+@click.option("--bridge", "bridge_path", help="the bridge file to create (default: STATE/bridge.sov)")
+@click.option("--symbols", default="EURUSD,GBPUSD,USDJPY", show_default=True, help="comma-separated")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--faults", "faults_json", default="{}", help="JSON: script, odds, stopout_every, manual_every")
+@click.option("--hedging", is_flag=True, help="a hedging account (default: netting)")
+@click.option("--duration", type=click.FloatRange(min=0), help="seconds to run (default: until stopped)")
+@click.option("--dump", is_flag=True, help="print the venue's books as JSON and exit")
+def mt5_simulate(state_dir: str, bridge_path: str | None, symbols: str, seed: int, faults_json: str,
+                 hedging: bool, duration: float | None, dump: bool) -> None:  # fmt: skip
+    """Stand in for the terminal and its trade server on the bridge file, with seeded faults."""
+    from sovereign.broker import mt5sim
+
+    if dump:
+        click.echo(orjson.dumps(mt5sim.dump(state_dir), option=orjson.OPT_INDENT_2).decode())
+        return
+    try:
+        spec = orjson.loads(faults_json)
+        faults = mt5sim.Faults(seed=seed, **spec)
+    except (orjson.JSONDecodeError, TypeError, ValueError) as e:
+        raise click.UsageError(f"--faults: {e}") from e
+    mids = mt5sim.DEFAULT_SYMBOLS
+    names = [s for s in symbols.split(",") if s]
+    sim = mt5sim.Simulator(state_dir, bridge_path or str(Path(state_dir).resolve() / "bridge.sov"),
+                           {n: mids.get(n, 1.0) for n in names}, faults, hedging)  # fmt: skip
+    sim.run(duration)
+
+
 def entry(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (for tests and `python -m sovereign.cli`)."""
     try:
