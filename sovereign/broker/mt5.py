@@ -326,6 +326,17 @@ class MT5Broker:
         L, rid, code = self.L, int(r["request_id"]), int(r["retcode"])
         if rid in self.reconciling:
             if code == L.SB_LIST_DONE:
+                # The list went out before its end mark: whatever of it this turn's read left
+                # in its ring is there now (one ring per record kind, no order across rings).
+                assert self.bridge is not None
+                if int(r["action"]) == L.SB_ACTION_HISTORY:
+                    while len(batch := self.bridge.poll(L.SB_RING_DEALS)):
+                        for d in batch:
+                            self._on_deal(d)
+                else:
+                    while len(batch := self.bridge.poll(L.SB_RING_POSITIONS)):
+                        mine = batch[batch["snapshot"] == rid]
+                        self._positions_next += [self._position(p) for p in mine]
                 self.reconciling.discard(rid)
                 if int(r["action"]) == L.SB_ACTION_POSITIONS:
                     self.positions = self._positions_next
