@@ -427,7 +427,10 @@ class Archiver:
             return [("archive_failed", {"why": why})]
         self.failing = ""
         self.next_at = now if done["more"] else now + self.interval_s
-        return [("archived", {k: v for k, v in done.items() if k != "more"})] if done["parts"] else []
+        if not done["parts"]:
+            return []
+        return [("archived", {"records": done["records"], "parts": ", ".join(done["parts"]),
+                              "mismatched": done["mismatched"]})]  # fmt: skip
 
     def run(self, now_ns: int | None = None) -> dict[str, Any]:
         """Steps until nothing is left to move; what they moved."""
