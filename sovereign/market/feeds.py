@@ -201,7 +201,7 @@ class Feed:
         # The ids this feed has ticks for: a name of the state's it lacks is never quoted.
         ids = np.unique(self._data["symbol"]) if self._data is not None else self._sim_ids()
         self.fed = frozenset(int(s) for s in ids)
-        self._wall0 = self._market0 = 0
+        self._mono0 = self._market0 = 0  # the pace: monotonic, so an NTP step neither floods nor stalls it
         self._base = self._snapshot()
         self._given = 0  # ticks given since _base
 
@@ -266,9 +266,9 @@ class Feed:
             self._tell()
         take, clock = min(n, len(self._pending)), 0
         if self.realtime and len(self._pending):
-            if self._wall0 == 0:
-                self._wall0, self._market0 = time.time_ns(), int(self._pending["ts_ns"][0])
-            due = self._market0 + int((time.time_ns() - self._wall0) * self.speed)
+            if self._mono0 == 0:
+                self._mono0, self._market0 = time.monotonic_ns(), int(self._pending["ts_ns"][0])
+            due = self._market0 + int((time.monotonic_ns() - self._mono0) * self.speed)
             upto = int(np.searchsorted(self._pending["ts_ns"], due, side="right"))
             if upto <= take:  # every tick due goes now
                 take = upto
@@ -286,10 +286,10 @@ class Feed:
     def due_in(self) -> float:
         """Seconds until the next tick is due (realtime; 0 when one may be due now or the
         pace is fast): how long the gateway may sleep before asking again."""
-        if not self.realtime or self.done or len(self._pending) == 0 or self._wall0 == 0:
+        if not self.realtime or self.done or len(self._pending) == 0 or self._mono0 == 0:
             return 0.0
         market_ns = (int(self._pending["ts_ns"][0]) - self._market0) / self.speed
-        wait_ns = market_ns - (time.time_ns() - self._wall0)
+        wait_ns = market_ns - (time.monotonic_ns() - self._mono0)
         return max(0.0, wait_ns / NS)
 
     def _finish(self) -> None:

@@ -238,11 +238,6 @@ def test_a_stepped_wall_clock_fires_no_stale_guard_no_bar_and_no_hung_heartbeat(
         hb.close()
 
 
-PACED_BY_WALL = ("sovereign/market/feeds.py paces a realtime feed by time.time_ns(): a step releases or "
-                 "holds back an hour of ticks (a fix there flips this)")
-
-
-@pytest.mark.xfail(strict=True, reason=PACED_BY_WALL)
 @pytest.mark.parametrize("step_s", [3600, -3600])
 def test_a_paced_feed_keeps_its_pace_when_the_wall_clock_steps(monkeypatch: pytest.MonkeyPatch,
                                                                step_s: int) -> None:  # fmt: skip
