@@ -459,14 +459,14 @@ class Supervisor:
         if p.cmd != "status":
             self.server.answer(p.conn_id, account)
             return
-        now_ns, wall = time.monotonic_ns(), time.time_ns()
+        now_ns = time.monotonic_ns()
         procs = []
         for role, proc in self.procs.items():
             s = self.hb.slots[self.layout.slot(role)]
             procs.append({
                 "role": role, "pid": int(s["pid"]), "core": None if s["core"] < 0 else int(s["core"]),
                 "state": STATE_NAMES[int(s["state"])], "health": self.health(proc),
-                "uptime_s": (wall - int(s["started_ns"])) / 1e9,
+                "uptime_s": time.monotonic() - proc.spawned,  # monotonic: an NTP step does not show
                 "heartbeat_age_s": (now_ns - int(s["beat_ns"])) / 1e9,
                 "restarts": proc.restarts, "ticks": int(s["ticks"]), "signals": int(s["signals"]),
                 "orders": int(s["orders"]), "rejects": int(s["rejects"]), "dropped": int(s["dropped"]),
