@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from decimal import Decimal
 from enum import IntEnum
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from sovereign.broker.base import AccountInfo, BrokerPosition, Deal, OrderRequest, Outcome
 from sovereign.core import first_touch, last_of_each
 from sovereign.files import (
     encode_float,
@@ -89,6 +91,7 @@ class PaperBroker:
         self._raw: dict[int, tuple[int, float, float]] = {}  # newer float quotes from on_ticks
         self.next_ticket = 1
         self.executed: OrderedDict[int, Execution] = OrderedDict()  # recent, by client id
+        self._answers: list[Execution] = []  # `submit`'s, until `poll`
 
     @property
     def quotes(self) -> dict[int, tuple[int, Decimal, Decimal]]:
@@ -229,6 +232,48 @@ class PaperBroker:
                 return self._reject(client_order_id, symbol, side, volume, Retcode.NO_MONEY,
                                     "not enough free margin")
         return self._fill(client_order_id, symbol, side, volume, dsl, dtp, "")
+
+    # ---- the Broker interface (base.py): the methods above, in its terms
+
+    def connected(self) -> tuple[bool, str]:
+        return True, ""
+
+    def submit(self, orders: Sequence[OrderRequest]) -> None:
+        """Each order filled (or refused) at once, as `market_order`; answers through `poll`."""
+        for o in orders:
+            self._answers.append(self.market_order(o.client_order_id, o.symbol, o.side, o.volume, o.sl, o.tp,
+                                                   reduce_only=o.reduce_only))  # fmt: skip
+
+    def poll(self) -> tuple[list[Outcome], list[Deal]]:
+        done, self._answers = self._answers, []
+        return [_outcome(ex) for ex in done], [_deal(ex) for ex in done if ex.retcode == Retcode.DONE]
+
+    def resolve(self, client_order_ids: Sequence[int]) -> None:
+        for cid in client_order_ids:
+            ex = self.find(cid)
+            why = "not executed before a crash"
+            lost = Execution(cid, -1, 0, ZERO, ZERO, ZERO, ZERO, 0, Retcode.REJECT, why)
+            self._answers.append(ex or lost)
+
+    def open_positions(self) -> list[BrokerPosition]:
+        out = []
+        for s, p in self.positions.items():
+            price = p.lots[0][1] if p.lots else ZERO
+            side = 1 if p.volume > 0 else -1
+            sl, tp = float(p.sl or 0), float(p.tp or 0)
+            out.append(BrokerPosition(0, s, side, abs(p.volume), price, sl, tp, 0))
+        return out
+
+    def deals_since(self, ticket: int) -> list[Deal]:
+        """The recent client executions (exits by stop or target are the caller's to keep)."""
+        return sorted((_deal(ex) for ex in self.executed.values() if ex.ticket > ticket),
+                      key=lambda d: d.ticket)  # fmt: skip
+
+    def account_info(self) -> AccountInfo:
+        return AccountInfo(self.balance, self.equity(), self.margin(), "", 0, True)
+
+    def symbol_specs(self) -> dict[int, SymbolSpec]:
+        return self.specs
 
     # ---- account
 
@@ -374,6 +419,21 @@ class PaperBroker:
         ts = (self.quote(symbol) or (0, None, None))[0]
         zero = Decimal(0)
         return Execution(cid, symbol, side, volume, zero, zero, zero, ts, code, why)
+
+
+def _outcome(ex: Execution) -> Outcome:
+    done = ex.retcode == Retcode.DONE
+    state = "FILLED" if done else "REJECTED"
+    tickets = (ex.ticket,) if done else ()
+    volume = ex.volume if done else ZERO
+    return Outcome(ex.client_order_id, ex.symbol, ex.side, state, int(ex.retcode), volume, ex.price, tickets,
+                   ex.reason)  # fmt: skip
+
+
+def _deal(ex: Execution) -> Deal:
+    reason = {"sl": 4, "tp": 5}.get(ex.reason, 3)
+    return Deal(ex.ticket, ex.ticket, 0, ex.symbol, ex.side, 0, ex.volume, ex.price, ex.commission,
+                ex.realized_pnl, 0, ex.client_order_id, reason, ex.ts_ns // 1_000_000)  # fmt: skip
 
 
 def checked_ledger(d: Any, name: str, specs: dict[int, SymbolSpec]) -> dict[str, Any]:

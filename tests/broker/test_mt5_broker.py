@@ -238,3 +238,18 @@ def test_seeded_chaos_never_executes_an_order_twice(tmp_path: Path) -> None:
         assert done.get(cid, 0.0) <= 0.1  # at most its ordered volume, once
         assert float(o.volume) == done.get(cid, 0.0), (o, done.get(cid))
     assert sim.restarts > 0
+
+
+def test_the_paper_broker_fits_the_same_interface() -> None:
+    from sovereign.broker.paper import PaperBroker
+    from sovereign.symbols import SymbolSpec
+
+    paper = PaperBroker(Decimal(10_000), {0: SymbolSpec()})
+    paper.on_tick(0, 1, 1.1, 1.1002)
+    paper.submit([order(1), order(2, volume="0.001")])
+    outcomes, deals = paper.poll()
+    assert [(o.client_order_id, o.state) for o in outcomes] == [(1, "FILLED"), (2, "REJECTED")]
+    assert [d.client_order_id for d in deals] == [1] and paper.deals_since(0) == deals
+    assert paper.connected() == (True, "") and paper.open_positions()[0].volume == Decimal("0.10")
+    paper.resolve([1, 3])
+    assert [o.state for o in paper.poll()[0]] == ["FILLED", "REJECTED"]
