@@ -72,10 +72,12 @@ def failed(checks: list[Check]) -> bool:
 # ---- verify
 
 
-def verify(path: str | Path, key: bytes | None = None, archive: str | Path | None = None) -> list[Check]:
+def verify(path: str | Path, key: bytes | None = None, archive: str | Path | None = None, *,
+           deep: bool = True) -> list[Check]:  # fmt: skip
     """Integrity of the state at path, checked in a child process (see the module doc), and
-    of its archive (`archive`, else <path>/archive where there is one); with `key`, a
-    backup's manifest must be signed with it."""
+    of its archive (`archive`, else <path>/archive where there is one: every record, or
+    with deep=False its files' checksums only, as backup and restore check a backup's);
+    with `key`, a backup's manifest must be signed with it."""
     path = Path(path)
     if not (path / DATA_FILE).is_file():
         return [Check("environment", "fail", f"no LMDB environment at {path} ({DATA_FILE} is missing)")]
@@ -86,7 +88,7 @@ def verify(path: str | Path, key: bytes | None = None, archive: str | Path | Non
     elif key is not None:
         checks.append(Check("manifest", "fail", f"{path} has no {MANIFEST}: not a backup made here"))
     archive = Path(archive) if archive is not None else path / ARCHIVE_DIR
-    archived = verify_archive(archive) if archive.exists() else []
+    archived = verify_archive(archive, deep) if archive.exists() else []
     # -I and cwd /: the reader imports nothing from the directory the operator stands in
     # (a `sovereign/__init__.py` there ran as root).
     reader = [sys.executable, "-I", "-m", "sovereign.ops.maintenance", "verify", str(path.absolute())]
@@ -100,11 +102,11 @@ def verify(path: str | Path, key: bytes | None = None, archive: str | Path | Non
     return checks + [Check(**c) for c in orjson.loads(proc.stdout)] + archived
 
 
-def verify_archive(path: str | Path) -> list[Check]:
+def verify_archive(path: str | Path, deep: bool = True) -> list[Check]:
     """Every archive part against its manifest: a check per problem, and one summary."""
     from sovereign.state.archive import Archive
 
-    return [Check(name, status, detail) for name, status, detail in Archive(path).verify()]
+    return [Check(name, status, detail) for name, status, detail in Archive(path).verify(deep)]
 
 
 def backup_key_path(state_dir: str | Path) -> Path:
@@ -345,7 +347,7 @@ def backup(state_dir: str | Path, dest: str | Path, *, rotate: int = 0,
         if archived is not None:
             manifest["archive"] = archived
         manifest["hmac"] = _signature(manifest, key)
-        checks = verify(tmp)
+        checks = verify(tmp, deep=False)  # archive files never change once written: their checksums
         if failed(checks):
             bad = next(c for c in checks if c.status == "fail")
             raise OpsError(f"the copy does not verify, so it was not kept: {bad.name}: {bad.detail}")
@@ -452,7 +454,7 @@ def _restore(src: Path, dst: Path, unsigned: bool, archive: Path) -> dict[str, A
     if key is None and not unsigned:
         raise OpsError(f"no backup key at {backup_key_path(dst)}: this backup's signature cannot be checked; "
                        "restore it with --unsigned only if you trust where it came from")  # fmt: skip
-    checks = verify(src, key)
+    checks = verify(src, key, deep=False)  # the archive by its checksums, which the signature covers
     if failed(checks):
         bad = next(c for c in checks if c.status == "fail")
         raise OpsError(f"{src} is not a good backup: {bad.name}: {bad.detail}")

@@ -212,6 +212,15 @@ def test_a_record_that_differs_from_its_archived_line_stays_in_lmdb(tmp_path: Pa
 def test_archiving_off_moves_nothing(tmp_path: Path) -> None:
     store = build(tmp_path / "s", days=100)
     assert Archiver(store, tmp_path / "a", 0).run(now_ns=T0 + 3650 * DAY)["records"] == 0
+    assert not (tmp_path / "a").exists()
+
+
+def test_the_archive_is_private(tmp_path: Path) -> None:
+    store = build(tmp_path / "s", days=100)
+    Archiver(store, tmp_path / "s" / "archive", 31).run()
+    arc = tmp_path / "s" / "archive"
+    assert os.stat(arc).st_mode & 0o777 == 0o700
+    assert {f.name: f.stat().st_mode & 0o777 for f in arc.iterdir() if f.stat().st_mode & 0o777 != 0o600} == {}
 
 
 def test_one_archiver_at_a_time(tmp_path: Path) -> None:
