@@ -251,6 +251,15 @@ def status(t: Target, as_json: bool) -> None:
         account = t.read(views.account) if (t.state_dir / "data.mdb").exists() else None
         return {"account": account, "state_dir": str(t.state_dir)}
 
+    def bridge() -> dict[str, Any] | None:
+        """broker.kind = "mt5": whether the terminal is connected, and why not, as the gateway last said."""
+        from sovereign.state.schema import BRIDGE_STATUS_KEY
+
+        if t.config.broker.kind != "mt5" or not (t.state_dir / "data.mdb").exists():
+            return None
+        return t.read(lambda tx: tx.get("bridge", BRIDGE_STATUS_KEY)) or {"connected": False,
+                                                                          "why": "the gateway has not run"}
+
     try:
         data = {"running": True, "live": True, **t.ask("status", busy_timeout=STATUS_BUSY_WAIT_S)}
         code = EXIT_OK
@@ -259,6 +268,7 @@ def status(t: Target, as_json: bool) -> None:
     except SocketBusy as e:
         data, code = {"running": True, "live": False, "busy": e.message, **stored()}, EXIT_FAILED
     data["storage"] = storage(t.config)
+    data["bridge"] = bridge()
     if as_json:
         _json(data)
     else:
@@ -302,6 +312,11 @@ def _print_status(data: dict[str, Any], t: Target) -> None:
         con.print(f"{window}: p50 {lat['p50_us'] / 1e3:,.2f} ms · p99 {lat['p99_us'] / 1e3:,.2f} ms · "
                   f"{lat['n']:,} orders" if lat.get("n") else f"{window}: no orders")  # fmt: skip
     _print_storage(con, data.get("storage") or {})
+    b = data.get("bridge")
+    if b is not None:
+        up = b.get("connected") and not b.get("missing")
+        con.print(f"MT5 bridge: {'[green]connected[/]' if up else '[bold red]down[/]'}"
+                  f"{'' if up else ' (' + _safe(b.get('why', '')) + ')'}")  # fmt: skip
     a = data.get("account")
     if not a or a.get("state") is None:
         con.print("account: no risk state yet")
@@ -1064,9 +1079,11 @@ def mt5() -> None:
 @click.option("--faults", "faults_json", default="{}", help="JSON: script, odds, stopout_every, manual_every")
 @click.option("--hedging", is_flag=True, help="a hedging account (default: netting)")
 @click.option("--duration", type=click.FloatRange(min=0), help="seconds to run (default: until stopped)")
+@click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="market seconds per wall second of the ticks' times")  # fmt: skip
 @click.option("--dump", is_flag=True, help="print the venue's books as JSON and exit")
 def mt5_simulate(state_dir: str, bridge_path: str | None, symbols: str, seed: int, faults_json: str,
-                 hedging: bool, duration: float | None, dump: bool) -> None:  # fmt: skip
+                 hedging: bool, duration: float | None, speed: float, dump: bool) -> None:  # fmt: skip
     """Stand in for the terminal and its trade server on the bridge file, with seeded faults."""
     from sovereign.broker import mt5sim
 
@@ -1081,8 +1098,42 @@ def mt5_simulate(state_dir: str, bridge_path: str | None, symbols: str, seed: in
     mids = mt5sim.DEFAULT_SYMBOLS
     names = [s for s in symbols.split(",") if s]
     sim = mt5sim.Simulator(state_dir, bridge_path or str(Path(state_dir).resolve() / "bridge.sov"),
-                           {n: mids.get(n, 1.0) for n in names}, faults, hedging)  # fmt: skip
+                           {n: mids.get(n, 1.0) for n in names}, faults, hedging, speed=speed)  # fmt: skip
     sim.run(duration)
+
+
+@mt5.command("install-ea", epilog="Example: sovereign mt5 install-ea /srv/mt5/account1/MQL5")
+@click.argument("mql5_dir", type=click.Path(file_okay=False))
+def mt5_install_ea(mql5_dir: str) -> None:
+    """Copy the Expert Advisor to MQL5/Experts and the bridge DLL to MQL5/Libraries of a
+    terminal's folder (MQL5_DIR: its MQL5 folder, or the install folder holding it)."""
+    import shutil
+
+    import sovereign
+    from sovereign.broker.bridge import find_file
+
+    root = Path(mql5_dir)
+    if root.name != "MQL5" and (root / "MQL5").is_dir():
+        root = root / "MQL5"
+    if not (root / "Experts").is_dir():
+        raise BadInput(f"{mql5_dir} is not a terminal's MQL5 folder (it has no Experts folder); give the "
+                       "MQL5 folder of a terminal started once with /portable")  # fmt: skip
+    ea = find_file("SovereignBridge.mq5") or Path(sovereign.__file__).resolve().parents[1] / "mql5" / \
+        "SovereignBridge.mq5"  # fmt: skip
+    if not ea.is_file():
+        raise Fail("the Expert Advisor's source (SovereignBridge.mq5) is not installed: copy mql5/"
+                   "SovereignBridge.mq5 from the source checkout to MQL5/Experts")  # fmt: skip
+    dll = find_file("sovbridge.dll")
+    if dll is None:
+        raise Fail("the bridge DLL was not built: mingw-w64 was missing when the package was built. Install "
+                   "it (Debian: apt-get install gcc-mingw-w64-x86-64, or .ci/deps), reinstall the package "
+                   "(python3 -m pip install .), and run this again")  # fmt: skip
+    (root / "Libraries").mkdir(exist_ok=True)
+    shutil.copy2(ea, root / "Experts" / ea.name)
+    shutil.copy2(dll, root / "Libraries" / dll.name)
+    click.echo(f"copied {ea.name} to {root / 'Experts'} and {dll.name} to {root / 'Libraries'}; compile the "
+               "Expert Advisor in MetaEditor, attach it to one chart with 'Allow DLL imports' on, and turn "
+               "AutoTrading on")  # fmt: skip
 
 
 def entry(argv: Sequence[str] | None = None) -> int:

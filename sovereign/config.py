@@ -90,6 +90,26 @@ class BrokerConfig:
 
 
 @dataclass(frozen=True)
+class Mt5Config:
+    """broker.kind = "mt5": the MetaTrader 5 bridge (docs/runbook.md, MT5 under Wine)."""
+
+    # The bridge file the terminal's Expert Advisor creates and the engine maps: an absolute
+    # path in a directory both units share through a group, never world-readable, not in a
+    # private /dev/shm.
+    bridge: str = _f("")
+    magic: int = _f(0, 0, 2**63 - 1)  # the account's magic number: every order of ours carries it
+    symbols: tuple[str, ...] = _f(())  # the symbols traded, by our names
+    # our name -> the terminal's, where they differ ([mt5.symbol_map] EURUSD = "EURUSD.r")
+    symbol_map: dict[str, str] = field(default_factory=dict)
+    deviation: int = _f(10, 0, 100_000)  # points a market order may fill away from the quote
+    max_reprice: int = _f(3, 0, 100)  # resends after a requote or a price change
+    max_backoff: int = _f(3, 0, 100)  # resends after "too many requests", locked or frozen
+    max_resend: int = _f(1, 0, 10)  # resends after a look-up found an ambiguous order not executed
+    result_timeout_s: float = _f(5.0, 0.1, 600.0)  # no answer this long: the order is looked up
+    heartbeat_timeout_s: float = _f(3.0, 0.1, 600.0)  # the terminal silent this long: disconnected
+
+
+@dataclass(frozen=True)
 class SymbolDefaults:
     contract_size: float = _f(100_000.0, 0.0, 1e9, lo_open=True)
     lot_step: float = _f(0.01, 0.0, 1e6, lo_open=True)
@@ -173,14 +193,13 @@ class Config:
     risk: RiskConfig = field(default_factory=RiskConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     market: MarketConfig = field(default_factory=MarketConfig)
+    mt5: Mt5Config = field(default_factory=Mt5Config)
 
     def __post_init__(self) -> None:
         if self.feed.start:
             sim_start_ns(self.feed.start)
-        if self.broker.kind == "mt5":  # accepted, it would trade on paper and say nothing: a lie about money
-            raise ConfigError("config key broker.kind: 'mt5' is not available yet: the MetaTrader 5 "
-                              "bridge is not built, and nothing may pretend to trade a real account; "
-                              "use 'paper'")
+        if self.broker.kind == "mt5":
+            _check_mt5(self.mt5)
         if self.feed.kind == "replay" and not self.feed.files:
             raise ConfigError("config key feed.files: a replay feed needs at least one file")
         for name, table in {"": self.symbols, **self.symbols.overrides}.items():
@@ -205,6 +224,39 @@ class Config:
                               f"risk.max_drawdown ({self.risk.max_drawdown}); a day's loss would halt "
                               "the system before it could reduce")
         _check_time_fields(self.market, self.risk)
+
+
+def _check_mt5(m: Mt5Config) -> None:
+    """broker.kind = "mt5" needs a whole [mt5] section: an engine that cannot reach its
+    terminal, or would trade symbols it cannot name, must not start."""
+    if not m.bridge or not os.path.isabs(m.bridge):
+        raise ConfigError("config key mt5.bridge: broker.kind = 'mt5' needs the bridge file's absolute path "
+                          "(the file the terminal's Expert Advisor creates), e.g. "
+                          "'/var/lib/sovereign-bridge/bridge.sov'")  # fmt: skip
+    if m.bridge.startswith("/dev/shm/"):
+        raise ConfigError("config key mt5.bridge: not under /dev/shm (the engine's unit has a private one, "
+                          "the terminal would not see it); use a directory both units share")  # fmt: skip
+    if not m.magic:
+        raise ConfigError("config key mt5.magic: broker.kind = 'mt5' needs the account's magic number "
+                          "(an integer above 0, the same in the Expert Advisor's inputs)")  # fmt: skip
+    if not m.symbols:
+        raise ConfigError("config key mt5.symbols: broker.kind = 'mt5' needs the symbols to trade, "
+                          "e.g. [\"EURUSD\", \"GBPUSD\"]")  # fmt: skip
+    for i, name in enumerate(m.symbols):
+        if not re.fullmatch(r"[A-Za-z0-9._#-]{1,31}", name):
+            raise ConfigError(f"config key mt5.symbols: item {i + 1} ({_shown(name)}) is not a symbol name "
+                              "(1-31 of A-Z a-z 0-9 . _ # -)")  # fmt: skip
+    if len(set(m.symbols)) != len(m.symbols):
+        raise ConfigError("config key mt5.symbols: a symbol is listed twice")
+    for ours, theirs in m.symbol_map.items():
+        if ours not in m.symbols:
+            raise ConfigError(f"config key mt5.symbol_map.{ours[:31]}: not one of mt5.symbols")
+        if not isinstance(theirs, str) or not re.fullmatch(r"[A-Za-z0-9._#+-]{1,31}", theirs):
+            raise ConfigError(f"config key mt5.symbol_map.{ours}: {_shown(theirs)} is not a terminal's "
+                              "symbol name (1-31 of A-Z a-z 0-9 . _ # + -)")  # fmt: skip
+    terminal = [m.symbol_map.get(n, n) for n in m.symbols]
+    if len(set(terminal)) != len(terminal):
+        raise ConfigError("config key mt5.symbol_map: two of our symbols map to one terminal symbol")
 
 
 def _check_time_fields(market: MarketConfig, risk: RiskConfig) -> None:
@@ -322,10 +374,13 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     values = {}
     for name, value in raw.items():
         key = f"{prefix}{name}"
-        if getattr(hints[name], "__origin__", None) is dict:  # name -> table (symbols.overrides)
+        if getattr(hints[name], "__origin__", None) is dict:  # name -> table (symbols.overrides) or text
             item = hints[name].__args__[1]
             if not isinstance(value, dict):
                 raise ConfigError(f"config key {key}: expected a table, got {type(value).__name__}")
+            if item is str:  # mt5.symbol_map
+                values[name] = {k: _check(f"{key}.{k}", str, v, {}) for k, v in value.items()}
+                continue
             values[name] = {k: _build(item, v, f"{prefix}{k}.") for k, v in value.items()}
         elif dataclasses.is_dataclass(hints[name]):
             values[name] = _build(hints[name], value, f"{key}.")

@@ -328,3 +328,126 @@ def code_snapshot(dest: Path) -> dict[str, str]:
             (dest / hook.name).write_text('"""Shadows the editable install: the package beside it runs."""\n')
     path = [str(dest), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     return {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
+# ---- an outside venue: the MT5 terminal simulator as its own process (issue 23)
+
+
+class VenueSim:
+    """`sovereign mt5 simulate` as a terminal runs beside the engine: started, SIGKILLed (a
+    terminal that dies; its successor recreates the bridge file), stopped, and its books
+    read from its own state (`dump`). Market time runs `speed` times the wall clock so the
+    engine's bars close, and trades come, within seconds."""
+
+    def __init__(self, state: Path, symbols: str = "EURUSD,GBPUSD", speed: float = 600.0,
+                 faults: dict[str, Any] | None = None, log: Path | None = None,
+                 env: dict[str, str] | None = None, seed: int = 0):  # fmt: skip
+        self.state, self.symbols, self.speed, self.faults = state, symbols, speed, faults or {}
+        self.bridge = state / "bridge.sov"
+        self.log = log or state.parent / "venue.log"
+        self.env, self.seed = env, seed  # each start's fault schedule: seed + its count
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        import json
+
+        self.starts += 1
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "sovereign.cli", "mt5", "simulate", "--state", str(self.state),
+                 "--symbols", self.symbols, "--speed", str(self.speed),
+                 "--seed", str(self.seed + self.starts), "--faults", json.dumps(self.faults)],
+                stdout=out, stderr=subprocess.STDOUT, env=self.env)  # fmt: skip
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.running():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.running():
+            assert self.proc is not None
+            self.proc.terminate()
+            self.proc.wait(30)
+
+    def dump(self) -> dict[str, Any]:
+        import json
+
+        out = subprocess.run([sys.executable, "-m", "sovereign.cli", "mt5", "simulate", "--state",
+                              str(self.state), "--dump"], capture_output=True, text=True, check=True,
+                             env=self.env)  # fmt: skip
+        return dict(json.loads(out.stdout))
+
+
+def mt5_tables(state: Path, venue: VenueSim, symbols: Sequence[str], **tables: dict[str, object]) -> str:
+    """A config for `sovereign run` on the simulated terminal `venue` (magic 77, the market
+    always open, no recording: a live venue is not replayed)."""
+    base: dict[str, dict[str, object]] = {
+        "system": {"state_dir": str(state), "workers": 1, "record_days": 0, "risk_rt_priority": 0,
+                   "snapshot_interval_s": 1.0},
+        "broker": {"kind": "mt5"},
+        "mt5": {"bridge": str(venue.bridge), "magic": 77, "symbols": list(symbols), "result_timeout_s": 1.0},
+        "market": {"hours": "always"},
+        "retention": {"days": 0},
+    }  # fmt: skip
+    for name, table in tables.items():
+        base[name] = {**base.get(name, {}), **table}
+    return toml_text(base)
+
+
+def venue_net(dump: dict[str, Any], upto: int | None = None) -> dict[str, float]:
+    """A netting venue's volume per terminal symbol (signed), from its deals up to ticket `upto`."""
+    net: dict[str, float] = {}
+    for d in dump["deals"]:
+        if upto is None or d["ticket"] <= upto:
+            signed = (1 if d["type"] == 0 else -1) * d["volume"]
+            net[d["symbol"]] = round(net.get(d["symbol"], 0.0) + signed, 8)
+    return {s: v for s, v in net.items() if v}
+
+
+def executed_by_client(dump: dict[str, Any], magic: int = 77) -> dict[int, list[float]]:
+    """The volumes the venue executed per client id of ours (its own books), deal by deal."""
+    out: dict[int, list[float]] = {}
+    for d in dump["deals"]:
+        if d["magic"] == magic and d["comment"].isdigit():
+            out.setdefault(int(d["comment"]), []).append(d["volume"])
+    return out
+
+
+def mt5_violations(state: Path, dump: dict[str, Any]) -> list[str]:
+    """Exactly once against the outside venue, from its own books and the engine's state:
+    every client id executed at most its ordered volume, once (one deal, or the parts of one
+    partial fill); no order left in SUBMITTING or APPROVED; risk's book the venue's
+    positions symbol by symbol, as of the newest deal risk applied (risk stops before the
+    gateway, and the server goes on closing stops: what came after is risk's at its next
+    start, from the venue's book)."""
+    from sovereign.state.schema import BOOK_KEY, META_SYMBOLS, RISK_STATE_KEY
+
+    with StateStore(state, readonly=True) as st:
+        orders = st.read(lambda t: {int(v["client_order_id"]): v for _, v in t.items("orders")})
+        book, names, risk, config = st.read(lambda t: (
+            t.get("positions", BOOK_KEY), t.get("meta", META_SYMBOLS), t.get("risk", RISK_STATE_KEY),
+            t.get("meta", "config")))  # fmt: skip
+    out = []
+    for cid, vols in executed_by_client(dump).items():
+        o = orders.get(cid)
+        if o is None:
+            out.append(f"client id {cid}: executed {vols} at the venue, unknown to the engine")
+        elif len(vols) > 1 or round(sum(vols), 8) > float(o.get("volume", 0)) + 1e-9:
+            out.append(f"client id {cid}: executed {vols} at the venue for an order of {o.get('volume')}")
+    for cid, o in orders.items():
+        if o["state"] in ("SUBMITTING", "APPROVED"):
+            out.append(f"order {cid} left in {o['state']}")
+    mapping = dict(config["mt5"]["symbol_map"]) if config else {}
+    ours = {mapping.get(names[int(s)], names[int(s)]): round(sum(float(v) for v, _ in p["lots"]), 8)
+            for s, p in (book or {"positions": {}})["positions"].items()}  # fmt: skip
+    ours = {s: v for s, v in ours.items() if v}
+    theirs = venue_net(dump, int((risk or {}).get("ticket", 0)))
+    if ours != theirs:
+        out.append(f"risk's book {ours} is not the venue's positions {theirs}")
+    return out

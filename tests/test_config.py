@@ -45,7 +45,14 @@ def test_a_partial_file_overrides_only_what_it_names(tmp_path: Path) -> None:
         ({"system": {"cores": [1, "a"]}}, "system.cores: expected a list of integers"),
         ({"system": {"cores": 3}}, "system.cores: expected a list of integers, got 3"),
         ({"feed": {"kind": "replay"}}, "feed.files: a replay feed needs at least one file"),
-        ({"broker": {"kind": "mt5"}}, "broker.kind: 'mt5' is not available yet"),
+        ({"broker": {"kind": "mt5"}}, "mt5.bridge: broker.kind = 'mt5' needs the bridge file's absolute"),
+        ({"broker": {"kind": "mt5"}, "mt5": {"bridge": "/srv/b.sov"}}, "mt5.magic: broker.kind = 'mt5'"),
+        ({"broker": {"kind": "mt5"}, "mt5": {"bridge": "/dev/shm/b.sov", "magic": 7}}, "not under /dev/shm"),
+        ({"broker": {"kind": "mt5"}, "mt5": {"bridge": "/srv/b.sov", "magic": 7}}, "mt5.symbols: broker"),
+        ({"broker": {"kind": "mt5"}, "mt5": {"bridge": "/srv/b.sov", "magic": 7, "symbols": ["EURUSD"],
+                                             "symbol_map": {"GBPUSD": "GBPUSD.r"}}},
+         "mt5.symbol_map.GBPUSD: not one of mt5.symbols"),
+        ({"mt5": {"symbol_map": {"EURUSD": 5}}}, "mt5.symbol_map.EURUSD: expected a string"),
         ({"symbols": {"min_lot": 5.0, "max_lot": 1.0}}, "symbols.min_lot: 5.0 is above symbols.max_lot"),
         ({"risk": {"daily_loss_limit": 0.5, "max_drawdown": 0.1}}, "risk.daily_loss_limit: 0.5 is above"),
     ],
@@ -80,15 +87,15 @@ def test_a_sim_start_outside_the_ticks_window_is_refused() -> None:
     assert sim_start_ns("2000-01-01T00:00:00") == AgentPool.MIN_TIME_NS
 
 
-def test_an_mt5_broker_is_refused_before_anything_starts(tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture) -> None:
-    """Until the bridge exists, `kind = "mt5"` must not pass the check nor start the system
-    on the paper broker: that would be a silent lie about a real account."""
+def test_an_mt5_broker_without_its_section_is_refused_before_anything_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:  # fmt: skip
+    """`kind = "mt5"` without a whole [mt5] section must not pass the check nor start
+    anything: an engine that cannot name its terminal must not pretend to trade."""
     from sovereign.cli import entry
 
     f = tmp_path / "c.toml"
     f.write_text(f'[broker]\nkind = "mt5"\n[system]\nstate_dir = "{tmp_path / "state"}"\n')
     assert entry(["config", "check", str(f)]) == 2
     assert entry(["run", "--config", str(f)]) == 2
-    assert "'mt5' is not available yet" in capsys.readouterr().err
+    assert "mt5.bridge: broker.kind = 'mt5' needs the bridge file's absolute path" in capsys.readouterr().err
     assert not (tmp_path / "state").exists()

@@ -98,6 +98,10 @@ class MT5Broker:
         self.orders: dict[int, _Order] = {}
         self.deals: dict[int, Deal] = {}  # by ticket: each applied once
         self.positions: list[BrokerPosition] = []
+        # Netting: the terminal's position per terminal symbol, (ticket, signed volume), from the
+        # last position list and every deal since; a reduce-only order closes by that ticket.
+        self.held: dict[str, tuple[int, Decimal]] = {}
+        self.connects = 0  # reconciliations completed: a new one means the venue's book is fresh
         self.reconciling: set[int] = set()  # request ids of HISTORY / POSITIONS still answering
         self._positions_next: list[BrokerPosition] = []
         self._outcomes: list[Outcome] = []
@@ -321,6 +325,20 @@ class MT5Broker:
         self.deals[ticket] = deal
         self.last_deal = max(self.last_deal, ticket)
         self._new_deals.append(deal)
+        if deal.side * deal.volume:
+            name = text(d["symbol"])
+            _, v = self.held.get(name, (0, Decimal(0)))
+            v += deal.side * deal.volume
+            if v:
+                self.held[name] = (deal.position, v)
+            else:
+                self.held.pop(name, None)
+
+    def terminal_name(self, symbol: int) -> str:
+        """The terminal's name of our symbol id."""
+        if 0 <= symbol < len(self.s.symbols):
+            return self.s.symbol_map.get(self.s.symbols[symbol], self.s.symbols[symbol])
+        return f"#{symbol}"
 
     def _on_result(self, r: np.void) -> None:
         L, rid, code = self.L, int(r["request_id"]), int(r["retcode"])
@@ -340,6 +358,13 @@ class MT5Broker:
                 self.reconciling.discard(rid)
                 if int(r["action"]) == L.SB_ACTION_POSITIONS:
                     self.positions = self._positions_next
+                    self.held = {}
+                    for p in self.positions:
+                        name = self.terminal_name(p.symbol)
+                        _, v = self.held.get(name, (0, Decimal(0)))
+                        self.held[name] = (p.ticket, v + p.side * p.volume)
+                if not self.reconciling:
+                    self.connects += 1
             return
         cid = int(r["client_order_id"])
         o = self.orders.get(cid)
@@ -415,26 +440,29 @@ class MT5Broker:
 
     def _send_order(self, cid: int, o: _Order) -> None:
         r = o.req
-        name = (
-            self.s.symbol_map.get(self.s.symbols[r.symbol], self.s.symbols[r.symbol])
-            if 0 <= r.symbol < len(self.s.symbols)
-            else f"#{r.symbol}"
-        )
+        name = self.terminal_name(r.symbol)
         spec = self.specs.get(name)
         if spec is None or not spec["exists"]:
             return self._final(cid, o, "REJECTED", 10013, why=f"the terminal has no symbol {name}")
         filling = filling_for(spec)
         if filling is None:
             return self._final(cid, o, "REJECTED", 10030, why=f"{name}: no filling mode fits its mask")
+        volume, position = r.volume, 0
+        if r.reduce_only:  # closes by the position's ticket, never more than it holds
+            position, held = self.held.get(name, (0, Decimal(0)))
+            if not position or held * r.side >= 0:
+                return self._final(cid, o, "REJECTED", 10036, why=f"{name}: no position to reduce")
+            volume = min(volume, abs(held))
         o.rid = self._request(
             self.L.SB_ACTION_DEAL,
             cid=cid,
             symbol=name,
             side=r.side,
-            volume=float(r.volume),
+            volume=float(volume),
             sl=r.sl or 0.0,
             tp=r.tp or 0.0,
             filling=filling,
+            position=position,
         )
         if o.rid:
             o.state, o.at = "wait", time.monotonic()
@@ -451,6 +479,7 @@ class MT5Broker:
         sl: float = 0.0,
         tp: float = 0.0,
         filling: int = -1,
+        position: int = 0,
     ) -> int:
         """Send one request; its id, or 0 when the ring is full (tried again next turn)."""
         b = self.bridge
@@ -460,7 +489,7 @@ class MT5Broker:
         q["request_id"], q["client_order_id"], q["magic"], q["action"] = self._rid, cid, self.s.magic, action
         q["since"], q["symbol"], q["comment"] = since, symbol.encode(), (str(cid) if cid else "").encode()
         q["type"], q["volume"], q["sl"], q["tp"] = 0 if side > 0 else 1, volume, sl, tp
-        q["deviation"], q["filling"] = self.s.deviation, filling
+        q["deviation"], q["filling"], q["position"] = self.s.deviation, filling, position
         if action == self.L.SB_ACTION_DEAL:
             q["expire_msc"] = time.time_ns() // 1_000_000 + self.s.request_ttl_ms
         return self._rid if b.request(q) else 0

@@ -77,9 +77,10 @@ class Venue:
             if t.get(b"account", db=self.meta) is None:
                 t.put(
                     b"account",
-                    orjson.dumps({"balance": balance, "next_ticket": 1000, "hedging": hedging}),
+                    orjson.dumps({"balance": balance, "next_ticket": 1000, "hedging": hedging,
+                                  "created_ms": int(time.time() * 1000)}),
                     db=self.meta,
-                )
+                )  # fmt: skip
         self.account = orjson.loads(self._get(b"account", self.meta))
 
     def _get(self, key: bytes, db: Any) -> bytes:
@@ -267,8 +268,14 @@ class Simulator:
         faults: Faults | None = None,
         hedging: bool = False,
         magic_filter: int | None = None,
+        speed: float = 1.0,
     ):
         self.venue = Venue(state_dir, hedging)
+        # Market time runs `speed` times the wall clock from the venue's creation (kept in its
+        # books, so it never goes back across restarts): an engine's M1 bars close in a
+        # fraction of a second when tests need trades.
+        self.speed = speed
+        self.origin_ms = int(self.venue.account.get("created_ms", time.time() * 1000))
         self.path = bridge_path
         self.mid = dict(symbols or DEFAULT_SYMBOLS)
         self.faults = faults or Faults()
@@ -345,7 +352,8 @@ class Simulator:
         b.beat()
         while self.outbox and self.outbox[0]() != self.L.SB_FULL:
             self.outbox.popleft()
-        now = int(time.time() * 1000)
+        wall = time.time() * 1000
+        now = int(self.origin_ms + (wall - self.origin_ms) * self.speed)  # market time
         for name in self.mid:  # the price walk, and a tick each
             self.mid[name] *= math.exp(self.rng.gauss(0, 0.0002))
             bid, ask = self.quote(name)
@@ -471,6 +479,8 @@ class Simulator:
             return answer(10099, "A code no documentation lists")
         if fault == "restart_noexec":
             return self.restart()
+        if int(q["position"]) and not any(p["ticket"] == int(q["position"]) for p in self.venue.positions()):
+            return answer(10036, "Position already closed")
         if fault == "partial":
             volume = max(0.01, round(volume / 2 - 0.005, 2))
         deals = self.venue.trade(

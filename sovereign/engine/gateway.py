@@ -181,11 +181,7 @@ class Gateway:
         are durable or neither is, and a crash before leaves this batch unsent and the
         last one resolved by `recover`, as ever."""
         arrived = time.monotonic_ns()
-        fields = [{"symbol": int(rec["symbol"]), "side": int(rec["side"]), "volume": float(rec["volume"]),
-                   "price": float(rec["price"]), "sl": float(rec["sl"]), "tp": float(rec["tp"]),
-                   "agent": int(rec["agent"]), "reason": Reason(int(rec["reason"])).name,
-                   "conviction": float(rec["conviction"]), "ts_ns": int(rec["ts_ns"])}
-                  for rec in approved]  # fmt: skip
+        fields = order_fields(approved)
         cids = [int(c) for c in approved["client_order_id"]]
 
         def submitting(t: Txn) -> None:
@@ -253,6 +249,15 @@ class Gateway:
                               commission=str(ex.commission), realized_pnl=str(ex.realized_pnl))  # fmt: skip
         else:
             self.book.advance(t, cid, [OrderState.REJECTED], retcode=int(ex.retcode), why=ex.reason)
+
+
+def order_fields(approved: np.ndarray) -> list[dict[str, Any]]:
+    """What the order book keeps of each approved order (ORDER_DTYPE) from SUBMITTING on."""
+    return [{"symbol": int(rec["symbol"]), "side": int(rec["side"]), "volume": float(rec["volume"]),
+             "price": float(rec["price"]), "sl": float(rec["sl"]), "tp": float(rec["tp"]),
+             "agent": int(rec["agent"]), "reason": Reason(int(rec["reason"])).name,
+             "conviction": float(rec["conviction"]), "ts_ns": int(rec["ts_ns"])}
+            for rec in approved]  # fmt: skip
 
 
 def execute(broker: PaperBroker, rec: np.void) -> Execution:
@@ -687,7 +692,8 @@ class GatewayProcess:
 
 
 def run(child: Child, config: Config) -> None:
-    """The gateway process: feed -> board, broker, worker rings; approved orders -> broker."""
+    """The gateway process: feed -> board, broker, worker rings; approved orders -> broker.
+    (On an MT5 account the gateway is sovereign.engine.venue's.)"""
     p = GatewayProcess(child, config)
     while not child.stop_requested:
         p.broker.check()

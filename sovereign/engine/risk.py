@@ -41,11 +41,12 @@ from sovereign.market.calendar import CLOSED, LIVE, STALLED, Days, FeedWatch, Ma
 from sovereign.model import Reason, TradingState, reduce_only
 from sovereign.state.orders import ClientIds, OrderBook, OrderState
 from sovereign.state.recorder import event_log
-from sovereign.state.schema import BOOK_KEY, PAPER_BROKER_KEY, RISK_STATE_KEY
+from sovereign.state.schema import BOOK_KEY, PAPER_BROKER_KEY, RISK_STATE_KEY, VENUE_BOOK_KEY
 from sovereign.state.store import Committer, StateStore, Txn
 from sovereign.symbols import SymbolSpec, symbol_specs
 
 NS = 1_000_000_000
+VENUE_LOOK_S = 0.1  # how often risk looks for a new venue book (broker.kind = "mt5")
 DAY_NS = 86_400 * NS
 
 Quotes = Callable[[int], tuple[int, float, float, int]]  # symbol -> (ts_ns, bid, ask, recv_ns)
@@ -470,6 +471,7 @@ class RiskProcess:
         self.awaiting = dict.fromkeys(self.risk.in_flight, (time.monotonic(), self.pushed - 1))
         self.watched = [self.intents, self.reports]
         self.intent_in, self.approved_out = LatencyHistogram(), LatencyHistogram()
+        self.venue, self.venue_seq, self.next_venue = config.broker.kind == "mt5", 0, 0.0
 
     def restore(self) -> Any:
         """Risk's saved state and book from LMDB; returns the state as saved."""
@@ -493,6 +495,33 @@ class RiskProcess:
 
             self.store.write(reconcile)
         return saved
+
+    def reconcile_venue(self, now: float) -> None:
+        """An outside venue (broker.kind = "mt5"): after each reconnect the gateway commits the
+        venue's positions (VENUE_BOOK_KEY, each with a new seq). Where risk's book holds other
+        volumes, it becomes the venue's, and the correction is journaled. A book older than a
+        deal risk has applied is not taken: risk has moved past it, by that deal's report."""
+        if not self.venue or now < self.next_venue:
+            return
+        self.next_venue = now + VENUE_LOOK_S
+        snap = self.store.read(lambda t: t.get("bridge", VENUE_BOOK_KEY))
+        if snap is None or snap["seq"] == self.venue_seq:
+            return
+        self.venue_seq = snap["seq"]
+        risk = self.risk
+        if risk.ticket > int(snap["ticket"]):
+            return
+        ours = {s: p.volume for s, p in risk.ledger.positions.items() if p.volume}
+        theirs = {int(s): Decimal(p["lots"][0][0]) for s, p in snap["positions"].items()}
+        risk.ticket = max(risk.ticket, int(snap["ticket"]))
+        if ours == theirs:
+            return
+        before = {str(s): str(v) for s, v in ours.items()}
+        risk.ledger.load_dict({"balance": str(risk.ledger.balance), "positions": snap["positions"]})
+        risk.events.append({"event": "reconciled", "source": "venue", "seq": snap["seq"], "before": before,
+                            "after": {s: p["lots"][0][0] for s, p in snap["positions"].items()}})  # fmt: skip
+        print(f"risk: the book became the venue's (seq {snap['seq']}): {before} -> {theirs}", flush=True)
+        self.persist(book_changed=True)
 
     def start(self, saved: Any) -> None:
         """Log where the replay starts: risk's state and book, the rings' positions, and how
@@ -697,6 +726,7 @@ def run(child: Child, config: Config) -> None:
         p.take_intents()
         p.take_reports()
         t = time.monotonic()
+        p.reconcile_venue(t)
         if t >= p.next_mark:
             p.next_mark = t + 0.01
             out = p.mark()

@@ -44,6 +44,7 @@ from sovereign.engine.runtime import (
     shm_ran_out,
     tolerant_output,
 )
+from sovereign.engine.venue import venue_symbols
 from sovereign.market.feeds import feed_symbols
 from sovereign.state import views
 from sovereign.state.recorder import new_session
@@ -61,7 +62,11 @@ def child_main(role: str, config: Config, layout: Layout, control: Connection) -
     tolerant_output()
     child = Child(role, layout, control)
     try:
-        if role == "gateway":
+        if role == "gateway" and config.broker.kind == "mt5":  # the terminal is feed and broker
+            from sovereign.engine import venue
+
+            venue.run(child, config)
+        elif role == "gateway":
             from sovereign.engine import gateway
 
             gateway.run(child, config)
@@ -154,7 +159,8 @@ class Supervisor:
         reclaimed = reclaim_segments(prefix)  # every one is a dead system's: the state is locked
         # The state's symbol ids stay theirs (positions, books, orders and snapshots are keyed by
         # them), new names follow; a replay's files are read here, every row validated.
-        names = feed_symbols(c, self.store.read(lambda t: t.get("meta", META_SYMBOLS)))
+        stored = self.store.read(lambda t: t.get("meta", META_SYMBOLS))
+        names = venue_symbols(c, stored) if c.broker.kind == "mt5" else feed_symbols(c, stored)
         self.layout = layout = Layout.plan(c, prefix, len(names), names, new_session(),
                                            str(Path(c.system.state_dir).absolute()))  # fmt: skip
         check_shm_room(layout)

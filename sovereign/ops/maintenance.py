@@ -594,7 +594,37 @@ def doctor(config: Config) -> list[Check]:
                   Check("unit file", "warn", "sovereign.service is not installed (see docs/runbook.md, "
                                              "Install); fine for a foreground run"))  # fmt: skip
     checks.append(_check_clock())
+    if config.broker.kind == "mt5":
+        checks.append(_check_bridge(config))
     return checks
+
+
+def _check_bridge(config: Config) -> Check:
+    """broker.kind = "mt5": the bridge file (there, shared by group, never world-readable) and
+    what the gateway last said of the terminal (connected, AutoTrading, the symbols)."""
+    from sovereign.state.schema import BRIDGE_STATUS_KEY
+    from sovereign.state.store import StateError, StateStore
+
+    path = Path(config.mt5.bridge)
+    if not path.exists():
+        why = ("the terminal is not running, or its Expert Advisor is not attached, or DLL imports are not "
+               "allowed for it (docs/runbook.md, MT5 under Wine)")
+        return Check("mt5 bridge", "fail", f"{path} does not exist: {why}")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o007:
+        why = "others may read or write it (the terminal's unit needs UMask=0007)"
+        return Check("mt5 bridge", "fail", f"{path} is mode {mode:o}: {why}")
+    said = None
+    if (Path(config.system.state_dir) / DATA_FILE).is_file():
+        state = config.system.state_dir
+        with contextlib.suppress(StateError, OSError), StateStore(state, readonly=True) as db:
+            said = db.read(lambda t: t.get("bridge", BRIDGE_STATUS_KEY))
+    if said is None:
+        return Check("mt5 bridge", "warn", f"{path} is there (mode {mode:o}); the gateway has not run yet")
+    if said.get("connected") and not said.get("missing"):
+        return Check("mt5 bridge", "ok", f"{path}: the terminal is connected, AutoTrading on, every symbol "
+                                         "mapped")  # fmt: skip
+    return Check("mt5 bridge", "fail", f"{path}: the bridge is down: {said.get('why', '')}")
 
 
 # LMDB bytes per market day at the default pace, per 100 symbols: 2.7 MB of orders, journal

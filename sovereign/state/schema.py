@@ -13,7 +13,8 @@ DATABASES = (
     "positions",  # BOOK_KEY. Risk writes; coordinator (start), CLI, ops checks read.
     "risk",  # RISK_STATE_KEY. Risk writes; coordinator (start), CLI, ops checks read.
     "coordinator",  # NEXT_ID_KEY. Whoever reserves client ids (coordinator, risk) writes and reads.
-    "bridge",  # the broker side: PAPER_BROKER_KEY, LAST_REPORTS_KEY, exec_key, deal_key. Gateway writes.
+    "bridge",  # the broker side: PAPER_BROKER_KEY or MT5_BROKER_KEY, LAST_REPORTS_KEY, exec_key, deal_key.
+    # Gateway writes.
     # exec_key and deal_key records past the retention are archived; the rest is what a
     # restarted gateway and risk reconcile from (the account and the newest ticket), never archived.
     "snapshots",  # snapshot_key(k) -> worker k's AgentPool snapshot. Worker k writes and reads.
@@ -33,6 +34,16 @@ LAST_REPORTS_KEY = "last_reports"  # bridge: the reports of the gateway's newest
 # bridge: the feed's position as of the ticks the broker has been shown (gateway.FeedPosition),
 # committed with PAPER_BROKER_KEY in one transaction; a restarted gateway resumes the feed after it.
 FEED_KEY = "feed"
+# bridge, broker.kind = "mt5": the MT5 broker's own state (the last deal applied, MT5Broker.to_dict),
+# committed in the same transaction as the deals it covers, so each deal is applied once.
+MT5_BROKER_KEY = "mt5"
+# bridge: the venue's positions as of a (re)connect's reconciliation, as a Ledger book with the
+# newest deal it holds ({"seq", "epoch", "ticket", "positions", "at_ns"}). Gateway writes; risk
+# reconciles its book from it (each seq once) and journals the correction.
+VENUE_BOOK_KEY = "venue_book"
+# bridge: whether the terminal is connected, and why not ({"connected", "why", "since_ns", "epoch"}),
+# written by the gateway when it changes; `sovereign status` and `doctor` read it.
+BRIDGE_STATUS_KEY = "bridge_status"
 NEXT_ID_KEY = "next_client_order_id"  # coordinator: the next client order id not yet reserved
 META_SYMBOLS = "symbols"  # meta: the symbol names, by index
 META_LAYOUT = "layout_version"  # meta: the record layout the state was written with
