@@ -37,6 +37,10 @@ from sovereign.ledger import to_decimal
 from sovereign.symbols import SymbolSpec
 
 MARKET, EXCHANGE = 2, 3  # SYMBOL_TRADE_EXECUTION
+# The deal tickets remembered to skip a replay (a reconnect's HISTORY, a deal the ring and the
+# history both carry); a ticket at or below the newest one forgotten counts as seen. The
+# broker keeps no other deal once it is reported: a 12-year run holds a bounded set.
+SEEN_DEALS = 4096
 FOK, IOC, RETURN = 0, 1, 2  # ORDER_FILLING
 
 
@@ -83,6 +87,7 @@ class _Order:
     resends: int = 0
     nones: int = 0
     last_retcode: int = 0
+    tickets: list[int] = field(default_factory=list)  # its deals seen, in order
 
 
 class MT5Broker:
@@ -96,7 +101,11 @@ class MT5Broker:
         self.specs: dict[str, np.void] = {}
         self.account: np.void | None = None
         self.orders: dict[int, _Order] = {}
-        self.deals: dict[int, Deal] = {}  # by ticket: each applied once
+        # Deals are reported once (poll) and then forgotten: `seen` (the newest SEEN_DEALS
+        # tickets, in arrival order) and `seen_floor` (the newest ticket dropped from it) are
+        # what skips a replay; last_deal is where the next reconciliation starts.
+        self.seen: dict[int, None] = {}
+        self.seen_floor = 0
         self.positions: list[BrokerPosition] = []
         # Netting: the terminal's position per terminal symbol, (ticket, signed volume), from the
         # last position list and every deal since; a reduce-only order closes by that ticket.
@@ -152,7 +161,9 @@ class MT5Broker:
         return list(self.positions)
 
     def deals_since(self, ticket: int) -> list[Deal]:
-        return [self.deals[t] for t in sorted(self.deals) if t > ticket]
+        """The deals seen but not yet taken by `poll`, above `ticket` (what was reported is
+        not kept: the venue's own history answers for it, from last_deal on)."""
+        return sorted((d for d in self._new_deals if d.ticket > ticket), key=lambda d: d.ticket)
 
     def account_info(self) -> AccountInfo | None:
         a = self.account
@@ -302,7 +313,7 @@ class MT5Broker:
 
     def _on_deal(self, d: np.void) -> None:
         ticket = int(d["ticket"])
-        if ticket in self.deals:
+        if ticket in self.seen or ticket <= self.seen_floor:
             return  # replayed after a reconnect: applied once
         comment = text(d["comment"])
         ours = int(d["magic"]) == self.s.magic and comment.isdigit()
@@ -322,8 +333,14 @@ class MT5Broker:
             int(d["reason"]),
             int(d["time_msc"]),
         )
-        self.deals[ticket] = deal
+        self.seen[ticket] = None
+        if len(self.seen) > SEEN_DEALS:
+            oldest = next(iter(self.seen))
+            del self.seen[oldest]
+            self.seen_floor = max(self.seen_floor, oldest)
         self.last_deal = max(self.last_deal, ticket)
+        if ours and (o := self.orders.get(deal.client_order_id)) is not None:
+            o.tickets.append(ticket)
         self._new_deals.append(deal)
         if deal.side * deal.volume:
             name = text(d["symbol"])
@@ -398,9 +415,7 @@ class MT5Broker:
         L, code = self.L, int(r["retcode"])
         if code == L.SB_LOOKUP_FOUND:
             vol, price = to_decimal(r["volume"]), to_decimal(r["price"])
-            tickets = tuple(t for t, d in sorted(self.deals.items()) if d.client_order_id == cid) or (
-                int(r["deal"]),
-            )
+            tickets = tuple(sorted(o.tickets)) or (int(r["deal"]),)
             state = "FILLED" if o.recovering or vol >= o.req.volume else "PARTIALLY_FILLED"
             return self._final(cid, o, state, 10009, vol, price, tickets, "found at the terminal")
         if code == L.SB_LOOKUP_PENDING or (code == L.SB_LOOKUP_NONE and o.nones == 0):

@@ -184,6 +184,31 @@ def test_bad_input_symbols_and_a_missing_terminal(tmp_path: Path) -> None:
     assert broker.connected()[0]
 
 
+def test_the_bridge_file_must_belong_to_the_configured_terminal_user(tmp_path: Path) -> None:
+    """The terminal runs as its own user and creates the file: mt5.terminal_uid names the
+    owner the engine trusts (the default, its own uid, refuses the terminal's file)."""
+    import os
+
+    from sovereign.config import Config, Mt5Config
+    from sovereign.engine.venue import mt5_settings
+
+    other = os.geteuid() + 1
+    cfg = Config(mt5=Mt5Config(bridge=str(tmp_path / "bridge.sov"), magic=MAGIC, symbols=tuple(SYMBOLS),
+                               terminal_uid=other))  # fmt: skip
+    s = mt5_settings(cfg, SYMBOLS)
+    assert s.owner_uid == other
+    sim = Simulator(tmp_path / "venue", s.bridge_path, {"EURUSD": 1.1})
+    sim.open()  # a file of ours, not of the configured terminal user
+    broker = MT5Broker(s)
+    broker.poll()
+    assert not broker.connected()[0] and f"only a regular file of uid {other}" in broker.why_down
+    trusted = MT5Broker(mt5_settings(Config(mt5=Mt5Config(bridge=s.bridge_path, magic=MAGIC,
+                                                          symbols=tuple(SYMBOLS))), SYMBOLS))  # fmt: skip
+    run(sim, trusted, 0, 3)
+    assert trusted.connected()[0]
+    sim.close()
+
+
 def test_a_garbage_record_is_skipped_and_reconciled(tmp_path: Path) -> None:
     from tests.broker.test_bridge import poke, slot_offset
 
@@ -200,6 +225,36 @@ def test_a_garbage_record_is_skipped_and_reconciled(tmp_path: Path) -> None:
     assert outcomes[0].state == "FILLED" and broker.bridge is not None
     assert broker.bridge.stats(L.SB_RING_DEALS)["corrupt_skipped"] == 1
     assert executed(sim) == {1: 0.1}
+
+
+def test_the_broker_holds_a_bounded_number_of_deals_and_a_full_replay_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 12-year run: the broker forgets a deal once it is reported, keeping the newest
+    SEEN_DEALS tickets and the newest one dropped; a replay of the whole history (a state
+    that lost its last deal) reports nothing twice."""
+    import sovereign.broker.mt5 as mt5
+
+    monkeypatch.setattr(mt5, "SEEN_DEALS", 8)
+    sim, broker = make(tmp_path, manual_every=1)
+    deals: list = []
+    for step in range(120):
+        if step == 60:
+            broker.submit([order(1, volume="0.30")])
+        sim.step()
+        deals += broker.poll()[1]
+    tickets = [d.ticket for d in deals]
+    assert len(tickets) > 100 and len(tickets) == len(set(tickets))
+    assert len(broker.seen) == 8 and broker.seen_floor == sorted(tickets)[-9]
+    assert broker.deals_since(0) == [] and not broker.orders
+    broker.last_deal = 0  # the next reconnect asks for the venue's whole history
+    sim.restart()
+    again: list = []
+    for _ in range(30):
+        sim.step()
+        again += broker.poll()[1]
+    assert [d for d in again if d.ticket in set(tickets)] == []
+    assert len(broker.seen) == 8 and broker.last_deal == sim.venue.dump()["deals"][-1]["ticket"]
 
 
 def test_unknown_retcodes_are_ambiguous() -> None:
