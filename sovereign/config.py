@@ -107,6 +107,9 @@ class Mt5Config:
     max_resend: int = _f(1, 0, 10)  # resends after a look-up found an ambiguous order not executed
     result_timeout_s: float = _f(5.0, 0.1, 600.0)  # no answer this long: the order is looked up
     heartbeat_timeout_s: float = _f(3.0, 0.1, 600.0)  # the terminal silent this long: disconnected
+    # The uid that must own the bridge file (the terminal's user, `id -u mt5`); -1: the engine's
+    # own. A file of anyone else is refused: its owner could feed the engine prices.
+    terminal_uid: int = _f(-1, -1, 2**32 - 2)
 
 
 @dataclass(frozen=True)

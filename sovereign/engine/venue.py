@@ -80,7 +80,8 @@ def mt5_settings(config: Config, names: Sequence[str]) -> MT5Settings:
     return MT5Settings(m.bridge, m.magic, list(names), dict(m.symbol_map), deviation=m.deviation,
                        max_reprice=m.max_reprice, max_backoff=m.max_backoff, max_resend=m.max_resend,
                        result_timeout_s=m.result_timeout_s,
-                       heartbeat_timeout_ms=int(m.heartbeat_timeout_s * 1000))  # fmt: skip
+                       heartbeat_timeout_ms=int(m.heartbeat_timeout_s * 1000),
+                       owner_uid=m.terminal_uid)  # fmt: skip
 
 
 def deal_dict(d: Deal) -> dict[str, Any]:
