@@ -119,11 +119,19 @@ class MT5Broker:
         self.dropped_ticks = 0
         self._rid = time.time_ns() // 1_000_000 << 20  # unique across restarts without being stored
         self.epoch = 0
+        # The terminal sends the symbols' specs once, when it creates the file: a successor of
+        # a gateway that died keeps the specs its predecessor read from the same file (same
+        # epoch), or it would refuse every order until the terminal restarted.
+        saved = (state or {}).get("specs") or {}
+        self._saved_epoch = int(saved.get("epoch", 0))
+        self._saved_specs = {name: bytes.fromhex(raw) for name, raw in (saved.get("by_name") or {}).items()}
+        self.specs_read = 0  # spec records read: the gateway commits to_dict in the turn that reads one
 
     # ---- the interface
 
     def to_dict(self) -> dict[str, Any]:
-        return {"last_deal": self.last_deal}
+        specs = {name: sp.tobytes().hex() for name, sp in self.specs.items()}
+        return {"last_deal": self.last_deal, "specs": {"epoch": self.epoch, "by_name": specs}}
 
     def connected(self) -> tuple[bool, str]:
         if self.bridge is None:
@@ -239,6 +247,12 @@ class MT5Broker:
         self.why_down = ""
         self.bridge.beat()
         self.specs.clear()
+        if self.epoch == self._saved_epoch:  # the file our predecessor read them from
+            dtype = self.bridge.dtypes[self.L.SB_RING_SPECS]
+            for name, raw in self._saved_specs.items():
+                if len(raw) == dtype.itemsize:
+                    self.specs[name] = np.frombuffer(raw, dtype)[0].copy()
+        self._saved_specs, self._saved_epoch = {}, 0
         # Reconcile before anything is sent: the deals since the last one seen, the positions.
         # An order that was waiting for an answer is looked up again afterwards.
         for o in self.orders.values():
@@ -272,6 +286,7 @@ class MT5Broker:
         L = self.L
         for sp in b.poll(L.SB_RING_SPECS):
             self.specs[text(sp["symbol"])] = sp
+            self.specs_read += 1
         acc = b.poll(L.SB_RING_ACCOUNT)
         if len(acc):
             self.account = acc[-1]

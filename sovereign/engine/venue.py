@@ -5,7 +5,8 @@ One loop, turned at least every TURN_S (each turn carries the bridge's heartbeat
 terminal gives up on a silent engine after 3 s). Approved orders are committed in
 SUBMITTING, durably, and only then handed to the broker. What the broker reports final,
 and every deal it saw, is committed in one transaction with the broker's own state (the
-last deal seen, MT5_BROKER_KEY), so a deal is applied once whatever dies when; the
+last deal seen and the specs the terminal sent with its file, MT5_BROKER_KEY), so a deal
+is applied once whatever dies when, and a successor trades on the same file; the
 reports of that commit are kept (LAST_REPORTS_KEY) and pushed after it, and pushed again
 by a successor if the gateway died in between (risk and the coordinator skip a deal they
 have applied, by ticket).
@@ -124,6 +125,7 @@ class VenueGateway:
         self.book = OrderBook(store)
         self.orders = self.fills = self.rejects = 0
         self.booked = -1  # the broker's reconciliations whose venue book is committed
+        self.specs_saved = 0  # the broker's spec records read, as of the last commit of its state
         self.status: tuple[bool, str, tuple[str, ...]] | None = None
         self.status_at = 0.0
 
@@ -163,8 +165,12 @@ class VenueGateway:
         outcomes, deals = self.broker.poll()
         venue = self._venue_book()
         rows: list[tuple] = []
-        if outcomes or deals or venue is not None:
+        # New specs are committed in the turn that read them: the terminal sends them once per
+        # file, and a successor of this gateway on the same file needs them to trade.
+        specs = self.broker.specs_read != self.specs_saved
+        if outcomes or deals or venue is not None or specs:
             state = self.broker.to_dict()  # as of the deals just taken: each applied once
+            self.specs_saved = self.broker.specs_read
 
             def tx(t: Txn) -> None:
                 rows.extend(self._deals(t, deals, history))

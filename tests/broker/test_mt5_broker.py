@@ -166,6 +166,27 @@ def test_a_crash_in_submitting_is_resolved_at_the_terminal_never_resent(tmp_path
     assert executed(sim) == {1: 0.1}
 
 
+def test_a_restarted_engine_keeps_the_specs_the_terminal_sent_once(tmp_path: Path) -> None:
+    """The terminal sends the symbols' specs when it creates the file, not again: an engine
+    that died and came back on the same file trades on what its predecessor read (the chaos
+    test's gateway kills found every order after one refused 10013, "no symbol EURUSD"),
+    and a terminal restart (a new file, a new epoch) sends fresh ones."""
+    sim, broker = make(tmp_path)
+    run(sim, broker, 0, 5)
+    assert set(broker.specs) == {"EURUSD", "GBPUSD"}
+    state = broker.to_dict()
+    broker.close()  # the gateway dies; its successor starts from the committed state
+    again = MT5Broker(settings(tmp_path), state)
+    again.submit([order(1)])
+    (o,), _ = run(sim, again, 1)
+    assert o.state == "FILLED" and executed(sim) == {1: 0.1}
+    sim.restart()
+    fresh = MT5Broker(settings(tmp_path), {**again.to_dict()})
+    fresh.submit([order(2, symbol=1)])
+    (o,), _ = run(sim, fresh, 1)
+    assert o.state == "FILLED" and fresh.epoch != again.epoch and set(fresh.specs) == {"EURUSD", "GBPUSD"}
+
+
 def test_bad_input_symbols_and_a_missing_terminal(tmp_path: Path) -> None:
     broker = MT5Broker(settings(tmp_path))
     broker.submit([order(1)])
