@@ -627,11 +627,11 @@ def _check_bridge(config: Config) -> Check:
     return Check("mt5 bridge", "fail", f"{path}: the bridge is down: {said.get('why', '')}")
 
 
-# LMDB bytes per market day at the default pace, per 100 symbols: 2.7 MB of orders, journal
-# entries and executions a market day (measured, 4 M ticks of the default sim), twice that
-# in B-tree pages. The archive takes about a tenth of the records' bytes (zstd).
-LMDB_DAY_BYTES = 6_000_000
-ARCHIVE_DAY_BYTES = 300_000
+# Bytes per market day at the default pace, per 100 symbols (bench/bench_archive.py, at the
+# rates of a 4 M-tick run of the default sim): LMDB pages in use for orders, executions,
+# deals and journal entries; the archive's zstd files for the same.
+LMDB_DAY_BYTES = 3_000_000
+ARCHIVE_DAY_BYTES = 190_000
 RECORDING_DAY_BYTES = 400_000_000  # ticks a simulated day, per 100 symbols (see system.record_max_mb)
 
 
