@@ -47,9 +47,10 @@ from sovereign.engine.runtime import (
 from sovereign.engine.venue import venue_symbols
 from sovereign.market.feeds import feed_symbols
 from sovereign.state import views
+from sovereign.state.archive import Archiver
 from sovereign.state.recorder import new_session
 from sovereign.state.schema import META_SYMBOLS
-from sovereign.state.store import StateError, StateLock, StateStore, Txn
+from sovereign.state.store import StateError, StateLock, StateStore, Txn, compact_if_needed
 from sovereign.text import MAX_FIELD, clean
 
 POLL_S = 0.05
@@ -152,6 +153,8 @@ class Supervisor:
         # timeout (they are told by PR_SET_PDEATHSIG): wait for them, then the state is ours.
         self.lock = StateLock(c.system.state_dir, "a running sovereign supervisor",
                               wait_s=c.system.shutdown_timeout_s + 5)  # fmt: skip
+        # nothing has the state open yet: the one moment LMDB's file can be compacted
+        compacted = compact_if_needed(c.system.state_dir, c.retention.compact_free_ratio)
         self.store = StateStore(c.system.state_dir)
         # the control socket first: a second supervisor on the same state stops here
         self.server = ControlServer(socket_path(c.system.state_dir, c.system.runtime_dir), COMMANDS)
@@ -174,6 +177,9 @@ class Supervisor:
                                          "session": layout.session, "shm_prefix": prefix})  # fmt: skip
 
         self.store.write(meta)
+        if compacted:
+            self.log("state_compacted", **compacted)
+        self.archiver = Archiver.for_config(self.store, c)
         if reclaimed:
             self.log("shm_reclaimed", segments=len(reclaimed), bytes=sum(reclaimed.values()),
                      why="left by an earlier run of this state that died")  # fmt: skip
@@ -330,6 +336,8 @@ class Supervisor:
                 cleared = self.store.clear_stale_readers()
                 if cleared:
                     self.log("stale_readers_cleared", count=cleared)
+            for event, fields in self.archiver.tick(now):  # history past the retention, a piece at a time
+                self.log(event, **fields)
             if self.reload_requested:
                 self.reload_requested = False
                 self.reload()
