@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from sovereign.config import Config, ConfigError, from_dict, load
+from sovereign.config import Config, ConfigError, from_dict, load, tomllib
 
 EXAMPLE = Path(__file__).parent.parent / "systemd" / "sovereign.toml"
 
@@ -99,3 +100,19 @@ def test_an_mt5_broker_without_its_section_is_refused_before_anything_starts(
     assert entry(["run", "--config", str(f)]) == 2
     assert "mt5.bridge: broker.kind = 'mt5' needs the bridge file's absolute path" in capsys.readouterr().err
     assert not (tmp_path / "state").exists()
+
+
+
+def test_the_example_file_names_every_key() -> None:
+    """Every key of every section is in the example: the file is the reference an operator
+    reads (a key missing there is a setting nobody finds). Tables of names (symbol
+    overrides, the MT5 symbol map) are shown as comments: they have no default entry."""
+    shown = tomllib.loads(EXAMPLE.read_text())
+    missing = []
+    for section in dataclasses.fields(Config):
+        defaults = getattr(Config(), section.name)
+        table = shown.get(section.name, {})
+        for key in dataclasses.fields(defaults):
+            if key.name not in table and not isinstance(getattr(defaults, key.name), dict):
+                missing.append(f"{section.name}.{key.name}")
+    assert not missing, f"not in {EXAMPLE.name}: {', '.join(missing)}"
