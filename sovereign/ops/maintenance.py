@@ -547,8 +547,7 @@ UNIT_PATHS = tuple(f"{d}/sovereign.service" for d in (
 
 def doctor(config: Config) -> list[Check]:
     """Is this machine fit to run Sovereign with this config?"""
-    from sovereign.core import ORDER_DTYPE, SIGNAL_DTYPE, TICK_DTYPE
-    from sovereign.engine.runtime import ORDER_RING, SIGNAL_RING, TICK_RING, Layout
+    from sovereign.engine.runtime import Layout, shm_bytes
 
     checks = []
     try:
@@ -577,9 +576,9 @@ def doctor(config: Config) -> list[Check]:
     else:
         st = os.statvfs(shm)
         free = st.f_bavail * st.f_frsize
-        n = layout.n_workers if layout else 1
-        need = (n * (TICK_RING * TICK_DTYPE.itemsize + SIGNAL_RING * SIGNAL_DTYPE.itemsize)
-                + 4 * ORDER_RING * ORDER_DTYPE.itemsize + config.feed.symbols * 64 + (1 << 20))  # fmt: skip
+        planned = layout or Layout("doctor", config.feed.symbols, 1, (None,))  # the cores aside
+        per_worker, shared = shm_bytes(planned)
+        need = planned.n_workers * per_worker + shared  # what the supervisor reserves at its start
         verdict = "ok" if free >= 2 * need else "warn" if free >= need else "fail"
         checks.append(Check("shared memory", verdict, f"/dev/shm has {size_text(free)} free; the rings need "
                                                       f"{size_text(need)}"))  # fmt: skip
