@@ -112,6 +112,9 @@ class MT5Broker:
         self.held: dict[str, tuple[int, Decimal]] = {}
         self.connects = 0  # reconciliations completed: a new one means the venue's book is fresh
         self.reconciling: set[int] = set()  # request ids of HISTORY / POSITIONS still answering
+        # HISTORY requests for a deal a look-up found that the deal stream never brought (its
+        # notice lost with the connection): the deal is reported when the list comes.
+        self.fetching: dict[int, int] = {}  # request id -> the ticket its history starts after
         self._positions_next: list[BrokerPosition] = []
         self._outcomes: list[Outcome] = []
         self._new_deals: list[Deal] = []
@@ -258,8 +261,10 @@ class MT5Broker:
         for o in self.orders.values():
             if o.state in ("wait", "hold"):
                 o.state = "lookup"
+        since = min([self.last_deal, *self.fetching.values()])  # a fetch the old file never answered
+        self.fetching = {}
         self.reconciling = {
-            self._request(self.L.SB_ACTION_HISTORY, since=self.last_deal),
+            self._request(self.L.SB_ACTION_HISTORY, since=since),
             self._request(self.L.SB_ACTION_POSITIONS),
         }
         self._positions_next = []
@@ -374,6 +379,14 @@ class MT5Broker:
 
     def _on_result(self, r: np.void) -> None:
         L, rid, code = self.L, int(r["request_id"]), int(r["retcode"])
+        if rid in self.fetching:
+            if code == L.SB_LIST_DONE:
+                assert self.bridge is not None
+                while len(batch := self.bridge.poll(L.SB_RING_DEALS)):
+                    for d in batch:
+                        self._on_deal(d)
+                del self.fetching[rid]
+            return
         if rid in self.reconciling:
             if code == L.SB_LIST_DONE:
                 # The list went out before its end mark: whatever of it this turn's read left
@@ -430,6 +443,17 @@ class MT5Broker:
         L, code = self.L, int(r["retcode"])
         if code == L.SB_LOOKUP_FOUND:
             vol, price = to_decimal(r["volume"]), to_decimal(r["price"])
+            ticket = int(r["deal"])
+            if ticket and ticket not in self.seen and ticket > self.seen_floor:
+                # Executed, but its deal never came (the notice was lost with the connection, or
+                # with the terminal): ask for the history from before it, or risk would never
+                # apply it (and take the position's close for a new one).
+                since = min(self.last_deal, ticket - 1)
+                rid = self._request(L.SB_ACTION_HISTORY, since=since)
+                if not rid:
+                    o.state = "lookup"  # the request ring is full: look it up again next turn
+                    return None
+                self.fetching[rid] = since
             tickets = tuple(sorted(o.tickets)) or (int(r["deal"]),)
             state = "FILLED" if o.recovering or vol >= o.req.volume else "PARTIALLY_FILLED"
             return self._final(cid, o, state, 10009, vol, price, tickets, "found at the terminal")

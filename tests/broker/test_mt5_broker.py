@@ -111,6 +111,24 @@ def test_each_fault_executes_an_order_at_most_once(
     sim.close()
 
 
+@pytest.mark.parametrize("fault", ["drop_exec", "connection_exec"])
+def test_a_deal_whose_notice_was_lost_is_reported_once_found(tmp_path: Path, fault: str) -> None:
+    """The venue executed the order but its deal notice was lost with the connection: the
+    look-up finds it, and the deal itself must reach the engine too (chaos found risk's
+    book short 0.18 EURUSD: the position's stop-loss close was applied, its opening deal
+    never was)."""
+    sim, broker = make(tmp_path, [fault])
+    broker.submit([order(1)])
+    outcomes, deals = run(sim, broker, 1)
+    more: list = []
+    for _ in range(20):
+        sim.step()
+        more += broker.poll()[1]
+    assert outcomes[0].state == "FILLED" and executed(sim) == {1: 0.1}
+    ours = [d for d in deals + more if d.client_order_id == 1]
+    assert len(ours) == 1 and ours[0].ticket in outcomes[0].deals and not broker.fetching
+
+
 def test_retries_are_bounded(tmp_path: Path) -> None:
     sim, broker = make(tmp_path, ["requote"] * 10)
     broker.submit([order(1)])
