@@ -342,6 +342,8 @@ class VenueSim:
     def __init__(self, state: Path, symbols: str = "EURUSD,GBPUSD", speed: float = 600.0,
                  faults: dict[str, Any] | None = None, log: Path | None = None,
                  env: dict[str, str] | None = None, seed: int = 0):  # fmt: skip
+        state = state.resolve()  # it runs in the directory of its log (not a checkout's, whose
+        # sovereign/ would shadow the code a snapshot's environment names)
         self.state, self.symbols, self.speed, self.faults = state, symbols, speed, faults or {}
         self.bridge = state / "bridge.sov"
         self.log = log or state.parent / "venue.log"
@@ -358,7 +360,7 @@ class VenueSim:
                 [sys.executable, "-m", "sovereign.cli", "mt5", "simulate", "--state", str(self.state),
                  "--symbols", self.symbols, "--speed", str(self.speed),
                  "--seed", str(self.seed + self.starts), "--faults", json.dumps(self.faults)],
-                stdout=out, stderr=subprocess.STDOUT, env=self.env)  # fmt: skip
+                stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.log.parent)  # fmt: skip
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -380,7 +382,7 @@ class VenueSim:
 
         out = subprocess.run([sys.executable, "-m", "sovereign.cli", "mt5", "simulate", "--state",
                               str(self.state), "--dump"], capture_output=True, text=True, check=True,
-                             env=self.env)  # fmt: skip
+                             env=self.env, cwd=self.log.parent)  # fmt: skip
         return dict(json.loads(out.stdout))
 
 
