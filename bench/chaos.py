@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from sovereign.state.store import StateStore
-from tests.engine.invariants import system_violations
+from tests.engine.invariants import history, system_violations
 from tests.helpers import LiveSystem, code_snapshot, toml_text
 
 NS = 1_000_000_000
@@ -69,6 +69,9 @@ class ChaosResult:
     def summary(self) -> dict[str, Any]:
         rec = sorted(k.recovery_s for k in self.kills)
         flat_s = sorted(h["market_s_to_flat"] for h in self.halts if "market_s_to_flat" in h)
+        at_halt = [float(h["past_limit_at_halt"]) / float(h["peak"]) for h in self.halts
+                   if "past_limit_at_halt" in h]  # fmt: skip
+        when_flat = [h["past_limit_of_peak"] for h in self.halts if "past_limit_of_peak" in h]
         by = Counter(k.target for k in self.kills)
         return {"seed": self.seed, "kills": len(self.kills), "kills_by_process": dict(sorted(by.items())),
                 "orders": self.orders, "filled": self.filled, "deals": self.deals, "ticks": self.ticks,
@@ -78,12 +81,18 @@ class ChaosResult:
                                                                    if k.target == t), 50) for t in by},
                 "violations": len(self.violations), "supervisor_restarts": self.restarts,
                 "drawdown_halts": len(self.halts), "resumes": self.resumes,
-                "halt_worst_past_limit_of_peak": max((h["past_limit_of_peak"] for h in self.halts
-                                                      if "past_limit_of_peak" in h), default=None),
+                "halt_past_limit_of_peak_at_halt": _quantiles(at_halt),
+                "halt_past_limit_of_peak_when_flat": _quantiles(when_flat),
                 "halt_market_s_to_flat_p50": percentile(flat_s, 50),
+                "halt_market_s_to_flat_p90": percentile(flat_s, 90),
                 "halt_market_s_to_flat_max": flat_s[-1] if flat_s else None,
                 "leaked_segments": len(self.leaked_segments), "exit_code": self.exit_code,
                 "wall_s": round(self.wall_s, 1)}  # fmt: skip
+
+
+def _quantiles(values: list[float]) -> dict[str, float | None]:
+    v = sorted(values)
+    return {"p50": percentile(v, 50), "p90": percentile(v, 90), "max": v[-1] if v else None}
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -181,13 +190,13 @@ def _halted_flat(status: dict | None) -> bool:
 
 
 def _counts(state: Path) -> tuple[int, int, int, dict[str, int]]:
-    with StateStore(state, readonly=True) as st:
-        orders = st.read(lambda t: Counter(v["state"] for _, v in t.items("orders")))
-        deals = st.read(lambda t: sum(1 for k, v in t.items("bridge")
-                                      if bytes(k)[:5] in (b"deal:", b"exec:") and v["ticket"]))  # fmt: skip
-        restarts = st.read(lambda t: Counter(str(v.get("why")) for _, v in t.items("journal")
-                                             if v.get("event") == "restart"))  # fmt: skip
-    return sum(orders.values()), orders["FILLED"], deals, dict(restarts)
+    """Orders, of them filled, deals, and the supervisor's restarts by why: over the whole
+    history (the retention archives most of a full-speed run's as it goes)."""
+    h = history(state)
+    deals = sum(1 for d in [*h.execs.values(), *h.deals.values()] if d["ticket"])
+    restarts = Counter(str(v.get("why")) for v in h.journal.values() if v.get("event") == "restart")
+    filled = sum(o["state"] == "FILLED" for o in h.orders.values())
+    return len(h.orders), filled, deals, dict(restarts)
 
 
 HALT_WHY = re.compile(r"max drawdown: equity (-?[\d.]+) is more than [\d.]+% below the peak (-?[\d.]+)")
@@ -201,12 +210,11 @@ def drawdown_halts(state: Path, max_drawdown: float) -> list[dict[str, Any]]:
     of the peak), and the market time from the halt (its first closing order's time) to
     that deal. The deals after the halt are those journaled after it (the gateway journals
     its deals in ticket order)."""
+    h = history(state)
+    journal, orders = list(h.journal.values()), h.orders
+    made = [d for d in [*h.execs.values(), *h.deals.values()] if d["ticket"]]
+    deals = sorted(made, key=lambda d: int(d["ticket"]))
     with StateStore(state, readonly=True) as st:
-        journal = st.read(lambda t: [v for _, v in t.items("journal")])
-        deals = st.read(lambda t: sorted((v for k, v in t.items("bridge")
-                                          if bytes(k)[:5] in (b"deal:", b"exec:") and v["ticket"]),
-                                         key=lambda d: int(d["ticket"])))  # fmt: skip
-        orders = st.read(lambda t: {int(v["client_order_id"]): v for _, v in t.items("orders")})
         config = st.read(lambda t: t.get("meta", "config"))
     after = _books_after(deals, Decimal(repr(float(config["broker"]["initial_balance"]))))
     out = []
@@ -278,12 +286,12 @@ def table(result: ChaosResult) -> str:
               f"ticks {s['ticks']:,}; wall {s['wall_s']} s; shared-memory segments left by killed "
               f"supervisors: {s['leaked_segments']}"]  # fmt: skip
     if result.halts:
-        w = s["halt_worst_past_limit_of_peak"]
-        worst = "-" if w is None else f"{w:.3%}"
-        lines += ["", f"drawdown halts {len(result.halts)} (resumed {s['resumes']}); equity went past the "
-                      f"limit by at most {worst} of the peak before the flatten completed; market time "
-                      f"from halt to flat p50 {_s(s['halt_market_s_to_flat_p50'])}, "
-                      f"max {_s(s['halt_market_s_to_flat_max'])}"]  # fmt: skip
+        at, flat = s["halt_past_limit_of_peak_at_halt"], s["halt_past_limit_of_peak_when_flat"]
+        lines += ["", f"drawdown halts {len(result.halts)} (resumed {s['resumes']}). Past the limit, as a "
+                      f"share of the peak: when risk halted {_pct(at)}; when the flatten completed "
+                      f"{_pct(flat)} (negative: above the limit). Market time from the halt to flat: p50 "
+                      f"{_s(s['halt_market_s_to_flat_p50'])}, p90 {_s(s['halt_market_s_to_flat_p90'])}, max "
+                      f"{_s(s['halt_market_s_to_flat_max'])}"]  # fmt: skip
         lines += ["", "| drawdown halt | equity at halt | limit | equity flat | past the limit when flat | "
                       "market time to flat |", "|---|---|---|---|---|---|"]  # fmt: skip
         for i, h in enumerate(result.halts, 1):
@@ -293,6 +301,10 @@ def table(result: ChaosResult) -> str:
                          f"| {past} | {flat_s} |")  # fmt: skip
     lines += [f"violation: {v}" for v in result.violations[:50]]
     return "\n".join(lines)
+
+
+def _pct(q: dict[str, float | None]) -> str:
+    return ", ".join(f"{k} {'-' if v is None else f'{v:.3%}'}" for k, v in q.items())
 
 
 def _s(v: float | None) -> str:

@@ -23,7 +23,7 @@ is broken, or if after the baseline (the first simulated year) RSS grew more tha
 `--rss-growth` (5%), the pages in use more than `--db-growth` (10%, the retention keeps a
 fixed window of history), the shared memory at all, or the recordings past their budget.
 
-    python3 -m bench.soak --years 12 --out soak-12y              # the full run: about 1.5 h here
+    python3 -m bench.soak --years 12 --out soak-12y              # the full run: about 2 h here
     python3 -m bench.soak --max-wall-minutes 40                  # as far as 40 minutes go
     python3 -m bench.soak --years 1 --speed 150000 --baseline-months 6 --window-months 3  # CI's
 
@@ -212,8 +212,8 @@ def _run(cmd: list[str]) -> None:
 
 
 class Soak:
-    def __init__(self, out: Path, o: Options, env: dict[str, str] | None = None):
-        self.out, self.o = out, o
+    def __init__(self, out: Path, o: Options, env: dict[str, str] | None = None, keep_state: bool = False):
+        self.out, self.o, self.keep_state = out, o, keep_state
         self.rng = random.Random(o.seed)
         self.report = Report(o)
         self.disk = Disk(out, o.disk_mb) if o.disk_full else None
@@ -277,6 +277,8 @@ class Soak:
         finally:
             self.system.close()
             if self.disk:
+                if self.keep_state and self.disk.mounted:  # the image goes: the state is kept beside it
+                    shutil.copytree(self.state, self.out / "state", ignore=shutil.ignore_patterns("*.sock"))
                 self.disk.close()
             r.market_end_ns = self.market_ns
             r.wall_s = time.monotonic() - t0
@@ -657,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
         env = None if live else code_snapshot(Path(tempfile.mkdtemp(prefix="code-", dir=work)))
         print(f"soak: {o.years:g} simulated years at {o.speed:,.0f}x in {work}", flush=True)
-        r = Soak(work, o, env).run()
+        r = Soak(work, o, env, keep_state=out is not None).run()
         doc = {"summary": summary(r), "samples": r.samples, "recoveries": r.recoveries,
                "unplanned_exits": r.unplanned_exits}  # fmt: skip
         (work / "soak.json").write_text(json.dumps(doc, indent=1))

@@ -88,6 +88,13 @@ def system_violations(state: Path, max_open_positions: int = 20) -> list[str]:
     return out
 
 
+def history(state: Path) -> History:
+    """The whole history of a stopped system's state (LMDB and its archive)."""
+    with StateStore(state, readonly=True) as st:
+        config = st.read(lambda t: t.get("meta", "config"))
+        return st.read(lambda t: History.of(t, _archive_dir(state, config)))
+
+
 def _archive_dir(state: Path, config: dict | None) -> Path:
     configured = ((config or {}).get("retention") or {}).get("archive_dir")
     return Path(configured) if configured else state / "archive"
@@ -101,6 +108,7 @@ class History:
         self.orders: dict[int, dict] = {}
         self.execs: dict[int, dict] = {}  # by client id
         self.deals: dict[int, dict] = {}  # the broker's own (stops, targets), by ticket
+        self.journal: dict[int, dict] = {}  # seq -> event
         self.filled: Counter = Counter()  # client id -> times journaled FILLED
         self.journal_keys: tuple[int, int, int] | None = None  # first, last, count
         self.problems: list[str] = []
@@ -110,7 +118,7 @@ class History:
         """Read inside the transaction t, begun before the archive is read: a record the
         archiver moves meanwhile is in t's snapshot, or in the manifest read after it."""
         h = cls()
-        journal: dict[int, dict] = {}
+        journal = h.journal
         found = {"orders": h.orders, "execs": h.execs, "deals": h.deals, "journal": journal}
         for series, key, record in _archived(archive, h.problems):
             found[series][key] = record
@@ -124,6 +132,7 @@ class History:
         for k, v in t.items("journal"):
             journal[key_u64(k)] = v
         if journal:
+            h.journal = journal = dict(sorted(journal.items()))
             h.journal_keys = (min(journal), max(journal), len(journal))
         for v in journal.values():
             if v.get("event") == "order" and v.get("state") == "FILLED":
@@ -177,7 +186,7 @@ def _deals_add_up(done: list[dict], orders: dict[int, dict], ledger: dict, confi
     one lost deal makes every later one look wrong)."""
     held: dict[int, Decimal] = {}
     cash = Decimal(0)
-    out = []
+    out: list[str] = []
     for d in sorted(done, key=lambda d: int(d["ticket"])):
         s = int(d["symbol"])
         before = held.get(s, Decimal(0))
