@@ -112,10 +112,11 @@ class MT5Broker:
         self.held: dict[str, tuple[int, Decimal]] = {}
         self.connects = 0  # reconciliations completed: a new one means the venue's book is fresh
         self.reconciling: set[int] = set()  # request ids of HISTORY / POSITIONS still answering
-        # HISTORY requests for a deal a look-up found that the deal stream never brought (its
-        # notice lost with the connection): the deal is reported when the list comes.
+        # HISTORY + POSITIONS for a deal a look-up found that the deal stream never brought (its
+        # notice lost with the connection): the deal is reported when the list comes, and the
+        # positions then held are listed again (netting closes go by them).
         self.fetching: dict[int, int] = {}  # request id -> the ticket its history starts after
-        self._positions_next: list[BrokerPosition] = []
+        self._lists: dict[int, list[BrokerPosition]] = {}  # a POSITIONS request's rows so far
         self._outcomes: list[Outcome] = []
         self._new_deals: list[Deal] = []
         self._ticks: deque[np.ndarray] = deque()
@@ -262,12 +263,11 @@ class MT5Broker:
             if o.state in ("wait", "hold"):
                 o.state = "lookup"
         since = min([self.last_deal, *self.fetching.values()])  # a fetch the old file never answered
-        self.fetching = {}
+        self.fetching, self._lists = {}, {}
         self.reconciling = {
             self._request(self.L.SB_ACTION_HISTORY, since=since),
             self._request(self.L.SB_ACTION_POSITIONS),
         }
-        self._positions_next = []
         return True
 
     def _lost(self, why: str) -> None:
@@ -299,8 +299,8 @@ class MT5Broker:
         for d in b.poll(L.SB_RING_DEALS):
             self._on_deal(d)
         for p in b.poll(L.SB_RING_POSITIONS):
-            if int(p["snapshot"]) in self.reconciling:
-                self._positions_next.append(self._position(p))
+            if int(p["snapshot"]) in self.reconciling or int(p["snapshot"]) in self.fetching:
+                self._lists.setdefault(int(p["snapshot"]), []).append(self._position(p))
         for r in b.poll(L.SB_RING_RESULTS):
             self._on_result(r)
 
@@ -379,15 +379,7 @@ class MT5Broker:
 
     def _on_result(self, r: np.void) -> None:
         L, rid, code = self.L, int(r["request_id"]), int(r["retcode"])
-        if rid in self.fetching:
-            if code == L.SB_LIST_DONE:
-                assert self.bridge is not None
-                while len(batch := self.bridge.poll(L.SB_RING_DEALS)):
-                    for d in batch:
-                        self._on_deal(d)
-                del self.fetching[rid]
-            return
-        if rid in self.reconciling:
+        if rid in self.reconciling or rid in self.fetching:
             if code == L.SB_LIST_DONE:
                 # The list went out before its end mark: whatever of it this turn's read left
                 # in its ring is there now (one ring per record kind, no order across rings).
@@ -398,17 +390,19 @@ class MT5Broker:
                             self._on_deal(d)
                 else:
                     while len(batch := self.bridge.poll(L.SB_RING_POSITIONS)):
-                        mine = batch[batch["snapshot"] == rid]
-                        self._positions_next += [self._position(p) for p in mine]
+                        for p in batch:
+                            if int(p["snapshot"]) in self.reconciling or int(p["snapshot"]) in self.fetching:
+                                self._lists.setdefault(int(p["snapshot"]), []).append(self._position(p))
+                fetched = self.fetching.pop(rid, None) is not None
                 self.reconciling.discard(rid)
                 if int(r["action"]) == L.SB_ACTION_POSITIONS:
-                    self.positions = self._positions_next
+                    self.positions = self._lists.pop(rid, [])
                     self.held = {}
                     for p in self.positions:
                         name = self.terminal_name(p.symbol)
                         _, v = self.held.get(name, (0, Decimal(0)))
                         self.held[name] = (p.ticket, v + p.side * p.volume)
-                if not self.reconciling:
+                if not self.reconciling and not fetched:
                     self.connects += 1
             return
         cid = int(r["client_order_id"])
@@ -454,6 +448,9 @@ class MT5Broker:
                     o.state = "lookup"  # the request ring is full: look it up again next turn
                     return None
                 self.fetching[rid] = since
+                listing = self._request(L.SB_ACTION_POSITIONS)
+                if listing:
+                    self.fetching[listing] = since
             tickets = tuple(sorted(o.tickets)) or (int(r["deal"]),)
             state = "FILLED" if o.recovering or vol >= o.req.volume else "PARTIALLY_FILLED"
             return self._final(cid, o, state, 10009, vol, price, tickets, "found at the terminal")

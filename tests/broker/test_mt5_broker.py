@@ -127,6 +127,10 @@ def test_a_deal_whose_notice_was_lost_is_reported_once_found(tmp_path: Path, fau
     assert outcomes[0].state == "FILLED" and executed(sim) == {1: 0.1}
     ours = [d for d in deals + more if d.client_order_id == 1]
     assert len(ours) == 1 and ours[0].ticket in outcomes[0].deals and not broker.fetching
+    assert broker.held["EURUSD"][1] == Decimal("0.10")  # counted once: a close by its ticket works
+    broker.submit([order(2, side=-1, reduce_only=True)])
+    (closed,), _ = run(sim, broker, 1)
+    assert closed.state == "FILLED" and sim.venue.positions() == []
 
 
 def test_retries_are_bounded(tmp_path: Path) -> None:
