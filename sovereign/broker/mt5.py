@@ -111,6 +111,10 @@ class MT5Broker:
         # last position list and every deal since; a reduce-only order closes by that ticket.
         self.held: dict[str, tuple[int, Decimal]] = {}
         self.connects = 0  # reconciliations completed: a new one means the venue's book is fresh
+        # The newest deal the last reconciliation's position list holds: the last deal seen before
+        # it, raised by its history's replays, but not by a live deal read meanwhile (one that
+        # came after the list, whose report risk applies on top of the venue's book).
+        self.book_ticket = 0
         self.reconciling: set[int] = set()  # request ids of HISTORY / POSITIONS still answering
         # HISTORY + POSITIONS for a deal a look-up found that the deal stream never brought (its
         # notice lost with the connection): the deal is reported when the list comes, and the
@@ -264,6 +268,7 @@ class MT5Broker:
                 o.state = "lookup"
         since = min([self.last_deal, *self.fetching.values()])  # a fetch the old file never answered
         self.fetching, self._lists = {}, {}
+        self.book_ticket = self.last_deal
         self.reconciling = {
             self._request(self.L.SB_ACTION_HISTORY, since=since),
             self._request(self.L.SB_ACTION_POSITIONS),
@@ -333,6 +338,8 @@ class MT5Broker:
 
     def _on_deal(self, d: np.void) -> None:
         ticket = int(d["ticket"])
+        if self.reconciling and int(d["replay"]):
+            self.book_ticket = max(self.book_ticket, ticket)
         if ticket in self.seen or ticket <= self.seen_floor:
             return  # replayed after a reconnect: applied once
         comment = text(d["comment"])

@@ -248,7 +248,7 @@ class VenueGateway:
                 held[p.symbol] = [v + p.side * p.volume, cost + p.side * p.volume * p.price]
         positions = {str(s): {"lots": [[str(v), str(to_decimal(float(cost / v)))]], "sl": None, "tp": None}
                      for s, (v, cost) in held.items() if v}  # fmt: skip
-        return {"epoch": b.epoch, "ticket": b.last_deal, "positions": positions, "at_ns": time.time_ns()}
+        return {"epoch": b.epoch, "ticket": b.book_ticket, "positions": positions, "at_ns": time.time_ns()}
 
     def note_status(self, force: bool = False) -> None:
         """Commit whether the bridge is up, and why not, when it changes (a changing reason

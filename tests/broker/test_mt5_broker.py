@@ -172,6 +172,30 @@ def test_reconnect_replays_missed_deals_once_and_lists_positions(tmp_path: Path)
     assert {(SYMBOLS[p.symbol], p.side, float(p.volume)) for p in broker.open_positions()} == venue
 
 
+def test_a_deal_after_the_position_list_is_not_counted_in_the_venue_book(tmp_path: Path) -> None:
+    """A reconnect lists the terminal's positions; a deal on the server right after that list
+    (a stop, a manual trade) may be read in the same turn as the list. The venue's book is as
+    of the list, so its ticket must stay below that deal, whose report risk applies on top;
+    stamped with the last deal read, risk skipped the deal and kept a closed position."""
+    sim, broker = make(tmp_path)
+    broker.submit([order(1)])
+    run(sim, broker, 1)
+    sim.restart()
+    for _ in range(50):
+        broker.poll()
+        if broker.reconciling:
+            break
+    sim.step()  # answers the history and the position list
+    for d in sim.venue.trade("EURUSD", -1, 0.1, 1.1, 0, "", 0):  # a manual close, just after the list
+        sim._deal_out(d)
+    while broker.reconciling:
+        broker.poll()
+    closing = sim.venue.dump()["deals"][-1]["ticket"]
+    assert broker.last_deal == closing and broker.book_ticket < closing
+    assert [(p.symbol, p.volume) for p in broker.open_positions()] == [(0, Decimal("0.10"))]  # as listed
+    assert sim.venue.positions() == []
+
+
 def test_a_crash_in_submitting_is_resolved_at_the_terminal_never_resent(tmp_path: Path) -> None:
     sim, broker = make(tmp_path, ["drop_exec"])
     broker.submit([order(1)])
