@@ -20,12 +20,15 @@ archive's and the recordings' bytes; the ticks, orders and deals of the month. A
 stops the system cleanly, checks every invariant on the raw state (tests/engine/invariants.py:
 system_violations), and writes soak.json, soak.png and soak.md. It exits 1 if an invariant
 is broken, or if after the baseline (the first simulated year) RSS grew more than
-`--rss-growth` (5%), the pages in use more than `--db-growth` (10%, the retention keeps a
-fixed window of history), the shared memory at all, or the recordings past their budget.
+`--rss-growth` (5%; each process's RSS is read every 2 s, a month's is their median: a
+process restarted every few days is young or old at any one moment), the pages in use more
+than `--db-growth` (10%: the retention keeps a fixed window of history, the signals a fixed
+count), the shared memory at all, or the recordings past their budget.
 
     python3 -m bench.soak --years 12 --out soak-12y              # the full run: about 2 h here
     python3 -m bench.soak --max-wall-minutes 40                  # as far as 40 minutes go
-    python3 -m bench.soak --years 1 --speed 150000 --baseline-months 6 --window-months 3  # CI's
+    python3 -m bench.soak --years 1 --speed 200000 --retention-days 30 --record-days 10 \
+        --baseline-months 6 --window-months 3 --no-disk-full                    # CI's, 5 minutes
 
 Run from the repository root; the system runs a copy of the package taken at the start
 (tests.helpers.code_snapshot; --live-code: the checkout's).
@@ -61,6 +64,7 @@ DAY_NS = 86_400 * NS
 START = "2026-01-01T00:00:00"
 SYSTEM, DISK_FULL = "system", "disk full"
 SAMPLE_WAIT_S = 10.0  # a month's sample waits this long at most for a process being restarted
+RSS_EVERY_S = 2.0  # each process's RSS is read this often; a month's is their median
 NOT_INJECTED = {
     "clock step": "not injected: the wall clock cannot be stepped for this system alone (stepping the host's "
                   "steps every process on the machine; libfaketime 0.9.10 with FAKETIME_DONT_FAKE_MONOTONIC "
@@ -84,7 +88,9 @@ class Options:
     disk_full_s: float = 30.0  # wall seconds: the system stalls meanwhile, so not market time
     disk_mb: int = 4096
     retention_days: int = 90
+    record_days: int = 30  # below retention_days (the config requires it)
     record_max_mb: int = 64
+    signal_history: int = 10_000  # signals kept in LMDB: a count, reached in about two simulated months
     baseline_months: int = 12  # the first simulated year
     window_months: int = 6  # compared: the last months of the baseline, and of the run
     rss_growth: float = 0.05
@@ -236,12 +242,15 @@ class Soak:
         self.advanced_at = time.monotonic()
         self.full_until: float | None = None  # wall time the ballast goes
         self.pending: list[tuple[str, float, list[int]]] = []  # (fault, when, pids killed): not recovered yet
+        self.rss: dict[str, list[int]] = {}  # role -> RSS read this month (every RSS_EVERY_S)
+        self.next_rss = 0.0
 
     def config(self) -> str:
         o = self.o
         return toml_text({
             "system": {"state_dir": str(self.state), "workers": o.workers, "snapshot_interval_s": 10.0,
-                       "record_days": 30, "record_max_mb": o.record_max_mb},
+                       "record_days": o.record_days, "record_max_mb": o.record_max_mb,
+                       "signal_history": o.signal_history},
             "feed": {"symbols": o.symbols, "seed": o.seed, "start": START, "pace": "realtime",
                      "speed": o.speed, "tick_interval_s": o.tick_interval_s},
             # Ticks are sparse (one a symbol every tick_interval_s): a quote is stale only well past
@@ -308,6 +317,9 @@ class Soak:
                 self.market_ns, self.advanced_at = newest, time.monotonic()
         if self.pending:
             self.recovered()
+        if time.monotonic() >= self.next_rss:
+            self.next_rss = time.monotonic() + RSS_EVERY_S
+            self.read_rss()
         if time.monotonic() - self.advanced_at > self.o.recovery_timeout_s and self.full_until is None:
             stood = f"{_date(self.market_ns)} for {self.o.recovery_timeout_s:g} s"
             self.report.violations.append(f"the market clock stood at {stood}: the system was restarted "
@@ -378,6 +390,18 @@ class Soak:
         self.pending = [(why, start, [])]  # what waited before is part of this recovery now
         self.advanced_at = time.monotonic()
 
+    def read_rss(self) -> None:
+        """Every process's RSS now, for the month's median: a process restarted every few
+        simulated days is young or old at any one moment, and its RSS with it."""
+        status = self.system.status(0.5)
+        self.count(status)
+        pids = self.system.pids(status)
+        if self.system.proc is not None:
+            pids["supervisor"] = self.system.proc.pid
+        for role, pid in pids.items():
+            with contextlib.suppress(psutil.Error):
+                self.rss.setdefault(role, []).append(psutil.Process(pid).memory_info().rss)
+
     def count(self, status: dict | None) -> None:
         """The gateway's ticks and orders so far (it counts from its own start: per pid)."""
         for p in (status or {}).get("processes", []):
@@ -399,9 +423,12 @@ class Soak:
             with contextlib.suppress(psutil.Error):
                 p = psutil.Process(pid)
                 with p.oneshot():
-                    s["processes"][role] = {"rss": p.memory_info().rss, "fds": p.num_fds(),
-                                            "threads": p.num_threads(),
+                    now = p.memory_info().rss
+                    seen = sorted(self.rss.get(role) or [now])
+                    s["processes"][role] = {"rss": seen[len(seen) // 2], "rss_now": now, "rss_max": seen[-1],
+                                            "fds": p.num_fds(), "threads": p.num_threads(),
                                             "age_s": round(time.time() - p.create_time(), 1)}  # fmt: skip
+        self.rss.clear()
         segments = self.system.segments()
         s["shm"] = {"segments": len(segments), "bytes": sum(_size(p) for p in segments)}
         s["lmdb"] = lmdb_stats(self.state)
@@ -437,8 +464,9 @@ class Soak:
 
 
 def growth_violations(samples: list[dict[str, Any]], o: Options) -> list[str]:
-    """After the baseline, what grew: RSS (each role's mean over the window), the LMDB pages
-    in use (the window's largest), the shared memory; and recordings past their budget."""
+    """After the baseline, what grew: RSS (each process's monthly median, averaged over the
+    window), the LMDB pages in use (the window's largest), the shared memory; and recordings
+    past their budget."""
     out = []
     w = o.window_months
     base = samples[max(0, o.baseline_months - w) : o.baseline_months]
