@@ -18,6 +18,7 @@ The points:
   pushed yet;
 - risk.refusing: a batch of intents decided and logged, the approved ones pushed, the
   refusals not committed yet;
+- risk.answered: an operator's command (halt, resume, flatten, reload) applied and answered;
 - archive.temp: an archive part half written to its temporary file;
 - archive.written: a part complete and synced under its name, not in the manifest yet;
 - archive.listed: the part in the manifest, its records still in LMDB;
@@ -32,7 +33,8 @@ import signal
 from pathlib import Path
 
 POINTS = ("gateway.unlogged", "gateway.submitting", "gateway.untold", "gateway.unsent", "risk.refusing",
-          "archive.temp", "archive.written", "archive.listed", "archive.deleting", "archive.deleted")
+          "risk.answered", "archive.temp", "archive.written", "archive.listed", "archive.deleting",
+          "archive.deleted")
 ENV = "SOVEREIGN_FAILPOINTS"
 
 

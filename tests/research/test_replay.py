@@ -196,8 +196,9 @@ def test_signals_a_killed_coordinator_never_wrote_are_told_apart_from_difference
     assert not d["identical"] and d["n_only_in_replay"] == 2 and d["not_in_live_history"] == 0
 
 
-# the trading processes' points (the archiver's are killed in tests/state/test_archive_kills.py)
-@pytest.mark.parametrize("point", [p for p in POINTS if p.split(".")[0] in SLOT])
+# the trading processes' points (the archiver's: tests/state/test_archive_kills.py; risk.answered,
+# which an operator's command reaches: tests/engine/test_supervisor_faults.py)
+@pytest.mark.parametrize("point", [p for p in POINTS if p.split(".")[0] in SLOT and p != "risk.answered"])
 def test_a_process_killed_between_its_commit_and_its_push_loses_nothing(tmp_path: Path, point: str) -> None:
     """SIGKILL exactly where a record can be lost (sovereign/failpoints.py): a gateway after
     the commit of executions and before their reports are pushed, or after orders are
