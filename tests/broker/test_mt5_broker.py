@@ -12,7 +12,7 @@ import pytest
 
 from sovereign.broker.base import Act, OrderRequest, Outcome, classify
 from sovereign.broker.mt5 import MT5Broker, MT5Settings
-from sovereign.broker.mt5sim import Faults, Simulator
+from sovereign.broker.mt5sim import FAULTS, Faults, Simulator
 
 MAGIC = 77
 SYMBOLS = ["EURUSD", "GBPUSD", "XAUUSD"]  # the terminal has no XAUUSD
@@ -330,23 +330,7 @@ def test_unknown_retcodes_are_ambiguous() -> None:
 
 
 def test_seeded_chaos_never_executes_an_order_twice(tmp_path: Path) -> None:
-    odds = {
-        f: 0.04
-        for f in (
-            "requote",
-            "price_changed",
-            "timeout_exec",
-            "timeout_noexec",
-            "connection_exec",
-            "connection_noexec",
-            "partial",
-            "reject",
-            "drop_exec",
-            "restart_exec",
-            "restart_noexec",
-            "unknown_noexec",
-        )
-    }
+    odds = {f: 0.04 for f in FAULTS}  # every fault the simulator has
     sim, broker = make(tmp_path, odds=odds, seed=7, stopout_every=97, manual_every=53)
     n = 120
     outcomes: list[Outcome] = []
