@@ -358,6 +358,7 @@ class Soak:
         if self.full_until is None:
             self.report.violations.append(f"the supervisor exited by itself {why}")
         time.sleep(1.0)  # systemd's RestartSec
+        self.seen_ns = min(self.seen_ns, self.durable_feed_ns())  # as after a whole-system kill
         self.system.start()
         self.pending.append(("supervisor exit", time.monotonic(), []))
         self.advanced_at = time.monotonic()
