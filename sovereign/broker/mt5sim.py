@@ -157,6 +157,10 @@ class Venue:
                 deals.append(d)
                 t.put(_key(ticket), orjson.dumps(d), db=self.deals)
 
+            def opened(vol: float) -> dict[str, Any]:  # a new position of this order's
+                return {"ticket": order, "symbol": symbol, "side": side, "volume": vol, "price": price,
+                        "sl": sl, "tp": tp, "magic": magic, "comment": comment}
+
             held = self._held(t, symbol, close_ticket, acc["hedging"])
             remaining = volume
             if held is not None and held["side"] != side:  # closes (part of) a position
@@ -172,18 +176,7 @@ class Venue:
                     t.put(_key(held["ticket"]), orjson.dumps(held), db=self.positions_db)
                 held = None if held["volume"] <= 0 else held
                 if remaining > 0 and not acc["hedging"]:  # the reversal's new position, same deal
-                    pos = {
-                        "ticket": order,
-                        "symbol": symbol,
-                        "side": side,
-                        "volume": remaining,
-                        "price": price,
-                        "sl": sl,
-                        "tp": tp,
-                        "magic": magic,
-                        "comment": comment,
-                    }
-                    t.put(_key(order), orjson.dumps(pos), db=self.positions_db)
+                    t.put(_key(order), orjson.dumps(opened(remaining)), db=self.positions_db)
                     remaining = 0
             if remaining > 0:
                 if held is not None and not acc["hedging"]:  # netting: adds to the position
@@ -196,17 +189,7 @@ class Venue:
                     )
                     pos = held
                 else:
-                    pos = {
-                        "ticket": order,
-                        "symbol": symbol,
-                        "side": side,
-                        "volume": remaining,
-                        "price": price,
-                        "sl": sl,
-                        "tp": tp,
-                        "magic": magic,
-                        "comment": comment,
-                    }
+                    pos = opened(remaining)
                 t.put(_key(pos["ticket"]), orjson.dumps(pos), db=self.positions_db)
                 deal(0, remaining, pos, 0.0)
             if comment:
