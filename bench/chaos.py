@@ -138,17 +138,8 @@ def chaos(workdir: Path, kills: int, seed: int, *, symbols: int = 8, workers: in
             if _halted_flat(status) and system.request("resume") is not None:
                 result.resumes += 1
             target = SYSTEM if rng.random() < system_share else rng.choice(roles)
-            pids = system.pids(status)
             start = time.monotonic()
-            if target == SYSTEM:
-                victim = system.proc.pid if system.proc else 0
-                system.kill_all(list(pids.values()))
-                system.start()
-                status = system.wait_healthy(recovery_timeout_s)
-            else:
-                victim = pids[target]
-                system.kill(victim)
-                status = system.wait_healthy(recovery_timeout_s, not_pids=[victim])
+            victim, status = kill_and_recover(system, target, system.pids(status), recovery_timeout_s)
             result.kills.append(Kill(target, victim, time.monotonic() - start))
             if (n + 1) % max(1, kills // 20) == 0:
                 last = result.kills[-1]
@@ -172,6 +163,20 @@ def chaos(workdir: Path, kills: int, seed: int, *, symbols: int = 8, workers: in
         system.close()
         result.wall_s = time.monotonic() - t0
     return result
+
+
+def kill_and_recover(system: LiveSystem, target: str, pids: dict[str, int],
+                     timeout: float) -> tuple[int, dict]:
+    """SIGKILL `target` (a role, or SYSTEM: the supervisor's group, then a new supervisor on
+    the same state) and wait until every process is healthy again, none of them the one
+    killed; returns the pid killed and the status."""
+    if target == SYSTEM:
+        victim = system.proc.pid if system.proc else 0
+        system.kill_all(list(pids.values()))
+        system.start()
+        return victim, system.wait_healthy(timeout)
+    system.kill(pids[target])
+    return pids[target], system.wait_healthy(timeout, not_pids=[pids[target]])
 
 
 def _note_ticks(status: dict | None, seen: dict[int, int]) -> None:

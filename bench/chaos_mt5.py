@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.chaos import SYSTEM, Kill, percentile
+from bench.chaos import SYSTEM, Kill, kill_and_recover, percentile
 from sovereign.broker.bridge import find_file
 from sovereign.state.schema import BRIDGE_STATUS_KEY
 from sovereign.state.store import StateStore
@@ -130,15 +130,8 @@ def chaos_mt5(workdir: Path, kills: int, seed: int, *, max_gap_s: float = 0.5, s
                 venue.kill()
                 venue.start()
                 wait_bridge(state, start_ns, recovery_timeout_s)
-            elif target == SYSTEM:
-                victim = system.proc.pid if system.proc else 0
-                system.kill_all(list(pids.values()))
-                system.start()
-                status = system.wait_healthy(recovery_timeout_s)
             else:
-                victim = pids[target]
-                system.kill(victim)
-                status = system.wait_healthy(recovery_timeout_s, not_pids=[victim])
+                victim, status = kill_and_recover(system, target, pids, recovery_timeout_s)
             result.kills.append(Kill(target, victim, time.monotonic() - start))
             if (n + 1) % max(1, kills // 20) == 0:
                 say(f"chaos-mt5: {n + 1}/{kills} kills, the last ({target}) recovered in "
