@@ -8,6 +8,7 @@ while every process is healthy, STATUS, STOPPING.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
@@ -85,7 +86,14 @@ def child_main(role: str, config: Config, layout: Layout, control: Connection) -
             worker.run(child, config, int(role.split("-")[1]))
     except Exception:
         traceback.print_exc()
-        sys.exit(1)
+        # Out now, without the interpreter's finalization: a daemon thread still inside a
+        # C++ call (the gateway's broker side waiting on the approved ring) is ended by it
+        # with a forced unwind, which aborts the process (SIGABRT, "terminate called without
+        # an active exception") instead of exiting 1. What is durable is in LMDB already.
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(1)
 
 
 READER_CHECK_S = 60.0  # how often LMDB readers of dead processes are cleared

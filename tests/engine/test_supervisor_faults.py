@@ -1,12 +1,14 @@
 """The supervisor under faults of its own (issue 22): its log going away (a full disk, a
 reader gone) costs log lines, never the system; any exception in its loop drains every
-process as a stop does, where it SIGKILLed them all."""
+process as a stop does, where it SIGKILLed them all; a child that fails exits 1, never
+aborts."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from sovereign.state.store import StateStore
@@ -107,3 +109,42 @@ def test_an_answered_halt_is_durable_before_its_answer(tmp_path: Path) -> None:
         assert system.stop() == 0
     finally:
         system.close()
+
+
+LIMITED = """
+import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG), as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))
+os.execv(sys.executable, [sys.executable, "-m", "sovereign.cli", "run", "--config", {cfg!r}])
+"""
+
+
+def test_a_process_that_fails_exits_1_never_aborts(tmp_path: Path) -> None:
+    """The gateway's recording failing to write (a full disk; here a file-size limit) raises
+    in its main thread while its broker side waits inside a C++ call: it must exit 1 and be
+    restarted, not abort with SIGABRT ("terminate called without an active exception") from
+    the interpreter's finalization of that thread."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[system]\nstate_dir = "{tmp_path / "state"}"\nworkers = 1\n'
+                   '[feed]\nsymbols = 4\n')  # fmt: skip
+    log = tmp_path / "log"
+    script = textwrap.dedent(LIMITED.format(limit=4 << 20, cfg=str(cfg)))
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    system = LiveSystem(cfg, log)
+    system.proc = proc
+    try:
+        end = time.monotonic() + 90
+        while time.monotonic() < end and log.read_text().count("restart process=gateway") < 3:
+            assert proc.poll() is None, system.tail()
+            time.sleep(0.2)
+        assert system.stop() == 0, system.tail()
+    finally:
+        system.close()
+    text = log.read_text()
+    restarts = [line for line in text.splitlines() if "restart process=gateway" in line]
+    assert len(restarts) >= 3, text[-3000:]
+    assert "File too large" in text, text[-3000:]
+    assert "terminate called" not in text, text[-3000:]
+    assert all("exitcode=1 " in line for line in restarts), restarts
