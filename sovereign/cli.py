@@ -311,6 +311,7 @@ def _print_status(data: dict[str, Any], t: Target) -> None:
         window = f"tick-to-order over the last full {lat.get('window_s', 0):.0f} s"
         con.print(f"{window}: p50 {lat['p50_us'] / 1e3:,.2f} ms · p99 {lat['p99_us'] / 1e3:,.2f} ms · "
                   f"{lat['n']:,} orders" if lat.get("n") else f"{window}: no orders")  # fmt: skip
+        con.print(f"metrics: {_safe(data.get('metrics') or 'off ([metrics] listen)')}")
     _print_storage(con, data.get("storage") or {})
     b = data.get("bridge")
     if b is not None:
@@ -580,6 +581,17 @@ def flatten(t: Target, symbol: str | None, everything: bool) -> None:
 def reload(t: Target) -> None:
     """Reload the [risk] limits from the config file the system was started with."""
     _report(t.ask("reload"))
+
+
+@main.command(epilog="Example: sovereign metrics | grep sovereign_equity")
+@target_options
+def metrics(t: Target) -> None:
+    """Print one scrape of the metrics (Prometheus' text format, docs/metrics.md).
+
+    Asked over the control socket, so it works with [metrics] listen off or unreachable.
+    """
+    sys.stdout.write(str(t.ask("metrics")))
+    sys.stdout.flush()
 
 
 @main.group(context_settings=CONTEXT)

@@ -9,6 +9,7 @@ walks them, so every error names the key and what would be right:
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import sys
@@ -186,6 +187,14 @@ class MarketConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    # The Prometheus exporter: "host:port" ("[::1]:9817" for IPv6; port 0: any free port,
+    # said at start and in `sovereign status`); "": off (`sovereign metrics` still works,
+    # over the control socket). Loopback by default: the metrics say what the account holds.
+    listen: str = _f("127.0.0.1:9817")
+
+
+@dataclass(frozen=True)
 class Config:
     system: SystemConfig = field(default_factory=SystemConfig)
     feed: FeedConfig = field(default_factory=FeedConfig)
@@ -197,6 +206,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     market: MarketConfig = field(default_factory=MarketConfig)
     mt5: Mt5Config = field(default_factory=Mt5Config)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
         if self.feed.start:
@@ -227,6 +237,7 @@ class Config:
                               f"risk.max_drawdown ({self.risk.max_drawdown}); a day's loss would halt "
                               "the system before it could reduce")
         _check_time_fields(self.market, self.risk)
+        listen_address(self.metrics.listen, "config key metrics.listen")
 
 
 def _check_mt5(m: Mt5Config) -> None:
@@ -260,6 +271,32 @@ def _check_mt5(m: Mt5Config) -> None:
     terminal = [m.symbol_map.get(n, n) for n in m.symbols]
     if len(set(terminal)) != len(terminal):
         raise ConfigError("config key mt5.symbol_map: two of our symbols map to one terminal symbol")
+
+
+def listen_address(text: str, key: str) -> tuple[str, int] | None:
+    """An exporter's address as (host, port), None for "" (off); ConfigError naming `key`
+    for anything but "host:port" with an IPv4 address or a host name, or "[IPv6]:port",
+    and a port in [0, 65535] (0: any free one)."""
+    if text == "":
+        return None
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d{1,5})|([A-Za-z0-9.-]+):(\d{1,5})", text)
+    if m is None:
+        raise ConfigError(f"{key}: {_shown(text)} is not an address like '127.0.0.1:9817' or "
+                          "'[::1]:9817' (host:port; \"\" turns the exporter off)")  # fmt: skip
+    host, port = (m.group(1), int(m.group(2))) if m.group(1) else (m.group(3), int(m.group(4)))
+    if m.group(1):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ConfigError(f"{key}: the part in brackets is not an IPv6 address") from None
+    elif re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ConfigError(f"{key}: the host is not an IPv4 address like 127.0.0.1") from None
+    if port > 65535:
+        raise ConfigError(f"{key}: port {port} is not in [0, 65535]")
+    return host, port
 
 
 def _check_time_fields(market: MarketConfig, risk: RiskConfig) -> None:

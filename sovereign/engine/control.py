@@ -89,6 +89,7 @@ COMMANDS: dict[str, dict[str, str]] = {
     "resume": {},
     "flatten": {"symbol": "str", "all": "bool"},
     "reload": {},
+    "metrics": {},  # one scrape of the exporter, in Prometheus' text format
 }
 
 

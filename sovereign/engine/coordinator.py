@@ -35,6 +35,7 @@ from sovereign.core import (
     SignalRing,
     wait_for_records,
 )
+from sovereign.engine.metrics import meter
 from sovereign.engine.runtime import RUNNING, STOPPED, Child
 from sovereign.files import want_decimal, want_dict, want_int, want_list
 from sovereign.latency import LatencyHistogram
@@ -206,6 +207,7 @@ class CoordinatorProcess:
         self.sig_buf = np.zeros(SIGNAL_BATCH, SIGNAL_DTYPE)
         self.rep_buf = np.zeros(self.reports.capacity, ORDER_DTYPE)
         self.signals, self.next_beat, self.next_record = 0, 0.0, 0.0
+        self.meter = meter(child)
         self.signal_in, self.intent_out = LatencyHistogram(), LatencyHistogram()
         self.recent: list[np.ndarray] = []
         self.keep = config.system.signal_history
@@ -290,6 +292,7 @@ class CoordinatorProcess:
                 self.next_record = time.monotonic() + RECORD_EVERY_S
                 self.record()
             self.child.beat(RUNNING, signals=self.signals, orders=self.coord.intents)
+            self.meter.publish(intents=self.coord.intents)
 
     def stop(self) -> None:
         self.record()
@@ -297,6 +300,7 @@ class CoordinatorProcess:
         hops = {"tick_to_signal": self.signal_in.to_dict(), "tick_to_intent": self.intent_out.to_dict()}
         signals, intents = self.signals, self.coord.intents
         self.store.write(lambda t: t.journal("coordinator_stats", signals=signals, intents=intents, **hops))
+        self.meter.publish(intents=intents)
         if self.log is not None:
             self.log.close()
         self.child.beat(STOPPED, signals=signals, orders=intents)

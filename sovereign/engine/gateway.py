@@ -48,6 +48,7 @@ from sovereign.core import (
     TickRing,
     wait_for_records,
 )
+from sovereign.engine.metrics import TICK_REFUSALS, Histogram, Meter, meter
 from sovereign.engine.runtime import FEED_DONE, LATENCY_WINDOW_S, RUNNING, STOPPED, Child
 from sovereign.failpoints import failpoint
 from sovereign.latency import LatencyHistogram
@@ -102,6 +103,10 @@ class Gateway:
         self.window, self.window_from = LatencyHistogram(), time.monotonic()
         self.last_window = (0, 0, 0)
         self.orders = self.fills = self.rejects = 0
+        # For the metrics: orders that reached FILLED or REJECTED (sent by this process, or
+        # recovered), tick to broker call and each durable commit on the broker side.
+        self.filled = self.refused = 0
+        self.tick_to_order, self.commits = Histogram(), Histogram()
         # The feed's position as of the ticks the broker has been shown (BrokerLoop sets it):
         # every transaction that commits the broker's state commits it too.
         self.feed_at: FeedPosition | None = None
@@ -130,6 +135,10 @@ class Gateway:
                 return {**rec, "execution": done}
 
             fixes.append(self.store.write(tx))
+            if fixes[-1]["state"] == OrderState.FILLED.value:
+                self.filled += 1
+            else:
+                self.refused += 1
         return fixes
 
     def unsent(self, fixes: list[dict]) -> tuple[np.ndarray, int]:
@@ -157,7 +166,7 @@ class Gateway:
             self.put_broker(t, self.broker.to_dict(), feed)
             t.put("bridge", LAST_REPORTS_KEY, reports)
 
-        self.store.write(tx)
+        self.commit(tx)
         self.fills += len(fills)
         return np.array(reports, ORDER_DTYPE)
 
@@ -171,7 +180,7 @@ class Gateway:
         if submitted is not None:  # durable in SUBMITTING, not sent yet
             submitted()
         sent = self.send(approved)
-        self.store.write(sent.commit)
+        self.commit(sent.commit)
         return sent.reports
 
     def submit(self, approved: np.ndarray, sent: Sent | None = None) -> None:
@@ -190,7 +199,7 @@ class Gateway:
             for cid, f in zip(cids, fields, strict=True):
                 self.book.advance(t, cid, [OrderState.APPROVED, OrderState.SUBMITTING], **f)
 
-        self.store.write(submitting)
+        self.commit(submitting)
         # origin 0: no tick led to it (risk's own exits, a bar closed by the clock)
         self.to_gateway.add_since(approved["origin_ns"], arrived)
         self.window.add_since(approved["origin_ns"], arrived)
@@ -198,7 +207,9 @@ class Gateway:
     def send(self, approved: np.ndarray) -> Sent:
         """Send a batch committed in SUBMITTING (`submit`) to the broker. Its results are
         not committed yet: commit them (`Sent.commit`) before pushing their reports."""
-        self.to_broker.add_since(approved["origin_ns"], time.monotonic_ns())
+        sending = time.monotonic_ns()
+        self.to_broker.add_since(approved["origin_ns"], sending)
+        self.tick_to_order.observe_since(approved["origin_ns"], sending)
         cids = [int(c) for c in approved["client_order_id"]]
         executions = [execute(self.broker, rec) for rec in approved]
         reports = [report_of(ex, rec) for ex, rec in zip(executions, approved, strict=True)]
@@ -208,6 +219,8 @@ class Gateway:
         self.orders += len(cids)
         self.fills += filled
         self.rejects += len(cids) - filled
+        self.filled += filled
+        self.refused += len(cids) - filled
 
         def results(t: Txn) -> None:
             for cid, ex in zip(cids, executions, strict=True):
@@ -232,8 +245,14 @@ class Gateway:
         if feed is None or feed is self.feed_kept or now - self.feed_kept_at < FEED_COMMIT_S:
             return
         broker = self.broker.to_dict()
-        self.store.write(lambda t: self.put_broker(t, broker, feed))
+        self.commit(lambda t: self.put_broker(t, broker, feed))
         self.feed_kept_at = now
+
+    def commit(self, fn: Callable[[Txn], None]) -> None:
+        """A durable commit of the broker side, timed (sovereign_commit_seconds)."""
+        t = time.monotonic_ns()
+        self.store.write(fn)
+        self.commits.observe_ns(time.monotonic_ns() - t)
 
     def roll_window(self, now: float) -> None:
         """Close the latency window once it is LATENCY_WINDOW_S old (the broker side calls it)."""
@@ -477,7 +496,7 @@ class BrokerLoop(threading.Thread):
             sent = self.gw.send(orders)
             total += n
         if sent is not None:
-            self.gw.store.write(sent.commit)
+            self.gw.commit(sent.commit)
             self.send_reports(sent.reports)
         return total
 
@@ -504,6 +523,7 @@ class GatewayProcess:
         same_run = saved is not None and saved.get("session") == layout.session
         # after the mark the broker's state is of; nothing older than the last clock published
         self.feed.resume(saved["feed"] if saved else None, same_run, child.market_clock())
+        self.meter, self.refused_before = meter(child), dict(self.feed.refused)  # the screen's count is kept
         self.recorder, self.base = None, 0
         directory = record_dir(config)
         if directory is not None:
@@ -666,6 +686,15 @@ class GatewayProcess:
             n, p50, p99 = self.gw.last_window
             self.child.beat(FEED_DONE if done else RUNNING, **self.counts(), latency_n=n,
                             latency_p50_ns=p50, latency_p99_ns=p99)  # fmt: skip
+            self.publish()
+
+    def publish(self) -> None:
+        """The metrics: counted by this process since it started (Meter adds its slot's)."""
+        gw, refused = self.gw, self.feed.refused
+        publish_orders(self.meter, [gw.filled, gw.refused], gw.refused, gw.fills, gw.tick_to_order,
+                       gw.commits, ticks=self.ticks, ticks_dropped=self.lost,
+                       ticks_refused=[0] * (len(TICK_REFUSALS) - 2) + [refused[k] - self.refused_before[k]
+                                                                       for k in ("out_of_window", "ahead")])
 
     def counts(self) -> dict[str, int]:
         """What every beat carries."""
@@ -687,6 +716,7 @@ class GatewayProcess:
             self.log.close()
         feed_s = (self.feed.finished_at or time.monotonic()) - self.started
         _final_stats(self.store, self.gw, self.ticks, self.lost, feed_s=feed_s, refused=self.feed.refused)
+        self.publish()
         self.child.beat(STOPPED, **self.counts())
         self.store.close()
 
@@ -707,6 +737,18 @@ def run(child: Child, config: Config) -> None:
         child.publish_market_clock(p.feed.clock_ns)
         p.beat()
     p.stop()
+
+
+def publish_orders(m: Meter, orders: list[int], refused: int, fills: int, tick_to_order: Histogram,
+                   commits: Histogram, connected: bool = True, **counters: Any) -> None:  # fmt: skip
+    """A gateway's metrics (paper or venue): orders by final state (FINAL_STATES' leading
+    part), the broker's refusals, fills, both histograms, whether the broker is connected,
+    and `counters`."""
+    rejections = [0] * (int(Reason.BROKER) + 1)
+    rejections[Reason.BROKER] = refused
+    m.publish({"broker_connected": float(connected)}, orders=orders, rejections=rejections,
+              fills=fills, tick_to_order=tick_to_order.counts, tick_to_order_sum=tick_to_order.sum_s,
+              commit=commits.counts, commit_sum=commits.sum_s, **counters)  # fmt: skip
 
 
 def _final_stats(store: StateStore, gw: Gateway, ticks: int, lost: int, feed_s: float,

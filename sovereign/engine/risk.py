@@ -33,6 +33,7 @@ from sovereign.core import (
     QuoteBoard,
     wait_for_records,
 )
+from sovereign.engine.metrics import REASONS, TRADING_STATES, meter
 from sovereign.engine.runtime import RUNNING, STOPPED, Child, set_realtime
 from sovereign.failpoints import failpoint
 from sovereign.latency import LatencyHistogram
@@ -338,6 +339,19 @@ class Risk:
                 "in_flight": len(self.in_flight), "feed": self.feed_state,
                 "rejected": {r.name: n for r, n in self.rejected.items() if n}}  # fmt: skip
 
+    def gauges(self) -> dict[str, float]:
+        """The account as the metrics show it (floats: the exact figures are `account`'s)."""
+        equity, peak, start = float(self.equity), float(self.peak), float(self.day_start)
+        gross = float(sum((n for _, _, n in self.notional.values()), ZERO))
+        return {"equity": equity, "balance": float(self.ledger.balance),
+                "drawdown": max(0.0, (peak - equity) / peak) if peak > 0 else 0.0,
+                "drawdown_limit": self.limits.max_drawdown,
+                "daily_loss": max(0.0, (start - equity) / start) if start > 0 else 0.0,
+                "daily_loss_limit": self.limits.daily_loss_limit,
+                "gross_exposure": gross / equity if equity > 0 else 0.0,
+                "open_positions": float(len(self.ledger.open_symbols())),
+                "trading_state": float(TRADING_STATES.index(self.state.value))}  # fmt: skip
+
     def resume(self) -> str:
         """Back to ACTIVE; says what it did. Only a resume from HALTED re-bases the peak
         (the drawdown that halted it is acknowledged); a resume from REDUCING keeps the
@@ -465,6 +479,7 @@ class RiskProcess:
         # risk killed before it lands restarts from the broker's book (`restore`).
         self.committer = Committer(self.store, "risk-commits", every_s=RISK_COMMIT_EVERY_S)
         self.next_mark = self.next_save = self.next_beat = 0.0
+        self.meter = meter(child)
         # client id -> (when approved, its place in the approved ring), until its report comes
         # back; those a restarted risk found in flight: placed before everything pushed so far.
         self.pushed = self.approved.stats()["pushed"]
@@ -716,6 +731,16 @@ class RiskProcess:
             self.next_beat = t + 0.05
             risk = self.risk
             self.child.beat(RUNNING, orders=len(risk.approved_ts), rejects=sum(risk.rejected.values()))
+            self.publish()
+
+    def publish(self) -> None:
+        """The metrics: the account's gauges, whether the market is open, the refusals by reason."""
+        risk, watch = self.risk, self.watch
+        rejections = [0] * REASONS
+        for why, n in risk.rejected.items():
+            rejections[why] = n
+        gauges = {**risk.gauges(), "market_open": float(watch.calendar.is_open(watch.market_now()))}
+        self.meter.publish(gauges, rejections=rejections)
 
     def stop(self) -> None:
         self.persist(book_changed=True)
@@ -725,6 +750,7 @@ class RiskProcess:
         self.store.write(lambda t: t.journal("risk_stats", intents=self.taken, **hops))
         if self.log is not None:
             self.log.close()
+        self.publish()
         self.child.beat(STOPPED)
         self.store.close()
 

@@ -1,7 +1,8 @@
 """What the processes share: the layout (ring names, which worker owns which symbol, which
 core each is pinned to), the heartbeat board in shared memory, and each child's start.
 
-The supervisor creates every ring, the quote board and the heartbeat board and owns them,
+The supervisor creates every ring, the quote board, the heartbeat board and the metrics
+board (sovereign.engine.metrics) and owns them,
 so they outlive any child: a restarted worker attaches to the same rings and finds the
 ticks that queued while it was down.
 """
@@ -54,6 +55,7 @@ LATENCY_WINDOW_S = 10.0
 COUNTERS = ("ticks", "signals", "orders", "rejects", "dropped",
             "latency_n", "latency_p50_ns", "latency_p99_ns")  # fmt: skip
 assert HEARTBEAT_DTYPE.itemsize == 128
+METRICS_SLOT_BYTES = 1024  # a process's slot on the metrics board (sovereign.engine.metrics)
 
 
 def monotonic_ns() -> int:
@@ -150,6 +152,10 @@ class Layout:
     @property
     def heartbeats(self) -> str:
         return f"{self.prefix}-heartbeats"
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.prefix}-metrics"
 
 
 def _open_private(path: Path, size: int | None) -> int:
@@ -348,7 +354,7 @@ def shm_bytes(layout: Layout) -> tuple[int, int]:
     """The shared memory a system takes: (per worker, shared by all)."""
     per_worker = TickRing.bytes_for(TICK_RING) + SignalRing.bytes_for(SIGNAL_RING)
     shared = (4 * OrderRing.bytes_for(ORDER_RING) + QuoteBoard.bytes_for(layout.n_symbols)
-              + len(layout.roles()) * HEARTBEAT_DTYPE.itemsize)  # fmt: skip
+              + len(layout.roles()) * (HEARTBEAT_DTYPE.itemsize + METRICS_SLOT_BYTES))  # fmt: skip
     return per_worker, shared
 
 

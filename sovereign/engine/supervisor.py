@@ -23,10 +23,12 @@ from typing import Any
 
 import sdnotify  # type: ignore[import-untyped]
 
+from sovereign import __version__
 from sovereign import config as configuration
 from sovereign.config import Config, ConfigError
 from sovereign.core import LAYOUT_VERSION, OrderRing, QuoteBoard, RingError, SignalRing, TickRing
 from sovereign.engine.control import COMMANDS, ControlServer, Request, socket_path
+from sovereign.engine.metrics import LISTEN_ENV, Collector, Exporter, MetricsBoard
 from sovereign.engine.runtime import (
     FEED_DONE,
     LATENCY_WINDOW_S,
@@ -199,6 +201,12 @@ class Supervisor:
             if out_of_shm(e):
                 raise shm_ran_out(layout, e) from None
             raise
+        self.exporter = Exporter(Collector(layout, c, self.hb, self.metrics, self.board,
+                                           list(zip(self.ring_names, self.rings, strict=True)), time.time(),
+                                           __version__))  # fmt: skip
+        listen = os.environ.get(LISTEN_ENV)  # where set, in place of the config's (the tests)
+        key = "config key metrics.listen" if listen is None else f"environment variable {LISTEN_ENV}"
+        metrics_url = self.exporter.listen(c.metrics.listen if listen is None else listen, key)
         self.lock.share()  # the children join the state (StateUser) and hold it while they live
         # consumers first, so nothing is produced into a ring nobody reads yet
         order = ["risk", "coordinator", *(r for r in layout.roles() if r.startswith("worker-")), "gateway"]
@@ -206,7 +214,8 @@ class Supervisor:
         for p in self.procs.values():
             self.spawn(p)
         self.log("started", workers=layout.n_workers, symbols=layout.n_symbols,
-                 cores=",".join(map(str, layout.worker_cores)), agents=layout.n_symbols * 10)  # fmt: skip
+                 cores=",".join(map(str, layout.worker_cores)), agents=layout.n_symbols * 10,
+                 metrics=metrics_url or "off")  # fmt: skip
 
     def create_shm(self) -> None:
         """Every ring, the quote board and the heartbeat board, each one's pages reserved."""
@@ -221,6 +230,7 @@ class Supervisor:
             self.ring_names.append(name.removeprefix(layout.prefix + "-"))
         self.board = QuoteBoard.create(layout.quotes, layout.n_symbols)
         self.hb = Heartbeats(layout.heartbeats, len(layout.roles()))
+        self.metrics = MetricsBoard(layout.metrics, len(layout.roles()))
 
     def spawn(self, p: Proc) -> None:
         mine, theirs = self.ctx.Pipe()
@@ -253,6 +263,7 @@ class Supervisor:
                 self.spawn(p)
             return False
         state = self.health(p)
+        self.metrics.slots["up"][self.layout.slot(p.role)] = state == "ok"
         if state in ("ok", "starting"):
             return state == "ok"
         if state == "hung":
@@ -453,6 +464,8 @@ class Supervisor:
         elif req.cmd == "reload":
             self.log("operator", command="reload")
             self.reload(cid)
+        elif req.cmd == "metrics":
+            self.server.answer(cid, self.exporter.text())
         else:
             self.server.answer(cid, error=f"{req.cmd}: in the command table but not handled here")
 
@@ -502,6 +515,7 @@ class Supervisor:
             "phase": self.phase, "status": self.status_line(), "supervisor_pid": os.getpid(),
             "processes": procs, "rings": rings, "rates": self.rates, "account": account,
             "tick_to_order": latency,
+            "metrics": self.exporter.url or None,
             "symbols": self.layout.n_symbols, "workers": self.layout.n_workers,
         })  # fmt: skip
 
@@ -576,12 +590,16 @@ class Supervisor:
             if p.process is not None and p.process.is_alive():
                 p.process.kill()
                 p.process.join(1)
+        if hasattr(self, "exporter"):  # first: it reads the boards and rings
+            self.exporter.close()
         for r in getattr(self, "rings", []):
             r.close()
         if hasattr(self, "board"):
             self.board.close()
         if hasattr(self, "hb"):
             self.hb.close()
+        if hasattr(self, "metrics"):
+            self.metrics.close()
         if hasattr(self, "server"):
             self.server.close()
         if hasattr(self, "store"):

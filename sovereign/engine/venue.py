@@ -27,7 +27,7 @@ sees stale quotes and opens nothing; whether it is up, and why not, is committed
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -46,7 +46,8 @@ from sovereign.core import (
     TickRing,
     wait_for_records,
 )
-from sovereign.engine.gateway import order_fields, route
+from sovereign.engine.gateway import order_fields, publish_orders, route
+from sovereign.engine.metrics import Histogram, meter
 from sovereign.engine.runtime import RUNNING, STOPPED, Child
 from sovereign.ledger import to_decimal
 from sovereign.market.data import known_symbols
@@ -124,6 +125,10 @@ class VenueGateway:
         self.history = fresh
         self.book = OrderBook(store)
         self.orders = self.fills = self.rejects = 0
+        # For the metrics: final states (filled includes a partial fill's, whose rest is
+        # canceled), submission's time from the tick, and each durable commit.
+        self.filled = self.canceled = 0
+        self.tick_to_order, self.commits = Histogram(), Histogram()
         self.booked = -1  # the broker's reconciliations whose venue book is committed
         self.specs_saved = 0  # the broker's spec records read, as of the last commit of its state
         self.status: tuple[bool, str, tuple[str, ...]] | None = None
@@ -152,8 +157,9 @@ class VenueGateway:
             for cid, f in zip(cids, fields, strict=True):
                 self.book.advance(t, cid, [OrderState.APPROVED, OrderState.SUBMITTING], **f)
 
-        self.store.write(submitting)
+        self.commit(submitting)
         self.orders += len(cids)
+        self.tick_to_order.observe_since(approved["origin_ns"], time.monotonic_ns())
         self.broker.submit([OrderRequest(cid, f["symbol"], f["side"], to_decimal(f["volume"]),
                                          f["sl"] or None, f["tp"] or None, reduce_only(int(rec["reason"])))
                             for cid, f, rec in zip(cids, fields, approved, strict=True)])  # fmt: skip
@@ -183,7 +189,7 @@ class VenueGateway:
                     t.journal("venue_positions", seq=seq, ticket=venue["ticket"], positions=held)
                 t.put("bridge", LAST_REPORTS_KEY, rows)
 
-            self.store.write(tx)
+            self.commit(tx)
         self.note_status()
         return np.array(rows, ORDER_DTYPE)
 
@@ -227,13 +233,21 @@ class VenueGateway:
                     "ticket": o.deals[-1] if o.deals else 0, "why": o.why}  # fmt: skip
             if o.state == "FILLED":
                 self.book.advance(t, cid, [OrderState.FILLED], **done)
+                self.filled += 1
             elif o.state == "PARTIALLY_FILLED":  # the rest is canceled, never topped up
                 self.book.advance(t, cid, [OrderState.PARTIALLY_FILLED, OrderState.CANCELED], **done)
+                self.canceled += 1
             else:
                 self.book.advance(t, cid, [OrderState.REJECTED], retcode=o.retcode, why=o.why)
                 rows.append(reject_report(o, order))
                 self.rejects += 1
         return rows
+
+    def commit(self, fn: Callable[[Txn], None]) -> None:
+        """A durable commit on the order path, timed (sovereign_commit_seconds)."""
+        t = time.monotonic_ns()
+        self.store.write(fn)
+        self.commits.observe_ns(time.monotonic_ns() - t)
 
     def _venue_book(self) -> dict[str, Any] | None:
         """The venue's positions as a Ledger book, once per reconciliation."""
@@ -311,6 +325,7 @@ class VenueProcess:
         self.gw.note_status(force=True)
         self.ticks = self.lost = 0
         self.clock_ns = child.market_clock()
+        self.meter = meter(child)
         self.next_beat = 0.0
         self.feeding = True
 
@@ -350,6 +365,15 @@ class VenueProcess:
         if time.monotonic() >= self.next_beat:
             self.next_beat = time.monotonic() + 0.05
             self.child.beat(RUNNING, **self.counts())
+            self.publish()
+
+    def publish(self, connected: bool | None = None) -> None:
+        """The metrics, counted since this process started (Meter adds its slot's)."""
+        gw = self.gw
+        up = self.broker.connected()[0] if connected is None else connected
+        orders = [gw.filled, gw.rejects, gw.canceled]  # FINAL_STATES' first three
+        publish_orders(self.meter, orders, gw.rejects, gw.fills, gw.tick_to_order, gw.commits, connected=up,
+                       ticks=self.ticks, ticks_dropped=self.lost)  # fmt: skip
 
     def counts(self) -> dict[str, int]:
         gw = self.gw
@@ -376,6 +400,7 @@ class VenueProcess:
 
         self.store.write(tx)
         self.broker.close()
+        self.publish(connected=False)
         self.child.beat(STOPPED, **self.counts())
         self.store.close()
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from sovereign.config import Config
 from sovereign.core import AgentPool, SignalRing, TickRing
+from sovereign.engine.metrics import TICK_REFUSALS, meter
 from sovereign.engine.runtime import RUNNING, STOPPED, Child
 from sovereign.market.calendar import FeedWatch, MarketCalendar, feed_rate
 from sovereign.presets import DEFAULT_AGENT_SETS
@@ -103,6 +104,7 @@ def run(child: Child, config: Config, k: int) -> None:
         signals_out.push(closed)
 
     next_snapshot = time.monotonic() + config.system.snapshot_interval_s
+    metrics = Metrics(child, pool)
     # Stopping: the gateway has stopped feeding; take what is left in the ring first.
     while not child.stop_requested or ticks_in.stats()["depth"]:
         clock = child.market_clock()
@@ -120,12 +122,36 @@ def run(child: Child, config: Config, k: int) -> None:
             rejects=sum(stats["rejected"].values()),
             dropped=signals_out.stats()["dropped"],
         )
+        metrics.publish(stats)
     close_bars(child.market_clock())  # the gateway has stopped feeding: its last clock
     save(store, pool, k)
+    metrics.publish(pool.stats(), force=True)
     if log is not None:
         log.close()
     child.beat(STOPPED)
     store.close()
+
+
+class Metrics:
+    """The worker's metrics: its pool's counts since this process started (a restored
+    snapshot brings the counts of its time), at most every PUBLISH_S."""
+
+    PUBLISH_S = 0.05
+
+    def __init__(self, child: Child, pool: AgentPool):
+        self.meter = meter(child)
+        self.start = pool.stats()
+        self.next = 0.0
+
+    def publish(self, stats: dict, force: bool = False) -> None:
+        now = time.monotonic()
+        if now < self.next and not force:
+            return
+        self.next = now + self.PUBLISH_S
+        was, rejected = self.start, stats["rejected"]
+        refused = [rejected[r] - was["rejected"][r] for r in TICK_REFUSALS]
+        self.meter.publish(ticks=stats["ticks"] - was["ticks"], signals=stats["signals"] - was["signals"],
+                           ticks_refused=refused)  # fmt: skip
 
 
 def seen(pool: AgentPool) -> int:
