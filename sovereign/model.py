@@ -27,6 +27,7 @@ class Reason(IntEnum):
     NO_RATE = 15  # no conversion from the symbol's quote currency to the account's
     BAD_INTENT = 16  # a side that is not +1/-1, or a risk fraction that is not a number > 0
     MARKET_CLOSED = 17  # the market calendar has the market shut (a weekend, a holiday)
+    NO_SPEC = 18  # an outside venue (MT5) has not sent the symbol's trading specs yet
     FLATTEN = 20  # an order of risk's own: closing everything (reduce-only)
     EXIT_SL = 21  # execution reports: the broker closed at the stop-loss
     EXIT_TP = 22  # ... at the take-profit

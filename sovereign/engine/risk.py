@@ -18,6 +18,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any, NamedTuple
 
@@ -42,11 +43,12 @@ from sovereign.market.calendar import CLOSED, LIVE, STALLED, Days, FeedWatch, Ma
 from sovereign.model import Reason, TradingState, reduce_only
 from sovereign.state.orders import ClientIds, OrderBook, OrderState
 from sovereign.state.recorder import event_log
-from sovereign.state.schema import BOOK_KEY, PAPER_BROKER_KEY, RISK_STATE_KEY, VENUE_BOOK_KEY
+from sovereign.state.schema import BOOK_KEY, PAPER_BROKER_KEY, RISK_STATE_KEY, VENUE_BOOK_KEY, VENUE_SPECS_KEY
 from sovereign.state.store import Committer, StateStore, Txn
 from sovereign.symbols import SymbolSpec, symbol_specs
 
 NS = 1_000_000_000
+VENUE_SPEC_FIELDS = ("contract_size", "lot_step", "min_lot", "max_lot", "point", "stops_level")
 VENUE_LOOK_S = 0.1  # how often risk looks for a new venue book (broker.kind = "mt5")
 DAY_NS = 86_400 * NS
 
@@ -78,6 +80,10 @@ class Risk:
         self.marked = False  # whether equity is a mark of real quotes (not just the balance)
         self.approved_ts: deque[int] = deque()  # market times of recent approvals (order rate)
         self.events: list[dict[str, Any]] = []  # for the journal; the wrapper drains it
+        # An outside venue (broker.kind = "mt5"): the symbols whose trading specs the terminal
+        # has sent (set_venue_specs); no other opens a position. None: the config's specs are
+        # the broker's own (paper).
+        self.venue_known: set[int] | None = set() if config.broker.kind == "mt5" else None
         self.rejected = dict.fromkeys(Reason, 0)
         self.flattening = False  # halted with flatten: keep closing whatever is open
         self.in_flight: dict[int, Flight] = {}  # client id -> approved, not reported yet
@@ -123,6 +129,8 @@ class Risk:
             return [], Reason.UNKNOWN_SYMBOL
         if not spec.convertible:
             return [], Reason.NO_RATE
+        if self.venue_known is not None and symbol not in self.venue_known:
+            return [], Reason.NO_SPEC
         if side not in (1, -1) or not (rec_risk > 0 and math.isfinite(rec_risk)) or not (
             price > 0 and math.isfinite(price)
         ):
@@ -399,6 +407,30 @@ class Risk:
                             "why": why, "equity": str(self.equity)})  # fmt: skip
         self.state, self.why = state, why
 
+    def set_venue_specs(self, by_symbol: dict[int, dict[str, Any]]) -> None:
+        """The trading specs an outside venue sent (VENUE_SPECS_KEY): each symbol's contract
+        size, lot step and limits, point and stops level replace the config's (its currencies,
+        rate and commission stay), for sizing, notional, margin and P&L alike (the ledger
+        shares the dict). Symbols it has not sent stay refused (NO_SPEC); what differed from
+        before is journaled."""
+        changed: dict[str, dict[str, str]] = {}
+        for symbol, v in by_symbol.items():
+            old = self.specs.get(symbol)
+            if old is None:
+                continue
+            new = replace(old, contract_size=Decimal(v["contract_size"]), lot_step=Decimal(v["lot_step"]),
+                          min_lot=Decimal(v["min_lot"]), max_lot=Decimal(v["max_lot"]),
+                          point=Decimal(v["point"]), stops_level=int(v["stops_level"]))  # fmt: skip
+            if new != old or (self.venue_known is not None and symbol not in self.venue_known):
+                changed[str(symbol)] = {k: str(getattr(new, k)) for k in VENUE_SPEC_FIELDS
+                                        if getattr(new, k) != getattr(old, k)}  # fmt: skip
+            self.specs[symbol] = new
+        if self.venue_known is not None:
+            self.venue_known = {s for s in by_symbol if s in self.specs}
+        if changed:
+            self.events.append({"event": "venue_specs", "symbols": changed,
+                                "known": sorted(self.venue_known or by_symbol)})  # fmt: skip
+
     # ---- persistence
 
     def to_dict(self) -> dict[str, Any]:
@@ -487,6 +519,7 @@ class RiskProcess:
         self.watched = [self.intents, self.reports]
         self.intent_in, self.approved_out = LatencyHistogram(), LatencyHistogram()
         self.venue, self.venue_seq, self.next_venue = config.broker.kind == "mt5", 0, 0.0
+        self.specs_seen: dict[str, Any] | None = None  # the venue's specs risk sizes with
 
     def restore(self) -> Any:
         """Risk's saved state and book from LMDB; returns the state as saved."""
@@ -519,7 +552,11 @@ class RiskProcess:
         if not self.venue or now < self.next_venue:
             return
         self.next_venue = now + VENUE_LOOK_S
-        snap = self.store.read(lambda t: t.get("bridge", VENUE_BOOK_KEY))
+        snap, specs = self.store.read(lambda t: (t.get("bridge", VENUE_BOOK_KEY),
+                                                 t.get("bridge", VENUE_SPECS_KEY)))  # fmt: skip
+        if specs is not None and specs != self.specs_seen:
+            self.specs_seen = specs
+            self.risk.set_venue_specs({int(s): v for s, v in specs["by_symbol"].items()})
         if snap is None or snap["seq"] == self.venue_seq:
             return
         self.venue_seq = snap["seq"]

@@ -58,6 +58,7 @@ from sovereign.state.schema import (
     LAST_REPORTS_KEY,
     MT5_BROKER_KEY,
     VENUE_BOOK_KEY,
+    VENUE_SPECS_KEY,
     deal_key,
     exec_key,
 )
@@ -112,6 +113,15 @@ def reject_report(o: Outcome, order: dict[str, Any]) -> tuple:
             order.get("conviction", 0.0), 0.0, 0.0)  # fmt: skip
 
 
+
+def venue_specs(broker: MT5Broker) -> dict[str, Any]:
+    """The terminal's trading specs of our symbols, as risk reads them (VENUE_SPECS_KEY)."""
+    return {"epoch": broker.epoch, "by_symbol": {
+        str(symbol): {"contract_size": str(sp.contract_size), "lot_step": str(sp.lot_step),
+                      "min_lot": str(sp.min_lot), "max_lot": str(sp.max_lot), "point": str(sp.point),
+                      "stops_level": sp.stops_level}
+        for symbol, sp in broker.symbol_specs().items()}}  # fmt: skip
+
 class VenueGateway:
     """The transport-free part: orders to the broker, its answers into the order book and
     reports, the venue's book after each reconnect, the bridge's status."""
@@ -130,7 +140,9 @@ class VenueGateway:
         self.filled = self.canceled = 0
         self.tick_to_order, self.commits = Histogram(), Histogram()
         self.booked = -1  # the broker's reconciliations whose venue book is committed
-        self.specs_saved = 0  # the broker's spec records read, as of the last commit of its state
+        # the broker's spec records read, as of the last commit of its state (-1: the first turn
+        # commits them, with VENUE_SPECS_KEY, whatever a state of an older version holds)
+        self.specs_saved = -1
         self.status: tuple[bool, str, tuple[str, ...]] | None = None
         self.status_at = 0.0
 
@@ -182,6 +194,8 @@ class VenueGateway:
                 rows.extend(self._deals(t, deals, history))
                 rows.extend(self._outcomes(t, outcomes))
                 t.put("bridge", MT5_BROKER_KEY, state)
+                if specs:  # risk sizes with the terminal's specs (contract, lot step, limits, point)
+                    t.put("bridge", VENUE_SPECS_KEY, venue_specs(self.broker))
                 if venue is not None:
                     seq = int((t.get("bridge", VENUE_BOOK_KEY) or {}).get("seq", 0)) + 1
                     t.put("bridge", VENUE_BOOK_KEY, {**venue, "seq": seq})

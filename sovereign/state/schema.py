@@ -41,6 +41,10 @@ MT5_BROKER_KEY = "mt5"
 # newest deal it holds ({"seq", "epoch", "ticket", "positions", "at_ns"}). Gateway writes; risk
 # reconciles its book from it (each seq once) and journals the correction.
 VENUE_BOOK_KEY = "venue_book"
+# bridge: the trading specs the terminal sent for each of our symbols, by symbol index
+# ({"epoch", "by_symbol": {index: {contract_size, lot_step, min_lot, max_lot, point, stops_level}}}),
+# written by the gateway with MT5_BROKER_KEY when they change; risk sizes with them, not the config's.
+VENUE_SPECS_KEY = "venue_specs"
 # bridge: whether the terminal is connected, and why not ({"connected", "why", "since_ns", "epoch"}),
 # written by the gateway when it changes; `sovereign status` and `doctor` read it.
 BRIDGE_STATUS_KEY = "bridge_status"

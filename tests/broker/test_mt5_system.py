@@ -80,6 +80,8 @@ def test_the_system_trades_the_venue_and_its_book_is_the_venues(tmp_path: Path) 
     assert mt5_violations(state, dump) == []
     assert fills and adopted
     assert any(d["reason"] in (4, 5) for d in dump["deals"])
+    # risk sized with the terminal's specs of both symbols (issue 23), not the config's
+    assert [e["known"] for e in journal(state, "venue_specs")][:1] == [[0, 1]]
 
 
 def test_a_terminal_absent_at_start_is_reported_and_joined_when_it_comes(tmp_path: Path) -> None:
