@@ -38,8 +38,9 @@ METRICS_DOC = ROOT / "docs" / "metrics.md"
 
 promtool = shutil.which("promtool")
 prometheus = shutil.which("prometheus")
-pytestmark = pytest.mark.skipif((promtool is None or prometheus is None) and not os.environ.get("CI"),
-                                reason="prometheus is not installed: .ci/deps installs it")  # fmt: skip
+needs_prometheus = pytest.mark.skipif((promtool is None or prometheus is None) and not os.environ.get("CI"),
+                                      reason="prometheus is not installed: .ci/deps installs it")  # fmt: skip
+RUNBOOK = ROOT / "docs" / "runbook.md"
 
 T = TypeVar("T")
 
@@ -49,6 +50,7 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([promtool, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
 
 
+@needs_prometheus
 def test_the_rules_parse_and_their_unit_tests_pass() -> None:
     r = run("check", "rules", str(RULES))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -75,6 +77,7 @@ def _failures(rules: dict, tmp: Path) -> set[tuple[str, int]]:
     return {(name, _seconds(at)) for name, at in failed}
 
 
+@needs_prometheus
 def test_every_alert_has_a_quiet_a_pending_and_a_firing_case(tmp_path: Path) -> None:
     """promtool checks firing alerts only; a case that expects none is a pending one when the
     alert fires there once its `for:` is gone, and a quiet one when it still does not."""
@@ -102,6 +105,7 @@ def test_every_alert_has_a_quiet_a_pending_and_a_firing_case(tmp_path: Path) -> 
         assert "for" in rule and all(cases[name].values()), f"{name}: {cases[name]}"
 
 
+@needs_prometheus
 def test_the_example_scrape_config_is_valid_and_scrapes_the_default_address() -> None:
     from sovereign.config import Config
 
@@ -111,6 +115,14 @@ def test_the_example_scrape_config_is_valid_and_scrapes_the_default_address() ->
     assert example["rule_files"] == [RULES.name]
     (job,) = [j for j in example["scrape_configs"] if j["job_name"] == "sovereign"]
     assert job["static_configs"] == [{"targets": [Config().metrics.listen]}]
+
+
+def test_the_runbook_says_what_each_alert_means_and_what_to_do() -> None:
+    rules = yaml.safe_load(RULES.read_text())
+    rows = dict(re.findall(r"^\| `(\w+)` \| (\w+) \|", RUNBOOK.read_text(), re.M))
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            assert rows.get(rule["alert"]) == rule["labels"]["severity"], f"{rule['alert']}: no runbook row"
 
 
 # ---- a real Prometheus scraping a real system
@@ -275,6 +287,7 @@ def _halted(server: Prometheus, state: str) -> list[dict]:
     return [a for a in server.alerts("SovereignTradingHalted") if a["state"] == state]
 
 
+@needs_prometheus
 def test_a_real_prometheus_scrapes_the_system_runs_every_panel_and_alerts_on_halt(tmp_path: Path) -> None:
     rules = _rules_with_short_fors(tmp_path)
     target = f"127.0.0.1:{free_port()}"
