@@ -51,6 +51,7 @@ from sovereign.engine.venue import venue_symbols
 from sovereign.market.feeds import feed_symbols
 from sovereign.state import views
 from sovereign.state.archive import Archiver
+from sovereign.state.orders import claim_open_index
 from sovereign.state.recorder import new_session
 from sovereign.state.schema import META_SYMBOLS
 from sovereign.state.store import StateError, StateLock, StateStore, Txn, compact_if_needed
@@ -178,15 +179,21 @@ class Supervisor:
                                            str(Path(c.system.state_dir).absolute()))  # fmt: skip
         check_shm_room(layout)
 
-        def meta(t: Txn) -> None:  # what the CLI and a later replay need to know about this run
+        def meta(t: Txn) -> int:  # what the CLI and a later replay need to know about this run
+            rebuilt = claim_open_index(t, (t.get("meta", "supervisor") or {}).get("session"), layout.session)
             t.put("meta", META_SYMBOLS, list(names))  # the stored list, with new names after it
             t.put("meta", "layout_version", LAYOUT_VERSION)
             t.put("meta", "config", dataclasses.asdict(c))
             t.put("meta", "config_path", self.config_path)
             t.put("meta", "supervisor", {"pid": os.getpid(), "started_ns": time.time_ns(),
                                          "session": layout.session, "shm_prefix": prefix})  # fmt: skip
+            return rebuilt
 
-        self.store.write(meta)
+        rebuilt = self.store.write(meta)
+        if rebuilt >= 0:
+            self.log("open_orders_indexed", open_orders=rebuilt,
+                     why="the index is built anew: its state was last run without it (a first run of this "
+                         "version, or a release rolled back to)")  # fmt: skip
         if compacted:
             self.log("state_compacted", **compacted)
         self.archiver = Archiver.for_config(self.store, c)

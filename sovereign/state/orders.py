@@ -82,6 +82,26 @@ def build_open_index(t: Txn) -> int:
     return n
 
 
+def claim_open_index(t: Txn, previous: str | None, session: str) -> int:
+    """At a supervisor's start, in the transaction that records its session: the index is
+    this code's only if the run before was too (the marker names the session that last
+    kept it, and `previous` is the session of the last supervisor of any version). A run of
+    an older release in between (a rollback: install.sh keeps three) wrote orders without
+    keeping the index, so it is built again from every order (bounded by the retention).
+    Returns the open orders of a rebuild, or -1 when the index was kept."""
+    marker = t.get("meta", META_OPEN_INDEX)
+    n = -1
+    if marker is not None and (previous is None or marker.get("session") != previous):
+        for k, _ in list(t.items("open_orders", raw=True)):
+            t.delete("open_orders", k)
+        t.delete("meta", META_OPEN_INDEX)
+        marker = None
+    if marker is None:
+        n = build_open_index(t)
+    t.put("meta", META_OPEN_INDEX, {**(t.get("meta", META_OPEN_INDEX) or {}), "session": session})
+    return n
+
+
 def reserve_ids(t: Txn, n: int) -> int:
     """Reserve n client order ids in transaction t; returns the first."""
     first = t.get("coordinator", NEXT_ID_KEY) or 1

@@ -19,7 +19,7 @@ import zstandard
 from sovereign.config import ConfigError, from_dict
 from sovereign.ops.maintenance import _check_retention, backup, failed, restore, verify
 from sovereign.state.archive import MANIFEST, Archive, ArchiveError, Archiver, history, month_of, parse_month
-from sovereign.state.orders import OrderBook, OrderState, build_open_index
+from sovereign.state.orders import OrderBook, OrderState, build_open_index, claim_open_index, reserve_ids
 from sovereign.state.schema import META_JOURNAL_ARCHIVED, META_OPEN_INDEX, deal_key, exec_key, key_u64
 from sovereign.state.store import StateStore, Txn, compact, compact_if_needed
 
@@ -353,6 +353,34 @@ def test_an_old_state_gets_its_index_once(tmp_path: Path) -> None:
         assert st.read(lambda t: t.get("meta", META_OPEN_INDEX)) == {"built_with": 4}
         assert st.read(lambda t: t.count("open_orders")) == 4
         assert st.write(build_open_index) == -1  # once
+
+
+def test_a_run_of_an_older_release_between_two_of_this_one_rebuilds_the_index(tmp_path: Path) -> None:
+    """A rollback (install.sh keeps three releases) to a version without the index, then
+    forward again: the older run's orders never reached the index, so the start after it
+    builds it anew (its supervisor left a session the index's marker does not name)."""
+    with StateStore(tmp_path / "s") as st:
+        book = OrderBook(st)
+        kept = book.create(symbol=0)
+
+        def start(session: str) -> int:  # what the supervisor does in its start's transaction
+            def tx(t: Txn) -> int:
+                n = claim_open_index(t, (t.get("meta", "supervisor") or {}).get("session"), session)
+                t.put("meta", "supervisor", {"session": session})
+                return n
+
+            return st.write(tx)
+
+        assert start("run-1") == 1  # a marker from before sessions were named: built once more
+        assert start("run-2") == -1  # this release again: kept
+        # an older release's run: its order written without the index; its supervisor's session
+        older = st.write(lambda t: reserve_ids(t, 1))
+        st.write(lambda t: t.put("orders", older, {"client_order_id": older, "state": S.APPROVED.value}))
+        st.write(lambda t: t.put("meta", "supervisor", {"session": "old-release"}))
+        assert [o["client_order_id"] for o in book.in_state(S.INTENT, S.APPROVED)] == [kept]  # lost
+        assert start("run-3") == 2
+        assert [o["client_order_id"] for o in book.in_state(S.INTENT, S.APPROVED)] == [kept, older]
+        assert st.read(lambda t: t.get("meta", META_OPEN_INDEX))["session"] == "run-3"
 
 
 # ---- size and compaction
