@@ -204,7 +204,9 @@ def main() -> None:
               help="TOML config (default: $SOVEREIGN_CONFIG or the embedded defaults)")  # fmt: skip
 @click.option("--max-ticks", type=click.IntRange(min=1), help="stop the feed after N ticks, then shut down")
 @click.option("--state-dir", metavar="DIR", help="state directory (overrides system.state_dir)")
-def run(config_path: str | None, max_ticks: int | None, state_dir: str | None) -> None:
+@click.option("--no-telegram", is_flag=True,
+              help="do not start the Telegram bot (systemd runs it in a unit of its own)")  # fmt: skip
+def run(config_path: str | None, max_ticks: int | None, state_dir: str | None, no_telegram: bool) -> None:
     """Run the whole system in the foreground (what systemd starts).
 
     Supervisor, gateway, pinned workers, coordinator and risk; it trades until SIGTERM or
@@ -229,7 +231,7 @@ def run(config_path: str | None, max_ticks: int | None, state_dir: str | None) -
         config = with_absolute_paths(config)
         os.environ["PYTHONSAFEPATH"] = "1"
         os.chdir("/")
-        code = supervisor.Supervisor(config, config_path).run()
+        code = supervisor.Supervisor(config, config_path, telegram=not no_telegram).run()
     except (SovereignError, RingError) as e:
         raise failure(e, "" if getattr(e, "exit_code", 1) == EXIT_USAGE else "cannot start: ") from None
     sys.exit(code)
@@ -592,6 +594,57 @@ def metrics(t: Target) -> None:
     """
     sys.stdout.write(str(t.ask("metrics")))
     sys.stdout.flush()
+
+
+@main.command(epilog="Example: sovereign pnl --json")
+@target_options
+@json_option
+def pnl(t: Target, as_json: bool) -> None:
+    """P&L of the trading day, the week and the month so far (equity now against each one's
+    opening equity, as risk journals it at each day's start), read from the state."""
+    from sovereign.state import views
+    from sovereign.state.archive import market_now
+
+    r = t.config.risk
+    data = t.read(lambda tx: views.pnl(tx, market_now(tx) or 0, r.day_timezone, r.day_start))
+    if as_json:
+        _json(data)
+        return
+    if data["equity"] is None:
+        click.echo(f"no P&L yet: {clean(data['why'])}")
+        return
+    click.echo(f"equity {_money(data['equity'])} (trading day {data['today']})")
+    for name, d in data["periods"].items():
+        if d["pnl"] is None:
+            click.echo(f"{name:<5}  not known yet")
+            continue
+        ratio = f" ({d['ratio']:+.2%})" if d["ratio"] is not None else ""
+        partial = "" if d["complete"] else f"  (history from {d['since']} only)"
+        click.echo(f"{name:<5}  {_money(d['pnl']):>14}{ratio} since {d['since']}{partial}")
+
+
+@main.command(epilog="Example: sovereign telegram --config /etc/sovereign/sovereign.toml")
+@target_options
+@click.option("--socket", "socket_path", metavar="PATH",
+              help="the system's control socket (default: the config's)")  # fmt: skip
+@click.option("--token-file", metavar="FILE", help="the bot token's file (overrides telegram.token_file)")
+@click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO",
+              show_default=True)  # fmt: skip
+def telegram(t: Target, socket_path: str | None, token_file: str | None, log_level: str) -> None:
+    """Run the Telegram bot in the foreground: alerts to the chats of [telegram], and commands
+    from its listed users (the supervisor starts it when telegram.enabled, unless
+    `run --no-telegram`). The token: telegram.token_file, $CREDENTIALS_DIRECTORY/telegram-token
+    or $SOVEREIGN_TELEGRAM_TOKEN."""
+    try:
+        from sovereign.ops import telegram as bot
+    except ImportError as e:
+        raise Fail(f"the Telegram bot needs python-telegram-bot ({e}): "
+                   "pip install 'sovereign[telegram]'") from None  # fmt: skip
+    tg = t.config.telegram
+    if not tg.chats or not tg.users:
+        raise BadInput("the bot obeys no one: [telegram] chats and users are empty in "
+                       f"{t.config_path or 'the embedded defaults'}")  # fmt: skip
+    sys.exit(bot.main(t.config, socket_path or t.socket, token_file, log_level))
 
 
 @main.group(context_settings=CONTEXT)

@@ -187,6 +187,25 @@ class MarketConfig:
 
 
 @dataclass(frozen=True)
+class TelegramConfig:
+    """The Telegram bot (`sovereign telegram`): alerts and commands, for the chats AND users
+    listed here alone. It talks to the system over the control socket only."""
+
+    enabled: bool = _f(False)  # the supervisor starts the bot (unless `sovereign run --no-telegram`)
+    chats: tuple[int, ...] = _f(())  # chat ids it answers in and sends alerts to
+    users: tuple[int, ...] = _f(())  # user ids it obeys, in those chats
+    # The bot token's file (mode 0600); empty: $CREDENTIALS_DIRECTORY/telegram-token (systemd's
+    # LoadCredential=), else the environment variable SOVEREIGN_TELEGRAM_TOKEN. Never the token itself.
+    token_file: str = _f("")
+    api_url: str = _f("https://api.telegram.org")  # https, or http on loopback only (a test's fake)
+    poll_interval_s: float = _f(5.0, 0.2, 3600.0)  # how often it asks the system for its status
+    queue_max: int = _f(1000, 10, 1_000_000)  # messages waiting for Telegram; the oldest alerts go first
+    summary_at: str = _f("")  # "HH:MM" in risk.day_timezone: a daily summary; empty: none
+    stale_feed_s: float = _f(60.0, 1.0, 86_400.0)  # the feed stalled this long with the market open: alert
+    drawdown_warn_ratio: float = _f(0.8, 0.0, 1.0, lo_open=True)  # of a limit: warn before it is hit
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     # The Prometheus exporter: "host:port" ("[::1]:9817" for IPv6; port 0: any free port,
     # said at start and in `sovereign status`); "": off (`sovereign metrics` still works,
@@ -206,6 +225,7 @@ class Config:
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     market: MarketConfig = field(default_factory=MarketConfig)
     mt5: Mt5Config = field(default_factory=Mt5Config)
+    telegram: TelegramConfig = field(default_factory=TelegramConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
@@ -238,6 +258,37 @@ class Config:
                               "the system before it could reduce")
         _check_time_fields(self.market, self.risk)
         listen_address(self.metrics.listen, "config key metrics.listen")
+        _check_telegram(self.telegram)
+
+
+def _check_telegram(tg: TelegramConfig) -> None:
+    """Deny by default: an enabled bot lists whom it obeys; its API is reached over TLS
+    (the token is in every request's URL), or over plain http on this machine alone."""
+    from urllib.parse import urlsplit
+
+    if tg.enabled and not tg.chats:
+        raise ConfigError("config key telegram.chats: telegram.enabled = true needs the chat ids it may "
+                          "talk in, e.g. [123456789]")  # fmt: skip
+    if tg.enabled and not tg.users:
+        raise ConfigError("config key telegram.users: telegram.enabled = true needs the user ids it obeys "
+                          "(a listed chat alone is not enough), e.g. [123456789]")  # fmt: skip
+    if any(u <= 0 for u in tg.users):
+        raise ConfigError("config key telegram.users: a user id is a positive integer")
+    if any(c == 0 for c in tg.chats):
+        raise ConfigError("config key telegram.chats: 0 is not a chat id")
+    url = urlsplit(tg.api_url)
+    loopback = url.hostname in ("127.0.0.1", "localhost", "::1")
+    if url.scheme not in ("https", "http") or not url.hostname or url.query or url.fragment or (
+        url.path not in ("", "/")
+    ):
+        raise ConfigError(f"config key telegram.api_url: {_shown(tg.api_url)} is not a base URL like "
+                          "'https://api.telegram.org'")  # fmt: skip
+    if url.scheme == "http" and not loopback:
+        raise ConfigError("config key telegram.api_url: plain http only to this machine (127.0.0.1); "
+                          "the token travels in every request's URL")  # fmt: skip
+    if tg.summary_at and not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", tg.summary_at):
+        raise ConfigError(f"config key telegram.summary_at: {_shown(tg.summary_at)} is not a time of day "
+                          "like '17:05' (HH:MM), or empty for no summary")  # fmt: skip
 
 
 def _check_mt5(m: Mt5Config) -> None:
@@ -340,7 +391,8 @@ def with_absolute_paths(config: Config) -> Config:
                                  record_dir=absolute(s.record_dir))  # fmt: skip
     feed = dataclasses.replace(f, files=tuple(map(absolute, f.files)))
     retention = dataclasses.replace(config.retention, archive_dir=absolute(config.retention.archive_dir))
-    return dataclasses.replace(config, system=system, feed=feed, retention=retention)
+    telegram = dataclasses.replace(config.telegram, token_file=absolute(config.telegram.token_file))
+    return dataclasses.replace(config, system=system, feed=feed, retention=retention, telegram=telegram)
 
 
 def sim_start_ns(text: str) -> int:
@@ -440,7 +492,7 @@ def _check(key: str, kind: Any, value: Any, meta: Any) -> Any:
             plural = {int: "integers", float: "numbers", str: "strings"}[item]
             raise ConfigError(f"config key {key}: expected a list of {plural}, got {_shown(value)}")
         return tuple(value)
-    if not isinstance(value, kind) or isinstance(value, bool):
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ConfigError(f"config key {key}: expected {_name(kind)}, got {_shown(value)}")
     choices = meta.get("choices", ())
     if choices and value not in choices:
@@ -467,4 +519,4 @@ def _shown(value: Any) -> str:
 
 
 def _name(kind: Any) -> str:
-    return {int: "an integer", float: "a number", str: "a string"}.get(kind, str(kind))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(kind, str(kind))

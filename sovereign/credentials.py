@@ -1,8 +1,9 @@
-"""Credentials: the broker's password, a bot's token. Never in the TOML, never in the
-environment: read from systemd's `LoadCredential=` directory ($CREDENTIALS_DIRECTORY,
-readable by the service alone) or from a file only the service's user can read, and held
-in a `Secret` whose repr, str and JSON are redacted, so that a log line, an error message,
-a recording header or a JSON dump that gets one by mistake shows `***`, never the value.
+"""Credentials: the broker's password, a bot's token. Never in the TOML; in the environment
+only where an operator chose it (the Telegram bot's SOVEREIGN_TELEGRAM_TOKEN). Read from
+systemd's `LoadCredential=` directory ($CREDENTIALS_DIRECTORY, readable by the service
+alone) or from a file only the service's user can read, and held in a `Secret` whose repr,
+str and JSON are redacted, so that a log line, an error message, a recording header or a
+JSON dump that gets one by mistake shows `***`, never the value.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ def load(name: str, path: str | Path | None = None) -> Secret:
         return Secret(_read(Path(directory) / name, private=False))  # systemd made it ours alone
     if path is None:
         raise CredentialError(f"credential {name!a}: not in $CREDENTIALS_DIRECTORY and no file given")
+    return Secret(_read(Path(path), private=True))
+
+
+def read_file(path: str | Path) -> Secret:
+    """The credential in file `path`, which must be a regular file (not a symlink) of this
+    user that nobody else may read (the one a config names, over $CREDENTIALS_DIRECTORY)."""
     return Secret(_read(Path(path), private=True))
 
 

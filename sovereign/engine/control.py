@@ -89,6 +89,9 @@ COMMANDS: dict[str, dict[str, str]] = {
     "resume": {},
     "flatten": {"symbol": "str", "all": "bool"},
     "reload": {},
+    "positions": {},  # open positions with each one's current quote
+    "orders": {"open": "bool"},  # the newest orders (open: those not final yet)
+    "pnl": {},  # P&L of the trading day, week and month
     "metrics": {},  # one scrape of the exporter, in Prometheus' text format
 }
 

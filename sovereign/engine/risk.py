@@ -281,6 +281,8 @@ class Risk:
         day = self.days.key(now_ns)
         if day > self.day:
             self.day, self.day_start = day, equity
+            # each day's opening equity, for the P&L of a week or a month (views.pnl)
+            self.events.append({"event": "trading_day", "day": day, "equity": str(equity), "ts_ns": now_ns})
             if self.state is TradingState.REDUCING:
                 self._set(TradingState.ACTIVE, "a new trading day")
         if self.state is TradingState.HALTED:

@@ -47,13 +47,14 @@ from sovereign.engine.runtime import (
     shm_ran_out,
     tolerant_output,
 )
+from sovereign.engine.sidecar import Sidecar
 from sovereign.engine.venue import venue_symbols
 from sovereign.market.feeds import feed_symbols
 from sovereign.state import views
 from sovereign.state.archive import Archiver
 from sovereign.state.orders import claim_open_index
 from sovereign.state.recorder import new_session
-from sovereign.state.schema import META_SYMBOLS
+from sovereign.state.schema import BRIDGE_STATUS_KEY, META_SYMBOLS
 from sovereign.state.store import StateError, StateLock, StateStore, Txn, compact_if_needed
 from sovereign.text import MAX_FIELD, clean
 
@@ -124,9 +125,11 @@ class Pending:
 
 
 class Supervisor:
-    def __init__(self, config: Config, config_path: str | None = None):
+    def __init__(self, config: Config, config_path: str | None = None, telegram: bool = True):
         self.config = config
         self.config_path = config_path
+        self.telegram = telegram  # start the Telegram bot when [telegram] enables it
+        self.sidecars: list[Sidecar] = []
         self.stopping = False
         self.reload_requested = False
         self.notifier = sdnotify.SystemdNotifier()
@@ -220,6 +223,7 @@ class Supervisor:
         self.procs = {role: Proc(role) for role in order}
         for p in self.procs.values():
             self.spawn(p)
+        self.start_sidecars()
         self.log("started", workers=layout.n_workers, symbols=layout.n_symbols,
                  cores=",".join(map(str, layout.worker_cores)), agents=layout.n_symbols * 10,
                  metrics=metrics_url or "off")  # fmt: skip
@@ -362,6 +366,9 @@ class Supervisor:
                 cleared = self.store.clear_stale_readers()
                 if cleared:
                     self.log("stale_readers_cleared", count=cleared)
+            for side in self.sidecars:
+                if (exited := side.check()) is not None:
+                    self.log("sidecar_exited", **exited)
             for event, fields in self.archiver.tick(now):  # history past the retention, a piece at a time
                 self.log(event, **fields)
             if self.reload_requested:
@@ -473,6 +480,15 @@ class Supervisor:
             self.reload(cid)
         elif req.cmd == "metrics":
             self.server.answer(cid, self.exporter.text())
+        elif req.cmd == "positions":
+            self.server.answer(cid, self.positions())
+        elif req.cmd == "orders":
+            open_only = a.get("open", False)
+            self.server.answer(cid, self.store.read(lambda t: views.orders(t, open_only=open_only, limit=30)))
+        elif req.cmd == "pnl":
+            r, now_ns = self.config.risk, self.board.newest_ts()  # market time, as risk's days
+            pnl = self.store.read(lambda t: views.pnl(t, now_ns, r.day_timezone, r.day_start))
+            self.server.answer(cid, pnl)
         else:
             self.server.answer(cid, error=f"{req.cmd}: in the command table but not handled here")
 
@@ -510,7 +526,8 @@ class Supervisor:
                 "state": STATE_NAMES[int(s["state"])], "health": self.health(proc),
                 "uptime_s": time.monotonic() - proc.spawned,  # monotonic: an NTP step does not show
                 "heartbeat_age_s": (now_ns - int(s["beat_ns"])) / 1e9,
-                "restarts": proc.restarts, "ticks": int(s["ticks"]), "signals": int(s["signals"]),
+                "restarts": proc.restarts, "why": proc.why, "ticks": int(s["ticks"]),
+                "signals": int(s["signals"]),
                 "orders": int(s["orders"]), "rejects": int(s["rejects"]), "dropped": int(s["dropped"]),
             })  # fmt: skip
         g = self.hb.slots[self.layout.slot("gateway")]
@@ -521,16 +538,32 @@ class Supervisor:
         self.server.answer(p.conn_id, {
             "phase": self.phase, "status": self.status_line(), "supervisor_pid": os.getpid(),
             "processes": procs, "rings": rings, "rates": self.rates, "account": account,
-            "tick_to_order": latency,
+            "tick_to_order": latency, "newest_quote_age_s": self.quote_age(),
             "metrics": self.exporter.url or None,
+            "bridge": self.bridge(),
             "symbols": self.layout.n_symbols, "workers": self.layout.n_workers,
         })  # fmt: skip
+
+    def bridge(self) -> dict[str, Any] | None:
+        """broker.kind = "mt5": whether the terminal is connected, and why not, as the gateway
+        last said (None for the paper broker)."""
+        if self.config.broker.kind != "mt5":
+            return None
+        said = self.store.read(lambda t: t.get("bridge", BRIDGE_STATUS_KEY))
+        return said or {"connected": False, "why": "the gateway has not said yet"}
+
+    def quote_age(self) -> float | None:
+        """Seconds since the gateway put the newest quote on the board (None: no quote yet)."""
+        heard = int(self.board.snapshot()["recv_ns"].max(initial=0))
+        return (time.time_ns() - heard) / 1e9 if heard else None
 
     # ---- stop
 
     def shutdown(self) -> int:
         """Stop the feed, drain, stop everyone (each flushes its state), within the bound."""
         self.phase = "stopping"
+        for side in self.sidecars:  # told first (it would only report the system going away); it
+            side.terminate()  # sends what it has left while the processes drain
         self.notify("STOPPING=1")
         self.notify(f"STATUS={self.status_line()}")
         for waiting in self.pending.values():
@@ -592,7 +625,35 @@ class Supervisor:
             return False
         return p.process.exitcode == 0
 
+    def start_sidecars(self) -> None:
+        """The Telegram bot, when [telegram] enables it and `run --no-telegram` did not turn
+        it off (systemd runs it in a unit of its own): told this system's socket and token
+        file by absolute path (the supervisor works in /)."""
+        tg = self.config.telegram
+        if not (tg.enabled and self.telegram and self.config_path):
+            return
+        c = self.config.system
+        argv = [sys.executable, "-m", "sovereign.cli", "telegram", "--config", self.config_path,
+                "--socket", str(socket_path(c.state_dir, c.runtime_dir))]  # fmt: skip
+        if tg.token_file:
+            argv += ["--token-file", tg.token_file]
+        pinned = [core for core in self.layout.worker_cores if core is not None]
+        self.sidecars.append(Sidecar("telegram", argv, avoid_cores=pinned))
+        for side in self.sidecars:
+            side.start()
+
+    def positions(self) -> list[dict[str, Any]]:
+        """Open positions, each with the quote it would close at now (bid for a long)."""
+        rows = self.store.read(views.positions)
+        for r in rows:
+            if 0 <= r["symbol"] < self.layout.n_symbols:
+                ts, bid, ask, _ = self.board.read(r["symbol"])
+                r["price"] = (bid if r["side"] == "BUY" else ask) if ts else None
+        return rows
+
     def cleanup(self) -> None:
+        for side in getattr(self, "sidecars", []):
+            side.stop(timeout=2.0)
         for p in getattr(self, "procs", {}).values():
             if p.process is not None and p.process.is_alive():
                 p.process.kill()

@@ -1,11 +1,12 @@
 """Read-only views of the state for operators: what `sovereign status`, `positions`,
-`orders`, `signals` and `journal` show. Each takes a read transaction, so they work the
+`orders`, `signals`, `journal` and `pnl` show. Each takes a read transaction, so they work the
 same against the live environment (LMDB readers never block the writers) and against a
 stopped system or a backup.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from sovereign.core import SIGNAL_DTYPE
+from sovereign.market.calendar import EPOCH, Days
 from sovereign.state.archive import history
 from sovereign.state.orders import open_orders
 from sovereign.state.schema import BOOK_KEY, RISK_STATE_KEY, key_u64
@@ -139,3 +141,54 @@ def journal(t: Txn, *, limit: int = 50, after: int = 0) -> list[dict[str, Any]]:
             break
     out.reverse()
     return out
+
+
+PNL_SCAN_MAX = 200_000  # journal entries read back for the period starts at most (a month holds far fewer)
+
+
+def pnl(t: Txn, now_ns: int, day_timezone: str, day_start: str) -> dict[str, Any]:
+    """P&L of the trading day, week (from Monday's trading day) and month so far: equity now
+    against the equity each period opened with. Risk journals each trading day's opening
+    equity as it begins (`trading_day`); the journal is read back to the month's first day.
+    A period whose start the live journal does not reach (a state younger than it, or its
+    start archived) is measured from the oldest day found and says so (`complete`: false,
+    `since`: that day's date). Days follow risk's: `day_start` in `day_timezone`; `now_ns`
+    is market time (0: risk's own current day)."""
+    saved = t.get("risk", RISK_STATE_KEY)
+    if saved is None or int(saved.get("day", -1)) < 0:
+        return {"equity": None, "why": "no trading day yet (the system has not marked its book here)",
+                "periods": {}}  # fmt: skip
+    today = int(saved["day"])
+    if now_ns > 0:
+        today = max(today, Days(day_timezone, day_start).key(now_ns))
+    date = EPOCH + timedelta(days=today)
+    firsts = {"day": today, "week": today - date.weekday(), "month": today - (date.day - 1)}
+    opens: dict[int, Decimal] = {}
+    reaches_back = False  # a day before the month is in the journal: every period is whole
+    for n, (_, e) in enumerate(t.items("journal", reverse=True)):
+        if n >= PNL_SCAN_MAX:
+            break
+        if not isinstance(e, dict) or e.get("event") != "trading_day":
+            continue
+        day = int(e["day"])
+        if day < firsts["month"]:
+            reaches_back = True
+            break
+        opens[day] = Decimal(e["equity"])
+    if today not in opens and int(saved["day"]) == today:
+        opens[today] = Decimal(saved["day_start"])  # a state older than the trading_day entries
+    equity = Decimal(saved["equity"])
+    periods = {}
+    for name, first in firsts.items():
+        days = [d for d in opens if d >= first]
+        if not days:  # today's opening not known (a day not marked yet): nothing to measure from
+            periods[name] = {"complete": False, **dict.fromkeys(("since", "start_equity", "pnl", "ratio"))}
+            continue
+        start = min(days)
+        base = opens[start]
+        periods[name] = {
+            "complete": start == first or reaches_back, "since": str(EPOCH + timedelta(days=start)),
+            "start_equity": str(base), "pnl": str(equity - base),
+            "ratio": float((equity - base) / base) if base > 0 else None,
+        }  # fmt: skip
+    return {"equity": str(equity), "today": str(date), "periods": periods}
