@@ -117,6 +117,7 @@ class Report:
     violations: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     unplanned_exits: list[str] = field(default_factory=list)  # the supervisor died by itself
+    timeline: list[str] = field(default_factory=list)  # every fault and restart, in order, with its times
     market_end_ns: int = 0
     wall_s: float = 0.0
 
@@ -262,6 +263,7 @@ class Soak:
             # the price band is wider, or it would refuse most intents.
             "risk": {"stale_after_s": 300.0, "price_band": 0.05},
             "retention": {"days": o.retention_days, "interval_s": 2.0},
+            "metrics": {"listen": "127.0.0.1:0"},  # scraped over the control socket (read_rss)
         })  # fmt: skip
 
     def run(self) -> Report:
@@ -314,8 +316,9 @@ class Soak:
         newest = max((int(q["ts_ns"]) for q in (answer or {}).values()), default=0)
         if newest:
             if newest < self.seen_ns - HOUR_NS:  # a paced mark may run ahead of its last tick
+                after = "; ".join(self.report.timeline[-3:])
                 self.report.violations.append(f"the market clock went back from {_date(self.seen_ns)} to "
-                                              f"{_date(newest)}")  # fmt: skip
+                                              f"{_date(newest)} (after: {after})")  # fmt: skip
             self.seen_ns = newest
             if newest > self.market_ns:
                 self.market_ns, self.advanced_at = newest, time.monotonic()
@@ -355,6 +358,7 @@ class Soak:
         code = self.system.proc.returncode if self.system.proc else None
         why = f"at market {_date(self.market_ns)}: exit {code}: {self.system.tail(300)!r}"
         self.report.unplanned_exits.append(why)
+        self.report.timeline.append(f"the supervisor exited {why[:80]}")
         if self.full_until is None:
             self.report.violations.append(f"the supervisor exited by itself {why}")
         time.sleep(1.0)  # systemd's RestartSec
@@ -377,6 +381,9 @@ class Soak:
         status = self.system.status(1.0)
         self.count(status)
         pids = self.system.pids(status)
+        r.timeline.append(f"{f.kind} killed at market {_date(self.market_ns)}, the board at "
+                          f"{_date(self.seen_ns)}, the durable feed mark at {_date(self.durable_feed_ns())}, "
+                          f"wall {time.monotonic():.1f}")  # fmt: skip
         if f.kind == SYSTEM:
             r.faults[SYSTEM] += 1
             self.restart_all(SYSTEM, pids)
@@ -413,6 +420,7 @@ class Soak:
         simulated days is young or old at any one moment, and its RSS with it."""
         status = self.system.status(0.5)
         self.count(status)
+        self.system.request("metrics", 0.5)  # a scrape: the exporter's memory is the supervisor's
         pids = self.system.pids(status)
         if self.system.proc is not None:
             pids["supervisor"] = self.system.proc.pid

@@ -122,7 +122,11 @@ class QuoteBoard {
   }
 
   // Writer: each tick overwrites its symbol's slot, in order (the last tick of a batch
-  // wins). Ticks for symbols beyond the board are counted and skipped.
+  // wins). Ticks for symbols beyond the board are skipped, and so is a tick older than the
+  // one its slot holds: a symbol's quote never goes back in time. (A restarted gateway
+  // gives the ticks after the broker's durable mark again, some of which the board had
+  // already shown: republished, risk would mark at older prices.) Returns the ticks
+  // published.
   size_t publish(const Tick* ticks, size_t n) {
     check_open();
     size_t skipped = 0;
@@ -133,6 +137,10 @@ class QuoteBoard {
         continue;
       }
       BoardSlot& s = slots_[t.symbol];
+      if (t.ts_ns < s.ts_ns.load(std::memory_order_relaxed)) {  // we are its only writer
+        ++skipped;
+        continue;
+      }
       const uint64_t seq = s.seq.load(std::memory_order_relaxed);  // we are its only writer
       s.seq.store(seq + 1, std::memory_order_relaxed);
       std::atomic_thread_fence(std::memory_order_release);  // odd seq before the fields

@@ -56,6 +56,19 @@ def test_quote_board_reads_are_never_torn_across_processes() -> None:
         assert empty.newest_ts() == 0
 
 
+def test_a_symbols_quote_never_goes_back_in_time() -> None:
+    """Ticks older than the quote a symbol holds are skipped (a restarted gateway gives the
+    ticks after the broker's durable mark again, which the board had already shown); one of
+    the same time replaces it; other symbols' ticks in the batch are published."""
+    with QuoteBoard.create(ring_name("qb"), 2) as board:
+        t = np.zeros(4, TICK_DTYPE)
+        t["ts_ns"], t["bid"], t["ask"], t["symbol"] = [10, 5, 10, 7], [1.2, 1.1, 1.3, 2.0], 9.0, [0, 0, 0, 1]
+        assert board.publish(t) == 3  # the tick at 5 is older than the one at 10
+        assert board.read(0)[:2] == (10, 1.3) and board.read(1)[:2] == (7, 2.0)
+        assert board.publish(t[:2]) == 1 and board.read(0)[:2] == (10, 1.2)  # same time: replaced
+        assert board.updates == 4
+
+
 def test_pump_runs_the_pool_between_rings_like_on_ticks() -> None:
     ticks = simulate_ticks(5, 4000, seed=2)
     ticks["recv_ns"] = np.arange(len(ticks))
