@@ -21,6 +21,7 @@ from sovereign.engine.runtime import _die_with_parent
 
 MAX_BACKOFF_S = 60.0
 HEALTHY_AFTER_S = 600.0  # a sidecar that ran this long starts its backoff over
+EXIT_USAGE = 2  # its config or its token is wrong: starting it again cannot help
 
 
 class Sidecar:
@@ -44,8 +45,9 @@ class Sidecar:
                 os.sched_setaffinity(self.process.pid, allowed)
 
     def check(self) -> dict[str, object] | None:
-        """Restart it once its backoff is over if it exited; the fields of a `sidecar_exited`
-        event when it has just been found dead, else None."""
+        """Restart it once its backoff is over if it exited (not after exit code 2: a bad
+        config or token, said in its own log); the fields of a `sidecar_exited` event when it
+        has just been found dead, else None."""
         now = time.monotonic()
         if self.restart_at is not None:
             if now >= self.restart_at:
@@ -54,11 +56,15 @@ class Sidecar:
             return None
         if self.stopping or self.process is None or self.process.poll() is None:
             return None
+        code = self.process.returncode
+        if code == EXIT_USAGE:
+            self.stopping = True
+            return {"process": self.name, "exitcode": code, "restarts": self.restarts,
+                    "why": "its config or token is wrong (its log says which): not restarted"}  # fmt: skip
         self.failures = 1 if now - self.started >= HEALTHY_AFTER_S else self.failures + 1
         delay = min(MAX_BACKOFF_S, 2.0 ** (self.failures - 1))
         self.restart_at = now + delay
-        return {"process": self.name, "exitcode": self.process.returncode, "delay_s": delay,
-                "restarts": self.restarts}  # fmt: skip
+        return {"process": self.name, "exitcode": code, "delay_s": delay, "restarts": self.restarts}
 
     def terminate(self) -> None:
         """SIGTERM, without waiting; it is not restarted after this."""

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -272,6 +273,9 @@ def test_halt_asks_first_and_only_its_user_may_confirm(tmp_path: Path, fake: Fak
         assert not any(c in ("resume", "flatten") for c, _ in system.commands())
         fake.message(CHAT, USER, "/flatten")
         wait_text(fake, "Usage: /flatten SYMBOL")
+        b.bot.watch.summary.at, b.bot.watch.summary.last = "00:00", date(2000, 1, 1)  # due now
+        summary = wait_text(fake, "Daily summary")["text"]
+        assert "Trading: ACTIVE" in summary and "Month: +1,500.00" in summary
 
 
 class InProcessBot:
@@ -695,3 +699,10 @@ def test_a_sidecar_is_restarted_with_backoff_and_stopped(tmp_path: Path) -> None
     sleeper.stop(timeout=10)
     assert proc is not None and proc.returncode == -signal.SIGTERM
     assert mark.read_text() == "xx"
+    wrong = Sidecar("w", [sys.executable, "-c", "import sys; sys.exit(2)"])  # a bad config: said once
+    wrong.start()
+    assert wrong.process is not None
+    wrong.process.wait(30)
+    said = wrong.check()
+    assert said is not None and "not restarted" in str(said["why"])
+    assert wrong.check() is None and wrong.restart_at is None
