@@ -619,7 +619,7 @@ def pnl(t: Target, as_json: bool) -> None:
             click.echo(f"{name:<5}  not known yet")
             continue
         ratio = f" ({d['ratio']:+.2%})" if d["ratio"] is not None else ""
-        partial = "" if d["complete"] else f"  (history from {d['since']} only)"
+        partial = "" if d["complete"] else " (the history starts there)"
         click.echo(f"{name:<5}  {_money(d['pnl']):>14}{ratio} since {d['since']}{partial}")
 
 

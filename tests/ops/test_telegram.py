@@ -706,3 +706,24 @@ def test_a_sidecar_is_restarted_with_backoff_and_stopped(tmp_path: Path) -> None
     said = wrong.check()
     assert said is not None and "not restarted" in str(said["why"])
     assert wrong.check() is None and wrong.restart_at is None
+
+
+def test_the_pnl_and_telegram_commands(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from sovereign.cli import main
+
+    _pnl_state(tmp_path, {20_795: "98000", 20_796: "99000"}, "100000", 20_796).close()
+    env = {"SOVEREIGN_CONFIG": ""}
+    shown = CliRunner().invoke(main, ["pnl", "--state-dir", str(tmp_path / "s")], env=env)
+    assert shown.exit_code == 0, shown.output
+    lines = [" ".join(line.split()) for line in shown.output.splitlines()]
+    assert lines == ["equity 100,000.00 (trading day 2026-12-09)", "day 1,000.00 (+1.01%) since 2026-12-09",
+                     "week 2,000.00 (+2.04%) since 2026-12-08 (the history starts there)",
+                     "month 2,000.00 (+2.04%) since 2026-12-08 (the history starts there)"]
+    as_json = CliRunner().invoke(main, ["pnl", "--state-dir", str(tmp_path / "s"), "--json"], env=env)
+    assert '"pnl": "2000"' in as_json.output
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[telegram]\nchats = [5]\n")
+    refused = CliRunner().invoke(main, ["telegram", "--config", str(cfg)], env=env)
+    assert refused.exit_code == 2 and "the bot obeys no one" in refused.output
