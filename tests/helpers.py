@@ -388,7 +388,7 @@ class VenueSim:
 
 def mt5_tables(state: Path, venue: VenueSim, symbols: Sequence[str], **tables: dict[str, object]) -> str:
     """A config for `sovereign run` on the simulated terminal `venue` (magic 77, the market
-    always open, no recording: a live venue is not replayed)."""
+    always open, no recording unless system.record_days is given)."""
     base: dict[str, dict[str, object]] = {
         "system": {"state_dir": str(state), "workers": 1, "record_days": 0, "risk_rt_priority": 0,
                    "snapshot_interval_s": 1.0},

@@ -26,6 +26,7 @@ sees stale quotes and opens nothing; whether it is up, and why not, is committed
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
@@ -37,6 +38,7 @@ from sovereign.broker.base import Deal, OrderRequest, Outcome
 from sovereign.broker.mt5 import MT5Broker, MT5Settings
 from sovereign.config import Config
 from sovereign.core import (
+    LAYOUT_VERSION,
     NO_AGENT,
     ORDER_DTYPE,
     ORDER_FILL,
@@ -53,6 +55,7 @@ from sovereign.ledger import to_decimal
 from sovereign.market.data import known_symbols
 from sovereign.model import Reason, reduce_only
 from sovereign.state.orders import OrderBook, OrderState
+from sovereign.state.recorder import Recorder, record_dir
 from sovereign.state.schema import (
     BRIDGE_STATUS_KEY,
     LAST_REPORTS_KEY,
@@ -339,6 +342,16 @@ class VenueProcess:
         self.gw.note_status(force=True)
         self.ticks = self.lost = 0
         self.clock_ns = child.market_clock()
+        # The terminal's ticks are recorded as a paper session's are (system.record_days), for
+        # research: `sovereign backtest` runs on them. A replay of the session's orders is not
+        # possible: its fills came from the venue (replay says so).
+        self.recorder = None
+        directory = record_dir(config)
+        if directory is not None:
+            meta = {"symbols": list(layout.symbol_names), "config": dataclasses.asdict(config),
+                    "layout_version": LAYOUT_VERSION, "venue": "mt5"}  # fmt: skip
+            self.recorder = Recorder(directory, meta, config.system.record_days, layout.session,
+                                     max_bytes=config.system.record_max_mb << 20)  # fmt: skip
         self.meter = meter(child)
         self.next_beat = 0.0
         self.feeding = True
@@ -360,6 +373,8 @@ class VenueProcess:
 
     def take(self, ticks: np.ndarray) -> None:
         ticks = ticks[ticks["symbol"] < self.layout.n_symbols]
+        if self.recorder is not None:
+            self.recorder.write(ticks)
         self.board.publish(ticks)
         for k, part in enumerate(route(ticks, self.worker_of, self.layout.n_workers)):
             if len(part):
@@ -414,6 +429,8 @@ class VenueProcess:
 
         self.store.write(tx)
         self.broker.close()
+        if self.recorder is not None:
+            self.recorder.close()
         self.publish(connected=False)
         self.child.beat(STOPPED, **self.counts())
         self.store.close()

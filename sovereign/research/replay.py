@@ -177,6 +177,10 @@ class Replayer:
             self.ticks[name] = records[name]
         self.ticks["recv_ns"] = np.arange(len(records))  # a signal's origin: its trigger's position
         gateway = s.events.get("gateway", [])
+        if self.config.broker.kind == "mt5":
+            raise DataError(f"session {s.name} traded an MT5 account: its fills came from the venue, "
+                            "which a replay cannot ask again, so its orders are not replayed; its ticks "
+                            "are recorded: `sovereign backtest` runs a strategy on them")  # fmt: skip
         if not gateway or gateway[0][0] != "start":
             raise DataError(f"session {s.name}: no event logs (recorded by an older version, or "
                             "system.record_days was 0): its orders cannot be replayed")  # fmt: skip

@@ -7,6 +7,8 @@ and a bridge file of another version are each reported, and nothing is opened me
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +21,8 @@ from sovereign.broker.mt5 import MT5Broker
 from sovereign.broker.mt5sim import Simulator
 from sovereign.config import from_dict
 from sovereign.engine.venue import VenueGateway, mt5_settings
+from sovereign.market.data import DataError
+from sovereign.research.replay import load_session, replay
 from sovereign.state.schema import BRIDGE_STATUS_KEY
 from sovereign.state.store import StateStore
 from tests.helpers import LiveSystem, VenueSim, mt5_tables, mt5_violations
@@ -60,7 +64,7 @@ def system(tmp_path: Path, venue: VenueSim, symbols: list[str], **tables: dict[s
 
 def test_the_system_trades_the_venue_and_its_book_is_the_venues(tmp_path: Path) -> None:
     venue = VenueSim(tmp_path / "venue", faults={"odds": {"requote": 0.05, "timeout_exec": 0.05}})
-    live = system(tmp_path, venue, ["EURUSD", "GBPUSD"])
+    live = system(tmp_path, venue, ["EURUSD", "GBPUSD"], system={"record_days": 1})
     state = tmp_path / "state"
     venue.start()
     try:
@@ -82,6 +86,15 @@ def test_the_system_trades_the_venue_and_its_book_is_the_venues(tmp_path: Path) 
     assert any(d["reason"] in (4, 5) for d in dump["deals"])
     # risk sized with the terminal's specs of both symbols (issue 23), not the config's
     assert [e["known"] for e in journal(state, "venue_specs")][:1] == [[0, 1]]
+    # the terminal's ticks are recorded: a strategy runs on them; the orders are not replayed
+    session = load_session(state / "recordings")
+    assert len(session.market.records) > 100 and list(session.market.names) == ["EURUSD", "GBPUSD"]
+    with pytest.raises(DataError, match="traded an MT5 account: its fills came from the venue"):
+        replay(session)
+    files = sorted((state / "recordings").glob("ticks-*.sovdata"))
+    run = subprocess.run([sys.executable, "-m", "sovereign.cli", "backtest", *map(str, files), "--out",
+                          str(tmp_path / "bt")], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 def test_a_terminal_absent_at_start_is_reported_and_joined_when_it_comes(tmp_path: Path) -> None:
