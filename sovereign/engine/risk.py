@@ -45,6 +45,7 @@ from sovereign.state.orders import ClientIds, OrderBook, OrderState
 from sovereign.state.recorder import event_log
 from sovereign.state.schema import BOOK_KEY, PAPER_BROKER_KEY, RISK_STATE_KEY, VENUE_BOOK_KEY, VENUE_SPECS_KEY
 from sovereign.state.store import Committer, StateStore, Txn
+from sovereign.state.views import keep_day_open
 from sovereign.symbols import SymbolSpec, symbol_specs
 
 NS = 1_000_000_000
@@ -635,6 +636,8 @@ class RiskProcess:
                                conviction=conviction, ts_ns=ts_ns)  # fmt: skip
             for e in events:
                 t.journal(**e)
+                if e["event"] == "trading_day":
+                    keep_day_open(t, e["day"], e["equity"])
             if book is not None:
                 t.put("positions", BOOK_KEY, book)
             t.put("risk", RISK_STATE_KEY, state)

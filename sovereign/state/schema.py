@@ -29,6 +29,9 @@ DATABASES = (
 
 BOOK_KEY = "book"  # positions: risk's ledger (Ledger.to_dict), committed on every report
 RISK_STATE_KEY = "state"  # risk: trading state, peak, day, in flight (Risk.to_dict)
+# risk: each recent trading day's opening equity, {day: equity} (views.keep_day_open, with
+# the day's `trading_day` journal entry); views.pnl reads it
+DAY_OPENS_KEY = "day_opens"
 PAPER_BROKER_KEY = "paper"  # bridge: the paper broker's account and ticket counter; risk reconciles from it
 LAST_REPORTS_KEY = "last_reports"  # bridge: the reports of the gateway's newest commit, until pushed
 # bridge: the feed's position as of the ticks the broker has been shown (gateway.FeedPosition),

@@ -17,7 +17,7 @@ from sovereign.core import SIGNAL_DTYPE
 from sovereign.market.calendar import EPOCH, Days
 from sovereign.state.archive import history
 from sovereign.state.orders import open_orders
-from sovereign.state.schema import BOOK_KEY, RISK_STATE_KEY, key_u64
+from sovereign.state.schema import BOOK_KEY, DAY_OPENS_KEY, RISK_STATE_KEY, key_u64
 from sovereign.state.store import Txn
 
 
@@ -143,17 +143,26 @@ def journal(t: Txn, *, limit: int = 50, after: int = 0) -> list[dict[str, Any]]:
     return out
 
 
-PNL_SCAN_MAX = 200_000  # journal entries read back for the period starts at most (a month holds far fewer)
+DAY_OPENS_KEPT = 70  # trading days: a month, and the day before it, with room for a long gap
+
+
+def keep_day_open(t: Txn, day: int, equity: str) -> None:
+    """Record trading day `day`'s opening equity (risk, as the day begins), keeping the
+    newest DAY_OPENS_KEPT days: what `pnl` measures the week and the month from."""
+    opens = t.get("risk", DAY_OPENS_KEY) or {}
+    opens[str(day)] = equity
+    for old in sorted(opens, key=int)[:-DAY_OPENS_KEPT]:
+        del opens[old]
+    t.put("risk", DAY_OPENS_KEY, opens)
 
 
 def pnl(t: Txn, now_ns: int, day_timezone: str, day_start: str) -> dict[str, Any]:
     """P&L of the trading day, week (from Monday's trading day) and month so far: equity now
-    against the equity each period opened with. Risk journals each trading day's opening
-    equity as it begins (`trading_day`); the journal is read back to the month's first day.
-    A period whose start the live journal does not reach (a state younger than it, or its
-    start archived) is measured from the oldest day found and says so (`complete`: false,
-    `since`: that day's date). Days follow risk's: `day_start` in `day_timezone`; `now_ns`
-    is market time (0: risk's own current day)."""
+    against the equity each period opened with, as risk recorded it when each trading day
+    began (keep_day_open). A period whose start the record does not reach (a state younger
+    than the period, or one from before the record was kept) is measured from the oldest day
+    it holds and says so (`complete`: false, `since`: that day's date). Days follow risk's:
+    `day_start` in `day_timezone`; `now_ns` is market time (0: risk's own current day)."""
     saved = t.get("risk", RISK_STATE_KEY)
     if saved is None or int(saved.get("day", -1)) < 0:
         return {"equity": None, "why": "no trading day yet (the system has not marked its book here)",
@@ -163,20 +172,10 @@ def pnl(t: Txn, now_ns: int, day_timezone: str, day_start: str) -> dict[str, Any
         today = max(today, Days(day_timezone, day_start).key(now_ns))
     date = EPOCH + timedelta(days=today)
     firsts = {"day": today, "week": today - date.weekday(), "month": today - (date.day - 1)}
-    opens: dict[int, Decimal] = {}
-    reaches_back = False  # a day before the month is in the journal: every period is whole
-    for n, (_, e) in enumerate(t.items("journal", reverse=True)):
-        if n >= PNL_SCAN_MAX:
-            break
-        if not isinstance(e, dict) or e.get("event") != "trading_day":
-            continue
-        day = int(e["day"])
-        if day < firsts["month"]:
-            reaches_back = True
-            break
-        opens[day] = Decimal(e["equity"])
+    opens = {int(d): Decimal(e) for d, e in (t.get("risk", DAY_OPENS_KEY) or {}).items()}
+    reaches_back = any(d < firsts["month"] for d in opens)  # every period's start is in the record
     if today not in opens and int(saved["day"]) == today:
-        opens[today] = Decimal(saved["day_start"])  # a state older than the trading_day entries
+        opens[today] = Decimal(saved["day_start"])  # a state from before the record was kept
     equity = Decimal(saved["equity"])
     periods = {}
     for name, first in firsts.items():

@@ -29,7 +29,7 @@ from sovereign.ops import telegram as tgbot
 from sovereign.ops.telegram_alerts import UNREACHABLE_POLLS, Watch
 from sovereign.ops.telegram_outbox import MAX_TEXT, Outbox, Outgoing, split, units
 from sovereign.state import views
-from sovereign.state.schema import RISK_STATE_KEY
+from sovereign.state.schema import DAY_OPENS_KEY, RISK_STATE_KEY
 from sovereign.state.store import StateStore
 from tests.helpers import NS, make_risk, quotes_at
 from tests.ops.fake_telegram import FakeTelegram
@@ -452,6 +452,10 @@ def test_halt_then_resume_reach_the_running_system(tmp_path: Path, fake: FakeTel
     assert proc.returncode == 0, out[-3000:]
     assert not bots[0].is_running() or bots[0].status() == psutil.STATUS_ZOMBIE
     no_token(out)
+    with StateStore(state, readonly=True) as st:  # risk recorded the day's opening equity for /pnl
+        opens = st.read(lambda t: t.get("risk", DAY_OPENS_KEY))
+        journaled = st.read(lambda t: [e for _, e in t.items("journal") if e["event"] == "trading_day"])
+    assert opens and {str(e["day"]): e["equity"] for e in journaled} == opens
 
 
 def test_run_no_telegram_starts_no_bot(tmp_path: Path, fake: FakeTelegram) -> None:
@@ -609,8 +613,7 @@ def _pnl_state(tmp: Path, days: dict[int, str], equity: str, today: int) -> Stat
 
     def tx(t: Any) -> None:
         for day, eq in days.items():
-            t.journal("trading_day", day=day, equity=eq, ts_ns=day * 86_400 * NS)
-            t.journal("fill", ts_ns=day * 86_400 * NS + 1)
+            views.keep_day_open(t, day, eq)
         t.put("risk", RISK_STATE_KEY, {"state": "ACTIVE", "why": "", "peak": equity, "day": today,
                                        "day_start": days.get(today, equity), "equity": equity})  # fmt: skip
 
@@ -642,10 +645,14 @@ def test_pnl_says_when_the_history_is_shorter_than_the_period(tmp_path: Path) ->
     assert "Week: +2,000.00 (+2.04%) (history since 2026-12-08 only)" in text
 
 
-def test_pnl_without_a_trading_day(tmp_path: Path) -> None:
+def test_pnl_without_a_trading_day_and_the_record_kept_bounded(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "s")
     assert store.read(lambda t: views.pnl(t, 0, "UTC", "00:00"))["equity"] is None
+    for day in range(100, 300):
+        store.write(lambda t, day=day: views.keep_day_open(t, day, str(day)))
+    kept = store.read(lambda t: t.get("risk", DAY_OPENS_KEY))
     store.close()
+    assert sorted(map(int, kept)) == list(range(300 - views.DAY_OPENS_KEPT, 300))
 
 
 # ---- config and the supervisor's sidecar
