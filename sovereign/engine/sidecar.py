@@ -2,10 +2,11 @@
 supervisor starts, restarts with backoff when it exits, and stops at shutdown.
 
 It is no trading process: no heartbeat slot, no shared memory, no say in the system's
-health (its death degrades nothing and pings no watchdog less), and it runs on every core
-but the workers' (a bot busy formatting a reply never takes a pinned worker's core). It
-talks to the system as any client does, over the control socket. It dies with the
-supervisor (PR_SET_PDEATHSIG): an orphan would keep polling Telegram beside the next run's.
+health (its death degrades nothing and pings no watchdog less). It runs on every core but
+the workers' (a bot busy formatting a reply never takes a pinned worker's core), NICE steps
+nicer than the supervisor, so that the gateway, on the cores left to it, wins any contest
+for them. It talks to the system as any client does, over the control socket. It dies with
+the supervisor (PR_SET_PDEATHSIG): an orphan would keep polling Telegram beside the next run's.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sovereign.engine.runtime import _die_with_parent
 
 MAX_BACKOFF_S = 60.0
 HEALTHY_AFTER_S = 600.0  # a sidecar that ran this long starts its backoff over
+NICE = 5  # more than the trading processes' (risk is real-time); never idle-only: it must alert under load
 EXIT_USAGE = 2  # its config or its token is wrong: starting it again cannot help
 
 
@@ -40,9 +42,11 @@ class Sidecar:
         self.process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
         self.started, self.restart_at = time.monotonic(), None
         allowed = os.sched_getaffinity(0) - self.avoid_cores
-        if allowed:
-            with contextlib.suppress(OSError):  # it may have exited already
+        with contextlib.suppress(OSError):  # it may have exited already
+            if allowed:
                 os.sched_setaffinity(self.process.pid, allowed)
+            nicer = min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICE)
+            os.setpriority(os.PRIO_PROCESS, self.process.pid, nicer)
 
     def check(self) -> dict[str, object] | None:
         """Restart it once its backoff is over if it exited (not after exit code 2: a bad

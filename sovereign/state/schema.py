@@ -11,7 +11,7 @@ DATABASES = (
     "orders",  # client id (u64) -> the order's record. Gateway and risk (refusals) write; CLI, replay read.
     # Final orders past the retention move to the archive (sovereign.state.archive), open ones never.
     "positions",  # BOOK_KEY. Risk writes; coordinator (start), CLI, ops checks read.
-    "risk",  # RISK_STATE_KEY. Risk writes; coordinator (start), CLI, ops checks read.
+    "risk",  # RISK_STATE_KEY, DAY_OPENS_KEY. Risk writes; coordinator (start), CLI, ops checks read.
     "coordinator",  # NEXT_ID_KEY. Whoever reserves client ids (coordinator, risk) writes and reads.
     "bridge",  # the broker side: PAPER_BROKER_KEY or MT5_BROKER_KEY, LAST_REPORTS_KEY, exec_key, deal_key.
     # Gateway writes.

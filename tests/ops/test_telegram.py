@@ -24,7 +24,7 @@ import pytest
 from sovereign.config import ConfigError, from_dict
 from sovereign.credentials import Secret
 from sovereign.engine.control import COMMANDS, ControlServer, request
-from sovereign.engine.sidecar import Sidecar
+from sovereign.engine.sidecar import NICE, Sidecar
 from sovereign.ops import telegram as tgbot
 from sovereign.ops.telegram_alerts import UNREACHABLE_POLLS, Watch
 from sovereign.ops.telegram_outbox import MAX_TEXT, Outbox, Outgoing, split, units
@@ -703,6 +703,8 @@ def test_a_sidecar_is_restarted_with_backoff_and_stopped(tmp_path: Path) -> None
     sleeper = Sidecar("s", [sys.executable, "-c", "import time; time.sleep(60)"])
     sleeper.start()
     proc = sleeper.process
+    assert proc is not None
+    assert os.getpriority(os.PRIO_PROCESS, proc.pid) == min(19, os.getpriority(os.PRIO_PROCESS, 0) + NICE)
     sleeper.stop(timeout=10)
     assert proc is not None and proc.returncode == -signal.SIGTERM
     assert mark.read_text() == "xx"
