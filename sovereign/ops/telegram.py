@@ -239,21 +239,29 @@ class TelegramBot:
 
     async def watch_loop(self) -> None:
         while True:
-            now = time.time()
             try:
-                status = await self.ask("status")
-            except control.ControlError as e:
-                alerts = self.watch.on_unreachable(str(e), now)
-            else:
-                alerts = self.watch.on_status(status if isinstance(status, dict) else {}, now)
-            for a in alerts:
-                self.alert(a)
-            if self.watch.summary.due(now):
-                text = await self.summary()
-                for chat in self.tg.chats:
-                    self.say(chat, text, critical=False)
-            await self.expire()
+                await self.look()
+            except Exception:  # a status it cannot read must not end the alerts for good
+                log.exception("looking at the system failed")
             await asyncio.sleep(self.tg.poll_interval_s)
+
+    async def look(self) -> None:
+        """One poll: the system's status turned into alerts, the summary when due, and the
+        confirmations whose time is up."""
+        now = time.time()
+        try:
+            status = await self.ask("status")
+        except control.ControlError as e:
+            alerts = self.watch.on_unreachable(str(e), now)
+        else:
+            alerts = self.watch.on_status(status if isinstance(status, dict) else {}, now)
+        for a in alerts:
+            self.alert(a)
+        if self.watch.summary.due(now):
+            text = await self.summary()
+            for chat in self.tg.chats:
+                self.say(chat, text, critical=False)
+        await self.expire()
 
     async def summary(self) -> str:
         lines = ["📋 Daily summary"]
@@ -425,9 +433,14 @@ class TelegramBot:
             await self.app.start()
             log.info("running: %d chats, %d users, system socket %s", len(self.chats), len(self.users),
                      self.socket)  # fmt: skip
-            await stop.wait()
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({stopping, watcher, sender}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
             await self.app.updater.stop()
             await self.app.stop()
+            broken = next((t for t in (watcher, sender) if t.done()), None)
+            if broken is not None:  # neither ends but by a defect: out, to be started again
+                raise RuntimeError(f"a task of the bot ended: {broken.exception()!r}")
             deadline = time.monotonic() + FLUSH_S
             while (len(self.outbox) or self.sender.current) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -435,11 +448,11 @@ class TelegramBot:
             if unsent:
                 log.warning("stopping with %d messages not sent", unsent)
         finally:
-            for task in (watcher, sender):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            for running in (watcher, sender):
+                if running is not None:
+                    running.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await running
             with contextlib.suppress(Exception):
                 await self.app.shutdown()
 

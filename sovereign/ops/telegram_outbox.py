@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter, TelegramError
+from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter
 
 MAX_TEXT = 4096  # Telegram's limit, in UTF-16 code units
 CHAT_SPACING_S = 1.0
@@ -167,7 +167,7 @@ class Sender:
                 await asyncio.sleep(backoff)
                 backoff = min(2 * backoff, BACKOFF_MAX_S)
                 continue
-            except TelegramError as e:
+            except Exception as e:  # neither the network nor a refusal (TelegramError or a defect)
                 other += 1
                 if other >= OTHER_ERROR_TRIES:
                     self.given_up += 1

@@ -736,3 +736,17 @@ def test_the_pnl_and_telegram_commands(tmp_path: Path) -> None:
     cfg.write_text("[telegram]\nchats = [5]\n")
     refused = CliRunner().invoke(main, ["telegram", "--config", str(cfg)], env=env)
     assert refused.exit_code == 2 and "the bot obeys no one" in refused.output
+
+
+def test_a_status_it_cannot_read_does_not_end_the_alerts(fake: FakeTelegram, system: FakeSystem,
+                                                         bot: BotProcess) -> None:  # fmt: skip
+    good = system.status
+    with system.lock:
+        system.status = {"processes": "not a list", "account": {"state": 7, "drawdown": "x"}}
+    seen = system.polls()
+    fake.wait_for(lambda: system.polls() >= seen + 3, 30, "polls of the unreadable status")
+    with system.lock:
+        system.status = good
+    system.set(state="HALTED", why="after the bad status")
+    wait_text(fake, "HALTED: after the bad status")
+    assert "looking at the system failed" in bot.text() and bot.proc.poll() is None
