@@ -632,18 +632,17 @@ def pnl(t: Target, as_json: bool) -> None:
               show_default=True)  # fmt: skip
 def telegram(t: Target, socket_path: str | None, token_file: str | None, log_level: str) -> None:
     """Run the Telegram bot in the foreground: alerts to the chats of [telegram], and commands
-    from its listed users (the supervisor starts it when telegram.enabled, unless
-    `run --no-telegram`). The token: telegram.token_file, $CREDENTIALS_DIRECTORY/telegram-token
-    or $SOVEREIGN_TELEGRAM_TOKEN."""
+    from its listed users. Only with telegram.enabled (the supervisor then starts it itself,
+    unless `run --no-telegram`). The token: telegram.token_file, $CREDENTIALS_DIRECTORY/
+    telegram-token or $SOVEREIGN_TELEGRAM_TOKEN."""
     try:
         from sovereign.ops import telegram as bot
     except ImportError as e:
         raise Fail(f"the Telegram bot needs python-telegram-bot ({e}): "
                    "pip install 'sovereign[telegram]'") from None  # fmt: skip
-    tg = t.config.telegram
-    if not tg.chats or not tg.users:
-        raise BadInput("the bot obeys no one: [telegram] chats and users are empty in "
-                       f"{t.config_path or 'the embedded defaults'}")  # fmt: skip
+    if not t.config.telegram.enabled:  # (enabled, chats and users are empty is a config error)
+        raise BadInput(f"telegram.enabled is not true in {t.config_path or 'the embedded defaults'}: "
+                       "the bot is off (set it, with telegram.chats and telegram.users)")  # fmt: skip
     sys.exit(bot.main(t.config, socket_path or t.socket, token_file, log_level))
 
 

@@ -735,7 +735,10 @@ def test_the_pnl_and_telegram_commands(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text("[telegram]\nchats = [5]\n")
     refused = CliRunner().invoke(main, ["telegram", "--config", str(cfg)], env=env)
-    assert refused.exit_code == 2 and "the bot obeys no one" in refused.output
+    assert refused.exit_code == 2 and "telegram.enabled is not true" in refused.output
+    cfg.write_text("[telegram]\nenabled = true\nchats = [5]\n")
+    refused = CliRunner().invoke(main, ["telegram", "--config", str(cfg)], env=env)
+    assert refused.exit_code == 2 and "telegram.users: telegram.enabled = true needs" in refused.output
 
 
 def test_a_status_it_cannot_read_does_not_end_the_alerts(fake: FakeTelegram, system: FakeSystem,
