@@ -638,7 +638,7 @@ def telegram(t: Target, socket_path: str | None, token_file: str | None, log_lev
     try:
         from sovereign.ops import telegram as bot
     except ImportError as e:
-        raise Fail(f"the Telegram bot needs python-telegram-bot ({e}): "
+        raise BadInput(f"the Telegram bot needs python-telegram-bot ({e}): "
                    "pip install 'sovereign[telegram]'") from None  # fmt: skip
     if not t.config.telegram.enabled:  # (enabled, chats and users are empty is a config error)
         raise BadInput(f"telegram.enabled is not true in {t.config_path or 'the embedded defaults'}: "
