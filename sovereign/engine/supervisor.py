@@ -28,7 +28,7 @@ from sovereign import config as configuration
 from sovereign.config import Config, ConfigError
 from sovereign.core import LAYOUT_VERSION, OrderRing, QuoteBoard, RingError, SignalRing, TickRing
 from sovereign.engine.control import COMMANDS, ControlServer, Request, socket_path
-from sovereign.engine.metrics import LISTEN_ENV, Collector, Exporter, MetricsBoard
+from sovereign.engine.metrics import MetricsBoard
 from sovereign.engine.runtime import (
     FEED_DONE,
     LATENCY_WINDOW_S,
@@ -211,6 +211,10 @@ class Supervisor:
             if out_of_shm(e):
                 raise shm_ran_out(layout, e) from None
             raise
+        # Here, not at the top: every child imports this module (child_main), and none needs
+        # prometheus_client (a tenth of a second of each one's start).
+        from sovereign.engine.exporter import LISTEN_ENV, Collector, Exporter
+
         self.exporter = Exporter(Collector(layout, c, self.hb, self.metrics, self.board,
                                            list(zip(self.ring_names, self.rings, strict=True)), time.time(),
                                            __version__))  # fmt: skip

@@ -23,17 +23,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from sovereign.config import ConfigError, from_dict
-from sovereign.engine.metrics import (
-    BUCKETS_S,
-    COUNTERS,
-    GAUGES,
-    LISTEN_ENV,
-    Exporter,
-    Histogram,
-    ListenError,
-    Meter,
-    MetricsBoard,
-)
+from sovereign.engine.exporter import LISTEN_ENV, Exporter, ListenError
+from sovereign.engine.metrics import BUCKETS_S, COUNTERS, GAUGES, Histogram, Meter, MetricsBoard
 from sovereign.engine.runtime import shm_prefix
 from sovereign.state.store import StateStore
 from tests.helpers import LiveSystem, toml_text
