@@ -27,7 +27,7 @@ from sovereign.engine.exporter import LISTEN_ENV, Exporter, ListenError
 from sovereign.engine.metrics import BUCKETS_S, COUNTERS, GAUGES, Histogram, Meter, MetricsBoard
 from sovereign.engine.runtime import shm_prefix
 from sovereign.state.store import StateStore
-from tests.helpers import LiveSystem, toml_text
+from tests.helpers import LiveSystem, VenueSim, mt5_tables, toml_text
 
 Samples = dict[tuple[str, frozenset], float]
 SYMBOLS = 4
@@ -344,3 +344,29 @@ def test_with_the_exporter_off_sovereign_metrics_still_answers(tmp_path: Path) -
         assert s.stop() == 0
     finally:
         s.close()
+
+
+def test_on_mt5_the_broker_is_down_until_the_terminal_comes_then_orders_flow(tmp_path: Path) -> None:
+    venue = VenueSim(tmp_path / "venue")
+    (tmp_path / "venue").mkdir()
+    cfg = tmp_path / "sovereign.toml"
+    cfg.write_text(mt5_tables(tmp_path / "state", venue, ["EURUSD", "GBPUSD"]))
+    s = LiveSystem(cfg, tmp_path / "log.txt")
+    s.start()
+    try:
+        s.wait_healthy(60)  # without its terminal
+        down = wait_for(s, lambda x: ("sovereign_broker_connected", frozenset()) in x, 30, "the gateway's")
+        assert value(down, "sovereign_broker_connected") == 0
+        venue.start()
+        up = wait_for(s, lambda x: value(x, "sovereign_broker_connected") == 1
+                      and value(x, "sovereign_orders_total", state="filled") > 0, 120, "a fill")  # fmt: skip
+        assert value(up, "sovereign_fills_total") >= value(up, "sovereign_orders_total", state="filled")
+        assert value(up, "sovereign_tick_to_order_seconds_count") > 0
+        assert value(up, "sovereign_commit_seconds_count") > 0
+        assert value(up, "sovereign_ticks_total", process="gateway") > 0
+        assert sorted(dict(k[1])["symbol"] for k in up if k[0] == "sovereign_quote_age_seconds") == ["EURUSD",
+                                                                                                     "GBPUSD"]
+        assert s.stop() == 0
+    finally:
+        s.close()
+        venue.stop()
