@@ -119,19 +119,20 @@ class Meter:
     gauges as they are."""
 
     def __init__(self, board: MetricsBoard, slot: int):
-        self.row = board.slots[slot : slot + 1]
-        self.base = {k: self.row[k][0].copy() for k in COUNTERS}
+        # each field's view into the slot: an array field's whole, a number's one-element array
+        self.fields = {k: board.slots[k][slot] if SLOT_DTYPE[k].shape else board.slots[k][slot : slot + 1]
+                       for k in (*COUNTERS, *GAUGES)}  # fmt: skip
+        self.base = {k: self.fields[k].copy() for k in COUNTERS}
 
     def publish(self, gauges: dict[str, float] | None = None, **counters: Any) -> None:
         """Plain stores: `counters` by field (a number, or a sequence for an array field,
         its leading part), `gauges` by field."""
-        row = self.row
+        fields, bases = self.fields, self.base
         for k, v in counters.items():
-            base = self.base[k]
-            if base.ndim:
-                v = np.asarray(v)
-                row[k][0, : len(v)] = base[: len(v)] + v
+            if isinstance(v, list | tuple | np.ndarray):
+                n = len(v)
+                fields[k][:n] = bases[k][:n] + np.asarray(v, fields[k].dtype)
             else:
-                row[k] = base + v
+                fields[k][0] = bases[k][0] + v
         for k, g in (gauges or {}).items():
-            row[k] = g
+            fields[k][0] = g
