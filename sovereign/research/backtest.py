@@ -67,6 +67,7 @@ from sovereign.files import (
 from sovereign.ledger import ZERO, Position, to_decimal
 from sovereign.market.datafile import FILE_BAR_DTYPE, FILE_TICK_DTYPE, Market
 from sovereign.model import Reason, TradingState, reduce_only
+from sovereign.research.explain import SignalOutcomes
 from sovereign.symbols import symbol_specs
 
 NS = 1_000_000_000
@@ -95,6 +96,7 @@ class Recorded:
     equity: list[tuple[int, Decimal]] = field(default_factory=list)  # (ts_ns, equity) at marks
     signals: list[np.ndarray] = field(default_factory=list)  # kept only with keep_signals
     n_signals: int = 0
+    outcomes: SignalOutcomes = field(default_factory=SignalOutcomes)  # what became of the signals
     records: int = 0
     first_ns: int = 0
     last_ns: int = 0
@@ -260,13 +262,16 @@ class Backtest:
 
     def _coordinate(self, signals: np.ndarray, now_ns: int) -> list[tuple]:
         self.now_ns = max(self.now_ns, now_ns)
-        return self.coord.intents_for(signals)
+        intents = self.coord.intents_for(signals)
+        self.out.outcomes.decided(signals, intents, self.coord)
+        return intents
 
     def _approve(self, intents: list[tuple]) -> None:
         self._mark_equity_only()
         approved, refused = self.risk.check(intents, self.quote, self.now_ns)
         for i, why in refused:  # as live: the coordinator waits out the in-flight time
             self.out.orders.append(_order_row(intents[i], "REJECTED", why.name))
+            self.out.outcomes.refused(intents[i][2], why.name)
         self._execute(approved)
 
     def _mark_equity_only(self) -> None:
@@ -295,6 +300,7 @@ class Backtest:
         )
         row["fill_price"], row["retcode"] = str(ex.price), int(ex.retcode)
         self.out.orders.append(row)
+        self.out.outcomes.sent(f[2], ex.retcode == Retcode.DONE, Retcode(ex.retcode).name)
         self._reports([report_row(ex, f[1], f[5], f[14], f[12], f[13])], [ex], agent=f[5])
 
     def _exits(self, executions: list) -> None:
@@ -721,6 +727,7 @@ def _save_state(bt: Backtest) -> bytes:
             "orders": [{**o, **{k: encode_float(o[k]) for k in _ORDER_FLOATS}} for o in bt.out.orders],
             "equity": [[ts, str(e)] for ts, e in bt.out.equity],
             "n_signals": bt.out.n_signals,
+            "outcomes": bt.out.outcomes.to_dict(),
             "records": bt.out.records,
             "first_ns": bt.out.first_ns,
             "last_ns": bt.out.last_ns,
@@ -890,11 +897,14 @@ _ORDER_INTS = ("ts_ns", "client_order_id", "symbol", "side", "agent")
 
 def _load_out(d: Any, arrays: dict[str, np.ndarray], bt: Backtest) -> Recorded:
     """The output so far (Recorded), checked."""
-    d = want_dict(d, "out", {"fills", "orders", "equity", "n_signals", "records", "first_ns", "last_ns"})
+    d = want_dict(d, "out", {"fills", "orders", "equity", "n_signals", "records", "first_ns", "last_ns"},
+                  frozenset({"outcomes"}))  # fmt: skip
     out = Recorded(n_signals=want_int(d["n_signals"], "out.n_signals", 0),
                    records=want_int(d["records"], "out.records", 0),
                    first_ns=want_int(d["first_ns"], "out.first_ns"),
                    last_ns=want_int(d["last_ns"], "out.last_ns"))  # fmt: skip
+    if "outcomes" in d:  # a state saved before outcomes were counted has none
+        out.outcomes.load_dict(d["outcomes"])
     names = set(bt.names)
     for f in want_list(d["fills"], "out.fills"):
         f = want_dict(f, "out.fills", _FILL_KEYS)

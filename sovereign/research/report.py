@@ -8,6 +8,7 @@ Definitions (all from the equity curve and the trade list; no risk-free rate):
 - volatility = stdev(daily) x sqrt(days per year); Sharpe = mean / stdev x sqrt(...);
   Sortino = mean / sqrt(mean(min(r, 0)^2)) x sqrt(...);
 - CAGR = (final / initial)^(1 / years) - 1 over the data's span; Calmar = CAGR / max DD;
+  from a span under SHORT_SPAN_DAYS, an annual rate says little: the report says so;
 - max drawdown: the deepest fall of equity from its running peak; its duration: the
   longest time under a peak (to the recovery, or to the end);
 - a trade: a position from flat back to flat (a reversal ends one and starts the next);
@@ -15,6 +16,9 @@ Definitions (all from the equity curve and the trade list; no risk-free rate):
   fill closes one trade and opens another); the agent is the one whose order opened it;
 - profit factor = gross wins / gross losses; expectancy = mean net P&L per trade;
   exposure = the share of the span with any position open.
+
+Prices are written at each symbol's digits (its point: 0.00001 -> 5), money to the cent,
+ratios of equity (returns, drawdown, win rate, exposure) as percent in the HTML.
 
 Every output is a function of the run alone (no clock, no host), so the same data gives
 byte-identical files.
@@ -39,10 +43,14 @@ import orjson
 
 from sovereign.core import NO_AGENT
 from sovereign.files import write_atomic
+from sovereign.research import explain
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
 ZERO = Decimal(0)
+SHORT_SPAN_DAYS = 90  # a CAGR from less data than this carries a caveat
+DEFAULT_DIGITS = 5
+PERCENT = frozenset({"total_return", "cagr", "volatility", "max_drawdown", "win_rate", "exposure"})
 
 
 @dataclass
@@ -63,16 +71,19 @@ class Trade:
     def net(self) -> Decimal:
         return self.pnl - self.commission
 
-    def row(self) -> dict[str, Any]:
+    def row(self, digits: int = DEFAULT_DIGITS) -> dict[str, Any]:
+        """The trade as trades.csv and the HTML list it: prices at the symbol's `digits`."""
         return {
             "symbol": self.symbol,
             "side": "long" if self.side > 0 else "short",
             "agent": "risk" if self.agent == NO_AGENT else self.agent,
+            "entry_ns": self.entry_ns,
             "entry_time": iso(self.entry_ns),
+            "exit_ns": self.exit_ns,
             "exit_time": iso(self.exit_ns),
             "volume": str(self.volume),
-            "entry_price": _q(self.entry_price),
-            "exit_price": _q(self.exit_price),
+            "entry_price": _price(self.entry_price, digits),
+            "exit_price": _price(self.exit_price, digits),
             "pnl": _q(self.pnl),
             "commission": _q(self.commission),
             "net": _q(self.net),
@@ -239,10 +250,14 @@ def build(
 ) -> tuple[dict[str, Any], list[Trade], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """The report of a finished Backtest over `market` (a datafile.Market): the JSON
     document, the trades, and each symbol's price line for the pictures."""
+    from sovereign.symbols import spec_for
+
     out = bt.out
     trades, still_open = trades_from_fills(out.fills)
     initial = Decimal(repr(bt.config.broker.initial_balance))
     r = market.records
+    gaps = explain.unread(market, bt.pool)
+    outcomes = out.outcomes.summary(int(out.n_signals))
     report = {
         "data": {
             "kind": market.kind,
@@ -252,6 +267,9 @@ def build(
             "last": iso(out.last_ns) if out.records else "",
             "timeframe_s": market.timeframe_s or None,
             "bad_rows_skipped": len(market.issues),
+            "digits": {name: _digits(spec_for(bt.config, name).point) for name in market.names},
+            "unread": [{"symbol": name, "timeframe_s": tf or None, "agent_timeframes_s": mine}
+                       for name, tf, mine in gaps],
         },
         "run": {
             "agents": len(bt.pool),
@@ -265,11 +283,13 @@ def build(
                 for s, t in sorted(still_open.items())
             },
             "unfilled_at_end": sum(len(v) for v in bt.pending.values()),
+            "signal_outcomes": {**outcomes, "threshold": bt.config.coordinator.threshold},
         },
         "metrics": metrics(out.equity, trades, initial, out.first_ns, out.last_ns),
         "per_symbol": breakdown(trades, "symbol"),
         "per_agent": breakdown(trades, "agent"),
     }
+    report["notes"] = notes(report, explain.unread_note(gaps, market.names))
     prices = {}
     px_field = "bid" if market.kind == "ticks" else "close"
     for sid, name in enumerate(market.names):
@@ -278,6 +298,38 @@ def build(
             idx = idx[np.linspace(0, len(idx) - 1, 4000).astype(np.int64)]
         prices[name] = (np.asarray(r["ts_ns"][idx]), np.asarray(r[px_field][idx]))
     return report, trades, prices
+
+
+def notes(report: dict[str, Any], unread: str = "") -> list[str]:
+    """What a reader must know to read the numbers: data no agent reads, signals that made
+    no trade and why, a CAGR from a short span."""
+    out = [unread.rstrip()] if unread else []
+    run, m = report["run"], report["metrics"]
+    so = run.get("signal_outcomes")
+    if so and so["signals"] and not m["trades"]:
+        out.append(f"{so['signals']:,} signals and no trades; " + refusals_text(so))
+    elif not run["signals"] and not unread:
+        out.append("the agents made no signals over this data")
+    days = m["years"] * 365.25
+    if report["data"]["records"] and days < SHORT_SPAN_DAYS:
+        out.append(f"CAGR and Calmar are annualized from {days:.1f} days of data (under {SHORT_SPAN_DAYS}): "
+                   "read them as a rate, not a forecast")  # fmt: skip
+    return out
+
+
+def refusals_text(outcomes: dict[str, Any], top: int = 3) -> str:
+    """The top reasons signals made no trade, in words, with their counts."""
+    refused = outcomes["refused"]
+    if not refused:
+        return "none was refused"
+    parts = []
+    for r in refused[:top]:
+        why = r["why"]
+        if r["reason"] == explain.BELOW_THRESHOLD:
+            why += f" ({outcomes['threshold']:g})"
+        parts.append(f"{r['signals']:,}: {why}")
+    more = f"; {len(refused) - top} other reasons" if len(refused) > top else ""
+    return "refused: " + "; ".join(parts) + more
 
 
 # ---- files
@@ -299,16 +351,20 @@ def write(
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "report.json"]
     write_atomic(written[0], orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
-    written.append(_csv(out / "trades.csv", [t.row() for t in trades], [*list(Trade.__annotations__), "net"]))
+    digits = report["data"].get("digits", {})
+    rows = [t.row(digits.get(t.symbol, DEFAULT_DIGITS)) for t in trades]
+    written.append(_csv(out / "trades.csv", rows, TRADE_COLUMNS))
     written.append(
         _csv(out / "equity.csv", [{"time": iso(t), "equity": _q(e)} for t, e in equity], ["time", "equity"])
     )
+    names = report["data"]["symbols"]
     written.append(
         _csv(
             out / "orders.csv",
-            [{**o, "time": iso(o["ts_ns"])} for o in orders],
+            [_order(o, names, digits) for o in orders],
             [
                 "time",
+                "ts_ns",
                 "client_order_id",
                 "symbol",
                 "side",
@@ -337,9 +393,35 @@ def write(
     for name, png in pictures.items():
         write_atomic(out / name, png)
         written.append(out / name)
-    write_atomic(out / "report.html", _html(report, trades, pictures).encode())
+    write_atomic(out / "report.html", _html(report, rows, pictures).encode())
     written.append(out / "report.html")
     return written
+
+
+TRADE_COLUMNS = ["symbol", "side", "agent", "entry_ns", "entry_time", "exit_ns", "exit_time", "volume",
+                 "entry_price", "exit_price", "pnl", "commission", "net", "exit_reason"]  # fmt: skip
+
+
+def _order(o: dict[str, Any], names: list[str], digits: dict[str, int]) -> dict[str, Any]:
+    """An order (backtest._order_row) as orders.csv lists it: the symbol's name, BUY or SELL,
+    prices at the symbol's digits, volumes and convictions without float noise."""
+    s = o["symbol"]
+    name = names[s] if isinstance(s, int) and 0 <= s < len(names) else str(s)
+    d = digits.get(name, DEFAULT_DIGITS)
+
+    def price(x: float) -> str:
+        return "" if not x else f"{x:.{d}f}"
+
+    side = {1: "BUY", -1: "SELL"}.get(o["side"], o["side"])
+    return {**o, "time": iso(o["ts_ns"]), "symbol": name, "side": side,
+            "conviction": _plain(o["conviction"], 6), "volume": _plain(o["volume"], 8),
+            "price": price(o["price"]), "sl": price(o["sl"]), "tp": price(o["tp"])}  # fmt: skip
+
+
+def _plain(x: float, places: int) -> str:
+    """A float rounded to `places` decimals, without trailing zeros (0.29, not 0.29000000000000004)."""
+    text = f"{x:.{places}f}".rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
 
 
 def _csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Path:
@@ -437,7 +519,8 @@ def _price_png(symbol: str, price: tuple[np.ndarray, np.ndarray], trades: list[T
     return _png(fig)
 
 
-def _html(report: dict[str, Any], trades: list[Trade], pictures: dict[str, bytes]) -> str:
+def _html(report: dict[str, Any], trades: list[dict[str, Any]], pictures: dict[str, bytes]) -> str:
+    """The page: `trades` are the rows trades.csv has."""
     e = html.escape
     m = report["metrics"]
 
@@ -447,7 +530,7 @@ def _html(report: dict[str, Any], trades: list[Trade], pictures: dict[str, bytes
         cols = list(rows[0])
         head = "".join(f"<th>{e(c)}</th>" for c in cols)
         body = "".join(
-            "<tr>" + "".join(f"<td>{e(_fmt(r[c]))}</td>" for c in cols) + "</tr>" for r in rows[:limit]
+            "<tr>" + "".join(f"<td>{e(_fmt(r[c], c))}</td>" for c in cols) + "</tr>" for r in rows[:limit]
         )
         more = f"<p>… and {len(rows) - limit} more (trades.csv has them all)</p>" if len(rows) > limit else ""
         return f"<table><tr>{head}</tr>{body}</table>{more}"
@@ -458,29 +541,63 @@ def _html(report: dict[str, Any], trades: list[Trade], pictures: dict[str, bytes
         for name, png in pictures.items()
     )
     data = report["data"]
+    notes = "".join(f"<pre class=note>{e(n)}</pre>" for n in report.get("notes", []))
+    so = report["run"].get("signal_outcomes")
+    outcomes = ""
+    if so and so["signals"]:
+        rows = [{"outcome": "filled: traded", "signals": so["filled"]}]
+        rows += [{"outcome": r["why"], "signals": r["signals"]} for r in so["refused"]]
+        outcomes = f"<h2>What became of the signals</h2>{table(rows)}"
+    stats = [{"metric": k, "value": _stat(k, v)} for k, v in m.items()]
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>Sovereign backtest</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1150px}}
 table{{border-collapse:collapse;margin:1em 0}}img{{max-width:100%}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right;font-size:13px}}</style>
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right;font-size:13px}}
+pre.note{{background:#fff6dd;border-left:4px solid #e0a800;padding:.5em 1em;white-space:pre-wrap}}</style>
 </head><body>
 <h1>Backtest: {e(", ".join(data["symbols"][:10]))}{" …" if len(data["symbols"]) > 10 else ""}</h1>
 <p>{e(data["kind"])} from {e(data["first"])} to {e(data["last"])};
 {data["records"]:,} records; {report["run"]["agents"]} agents;
 {report["run"]["signals"]:,} signals, {report["run"]["orders"]:,} orders.</p>
-<h2>Statistics</h2>{table([{"metric": k, "value": v} for k, v in m.items()])}
+{notes}
+<h2>Statistics</h2>{table(stats)}
+{outcomes}
 {imgs}
 <h2>Per symbol</h2>{table(report["per_symbol"])}
 <h2>Per agent</h2>{table(report["per_agent"])}
-<h2>Trades</h2>{table([t.row() for t in trades])}
+<h2>Trades</h2>{table(trades)}
 </body></html>
 """
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, key: str = "") -> str:
     if isinstance(v, float):
+        if key in PERCENT:
+            return f"{v:.2%}"
         return f"{v:,.4f}" if abs(v) < 1e6 else f"{v:,.0f}"
     return "" if v is None else str(v)
+
+
+def _stat(key: str, v: Any) -> Any:
+    """A statistic as the HTML shows it (the console's way): ratios of equity as percent."""
+    if isinstance(v, float) and key in PERCENT:
+        return f"{v:.2%}"
+    if key == "max_drawdown_days" and isinstance(v, float):
+        return f"{v:.1f} days"
+    if key == "years" and isinstance(v, float):
+        return f"{v * 365.25:.1f} days" if v < 1 else f"{v:.2f} years"
+    return v
+
+
+def _price(x: Decimal, digits: int) -> str:
+    """A price at the symbol's digits."""
+    return str(Decimal(x).quantize(Decimal(1).scaleb(-digits)))
+
+
+def _digits(point: Decimal) -> int:
+    """A symbol's digits from its point (0.00001 -> 5, 0.01 -> 2, 1 -> 0)."""
+    return max(0, -Decimal(point).normalize().as_tuple().exponent)  # type: ignore[operator]
 
 
 def _q(x: Decimal) -> str:

@@ -60,7 +60,7 @@ def test_csv_cells_that_start_like_a_formula_are_quoted(tmp_path: Path) -> None:
     assert {r["pnl"] for r in rows} == {"-12.50"} and {r["net"] for r in rows} == {"-19.50"}  # numbers stay
     orders_rows = _rows(tmp_path / "orders.csv")
     assert [r["reason"] for r in orders_rows] == quoted
-    assert {(r["side"], r["conviction"], r["price"]) for r in orders_rows} == {("-1", "-0.5", "-1.25")}
+    assert {(r["side"], r["conviction"], r["price"]) for r in orders_rows} == {("SELL", "-0.5", "-1.25000")}
     assert _rows(tmp_path / "equity.csv")[0]["equity"] == "-5.50"
     # The HTML shows the text as it is, escaped.
     html = (tmp_path / "report.html").read_text()
