@@ -1091,6 +1091,66 @@ def backtest(data: tuple[str, ...], config_path: str | None, layout: str | None,
     click.echo(f"report: {Path(out_dir) / 'report.html'}")
 
 
+def _num(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+@main.command(epilog="Examples: sovereign sweep risk.toml --out sweeps/risk · sovereign sweep risk.toml "
+                     "--ray auto (a cluster started with `ray start --head`)")  # fmt: skip
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--ray", "ray_address", metavar="ADDRESS",
+              help="run the cells on the Ray cluster at ADDRESS (host:port, or auto: the one started on "
+                   "this machine); needs sovereign[cluster]")  # fmt: skip
+@click.option("--workers", type=click.IntRange(1, 1024), help="local processes (default: one per core)")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="sweep", show_default=True,
+              help="where the cells, results and report go (the same --out resumes a sweep)")  # fmt: skip
+def sweep(spec: str, ray_address: str | None, workers: int | None, out_dir: str) -> None:
+    """Backtest every cell of a parameter sweep: config values (a grid or a seeded random
+    search) × symbol groups × walk-forward windows, each on its in-sample and out-of-sample
+    part. SPEC: the sweep's TOML (see sovereign/research/sweep_spec.py for its keys).
+
+    Each cell is cached under --out by the hash of its inputs (config, data, code), so a
+    stopped sweep run again does only the cells it had not finished. Writes results.csv,
+    results.json and report.html (heatmaps, the best cells' out-of-sample equity).
+    """
+    from sovereign.research import sweep as sweeps
+    from sovereign.research import sweep_report, sweep_spec
+
+    if ray_address is not None and workers is not None:
+        raise BadInput("--workers is for the local pool; on Ray each cell takes one of the cluster's CPUs")
+    out = Path(out_dir)
+    if out.is_symlink():
+        raise BadInput(f"--out {out_dir} is a symlink: give the real path")
+    plan = sweeps.plan(sweep_spec.load(spec))
+    n = workers or len(os.sched_getaffinity(0))
+    click.echo(f"sweep: {len(plan.cells)} cells ({len(plan.points)} points × {len(plan.groups)} groups × "
+               f"{len(plan.windows)} windows) on {len(plan.market.records):,} {plan.market.kind} of "
+               f"{len(plan.market.names)} symbols")  # fmt: skip
+    done = [0]
+
+    def on_cell(r: dict[str, Any]) -> None:
+        done[0] += 1
+        obj = plan.spec.objective
+        point = " ".join(f"{p.path}={sweep_spec.label(r['point'][p.path], p)}" for p in plan.spec.params)
+        click.echo(f"cell {r['key'][:12]} {point} {r['group']} window {r['window'] + 1}: {obj} in-sample "
+                   f"{_num(r['in_sample'][obj])}, out-of-sample {_num(r['out_of_sample'][obj])} "
+                   f"({r['seconds']:.1f} s)")  # fmt: skip
+
+    try:
+        results, how = sweeps.run(plan, out, workers=n, ray=ray_address, on_cell=on_cell)
+    except KeyboardInterrupt:
+        click.echo(f"sovereign: stopped after {done[0]} new cells, kept in {out / 'cells'}; the same command "
+                   "resumes", err=True)  # fmt: skip
+        sys.exit(130)
+    except OSError as e:
+        raise Fail(f"cannot write to {out_dir}: {e.strerror or e}") from None
+    paths = sweep_report.write(out, plan, results, how)
+    rate = f", {how['cells_per_minute']:.1f} cells/min" if how["cells_per_minute"] else ""
+    click.echo(f"{how['ran']} cells run on {how['on']} in {how['seconds']:.1f} s{rate}; {how['cached']} from "
+               "the cache")  # fmt: skip
+    click.echo(f"results: {', '.join(str(p) for p in paths)}")
+
+
 @main.command(epilog="Example: sovereign replay /var/lib/sovereign/recordings "
                      "--config /etc/sovereign/sovereign.toml")  # fmt: skip
 @target_options
