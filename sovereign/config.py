@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import itertools
+import math
 import os
 import re
 import sys
@@ -149,9 +151,53 @@ class RetentionConfig:
     compact_free_ratio: float = _f(0.5, 0.0, 1.0, lo_open=True)
 
 
+# [[agents.sets]] timeframe: a name, or any number of seconds up to a week (AgentPool's limit).
+TIMEFRAMES = {"M1": 60, "M5": 300, "M15": 900, "M30": 1800, "H1": 3600, "H4": 14_400, "D1": 86_400,
+              "W1": 604_800}  # fmt: skip
+MAX_TIMEFRAME_S = 604_800
+# The analyzers' parameters (DESIGN.md section 3) with the ranges AgentPool accepts
+# (csrc/analyzers/params.hpp: kind, low, high, low open, high open); a set is checked here
+# and then by the core itself, so the config refuses what the core would, before start.
+AGENT_PARAMS: dict[str, tuple[type, float, float, bool, bool]] = {
+    "atr_n": (int, 1, 10_000, False, False),
+    "tol_mult": (float, 0.0, 100.0, True, False),
+    "k": (int, 1, 16, False, False),
+    "m": (int, 1, 128, False, False),
+    "surge_rv": (float, 0.0, 1e6, True, False),
+    "max_levels": (int, 1, 64, False, False),
+    "wick": (float, 0.0, 1.0, False, True),
+    "weights": (tuple, 0.0, 1.0, False, False),  # four, each in [0, 1], summing to 1
+    "min_conviction": (float, 0.0, 1.0, False, False),
+}
+WEIGHTS_TEXT = "four numbers in [0, 1] that sum to 1 (level, trend, momentum, bounce)"
+
+
+MAX_GRID = 1000  # agents one set may give one symbol (its grid's size): more is a typo, most likely
+
+
+@dataclass(frozen=True)
+class AgentSet:
+    """One [[agents.sets]] table: agents on each symbol whose name matches one of
+    `symbols` (glob patterns, case-sensitive), on bars of each of `timeframe` (seconds),
+    with `params` in place of the defaults of DESIGN.md section 3. A key given a list of
+    values makes a grid: one agent per combination (timeframe = ["M5", "H1"], k = [2, 3]:
+    four agents per symbol)."""
+
+    symbols: tuple[str, ...]
+    timeframe: tuple[int, ...]
+    params: dict[str, tuple[Any, ...]] = field(default_factory=dict)  # name -> its values
+
+    def agents(self) -> list[tuple[int, dict[str, Any]]]:
+        """(timeframe, parameters) of each agent a matching symbol gets, the timeframe first."""
+        combos = itertools.product(*self.params.values())
+        return [(tf, dict(zip(self.params, c, strict=True))) for c in combos for tf in self.timeframe]
+
+
 @dataclass(frozen=True)
 class AgentsConfig:
-    preset: str = _f("default", choices=("default",))
+    # "default": the ten built-in sets on every symbol (sovereign/presets.py); "none": only `sets`
+    preset: str = _f("default", choices=("default", "none"))
+    sets: tuple[AgentSet, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -256,6 +302,9 @@ class Config:
             raise ConfigError(f"config key risk.daily_loss_limit: {self.risk.daily_loss_limit} is above "
                               f"risk.max_drawdown ({self.risk.max_drawdown}); a day's loss would halt "
                               "the system before it could reduce")
+        if self.agents.preset == "none" and not self.agents.sets:
+            raise ConfigError("config key agents.preset: 'none' with no [[agents.sets]] leaves no agent to "
+                              "trade; add a set, or keep preset = 'default'")  # fmt: skip
         _check_time_fields(self.market, self.risk)
         listen_address(self.metrics.listen, "config key metrics.listen")
         _check_telegram(self.telegram)
@@ -463,7 +512,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raise ConfigError(f"config key {prefix}{unknown[0]} is unknown; known in "
                           f"{prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}")
     hints = get_type_hints(cls)
-    values = {}
+    values: dict[str, Any] = {}
     for name, value in raw.items():
         key = f"{prefix}{name}"
         if getattr(hints[name], "__origin__", None) is dict:  # name -> table (symbols.overrides) or text
@@ -474,11 +523,112 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
                 values[name] = {k: _check(f"{key}.{k}", str, v, {}) for k, v in value.items()}
                 continue
             values[name] = {k: _build(item, v, f"{prefix}{k}.") for k, v in value.items()}
+        elif hints[name] == tuple[AgentSet, ...]:
+            if not isinstance(value, list | tuple):
+                raise ConfigError(f"config key {key}: expected [[{key}]] tables, got {_shown(value)}")
+            values[name] = tuple(_agent_set(v, f"{key}[{i + 1}]") for i, v in enumerate(value))
         elif dataclasses.is_dataclass(hints[name]):
             values[name] = _build(hints[name], value, f"{key}.")
         else:
             values[name] = _check(key, hints[name], value, fields[name].metadata)
     return cls(**values)
+
+
+def _agent_set(raw: Any, key: str) -> AgentSet:
+    """One [[agents.sets]] table (numbered from 1 in the file's order): symbols, timeframe
+    and analyzer parameters side by side; a saved config's {symbols, timeframe, params} too."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key {key}: expected a table, got {_shown(raw)}")
+    saved = raw.get("params", {})
+    if not isinstance(saved, dict):
+        raise ConfigError(f"config key {key}.params: expected a table, got {_shown(saved)}")
+    params = {**saved, **{k: v for k, v in raw.items() if k not in ("symbols", "timeframe", "params")}}
+    for what, example in (("symbols", '["EUR*", "GBPUSD"] (["*"]: every symbol)'),
+                          ("timeframe", '"H1" (M1 M5 M15 M30 H1 H4 D1 W1, or seconds; a list for several)')):
+        if what not in raw:
+            raise ConfigError(f"config key {key}.{what} is missing: a set needs one, e.g. {what} = {example}")
+    symbols = raw["symbols"]
+    if isinstance(symbols, str):
+        symbols = [symbols]
+    if not isinstance(symbols, list | tuple) or not symbols:
+        raise ConfigError(f"config key {key}.symbols: expected a list of symbol names or glob patterns, "
+                          f'e.g. ["EUR*", "GBPUSD"], got {_shown(symbols)}')  # fmt: skip
+    for i, pattern in enumerate(symbols):
+        if not isinstance(pattern, str) or not SYMBOL_PATTERN.match(pattern):
+            raise ConfigError(f"config key {key}.symbols: item {i + 1} ({_shown(pattern)}) is not a symbol "
+                              "name or glob pattern (1-32 of A-Z a-z 0-9 . _ # - * ? [ ])")  # fmt: skip
+    where = f"{key}.timeframe"
+    timeframes = tuple(_timeframe(v, where) for v in _values(raw["timeframe"], where))
+    agent_set = AgentSet(tuple(symbols), timeframes, _agent_params(params, key))
+    size = len(timeframes) * math.prod(len(v) for v in agent_set.params.values())
+    if size > MAX_GRID:
+        raise ConfigError(f"config key {key}: its lists make {size:,} agents per symbol, more than "
+                          f"{MAX_GRID}")  # fmt: skip
+    return agent_set
+
+
+def _values(value: Any, key: str, nested: bool = False) -> list[Any]:
+    """A key's values: a list is a grid's (non-empty), anything else one value; for weights
+    (`nested`: a value is itself a list) a list of lists is a grid."""
+    if not isinstance(value, list | tuple):
+        return [value]
+    if nested and not any(isinstance(v, list | tuple) for v in value):
+        return [value]
+    if not value:
+        raise ConfigError(f"config key {key}: an empty list; give a value, or a list of values for a grid")
+    return list(value)
+
+
+def _timeframe(value: Any, key: str) -> int:
+    allowed = f"one of {' '.join(TIMEFRAMES)}, or a number of seconds in [1, {MAX_TIMEFRAME_S}]"
+    if isinstance(value, str) and value.upper() in TIMEFRAMES:
+        return TIMEFRAMES[value.upper()]
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_TIMEFRAME_S:
+        return value
+    raise ConfigError(f"config key {key}: {_shown(value)} is not {allowed}")
+
+
+def _agent_params(params: dict[str, Any], key: str) -> dict[str, tuple[Any, ...]]:
+    """The set's parameters, each value checked against AGENT_PARAMS, then every
+    combination by the core's own AgentPool.add_agent (the final word: what it refuses
+    never reaches a start)."""
+    from sovereign.core import AgentPool
+
+    out: dict[str, tuple[Any, ...]] = {}
+    for name, given in params.items():
+        if name not in AGENT_PARAMS:
+            raise ConfigError(f"config key {key}.{name} is unknown; known in a set: symbols, timeframe, "
+                              f"{', '.join(AGENT_PARAMS)} (DESIGN.md section 3)")  # fmt: skip
+        where = f"config key {key}.{name}"
+        out[name] = tuple(_agent_param(name, v, where) for v in _values(given, where, name == "weights"))
+    pool = AgentPool()
+    for combo in itertools.islice(itertools.product(*out.values()), MAX_GRID + 1):
+        try:
+            pool.add_agent(0, 60, **dict(zip(out, combo, strict=True)))
+        except ValueError as e:
+            raise ConfigError(f"config key {key}: {e}") from None
+    return out
+
+
+def _agent_param(name: str, value: Any, where: str) -> Any:
+    kind, lo, hi, lo_open, hi_open = AGENT_PARAMS[name]
+    if kind is tuple:
+        if not isinstance(value, list | tuple) or len(value) != 4 or not all(
+            isinstance(w, int | float) and not isinstance(w, bool) for w in value
+        ):
+            raise ConfigError(f"{where}: expected {WEIGHTS_TEXT} (or a list of such lists), "
+                              f"got {_shown(value)}")  # fmt: skip
+        weights = tuple(float(w) for w in value)
+        if not all(0.0 <= w <= 1.0 for w in weights) or abs(sum(weights) - 1.0) > 1e-9:
+            raise ConfigError(f"{where}: {list(weights)} is not {WEIGHTS_TEXT}")
+        return weights
+    if not isinstance(value, kind if kind is int else int | float) or isinstance(value, bool):
+        raise ConfigError(f"{where}: expected {_name(kind)} (or a list of them), got {_shown(value)}")
+    value = kind(value)
+    if not ((value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)):
+        raise ConfigError(f"{where}: {value} is not in {'(' if lo_open else '['}{lo:g}, {hi:g}"
+                          f"{')' if hi_open else ']'}")  # fmt: skip
+    return value
 
 
 def _check(key: str, kind: Any, value: Any, meta: Any) -> Any:

@@ -50,6 +50,7 @@ from sovereign.engine.runtime import (
 from sovereign.engine.sidecar import Sidecar
 from sovereign.engine.venue import venue_symbols
 from sovereign.market.feeds import feed_symbols
+from sovereign.presets import agents_for, check_sets
 from sovereign.state import views
 from sovereign.state.archive import Archiver
 from sovereign.state.orders import claim_open_index
@@ -178,6 +179,8 @@ class Supervisor:
         # them), new names follow; a replay's files are read here, every row validated.
         stored = self.store.read(lambda t: t.get("meta", META_SYMBOLS))
         names = venue_symbols(c, stored) if c.broker.kind == "mt5" else feed_symbols(c, stored)
+        unmatched = check_sets(c, names)  # ConfigError (exit 2) for a set naming no symbol
+        n_agents = len(agents_for(c, names))
         self.layout = layout = Layout.plan(c, prefix, len(names), names, new_session(),
                                            str(Path(c.system.state_dir).absolute()))  # fmt: skip
         check_shm_room(layout)
@@ -199,6 +202,8 @@ class Supervisor:
                          "version, or a release rolled back to)")  # fmt: skip
         if compacted:
             self.log("state_compacted", **compacted)
+        for warning in unmatched:
+            self.log("agent_set_unmatched", why=warning)
         self.archiver = Archiver.for_config(self.store, c)
         if reclaimed:
             self.log("shm_reclaimed", segments=len(reclaimed), bytes=sum(reclaimed.values()),
@@ -229,7 +234,7 @@ class Supervisor:
             self.spawn(p)
         self.start_sidecars()
         self.log("started", workers=layout.n_workers, symbols=layout.n_symbols,
-                 cores=",".join(map(str, layout.worker_cores)), agents=layout.n_symbols * 10,
+                 cores=",".join(map(str, layout.worker_cores)), agents=n_agents,
                  metrics=metrics_url or "off")  # fmt: skip
 
     def create_shm(self) -> None:

@@ -10,14 +10,14 @@ the snapshot and the crash are missing from its bars).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 
 from sovereign.config import Config
 from sovereign.core import AgentPool, SignalRing, TickRing
 from sovereign.engine.metrics import TICK_REFUSALS, meter
-from sovereign.engine.runtime import RUNNING, STOPPED, Child
+from sovereign.engine.runtime import RUNNING, STOPPED, Child, Layout
 from sovereign.market.calendar import FeedWatch, MarketCalendar, feed_rate
-from sovereign.presets import DEFAULT_AGENT_SETS
+from sovereign.presets import add_agents, agents_for
 from sovereign.state.recorder import event_log, record_dir
 from sovereign.state.schema import snapshot_key
 from sovereign.state.store import StateStore
@@ -47,12 +47,16 @@ class BarClock:
         return max(market_ns - FLUSH_GRACE_NS, shut or 0)
 
 
-def build_pool(symbols: list[int]) -> AgentPool:
+def build_pool(config: Config, names: Sequence[str], symbols: Iterable[int]) -> AgentPool:
+    """The agents the config gives `symbols` (ids into `names`, the system's symbols by
+    id), as live, backtests and replays all build them (sovereign.presets.agents_for)."""
     pool = AgentPool()
-    for s in symbols:
-        for tf, params in DEFAULT_AGENT_SETS:
-            pool.add_agent(s, tf, **params)
+    add_agents(pool, config, names, symbols)
     return pool
+
+
+def layout_names(layout: Layout) -> Sequence[str]:
+    return layout.symbol_names or tuple(map(str, range(layout.n_symbols)))
 
 
 def restore(store: StateStore, pool: AgentPool, k: int) -> str:
@@ -78,11 +82,15 @@ def save(store: StateStore, pool: AgentPool, k: int) -> None:
 def run(child: Child, config: Config, k: int) -> None:
     layout = child.layout
     store = StateStore(config.system.state_dir)
-    pool = build_pool(layout.symbols_of(k))
-    print(
-        f"worker-{k}: {len(pool)} agents on core {layout.worker_cores[k]}, {restore(store, pool, k)}",
-        flush=True,
-    )
+    mine = layout.symbols_of(k)
+    pool = build_pool(config, layout_names(layout), mine)
+    # A symbol no agent trades (sets that leave it out): the pool refuses its ticks as
+    # unknown_symbol, which is no bad data, so not counted as refused.
+    idle = set(mine) - {s for s, _, _ in agents_for(config, layout_names(layout), mine)}
+    quiet = ("unknown_symbol",) if idle else ()
+    without = f" ({len(idle)} of its {len(mine)} symbols without one)" if idle else ""
+    print(f"worker-{k}: {len(pool)} agents{without} on core {layout.worker_cores[k]}, "
+          f"{restore(store, pool, k)}", flush=True)  # fmt: skip
     log = event_log(config, layout.session, f"worker-{k}")
     if log is not None:  # replay: the agents as this session starts, and bars closed by the clock
         log.add("start", {"snapshot": _keep_start(config, layout.session, pool, k), "seen": seen(pool)})
@@ -104,7 +112,7 @@ def run(child: Child, config: Config, k: int) -> None:
         signals_out.push(closed)
 
     next_snapshot = time.monotonic() + config.system.snapshot_interval_s
-    metrics = Metrics(child, pool)
+    metrics = Metrics(child, pool, quiet)
     # Stopping: the gateway has stopped feeding; take what is left in the ring first.
     while not child.stop_requested or ticks_in.stats()["depth"]:
         clock = child.market_clock()
@@ -119,7 +127,7 @@ def run(child: Child, config: Config, k: int) -> None:
             RUNNING,
             ticks=stats["ticks"],
             signals=stats["signals"],
-            rejects=sum(stats["rejected"].values()),
+            rejects=sum(v for r, v in stats["rejected"].items() if r not in quiet),
             dropped=signals_out.stats()["dropped"],
         )
         metrics.publish(stats)
@@ -138,10 +146,11 @@ class Metrics:
 
     PUBLISH_S = 0.05
 
-    def __init__(self, child: Child, pool: AgentPool):
+    def __init__(self, child: Child, pool: AgentPool, quiet: tuple[str, ...] = ()):
         self.meter = meter(child)
         self.start = pool.stats()
         self.next = 0.0
+        self.quiet = quiet  # refusals not counted (unknown_symbol: ticks of a symbol without agents)
 
     def publish(self, stats: dict, force: bool = False) -> None:
         now = time.monotonic()
@@ -149,7 +158,7 @@ class Metrics:
             return
         self.next = now + self.PUBLISH_S
         was, rejected = self.start, stats["rejected"]
-        refused = [rejected[r] - was["rejected"][r] for r in TICK_REFUSALS]
+        refused = [0 if r in self.quiet else rejected[r] - was["rejected"][r] for r in TICK_REFUSALS]
         self.meter.publish(ticks=stats["ticks"] - was["ticks"], signals=stats["signals"] - was["signals"],
                            ticks_refused=refused)  # fmt: skip
 

@@ -127,7 +127,7 @@ class Backtest:
             raise ValueError(f"mark_interval_s {mark_interval_s} must divide a day")
         self.config, self.names, self.kind = config, list(names), kind
         n = len(names)
-        self.pool = build_pool(list(range(n)))
+        self.pool = build_pool(config, self.names, range(n))  # the config's agents (sovereign.presets)
         self.pool.threads = _cores()  # bars: symbols split over the cores (the same results)
         self.ids = Ids()
         self.coord = Coordinator(config, self.ids)

@@ -223,7 +223,7 @@ class Replayer:
                     keep[mine[int(pushed) :]] = False
         out = []
         for k in range(self.n_workers):
-            pool = build_pool(list(range(k, self.n, self.n_workers)))
+            pool = build_pool(self.config, self.s.market.names, range(k, self.n, self.n_workers))
             ticks = self.ticks[keep & (owner[self.ticks["symbol"]] == k)]
             events = self.s.events.get(f"worker-{k}", [])
             starts = [e for e in events if e[0] == "start"]
