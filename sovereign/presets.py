@@ -7,6 +7,8 @@ are dense, in that order: a snapshot restores only into the same list)."""
 from __future__ import annotations
 
 import fnmatch
+import math
+import os
 from collections.abc import Iterable, Sequence
 from typing import Any, Protocol
 
@@ -27,6 +29,7 @@ DEFAULT_AGENT_SETS: list[tuple[int, dict[str, Any]]] = [
 PRESETS: dict[str, list[tuple[int, dict[str, Any]]]] = {"default": DEFAULT_AGENT_SETS, "none": []}
 
 Agent = tuple[int, int, dict[str, Any]]  # (symbol id, timeframe in seconds, parameters)
+AGENT_BYTES = 8 << 10  # an agent's memory in a pool, about (AgentPool.memory_bytes / len)
 
 
 class _Pool(Protocol):
@@ -80,10 +83,30 @@ def check_sets(config: Config, names: Sequence[str]) -> list[str]:
                 raise ConfigError(f"{key}: no symbol is named {p!r}; the symbols are {shown_names(names)}")
             if not any(fnmatch.fnmatchcase(n, p) for n in names):
                 warnings.append(f"{key}: {p!r} matches no symbol (of {shown_names(names)})")
-    if not agents_for(config, names):
+    n = count_agents(config, names)
+    if n > agent_budget():
+        raise ConfigError(f"config key agents.sets: {n:,} agents on {len(names):,} symbols need about "
+                          f"{n * AGENT_BYTES / 2**30:.1f} GiB, more than half this machine's memory (at most "
+                          f"{agent_budget():,} agents); use fewer values or symbols")  # fmt: skip
+    if not n:
         raise ConfigError(f"config key agents.sets: no set matches any symbol, and preset = 'none': no agent "
                           f"would trade (the symbols are {shown_names(names)})")  # fmt: skip
     return warnings
+
+
+def agent_budget() -> int:
+    """The most agents this machine runs: half its memory at AGENT_BYTES each. More is a
+    grid on too many symbols, refused before anything is built."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2 // AGENT_BYTES
+
+
+def count_agents(config: Config, names: Sequence[str]) -> int:
+    """len(agents_for(config, names)), without making them."""
+    n = len(PRESETS[config.agents.preset]) * len(names)
+    for a in config.agents.sets:
+        grid = len(a.timeframe) * math.prod(len(v) for v in a.params.values())
+        n += grid * sum(matches(a, name) for name in names)
+    return n
 
 
 def shown_names(names: Sequence[str], most: int = 12) -> str:

@@ -16,13 +16,14 @@ import numpy as np
 import orjson
 import pytest
 
+from sovereign import presets
 from sovereign.cli import entry
 from sovereign.config import AGENT_PARAMS, Config, ConfigError, from_dict, load
 from sovereign.core import AgentPool
 from sovereign.engine.worker import build_pool, restore, save
 from sovereign.market.datafile import load as load_data
 from sovereign.market.feeds import sim_names
-from sovereign.presets import DEFAULT_AGENT_SETS, agent_table, agents_for, check_sets
+from sovereign.presets import DEFAULT_AGENT_SETS, agent_table, agents_for, check_sets, count_agents
 from sovereign.research import backtest as engine
 from sovereign.research.replay import load_session
 from sovereign.state.store import StateStore
@@ -199,7 +200,27 @@ def test_three_lines_give_a_thousand_agents_that_trade(tmp_path: Path) -> None:
     assert len(signals) and len(np.unique(signals["agent"])) > 100
 
 
-def test_check_sets_refuses_a_name_that_is_no_symbol_and_warns_of_an_empty_wildcard() -> None:
+def test_the_reference_reads_the_same_sets_and_agrees_with_the_core() -> None:
+    """The pure-Python reference (research/reference.py) built from the config by the same
+    function makes the core's signals."""
+    from sovereign.market.sim import simulate_ticks
+    from sovereign.presets import add_agents
+    from sovereign.research.reference import ReferencePool
+
+    cfg = from_dict(agents([{"symbols": ["SIM00[02]"], "timeframe": ["M1", "M5"], "k": [2, 4], "wick": 0.3,
+                             "weights": [0.4, 0.2, 0.2, 0.2], "min_conviction": 0.4}]))  # fmt: skip
+    names = sim_names(3)
+    pool, ref = AgentPool(), ReferencePool()
+    assert add_agents(pool, cfg, names) == add_agents(ref, cfg, names) == 8
+    flow = simulate_ticks(3, 8000, seed=9, mean_interval_s=2.0)
+    got = np.concatenate([pool.on_ticks(flow), pool.flush()])
+    want = np.concatenate([ref.on_ticks(flow), ref.flush()])
+    assert len(want) > 10 and set(want["symbol"].tolist()) == {0, 2}
+    assert np.array_equal(got, want)
+
+
+def test_check_sets_refuses_a_name_that_is_no_symbol_and_warns_of_an_empty_wildcard(
+        monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     cfg = from_dict(agents([{"symbols": ["EURUSD", "EURUSX"], "timeframe": "H1"}]))
     with pytest.raises(ConfigError, match=r"agents\.sets\[1\]\.symbols: no symbol is named 'EURUSX'; the "
                                           r"symbols are EURUSD, EURGBP, GBPUSD, USDJPY, XAUUSD"):  # fmt: skip
@@ -212,6 +233,15 @@ def test_check_sets_refuses_a_name_that_is_no_symbol_and_warns_of_an_empty_wildc
     with pytest.raises(ConfigError, match="no set matches any symbol, and preset = 'none': no agent"):
         check_sets(nothing, NAMES)
     assert check_sets(Config(), NAMES) == []
+    many = from_dict(agents([{"symbols": ["*"], "timeframe": list(range(60, 60 * 41, 60)),
+                              "k": list(range(1, 17))}]))  # fmt: skip
+    assert count_agents(many, sim_names(2000)) == 2000 * 40 * 16 == len(agents_for(many, sim_names(2000)))
+    assert presets.agent_budget() > 100_000  # half of any machine this runs on
+    monkeypatch.setattr(presets, "agent_budget", lambda: 1_000_000)
+    with pytest.raises(ConfigError, match=r"agents\.sets: 1,280,000 agents on 2,000 symbols need about "
+                                          r"9\.8 GiB, more than half this machine's memory "
+                                          r"\(at most 1,000,000 agents\)"):  # fmt: skip
+        check_sets(many, sim_names(2000))
 
 
 def test_config_check_prints_each_symbols_agents_grouped(tmp_path: Path,

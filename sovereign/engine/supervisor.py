@@ -50,7 +50,7 @@ from sovereign.engine.runtime import (
 from sovereign.engine.sidecar import Sidecar
 from sovereign.engine.venue import venue_symbols
 from sovereign.market.feeds import feed_symbols
-from sovereign.presets import agents_for, check_sets
+from sovereign.presets import check_sets, count_agents
 from sovereign.state import views
 from sovereign.state.archive import Archiver
 from sovereign.state.orders import claim_open_index
@@ -180,7 +180,7 @@ class Supervisor:
         stored = self.store.read(lambda t: t.get("meta", META_SYMBOLS))
         names = venue_symbols(c, stored) if c.broker.kind == "mt5" else feed_symbols(c, stored)
         unmatched = check_sets(c, names)  # ConfigError (exit 2) for a set naming no symbol
-        n_agents = len(agents_for(c, names))
+        n_agents = count_agents(c, names)
         self.layout = layout = Layout.plan(c, prefix, len(names), names, new_session(),
                                            str(Path(c.system.state_dir).absolute()))  # fmt: skip
         check_shm_room(layout)
