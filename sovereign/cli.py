@@ -213,7 +213,7 @@ def run(config_path: str | None, max_ticks: int | None, state_dir: str | None, n
     Supervisor, gateway, pinned workers, coordinator and risk; it trades until SIGTERM or
     Ctrl-C (or until a finite feed ends), then drains and exits 0.
     """
-    from sovereign.config import load, with_absolute_paths
+    from sovereign.config import check_state_dir, load, with_absolute_paths
     from sovereign.core import RingError
     from sovereign.engine import supervisor
     from sovereign.errors import SovereignError
@@ -226,6 +226,7 @@ def run(config_path: str | None, max_ticks: int | None, state_dir: str | None, n
             config = replace(config, system=replace(config.system, state_dir=state_dir))
         if max_ticks is not None:
             config = replace(config, feed=replace(config.feed, max_ticks=max_ticks))
+        check_state_dir(config.system.state_dir)
         # Neither the supervisor nor its children may import from the directory it was
         # started in (a `socket.py` there ran in all five children): paths are made
         # absolute, the processes work in /, and no child puts its directory on sys.path.
@@ -312,8 +313,14 @@ def _print_status(data: dict[str, Any], t: Target) -> None:
                   f"{r.get('orders', 0):,.2f} orders/s")  # fmt: skip
         lat = data.get("tick_to_order") or {}
         window = f"tick-to-order over the last full {lat.get('window_s', 0):.0f} s"
-        con.print(f"{window}: p50 {lat['p50_us'] / 1e3:,.2f} ms · p99 {lat['p99_us'] / 1e3:,.2f} ms · "
-                  f"{lat['n']:,} orders" if lat.get("n") else f"{window}: no orders")  # fmt: skip
+        if lat.get("n"):
+            con.print(f"{window}: p50 {lat['p50_us'] / 1e3:,.2f} ms · p99 {lat['p99_us'] / 1e3:,.2f} ms · "
+                      f"{lat['n']:,} orders")  # fmt: skip
+        elif r.get("orders", 0) > 0:  # orders now, in a window not over yet: not 'no orders'
+            con.print(f"{window}: none measured yet (the orders of the last seconds are in a window not "
+                      "over yet)")  # fmt: skip
+        else:
+            con.print(f"{window}: no orders")
         con.print(f"metrics: {_safe(data.get('metrics') or 'off ([metrics] listen)')}")
     _print_storage(con, data.get("storage") or {})
     b = data.get("bridge")
@@ -388,9 +395,17 @@ def positions(t: Target, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table("symbol", "side", "volume", "avg price", "price", "unrealized", "stop", "target")
+    digits = _digits_of(t.config)
+
+    def px(x: Any, d: int) -> str:
+        return "-" if x in (None, "", "-") else f"{Decimal(str(x)):.{d}f}"
+
     for r in rows:
-        table.add_row(_safe(r["name"]), r["side"], r["volume"], r["avg_price"], r.get("price", "-"),
-                      _money(r.get("unrealized")), r["sl"] or "-", r["tp"] or "-")  # fmt: skip
+        d = digits(r["name"])  # an average price gets one digit more
+        avg = f"{Decimal(r['avg_price']):.{d + 1}f}".rstrip("0")
+        table.add_row(_safe(r["name"]), r["side"], r["volume"], avg if avg[-1] != "." else avg + "0",
+                      px(r.get("price"), d), _money(r.get("unrealized")), px(r["sl"], d),
+                      px(r["tp"], d))  # fmt: skip
     con = _console()
     con.print(table if rows else "no open positions")
     if rows and quotes is None:
@@ -538,12 +553,26 @@ def journal(t: Target, follow: bool, limit: int | None, start: str | None, end: 
     limit = limit or 30
 
     con = _console()
+    names = t.read(views.symbol_names)
+    digits = _digits_of(t.config)
 
     def show(e: dict[str, Any]) -> None:  # entries written before text was escaped at input are escaped here
-        fields = " ".join(f"{_safe(k)}={_safe(v)}" for k, v in e.items() if k not in ("seq", "event"))
-        con.print(f"{e['seq']:>8} [bold]{_safe(e['event'])}[/] {fields}", markup=True)
+        text = views.journal_text(e, names, digits)
+        con.print(f"{e['seq']:>8} [bold]{_safe(e['event'])}[/] {_safe(text, 8 * MAX_FIELD)}", markup=True)
 
     _follow(t, lambda tx, after: views.journal(tx, limit=limit, after=after), show, follow, as_json, first)
+
+
+def _digits_of(config: Any) -> Callable[[str], int]:
+    """A symbol's digits (its point: 0.00001 -> 5), as the config specifies it."""
+    from sovereign.research.report import point_digits
+    from sovereign.symbols import spec_for
+
+    @functools.cache
+    def digits(name: str) -> int:
+        return point_digits(spec_for(config, name).point)
+
+    return digits
 
 
 def _report(answer: dict[str, Any]) -> None:
@@ -659,10 +688,11 @@ def config_check(file: str, as_json: bool) -> None:
     """Validate FILE as the system would at start; exit 2 naming the bad key."""
     import dataclasses
 
-    from sovereign.config import ConfigError, load
+    from sovereign.config import ConfigError, check_state_dir, load
 
     try:
         cfg = load(file)
+        check_state_dir(cfg.system.state_dir)
     except ConfigError as e:
         if as_json:
             _json({"ok": False, "error": str(e)})

@@ -9,12 +9,14 @@ walks them, so every error names the key and what would be right:
 from __future__ import annotations
 
 import dataclasses
+import errno
 import ipaddress
 import itertools
 import math
 import os
 import re
 import sys
+import tempfile
 import zoneinfo
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -426,6 +428,35 @@ def _check_zone(key: str, name: str) -> None:
         raise ConfigError(f"config key {key}: {_shown(name)} is not a time zone this machine knows; give an "
                           "IANA name like 'America/New_York' or 'UTC' (a machine without /usr/share/"
                           "zoneinfo needs the tzdata package)") from None
+
+
+def check_state_dir(path: str) -> None:
+    """system.state_dir as the system must find it at start: a directory it can write, or
+    one it can make. ConfigError naming the key for a file (there, or where a directory
+    must be made) and for a place this user cannot write (a read-only file system,
+    another user's directory). `config check` and `run` both ask (a read command needs
+    only to read, so loading a config does not)."""
+    key = "config key system.state_dir"
+    target = Path(path or ".")
+    probe = target
+    try:
+        while not probe.exists() and probe.parent != probe:  # the directories up to here will be made
+            probe = probe.parent
+        is_dir = probe.is_dir()
+    except OSError as e:  # a directory above it this user cannot enter
+        raise ConfigError(f"{key}: {path} cannot be reached by this user (uid {os.getuid()}): "
+                          f"{e.strerror}") from None  # fmt: skip
+    if not is_dir:
+        where = "" if probe == target else f" ({probe}, where its directory would be made)"
+        raise ConfigError(f"{key}: {path} is not a directory: a file is in the way{where}")
+    try:  # a file without a name (O_TMPFILE), gone when closed: the question asked of the file system
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as e:
+        why = "it is on a read-only file system" if e.errno == errno.EROFS else e.strerror
+        at = "" if probe == target else f" (in {probe}, where its directory would be made)"
+        raise ConfigError(f"{key}: {path} cannot be written by this user (uid {os.getuid()}){at}: "
+                          f"{why}") from None  # fmt: skip
 
 
 def with_absolute_paths(config: Config) -> Config:

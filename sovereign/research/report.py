@@ -267,7 +267,7 @@ def build(
             "last": iso(out.last_ns) if out.records else "",
             "timeframe_s": market.timeframe_s or None,
             "bad_rows_skipped": len(market.issues),
-            "digits": {name: _digits(spec_for(bt.config, name).point) for name in market.names},
+            "digits": {name: point_digits(spec_for(bt.config, name).point) for name in market.names},
             "unread": [{"symbol": name, "timeframe_s": tf or None, "agent_timeframes_s": mine}
                        for name, tf, mine in gaps],
         },
@@ -595,7 +595,7 @@ def _price(x: Decimal, digits: int) -> str:
     return str(Decimal(x).quantize(Decimal(1).scaleb(-digits)))
 
 
-def _digits(point: Decimal) -> int:
+def point_digits(point: Decimal) -> int:
     """A symbol's digits from its point (0.00001 -> 5, 0.01 -> 2, 1 -> 0)."""
     return max(0, -Decimal(point).normalize().as_tuple().exponent)  # type: ignore[operator]
 

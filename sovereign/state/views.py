@@ -6,6 +6,7 @@ stopped system or a backup.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -19,6 +20,7 @@ from sovereign.state.archive import history
 from sovereign.state.orders import open_orders
 from sovereign.state.schema import BOOK_KEY, DAY_OPENS_KEY, RISK_STATE_KEY, key_u64
 from sovereign.state.store import Txn
+from sovereign.text import MAX_FIELD, clean
 
 
 def symbol_names(t: Txn) -> list[str]:
@@ -141,6 +143,80 @@ def journal(t: Txn, *, limit: int = 50, after: int = 0) -> list[dict[str, Any]]:
             break
     out.reverse()
     return out
+
+
+# ---- the journal in words (what `sovereign journal` prints; --json keeps the entries as stored)
+
+_PRICES = frozenset({"price", "sl", "tp", "fill_price", "entry", "stop", "target", "avg_price"})
+_FILL_WHY = {"sl": "stop loss", "tp": "target", "": "market"}
+
+
+def journal_text(e: dict[str, Any], names: list[str], digits: Callable[[str], int]) -> str:
+    """A journal entry for an operator, after its event's name: symbols by name, sides as buy
+    and sell, prices at the symbol's digits (digits(name)), an order's conviction named as
+    what it is (the net of its symbol's live signals, at most 1), no order id 0 (a fill the
+    broker made by itself: a stop or a target); orders and fills as sentences, other
+    events as key=value pairs."""
+    event = e.get("event")
+    fields = {k: v for k, v in e.items() if k not in ("seq", "event")}
+    symbol = fields.get("symbol")
+    name = _name(names, symbol) if type(symbol) is int else symbol
+    places = digits(name) if isinstance(name, str) else 5
+    w = {k: _word(k, v, places) for k, v in fields.items()}
+    if name is not None:
+        w["symbol"] = str(name)
+    if not fields.get("client_order_id"):
+        w.pop("client_order_id", None)
+    what = " ".join(w.pop(k) for k in ("symbol", "side", "volume") if k in w)
+    if "price" in w:
+        what += f" at {w.pop('price')}"
+    stops = ", ".join(f"{label} {w.pop(k)}" for k, label in (("sl", "stop"), ("tp", "target"))
+                      if w.get(k) not in (None, "", "0", "None"))  # fmt: skip
+    w.pop("sl", None), w.pop("tp", None)
+    what += f" ({stops})" if stops else ""
+    if event == "order":
+        line = f"{w.pop('client_order_id', '?')} {what}".rstrip() + f": {w.pop('state', '')}"
+        was = w.pop("previous", "")
+        line += f" (was {was})" if was else ""
+        reason = w.pop("reason", "")
+        line += f", {reason}" if reason and reason != "OK" else ""
+        if "fill_price" in w:
+            line += f" at {w.pop('fill_price')}"
+        if "conviction" in w:
+            w["net_conviction"] = w.pop("conviction")
+    elif event == "fill":
+        if fields.get("retcode") == 10009:  # done: what every fill is
+            w.pop("retcode")
+        why = w.pop("reason", "")
+        line = f"{what} ({_FILL_WHY.get(why, why)})"
+        if "client_order_id" in w:
+            line += f", order {w.pop('client_order_id')}"
+    else:
+        line = what
+    if "ts_ns" in w:
+        w["time"] = w.pop("ts_ns")
+    tail = " ".join(f"{k}={v}" for k, v in w.items())
+    return " · ".join(x for x in (line.strip(), tail) if x)
+
+
+def _word(key: str, v: Any, places: int) -> str:
+    """A field's value in words, escaped and bounded (sovereign.text), whatever is stored."""
+    if key in _PRICES and v not in (None, "", 0, 0.0):
+        try:
+            return f"{Decimal(str(v)):.{places}f}"
+        except (ArithmeticError, ValueError):
+            pass
+    if key == "side" and v in (1, -1):
+        return "buy" if v > 0 else "sell"
+    if key == "conviction" and isinstance(v, float):
+        return f"{v:.2f}"
+    if key == "ts_ns" and type(v) is int and v > 0:
+        return _iso(v)
+    return clean(v, MAX_FIELD)
+
+
+def _iso(ns: int) -> str:
+    return str(np.datetime64(ns, "ns").astype("datetime64[ms]")) + "Z"
 
 
 DAY_OPENS_KEPT = 70  # trading days: a month, and the day before it, with room for a long gap
