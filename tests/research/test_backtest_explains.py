@@ -71,6 +71,12 @@ def test_bars_no_agent_reads_are_named_before_the_run_with_the_lines_that_add_ag
     assert doc["run"]["signals"] == 0 and doc["metrics"]["trades"] == 0
     html = (tmp_path / "out" / "report.html").read_text()
     assert "no agent reads the data of these symbols" in html and "timeframe = &quot;H1&quot;" in html
+    # The lines shown, pasted into a config, add an agent that reads the data.
+    hint = r.stderr[r.stderr.index("[[agents.sets]]"):]
+    r = backtest(tmp_path, tmp_path / "EURUSD_H1.csv", hint)
+    doc = report_of(tmp_path)
+    assert "no agent reads" not in r.stderr + r.stdout and doc["data"]["unread"] == []
+    assert doc["run"]["agents"] == 11 and doc["run"]["signals"] > 0  # the preset's ten and the H1 one
     # M15 bars reach the M15 agents: nothing to say.
     r = backtest(tmp_path, bars_csv(tmp_path / "EURUSD_M15.csv", 2000, 900))
     assert "no agent reads" not in r.stderr + r.stdout and report_of(tmp_path)["data"]["unread"] == []
