@@ -291,12 +291,16 @@ def test_a_worker_restarted_with_other_agents_refuses_its_snapshot(tmp_path: Pat
         save(store, pool, 0)
         same = build_pool(before, names, [0, 1])
         assert restore(store, same, 0).startswith("restored snapshot (500 ticks)")
+        more = build_pool(from_dict(agents([{"symbols": ["*"], "timeframe": ["M1", "H1"]}], preset="default")),
+                          names, [0, 1])  # fmt: skip
+        assert "it holds 22 agents, this pool has 24" in restore(store, more, 0)
         changed = build_pool(after, names, [0, 1])
         said = restore(store, changed, 0)
         events = store.read(lambda t: [v for _, v in t.items("journal")])
     assert said.startswith("snapshot refused (") and "agent 10 differs" in said
     assert changed.stats()["ticks"] == 0
     assert events[-1]["event"] == "snapshot_refused" and "agent 10 differs" in events[-1]["why"]
+    assert "the config's agents changed since it was taken" in events[-1]["why"]
 
 
 def _h1_csv(path: Path, n: int = 3000) -> Path:

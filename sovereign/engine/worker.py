@@ -68,6 +68,8 @@ def restore(store: StateStore, pool: AgentPool, k: int) -> str:
         pool.restore(blob)
     except ValueError as e:
         why = str(e)
+        if "differs from this pool's" in why or "agents, this pool has" in why:
+            why += " (the config's agents changed since it was taken: [agents])"
         store.write(lambda t: t.journal("snapshot_refused", worker=k, why=why))
         return f"snapshot refused ({why}): starting cold"
     store.write(lambda t: t.journal("snapshot_restored", worker=k, ticks=pool.stats()["ticks"]))
