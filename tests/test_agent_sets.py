@@ -291,8 +291,8 @@ def test_a_worker_restarted_with_other_agents_refuses_its_snapshot(tmp_path: Pat
         save(store, pool, 0)
         same = build_pool(before, names, [0, 1])
         assert restore(store, same, 0).startswith("restored snapshot (500 ticks)")
-        more = build_pool(from_dict(agents([{"symbols": ["*"], "timeframe": ["M1", "H1"]}], preset="default")),
-                          names, [0, 1])  # fmt: skip
+        added = from_dict(agents([{"symbols": ["*"], "timeframe": ["M1", "H1"]}], preset="default"))
+        more = build_pool(added, names, [0, 1])
         assert "it holds 22 agents, this pool has 24" in restore(store, more, 0)
         changed = build_pool(after, names, [0, 1])
         said = restore(store, changed, 0)
