@@ -45,15 +45,13 @@ class SignalOutcomes:
         self.counts[key] = self.counts.get(key, 0) + n
 
     def decided(self, signals: np.ndarray, intents: list[tuple], coord: Any) -> None:
-        """A decision's signals and the coordinator's intents for them (ORDER_DTYPE tuples)."""
-        sym = signals["symbol"]
-        if len(sym) == 1 or (sym[0] == sym[-1] and (sym == sym[0]).all()):
-            groups = [(int(sym[0]), len(sym))]
-        else:
-            u, c = np.unique(sym, return_counts=True)
-            groups = list(zip(u.tolist(), c.tolist(), strict=True))
+        """A decision's signals and the coordinator's intents for them (ORDER_DTYPE tuples).
+        Called at every decision: plain Python on a few signals is cheaper than numpy here."""
+        per_symbol: dict[int, int] = {}
+        for s in signals["symbol"].tolist():
+            per_symbol[s] = per_symbol.get(s, 0) + 1
         ids = {t[4]: t[2] for t in intents}
-        for s, n in groups:
+        for s, n in per_symbol.items():
             cid = ids.get(s)
             if cid is not None:
                 self.waiting[cid] = self.waiting.get(cid, 0) + n
@@ -100,14 +98,17 @@ class SignalOutcomes:
 
 
 def _no_intent(symbol: int, coord: Any) -> str:
-    """Why the coordinator made no intent for `symbol` at this decision (its checks, in its order)."""
+    """Why the coordinator made no intent for `symbol` at this decision (its checks, in its
+    order). Flat and with no order in flight, only the threshold can have stopped it."""
+    position, flight = coord.position.get(symbol, 0), coord.in_flight.get(symbol)
+    if not position and (flight is None or flight[1] <= coord.book.clock_ns):
+        return BELOW_THRESHOLD
     net = 0.0
     for live in coord.book.live(symbol):  # (agent, expires_ns, side, conviction, ...), netted in this order
         net += live[2] * live[3]
     if not abs(net) >= coord.book.threshold:
         return BELOW_THRESHOLD
-    side = 1 if net > 0 else -1
-    if coord.position.get(symbol, 0) == side:
+    if position == (1 if net > 0 else -1):
         return POSITIONED
     return IN_FLIGHT
 
