@@ -140,6 +140,21 @@ def test_the_journal_speaks_in_names_and_words(ran: Path) -> None:
     assert any(e.get("event") == "order" and isinstance(e.get("symbol"), int) for e in entries)
 
 
+def test_a_fill_the_broker_made_alone_reads_as_a_stop_or_a_target() -> None:
+    """A stop or a target filled by the broker has no order of ours (client id 0)."""
+    from sovereign.state.views import journal_text
+
+    fill = {"seq": 5, "event": "fill", "client_order_id": 0, "symbol": 1, "side": -1, "volume": "0.10",
+            "price": "1.1000012", "commission": "0.7", "realized_pnl": "-12.5",
+            "ts_ns": 1_767_225_600 * 10**9, "retcode": 10009, "reason": "sl", "ticket": 9}  # fmt: skip
+    assert journal_text(fill, ["GBPUSD", "EURUSD"], lambda name: 5) == (
+        "EURUSD sell 0.10 at 1.10000 (stop loss) · commission=0.7 realized_pnl=-12.5 ticket=9 "
+        "time=2026-01-01T00:00:00.000Z")
+    ours = {**fill, "client_order_id": 7, "reason": "tp", "symbol": 0}
+    text = journal_text(ours, ["GBPUSD"], lambda name: 3)
+    assert text.startswith("GBPUSD sell 0.10 at 1.100 (target), order 7 ·"), text
+
+
 def test_positions_show_stops_and_targets_at_the_symbols_digits(ran: Path) -> None:
     text = sov("positions", "--state-dir", str(ran), cwd=ran.parent).stdout
     lines = [line for line in text.splitlines() if re.search(r"SIM\d{3}", line)]
