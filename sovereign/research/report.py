@@ -566,7 +566,7 @@ pre.note{{background:#fff6dd;border-left:4px solid #e0a800;padding:.5em 1em;whit
 {imgs}
 <h2>Per symbol</h2>{table(report["per_symbol"])}
 <h2>Per agent</h2>{table(report["per_agent"])}
-<h2>Trades</h2>{table(trades)}
+<h2>Trades</h2>{table([{k: v for k, v in t.items() if not k.endswith("_ns")} for t in trades])}
 </body></html>
 """
 
