@@ -903,6 +903,11 @@ def demo(symbols: int, ticks_per_symbol: int, seed: int, show: int) -> None:
 # ---- backtests, replay and data
 
 
+symbol_option = click.option(
+    "--symbol", metavar="NAME", help="the symbol of files without a symbol column (default: the file name's "
+    "first word, EURUSD_H1.csv: EURUSD)")  # fmt: skip
+
+
 def _when_arg(text: str | None, what: str) -> int | None:
     from sovereign.market.data import parse_time
 
@@ -915,14 +920,16 @@ def _when_arg(text: str | None, what: str) -> int | None:
 
 
 def _load_market(data: Sequence[str], layout: str, skip_bad_rows: bool, start: int | None,
-                 end: int | None) -> Any:  # fmt: skip
+                 end: int | None, symbol: str | None = None) -> Any:  # fmt: skip
     from sovereign.market.data import DataError
     from sovereign.market.datafile import load
 
     try:
-        market = load(list(data), layout, "skip" if skip_bad_rows else "refuse")
+        market = load(list(data), layout, "skip" if skip_bad_rows else "refuse", symbol)
     except DataError as e:
         raise BadInput(str(e)) from None
+    for note in market.notes:
+        click.echo(f"sovereign: {clean(note, MAX_FIELD)} (--symbol sets it)", err=True)
     for f, line, what in market.issues[:20]:
         click.echo(f"sovereign: skipped {clean(f)}:{line}: {clean(what, MAX_FIELD)}", err=True)
     if len(market.issues) > 20:
@@ -1039,6 +1046,7 @@ def _run_backtest(config: Any, market: Any, resume: str | None, keep_signals: bo
               help="the TOML config live uses (agents, risk, costs); default: $SOVEREIGN_CONFIG, "
                    f"{SYSTEM_CONFIG}, or the embedded defaults")  # fmt: skip
 @click.option("--layout", type=click.Choice(["generic", "mt5"]), help="CSV layout (default: feed.layout)")
+@symbol_option
 @click.option("--from", "start", metavar="TIME", help="first time included (ISO 8601, UTC)")
 @click.option("--to", "end", metavar="TIME", help="first time left out (ISO 8601, UTC)")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="backtest", show_default=True,
@@ -1051,13 +1059,14 @@ def _run_backtest(config: Any, market: Any, resume: str | None, keep_signals: bo
 @click.option("--mark-interval", type=click.IntRange(1, 86_400), default=3600, show_default=True,
               help="seconds between equity marks (must divide a day)")  # fmt: skip
 @json_option
-def backtest(data: tuple[str, ...], config_path: str | None, layout: str | None, start: str | None,
+def backtest(data: tuple[str, ...], config_path: str | None, layout: str | None, symbol: str | None,
+             start: str | None,
              end: str | None, out_dir: str, skip_bad_rows: bool, resume: str | None, save_state: str | None,
              mark_interval: int, as_json: bool) -> None:  # fmt: skip
     """Run the live decision code (agents, coordinator, risk, paper broker) over history.
 
-    DATA: tick or bar files, CSV (generic or MetaTrader 5 layout) or .sovdata (see `data
-    import`), one or many symbols. Ticks fill at the quote; bars fill at the next bar's
+    DATA: tick or bar files, CSV (generic or MetaTrader 5 layout), Parquet or .sovdata (see
+    `data import`), one or many symbols. Ticks fill at the quote; bars fill at the next bar's
     open, with stops and targets checked against each bar's high and low (the stop first
     when a bar touches both). Writes report.json, report.html, trades.csv, equity.csv,
     orders.csv and PNG pictures to --out.
@@ -1080,7 +1089,7 @@ def backtest(data: tuple[str, ...], config_path: str | None, layout: str | None,
     try:
         with stages.stage("loading"):
             market = _load_market(data, layout or config.feed.layout, skip, _when_arg(start, "--from"),
-                                  _when_arg(end, "--to"))  # fmt: skip
+                                  _when_arg(end, "--to"), symbol)  # fmt: skip
         bt = _run_backtest(config, market, resume, mark_interval=mark_interval, stages=stages)
         with stages.stage("report"):
             if save_state is not None:  # replaces a file or link there, never writes through it
@@ -1239,63 +1248,117 @@ def replay(t: Target, recording: str, session: str | None, limit: int, as_json: 
 
 @main.group(context_settings=CONTEXT)
 def data() -> None:
-    """Market data: import CSV into the fast form, and look at what a file holds."""
+    """Market data: import CSV or Parquet into the fast form, look at what a file holds, make a sample."""
 
 
-@data.command("import", epilog="Example: sovereign data import EURUSD_M1_2025.csv GBPUSD_M1_2025.csv "
-                               "--layout mt5 -o fx_m1_2025.sovdata")  # fmt: skip
+@data.command("import", epilog="Examples: sovereign data import EURUSD_M1_2025.csv GBPUSD_M1_2025.csv "
+                               "-o fx_m1_2025.sovdata · sovereign data import fx.sovdata -o fx.parquet")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False), help="the .sovdata file")
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="the file to write: .sovdata (binary, memory-mapped), .parquet or .csv")  # fmt: skip
 @click.option("--layout", type=click.Choice(["generic", "mt5"]), default="generic", show_default=True)
+@symbol_option
 @click.option("--skip-bad-rows", is_flag=True, help="skip and report bad rows instead of refusing the file")
 @json_option
-def data_import(files: tuple[str, ...], out: str, layout: str, skip_bad_rows: bool, as_json: bool) -> None:
-    """Validate CSV files and write them as one .sovdata file (binary, memory-mapped)."""
+def data_import(files: tuple[str, ...], out: str, layout: str, symbol: str | None, skip_bad_rows: bool,
+                as_json: bool) -> None:  # fmt: skip
+    """Validate data files (CSV, Parquet, .sovdata) and write them as one file: .sovdata to
+    backtest fast, Parquet or CSV to take them elsewhere (either reads back the same)."""
     from sovereign.market.data import DataError
-    from sovereign.market.datafile import SUFFIX, info, write
+    from sovereign.market.datafile import SUFFIX, info, save
 
-    if not out.endswith(SUFFIX):
-        raise BadInput(f"the output file must end in {SUFFIX}: {out}")
-    market = _load_market(files, layout, skip_bad_rows, None, None)
+    if Path(out).suffix not in (SUFFIX, ".parquet", ".csv"):
+        raise BadInput(f"the output file must end in {SUFFIX}, .parquet or .csv: {out}")
+    market = _load_market(files, layout, skip_bad_rows, None, None, symbol)
     try:
-        write(out, market, source=[Path(f).name for f in files])
+        save(out, market, source=[Path(f).name for f in files])
     except DataError as e:
         raise Fail(str(e)) from None
     summary = info(market)
     if as_json:
         _json({"written": out, **summary})
         return
-    click.echo(f"wrote {out}: {summary['rows']:,} {market.kind} of {len(market.names)} symbols, "
-               f"{summary.get('first', '')} .. {summary.get('last', '')}; "
+    click.echo(f"wrote {out}: {summary['rows']:,} {market.kind}{_timeframe_text(summary)} of "
+               f"{len(market.names)} symbols, {summary.get('first', '')} .. {summary.get('last', '')}; "
                f"{len(market.issues)} bad rows skipped")  # fmt: skip
+
+
+def _timeframe_text(summary: dict[str, Any]) -> str:
+    """' (M1)', ' (EURUSD M1, GBPUSD M5)' where symbols differ, or '' for ticks."""
+    from sovereign.market.datafile import timeframe_name
+
+    tfs = summary.get("timeframes_s") or {}
+    if len(set(tfs.values())) > 1:
+        return " (" + ", ".join(f"{_safe(n)} {timeframe_name(tf)}" for n, tf in list(tfs.items())[:10]) + ")"
+    return f" ({timeframe_name(summary['timeframe_s'])})" if summary.get("timeframe_s") else ""
 
 
 @data.command("info", epilog="Example: sovereign data info fx_m1_2025.sovdata --gap 3600")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--layout", type=click.Choice(["generic", "mt5"]), default="generic", show_default=True)
+@symbol_option
 @click.option("--gap", "gap_s", type=click.FloatRange(min=0, min_open=True),
               help="seconds without data that make a gap (default: 2 bars, or 600 s of ticks)")  # fmt: skip
 @json_option
-def data_info(files: tuple[str, ...], layout: str, gap_s: float | None, as_json: bool) -> None:
-    """Symbols, row counts, time ranges and gaps of data files (bad rows are listed)."""
+def data_info(files: tuple[str, ...], layout: str, symbol: str | None, gap_s: float | None,
+              as_json: bool) -> None:  # fmt: skip
+    """Symbols, timeframes, row counts, time ranges and gaps of data files (CSV, Parquet,
+    .sovdata; bad rows are listed)."""
     from sovereign.market.datafile import info
 
-    market = _load_market(files, layout, True, None, None)
+    market = _load_market(files, layout, True, None, None, symbol)
     summary = info(market, gap_s)
     if as_json:
         _json(summary)
         return
     from rich.table import Table
 
-    table = Table("symbol", "rows", "first", "last", "gaps", "longest gap (h)", box=None)
+    from sovereign.market.datafile import timeframe_name
+
+    table = Table("symbol", "timeframe", "rows", "first", "last", "gaps", "longest gap (h)", box=None)
     for s in summary["symbols"]:
         longest = s.get("longest_gaps") or [{}]
-        table.add_row(_safe(s["symbol"]), f"{s['rows']:,}", s.get("first", ""), s.get("last", ""),
+        tf = timeframe_name(s["timeframe_s"]) if s.get("timeframe_s") else "ticks"
+        table.add_row(_safe(s["symbol"]), tf, f"{s['rows']:,}", s.get("first", ""), s.get("last", ""),
                       str(s.get("gaps", 0)), str(longest[0].get("hours", "")))  # fmt: skip
-    tf = f", {summary['timeframe_s']} s bars" if summary.get("timeframe_s") else ""
-    click.echo(f"{summary['kind']}{tf}: {summary['rows']:,} rows, {summary.get('first', '')} .. "
-               f"{summary.get('last', '')}; {len(summary['bad_rows'])} bad rows")  # fmt: skip
+    click.echo(f"{summary['kind']}{_timeframe_text(summary)}: {summary['rows']:,} rows, "
+               f"{summary.get('first', '')} .. {summary.get('last', '')}; "
+               f"{len(summary['bad_rows'])} bad rows")  # fmt: skip
     _console().print(table)
+
+
+@data.command("sample", epilog="Example: sovereign data sample --symbols 2 --days 2 ticks.csv && "
+                               "sovereign backtest ticks.csv")  # fmt: skip
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--symbols", type=click.IntRange(1, 1000), default=2, show_default=True,
+              help="how many (EURUSD, GBPUSD, AUDUSD, NZDUSD, USDCHF, USDCAD, then SIM006, ...)")  # fmt: skip
+@click.option("--days", type=click.FloatRange(0, 366, min_open=True), default=2.0, show_default=True)
+@click.option("--timeframe", type=click.Choice(["ticks", "M1", "M5", "M15", "M30", "H1", "H4", "D1"]),
+              default="ticks", show_default=True,
+              help="ticks (about one a second a symbol), or bars of the ticks")  # fmt: skip
+@click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=7, show_default=True)
+@json_option
+def data_sample(out: str, symbols: int, days: float, timeframe: str, seed: int, as_json: bool) -> None:
+    """Write the simulator's market (trends, ranges, volatility bursts) from 2026-01-01 as a
+    data file to try things on: OUT ends in .csv, .parquet or .sovdata."""
+    from sovereign.market.data import DataError
+    from sovereign.market.datafile import SUFFIX, info, save
+    from sovereign.market.sample import TIMEFRAMES, sample
+
+    if Path(out).suffix not in (SUFFIX, ".parquet", ".csv"):
+        raise BadInput(f"the output file must end in .csv, .parquet or {SUFFIX}: {out}")
+    market = sample(symbols, days, TIMEFRAMES[timeframe], seed)
+    try:
+        save(out, market, source="sovereign data sample")
+    except DataError as e:
+        raise Fail(str(e)) from None
+    summary = info(market)
+    if as_json:
+        _json({"written": out, **summary})
+        return
+    click.echo(f"wrote {out}: {summary['rows']:,} {market.kind}{_timeframe_text(summary)} of "
+               f"{', '.join(market.names[:6])}{' ...' if symbols > 6 else ''}, "
+               f"{summary.get('first', '')} .. {summary.get('last', '')}")  # fmt: skip
 
 
 @main.group(context_settings=CONTEXT)

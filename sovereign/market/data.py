@@ -1,21 +1,28 @@
-"""Market data from CSV files: ticks or bars, in a generic layout or MetaTrader 5's export.
+"""Market data from CSV files: ticks or bars, as traders' files have them, or MetaTrader 5's export.
 
-Generic (comma-separated, header row required, columns in any order):
-    ticks: time,symbol,bid,ask[,last][,volume]
-    bars:  time,symbol,open,high,low,close[,volume]     (timeframe: the smallest step)
-    time: ISO 8601 in UTC (2026-01-02T03:04:05.123Z) or an integer epoch in s, ms, us or ns.
-MetaTrader 5 (tab-separated, as the terminal's "Export" writes it; one symbol per file,
-named by the file: EURUSD_ticks.csv or EURUSD_M1_2026....csv -> EURUSD):
+Generic: a header row, columns in any order, names in any case; comma, semicolon or tab
+separated (one of them; a decimal comma where the separator is not a comma); UTF-8, a
+byte-order mark allowed:
+    ticks: time,[symbol,]bid,ask[,last][,volume]
+    bars:  time,[symbol,]open,high,low,close[,volume][,spread]   (Adj Close and others ignored)
+    time:  `time`, `timestamp`, `datetime`, `date` (a date with a separate `time`: MetaTrader's
+           pair), ... (ALIASES), in any form times.TimeReader reads, settled by the file.
+Without a symbol column the file is one symbol's: `symbol`, else the file name's first word
+(EURUSD_H1.csv -> EURUSD). A bar file's timeframe is each symbol's most common spacing
+(infer_timeframes). MetaTrader 5 (`layout="mt5"`, or a header starting <DATE>: tab-separated
+as the terminal's "Export" writes it; one symbol per file, named as above):
     ticks: <DATE> <TIME> <BID> <ASK> <LAST> <VOLUME> <FLAGS>   (an empty bid/ask: unchanged)
     bars:  <DATE> <TIME> <OPEN> <HIGH> <LOW> <CLOSE> <TICKVOL> <VOL> <SPREAD>
 
 Every row is validated: a number that is not one, NaN or infinity, a zero or negative
-price, ask below bid, high/low not enclosing open/close, time going backwards, a
-duplicate (a bar time seen before for its symbol, or a tick row repeating the previous
-one exactly). What happens to a bad row is the caller's choice (`bad_rows`): "refuse"
-stops the load with a DataError naming the file, the line and what is wrong; "skip"
-leaves the row out and reports it in `Series.issues` as (line, what), so nothing is
-dropped silently.
+price, ask below bid, high/low not enclosing open/close, a time outside 1970-2262, time
+going backwards within a symbol, a bar time seen before for its symbol (ticks may share a
+time: real feeds stamp several in one millisecond). What happens to a bad row is the
+caller's choice (`bad_rows`): "refuse" stops the load with a DataError naming the file,
+the line and what is wrong; "skip" leaves the row out and reports it in `Series.issues` as
+(line, what), so nothing is dropped silently. What is wrong with the file as a whole (its
+header, separators, a line over MAX_LINE, an ambiguous time format, mixed timeframes in a
+symbol) is refused under either policy.
 """
 
 from __future__ import annotations
@@ -23,8 +30,8 @@ from __future__ import annotations
 import csv
 import math
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +45,11 @@ from sovereign.core import (
     TICK_FLAG_VOLUME,
 )
 from sovereign.errors import OperationalError, UsageError
+from sovereign.market.times import TimeReader, iso, parse_time
+
+__all__ = ["DataError", "Series", "infer_timeframes", "load_csv", "load_ticks", "parse_time"]
 
 NS = 1_000_000_000
-TICK_COLUMNS = ("time", "symbol", "bid", "ask")
-BAR_COLUMNS = ("time", "symbol", "open", "high", "low", "close")
 
 
 # Symbols all the data files of one load may bring: each costs agents and memory (ten
@@ -133,6 +141,8 @@ class Series:
     spread_points: np.ndarray | None = None  # bars: MT5's <SPREAD> column, else zeros
     issues: list[tuple[int, str]] = field(default_factory=list)  # skipped rows: (line, what)
     path: str = ""
+    timeframes: dict[str, int] = field(default_factory=dict)  # bars: each symbol's, in seconds
+    symbol_from: str = ""  # a file without a symbol column: "--symbol" or "the file name"
 
 
 BAD_ROWS = ("refuse", "skip")
@@ -153,25 +163,6 @@ class _Rows:
         self.issues.append((line, what))
 
 
-def parse_time(text: str) -> int:
-    """ns since the epoch from ISO 8601 (UTC unless an offset is given) or an integer epoch."""
-    text = text.strip()
-    if text.lstrip("-").isdigit():
-        n = int(text)
-        for limit, scale in ((10**11, NS), (10**14, 10**6), (10**17, 10**3)):
-            if abs(n) < limit:
-                return n * scale
-        return n
-    iso = text.replace(" ", "T", 1)
-    if iso.endswith("Z"):
-        iso = iso[:-1] + "+00:00"
-    when = datetime.fromisoformat(iso)
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    delta = when - datetime(1970, 1, 1, tzinfo=timezone.utc)
-    return (delta.days * 86400 + delta.seconds) * NS + delta.microseconds * 1000
-
-
 def _number(text: str, what: str) -> float:
     try:
         x = float(text)
@@ -189,53 +180,143 @@ def _price(text: str, what: str) -> float:
     return x
 
 
-def load_csv(path: str | Path, layout: str = "generic", bad_rows: str = "refuse") -> Series:
-    """Load one CSV file in `layout` ("generic" or "mt5"); bad rows as `bad_rows` says."""
+# A line longer than this is not market data (a row of ticks or bars is under 200 bytes):
+# refused as it is read, before the csv module's field limit or memory is reached.
+MAX_LINE = 64 * 1024
+SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab"}
+# Header names as traders' files spell them (lower case, any <> stripped), best first.
+# Columns not named here (Adj Close, a Dukascopy AskVolume, ...) are ignored.
+ALIASES = {
+    "time": ("time", "timestamp", "datetime", "date_time", "date time", "ts", "ts_event", "gmt time",
+             "time (utc)", "utc", "local time", "date"),
+    "symbol": ("symbol", "ticker", "instrument"),
+    "bid": ("bid", "bid_price", "bid price", "bidprice"),
+    "ask": ("ask", "ask_price", "ask price", "askprice", "offer"),
+    "last": ("last", "last_price"),
+    "open": ("open", "open_price"),
+    "high": ("high", "high_price"),
+    "low": ("low", "low_price"),
+    "close": ("close", "close_price"),
+    "volume": ("volume", "tickvol", "tick_volume", "vol"),
+    "spread": ("spread",),
+    "flags": ("flags",),  # which of a tick's fields are set (core.TICK_FLAG_*); default: all
+}  # fmt: skip
+TICK_NEEDS, BAR_NEEDS = ("bid", "ask"), ("open", "high", "low", "close")
+
+
+def load_csv(
+    path: str | Path, layout: str = "generic", bad_rows: str = "refuse", symbol: str | None = None
+) -> Series:
+    """Load one CSV file in `layout` ("generic" or "mt5"); bad rows as `bad_rows` says. A
+    file without a symbol column is `symbol`'s, else its name's first word (EURUSD_H1.csv:
+    EURUSD; `Series.symbol_from` says which)."""
     path = Path(path)
     rows = _Rows(path, bad_rows)
+    if layout not in ("generic", "mt5"):
+        raise ValueError(f"unknown layout {layout!r}; known: generic, mt5")
     try:
-        with path.open(newline="") as f:
-            if layout == "mt5":
-                series = _load_mt5(path, f, rows)
-            elif layout == "generic":
-                series = _load_generic(path, f, rows)
-            else:
-                raise ValueError(f"unknown layout {layout!r}; known: generic, mt5")
-            series.issues, series.path = rows.issues, str(path)
-            return series
+        header_line = next(_lines(path), "")
+        if layout == "mt5" or header_line.lstrip().upper().startswith("<DATE>"):
+            series = _load_mt5(path, rows, symbol)
+        else:
+            series = _load_generic(path, header_line, rows, symbol)
+        series.issues, series.path = rows.issues, str(path)
+        return series
     except OSError as e:
         raise DataError(f"{path}: cannot read: {e.strerror}") from None
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not a text file ({e.reason})") from None
+        raise DataError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: not CSV ({e})") from None
 
 
-def _load_generic(path: Path, f, bad: _Rows) -> Series:  # type: ignore[no-untyped-def]
-    reader = csv.reader(f)
-    header = [h.strip().lower() for h in next(reader, [])]
-    if set(TICK_COLUMNS) <= set(header):
-        kind = "ticks"
-    elif set(BAR_COLUMNS) <= set(header):
-        kind = "bars"
+def _lines(path: Path) -> Iterator[str]:
+    """The file's lines (a UTF-8 BOM dropped), each at most MAX_LINE characters."""
+    with path.open(newline="", encoding="utf-8-sig") as f:
+        for n, line in enumerate(iter(lambda: f.readline(MAX_LINE + 1), ""), start=1):
+            if len(line) > MAX_LINE:
+                raise DataError(f"{path}:{n}: a line longer than {MAX_LINE // 1024} KiB: not market data")
+            yield line
+
+
+def _separator(path: Path, header_line: str) -> str:
+    found = [s for s in SEPARATORS if s in header_line]
+    if len(found) > 1:
+        both = " and ".join(SEPARATORS[s] for s in found)
+        raise DataError(f"{path}:1: mixed separators in the header ({both}): "
+                        "use one of comma, semicolon or tab")  # fmt: skip
+    return found[0] if found else ","
+
+
+def _columns(path: Path, header: list[str]) -> tuple[str, dict[str, int]]:
+    """The file's kind and where each known column is; a missing column is named."""
+    names = [h.strip().strip("<>").strip().lower() for h in header]
+    col = {}
+    for key, spellings in ALIASES.items():
+        at = next((names.index(s) for s in spellings if s in names), None)
+        if at is not None:
+            col[key] = at
+    if "date" in names and "time" in names and col.get("time") == names.index("time"):
+        col["date"] = names.index("date")  # MetaTrader's separate date and time columns
+    found = ", ".join(h.strip() for h in header) or "(empty)"
+    some_bar, some_tick = any(k in col for k in BAR_NEEDS), any(k in col for k in TICK_NEEDS)
+    needs: tuple[str, ...]
+    if all(k in col for k in BAR_NEEDS) or (some_bar and not some_tick):
+        kind, needs = "bars", BAR_NEEDS
+    elif some_tick:
+        kind, needs = "ticks", TICK_NEEDS
     else:
-        raise DataError(
-            f"{path}:1: header {','.join(header) or '(empty)'} has neither the tick columns "
-            f"({','.join(TICK_COLUMNS)}) nor the bar columns ({','.join(BAR_COLUMNS)})"
-        )
-    col = {name: header.index(name) for name in header}
+        listed = ",".join(h.strip() for h in header) or "(empty)"
+        raise DataError(f"{path}:1: header {listed} has neither the "
+                        "tick columns (time, bid, ask) nor the bar columns (time, open, high, low, close)")
+    missing = [k for k in ("time", *needs) if k not in col]
+    if missing:
+        raise DataError(f"{path}:1: no {' or '.join(missing)} column for {kind} "
+                        f"(they need time, {', '.join(needs)}); the header has: {found}")  # fmt: skip
+    return kind, col
+
+
+def _file_symbol(path: Path, symbol: str | None) -> tuple[str, str]:
+    """The symbol of a file without a symbol column, and where it came from."""
+    name, source = (symbol, "--symbol") if symbol else (re.split(r"[_\s,]", path.stem)[0], "the file name")
+    try:
+        return check_symbol(name), source
+    except ValueError as e:
+        fix = "" if symbol else " (give it with --symbol)"
+        raise DataError(f"{path}: {source} gives the {e}{fix}") from None
+
+
+def _load_generic(path: Path, header_line: str, bad: _Rows, symbol: str | None) -> Series:
+    sep = _separator(path, header_line)
+    reader = csv.reader(_lines(path), delimiter=sep)
+    header = next(reader)
+    kind, col = _columns(path, header)
+    n_fields = len(header)
+    file_symbol, symbol_from = (None, "") if "symbol" in col else _file_symbol(path, symbol)
+    when = _time_text(col)
+    times = TimeReader()
     names = Symbols(str(path))
     rows: list[tuple] = []
+    lines: list[int] = []
+    flags: list[int] = []
     last: dict[int, tuple] = {}  # symbol -> its previous row
-    for line, row in enumerate(reader, start=2):
+    for row in reader:
+        line = reader.line_num
         if not row or not "".join(row).strip():
             continue
         try:
-            if len(row) != len(header):
-                raise ValueError(f"{len(row)} fields, the header has {len(header)}")
-            ts = parse_time(row[col["time"]])
-            name = row[col["symbol"]].strip()
+            if len(row) != n_fields:
+                raise ValueError(_field_count(row, n_fields, sep))
+            if sep != ",":  # a decimal comma (1,0843) where the separator is not one
+                row = [c.replace(",", ".") for c in row]
+            stamp = when(row)
+            if times.day_first is None and "/" in stamp:
+                times.settle(when(r) for r in _data_rows(path, sep, n_fields))
+            ts = times.read(stamp)
+            name = row[col["symbol"]].strip() if file_symbol is None else file_symbol
             if not name:
                 raise ValueError("empty symbol")
-            volume = _number(row[col["volume"]], "volume") if "volume" in col else 0.0
+            volume = _optional(row, col, "volume")
             if volume < 0:
                 raise ValueError(f"volume {volume} is negative")
             if kind == "ticks":
@@ -245,11 +326,13 @@ def _load_generic(path: Path, f, bad: _Rows) -> Series:  # type: ignore[no-untyp
                 px = _number(row[col["last"]], "last") if "last" in col else bid
                 rec: tuple = (ts, bid, ask, px, volume)
             else:
-                o, h, lo, c = (_price(row[col[k]], k) for k in ("open", "high", "low", "close"))
+                o, h, lo, c = (_price(row[col[k]], k) for k in BAR_NEEDS)
                 _check_ohlc(o, h, lo, c)
-                rec = (ts, o, h, lo, c, volume)
+                rec = (ts, o, h, lo, c, volume, _optional(row, col, "spread"))
             sym = names.peek(name, f"{path}:{line}")  # kept only once the row is good
-            _check_order(last.get(sym), rec, kind, name, row[col["time"]].strip())
+            _check_order(last.get(sym), rec, kind, name, stamp)
+            if "flags" in col:
+                flags.append(int(row[col["flags"]]))
         except DataError:
             raise  # the file as a whole, whatever the bad-row policy
         except ValueError as e:
@@ -257,8 +340,37 @@ def _load_generic(path: Path, f, bad: _Rows) -> Series:  # type: ignore[no-untyp
             continue
         names.id(name)
         last[sym] = rec
-        rows.append((*rec, sym))
-    return _series(path, kind, rows, names.names)
+        rows.append((*rec[:6], sym, *rec[6:]) if kind == "bars" else (*rec, sym))
+        lines.append(line)
+    series = _series(path, kind, rows, names.names, lines)
+    series.symbol_from = symbol_from
+    if kind == "ticks" and "flags" in col:
+        series.records["flags"] = flags
+    return series
+
+
+def _time_text(col: dict[str, int]) -> Callable[[list[str]], str]:
+    if "date" in col:
+        d, t = col["date"], col["time"]
+        return lambda row: f"{row[d].strip()} {row[t].strip()}"
+    t = col["time"]
+    return lambda row: row[t]
+
+
+def _data_rows(path: Path, sep: str, n_fields: int) -> Iterator[list[str]]:
+    """The file's data rows again, for what only the whole file settles (a date order)."""
+    rows = csv.reader(_lines(path), delimiter=sep)
+    next(rows, None)
+    return (r for r in rows if len(r) == n_fields)
+
+
+def _field_count(row: list[str], n_fields: int, sep: str) -> str:
+    text = sep.join(row)
+    for other in SEPARATORS:
+        if other != sep and other in text and len(text.split(other)) == n_fields:
+            return (f"fields separated by {SEPARATORS[other]} where the header uses {SEPARATORS[sep]}: "
+                    "mixed separators")  # fmt: skip
+    return f"{len(row)} fields, the header has {n_fields}"
 
 
 def _optional(row: list[str], col: dict[str, int], name: str) -> float:
@@ -267,15 +379,14 @@ def _optional(row: list[str], col: dict[str, int], name: str) -> float:
 
 
 def _check_order(prev: tuple | None, rec: tuple, kind: str, name: str, when: str) -> None:
-    """Time order within a symbol; a bar time seen twice or a tick row repeated is a duplicate."""
+    """Time order within a symbol. Ticks may share a time (real feeds stamp several in one
+    millisecond, even identical ones); a bar time seen twice is a duplicate."""
     if prev is None:
         return
     if rec[0] < prev[0]:
-        raise ValueError(f"time goes backwards for {name} ({when})")
+        raise ValueError(f"time goes backwards for {name} ({when.strip()}, after {iso(prev[0])})")
     if kind == "bars" and rec[0] == prev[0]:
-        raise ValueError(f"duplicate bar time for {name} ({when})")
-    if kind == "ticks" and rec == prev:
-        raise ValueError(f"duplicate of the previous {name} tick ({when})")
+        raise ValueError(f"duplicate bar time for {name} ({when.strip()})")
 
 
 def _check_ohlc(o: float, h: float, lo: float, c: float) -> None:
@@ -283,8 +394,8 @@ def _check_ohlc(o: float, h: float, lo: float, c: float) -> None:
         raise ValueError(f"high {h} / low {lo} do not enclose open {o} and close {c}")
 
 
-def _load_mt5(path: Path, f, bad: _Rows) -> Series:  # type: ignore[no-untyped-def]
-    reader = csv.reader(f, delimiter="\t")
+def _load_mt5(path: Path, bad: _Rows, symbol: str | None) -> Series:
+    reader = csv.reader(_lines(path), delimiter="\t")
     header = [h.strip().upper() for h in next(reader, [])]
     if header[:4] == ["<DATE>", "<TIME>", "<BID>", "<ASK>"]:
         kind = "ticks"
@@ -293,28 +404,23 @@ def _load_mt5(path: Path, f, bad: _Rows) -> Series:  # type: ignore[no-untyped-d
     else:
         raise DataError(
             f"{path}:1: not a MetaTrader 5 export: the header starts {' '.join(header[:4])}, "
-            "expected <DATE> <TIME> <BID> <ASK> (ticks) or <DATE> <TIME> <OPEN> ... (bars)"
+            "expected <DATE> <TIME> <BID> <ASK> (ticks) or <DATE> <TIME> <OPEN> ... (bars), tab-separated"
         )
     col = {name: i for i, name in enumerate(header)}
     rows: list[tuple] = []
+    lines: list[int] = []
     bid = ask = 0.0
-    name = path.stem.split("_")[0]
-    try:
-        check_symbol(name)
-    except ValueError as e:
-        raise DataError(f"{path}: the file name gives the {e}") from None
+    name, symbol_from = _file_symbol(path, symbol)
+    times = TimeReader()
     prev: tuple | None = None
-    for line, row in enumerate(reader, start=2):
+    for row in reader:
+        line = reader.line_num
         if not row or not "".join(row).strip():
             continue
         try:
             if len(row) < len(header):
                 raise ValueError(f"{len(row)} fields, the header has {len(header)}")
-            stamp = f"{row[0].strip().replace('.', '-')}T{row[1].strip()}"
-            try:
-                ts = parse_time(stamp)
-            except ValueError:
-                raise ValueError(f"date/time {row[0]} {row[1]} is not YYYY.MM.DD HH:MM:SS[.mmm]") from None
+            ts = times.read(f"{row[0].strip()} {row[1].strip()}")
             if kind == "ticks":
                 b = _price(row[2], "<BID>") if row[2].strip() else bid
                 a = _price(row[3], "<ASK>") if row[3].strip() else ask
@@ -336,15 +442,18 @@ def _load_mt5(path: Path, f, bad: _Rows) -> Series:  # type: ignore[no-untyped-d
             bad.bad(line, str(e))
             continue
         prev = rec
+        lines.append(line)
         if kind == "ticks":
             bid, ask = rec[1], rec[2]
             rows.append((*rec, 0))
         else:
             rows.append((*rec, 0, spread))
-    return _series(path, kind, rows, [name])
+    series = _series(path, kind, rows, [name], lines)
+    series.symbol_from = symbol_from
+    return series
 
 
-def _series(path: Path, kind: str, rows: list[tuple], names: list[str]) -> Series:
+def _series(path: Path, kind: str, rows: list[tuple], names: list[str], lines: list[int]) -> Series:
     if not rows:
         raise DataError(f"{path}: no data rows")
     if kind == "ticks":
@@ -357,30 +466,84 @@ def _series(path: Path, kind: str, rows: list[tuple], names: list[str]) -> Serie
     cols = np.array(rows, dtype=object).T
     recs["ts_ns"], recs["open"], recs["high"], recs["low"], recs["close"], recs["volume"] = cols[:6]
     recs["symbol"] = cols[6]
-    tf = _timeframe(path, recs)
-    recs["timeframe_s"] = tf
-    spread = cols[7].astype(float) if len(cols) > 7 else np.zeros(len(rows))
-    return Series("bars", recs, names, spread)
+    timeframes = infer_timeframes(recs, names, str(path), np.asarray(lines))
+    return Series("bars", recs, names, cols[7].astype(float), timeframes=timeframes)
 
 
-def _timeframe(path: Path, bars: np.ndarray) -> int:
-    steps = []
-    for sym in np.unique(bars["symbol"]):
-        ts = bars["ts_ns"][bars["symbol"] == sym]
-        d = np.diff(ts)
-        if len(d) and (d > 0).any():
-            steps.append(int(d[d > 0].min()))
-    if not steps:
-        raise DataError(f"{path}: cannot tell the bar timeframe from fewer than two bars of a symbol")
-    tf_ns = min(steps)
-    if tf_ns % NS:
-        raise DataError(f"{path}: bars are {tf_ns} ns apart, not a whole number of seconds")
-    misaligned = np.flatnonzero(bars["ts_ns"] % tf_ns)
+def _spacing(steps: np.ndarray) -> int:
+    """The most common step (the smallest of equals)."""
+    values, counts = np.unique(steps, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
+def infer_timeframes(
+    bars: np.ndarray, names: list[str], where: str, lines: np.ndarray | None = None
+) -> dict[str, int]:
+    """Each symbol's timeframe from its bars, written to bars["timeframe_s"]: the most
+    common spacing, so gaps, nights and weekends do not change it. Refused (DataError,
+    naming the row: `lines` are the rows' file lines, else record numbers from 1): bars
+    closer than that (a smaller timeframe among them), a run of MIXED_RUN or more steps of
+    one larger spacing (bars of a larger timeframe among them), a bar time that is not a
+    multiple of its timeframe (the agents' bars are aligned so), a symbol with one bar when
+    no other gives the file one timeframe. Symbols may have different timeframes."""
+    def at(i: int) -> str:
+        return f"{where}:{int(lines[i])}" if lines is not None else f"{where} record {i + 1}"
+
+    out: dict[str, int] = {}
+    alone: list[int] = []
+    sym = bars["symbol"]
+    for sid in np.unique(sym).tolist():
+        rows = np.flatnonzero(sym == sid)
+        ts = bars["ts_ns"][rows]
+        steps = np.diff(ts)
+        if not len(steps):
+            alone.append(sid)
+            continue
+        tf_ns = _spacing(steps)
+        name = names[sid]
+        if tf_ns % NS:
+            raise DataError(f"{at(rows[1])}: {name}'s bars are {tf_ns} ns apart, not whole seconds")
+        closer = np.flatnonzero(steps < tf_ns)
+        if len(closer):
+            i = int(closer[0]) + 1
+            raise DataError(f"{at(rows[i])}: {name}'s bar {steps[i - 1] // NS} s after the one before, "
+                            f"where most are {tf_ns // NS} s apart: {MIXED}")
+        run = _long_run(steps, tf_ns)
+        if run is not None:
+            raise DataError(f"{at(rows[run + 1])}: {MIXED_RUN} of {name}'s bars in a row are "
+                            f"{steps[run] // NS} s apart, where most are {tf_ns // NS} s apart: {MIXED}")
+        out[name] = tf_ns // NS
+        bars["timeframe_s"][rows] = tf_ns // NS
+    if alone:
+        if len(set(out.values())) != 1:
+            raise DataError(f"{where}: cannot tell the timeframe of {names[alone[0]]} from one bar")
+        for sid in alone:
+            out[names[sid]] = next(iter(out.values()))
+            bars["timeframe_s"][sym == sid] = out[names[sid]]
+    misaligned = np.flatnonzero(bars["ts_ns"] % (bars["timeframe_s"].astype(np.int64) * NS))
     if len(misaligned):
-        raise DataError(
-            f"{path}:{int(misaligned[0]) + 2}: bar time is not a multiple of the {tf_ns // NS} s timeframe"
-        )
-    return tf_ns // NS
+        i = int(misaligned[0])
+        raise DataError(f"{at(i)}: {names[int(sym[i])]}'s bar time {iso(int(bars['ts_ns'][i]))} is not a "
+                        f"multiple of its {bars['timeframe_s'][i]} s timeframe")
+    return {n: out[n] for n in names if n in out}
+
+
+MIXED = "mixed timeframes in one symbol (one timeframe a symbol: split the file)"
+# A larger timeframe's bars among a symbol's: this many equal steps in a row, each a
+# multiple of the symbol's timeframe. Gaps of a thin market are not so regular.
+MIXED_RUN = 20
+
+
+def _long_run(steps: np.ndarray, tf_ns: int) -> int | None:
+    """Where MIXED_RUN or more steps in a row are one spacing other than tf_ns, or None."""
+    other = steps != tf_ns
+    if other.sum() < MIXED_RUN:
+        return None
+    change = np.flatnonzero(np.diff(steps)) + 1
+    starts = np.concatenate(([0], change))
+    ends = np.concatenate((change, [len(steps)]))
+    long = np.flatnonzero((ends - starts >= MIXED_RUN) & other[starts])
+    return int(starts[long[0]]) if len(long) else None
 
 
 def bars_to_ticks(bars: np.ndarray, spread: np.ndarray, point: float) -> np.ndarray:

@@ -18,6 +18,7 @@ is ignored and reported (`Market.issues`), never read as a tick.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,19 @@ from typing import Any
 import numpy as np
 import orjson
 
+from sovereign.core import TICK_FLAG_ASK, TICK_FLAG_BID, TICK_FLAG_LAST, TICK_FLAG_VOLUME
 from sovereign.credentials import json_default
 from sovereign.files import atomic_writer
-from sovereign.market.data import MAX_SYMBOLS, NS, DataError, Symbols, check_symbol, load_csv
+from sovereign.market import parquet
+from sovereign.market.data import (
+    MAX_SYMBOLS,
+    NS,
+    DataError,
+    Symbols,
+    check_symbol,
+    infer_timeframes,
+    load_csv,
+)
 
 MAGIC = b"SOVDATA\x00"
 FORMAT_VERSION = 1
@@ -53,18 +64,24 @@ class Market:
     records: np.ndarray  # FILE_TICK_DTYPE or FILE_BAR_DTYPE
     names: list[str]
     issues: list[tuple[str, int, str]] = field(default_factory=list)  # (file, line or record, what)
-    meta: dict[str, Any] = field(default_factory=dict)  # the first file's header
+    # The first .sovdata file's header, and from `load`: kind, symbols, and for bars
+    # timeframes_s (each symbol's, in seconds) and timeframe_s (the smallest of them).
+    meta: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what a reader should know (a symbol from a file name)
 
     @property
     def timeframe_s(self) -> int:
-        return int(self.records["timeframe_s"][0]) if self.kind == "bars" and len(self.records) else 0
+        """Bars: the timeframe in seconds (the smallest, where symbols have their own); ticks: 0."""
+        if self.kind != "bars" or not len(self.records):
+            return 0
+        return int(self.meta.get("timeframe_s") or self.records["timeframe_s"][0])
 
     def between(self, start_ns: int | None, end_ns: int | None) -> Market:
         """The records with start <= ts < end (either bound may be None)."""
         ts = self.records["ts_ns"]
         a = 0 if start_ns is None else int(np.searchsorted(ts, start_ns, "left"))
         b = len(ts) if end_ns is None else int(np.searchsorted(ts, end_ns, "left"))
-        return Market(self.kind, self.records[a:b], self.names, self.issues, self.meta)
+        return Market(self.kind, self.records[a:b], self.names, self.issues, self.meta, self.notes)
 
 
 def header_bytes(meta: dict[str, Any]) -> bytes:
@@ -111,6 +128,38 @@ def write(path: str | Path, market: Market, **extra: Any) -> Path:
     return path
 
 
+def save(path: str | Path, market: Market, **extra: Any) -> Path:
+    """`market` as the file `path` names by its suffix: .sovdata (`write`), .parquet
+    (parquet.write) or .csv (the generic layout: ISO times to the nanosecond, every field,
+    so it loads back the same), atomically."""
+    path = Path(path)
+    if path.suffix == SUFFIX:
+        return write(path, market, **extra)
+    meta: dict[str, Any] = {"symbols": market.names, **extra}
+    if market.kind == "bars":
+        meta["timeframe_s"] = market.timeframe_s
+    if path.suffix == parquet.SUFFIX:
+        return parquet.write(path, market.kind, market.records, market.names, meta)
+    if path.suffix != ".csv":
+        raise DataError(f"{path}: write .sovdata, .parquet or .csv")
+    r = market.records
+    fields = (("bid", "ask", "last", "volume", "flags") if market.kind == "ticks"
+              else ("open", "high", "low", "close", "volume", "spread"))  # fmt: skip
+    try:
+        with atomic_writer(path) as f:
+            f.write(("time,symbol," + ",".join(fields) + "\n").encode())
+            for a in range(0, len(r), 100_000):  # str(float) is its repr: it reads back the same
+                block = r[a:a + 100_000]
+                times = (block["ts_ns"].astype("datetime64[ns]").astype(str)).tolist()
+                names = [market.names[s] for s in block["symbol"].tolist()]
+                cols = [block[name].tolist() for name in fields]
+                rows = zip(times, names, *cols, strict=True)
+                f.write("".join(f"{t}Z,{n},{','.join(map(str, v))}\n" for t, n, *v in rows).encode())
+    except OSError as e:
+        raise DataError(f"{path}: cannot write: {e.strerror or e}") from None
+    return path
+
+
 def open_file(path: str | Path) -> Market:
     """A .sovdata file as a Market; the records are a read-only memory map."""
     path = Path(path)
@@ -150,26 +199,27 @@ def from_series(kind: str, parts: list[tuple[np.ndarray, list[str], np.ndarray |
     return np.concatenate(out) if out else np.zeros(0, DTYPES[kind])
 
 
-def load(paths: list[str] | tuple[str, ...], layout: str = "generic", bad_rows: str = "refuse") -> Market:
-    """Any mix of .sovdata and CSV files (`layout`), as one time-ordered Market. Files must
-    agree on the kind (ticks or bars) and, for bars, the timeframe."""
+def load(paths: list[str] | tuple[str, ...], layout: str = "generic", bad_rows: str = "refuse",
+         symbol: str | None = None) -> Market:  # fmt: skip
+    """Any mix of .sovdata, Parquet and CSV files (`layout`), as one time-ordered Market.
+    Files must agree on the kind (ticks or bars); a symbol keeps one timeframe across them
+    (symbols may differ), and two files may not both cover a stretch of one symbol's time.
+    `symbol` names the symbol of files that have no symbol column (see data.load_csv)."""
     if not paths:
         raise DataError("no data files given")
     symbols = Symbols("the data files")
     parts: list[np.ndarray] = []
     issues: list[tuple[str, int, str]] = []
+    notes: list[str] = []
     kinds: dict[str, str] = {}
+    spans: dict[str, list[tuple[int, int, str]]] = {}  # symbol -> (first, last, file) of each file
     meta: dict[str, Any] = {}
     for p in paths:
+        kind, recs, file_names, issues_here, symbol_from = _read(str(p), layout, bad_rows, symbol)
         if str(p).endswith(SUFFIX):
-            m = open_file(p)
-            kind, recs, file_names, issues_here = m.kind, m.records, m.names, m.issues
-            meta = meta or m.meta
-        else:
-            s = load_csv(p, layout, bad_rows)
-            kind, file_names = s.kind, s.names
-            recs = from_series(s.kind, [(s.records, s.names, s.spread_points)])
-            issues_here = [(str(p), line, what) for line, what in s.issues]
+            meta = meta or open_file(p).meta
+        if symbol_from:
+            notes.append(f"{p}: symbol {file_names[0]} from {symbol_from}")
         kinds[str(p)] = kind
         issues += issues_here
         ids = np.array([symbols.id(n) for n in file_names], np.uint32)
@@ -177,46 +227,118 @@ def load(paths: list[str] | tuple[str, ...], layout: str = "generic", bad_rows: 
             recs = np.array(recs)  # off the map: symbols are renumbered
             recs["symbol"] = ids[recs["symbol"]]
             parts.append(recs)
+            for sid, first, last in _spans(recs):
+                spans.setdefault(symbols.names[sid], []).append((first, last, str(p)))
     if len(set(kinds.values())) > 1:
         raise DataError("cannot mix tick and bar files: " + ", ".join(f"{p} ({k})" for p, k in kinds.items()))
     kind = next(iter(kinds.values()))
+    _no_overlap(spans, kind)
     records = np.concatenate(parts) if parts else np.zeros(0, DTYPES[kind])
-    if len(parts) > 1:
+    if len(records) and (np.diff(records["ts_ns"]) < 0).any():  # files, or one file's symbols in blocks
         records = records[np.argsort(records["ts_ns"], kind="stable")]
-    if kind == "bars" and len(records) and len(np.unique(records["timeframe_s"])) > 1:
-        found = sorted(set(records["timeframe_s"].tolist()))
-        raise DataError(f"bar files of different timeframes: {found} s")
-    return Market(kind, records, symbols.names, issues, meta)
+    meta = {**meta, "kind": kind, "symbols": symbols.names}
+    if kind == "bars" and len(records):
+        meta["timeframes_s"] = _timeframes(records, symbols.names)
+        meta["timeframe_s"] = min(meta["timeframes_s"].values())
+    return Market(kind, records, symbols.names, issues, meta, notes)
+
+
+def _read(
+    path: str, layout: str, bad_rows: str, symbol: str | None
+) -> tuple[str, np.ndarray, list[str], list[tuple[str, int, str]], str]:
+    """One file: its kind, records (the file layout), names, skipped rows and where its symbol came from."""
+    if path.endswith(SUFFIX):
+        m = open_file(path)
+        return m.kind, m.records, m.names, m.issues, ""
+    if path.endswith(parquet.SUFFIX):
+        pf = parquet.read(path, bad_rows, symbol)
+        recs = np.zeros(len(pf.columns["ts_ns"]), DTYPES[pf.kind])
+        if pf.kind == "ticks":
+            recs["flags"] = TICK_FLAG_BID | TICK_FLAG_ASK | TICK_FLAG_LAST | TICK_FLAG_VOLUME
+        for name, values in pf.columns.items():
+            recs[name] = values
+        if pf.kind == "bars" and len(recs):
+            infer_timeframes(recs, pf.names, path, pf.rows)
+        return pf.kind, recs, pf.names, [(path, row, what) for row, what in pf.issues], pf.symbol_from
+    s = load_csv(path, layout, bad_rows, symbol)
+    recs = from_series(s.kind, [(s.records, s.names, s.spread_points)])
+    return s.kind, recs, s.names, [(path, line, what) for line, what in s.issues], s.symbol_from
+
+
+def _spans(recs: np.ndarray) -> list[tuple[int, int, int]]:
+    """(symbol, first time, last time) of each symbol of one file's records."""
+    order = np.argsort(recs["symbol"], kind="stable")
+    sym, ts = recs["symbol"][order], recs["ts_ns"][order]
+    starts = np.flatnonzero(np.concatenate(([True], sym[1:] != sym[:-1])))
+    ends = np.concatenate((starts[1:], [len(sym)])) - 1
+    pairs = zip(starts.tolist(), ends.tolist(), strict=True)
+    return [(int(sym[a]), int(ts[a : b + 1].min()), int(ts[a : b + 1].max())) for a, b in pairs]
+
+
+def _no_overlap(spans: dict[str, list[tuple[int, int, str]]], kind: str) -> None:
+    """Two files of one symbol must not share time (the same data twice would interleave):
+    bars may not meet at one time; ticks may (a file cut inside one millisecond)."""
+    for name, ranges in spans.items():
+        ranges.sort()
+        for (a0, a1, fa), (b0, b1, fb) in itertools.pairwise(ranges):
+            if b0 < a1 or (kind == "bars" and b0 == a1):
+                raise DataError(f"{name}'s data in {fa} ({_iso(a0)} .. {_iso(a1)}) and in {fb} "
+                                f"({_iso(b0)} .. {_iso(b1)}) overlap: give each stretch of time once")
+
+
+def _timeframes(records: np.ndarray, names: list[str]) -> dict[str, int]:
+    """Each symbol's bar timeframe; one symbol with two (from two files) is refused."""
+    pairs = np.unique(np.stack([records["symbol"], records["timeframe_s"]]).astype(np.int64), axis=1)
+    out: dict[str, int] = {}
+    for sid, tf in pairs.T.tolist():
+        if names[sid] in out:
+            raise DataError(f"{names[sid]} has bars of {out[names[sid]]} s and of {tf} s in the files: "
+                            "one timeframe a symbol")  # fmt: skip
+        out[names[sid]] = tf
+    return out
+
+
+TIMEFRAME_NAMES = {60: "M1", 300: "M5", 900: "M15", 1800: "M30", 3600: "H1", 14_400: "H4", 86_400: "D1",
+                   604_800: "W1"}  # fmt: skip
+
+
+def timeframe_name(seconds: int) -> str:
+    """M1, H4, ... or '90 s'."""
+    return TIMEFRAME_NAMES.get(int(seconds), f"{int(seconds)} s")
 
 
 def info(market: Market, gap_s: float | None = None) -> dict[str, Any]:
-    """Per symbol: rows, first and last time, and the gaps (no data for longer than gap_s;
-    default: 2 bars, or 10 minutes of ticks). Weekend closes show as gaps too: they are
-    listed, not judged."""
+    """Per symbol: rows, first and last time, its timeframe (bars), and the gaps (no data
+    for longer than gap_s; default: 2 of its bars, or 10 minutes of ticks). Weekend closes
+    show as gaps too: they are listed, not judged."""
     r = market.records
-    tf = market.timeframe_s
-    gap_ns = int((gap_s if gap_s is not None else (2 * tf if tf else 600)) * NS)
+    timeframes = market.meta.get("timeframes_s")
+    if not timeframes:
+        timeframes = _timeframes(r, market.names) if market.kind == "bars" and len(r) else {}
     symbols = []
     for sid, name in enumerate(market.names):
         ts = r["ts_ns"][r["symbol"] == sid]
         if not len(ts):
             symbols.append({"symbol": name, "rows": 0})
             continue
+        tf = timeframes.get(name, 0)
+        gap_ns = int((gap_s if gap_s is not None else (2 * tf if tf else 600)) * NS)
         steps = np.diff(ts)
         big = np.flatnonzero(steps > gap_ns)
         longest = np.argsort(steps[big])[::-1][:5]
         symbols.append({
-            "symbol": name, "rows": len(ts), "first": _iso(int(ts[0])), "last": _iso(int(ts[-1])),
-            "gaps": len(big),
+            "symbol": name, "rows": len(ts), **({"timeframe_s": tf} if tf else {}),
+            "first": _iso(int(ts[0])), "last": _iso(int(ts[-1])), "gaps": len(big),
             "longest_gaps": [{"from": _iso(int(ts[big[i]])), "to": _iso(int(ts[big[i] + 1])),
                               "hours": round(float(steps[big[i]]) / NS / 3600, 2)} for i in longest],
         })  # fmt: skip
     out: dict[str, Any] = {"kind": market.kind, "rows": len(r), "symbols": symbols}
-    if tf:
-        out["timeframe_s"] = tf
+    if timeframes:
+        out["timeframe_s"], out["timeframes_s"] = min(timeframes.values()), timeframes
     if len(r):
         out["first"], out["last"] = _iso(int(r["ts_ns"][0])), _iso(int(r["ts_ns"][-1]))
     out["bad_rows"] = [{"file": f, "line": line, "what": what} for f, line, what in market.issues]
+    out["notes"] = list(market.notes)
     return out
 
 
