@@ -249,6 +249,8 @@ def _read(
     """One file: its kind, records (the file layout), names, skipped rows and where its symbol came from."""
     if path.endswith(SUFFIX):
         m = open_file(path)
+        if len(m.records) and m.records["ts_ns"][0] < 0:  # an import before times were checked
+            raise DataError(f"{path} record 1: time {int(m.records['ts_ns'][0])} ns is before 1970-01-01")
         return m.kind, m.records, m.names, m.issues, ""
     if path.endswith(parquet.SUFFIX):
         pf = parquet.read(path, bad_rows, symbol)

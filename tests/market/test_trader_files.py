@@ -238,6 +238,14 @@ def test_ticks_before_1970_and_past_2262_are_skipped_as_bad_rows_when_asked(tmp_
     assert [line for line, _ in s.issues] == [2, 4] and s.records["ts_ns"].tolist() == [H0]
 
 
+def test_a_sovdata_file_with_ticks_before_1970_is_refused(tmp_path: Path) -> None:
+    m = sample(1, 0.01)
+    m.records["ts_ns"] -= m.records["ts_ns"][-1] + 1  # as an import before times were checked wrote them
+    save(tmp_path / "old.sovdata", m)
+    with pytest.raises(DataError, match=r"old\.sovdata record 1: time -\d+ ns is before 1970-01-01"):
+        load([str(tmp_path / "old.sovdata")])
+
+
 def test_bar_timeframes_are_per_symbol_and_one_symbol_keeps_one(tmp_path: Path) -> None:
     rows = ["time,symbol,open,high,low,close"]
     for i in range(30):
