@@ -370,3 +370,9 @@ def test_on_mt5_the_broker_is_down_until_the_terminal_comes_then_orders_flow(tmp
     finally:
         s.close()
         venue.stop()
+
+
+def test_sovereign_metrics_of_a_system_that_is_not_running_exits_3(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "sovereign.cli", "metrics", "--state-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 3 and "the system is not running" in r.stderr and not r.stdout, r.stderr
