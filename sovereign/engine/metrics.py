@@ -64,6 +64,7 @@ GAUGES = ("equity", "balance", "drawdown", "drawdown_limit", "daily_loss", "dail
           "gross_exposure", "open_positions", "trading_state", "market_open", "broker_connected")  # fmt: skip
 COUNTERS = tuple(n for n in SLOT_DTYPE.names or () if n not in GAUGES and n not in ("up", "pad"))
 
+
 class MetricsBoard:
     """The slots in /dev/shm: made by the supervisor (`n` slots), attached by the others."""
 
