@@ -233,7 +233,9 @@ def load_csv(
 def _lines(path: Path) -> Iterator[str]:
     """The file's lines (a UTF-8 BOM dropped), each at most MAX_LINE characters."""
     with path.open(newline="", encoding="utf-8-sig") as f:
-        for n, line in enumerate(iter(lambda: f.readline(MAX_LINE + 1), ""), start=1):
+        readline, n = f.readline, 0
+        while line := readline(MAX_LINE + 1):
+            n += 1
             if len(line) > MAX_LINE:
                 raise DataError(f"{path}:{n}: a line longer than {MAX_LINE // 1024} KiB: not market data")
             yield line
@@ -265,6 +267,9 @@ def _columns(path: Path, header: list[str]) -> tuple[str, dict[str, int]]:
         kind, needs = "bars", BAR_NEEDS
     elif some_tick:
         kind, needs = "ticks", TICK_NEEDS
+    elif header and _looks_like_data(header):
+        raise DataError(f"{path}:1: no header row (the first line is data): add one, such as "
+                        "time,open,high,low,close,volume or time,bid,ask")  # fmt: skip
     else:
         listed = ",".join(h.strip() for h in header) or "(empty)"
         raise DataError(f"{path}:1: header {listed} has neither the "
@@ -274,6 +279,19 @@ def _columns(path: Path, header: list[str]) -> tuple[str, dict[str, int]]:
         raise DataError(f"{path}:1: no {' or '.join(missing)} column for {kind} "
                         f"(they need time, {', '.join(needs)}); the header has: {found}")  # fmt: skip
     return kind, col
+
+
+def _looks_like_data(row: list[str]) -> bool:
+    """A time then numbers: a data row where the header should be (MetaTrader 4's and
+    Binance's exports have none)."""
+    try:
+        TimeReader().read(row[0])
+        for cell in row[1:]:
+            if cell.strip() and not re.fullmatch(r"\d{1,2}:\d\d(:\d\d)?", cell.strip()):
+                float(cell)
+    except ValueError:
+        return False
+    return True
 
 
 def _file_symbol(path: Path, symbol: str | None) -> tuple[str, str]:

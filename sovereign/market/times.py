@@ -77,6 +77,7 @@ class TimeReader:
     def __init__(self) -> None:
         self.unit: tuple[str, int, int] | None = None  # epoch integers: (name, below, ns per unit)
         self.day_first: bool | None = None
+        self._hours: dict[str, int] = {}  # _canonical's cache
 
     def settle(self, texts: Iterable[str]) -> None:
         """Fixes day- or month-first for NN/NN/YYYY dates from every value of the column:
@@ -103,8 +104,11 @@ class TimeReader:
     def read(self, text: str) -> int:
         """ns since the epoch; ValueError saying what is wrong with `text`."""
         text = text.strip()
-        if _EPOCH.fullmatch(text):
+        if text.isdigit() or _EPOCH.fullmatch(text):
             return check_range(self._epoch(text), text)
+        fast = _canonical(text, self._hours)
+        if fast is not None:
+            return check_range(fast, text)
         m = _YEAR_FIRST.fullmatch(text)
         if m is not None:
             y, mo, d = int(m["y"]), int(m["a"]), int(m["b"])
@@ -170,6 +174,49 @@ class TimeReader:
                 f"time {text} is ambiguous: too small to tell epoch seconds from milliseconds "
                 "(before 1973 in seconds); is it a row number? Write ISO 8601 times"
             )
+
+
+def _canonical(text: str, hours: dict[str, int]) -> int | None:
+    """The common case quickly: YYYY-MM-DD HH:MM:SS[.f...][Z] (or T; dots or slashes in the
+    date), UTC; None for anything else (the regex then reads it). `hours` caches each
+    date and hour's start (rows of a file share them)."""
+    n = len(text)
+    if n < 19 or text[13] != ":" or text[16] != ":":
+        return None
+    start = hours.get(text[:13])
+    if start is None:
+        start = _hour_start(text[:13])
+        if start is None:
+            return None
+        if len(hours) > 100_000:
+            hours.clear()
+        hours[text[:13]] = start
+    end = n - 1 if text[-1] == "Z" else n
+    if end == 19:
+        frac = ""
+    elif text[19] in ".," and 20 < end <= 29:
+        frac = text[20:end]
+    else:
+        return None
+    mm, ss = text[14:16], text[17:19]
+    if not (mm + ss + frac).isdigit() or mm > "59" or ss > "59":
+        return None
+    return start + (int(mm) * 60 + int(ss)) * NS + (int(frac.ljust(9, "0")) if frac else 0)
+
+
+def _hour_start(text: str) -> int | None:
+    """ns of YYYY-MM-DD HH (any of - . / in the date, T or a space), or None."""
+    if text[4] not in "-./" or text[7] != text[4] or text[10] not in "T ":
+        return None
+    digits = text[0:4] + text[5:7] + text[8:10] + text[11:13]
+    if not digits.isdigit():
+        return None
+    y, mo, d, h = int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13])
+    if not (1 <= mo <= 12 and 1 <= d <= _MONTH_DAYS[mo - 1]) or (mo == 2 and d == 29 and not _leap(y)):
+        return None  # the regex path says what is wrong
+    if h > 23:
+        return None
+    return (days_from_civil(y, mo, d) * 24 + h) * 3600 * NS
 
 
 def _leap(y: int) -> bool:

@@ -183,6 +183,8 @@ def test_identical_ticks_in_one_millisecond_are_kept(tmp_path: Path) -> None:
         ),
         ("date,bid\n2026-01-02,1\n", r"no ask column for ticks .* the header has: date, bid"),
         ("price,qty\n1,2\n", r"header price,qty has neither the tick columns"),
+        ("2026.01.02,00:00,1.1,1.2,1.0,1.1,100\n", r"X\.csv:1: no header row \(the first line is data\)"),
+        ("1767312000000,1.1,1.2,1.0,1.1,100\n", r"X\.csv:1: no header row"),
         (
             "time;bid,ask\n2026-01-02,1,1.1\n",
             r"X\.csv:1: mixed separators in the header \(comma and semicolon\)",
