@@ -178,9 +178,11 @@ def parse(raw: dict[str, Any], path: Path) -> Spec:
         walk,
         raw,
     )
-    for p in params:  # each value alone, so that an error names the key and the value
+    # Each value in turn, the other keys at their first, so that an error names the key and value.
+    first = {p.path: p.values[0] if p.values else p.low for p in params}
+    for p in params:
         for v in p.values or (p.low, p.high):
-            config_for(spec, {p.path: v}, f"params.{p.path} = {_short(v)}")
+            config_for(spec, {**first, p.path: v}, f"params.{p.path} = {_short(v)}")
     return spec
 
 

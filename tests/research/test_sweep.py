@@ -12,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -265,6 +264,29 @@ def test_a_sweep_on_the_local_pool_writes_every_cell_and_its_results(folder: Pat
     assert "16 cells run" in changed.stdout and len(_cells(folder / "out")) == 32
 
 
+def test_agent_sets_are_swept_as_alternative_lists(folder: Path) -> None:
+    text = """
+data = "data.sovdata"
+[config.agents]
+preset = "none"
+[config.market]
+hours = "always"
+[params]
+"agents.sets" = [[{symbols = ["*"], timeframe = "M5"}],
+                 [{symbols = ["EUR*"], timeframe = "M1", k = 2}, {symbols = ["*"], timeframe = "M15"}]]
+"""
+    r = sovereign("sweep", str(spec_at(folder, text)), "--out", str(folder / "out"))
+    assert r.returncode == 0, r.stderr
+    doc = orjson.loads((folder / "out" / "results.json").read_bytes())
+    first, second = doc["rows"]
+    assert (first["agents.sets"], second["agents.sets"]) == ("#1", "#2")
+    assert second["point"]["agents.sets"][0] == {"symbols": ["EUR*"], "timeframe": "M1", "k": 2}
+    assert first["in_sample"]["signals"] != second["in_sample"]["signals"]
+    bad = text.replace('k = 2', 'k = 99')
+    r = sovereign("sweep", str(spec_at(folder, bad)), "--out", str(folder / "out"))
+    assert r.returncode == 2 and "params.agents.sets = [{" in r.stderr and "agents.sets[1].k" in r.stderr
+
+
 def test_a_sweep_killed_midway_resumes_without_redoing_its_cells(folder: Path) -> None:
     out = folder / "out"
     spec = spec_at(folder, SPEC)
@@ -308,19 +330,9 @@ def _wait_group_gone(pgid: int) -> None:
 # ---- Ray
 
 
-@pytest.fixture
-def ray_home() -> Iterator[Path]:
-    """A home, temp dir and auth mode of the test's own for Ray (short: its socket paths
-    must fit 107 bytes), removed afterwards."""
-    home = Path(tempfile.mkdtemp(prefix="sovray", dir="/tmp"))
-    try:
-        yield home
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def _loopback_namespace_or_skip() -> None:
-    """A network namespace of its own needs root (CAP_SYS_ADMIN); CI runs as root."""
+def loopback_ray_or_skip() -> None:
+    """Ray installed, and a network namespace of our own (root, CAP_SYS_ADMIN: CI runs as
+    root); without them the test is skipped, except under CI, where it fails."""
     try:
         import ray  # noqa: F401
     except ImportError:
@@ -335,37 +347,43 @@ def _loopback_namespace_or_skip() -> None:
         pytest.skip(why)
 
 
-def test_a_sweep_on_a_local_ray_cluster_gives_the_local_pools_results(folder: Path, ray_home: Path) -> None:
-    _loopback_namespace_or_skip()
-    spec = spec_at(folder, SPEC)
-    local = sovereign("sweep", str(spec), "--out", str(folder / "local"), "--workers", "2")
-    assert local.returncode == 0, local.stderr
-    # The head in a network namespace with loopback alone (Ray listens on the machine's
-    # interface whatever it is told); the driver in the same one; HOME and RAY_TMPDIR the
-    # test's own (a local ray.init writes ~/.ray/auth_token), token auth off.
+def sweep_on_loopback_ray(spec: Path, out: Path, cpus: int, timeout: float = 420) -> tuple[int, str, str]:
+    """`sovereign sweep SPEC --ray ADDRESS` against a Ray head of its own (`ray start
+    --head`, `cpus` CPUs), both in a network namespace with loopback alone: Ray listens on
+    the machine's interface whatever it is told, so nothing of it may see one. HOME and
+    RAY_TMPDIR are a temporary folder of its own (a local ray.init writes ~/.ray/auth_token;
+    short, for Ray's socket paths), token auth is off, and the head is stopped by its own
+    process group (never `ray stop`, which stops every Ray on the host). Nothing is left:
+    no process, no folder. Returns the exit code, stdout and stderr."""
+    home = Path(tempfile.mkdtemp(prefix="sovray", dir="/tmp"))
     script = (
         "set -e; ip link set lo up; "
-        f"{sys.executable} -m ray.scripts.scripts start --head --port=0 --num-cpus=2 "
+        f"{sys.executable} -m ray.scripts.scripts start --head --port=0 --num-cpus={cpus} "
         '--include-dashboard=false --disable-usage-stats > "$RAY_TMPDIR/start.log" 2>&1 '
         '|| { cat "$RAY_TMPDIR/start.log"; exit 97; }; '
         'ADDRESS=$(cat "$RAY_TMPDIR/ray/ray_current_cluster"); '
-        f'{sys.executable} -m sovereign.cli sweep {spec} --out {folder / "ray"} --ray "$ADDRESS"'
+        f'{sys.executable} -m sovereign.cli sweep {spec} --out {out} --ray "$ADDRESS"'
     )
-    env = {**os.environ, "HOME": str(ray_home), "RAY_TMPDIR": str(ray_home), "RAY_AUTH_MODE": "disabled"}
-    p = subprocess.Popen(
-        ["unshare", "-n", "sh", "-c", script],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    env = {**os.environ, "HOME": str(home), "RAY_TMPDIR": str(home), "RAY_AUTH_MODE": "disabled"}
     try:
-        stdout, stderr = p.communicate(timeout=420)
-    finally:  # the head by its own process group, never `ray stop` (every Ray on the host)
-        _stop_group(p)
-    assert p.returncode == 0, stdout + stderr
+        p = subprocess.Popen(["unshare", "-n", "sh", "-c", script], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+        try:
+            stdout, stderr = p.communicate(timeout=timeout)
+        finally:
+            _stop_group(p)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    return p.returncode, stdout, stderr
+
+
+def test_a_sweep_on_a_local_ray_cluster_gives_the_local_pools_results(folder: Path) -> None:
+    loopback_ray_or_skip()
+    spec = spec_at(folder, SPEC)
+    local = sovereign("sweep", str(spec), "--out", str(folder / "local"), "--workers", "2")
+    assert local.returncode == 0, local.stderr
+    code, stdout, stderr = sweep_on_loopback_ray(spec, folder / "ray", cpus=2)
+    assert code == 0, stdout + stderr
     assert "16 cells run on the Ray cluster at 127.0.0.1:" in stdout and "(2 CPUs)" in stdout
     a, b = _cells(folder / "local"), _cells(folder / "ray")
     assert set(a) == set(b) and len(a) == 16
