@@ -80,7 +80,7 @@ def read(path: str | Path, bad_rows: str = "refuse", symbol: str | None = None) 
     if not n:
         raise DataError(f"{path}: no data rows")
     rows = _Rows(path, bad_rows)
-    bad: dict[int, str] = {}  # row -> what is wrong (the first thing found)
+    bad = _Bad(n)
     ts = _times(path, table.column(col["time"]), bad)
     precision = int(meta.get(b"price_precision", b"-1"))
     out: dict[str, np.ndarray] = {"ts_ns": ts}
@@ -98,22 +98,24 @@ def read(path: str | Path, bad_rows: str = "refuse", symbol: str | None = None) 
     out["symbol"] = ids
     _check_values(kind, out, bad)
     _check_order(kind, out, bad, names)
-    for row in sorted(bad):
-        rows.bad(row + 1, bad[row])
-    keep = np.ones(n, bool)
-    keep[list(bad)] = False
+    for row in np.flatnonzero(~bad.good).tolist():
+        rows.bad(row + 1, bad.what[bad.code[row]])
+    keep = bad.good
     return ParquetFile(
         kind, {k: v[keep] for k, v in out.items()}, names, rows.issues, symbol_from, np.flatnonzero(keep) + 1
     )
 
 
-def _times(path: Path, column: Any, bad: dict[int, str]) -> np.ndarray:
+def _times(path: Path, column: Any, bad: _Bad) -> np.ndarray:
     import pyarrow as pa  # type: ignore[import-untyped]
 
     column = column.combine_chunks() if hasattr(column, "combine_chunks") else column
     t = column.type
     if pa.types.is_dictionary(t):
         column, t = column.dictionary_decode(), t.value_type
+    if column.null_count:
+        _flag(bad, column.is_null().to_numpy(zero_copy_only=False), "no time")
+        column = column.fill_null(pa.scalar(0 if not pa.types.is_string(t) else "1970-01-01", t))
     if pa.types.is_date(t):
         column, t = column.cast(pa.timestamp("s")), pa.timestamp("s")
     if pa.types.is_timestamp(t):
@@ -156,7 +158,7 @@ def _times(path: Path, column: Any, bad: dict[int, str]) -> np.ndarray:
             try:
                 out[i] = reader.read(text or "")
             except ValueError as e:
-                bad.setdefault(i, str(e))
+                bad.one(i, str(e))
         return out
     raise DataError(f"{path}: the time column is {t}: expected a timestamp, an integer epoch or text")
 
@@ -213,12 +215,34 @@ def _symbols(
     return [name], ids, source
 
 
-def _flag(bad: dict[int, str], mask: np.ndarray, what: str) -> None:
-    for i in np.flatnonzero(mask)[:100_000].tolist():
-        bad.setdefault(i, what)
+class _Bad:
+    """What is wrong with each row: the first thing found (an index into `what`), or -1."""
+
+    def __init__(self, n: int) -> None:
+        self.code = np.full(n, -1, np.int32)
+        self.what: list[str] = []
+
+    @property
+    def good(self) -> np.ndarray:
+        return self.code < 0
+
+    def one(self, row: int, what: str) -> None:
+        if self.code[row] < 0:
+            self.code[row] = len(self.what)
+            self.what.append(what)
+
+    def flag(self, mask: np.ndarray, what: str) -> None:
+        new = mask & (self.code < 0)
+        if new.any():
+            self.code[new] = len(self.what)
+            self.what.append(what)
 
 
-def _check_values(kind: str, c: dict[str, np.ndarray], bad: dict[int, str]) -> None:
+def _flag(bad: _Bad, mask: np.ndarray, what: str) -> None:
+    bad.flag(np.asarray(mask, bool), what)
+
+
+def _check_values(kind: str, c: dict[str, np.ndarray], bad: _Bad) -> None:
     prices = ("bid", "ask") if kind == "ticks" else BAR_NEEDS
     for key in prices:
         _flag(bad, ~np.isfinite(c[key]), f"{key} is not a finite number")
@@ -233,20 +257,23 @@ def _check_values(kind: str, c: dict[str, np.ndarray], bad: dict[int, str]) -> N
         _flag(bad, (c["low"] > lo) | (c["high"] < hi), "high / low do not enclose open and close")
 
 
-def _check_order(kind: str, c: dict[str, np.ndarray], bad: dict[int, str], names: list[str]) -> None:
+def _check_order(kind: str, c: dict[str, np.ndarray], bad: _Bad, names: list[str]) -> None:
     """Time order within each symbol among the rows otherwise good, as data._check_order:
     a row before the latest time so far goes backwards, a bar at it is a duplicate."""
-    good = np.ones(len(c["ts_ns"]), bool)
-    good[list(bad)] = False
+    good = bad.good
     for sid in np.unique(c["symbol"]).tolist():
         rows = np.flatnonzero((c["symbol"] == sid) & good)
         ts = c["ts_ns"][rows]
         before = np.concatenate(([np.iinfo(np.int64).min], np.maximum.accumulate(ts)[:-1]))
-        _flag(bad, np.isin(np.arange(len(good)), rows[ts < before]), f"time goes backwards for {names[sid]}")
+        _flag(bad, _rows_mask(len(good), rows[ts < before]), f"time goes backwards for {names[sid]}")
         if kind == "bars":
-            _flag(
-                bad, np.isin(np.arange(len(good)), rows[ts == before]), f"duplicate bar time for {names[sid]}"
-            )
+            _flag(bad, _rows_mask(len(good), rows[ts == before]), f"duplicate bar time for {names[sid]}")
+
+
+def _rows_mask(n: int, rows: np.ndarray) -> np.ndarray:
+    mask = np.zeros(n, bool)
+    mask[rows] = True
+    return mask
 
 
 def write(path: str | Path, kind: str, records: np.ndarray, names: list[str], meta: dict[str, Any]) -> Path:

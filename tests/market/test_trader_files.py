@@ -357,6 +357,25 @@ def test_parquet_as_pandas_writes_it(tmp_path: Path) -> None:
     ]
 
 
+def test_parquet_rows_are_checked_as_csv_rows_are(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    times = ["2026-01-02T00:00:00Z", None, "2026-01-02 00:00:05", "2026-01-02T00:00:04Z", "2300-01-01"]
+    bids = [1.1, 1.1, None, 1.1, 1.1]
+    pq.write_table(pa.table({"Time": times, "Bid": bids, "Ask": [1.2] * 5}), tmp_path / "EURUSD.parquet")
+    f = str(tmp_path / "EURUSD.parquet")
+    with pytest.raises(DataError, match=r"EURUSD\.parquet:2: no time"):
+        load([f])
+    m = load([f], bad_rows="skip")
+    past = "time 2300-01-01 is past 2262-04-11, the last time int64 nanoseconds hold"
+    assert m.issues == [(f, 2, "no time"), (f, 3, "bid is not a finite number"), (f, 5, past)]
+    assert m.records["ts_ns"].tolist() == [H0, H0 + 4 * 10**9]  # 00:00:04 kept: the 00:00:05 row was bad
+    table = pa.table({"time": [H0, H0 - 10**9], "bid": [1.1, 1.1], "ask": [1.2, 1.2]})
+    pq.write_table(table, tmp_path / "B.parquet")
+    with pytest.raises(DataError, match=r"B\.parquet:2: time goes backwards for B"):
+        load([str(tmp_path / "B.parquet")])
+
+
 def test_parquet_as_the_nautilus_catalog_writes_it(tmp_path: Path) -> None:
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
