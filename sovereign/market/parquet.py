@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 
 from sovereign.market.data import ALIASES, BAR_NEEDS, TICK_NEEDS, DataError, _file_symbol, _Rows, check_symbol
-from sovereign.market.times import MAX_NS, UNITS, TimeReader
+from sovereign.market.times import MAX_NS, UNITS, TimeReader, check_first_epoch
 
 SUFFIX = ".parquet"
 _TIME_NAMES = (*ALIASES["time"], "ts_init", "__index_level_0__")
@@ -82,7 +82,8 @@ def read(path: str | Path, bad_rows: str = "refuse", symbol: str | None = None) 
     rows = _Rows(path, bad_rows)
     bad = _Bad(n)
     ts = _times(path, table.column(col["time"]), bad)
-    precision = int(meta.get(b"price_precision", b"-1"))
+    digits = meta.get(b"price_precision", b"")  # NautilusTrader's: prices are rounded to it
+    precision = int(digits) if digits.isdigit() else -1
     out: dict[str, np.ndarray] = {"ts_ns": ts}
     fields = ("bid", "ask", "last", "volume") if kind == "ticks" else (*BAR_NEEDS, "volume", "spread")
     for key in fields:
@@ -131,15 +132,13 @@ def _times(path: Path, column: Any, bad: _Bad) -> np.ndarray:
             _flag(bad, over, "time is past 2262-04-11, the last time int64 nanoseconds hold")
             raw = np.where(over, 0, raw).astype(np.int64)
         raw = raw.astype(np.int64)
-        reader = TimeReader()
+        at = int(np.argmax(bad.good))  # the unit is the first good time's (as a CSV file's first)
+        first = int(raw[at])
+        name, below, scale = next(u for u in UNITS if abs(first) < u[1])
         try:
-            reader.read(str(int(raw[0])))  # its unit, and whether it can be told at all
+            check_first_epoch(first, str(first), name)
         except ValueError as e:
-            if "ambiguous" in str(e):
-                raise DataError(f"{path}: row 1: {e}") from None
-            reader.unit = next(u for u in UNITS if abs(int(raw[0])) < u[1])
-        assert reader.unit is not None
-        name, below, scale = reader.unit
+            raise DataError(f"{path}:{at + 1}: {e}") from None
         lower = 0 if name == "seconds" else next(u[1] for u in reversed(UNITS) if u[1] < below)
         other = (np.abs(raw) >= below) | (np.abs(raw) < lower) & (raw != 0)
         _flag(bad, other, f"time is not in {name}, the unit of the file's first time")

@@ -154,7 +154,7 @@ class TimeReader:
             return n * unit[2]
         unit = next(u for u in UNITS if abs(n) < u[1])
         if self.unit is None:
-            self._first_epoch(n, text, unit)
+            check_first_epoch(n, text, unit[0])
             self.unit = unit
         elif unit is not self.unit:
             raise ValueError(
@@ -162,18 +162,21 @@ class TimeReader:
             )
         return n * unit[2]
 
-    @staticmethod
-    def _first_epoch(n: int, text: str, unit: tuple[str, int, int]) -> None:
-        if _COMPACT_DATE.fullmatch(text) and unit[0] in ("seconds", "milliseconds"):
-            raise ValueError(
-                f"time {text} is ambiguous: a date written without separators, or epoch "
-                f"{unit[0]}? Write dates as ISO 8601 (2026-01-02T00:00:00Z) or epoch seconds"
-            )
-        if 0 <= n < _SMALLEST_EPOCH_S:
-            raise ValueError(
-                f"time {text} is ambiguous: too small to tell epoch seconds from milliseconds "
-                "(before 1973 in seconds); is it a row number? Write ISO 8601 times"
-            )
+
+def check_first_epoch(n: int, text: str, unit: str) -> None:
+    """ValueError if a file's first epoch integer `n` (read as `unit`) cannot be told apart
+    from another reading: a date written without separators, or a number too small to
+    tell seconds from milliseconds (a row number?)."""
+    if _COMPACT_DATE.fullmatch(text) and unit in ("seconds", "milliseconds"):
+        raise ValueError(
+            f"time {text} is ambiguous: a date written without separators, or epoch "
+            f"{unit}? Write dates as ISO 8601 (2026-01-02T00:00:00Z) or epoch seconds"
+        )
+    if 0 <= n < _SMALLEST_EPOCH_S:
+        raise ValueError(
+            f"time {text} is ambiguous: too small to tell epoch seconds from milliseconds "
+            "(before 1973 in seconds); is it a row number? Write ISO 8601 times"
+        )
 
 
 def _canonical(text: str, hours: dict[str, int]) -> int | None:

@@ -374,6 +374,10 @@ def test_parquet_rows_are_checked_as_csv_rows_are(tmp_path: Path) -> None:
     pq.write_table(table, tmp_path / "B.parquet")
     with pytest.raises(DataError, match=r"B\.parquet:2: time goes backwards for B"):
         load([str(tmp_path / "B.parquet")])
+    table = pa.table({"time": [None, 20260102, 20260105], "bid": [1.1] * 3, "ask": [1.2] * 3})
+    pq.write_table(table, tmp_path / "C.parquet")  # the unit is the first good time's
+    with pytest.raises(DataError, match=r"C\.parquet:2: time 20260102 is ambiguous"):
+        load([str(tmp_path / "C.parquet")], bad_rows="skip")
 
 
 def test_parquet_as_the_nautilus_catalog_writes_it(tmp_path: Path) -> None:
