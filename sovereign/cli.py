@@ -929,7 +929,7 @@ def _load_market(data: Sequence[str], layout: str, skip_bad_rows: bool, start: i
     except DataError as e:
         raise BadInput(str(e)) from None
     for note in market.notes:
-        click.echo(f"sovereign: {clean(note, MAX_FIELD)} (--symbol sets it)", err=True)
+        click.echo(f"sovereign: {clean(note, MAX_FIELD)}", err=True)
     for f, line, what in market.issues[:20]:
         click.echo(f"sovereign: skipped {clean(f)}:{line}: {clean(what, MAX_FIELD)}", err=True)
     if len(market.issues) > 20:

@@ -219,7 +219,8 @@ def load(paths: list[str] | tuple[str, ...], layout: str = "generic", bad_rows: 
         if str(p).endswith(SUFFIX):
             meta = meta or open_file(p).meta
         if symbol_from:
-            notes.append(f"{p}: symbol {file_names[0]} from {symbol_from}")
+            hint = " (--symbol sets it)" if symbol_from != "--symbol" else ""
+            notes.append(f"{p}: symbol {file_names[0]} from {symbol_from}{hint}")
         kinds[str(p)] = kind
         issues += issues_here
         ids = np.array([symbols.id(n) for n in file_names], np.uint32)

@@ -98,7 +98,7 @@ def test_single_symbol_bar_files_in_their_many_forms(
     assert m.records["ts_ns"].tolist() == [H0, H0 + 3600 * 10**9, H0 + 7200 * 10**9]
     assert m.records["close"].tolist() == [1.101, 1.1005, 1.102]
     assert m.timeframe_s == 3600 and m.meta["timeframes_s"] == {symbol: 3600}
-    assert m.notes == [f"{tmp_path / name}: symbol {symbol} from the file name"]
+    assert m.notes == [f"{tmp_path / name}: symbol {symbol} from the file name (--symbol sets it)"]
 
 
 def test_yahoo_style_daily_bars_with_adj_close_a_bom_and_a_symbol_option(tmp_path: Path) -> None:
@@ -405,7 +405,7 @@ def test_parquet_as_the_nautilus_catalog_writes_it(tmp_path: Path) -> None:
     pq.write_table(table, tmp_path / "part-0.parquet")
     m = load([str(tmp_path / "part-0.parquet")])
     assert m.names == ["EURUSD"] and m.notes == [
-        f"{tmp_path / 'part-0.parquet'}: symbol EURUSD from the file's instrument_id"
+        f"{tmp_path / 'part-0.parquet'}: symbol EURUSD from the file's instrument_id (--symbol sets it)"
     ]
     assert m.records["bid"].tolist() == [1.10001, 1.10002, 1.1] and m.records["ask"].tolist() == [
         1.10003,
