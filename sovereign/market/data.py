@@ -216,6 +216,8 @@ def load_csv(
         raise ValueError(f"unknown layout {layout!r}; known: generic, mt5")
     try:
         header_line = next(_lines(path), "")
+        if not header_line.strip():
+            raise DataError(f"{path}:1: the header row is empty" if header_line else f"{path}: empty file")
         if layout == "mt5" or header_line.lstrip().upper().startswith("<DATE>"):
             series = _load_mt5(path, rows, symbol)
         else:
@@ -307,7 +309,7 @@ def _file_symbol(path: Path, symbol: str | None) -> tuple[str, str]:
 def _load_generic(path: Path, header_line: str, bad: _Rows, symbol: str | None) -> Series:
     sep = _separator(path, header_line)
     reader = csv.reader(_lines(path), delimiter=sep)
-    header = next(reader)
+    header = next(reader, [])
     kind, col = _columns(path, header)
     n_fields = len(header)
     file_symbol, symbol_from = (None, "") if "symbol" in col else _file_symbol(path, symbol)

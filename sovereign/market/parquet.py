@@ -134,7 +134,7 @@ def _times(path: Path, column: Any, bad: _Bad) -> np.ndarray:
         raw = raw.astype(np.int64)
         at = int(np.argmax(bad.good))  # the unit is the first good time's (as a CSV file's first)
         first = int(raw[at])
-        name, below, scale = next(u for u in UNITS if abs(first) < u[1])
+        name, below, scale = next((u for u in UNITS if abs(first) < u[1]), UNITS[-1])
         try:
             check_first_epoch(first, str(first), name)
         except ValueError as e:

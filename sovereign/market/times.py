@@ -152,7 +152,9 @@ class TimeReader:
         unit = self.unit
         if unit is not None and _LOWER[unit[0]] <= abs(n) < unit[1]:
             return n * unit[2]
-        unit = next(u for u in UNITS if abs(n) < u[1])
+        unit = next((u for u in UNITS if abs(n) < u[1]), None)
+        if unit is None:
+            raise ValueError(f"time {text} is past 2262-04-11, the last time int64 nanoseconds hold")
         if self.unit is None:
             check_first_epoch(n, text, unit[0])
             self.unit = unit

@@ -4,6 +4,7 @@ timeframe told from the data, bad data refused clearly (exit 2), and `data sampl
 
 from __future__ import annotations
 
+import contextlib
 import re
 import subprocess
 import sys
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sovereign.market.data import MAX_LINE, DataError, load_csv
 from sovereign.market.datafile import info, load, save
@@ -216,12 +219,29 @@ def test_identical_ticks_in_one_millisecond_are_kept(tmp_path: Path) -> None:
             r"X\.csv:2: time 1969-12-31T23:59:59Z is before 1970-01-01",
         ),
         ("time,bid,ask\n-1000,1.1,1.2\n", r"X\.csv:2: time -1000 is before 1970-01-01"),
+        ("time,bid,ask\n99999999999999999999,1.1,1.2\n", r"X\.csv:2: time 99999999999999999999 is past 2262"),
         ("time,bid,ask\n2026-02-30,1.1,1.2\n", r"X\.csv:2: time 2026-02-30: no such date"),
     ],
 )
 def test_bad_files_are_refused_naming_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:
     with pytest.raises(DataError, match=message):
         load([str(write(tmp_path, "X.csv", text))])
+
+
+TOKENS = ["time", "bid", "ask", "open", "high", "low", "close", "Date", "Time", "symbol", "volume", ",", ";",
+          "\t", "\n", "\r\n", "2026-01-02", "2026.01.02 00:00", "01/02/2026", "00:00:00", "1767312000",
+          "1767312000000", "-5", "1.1", "0", "nan", "inf", "x", "\ufeff", '"', "99999999999999999999",
+          "2300-01-01", "<DATE>", "<TIME>", "<BID>", "<ASK>", "1,1", " ", "\x00", "é"]  # fmt: skip
+HEADERS = ["", "time,bid,ask\n", "time,open,high,low,close\n"]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.sampled_from(TOKENS), max_size=60), st.sampled_from(HEADERS))
+def test_any_text_loads_or_is_refused_as_bad_data(tmp_path: Path, tokens: list[str], header: str) -> None:
+    f = write(tmp_path, "EURUSD_M1.csv", header + "".join(tokens))
+    for policy in ("refuse", "skip"):
+        with contextlib.suppress(DataError):  # never a traceback: the CLI says what is wrong, exit 2
+            load([str(f)], bad_rows=policy)
 
 
 def test_a_huge_line_is_refused_before_the_field_limit(tmp_path: Path) -> None:
