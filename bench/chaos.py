@@ -110,6 +110,7 @@ def config(state: Path, *, seed: int, symbols: int, workers: int, max_drawdown: 
         "feed": {"symbols": symbols, "seed": seed, "pace": "fast"},
         # a small drawdown limit, so that risk's halt and flatten fire under the kills
         "risk": {"max_drawdown": max_drawdown, "daily_loss_limit": max_drawdown, "risk_per_trade": 0.01},
+        "metrics": {"listen": "127.0.0.1:0"},  # never the user's port, whatever runs beside it
     })  # fmt: skip
 
 

@@ -396,6 +396,7 @@ def mt5_tables(state: Path, venue: VenueSim, symbols: Sequence[str], **tables: d
         "mt5": {"bridge": str(venue.bridge), "magic": 77, "symbols": list(symbols), "result_timeout_s": 1.0},
         "market": {"hours": "always"},
         "retention": {"days": 0},
+        "metrics": {"listen": "127.0.0.1:0"},  # never the user's port (bench.chaos_mt5 runs outside pytest)
     }  # fmt: skip
     for name, table in tables.items():
         base[name] = {**base.get(name, {}), **table}
