@@ -317,6 +317,34 @@ def test_a_sweep_killed_midway_resumes_without_redoing_its_cells(folder: Path) -
     assert len(_cells(out)) == 16
 
 
+def test_ctrl_c_stops_a_sweep_saying_how_to_resume(folder: Path) -> None:
+    out = folder / "out"
+    cmd = [sys.executable, "-m", "sovereign.cli", "sweep", str(spec_at(folder, SPEC)), "--out", str(out),
+           "--workers", "1"]  # fmt: skip
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while len(list((out / "cells").glob("*.json"))) < 2 and p.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(p.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole foreground group
+        _, stderr = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    assert p.returncode == 130, stderr
+    assert "stopped after" in stderr and "the same command resumes" in stderr
+    _wait_group_gone(p.pid)  # the pool's workers ended with it
+    assert 2 <= len(list((out / "cells").glob("*.json"))) < 16
+
+
+def test_workers_are_for_the_local_pool_alone(folder: Path) -> None:
+    r = sovereign("sweep", str(spec_at(folder, SPEC)), "--ray", "auto", "--workers", "2")
+    assert r.returncode == 2 and "--workers is for the local pool" in r.stderr
+
+
 def _wait_group_gone(pgid: int) -> None:
     for _ in range(200):
         try:
