@@ -25,10 +25,12 @@ from typing import Any
 import numpy as np
 import orjson
 
+from sovereign.core import TICK_FLAG_ASK, TICK_FLAG_BID, TICK_FLAG_LAST, TICK_FLAG_VOLUME
 from sovereign.market.data import ALIASES, BAR_NEEDS, TICK_NEEDS, DataError, _file_symbol, _Rows, check_symbol
 from sovereign.market.times import MAX_NS, UNITS, TimeReader, check_first_epoch
 
 SUFFIX = ".parquet"
+ALL_FLAGS = TICK_FLAG_BID | TICK_FLAG_ASK | TICK_FLAG_LAST | TICK_FLAG_VOLUME  # where a file gives none
 _TIME_NAMES = (*ALIASES["time"], "ts_init", "__index_level_0__")
 _META_KEY = b"sovereign"
 
@@ -94,7 +96,8 @@ def read(path: str | Path, bad_rows: str = "refuse", symbol: str | None = None) 
     if kind == "ticks":
         out.setdefault("last", out["bid"].copy())
         if "flags" in lower:
-            out["flags"] = np.asarray(table.column(lower["flags"]).to_numpy(), np.uint32)
+            flags = table.column(lower["flags"]).combine_chunks().fill_null(ALL_FLAGS)
+            out["flags"] = np.asarray(flags.to_numpy(zero_copy_only=False), np.uint32)
     names, ids, symbol_from = _symbols(path, table, col, meta, symbol)
     out["symbol"] = ids
     _check_values(kind, out, bad)
@@ -102,6 +105,8 @@ def read(path: str | Path, bad_rows: str = "refuse", symbol: str | None = None) 
     for row in np.flatnonzero(~bad.good).tolist():
         rows.bad(row + 1, bad.what[bad.code[row]])
     keep = bad.good
+    if not keep.any():
+        raise DataError(f"{path}: no data rows (all {n} skipped)")
     return ParquetFile(
         kind, {k: v[keep] for k, v in out.items()}, names, rows.issues, symbol_from, np.flatnonzero(keep) + 1
     )

@@ -398,6 +398,9 @@ def test_parquet_rows_are_checked_as_csv_rows_are(tmp_path: Path) -> None:
     pq.write_table(table, tmp_path / "C.parquet")  # the unit is the first good time's
     with pytest.raises(DataError, match=r"C\.parquet:2: time 20260102 is ambiguous"):
         load([str(tmp_path / "C.parquet")], bad_rows="skip")
+    pq.write_table(pa.table({"time": ["2300-01-01"], "bid": [1.1], "ask": [1.2]}), tmp_path / "D.parquet")
+    with pytest.raises(DataError, match=r"D\.parquet: no data rows \(all 1 skipped\)"):
+        load([str(tmp_path / "D.parquet")], bad_rows="skip")
 
 
 def test_parquet_as_the_nautilus_catalog_writes_it(tmp_path: Path) -> None:
