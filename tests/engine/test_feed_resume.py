@@ -67,6 +67,30 @@ class BoardWatch(threading.Thread):
             time.sleep(0.0005)
 
 
+def restarted(gw: np.ndarray, victim: int) -> None:
+    """Wait for the gateway that took the killed one's place to be feeding."""
+    wait(lambda: int(gw["pid"][0]) not in (0, victim) and gw["state"][0] == RUNNING
+         and gw["ticks"][0] > 100_000, 120, "the restarted gateway feeding")  # fmt: skip
+
+
+def stop(proc: subprocess.Popen, watch: BoardWatch) -> str:
+    """Stop watching the board, then the system; its output."""
+    watch.done.set()
+    watch.join()
+    proc.send_signal(signal.SIGTERM)
+    return proc.communicate(timeout=120)[0]
+
+
+def clean_up(proc: subprocess.Popen, watch: BoardWatch | None) -> None:
+    if watch is not None:
+        watch.done.set()
+        watch.join()
+        watch.board.close()
+    if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+
+
 def test_a_killed_gateway_resumes_its_feed_and_no_tick_goes_back(tmp_path: Path) -> None:
     """Before: the new gateway's feed started over from the sim's first tick: quotes went
     back days, and the workers refused every tick older than what they had. Then (found by
@@ -85,21 +109,11 @@ def test_a_killed_gateway_resumes_its_feed_and_no_tick_goes_back(tmp_path: Path)
         for _ in range(3):
             victim = int(gw["pid"][0])
             os.kill(victim, signal.SIGKILL)  # wherever it is: mid-batch, mid-commit
-            wait(lambda: int(gw["pid"][0]) not in (0, victim) and gw["state"][0] == RUNNING  # noqa: B023
-                 and gw["ticks"][0] > 100_000, 120, "the restarted gateway feeding")  # fmt: skip
+            restarted(gw, victim)
         refused = [int(hb.slots[WORKERS + k]["rejects"]) for k in range(2)]
-        watch.done.set()
-        watch.join()
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
+        out = stop(proc, watch)
     finally:
-        if watch is not None:
-            watch.done.set()
-            watch.join()
-            watch.board.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        clean_up(proc, watch)
     assert proc.returncode == 0 and "stopped clean=True" in out, out
     assert out.count("sovereign: restart process=gateway") == 3, out
     assert refused == [0, 0], out  # no tick out of order, late or unknown
@@ -164,20 +178,10 @@ def test_a_gateway_killed_while_a_worker_lost_ticks_republishes_no_older_quote(t
             os.kill(victim, signal.SIGKILL)
         finally:
             os.kill(worker, signal.SIGCONT)
-        wait(lambda: int(gw["pid"][0]) not in (0, victim) and gw["state"][0] == RUNNING
-             and gw["ticks"][0] > 100_000, 120, "the restarted gateway feeding")  # fmt: skip
-        watch.done.set()
-        watch.join()
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=120)
+        restarted(gw, victim)
+        out = stop(proc, watch)
     finally:
-        if watch is not None:
-            watch.done.set()
-            watch.join()
-            watch.board.close()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        clean_up(proc, watch)
     assert proc.returncode == 0 and "stopped clean=True" in out, out
     (resumed,) = [e for e in journal(tmp_path / "state") if e["event"] == "feed_resumed"]
     assert resumed["given"] > sum(resumed["not_pushed_again"]["workers"]), resumed  # the soak's case
