@@ -2,14 +2,15 @@
 
 Read: the columns data.ALIASES names, in any case (ticks: time, bid, ask[, last][, volume];
 bars: time, open, high, low, close[, volume][, spread]), a `symbol` column or one symbol a
-file, and what the NautilusTrader catalog writes: `ts_event` (else `ts_init`) as uint64 ns,
-prices as its fixed-point binary (16 bytes: raw / 1e16; 8 bytes: raw / 1e9) rounded to the
-schema's price_precision, `bid_price`/`ask_price`, and the symbol from the schema's
-instrument_id (EUR/USD.SIM -> EURUSD). Time: timestamp[any unit, any tz] (stored UTC), an
-integer epoch (unit by magnitude, as CSV), or text (times.TimeReader). Without a symbol
-column the symbol is the caller's `--symbol`, else instrument_id, else the file name's first
-word. A column missing is named with what the file has. Rows are checked as CSV rows are
-(data.py), vectorized; a bad row is named by its row number (from 1).
+file, and what the NautilusTrader catalog writes: `ts_event` as uint64 ns (bars: `ts_init`,
+which it stamps at a bar's close, less one bar of the file's bar_type, since a bar here is
+stamped at its start), prices as its fixed-point binary (16 bytes: raw / 1e16; 8 bytes:
+raw / 1e9) rounded to the schema's price_precision, `bid_price`/`ask_price`, and the symbol
+from the schema's instrument_id (EUR/USD.SIM -> EURUSD). Time: timestamp[any unit, any tz]
+(stored UTC), an integer epoch (unit by magnitude, as CSV), or text (times.TimeReader).
+Without a symbol column the symbol is the caller's `--symbol`, else instrument_id, else the
+file name's first word. A column missing is named with what the file has. Rows are checked
+as CSV rows are (data.py), vectorized; a bad row is named by its row number (from 1).
 
 Written (`write`): time as timestamp[ns, UTC], symbol as a dictionary of strings, the
 records' other fields as they are (float64, flags and timeframe_s uint32), and the kind in
@@ -27,7 +28,7 @@ import orjson
 
 from sovereign.core import TICK_FLAG_ASK, TICK_FLAG_BID, TICK_FLAG_LAST, TICK_FLAG_VOLUME
 from sovereign.market.data import ALIASES, BAR_NEEDS, TICK_NEEDS, DataError, _file_symbol, _Rows, check_symbol
-from sovereign.market.times import MAX_NS, UNITS, TimeReader, check_first_epoch
+from sovereign.market.times import MAX_NS, NS, UNITS, TimeReader, check_first_epoch
 
 SUFFIX = ".parquet"
 ALL_FLAGS = TICK_FLAG_BID | TICK_FLAG_ASK | TICK_FLAG_LAST | TICK_FLAG_VOLUME  # where a file gives none
@@ -83,7 +84,11 @@ def read(path: str | Path, bad_rows: str = "refuse", symbol: str | None = None) 
         raise DataError(f"{path}: no data rows")
     rows = _Rows(path, bad_rows)
     bad = _Bad(n)
-    ts = _times(path, table.column(col["time"]), bad)
+    bar_step = _nautilus_bar_step(path, meta) if kind == "bars" and "ts_init" in lower else 0
+    ts = _times(path, table.column(lower["ts_init"] if bar_step else col["time"]), bad)
+    if bar_step:  # NautilusTrader stamps a bar's ts_init at its close; ours is the period's start
+        ts = np.where(bad.good, ts - bar_step * NS, ts)
+        _flag(bad, ts < 0, "time is before 1970-01-01, where this system's times start")
     digits = meta.get(b"price_precision", b"")  # NautilusTrader's: prices are rounded to it
     precision = int(digits) if digits.isdigit() else -1
     out: dict[str, np.ndarray] = {"ts_ns": ts}
@@ -110,6 +115,21 @@ def read(path: str | Path, bad_rows: str = "refuse", symbol: str | None = None) 
     return ParquetFile(
         kind, {k: v[keep] for k, v in out.items()}, names, rows.issues, symbol_from, np.flatnonzero(keep) + 1
     )
+
+
+_BAR_UNITS = {"SECOND": 1, "MINUTE": 60, "HOUR": 3600, "DAY": 86_400, "WEEK": 604_800}
+
+
+def _nautilus_bar_step(path: Path, meta: dict[bytes, bytes]) -> int:
+    """Seconds per bar of a NautilusTrader bar file (its bar_type, as EUR/USD.SIM-1-MINUTE-BID-
+    EXTERNAL), 0 when the file is not one; DataError for bars that are not time bars."""
+    bar_type = meta.get(b"bar_type", b"").decode("utf-8", "replace")
+    if not bar_type:
+        return 0
+    m = re.search(r"-(\d+)-([A-Z]+)-[A-Z]+-[A-Z]+$", bar_type)
+    if m is None or m[2] not in _BAR_UNITS:
+        raise DataError(f"{path}: bar type {bar_type[:80]!r} is not of time bars (N-SECOND .. N-WEEK)")
+    return int(m[1]) * _BAR_UNITS[m[2]]
 
 
 def _times(path: Path, column: Any, bad: _Bad) -> np.ndarray:

@@ -438,6 +438,35 @@ def test_parquet_as_the_nautilus_catalog_writes_it(tmp_path: Path) -> None:
     assert m.records["ts_ns"].tolist() == [H0, H0 + 10**9, H0 + 2 * 10**9]
 
 
+def test_a_real_nautilus_trader_catalog(tmp_path: Path) -> None:
+    pytest.importorskip("nautilus_trader")
+    from nautilus_trader.model.data import Bar, BarType, QuoteTick
+    from nautilus_trader.model.identifiers import InstrumentId
+    from nautilus_trader.model.objects import Price, Quantity
+    from nautilus_trader.persistence.catalog import ParquetDataCatalog
+
+    catalog, iid = ParquetDataCatalog(str(tmp_path / "catalog")), InstrumentId.from_str("EUR/USD.SIM")
+    bids = ["1.10001", "1.10002", "1.09998"]
+    size = Quantity.from_int(1000)
+    asks = [f"{float(b) + 0.00002:.5f}" for b in bids]
+    quotes = zip(bids, asks, strict=True)
+    catalog.write_data([QuoteTick(iid, Price.from_str(b), Price.from_str(a), size, size, H0 + i * 10**9,
+                                  H0 + i * 10**9) for i, (b, a) in enumerate(quotes)])  # fmt: skip
+    bar_type = BarType.from_str("EUR/USD.SIM-1-MINUTE-BID-EXTERNAL")
+    closes = [H0 + (i + 1) * 60 * 10**9 for i in range(3)]  # ts_init at the close, as NautilusTrader wants
+    catalog.write_data([Bar(bar_type, Price.from_str("1.10001"), Price.from_str("1.10011"),
+                            Price.from_str("1.09991"), Price.from_str(b), Quantity.from_int(10), t, t)
+                        for b, t in zip(bids, closes, strict=True)])  # fmt: skip
+    (quote_file,) = (tmp_path / "catalog").rglob("quote_tick/**/*.parquet")
+    (bar_file,) = (tmp_path / "catalog").rglob("bar/**/*.parquet")
+    q, b = load([str(quote_file)]), load([str(bar_file)])
+    assert q.names == b.names == ["EURUSD"] and q.kind == "ticks" and b.kind == "bars"
+    assert q.records["bid"].tolist() == [1.10001, 1.10002, 1.09998]
+    assert q.records["ask"].tolist() == [1.10003, 1.10004, 1.1]
+    assert b.records["close"].tolist() == [1.10001, 1.10002, 1.09998] and b.timeframe_s == 60
+    assert b.records["ts_ns"].tolist() == [H0, H0 + 60 * 10**9, H0 + 120 * 10**9]  # each bar's start
+
+
 # ---- the command line
 
 
