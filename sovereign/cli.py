@@ -1177,13 +1177,13 @@ def sweep(spec: str, ray_address: str | None, workers: int | None, out_dir: str)
 
     try:
         results, how = sweeps.run(plan, out, workers=n, ray=ray_address, on_cell=on_cell)
+        paths = sweep_report.write(out, plan, results, how)
     except KeyboardInterrupt:
         click.echo(f"sovereign: stopped after {done[0]} new cells, kept in {out / 'cells'}; the same command "
                    "resumes", err=True)  # fmt: skip
         sys.exit(130)
     except OSError as e:
         raise Fail(f"cannot write to {out_dir}: {e.strerror or e}") from None
-    paths = sweep_report.write(out, plan, results, how)
     rate = f", {how['cells_per_minute']:.1f} cells/min" if how["cells_per_minute"] else ""
     click.echo(f"{how['ran']} cells run on {how['on']} in {how['seconds']:.1f} s{rate}; {how['cached']} from "
                "the cache")  # fmt: skip

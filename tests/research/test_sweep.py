@@ -343,6 +343,9 @@ def test_ctrl_c_stops_a_sweep_saying_how_to_resume(folder: Path) -> None:
 def test_workers_are_for_the_local_pool_alone(folder: Path) -> None:
     r = sovereign("sweep", str(spec_at(folder, SPEC)), "--ray", "auto", "--workers", "2")
     assert r.returncode == 2 and "--workers is for the local pool" in r.stderr
+    below_a_file = folder / "data.sovdata" / "out"
+    r = sovereign("sweep", str(folder / "spec.toml"), "--out", str(below_a_file))
+    assert r.returncode == 1 and f"cannot write to {below_a_file}: Not a directory" in r.stderr
 
 
 def _wait_group_gone(pgid: int) -> None:
