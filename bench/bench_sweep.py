@@ -38,6 +38,8 @@ hours = "always"
 [config.risk]
 max_drawdown = 0.5
 daily_loss_limit = 0.1
+max_symbol_exposure = 20.0  # wide enough that risk_per_trade, not the caps, sizes the orders
+max_gross_exposure = 100.0
 [params]
 risk.risk_per_trade = [0.001, 0.0025, 0.005, 0.01]
 "agents.sets" = [[{symbols = ["*"], timeframe = "M1"}],

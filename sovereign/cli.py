@@ -1162,9 +1162,8 @@ def sweep(spec: str, ray_address: str | None, workers: int | None, out_dir: str)
         raise BadInput(f"--out {out_dir} is a symlink: give the real path")
     plan = sweeps.plan(sweep_spec.load(spec))
     n = workers or len(os.sched_getaffinity(0))
-    click.echo(f"sweep: {len(plan.cells)} cells ({len(plan.points)} points × {len(plan.groups)} groups × "
-               f"{len(plan.windows)} windows) on {len(plan.market.records):,} {plan.market.kind} of "
-               f"{len(plan.market.names)} symbols")  # fmt: skip
+    click.echo(f"sweep: {len(plan.cells)} cells ({plan.shape()}) on {len(plan.market.records):,} "
+               f"{plan.market.kind} of {len(plan.market.names)} symbols")  # fmt: skip
     done = [0]
 
     def on_cell(r: dict[str, Any]) -> None:

@@ -58,7 +58,8 @@ MARK_INTERVAL_S = 3600  # the equity curve's points: hourly, as `sovereign backt
 
 @dataclass(frozen=True)
 class Cell:
-    """One backtest of the sweep, as data (it travels to the workers)."""
+    """One cell of the sweep (its in-sample and out-of-sample backtests), as data: it
+    travels to the workers."""
 
     key: str
     point: dict[str, Any]  # the swept keys' values
@@ -71,6 +72,8 @@ class Cell:
 
 @dataclass
 class Plan:
+    """A sweep ready to run: its cells, in order, and the data they share."""
+
     spec: Spec
     market: Market
     cells: list[Cell]
@@ -78,6 +81,15 @@ class Plan:
     groups: dict[str, list[str]]
     windows: list[Window]
     data: str  # the data's digest
+
+    def shape(self) -> str:
+        """'16 points × 1 group × 4 windows'"""
+
+        def n(k: int, word: str) -> str:
+            return f"{k} {word}{'' if k == 1 else 's'}"
+
+        parts = n(len(self.points), "point"), n(len(self.groups), "group"), n(len(self.windows), "window")
+        return " × ".join(parts)
 
 
 class SweepError(OperationalError):

@@ -215,9 +215,10 @@ def _html(
         "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
         "img{max-width:100%}</style></head><body>",
         f"<h1>Sweep: {html.escape(spec.path.name)}</h1>",
-        f"<p>{len(sweep.cells)} cells: {len(sweep.points)} points ({spec.kind}"
-        f"{f', seed {spec.seed}' if spec.kind == 'random' else ''}) × {len(sweep.groups)} symbol groups × "
-        f"{len(sweep.windows)} walk-forward windows; ran {how['ran']} on {html.escape(how['on'])} in "
+        f"<p>{len(sweep.cells)} cells: {sweep.shape()} (a {spec.kind} search"
+        f"{f', seed {spec.seed}' if spec.kind == 'random' else ''}; groups of symbols, walk-forward "
+        "windows); "
+        f"ran {how['ran']} on {html.escape(how['on'])} in "
         f"{how['seconds']:.1f} s, {how['cached']} from the cache. Objective: {html.escape(obj)}.</p>",
     ]
     if not pairs:

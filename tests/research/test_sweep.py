@@ -413,8 +413,10 @@ def test_a_sweep_on_a_local_ray_cluster_gives_the_local_pools_results(folder: Pa
     spec = spec_at(folder, SPEC)
     local = sovereign("sweep", str(spec), "--out", str(folder / "local"), "--workers", "2")
     assert local.returncode == 0, local.stderr
+    default_dir_there = Path("/tmp/ray").exists()  # Ray's default temp dir: ours must not use it
     code, stdout, stderr = sweep_on_loopback_ray(spec, folder / "ray", cpus=2)
     assert code == 0, stdout + stderr
+    assert default_dir_there or not Path("/tmp/ray").exists()
     assert "16 cells run on the Ray cluster at 127.0.0.1:" in stdout and "(2 CPUs)" in stdout
     a, b = _cells(folder / "local"), _cells(folder / "ray")
     assert set(a) == set(b) and len(a) == 16
