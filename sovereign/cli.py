@@ -685,24 +685,65 @@ def config() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @json_option
 def config_check(file: str, as_json: bool) -> None:
-    """Validate FILE as the system would at start; exit 2 naming the bad key."""
+    """Validate FILE as the system would at start; exit 2 naming the bad key. Prints how
+    many agents each symbol gets on each timeframe."""
     import dataclasses
 
-    from sovereign.config import ConfigError, check_state_dir, load
+    from sovereign.config import check_state_dir, load
+    from sovereign.errors import SovereignError
 
     try:
         cfg = load(file)
         check_state_dir(cfg.system.state_dir)
-    except ConfigError as e:
+        agents = _agents_check(cfg)
+    except SovereignError as e:
         if as_json:
             _json({"ok": False, "error": str(e)})
-            sys.exit(EXIT_USAGE)
-        raise BadInput(str(e)) from None
+            sys.exit(e.exit_code)
+        raise failure(e, "") from None
     if as_json:
-        _json({"ok": True, "config": dataclasses.asdict(cfg)})
-    else:
-        click.echo(f"{file}: ok ({cfg.feed.kind} feed, {cfg.broker.kind} broker, "
-                   f"state in {cfg.system.state_dir})")
+        _json({"ok": True, "config": dataclasses.asdict(cfg), "agents": agents})
+        return
+    click.echo(f"{file}: ok ({cfg.feed.kind} feed, {cfg.broker.kind} broker, "
+               f"state in {cfg.system.state_dir})")
+    _print_agents(agents)
+
+
+def _agents_check(cfg: Any) -> dict[str, Any]:
+    """The agents each of the system's symbols gets (sovereign.presets.agent_table), as at
+    start: a set naming no symbol is a ConfigError, a pattern matching none a warning. The
+    symbols are the feed's (a replay feed's files are read) or the MT5 account's; a state's
+    earlier symbols join them at start."""
+    from sovereign.engine.venue import venue_symbols
+    from sovereign.market.feeds import feed_symbols
+    from sovereign.presets import agent_table, check_sets, timeframe_name
+
+    names = venue_symbols(cfg) if cfg.broker.kind == "mt5" else feed_symbols(cfg)
+    warnings = check_sets(cfg, names)
+    timeframes, rows = agent_table(cfg, names)
+    return {"total": sum(len(group) * sum(counts) for group, counts in rows), "symbols": len(names),
+            "timeframes": [timeframe_name(tf) for tf in timeframes],
+            "rows": [{"symbols": group, "agents": dict(zip(map(timeframe_name, timeframes), counts,
+                                                           strict=True))} for group, counts in rows],
+            "warnings": warnings}  # fmt: skip
+
+
+def _print_agents(agents: dict[str, Any]) -> None:
+    """One row per group of symbols with the same agents on every timeframe."""
+
+    def names(group: list[str]) -> str:
+        shown = ", ".join(group) if len(group) <= 3 else f"{group[0]}, {group[1]} and {len(group) - 2} more"
+        return clean(shown, 40)
+
+    frames = agents["timeframes"]
+    rows = [(names(r["symbols"]), [r["agents"][tf] for tf in frames]) for r in agents["rows"]]
+    width = max([len("symbols"), *(len(n) for n, _ in rows)])
+    click.echo(f"agents: {agents['total']:,} on {agents['symbols']:,} symbols (per symbol, by timeframe)")
+    click.echo(f"  {'symbols':<{width}}" + "".join(f"{tf:>6}" for tf in [*frames, "total"]))
+    for name, counts in rows:
+        click.echo(f"  {name:<{width}}" + "".join(f"{c or '-':>6}" for c in [*counts, sum(counts)]))
+    for w in agents["warnings"]:
+        click.echo(f"sovereign: warning: {w}", err=True)
 
 
 @main.group(context_settings=CONTEXT)
