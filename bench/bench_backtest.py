@@ -24,9 +24,10 @@ import pytest
 
 from bench.conftest import median_seconds
 from sovereign.config import Config, from_dict
-from sovereign.market.datafile import FILE_BAR_DTYPE, FILE_TICK_DTYPE, Market
+from sovereign.market.datafile import FILE_TICK_DTYPE, Market
 from sovereign.market.sim import SimMarket
 from sovereign.research import backtest as engine
+from tests.helpers import m1_walk
 
 N_TICKS = 2_000_000
 BAR_SYMBOLS = 100
@@ -46,23 +47,7 @@ def ticks() -> Market:
 
 @pytest.fixture(scope="module")
 def bars() -> Market:
-    rng = np.random.default_rng(3)
-    n = BAR_DAYS * 1440
-    parts = []
-    for s in range(BAR_SYMBOLS):
-        close = 1.1 * np.exp(np.cumsum(rng.standard_normal(n) * 0.0004))
-        open_ = np.r_[1.1, close[:-1]]
-        f = np.zeros(n, FILE_BAR_DTYPE)
-        f["ts_ns"] = T0 + np.arange(n) * 60 * NS
-        f["open"], f["close"] = open_, close
-        f["high"] = np.maximum(open_, close) * (1 + np.abs(rng.standard_normal(n)) * 0.0002)
-        f["low"] = np.minimum(open_, close) * (1 - np.abs(rng.standard_normal(n)) * 0.0002)
-        f["volume"] = rng.integers(1, 500, n)
-        f["symbol"], f["timeframe_s"], f["spread"] = s, 60, 10
-        parts.append(f)
-    recs = np.concatenate(parts)
-    names = [f"S{s:03d}" for s in range(BAR_SYMBOLS)]
-    return Market("bars", recs[np.argsort(recs["ts_ns"], kind="stable")], names)
+    return m1_walk([f"S{s:03d}" for s in range(BAR_SYMBOLS)], BAR_DAYS, seed=3)
 
 
 def test_tick_backtest_against_nautilus(benchmark, report, ticks: Market) -> None:

@@ -1304,23 +1304,36 @@ def data_import(files: tuple[str, ...], out: str, layout: str, symbol: str | Non
                 as_json: bool) -> None:  # fmt: skip
     """Validate data files (CSV, Parquet, .sovdata) and write them as one file: .sovdata to
     backtest fast, Parquet or CSV to take them elsewhere (either reads back the same)."""
-    from sovereign.market.data import DataError
-    from sovereign.market.datafile import SUFFIX, info, save
+    _check_out(out)
+    market = _load_market(files, layout, skip_bad_rows, None, None, symbol)
+    summary = _write_market(out, market, [Path(f).name for f in files], as_json)
+    if summary is not None:
+        click.echo(f"wrote {out}: {summary['rows']:,} {market.kind}{_timeframe_text(summary)} of "
+                   f"{len(market.names)} symbols, {summary.get('first', '')} .. {summary.get('last', '')}; "
+                   f"{len(market.issues)} bad rows skipped")  # fmt: skip
+
+
+def _check_out(out: str) -> None:
+    from sovereign.market.datafile import SUFFIX
 
     if Path(out).suffix not in (SUFFIX, ".parquet", ".csv"):
         raise BadInput(f"the output file must end in {SUFFIX}, .parquet or .csv: {out}")
-    market = _load_market(files, layout, skip_bad_rows, None, None, symbol)
+
+
+def _write_market(out: str, market: Any, source: Any, as_json: bool) -> dict[str, Any] | None:
+    """Save `market` to `out`; its summary to print, or None when it went out as JSON."""
+    from sovereign.market.data import DataError
+    from sovereign.market.datafile import info, save
+
     try:
-        save(out, market, source=[Path(f).name for f in files])
+        save(out, market, source=source)
     except DataError as e:
         raise Fail(str(e)) from None
     summary = info(market)
     if as_json:
         _json({"written": out, **summary})
-        return
-    click.echo(f"wrote {out}: {summary['rows']:,} {market.kind}{_timeframe_text(summary)} of "
-               f"{len(market.names)} symbols, {summary.get('first', '')} .. {summary.get('last', '')}; "
-               f"{len(market.issues)} bad rows skipped")  # fmt: skip
+        return None
+    return summary
 
 
 def _timeframe_text(summary: dict[str, Any]) -> str:
@@ -1381,24 +1394,15 @@ def data_info(files: tuple[str, ...], layout: str, symbol: str | None, gap_s: fl
 def data_sample(out: str, symbols: int, days: float, timeframe: str, seed: int, as_json: bool) -> None:
     """Write the simulator's market (trends, ranges, volatility bursts) from 2026-01-01 as a
     data file to try things on: OUT ends in .csv, .parquet or .sovdata."""
-    from sovereign.market.data import DataError
-    from sovereign.market.datafile import SUFFIX, info, save
     from sovereign.market.sample import TIMEFRAMES, sample
 
-    if Path(out).suffix not in (SUFFIX, ".parquet", ".csv"):
-        raise BadInput(f"the output file must end in .csv, .parquet or {SUFFIX}: {out}")
+    _check_out(out)
     market = sample(symbols, days, TIMEFRAMES[timeframe], seed)
-    try:
-        save(out, market, source="sovereign data sample")
-    except DataError as e:
-        raise Fail(str(e)) from None
-    summary = info(market)
-    if as_json:
-        _json({"written": out, **summary})
-        return
-    click.echo(f"wrote {out}: {summary['rows']:,} {market.kind}{_timeframe_text(summary)} of "
-               f"{', '.join(market.names[:6])}{' ...' if symbols > 6 else ''}, "
-               f"{summary.get('first', '')} .. {summary.get('last', '')}")  # fmt: skip
+    summary = _write_market(out, market, "sovereign data sample", as_json)
+    if summary is not None:
+        click.echo(f"wrote {out}: {summary['rows']:,} {market.kind}{_timeframe_text(summary)} of "
+                   f"{', '.join(market.names[:6])}{' ...' if symbols > 6 else ''}, "
+                   f"{summary.get('first', '')} .. {summary.get('last', '')}")  # fmt: skip
 
 
 @main.group(context_settings=CONTEXT)

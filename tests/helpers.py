@@ -64,6 +64,28 @@ def random_bars(n: int, *, seed: int = 0, symbol: int = 0, tf: int = 60) -> np.n
     return out
 
 
+def m1_walk(names: Sequence[str], days: int, seed: int = 3) -> Any:
+    """A random-walk Market of M1 bars (the file form) for `names`, every minute of `days`
+    days from T0: what the sweep's tests and the backtest bench run on."""
+    from sovereign.market.datafile import FILE_BAR_DTYPE, Market
+
+    rng = np.random.default_rng(seed)
+    n = days * 1440
+    parts = []
+    for s in range(len(names)):
+        close = 1.1 * np.exp(np.cumsum(rng.standard_normal(n) * 0.0004))
+        open_ = np.r_[1.1, close[:-1]]
+        f = np.zeros(n, FILE_BAR_DTYPE)
+        f["ts_ns"] = T0 + np.arange(n) * 60 * NS
+        f["open"], f["close"] = open_, close
+        f["high"] = np.maximum(open_, close) * (1 + np.abs(rng.standard_normal(n)) * 0.0002)
+        f["low"] = np.minimum(open_, close) * (1 - np.abs(rng.standard_normal(n)) * 0.0002)
+        f["volume"] = rng.integers(1, 500, n)
+        f["symbol"], f["timeframe_s"], f["spread"] = s, 60, 10
+        parts.append(f)
+    recs = np.concatenate(parts)
+    return Market("bars", recs[np.argsort(recs["ts_ns"], kind="stable")], list(names))
+
 def ring_name(tag: str = "t") -> str:
     return f"sovtest-{tag}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 

@@ -14,37 +14,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import orjson
 import pytest
 
-from sovereign.market.datafile import FILE_BAR_DTYPE, Market, write
+from sovereign.market.datafile import write
 from sovereign.research import sweep_spec
 from sovereign.research.sweep_spec import SpecError
+from tests.helpers import m1_walk
 
 NS = 1_000_000_000
 T0 = 1_767_225_600 * NS  # 2026-01-01
 ROOT = Path(__file__).parent.parent.parent
 
-
-def bars(names: list[str], days: int, seed: int = 3) -> Market:
-    """M1 random-walk bars of `names`, every minute of `days` days."""
-    rng = np.random.default_rng(seed)
-    n = days * 1440
-    parts = []
-    for s in range(len(names)):
-        close = 1.1 * np.exp(np.cumsum(rng.standard_normal(n) * 0.0004))
-        open_ = np.r_[1.1, close[:-1]]
-        f = np.zeros(n, FILE_BAR_DTYPE)
-        f["ts_ns"] = T0 + np.arange(n) * 60 * NS
-        f["open"], f["close"] = open_, close
-        f["high"] = np.maximum(open_, close) * (1 + np.abs(rng.standard_normal(n)) * 0.0002)
-        f["low"] = np.minimum(open_, close) * (1 - np.abs(rng.standard_normal(n)) * 0.0002)
-        f["volume"] = rng.integers(1, 500, n)
-        f["symbol"], f["timeframe_s"], f["spread"] = s, 60, 10
-        parts.append(f)
-    recs = np.concatenate(parts)
-    return Market("bars", recs[np.argsort(recs["ts_ns"], kind="stable")], names)
 
 
 SPEC = """
@@ -66,7 +47,7 @@ step = "2d"
 
 @pytest.fixture
 def folder(tmp_path: Path) -> Path:
-    write(tmp_path / "data.sovdata", bars(["EURUSD", "GBPUSD"], 6))
+    write(tmp_path / "data.sovdata", m1_walk(["EURUSD", "GBPUSD"], 6))
     return tmp_path
 
 
