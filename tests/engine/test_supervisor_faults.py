@@ -49,15 +49,12 @@ def test_a_log_that_goes_away_costs_lines_not_the_system(tmp_path: Path) -> None
 
 
 SCRIPT = """
-import sys
+import os, sys
 from sovereign.config import load, with_absolute_paths
 from sovereign.engine import supervisor
 
-calls = 0
 def sample(self):
-    global calls
-    calls += 1
-    if calls == 3:  # a second after ready: a defect in the loop
+    if os.path.exists({marker!r}):  # once the test has seen the system healthy: a defect in the loop
         raise RuntimeError("injected: a defect in the supervisor's loop")
 
 supervisor.Supervisor.sample = sample
@@ -66,7 +63,8 @@ sys.exit(supervisor.Supervisor(with_absolute_paths(load({cfg!r}))).run())
 
 
 def test_an_exception_in_the_loop_drains_every_process(tmp_path: Path) -> None:
-    script = textwrap.dedent(SCRIPT.format(cfg=str(config(tmp_path))))
+    marker = tmp_path / "now"
+    script = textwrap.dedent(SCRIPT.format(cfg=str(config(tmp_path)), marker=str(marker)))
     log = tmp_path / "log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=out, stderr=subprocess.STDOUT,
@@ -76,6 +74,7 @@ def test_an_exception_in_the_loop_drains_every_process(tmp_path: Path) -> None:
     try:
         status = system.wait_healthy(90)
         children = list(system.pids(status).values())
+        marker.touch()
         assert proc.wait(120) == 1, system.tail()
         wait_gone(children, 30)
     finally:
