@@ -660,7 +660,10 @@ def pnl(t: Target, as_json: bool) -> None:
 @click.option("--token-file", metavar="FILE", help="the bot token's file (overrides telegram.token_file)")
 @click.option("--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), default="INFO",
               show_default=True)  # fmt: skip
-def telegram(t: Target, socket_path: str | None, token_file: str | None, log_level: str) -> None:
+@click.option("--outbox", metavar="FILE", help="where alerts wait until Telegram has them (default: "
+              "$STATE_DIRECTORY/outbox.json, else <state_dir>/telegram-outbox.json)")  # fmt: skip
+def telegram(t: Target, socket_path: str | None, token_file: str | None, log_level: str,
+             outbox: str | None) -> None:  # fmt: skip
     """Run the Telegram bot in the foreground: alerts to the chats of [telegram], and commands
     from its listed users. Only with telegram.enabled (the supervisor then starts it itself,
     unless `run --no-telegram`). The token: telegram.token_file, $CREDENTIALS_DIRECTORY/
@@ -673,7 +676,7 @@ def telegram(t: Target, socket_path: str | None, token_file: str | None, log_lev
     if not t.config.telegram.enabled:  # (enabled, chats and users are empty is a config error)
         raise BadInput(f"telegram.enabled is not true in {t.config_path or 'the embedded defaults'}: "
                        "the bot is off (set it, with telegram.chats and telegram.users)")  # fmt: skip
-    sys.exit(bot.main(t.config, socket_path or t.socket, token_file, log_level))
+    sys.exit(bot.main(t.config, socket_path or t.socket, token_file, log_level, outbox))
 
 
 @main.group(context_settings=CONTEXT)

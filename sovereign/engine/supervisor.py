@@ -643,7 +643,8 @@ class Supervisor:
             return
         c = self.config.system
         argv = [sys.executable, "-m", "sovereign.cli", "telegram", "--config", self.config_path,
-                "--socket", str(socket_path(c.state_dir, c.runtime_dir))]  # fmt: skip
+                "--socket", str(socket_path(c.state_dir, c.runtime_dir)),
+                "--outbox", str(Path(c.state_dir).absolute() / "telegram-outbox.json")]  # fmt: skip
         if tg.token_file:
             argv += ["--token-file", tg.token_file]
         pinned = [core for core in self.layout.worker_cores if core is not None]

@@ -177,12 +177,12 @@ Handler = Callable[[Update, ContextTypes.DEFAULT_TYPE], Coroutine[Any, Any, None
 
 
 class TelegramBot:
-    def __init__(self, config: Config, socket: str | Path, token: Secret):
+    def __init__(self, config: Config, socket: str | Path, token: Secret, outbox: str | Path | None = None):
         self.config = config
         self.tg = config.telegram
         self.socket = Path(socket)
         self.chats, self.users = set(self.tg.chats), set(self.tg.users)
-        self.outbox = Outbox(self.tg.queue_max)
+        self.outbox = Outbox(self.tg.queue_max, outbox)  # alerts not yet sent survive a restart there
         self.watch = Watch(config)
         self.confirmations: dict[str, Confirmation] = {}
         base = self.tg.api_url.rstrip("/")
@@ -226,13 +226,13 @@ class TelegramBot:
         return await asyncio.to_thread(control.request, self.socket, cmd, timeout, timeout, **args)
 
     def say(self, chat: int, text: str, *, critical: bool = True, markup: Any = None,
-            on_sent: Callable[[Any], None] | None = None) -> None:  # fmt: skip
-        self.outbox.put(Outgoing(chat, text, critical, markup, on_sent=on_sent))
+            on_sent: Callable[[Any], None] | None = None, durable: bool = False) -> None:  # fmt: skip
+        self.outbox.put(Outgoing(chat, text, critical, markup, on_sent=on_sent, durable=durable))
 
     def alert(self, a: Alert) -> None:
         log.info("alert %s: %s", a.key, a.text)
         for chat in self.tg.chats:
-            self.say(chat, a.text, critical=a.critical)
+            self.say(chat, a.text, critical=a.critical, durable=True)
 
     async def _send(self, chat: int, text: str, markup: Any) -> Any:
         return await self.app.bot.send_message(chat, text, reply_markup=markup)
@@ -260,7 +260,7 @@ class TelegramBot:
         if self.watch.summary.due(now):
             text = await self.summary()
             for chat in self.tg.chats:
-                self.say(chat, text, critical=False)
+                self.say(chat, text, critical=False, durable=True)
         await self.expire()
 
     async def summary(self) -> str:
@@ -470,7 +470,18 @@ async def _best_effort(call: Awaitable[Any]) -> None:
         log.info("a button's answer did not go: %s", e)
 
 
-def main(config: Config, socket: str | Path, token_file: str | None = None, log_level: str = "INFO") -> int:
+def outbox_path(config: Config, given: str | None = None) -> Path:
+    """Where alerts wait until Telegram has them: `given` (--outbox), else the unit's state
+    directory ($STATE_DIRECTORY: systemd's StateDirectory=), else beside the system's state."""
+    if given:
+        return Path(given)
+    if os.environ.get("STATE_DIRECTORY"):
+        return Path(os.environ["STATE_DIRECTORY"].split(":")[0]) / "outbox.json"
+    return Path(config.system.state_dir) / "telegram-outbox.json"
+
+
+def main(config: Config, socket: str | Path, token_file: str | None = None, log_level: str = "INFO",
+         outbox: str | None = None) -> int:  # fmt: skip
     """Run the bot until SIGTERM or SIGINT; the exit code."""
     setup_logging(log_level, None)
     try:
@@ -479,7 +490,7 @@ def main(config: Config, socket: str | Path, token_file: str | None = None, log_
         log.error("%s", e)
         return 2
     setup_logging(log_level, token)
-    bot = TelegramBot(config, socket, token)
+    bot = TelegramBot(config, socket, token, outbox_path(config, outbox))
 
     async def go() -> None:
         stop = asyncio.Event()

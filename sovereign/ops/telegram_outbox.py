@@ -8,6 +8,15 @@ characters goes as several, split at line ends where it can be, each part sent o
 message Telegram refuses for good (a bad request, a chat the bot was removed from) is given
 up, and logged.
 
+Alerts and summaries (`durable`) are also kept in a file (telegram.outbox_file) from the
+moment they are queued until Telegram has taken every part, so a bot that is killed, or a
+machine that restarts, sends them when it comes back: written whole or not at all (a new
+file renamed over the old, mode 0600), read back at the start in their order, the one that
+was being sent first, from its first part not yet taken (a part in flight may go twice,
+never not at all). A file that cannot be read is kept aside, said in the log, and the bot
+starts with an empty queue; one that cannot be written (a full disk) is said in the log
+and the queue goes on in memory.
+
 The queue is bounded (telegram.queue_max): when it is full, the oldest message that is not
 critical goes (the oldest of all when every one is), and each chat is told later how many of
 its messages went, never silently. Sending is spaced to Telegram's limits: a message a
@@ -17,15 +26,20 @@ second per chat, one per three seconds in a group (20 a minute), 30 a second in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import tempfile
 import time
 import warnings
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+import orjson
 from telegram.error import BadRequest, Forbidden, InvalidToken, NetworkError, RetryAfter
 
 MAX_TEXT = 4096  # Telegram's limit, in UTF-16 code units
@@ -51,6 +65,7 @@ class Outgoing:
     parts: list[str] = field(default_factory=list)
     sent: int = 0
     on_sent: Callable[[Any], None] | None = None  # gets the last part's Message
+    durable: bool = False  # kept in the outbox file until Telegram has all of it (alerts)
 
     def __post_init__(self) -> None:
         self.parts = split(self.text)
@@ -93,20 +108,90 @@ def _fit(text: str, limit: int) -> int:
 class Outbox:
     """The bounded queue (see the module doc). Used from the event loop alone."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, path: str | Path | None = None):
         self.limit = limit
         self.items: deque[Outgoing] = deque()
         self.dropped: dict[int, int] = {}  # chat -> messages dropped since it was last told
         self.ready = asyncio.Event()
+        self.path = Path(path) if path else None
+        self.inflight: Outgoing | None = None  # taken, not yet all sent: still in the file
+        if self.path is not None:
+            for m in self._load():
+                self.put(m, save=False)
 
-    def put(self, item: Outgoing) -> None:
+    def put(self, item: Outgoing, save: bool = True) -> None:
+        dropped_durable = False
         if len(self.items) >= self.limit:
             victim = next((m for m in self.items if not m.critical), self.items[0])
             self.items.remove(victim)
             self.dropped[victim.chat_id] = self.dropped.get(victim.chat_id, 0) + 1
+            dropped_durable = victim.durable
             log.warning("queue full (%d): dropped a message for chat %d", self.limit, victim.chat_id)
         self.items.append(item)
+        if save and (item.durable or dropped_durable):
+            self.save()
         self.ready.set()
+
+    def done(self, item: Outgoing) -> None:
+        """`item` was sent whole, or given up: out of the file."""
+        if self.inflight is item:
+            self.inflight = None
+        if item.durable:
+            self.save()
+
+    def progress(self, item: Outgoing) -> None:
+        """A part of `item` was taken: a restart goes on from the next one."""
+        if item.durable and item.sent < len(item.parts):
+            self.save()
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        waiting = ([self.inflight] if self.inflight is not None else []) + list(self.items)
+        data = orjson.dumps([{"chat_id": m.chat_id, "text": m.text, "critical": m.critical, "sent": m.sent}
+                             for m in waiting if m.durable])  # fmt: skip
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)  # mode 0600
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, self.path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as e:
+            log.error("the outbox file %s cannot be written (%s): alerts wait in memory only", self.path, e)
+
+    def _load(self) -> list[Outgoing]:
+        assert self.path is not None
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return []
+        except OSError as e:
+            log.error("the outbox file %s cannot be read (%s): starting with an empty queue", self.path, e)
+            return []
+        try:
+            rows = orjson.loads(raw)
+            out = []
+            for r in rows:
+                m = Outgoing(int(r["chat_id"]), str(r["text"]), bool(r["critical"]), durable=True)
+                m.sent = min(max(0, int(r["sent"])), len(m.parts) - 1)
+                out.append(m)
+        except (orjson.JSONDecodeError, TypeError, KeyError, ValueError) as e:
+            aside = self.path.with_name(f"{self.path.name}.unreadable-{int(time.time())}")
+            with contextlib.suppress(OSError):
+                self.path.rename(aside)
+            log.error("the outbox file %s is not an outbox (%s): kept as %s, starting with an empty queue",
+                      self.path, e, aside.name)  # fmt: skip
+            return []
+        if out:
+            log.info("outbox: %d alert%s not yet sent before the bot stopped, sending them now", len(out),
+                     "s" if len(out) > 1 else "")  # fmt: skip
+        return out
 
     def __len__(self) -> int:
         return len(self.items)
@@ -120,7 +205,8 @@ class Outbox:
                                       f"the queue of {self.limit} was full while Telegram did not take "
                                       "them.", critical=True)  # fmt: skip
             if self.items:
-                return self.items.popleft()
+                self.inflight = self.items.popleft()
+                return self.inflight
             self.ready.clear()
             await self.ready.wait()
 
@@ -144,6 +230,7 @@ class Sender:
         while True:
             self.current = await self.outbox.take()
             await self.deliver(self.current)
+            self.outbox.done(self.current)
             self.current = None
 
     async def deliver(self, m: Outgoing) -> None:
@@ -179,6 +266,7 @@ class Sender:
                 backoff = min(2 * backoff, BACKOFF_MAX_S)
                 continue
             m.sent += 1
+            self.outbox.progress(m)
             backoff = BACKOFF_FIRST_S
             if m.sent == len(m.parts):
                 self.delivered += 1

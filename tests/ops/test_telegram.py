@@ -18,6 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import psutil
 import pytest
 
@@ -133,9 +134,10 @@ class BotProcess:
         self.log = tmp / "bot.log"
         env = {**os.environ, "SOVEREIGN_TELEGRAM_TOKEN": TOKEN}
         env.pop("CREDENTIALS_DIRECTORY", None)
+        self.outbox = tmp / "outbox.json"
         self.proc = subprocess.Popen([*SOV, "telegram", "--config", str(self.config), "--socket", str(socket),
-                                      "--log-level", "DEBUG"], env=env, stdout=self.log.open("w"),
-                                     stderr=subprocess.STDOUT)  # fmt: skip
+                                      "--log-level", "DEBUG", "--outbox", str(self.outbox)], env=env,
+                                     stdout=self.log.open("a"), stderr=subprocess.STDOUT)  # fmt: skip
         fake.wait_for(lambda: any(m == "getUpdates" for m, _ in fake.calls), 30, "the bot to poll")
 
     def text(self) -> str:
@@ -753,3 +755,62 @@ def test_a_status_it_cannot_read_does_not_end_the_alerts(fake: FakeTelegram, sys
     system.set(state="HALTED", why="after the bad status")
     wait_text(fake, "HALTED: after the bad status")
     assert "looking at the system failed" in bot.text() and bot.proc.poll() is None
+
+
+# ---- alerts not yet sent survive the bot's restart
+
+
+def test_the_outbox_file_keeps_alerts_until_telegram_has_them(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.json"
+
+    async def go() -> None:
+        box = Outbox(10, path)
+        box.put(Outgoing(CHAT, "A" * (MAX_TEXT + 10), True, durable=True))  # two parts
+        box.put(Outgoing(CHAT, "a reply: not kept", True))
+        box.put(Outgoing(CHAT, "B", False, durable=True))
+        m = await box.take()
+        m.sent = 1  # its first part was taken, then the bot was killed
+        box.progress(m)
+        again = Outbox(10, path)
+        assert [(x.text[0], x.sent, x.critical) for x in again.items] == [("A", 1, True), ("B", 0, False)]
+        box.done(m)  # sent whole: out of the file
+        assert [x.text for x in Outbox(10, path).items] == ["B"]
+
+    asyncio.run(go())
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert [p.name for p in tmp_path.iterdir()] == ["outbox.json"]  # no temporary file left
+
+
+def test_an_unreadable_outbox_file_is_kept_aside_and_the_bot_starts_empty(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.json"
+    for junk in (b"{not json", b'[{"chat_id": "x"}]', b'{"chat_id": 1}'):
+        path.write_bytes(junk)
+        assert len(Outbox(10, path)) == 0
+        assert not path.exists()
+    assert len(list(tmp_path.glob("outbox.json.unreadable-*"))) >= 1
+
+
+def test_alerts_queued_while_telegram_is_away_survive_the_bot_killed(tmp_path: Path, fake: FakeTelegram,
+                                                                    system: FakeSystem) -> None:  # fmt: skip
+    """The outage outlasts the bot: alerts it queued are sent by the next one, in order,
+    though the conditions that raised them have ended (a fresh bot would not raise them)."""
+    first = BotProcess(tmp_path, fake, system.path)
+    fake.cut(True)
+    system.set(state="HALTED", why="while Telegram was away")
+    fake.wait_for(lambda: first.outbox.exists() and b"while Telegram was away" in first.outbox.read_bytes(),
+                  30, "the halt's alert in the outbox file")  # fmt: skip
+    system.set(state="ACTIVE", why="resumed meanwhile")
+    fake.wait_for(lambda: b"resumed meanwhile" in first.outbox.read_bytes(), 30, "the resume's alert")
+    first.proc.kill()
+    first.proc.wait(30)
+    assert not any("while Telegram was away" in t for t in texts(fake))
+    fake.cut(False)
+    second = BotProcess(tmp_path, fake, system.path)
+    try:
+        wait_text(fake, "ACTIVE again: resumed meanwhile", 60)
+        got = [t for t in texts(fake) if "Telegram was away" in t or "resumed meanwhile" in t]
+        assert len(got) == 2 and "HALTED: while Telegram was away" in got[0], got  # once each, in order
+        fake.wait_for(lambda: orjson.loads(second.outbox.read_bytes()) == [], 30, "the outbox file emptied")
+    finally:
+        log = second.stop()
+    assert "2 alerts not yet sent before the bot stopped, sending them now" in log
