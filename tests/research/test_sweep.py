@@ -5,6 +5,7 @@ pool's results cell by cell."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -268,9 +269,32 @@ hours = "always"
     assert r.returncode == 2 and "params.agents.sets = [{" in r.stderr and "agents.sets[1].k" in r.stderr
 
 
+def _semaphores() -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob("sem.mp-*")}
+
+
+def _unmapped(names: set[str]) -> set[str]:
+    """Of these /dev/shm names, those no live process maps."""
+    mapped: set[str] = set()
+    for maps in Path("/proc").glob("[0-9]*/maps"):
+        with contextlib.suppress(OSError):
+            mapped.update(line.rsplit("/", 1)[-1].strip() for line in maps.read_text().splitlines()
+                          if "/dev/shm/sem.mp-" in line)  # fmt: skip
+    return names - mapped
+
+
 def test_a_sweep_killed_midway_resumes_without_redoing_its_cells(folder: Path) -> None:
     out = folder / "out"
     spec = spec_at(folder, SPEC)
+    had = _semaphores()
+    try:
+        _killed_midway_then_resumed(out, spec)
+    finally:  # the kill took the pool's resource tracker too: the semaphores it would have unlinked
+        for name in _unmapped(_semaphores() - had):
+            (Path("/dev/shm") / name).unlink(missing_ok=True)
+
+
+def _killed_midway_then_resumed(out: Path, spec: Path) -> None:
     cmd = [sys.executable, "-m", "sovereign.cli", "sweep", str(spec), "--out", str(out), "--workers", "1"]
     p = subprocess.Popen(
         cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
