@@ -67,6 +67,18 @@ class BoardWatch(threading.Thread):
             time.sleep(0.0005)
 
 
+def trading_and_watched(proc: subprocess.Popen, ticks: int) -> tuple[Heartbeats, np.ndarray, BoardWatch]:
+    """Once every process runs and the gateway has fed `ticks`: the heartbeat board, the
+    gateway's slot, and a BoardWatch reading the quote board (started)."""
+    wait(lambda: board_path(proc.pid) is not None, 60, "the heartbeat board")
+    hb = Heartbeats(board_path(proc.pid).name)  # type: ignore[union-attr]
+    gw = hb.slots[GATEWAY : GATEWAY + 1]
+    wait(lambda: all(hb.slots["state"] == RUNNING) and gw["ticks"][0] > ticks, 120, "trading")
+    watch = BoardWatch(board_path(proc.pid).name.replace("-heartbeats", "-quotes"), 8)  # type: ignore[union-attr]
+    watch.start()
+    return hb, gw, watch
+
+
 def restarted(gw: np.ndarray, victim: int) -> None:
     """Wait for the gateway that took the killed one's place to be feeding."""
     wait(lambda: int(gw["pid"][0]) not in (0, victim) and gw["state"][0] == RUNNING
@@ -100,12 +112,7 @@ def test_a_killed_gateway_resumes_its_feed_and_no_tick_goes_back(tmp_path: Path)
     proc = start(tmp_path, "[feed]\nsymbols = 8\n")
     watch = None
     try:
-        wait(lambda: board_path(proc.pid) is not None, 60, "the heartbeat board")
-        hb = Heartbeats(board_path(proc.pid).name)  # type: ignore[union-attr]
-        gw = hb.slots[GATEWAY : GATEWAY + 1]
-        wait(lambda: all(hb.slots["state"] == RUNNING) and gw["ticks"][0] > 300_000, 120, "trading")
-        watch = BoardWatch(board_path(proc.pid).name.replace("-heartbeats", "-quotes"), 8)  # type: ignore[union-attr]
-        watch.start()
+        hb, gw, watch = trading_and_watched(proc, 300_000)
         for _ in range(3):
             victim = int(gw["pid"][0])
             os.kill(victim, signal.SIGKILL)  # wherever it is: mid-batch, mid-commit
@@ -164,12 +171,7 @@ def test_a_gateway_killed_while_a_worker_lost_ticks_republishes_no_older_quote(t
     proc = start(tmp_path, "[feed]\nsymbols = 8\n")
     watch = None
     try:
-        wait(lambda: board_path(proc.pid) is not None, 60, "the heartbeat board")
-        hb = Heartbeats(board_path(proc.pid).name)  # type: ignore[union-attr]
-        gw = hb.slots[GATEWAY : GATEWAY + 1]
-        wait(lambda: all(hb.slots["state"] == RUNNING) and gw["ticks"][0] > 100_000, 120, "trading")
-        watch = BoardWatch(board_path(proc.pid).name.replace("-heartbeats", "-quotes"), 8)  # type: ignore[union-attr]
-        watch.start()
+        hb, gw, watch = trading_and_watched(proc, 100_000)
         worker = int(hb.slots[WORKERS]["pid"])
         os.kill(worker, signal.SIGSTOP)  # its ring fills: the gateway counts its ticks lost
         try:
