@@ -9,6 +9,7 @@ book the venue's positions symbol by symbol.
 
     python3 -m bench.chaos_mt5 --kills 2000 --out chaos-mt5-2000   # the benchmark run
     python3 -m bench.chaos_mt5 --kills 300 --seed 7
+    python3 -m bench.chaos_mt5 --kills 300 --hedging   # a hedging account, manual trades beside ours
 
 Run from the repository root. Reuses bench/chaos.py's records and tests/helpers.py's
 LiveSystem; the system and the simulator run a copy of the code taken at the start
@@ -48,11 +49,15 @@ SYMBOLS = ["EURUSD", "GBPUSD", "USDJPY"]
 FAULTS = {"odds": {"requote": 0.05, "timeout_exec": 0.05, "timeout_noexec": 0.03, "connection_exec": 0.03,
                    "drop_exec": 0.03, "partial": 0.05, "reject": 0.03, "restart_exec": 0.01},
           "stopout_every": 20_000}  # fmt: skip
+# A hedging account (--hedging) also takes a manual buy of 0.01 now and then, alternating
+# symbols: each a position of its own beside ours, so the engine's closes go position by position.
+HEDGING_FAULTS = {**FAULTS, "manual_every": 2_000}
 
 
 @dataclass
 class Mt5ChaosResult:
     seed: int
+    hedging: bool = False
     kills: list[Kill] = field(default_factory=list)
     orders: dict[str, int] = field(default_factory=dict)  # by final state
     venue_deals: int = 0
@@ -65,7 +70,8 @@ class Mt5ChaosResult:
     def summary(self) -> dict[str, Any]:
         rec = sorted(k.recovery_s for k in self.kills)
         by = Counter(k.target for k in self.kills)
-        return {"seed": self.seed, "kills": len(self.kills), "kills_by_target": dict(sorted(by.items())),
+        return {"seed": self.seed, "account": "hedging" if self.hedging else "netting",
+                "kills": len(self.kills), "kills_by_target": dict(sorted(by.items())),
                 "orders": sum(self.orders.values()), "orders_by_state": dict(sorted(self.orders.items())),
                 "venue_deals": self.venue_deals, "adopted": self.adopted, "reconciled": self.reconciled,
                 "recovery_p50_s": percentile(rec, 50), "recovery_p99_s": percentile(rec, 99),
@@ -95,17 +101,18 @@ def wait_bridge(state: Path, after_ns: int, timeout: float) -> None:
 
 def chaos_mt5(workdir: Path, kills: int, seed: int, *, max_gap_s: float = 0.5, system_share: float = 0.1,
               terminal_share: float = 0.3, recovery_timeout_s: float = 120.0,
-              env: dict[str, str] | None = None,
+              env: dict[str, str] | None = None, hedging: bool = False,
               say: Callable[[str], None] = print) -> Mt5ChaosResult:  # fmt: skip
     """Run the chaos in workdir (state, venue, config and logs go there); every process it
     started is gone, and this system's shared memory removed, when it returns."""
     rng = random.Random(seed)
     state, cfg = workdir / "state", workdir / "sovereign.toml"
-    venue = VenueSim(workdir / "venue", ",".join(SYMBOLS), faults=FAULTS, env=env, seed=seed * 1000)
+    venue = VenueSim(workdir / "venue", ",".join(SYMBOLS), faults=HEDGING_FAULTS if hedging else FAULTS,
+                     env=env, seed=seed * 1000, hedging=hedging)  # fmt: skip
     cfg.write_text(mt5_tables(state, venue, SYMBOLS, risk={"max_drawdown": 0.5, "daily_loss_limit": 0.5,
                                                            "max_orders_per_minute": 600}))  # fmt: skip
     system = LiveSystem(cfg, workdir / "supervisor.log", env)
-    result = Mt5ChaosResult(seed)
+    result = Mt5ChaosResult(seed, hedging)
     t0 = time.monotonic()
     try:
         (workdir / "venue").mkdir(parents=True, exist_ok=True)
@@ -168,7 +175,7 @@ def table(result: Mt5ChaosResult) -> str:
              f"{_s(s['recovery_p50_s'])} | {_s(s['recovery_p99_s'])} | {s['violations']} |",
              "", "recovery p50 by target: " + ", ".join(f"{k} {_s(v)}" for k, v in
                                                        sorted(s["recovery_p50_s_by_target"].items())),
-             f"risk's book corrected to the venue's {s['reconciled']} times; "
+             f"a {s['account']} account; risk's book corrected to the venue's {s['reconciled']} times; "
              f"wall {s['wall_s']} s"]  # fmt: skip
     lines += [f"violation: {v}" for v in result.violations[:50]]
     return "\n".join(lines)
@@ -195,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-gap", type=float, default=0.5, help="seconds before a kill, at most")
     ap.add_argument("--system-share", type=float, default=0.1, help="share of whole-engine kills")
     ap.add_argument("--terminal-share", type=float, default=0.3, help="share of simulator kills")
+    ap.add_argument("--hedging", action="store_true",
+                    help="a hedging account (several positions per symbol; default: netting)")
     ap.add_argument("--live-code", action="store_true",
                     help="run the checkout's code, not a copy taken at the start")
     ap.add_argument("--out", type=Path,
@@ -207,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chaos-mt5: {a.kills} kills, seed {a.seed}, in {work}", flush=True)
         env = None if a.live_code else snapshot(work)
         result = chaos_mt5(work, a.kills, a.seed, max_gap_s=a.max_gap, system_share=a.system_share,
-                           terminal_share=a.terminal_share, env=env,
+                           terminal_share=a.terminal_share, env=env, hedging=a.hedging,
                            say=lambda line: print(line, flush=True))  # fmt: skip
         text = table(result)
         print(text)

@@ -363,13 +363,14 @@ class VenueSim:
 
     def __init__(self, state: Path, symbols: str = "EURUSD,GBPUSD", speed: float = 600.0,
                  faults: dict[str, Any] | None = None, log: Path | None = None,
-                 env: dict[str, str] | None = None, seed: int = 0):  # fmt: skip
+                 env: dict[str, str] | None = None, seed: int = 0, hedging: bool = False):  # fmt: skip
         state = state.resolve()  # it runs in the directory of its log (not a checkout's, whose
         # sovereign/ would shadow the code a snapshot's environment names)
         self.state, self.symbols, self.speed, self.faults = state, symbols, speed, faults or {}
         self.bridge = state / "bridge.sov"
         self.log = log or state.parent / "venue.log"
         self.env, self.seed = env, seed  # each start's fault schedule: seed + its count
+        self.hedging = hedging  # the account's mode, fixed when its books are first made
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -381,7 +382,8 @@ class VenueSim:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "sovereign.cli", "mt5", "simulate", "--state", str(self.state),
                  "--symbols", self.symbols, "--speed", str(self.speed),
-                 "--seed", str(self.seed + self.starts), "--faults", json.dumps(self.faults)],
+                 "--seed", str(self.seed + self.starts), "--faults", json.dumps(self.faults),
+                 *(["--hedging"] if self.hedging else [])],
                 stdout=out, stderr=subprocess.STDOUT, env=self.env, cwd=self.log.parent)  # fmt: skip
 
     def running(self) -> bool:
@@ -435,22 +437,23 @@ def venue_net(dump: dict[str, Any], upto: int | None = None) -> dict[str, float]
     return {s: v for s, v in net.items() if v}
 
 
-def executed_by_client(dump: dict[str, Any], magic: int = 77) -> dict[int, list[float]]:
-    """The volumes the venue executed per client id of ours (its own books), deal by deal."""
-    out: dict[int, list[float]] = {}
+def executed_by_client(dump: dict[str, Any], magic: int = 77) -> dict[int, list[tuple[int, float]]]:
+    """What the venue executed per client id of ours (its own books), deal by deal: the
+    position each deal opened or closed, and its volume."""
+    out: dict[int, list[tuple[int, float]]] = {}
     for d in dump["deals"]:
         if d["magic"] == magic and d["comment"].isdigit():
-            out.setdefault(int(d["comment"]), []).append(d["volume"])
+            out.setdefault(int(d["comment"]), []).append((d["position"], d["volume"]))
     return out
 
 
 def mt5_violations(state: Path, dump: dict[str, Any]) -> list[str]:
     """Exactly once against the outside venue, from its own books and the engine's state:
-    every client id executed at most its ordered volume, once (one deal, or the parts of one
-    partial fill); no order left in SUBMITTING or APPROVED; risk's book the venue's
-    positions symbol by symbol, as of the newest deal risk applied (risk stops before the
-    gateway, and the server goes on closing stops: what came after is risk's at its next
-    start, from the venue's book)."""
+    every client id executed at most its ordered volume, once (one deal; on a hedging
+    account a close takes one deal per position it closes, never two on one position); no
+    order left in SUBMITTING or APPROVED; risk's book the venue's positions symbol by symbol,
+    as of the newest deal risk applied (risk stops before the gateway, and the server goes
+    on closing stops: what came after is risk's at its next start, from the venue's book)."""
     from sovereign.state.schema import BOOK_KEY, META_SYMBOLS, RISK_STATE_KEY
 
     with StateStore(state, readonly=True) as st:
@@ -459,12 +462,14 @@ def mt5_violations(state: Path, dump: dict[str, Any]) -> list[str]:
             t.get("positions", BOOK_KEY), t.get("meta", META_SYMBOLS), t.get("risk", RISK_STATE_KEY),
             t.get("meta", "config")))  # fmt: skip
     out = []
-    for cid, vols in executed_by_client(dump).items():
+    for cid, legs in executed_by_client(dump).items():
         o = orders.get(cid)
+        vols = [v for _, v in legs]
         if o is None:
             out.append(f"client id {cid}: executed {vols} at the venue, unknown to the engine")
-        elif len(vols) > 1 or round(sum(vols), 8) > float(o.get("volume", 0)) + 1e-9:
-            out.append(f"client id {cid}: executed {vols} at the venue for an order of {o.get('volume')}")
+        elif len({p for p, _ in legs}) < len(legs) or round(sum(vols), 8) > float(o.get("volume", 0)) + 1e-9:
+            out.append(f"client id {cid}: executed {legs} (position, volume) at the venue for an order of "
+                       f"{o.get('volume')}")  # fmt: skip
     for cid, o in orders.items():
         if o["state"] in ("SUBMITTING", "APPROVED"):
             out.append(f"order {cid} left in {o['state']}")

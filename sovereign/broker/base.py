@@ -90,6 +90,9 @@ def retcode_name(retcode: int) -> str:
     return RETCODE_NAMES.get(retcode, f"unknown retcode {retcode}")
 
 
+ACCOUNT_MODES = {0: "netting", 1: "exchange", 2: "hedging"}  # ACCOUNT_MARGIN_MODE
+
+
 @dataclass(frozen=True)
 class OrderRequest:
     """A market order as the gateway sends it (symbol: our id)."""
@@ -156,7 +159,7 @@ class AccountInfo:
     equity: Decimal
     margin: Decimal
     currency: str
-    margin_mode: int  # ACCOUNT_MARGIN_MODE: 0 netting, 1 exchange, 2 hedging
+    margin_mode: int  # ACCOUNT_MARGIN_MODE: 0 netting, 1 exchange, 2 hedging (ACCOUNT_MODES)
     trade_allowed: bool
 
 

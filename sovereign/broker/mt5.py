@@ -42,6 +42,7 @@ MARKET, EXCHANGE = 2, 3  # SYMBOL_TRADE_EXECUTION
 # broker keeps no other deal once it is reported: a 12-year run holds a bounded set.
 SEEN_DEALS = 4096
 FOK, IOC, RETURN = 0, 1, 2  # ORDER_FILLING
+LOT_EPSILON = Decimal("1e-9")  # volumes the terminal sums as floats: less than this is nothing
 
 
 @dataclass
@@ -88,6 +89,13 @@ class _Order:
     nones: int = 0
     last_retcode: int = 0
     tickets: list[int] = field(default_factory=list)  # its deals seen, in order
+    # A reduce-only order closes by position ticket, one request (a leg) per position: a
+    # hedging account can hold several on one symbol. What its legs executed so far:
+    filled: Decimal = Decimal(0)
+    cost: Decimal = Decimal(0)  # volume x price
+    leg_deals: list[int] = field(default_factory=list)
+    position: int = 0  # the position the leg in flight closes
+    closed: set[int] = field(default_factory=set)  # positions its legs closed (their deals may come later)
 
 
 class MT5Broker:
@@ -107,9 +115,10 @@ class MT5Broker:
         self.seen: dict[int, None] = {}
         self.seen_floor = 0
         self.positions: list[BrokerPosition] = []
-        # Netting: the terminal's position per terminal symbol, (ticket, signed volume), from the
-        # last position list and every deal since; a reduce-only order closes by that ticket.
-        self.held: dict[str, tuple[int, Decimal]] = {}
+        # The terminal's positions per terminal symbol, {ticket: signed volume}, from the last
+        # position list and every deal since (a deal names its position): one per symbol on a
+        # netting account, any number on a hedging one. Reduce-only orders close by ticket.
+        self.held: dict[str, dict[int, Decimal]] = {}
         self.connects = 0  # reconciliations completed: a new one means the venue's book is fresh
         # The newest deal the last reconciliation's position list holds: the last deal seen before
         # it, raised by its history's replays, but not by a live deal read meanwhile (one that
@@ -288,7 +297,7 @@ class MT5Broker:
     def _refuse_queued(self) -> None:
         for cid, o in list(self.orders.items()):
             if o.state == "queued":
-                self._final(cid, o, "REJECTED", 10031, why=f"not sent: the bridge is down ({self.why_down})")
+                self._reject(cid, o, 10031, f"not sent: the bridge is down ({self.why_down})")
 
     # ---- reading
 
@@ -369,14 +378,16 @@ class MT5Broker:
         if ours and (o := self.orders.get(deal.client_order_id)) is not None:
             o.tickets.append(ticket)
         self._new_deals.append(deal)
-        if deal.side * deal.volume:
+        if deal.side * deal.volume and deal.position:
             name = text(d["symbol"])
-            _, v = self.held.get(name, (0, Decimal(0)))
-            v += deal.side * deal.volume
+            book = self.held.setdefault(name, {})
+            v = book.get(deal.position, Decimal(0)) + deal.side * deal.volume
             if v:
-                self.held[name] = (deal.position, v)
+                book[deal.position] = v
             else:
-                self.held.pop(name, None)
+                book.pop(deal.position, None)
+            if not book:
+                del self.held[name]
 
     def terminal_name(self, symbol: int) -> str:
         """The terminal's name of our symbol id."""
@@ -406,9 +417,8 @@ class MT5Broker:
                     self.positions = self._lists.pop(rid, [])
                     self.held = {}
                     for p in self.positions:
-                        name = self.terminal_name(p.symbol)
-                        _, v = self.held.get(name, (0, Decimal(0)))
-                        self.held[name] = (p.ticket, v + p.side * p.volume)
+                        book = self.held.setdefault(self.terminal_name(p.symbol), {})
+                        book[p.ticket] = book.get(p.ticket, Decimal(0)) + p.side * p.volume
                 if not self.reconciling and not fetched:
                     self.connects += 1
             return
@@ -423,10 +433,9 @@ class MT5Broker:
         vol, price = to_decimal(r["volume"]), to_decimal(r["price"])
         why = f"{retcode_name(code)}: {text(r['comment'])}"
         if act == Act.DONE:
-            state = "FILLED" if vol >= o.req.volume else "PARTIALLY_FILLED"
-            return self._final(cid, o, state, code, vol, price, (int(r["deal"]),))
-        if act == Act.PARTIAL:
-            return self._final(cid, o, "PARTIALLY_FILLED", code, vol, price, (int(r["deal"]),), why)
+            return self._leg_done(cid, o, code, vol, price, int(r["deal"]))
+        if act == Act.PARTIAL:  # the venue canceled the rest: no further leg
+            return self._leg_done(cid, o, code, vol, price, int(r["deal"]), why, last=True)
         if act == Act.REPRICE and o.reprices < self.s.max_reprice:
             o.reprices += 1
             o.state = "queued"
@@ -438,12 +447,14 @@ class MT5Broker:
         if act == Act.AMBIGUOUS:
             o.state = "lookup"
             return None
-        return self._final(cid, o, "REJECTED", code, why=why)
+        return self._reject(cid, o, code, why)
 
     def _on_lookup(self, cid: int, o: _Order, r: np.void) -> None:
         L, code = self.L, int(r["retcode"])
+        vol, price = to_decimal(r["volume"]), to_decimal(r["price"])
+        if code == L.SB_LOOKUP_FOUND and not o.recovering and o.filled and vol - o.filled < LOT_EPSILON:
+            code = L.SB_LOOKUP_NONE  # only the earlier legs' deals: the leg in question did not execute
         if code == L.SB_LOOKUP_FOUND:
-            vol, price = to_decimal(r["volume"]), to_decimal(r["price"])
             ticket = int(r["deal"])
             if ticket and ticket not in self.seen and ticket > self.seen_floor:
                 # Executed, but its deal never came (the notice was lost with the connection, or
@@ -458,25 +469,67 @@ class MT5Broker:
                 listing = self._request(L.SB_ACTION_POSITIONS)
                 if listing:
                     self.fetching[listing] = since
-            tickets = tuple(sorted(o.tickets)) or (int(r["deal"]),)
-            state = "FILLED" if o.recovering or vol >= o.req.volume else "PARTIALLY_FILLED"
-            return self._final(cid, o, state, 10009, vol, price, tickets, "found at the terminal")
+            if o.recovering:  # everything its legs executed before the crash, in one answer
+                tickets = tuple(sorted(o.tickets)) or (ticket,)
+                return self._final(cid, o, "FILLED", 10009, vol, price, tickets, "found at the terminal")
+            leg = self._lots(o, vol - o.filled)  # the terminal sums this id's deals: less the earlier legs'
+            leg_price = (price * vol - o.cost) / leg if leg else price
+            return self._leg_done(cid, o, 10009, leg, leg_price, ticket, "found at the terminal")
         if code == L.SB_LOOKUP_PENDING or (code == L.SB_LOOKUP_NONE and o.nones == 0):
             o.nones += code == L.SB_LOOKUP_NONE
             o.state, o.at = "hold_lookup", time.monotonic() + self.s.settle_s  # look again once it settled
             return None
         if o.recovering:
-            return self._final(
-                cid, o, "REJECTED", o.last_retcode, why="not executed: not found at the terminal"
-            )
+            return self._reject(cid, o, o.last_retcode, "not executed: not found at the terminal")
         if o.resends < self.s.max_resend:
             o.resends += 1
             o.nones = 0
             o.state = "queued"
             return None
-        return self._final(
-            cid, o, "REJECTED", o.last_retcode, why="not executed (looked up), no resends left"
-        )
+        return self._reject(cid, o, o.last_retcode, "not executed (looked up), no resends left")
+
+    def _leg_done(self, cid: int, o: _Order, code: int, vol: Decimal, price: Decimal, deal: int,
+                  why: str = "", last: bool = False) -> None:  # fmt: skip
+        """A request of the order executed `vol`: a reduce-only order goes on to the next
+        position (oldest first) until its volume is closed; any other order is final."""
+        o.filled += vol
+        o.cost += vol * price
+        if deal:
+            o.leg_deals.append(deal)
+        if o.position:
+            o.closed.add(o.position)
+        if not last and o.req.reduce_only and o.filled < o.req.volume and self._to_close(o) is not None:
+            o.state, o.reprices, o.backoffs, o.resends, o.nones = "queued", 0, 0, 0, 0
+            return None
+        state = "FILLED" if o.filled >= o.req.volume else "PARTIALLY_FILLED"
+        deals = tuple(sorted(set(o.tickets) | set(o.leg_deals)))
+        vwap = o.cost / o.filled if o.filled else price
+        return self._final(cid, o, state, code, o.filled, vwap, deals, why)
+
+    def _reject(self, cid: int, o: _Order, code: int, why: str) -> None:
+        """The order goes no further: rejected, or partly filled where earlier legs executed."""
+        if not o.filled:
+            return self._final(cid, o, "REJECTED", code, why=why)
+        deals = tuple(sorted(set(o.tickets) | set(o.leg_deals)))
+        return self._final(cid, o, "PARTIALLY_FILLED", code, o.filled, o.cost / o.filled, deals, why)
+
+    def _to_close(self, o: _Order) -> tuple[int, Decimal] | None:
+        """The position a reduce-only order's next leg closes: the oldest (lowest ticket) held
+        against the order's side that none of its legs closed yet (FIFO, which brokers under
+        FIFO rules, retcode 10045, demand), and its volume."""
+        book = self.held.get(self.terminal_name(o.req.symbol), {})
+        for ticket in sorted(book):
+            if book[ticket] * o.req.side < 0 and ticket not in o.closed:
+                return ticket, abs(book[ticket])
+        return None
+
+    def _lots(self, o: _Order, v: Decimal) -> Decimal:
+        """`v` in whole volume steps of the order's symbol (the terminal sums floats)."""
+        spec = self.specs.get(self.terminal_name(o.req.symbol))
+        step = to_decimal(spec["volume_step"]) if spec is not None else Decimal(0)
+        if step <= 0:
+            return v
+        return (v / step).to_integral_value() * step
 
     # ---- sending
 
@@ -501,16 +554,18 @@ class MT5Broker:
         name = self.terminal_name(r.symbol)
         spec = self.specs.get(name)
         if spec is None or not spec["exists"]:
-            return self._final(cid, o, "REJECTED", 10013, why=f"the terminal has no symbol {name}")
+            return self._reject(cid, o, 10013, f"the terminal has no symbol {name}")
         filling = filling_for(spec)
         if filling is None:
-            return self._final(cid, o, "REJECTED", 10030, why=f"{name}: no filling mode fits its mask")
+            return self._reject(cid, o, 10030, f"{name}: no filling mode fits its mask")
         volume, position = r.volume, 0
-        if r.reduce_only:  # closes by the position's ticket, never more than it holds
-            position, held = self.held.get(name, (0, Decimal(0)))
-            if not position or held * r.side >= 0:
-                return self._final(cid, o, "REJECTED", 10036, why=f"{name}: no position to reduce")
-            volume = min(volume, abs(held))
+        if r.reduce_only:  # closes by a position's ticket, never more than it holds
+            pick = self._to_close(o)
+            if pick is None:
+                return self._reject(cid, o, 10036, f"{name}: no position to reduce")
+            position, held = pick
+            volume = min(volume - o.filled, held)
+        o.position = position
         o.rid = self._request(
             self.L.SB_ACTION_DEAL,
             cid=cid,

@@ -164,6 +164,7 @@ class Venue:
             held = self._held(t, symbol, close_ticket, acc["hedging"])
             remaining = volume
             if held is not None and held["side"] != side:  # closes (part of) a position
+                held_ticket = held["ticket"]
                 closed = min(remaining, held["volume"])
                 profit = round((price - held["price"]) * held["side"] * closed * CONTRACT, 2)
                 held["volume"] = round(held["volume"] - closed, 8)
@@ -175,8 +176,10 @@ class Venue:
                 else:
                     t.put(_key(held["ticket"]), orjson.dumps(held), db=self.positions_db)
                 held = None if held["volume"] <= 0 else held
-                if remaining > 0 and not acc["hedging"]:  # the reversal's new position, same deal
-                    t.put(_key(order), orjson.dumps(opened(remaining)), db=self.positions_db)
+                if remaining > 0 and not acc["hedging"]:  # the reversal's new position, same deal:
+                    # a netting position keeps its identifier (the ticket its deals name) through it
+                    t.put(_key(held_ticket), orjson.dumps({**opened(remaining), "ticket": held_ticket}),
+                          db=self.positions_db)  # fmt: skip
                     remaining = 0
             if remaining > 0:
                 if held is not None and not acc["hedging"]:  # netting: adds to the position
@@ -229,7 +232,8 @@ class Venue:
         )
 
     def dump(self) -> dict[str, Any]:
-        keys = ("ticket", "order", "symbol", "type", "entry", "volume", "price", "magic", "comment", "reason")
+        keys = ("ticket", "order", "position", "symbol", "type", "entry", "volume", "price", "magic",
+                "comment", "reason")
         return {
             "account": {k: self.account[k] for k in ("balance", "hedging")},
             "deals": [{k: d[k] for k in keys} for d in self.deals_since(0)],
@@ -462,8 +466,13 @@ class Simulator:
             return answer(10099, "A code no documentation lists")
         if fault == "restart_noexec":
             return self.restart()
-        if int(q["position"]) and not any(p["ticket"] == int(q["position"]) for p in self.venue.positions()):
+        position = next((p for p in self.venue.positions() if p["ticket"] == int(q["position"])), None)
+        if int(q["position"]) and position is None:
             return answer(10036, "Position already closed")
+        if position is not None and position["side"] == side:  # a close by ticket goes against it
+            return answer(10013, "Invalid request: a close on the position's own side")
+        if position is not None and volume > position["volume"] + 1e-9:
+            return answer(10038, "Close volume exceeds the current position volume")
         if fault == "partial":
             volume = max(0.01, round(volume / 2 - 0.005, 2))
         deals = self.venue.trade(

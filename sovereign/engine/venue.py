@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from sovereign.broker.base import Deal, OrderRequest, Outcome
+from sovereign.broker.base import ACCOUNT_MODES, Deal, OrderRequest, Outcome
 from sovereign.broker.mt5 import MT5Broker, MT5Settings
 from sovereign.config import Config
 from sovereign.core import (
@@ -146,7 +146,7 @@ class VenueGateway:
         # the broker's spec records read, as of the last commit of its state (-1: the first turn
         # commits them, with VENUE_SPECS_KEY, whatever a state of an older version holds)
         self.specs_saved = -1
-        self.status: tuple[bool, str, tuple[str, ...]] | None = None
+        self.status: tuple[bool, str, tuple[str, ...], str] | None = None
         self.status_at = 0.0
 
     def recover(self) -> list[int]:
@@ -289,7 +289,9 @@ class VenueGateway:
         if missing:
             why = (f"the terminal has no symbol {', '.join(missing)}: its orders are refused (check "
                    "mt5.symbols and mt5.symbol_map against the terminal's Market Watch)")  # fmt: skip
-        now = (up, why, tuple(missing))
+        info = self.broker.account_info() if up else None
+        mode = ACCOUNT_MODES.get(info.margin_mode, f"mode {info.margin_mode}") if info is not None else ""
+        now = (up, why, tuple(missing), mode)
         same = self.status is not None and (now == self.status or (
             now[::2] == self.status[::2] and time.monotonic() - self.status_at < 1.0))  # fmt: skip
         if same and not force:
@@ -297,7 +299,7 @@ class VenueGateway:
         flipped = self.status is None or (now != self.status and (up != self.status[0] or bool(missing)))
         self.status, self.status_at = now, time.monotonic()
         rec = {"connected": up, "why": why, "missing": missing, "since_ns": time.time_ns(),
-               "epoch": self.broker.epoch}  # fmt: skip
+               "epoch": self.broker.epoch, "account": mode}  # fmt: skip
 
         def tx(t: Txn) -> None:
             t.put("bridge", BRIDGE_STATUS_KEY, rec)

@@ -621,8 +621,9 @@ def _check_bridge(config: Config) -> Check:
     if said is None:
         return Check("mt5 bridge", "warn", f"{path} is there (mode {mode:o}); the gateway has not run yet")
     if said.get("connected") and not said.get("missing"):
+        account = f", a {said['account']} account" if said.get("account") else ""
         return Check("mt5 bridge", "ok", f"{path}: the terminal is connected, AutoTrading on, every symbol "
-                                         "mapped")  # fmt: skip
+                                         f"mapped{account}")  # fmt: skip
     return Check("mt5 bridge", "fail", f"{path}: the bridge is down: {said.get('why', '')}")
 
 

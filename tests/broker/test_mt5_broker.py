@@ -30,12 +30,14 @@ def settings(tmp_path: Path, **kw) -> MT5Settings:
     )
 
 
-def make(tmp_path: Path, script: list[str] | None = None, **faults) -> tuple[Simulator, MT5Broker]:
+def make(tmp_path: Path, script: list[str] | None = None, hedging: bool = False,
+         **faults) -> tuple[Simulator, MT5Broker]:  # fmt: skip
     sim = Simulator(
         tmp_path / "venue",
         str(tmp_path / "bridge.sov"),
         {"EURUSD": 1.1, "GBPUSD": 1.27},
         Faults(script=script or [], **faults),
+        hedging,
     )
     sim.open()
     return sim, MT5Broker(settings(tmp_path))
@@ -127,10 +129,122 @@ def test_a_deal_whose_notice_was_lost_is_reported_once_found(tmp_path: Path, fau
     assert outcomes[0].state == "FILLED" and executed(sim) == {1: 0.1}
     ours = [d for d in deals + more if d.client_order_id == 1]
     assert len(ours) == 1 and ours[0].ticket in outcomes[0].deals and not broker.fetching
-    assert broker.held["EURUSD"][1] == Decimal("0.10")  # counted once: a close by its ticket works
+    assert sum(broker.held["EURUSD"].values()) == Decimal("0.10")  # counted once: a close by its ticket works
     broker.submit([order(2, side=-1, reduce_only=True)])
     (closed,), _ = run(sim, broker, 1)
     assert closed.state == "FILLED" and sim.venue.positions() == []
+
+
+def hedged_book(tmp_path: Path, script: list[str]) -> tuple[Simulator, MT5Broker, list[int]]:
+    """A hedging account holding three EURUSD positions: ours (buy 0.10), then two opened
+    while the engine was away (a manual buy 0.05, a manual sell 0.02): the engine learns
+    them at the reconnect. The venue's tickets of the buys, oldest first."""
+    sim, broker = make(tmp_path, ["ok", *script], hedging=True)
+    broker.submit([order(1)])
+    run(sim, broker, 1)
+    sim.venue.trade("EURUSD", 1, 0.05, 1.1, 0, "", 0)
+    sim.venue.trade("EURUSD", -1, 0.02, 1.1, 0, "", 0)
+    sim.restart()
+    for _ in range(50):
+        sim.step()
+        broker.poll()
+    buys = [p["ticket"] for p in sim.venue.positions() if p["side"] > 0]
+    assert len(buys) == 2 and len(broker.held["EURUSD"]) == 3 and broker.connected()[0]
+    return sim, broker, buys
+
+
+@pytest.mark.parametrize(
+    ("fault", "state", "closed"),
+    [
+        ("ok", "FILLED", 0.15),
+        ("timeout_exec", "FILLED", 0.15),  # the look-up finds both legs' deals: the second executed
+        ("timeout_noexec", "FILLED", 0.15),  # ... only the first's: the second is resent
+        ("connection_exec", "FILLED", 0.15),
+        ("drop_exec", "FILLED", 0.15),
+        ("restart_exec", "FILLED", 0.15),
+        ("restart_noexec", "FILLED", 0.15),
+        ("requote", "FILLED", 0.15),
+        ("partial", "PARTIALLY_FILLED", 0.12),  # the venue canceled the rest: no third request
+        ("reject", "PARTIALLY_FILLED", 0.10),  # what the first leg closed is reported
+    ],
+)
+def test_a_close_on_a_hedging_account_closes_each_position_by_ticket_oldest_first(
+    tmp_path: Path, fault: str, state: str, closed: float
+) -> None:
+    """A hedging account holds several positions per symbol; a reduce-only order closes them
+    one request per position (a close by ticket never takes more than the position holds),
+    oldest first, only those against its side, and under every fault of the second request
+    none is closed twice and nothing new is opened. The old broker sent the net volume
+    (0.13) against the last ticket it had seen (the manual sell): the venue opened a new
+    short 0.13 instead of closing anything."""
+    sim, broker, buys = hedged_book(tmp_path, ["ok", fault])
+    broker.submit([order(2, side=-1, volume="0.15", reduce_only=True)])
+    (o,), _ = run(sim, broker, 1)
+    for _ in range(50):
+        sim.step()
+        broker.poll()
+    assert (o.state, float(o.volume)) == (state, closed), o
+    assert executed(sim)[2] == closed  # the venue's own books: each leg once
+    ours = [d for d in sim.venue.dump()["deals"] if d["comment"] == "2"]
+    assert all(d["entry"] == 1 for d in ours)  # every deal closes (DEAL_ENTRY_OUT): none opens
+    left = {(p["side"], p["volume"]) for p in sim.venue.positions()}
+    want = {"FILLED": {(-1, 0.02)}, "PARTIALLY_FILLED": {(-1, 0.02), (1, round(0.15 - closed, 2))}}[state]
+    assert left == want, (left, ours)
+    assert buys[0] not in {p["ticket"] for p in sim.venue.positions()}  # the oldest went first
+    net = sum(p["side"] * p["volume"] for p in sim.venue.positions())
+    assert abs(sum(broker.held["EURUSD"].values()) - Decimal(str(round(net, 8)))) < Decimal("1e-9")
+    broker.close()
+    sim.close()
+
+
+def test_a_hedging_close_with_no_position_against_its_side_is_refused(tmp_path: Path) -> None:
+    """A reduce-only sell closes buys only: with both closed, another has nothing to close
+    and is refused (10036) though a sell position is open; a reduce-only buy closes that
+    sell, never more than it holds."""
+    sim, broker, _ = hedged_book(tmp_path, [])
+    broker.submit([order(2, side=-1, volume="0.15", reduce_only=True)])
+    run(sim, broker, 1)
+    broker.submit([order(3, side=-1, volume="0.10", reduce_only=True)])
+    (o,), _ = run(sim, broker, 1)
+    assert (o.state, o.retcode) == ("REJECTED", 10036) and 3 not in executed(sim)
+    broker.submit([order(4, side=1, volume="0.10", reduce_only=True)])
+    (o,), _ = run(sim, broker, 1)
+    assert (o.state, float(o.volume)) == ("PARTIALLY_FILLED", 0.02) and sim.venue.positions() == []
+    broker.close()
+    sim.close()
+
+
+def test_a_netting_reversal_keeps_the_position_ticket_and_a_close_by_ticket_is_bounded(
+    tmp_path: Path,
+) -> None:
+    """The venue's rules the broker relies on: a netting position keeps its ticket through a
+    reversal (its deals name it), and a close by ticket for more than the position holds,
+    or on its own side, is refused (10038, 10013) instead of opening a new position."""
+    from sovereign.broker.mt5sim import Venue
+
+    v = Venue(tmp_path / "netting")
+    (opened,) = v.trade("EURUSD", 1, 0.10, 1.1, 77, "1", 3)
+    (rev,) = v.trade("EURUSD", -1, 0.30, 1.1, 77, "2", 3)
+    (pos,) = v.positions()
+    assert rev["entry"] == 2 and pos["ticket"] == opened["position"] == rev["position"]
+    assert (pos["side"], pos["volume"]) == (-1, 0.2)
+    v.close()
+    sim, broker = make(tmp_path, hedging=True)
+    broker.submit([order(1)])
+    run(sim, broker, 1)
+    (p,) = sim.venue.positions()
+    for side, volume, code in ((-1, 0.2, 10038), (1, 0.05, 10013)):
+        broker._request(broker.L.SB_ACTION_DEAL, cid=9, symbol="EURUSD", side=side, volume=volume,
+                        filling=0, position=p["ticket"])  # fmt: skip
+        results = []
+        for _ in range(20):
+            sim.step()
+            assert broker.bridge is not None
+            results += [int(r["retcode"]) for r in broker.bridge.poll(broker.L.SB_RING_RESULTS)]
+        assert results == [code]
+    assert [(q["side"], q["volume"]) for q in sim.venue.positions()] == [(1, 0.1)]
+    broker.close()
+    sim.close()
 
 
 def test_retries_are_bounded(tmp_path: Path) -> None:

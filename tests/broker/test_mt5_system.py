@@ -19,9 +19,10 @@ import pytest
 from sovereign.broker.bridge import Bridge
 from sovereign.broker.mt5 import MT5Broker
 from sovereign.broker.mt5sim import Simulator
-from sovereign.config import from_dict
+from sovereign.config import from_dict, load
 from sovereign.engine.venue import VenueGateway, mt5_settings
 from sovereign.market.data import DataError
+from sovereign.ops import maintenance
 from sovereign.research.replay import load_session, replay
 from sovereign.state.schema import BRIDGE_STATUS_KEY
 from sovereign.state.store import StateStore
@@ -75,6 +76,10 @@ def test_the_system_trades_the_venue_and_its_book_is_the_venues(tmp_path: Path) 
         adopted = wait(lambda: [e for e in journal(state, "adopted") if e["source"] in ("stop_loss",
                                                                                       "take_profit")],
                        120, "a stop or target closed on the server is adopted")  # fmt: skip
+        assert bridge_status(state)["account"] == "netting"  # doctor says which
+        checks = maintenance.doctor(load(tmp_path / "sovereign.toml"))
+        (doctor,) = [c for c in checks if c.name == "mt5 bridge"]
+        assert doctor.status == "ok" and doctor.detail.endswith("a netting account"), doctor
         assert live.stop() == 0
         assert "stopped clean=True" in live.tail(2000)
     finally:

@@ -33,3 +33,23 @@ def test_random_kills_against_the_venue_execute_every_order_at_most_once(tmp_pat
     assert {k.target for k in result.kills} >= {TERMINAL, "gateway"}, report
     assert result.exit_code == 0 and not result.violations, f"{report}\nreproduce: {again}"
     assert sum(result.orders.values()) > 0 and result.venue_deals > 0, report
+
+
+HEDGING_KILLS = int(os.environ.get("SOVEREIGN_CHAOS_MT5_HEDGING_KILLS", "60"))
+
+
+@pytest.mark.slow
+def test_random_kills_against_a_hedging_account_execute_every_order_at_most_once(tmp_path: Path) -> None:
+    """The same on a hedging account whose owner also trades by hand (a manual buy every
+    couple of seconds, each its own position): risk adopts them, and its closes go to the
+    venue one position at a time; no position is closed twice by one order, and risk's
+    book is the sum of the venue's positions."""
+    again = (f"SOVEREIGN_CHAOS_MT5_SEED={SEED} SOVEREIGN_CHAOS_MT5_HEDGING_KILLS={HEDGING_KILLS} python3 -m "
+             f"pytest tests/engine/test_chaos_mt5.py, or: python3 -m bench.chaos_mt5 --hedging --kills "
+             f"{HEDGING_KILLS} --seed {SEED} --terminal-share 0.5 --max-gap 0.3 --live-code")  # fmt: skip
+    result = chaos_mt5(tmp_path, HEDGING_KILLS, SEED, terminal_share=0.5, max_gap_s=0.3, hedging=True)
+    report = table(result)
+    print(report)
+    assert len(result.kills) == HEDGING_KILLS and "hedging account" in report
+    assert result.exit_code == 0 and not result.violations, f"{report}\nreproduce: {again}"
+    assert sum(result.orders.values()) > 0 and result.adopted > 0, report
