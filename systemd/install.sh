@@ -53,7 +53,8 @@ trap 'rm -rf "$RELEASE"; echo "install.sh: failed; the running release is untouc
 "$RELEASE/bin/pip" install --quiet "$SRC"
 install -d -m 0755 "$RELEASE/docs"
 install -m 0644 "$SRC/docs/runbook.md" "$RELEASE/docs/runbook.md"
-(cd "$SRC" && find deploy -type f) | while read -r file; do
+# deploy/ (Prometheus, Grafana) and systemd/mt5/ (an MT5 account's units: docs/runbook.md)
+(cd "$SRC" && find deploy systemd/mt5 -type f) | while read -r file; do
     install -D -m 0644 "$SRC/$file" "$RELEASE/$file"
 done
 

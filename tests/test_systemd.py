@@ -153,3 +153,67 @@ def test_the_telegram_bot_reaches_telegram_and_the_local_resolver_alone() -> Non
                 "UMask"):  # fmt: skip
         assert _values(unit, key) == _values(main, key), key
     assert "PYTHONSAFEPATH=1" in _values(unit, "Environment")
+
+
+MT5 = UNITS / "mt5"  # the MT5 account's files: not installed by install.sh (docs/runbook.md says how)
+
+
+def _keys(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if re.match(r"^[A-Za-z]+=", line))
+
+
+def test_the_mt5_terminal_unit_verifies_and_keeps_a_sandbox(tmp_path: Path) -> None:
+    """The terminal's template, as instance account1 (xvfb-run, which this machine may lack,
+    staged as /bin/true: verify checks that the program exists)."""
+    assert analyze is not None
+    unit = tmp_path / "mt5-terminal@account1.service"
+    unit.write_text((MT5 / "mt5-terminal@.service").read_text().replace("/usr/bin/xvfb-run", "/bin/true"))
+    r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+    r = subprocess.run([analyze, "security", "--offline=true", str(unit)], capture_output=True, text=True)
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
+    assert found and float(found.group(1)) <= 4.0, r.stdout + r.stderr  # Wine needs the network, W+X
+
+
+def test_the_engine_with_the_mt5_drop_in_keeps_its_sandbox(tmp_path: Path) -> None:
+    """sovereign.service with mt5-bridge.conf in its .d directory (systemd-analyze reads a
+    unit's drop-ins beside it): it verifies, still rates 1.0 or lower, still has no network,
+    and the drop-in took (the bridge's group, other users visible)."""
+    assert analyze is not None
+    exe = shutil.which("sovereign")
+    assert exe is not None
+    unit = tmp_path / "sovereign.service"
+    unit.write_text((UNITS / "sovereign.service").read_text().replace(INSTALLED, exe))
+    (tmp_path / "sovereign.service.d").mkdir()
+    (tmp_path / "sovereign.service.d" / "mt5-bridge.conf").write_text((MT5 / "mt5-bridge.conf").read_text())
+    r = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
+    assert r.returncode == 0 and not r.stderr.strip(), r.stderr
+    r = subprocess.run([analyze, "security", "--offline=true", str(unit)], capture_output=True, text=True)
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
+    assert found and float(found.group(1)) <= 1.0, r.stdout
+    assert "✓ PrivateNetwork=" in r.stdout, r.stdout
+    took = "✗ SupplementaryGroups=" in r.stdout and "✗ PrivateUsers=" in r.stdout  # the drop-in's settings
+    assert took, r.stdout
+
+
+def bridge_dir_line() -> tuple[str, str, str, str]:
+    """The tmpfiles.d line of the bridge's directory: path, mode, user, group."""
+    (line,) = [ln for ln in (MT5 / "sovereign-bridge.conf").read_text().splitlines()
+               if ln.strip() and not ln.startswith("#")]  # fmt: skip
+    kind, path, mode, user, group, _age = line.split()
+    assert kind == "d"
+    return path, mode, user, group
+
+
+def test_the_mt5_files_agree_on_the_bridge_directory_its_users_and_group() -> None:
+    path, mode, user, group = bridge_dir_line()
+    assert mode == "2770"  # setgid: the group of every file made in it; no one else reaches it
+    terminal = _keys((MT5 / "mt5-terminal@.service").read_text())
+    dropin = _keys((MT5 / "mt5-bridge.conf").read_text())
+    assert (terminal["User"], terminal["Group"], terminal["UMask"]) == (user, group, "0007")
+    assert path in terminal["ReadWritePaths"].split() and dropin["ReadWritePaths"] == path
+    assert dropin["SupplementaryGroups"] == group and dropin["PrivateUsers"] == "no"
+    runbook = (UNITS.parent / "docs" / "runbook.md").read_text()
+    assert f'bridge = "{path}/bridge.sov"' in runbook  # the config the runbook gives
+    for name in ("mt5-terminal@.service", "sovereign-bridge.conf", "mt5-bridge.conf"):
+        assert f"systemd/mt5/{name}" in runbook, name
