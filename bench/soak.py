@@ -393,7 +393,7 @@ class Soak:
             self.system.kill(pids[f.kind])
             self.pending.append((f.kind, time.monotonic(), [pids[f.kind]]))
         else:
-            r.faults["skipped: system not answering"] += 1
+            r.faults["skipped: not running (restarting) or the system not answering"] += 1
 
     def restart_all(self, why: str, pids: dict[str, int] | None = None) -> None:
         """SIGKILL the whole system (with the pids last seen) and start a new supervisor."""

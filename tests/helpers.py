@@ -230,9 +230,12 @@ class LiveSystem:
     def pids(self, status: dict | None = None) -> dict[str, int]:
         """role -> pid, from `status` (or a fresh one); empty when the system does not answer."""
         status = status or self.status()
-        return {p["role"]: int(p["pid"]) for p in status["processes"]} if status else {}
+        # a process waiting out its restart backoff has pid 0: it is not there to kill
+        return {p["role"]: int(p["pid"]) for p in status["processes"] if int(p["pid"]) > 0} if status else {}
 
     def kill(self, pid: int) -> None:
+        if pid <= 0:  # os.kill(0, ...) signals the caller's own process group, -n another group
+            return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 
