@@ -440,20 +440,21 @@ def venue_net(dump: dict[str, Any], upto: int | None = None) -> dict[str, float]
     return {s: v for s, v in net.items() if v}
 
 
-def executed_by_client(dump: dict[str, Any], magic: int = 77) -> dict[int, list[tuple[int, float]]]:
+def executed_by_client(dump: dict[str, Any], magic: int = 77) -> dict[int, list[tuple[int, float, int]]]:
     """What the venue executed per client id of ours (its own books), deal by deal: the
-    position each deal opened or closed, and its volume."""
-    out: dict[int, list[tuple[int, float]]] = {}
+    position each deal opened or closed, its volume and its DEAL_ENTRY."""
+    out: dict[int, list[tuple[int, float, int]]] = {}
     for d in dump["deals"]:
         if d["magic"] == magic and d["comment"].isdigit():
-            out.setdefault(int(d["comment"]), []).append((d["position"], d["volume"]))
+            out.setdefault(int(d["comment"]), []).append((d["position"], d["volume"], d["entry"]))
     return out
 
 
 def mt5_violations(state: Path, dump: dict[str, Any]) -> list[str]:
     """Exactly once against the outside venue, from its own books and the engine's state:
     every client id executed at most its ordered volume, once (one deal; on a hedging
-    account a close takes one deal per position it closes, never two on one position); no
+    account a close takes one deal per position it closes, each a close, never two on one
+    position), and what the engine's order says it filled is what the venue executed; no
     order left in SUBMITTING or APPROVED; risk's book the venue's positions symbol by symbol,
     as of the newest deal risk applied (risk stops before the gateway, and the server goes
     on closing stops: what came after is risk's at its next start, from the venue's book)."""
@@ -465,14 +466,23 @@ def mt5_violations(state: Path, dump: dict[str, Any]) -> list[str]:
             t.get("positions", BOOK_KEY), t.get("meta", META_SYMBOLS), t.get("risk", RISK_STATE_KEY),
             t.get("meta", "config")))  # fmt: skip
     out = []
-    for cid, legs in executed_by_client(dump).items():
+    executed = executed_by_client(dump)
+    for cid, legs in executed.items():
         o = orders.get(cid)
-        vols = [v for _, v in legs]
+        vols = [v for _, v, _ in legs]
+        closes = all(e == 1 for _, _, e in legs) and len({p for p, _, _ in legs}) == len(legs)
+        legs_ok = len(legs) == 1 or closes
         if o is None:
             out.append(f"client id {cid}: executed {vols} at the venue, unknown to the engine")
-        elif len({p for p, _ in legs}) < len(legs) or round(sum(vols), 8) > float(o.get("volume", 0)) + 1e-9:
-            out.append(f"client id {cid}: executed {legs} (position, volume) at the venue for an order of "
-                       f"{o.get('volume')}")  # fmt: skip
+        elif not legs_ok or round(sum(vols), 8) > float(o.get("volume", 0)) + 1e-9:
+            out.append(f"client id {cid}: executed {legs} (position, volume, entry) at the venue for an "
+                       f"order of {o.get('volume')}")  # fmt: skip
+    for cid, o in orders.items():
+        if o["state"] in ("FILLED", "CANCELED", "REJECTED"):
+            done = round(sum(v for _, v, _ in executed.get(cid, [])), 8)
+            said = float(o.get("filled_volume") or 0) if o["state"] != "REJECTED" else 0.0
+            if abs(done - said) > 1e-9:
+                out.append(f"order {cid} is {o['state']} with {said} filled; the venue executed {done}")
     for cid, o in orders.items():
         if o["state"] in ("SUBMITTING", "APPROVED"):
             out.append(f"order {cid} left in {o['state']}")

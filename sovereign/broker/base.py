@@ -175,9 +175,11 @@ class Broker(Protocol):
 
     def poll(self) -> tuple[list[Outcome], list[Deal]]: ...
 
-    def resolve(self, client_order_ids: Sequence[int]) -> None:
+    def resolve(self, client_order_ids: Sequence[int],
+                requests: dict[int, OrderRequest] | None = None) -> None:  # fmt: skip
         """Orders a crash left in SUBMITTING: their outcomes come from the broker's record
-        (through `poll`), never from sending them again."""
+        (through `poll`), never from sending them again. `requests`: those orders as the
+        book holds them, where known."""
         ...
 
     def open_positions(self) -> list[BrokerPosition]: ...

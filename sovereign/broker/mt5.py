@@ -42,7 +42,13 @@ MARKET, EXCHANGE = 2, 3  # SYMBOL_TRADE_EXECUTION
 # broker keeps no other deal once it is reported: a 12-year run holds a bounded set.
 SEEN_DEALS = 4096
 FOK, IOC, RETURN = 0, 1, 2  # ORDER_FILLING
+POSITION_CLOSED = 10036
 LOT_EPSILON = Decimal("1e-9")  # volumes the terminal sums as floats: less than this is nothing
+# An order the terminal accepted (DONE or PLACED) without saying the volume is looked up this
+# many times, settle_s apart, for its deals; it is never resent.
+ACCEPTED_LOOKUPS = 20
+HEDGING = 2  # ACCOUNT_MARGIN_MODE
+INOUT = 2  # DEAL_ENTRY: a netting reversal
 
 
 @dataclass
@@ -95,7 +101,9 @@ class _Order:
     cost: Decimal = Decimal(0)  # volume x price
     leg_deals: list[int] = field(default_factory=list)
     position: int = 0  # the position the leg in flight closes
+    leg_volume: Decimal = Decimal(0)  # what the leg in flight asked for
     closed: set[int] = field(default_factory=set)  # positions its legs closed (their deals may come later)
+    accepted: bool = False  # the terminal took the leg without saying its volume: looked up, never resent
 
 
 class MT5Broker:
@@ -130,6 +138,9 @@ class MT5Broker:
         # positions then held are listed again (netting closes go by them).
         self.fetching: dict[int, int] = {}  # request id -> the ticket its history starts after
         self._lists: dict[int, list[BrokerPosition]] = {}  # a POSITIONS request's rows so far
+        # Deals applied while a POSITIONS request is out: a list that may predate one of them
+        # does not replace `held` (it would bring back a position a deal closed); another is asked.
+        self._list_deals: dict[int, int] = {}
         self._outcomes: list[Outcome] = []
         self._new_deals: list[Deal] = []
         self._ticks: deque[np.ndarray] = deque()
@@ -163,12 +174,14 @@ class MT5Broker:
                 continue  # the same id twice is the same order
             self.orders[o.client_order_id] = _Order(o)
 
-    def resolve(self, client_order_ids: Sequence[int]) -> None:
+    def resolve(self, client_order_ids: Sequence[int],
+                requests: dict[int, OrderRequest] | None = None) -> None:  # fmt: skip
+        """`requests`: the orders as the book holds them (symbol, side, volume), so that what
+        the terminal executed of one is told FILLED or PARTIALLY_FILLED in whole lots."""
         for cid in client_order_ids:
             if cid not in self.orders:
-                self.orders[cid] = _Order(
-                    OrderRequest(cid, -1, 0, Decimal(0)), recovering=True, state="lookup"
-                )
+                req = (requests or {}).get(cid) or OrderRequest(cid, -1, 0, Decimal(0))
+                self.orders[cid] = _Order(req, recovering=True, state="lookup")
 
     def poll(self) -> tuple[list[Outcome], list[Deal]]:
         self._turn()
@@ -276,7 +289,7 @@ class MT5Broker:
             if o.state in ("wait", "hold"):
                 o.state = "lookup"
         since = min([self.last_deal, *self.fetching.values()])  # a fetch the old file never answered
-        self.fetching, self._lists = {}, {}
+        self.fetching, self._lists, self._list_deals = {}, {}, {}
         self.book_ticket = self.last_deal
         self.reconciling = {
             self._request(self.L.SB_ACTION_HISTORY, since=since),
@@ -378,16 +391,40 @@ class MT5Broker:
         if ours and (o := self.orders.get(deal.client_order_id)) is not None:
             o.tickets.append(ticket)
         self._new_deals.append(deal)
+        for rid in self._list_deals:
+            self._list_deals[rid] += 1
         if deal.side * deal.volume and deal.position:
-            name = text(d["symbol"])
-            book = self.held.setdefault(name, {})
-            v = book.get(deal.position, Decimal(0)) + deal.side * deal.volume
-            if v:
-                book[deal.position] = v
-            else:
-                book.pop(deal.position, None)
-            if not book:
-                del self.held[name]
+            self._hold(text(d["symbol"]), deal)
+
+    def _hold(self, name: str, deal: Deal) -> None:
+        """Apply a deal to `held`. A deal names its position by identifier (DEAL_POSITION_ID),
+        a close by ticket (POSITION_TICKET). The two are one number but for a netting
+        reversal, after which the position's ticket is the reversing order's: a netting
+        account's one position per symbol is kept under the ticket a close must name."""
+        book = self.held.setdefault(name, {})
+        delta = deal.side * deal.volume
+        hedging = self.account is None or int(self.account["margin_mode"]) == HEDGING
+        if hedging:
+            key = deal.position
+            v = book.get(key, Decimal(0)) + delta
+        else:
+            (key, v), *_ = book.items() if book else [(deal.position, Decimal(0))]
+            book.clear()
+            v = v + delta
+            if deal.entry == INOUT:
+                key = deal.order
+        if v:
+            book[key] = v
+        else:
+            book.pop(key, None)
+        if not book:
+            del self.held[name]
+
+    def _refresh_positions(self) -> None:
+        """Ask the terminal for its positions again (`held` follows the list)."""
+        rid = self._request(self.L.SB_ACTION_POSITIONS)
+        if rid:
+            self.fetching[rid] = self.last_deal
 
     def terminal_name(self, symbol: int) -> str:
         """The terminal's name of our symbol id."""
@@ -415,10 +452,13 @@ class MT5Broker:
                 self.reconciling.discard(rid)
                 if int(r["action"]) == L.SB_ACTION_POSITIONS:
                     self.positions = self._lists.pop(rid, [])
-                    self.held = {}
-                    for p in self.positions:
-                        book = self.held.setdefault(self.terminal_name(p.symbol), {})
-                        book[p.ticket] = book.get(p.ticket, Decimal(0)) + p.side * p.volume
+                    if self._list_deals.pop(rid, 0):
+                        self._refresh_positions()
+                    else:
+                        self.held = {}
+                        for p in self.positions:
+                            book = self.held.setdefault(self.terminal_name(p.symbol), {})
+                            book[p.ticket] = book.get(p.ticket, Decimal(0)) + p.side * p.volume
                 if not self.reconciling and not fetched:
                     self.connects += 1
             return
@@ -432,6 +472,9 @@ class MT5Broker:
         act = classify(code)
         vol, price = to_decimal(r["volume"]), to_decimal(r["price"])
         why = f"{retcode_name(code)}: {text(r['comment'])}"
+        if act == Act.DONE and vol <= 0:  # taken (PLACED, or DONE without a volume): its deals say what
+            o.accepted, o.nones, o.state = True, 0, "lookup"
+            return None
         if act == Act.DONE:
             return self._leg_done(cid, o, code, vol, price, int(r["deal"]))
         if act == Act.PARTIAL:  # the venue canceled the rest: no further leg
@@ -447,6 +490,15 @@ class MT5Broker:
         if act == Act.AMBIGUOUS:
             o.state = "lookup"
             return None
+        if code == POSITION_CLOSED and o.req.reduce_only and o.position:
+            # The position is gone (a stop closed it, or our book of them is behind): forget it,
+            # ask for the terminal's list, and close the next one, if any.
+            self.held.get(self.terminal_name(o.req.symbol), {}).pop(o.position, None)
+            o.closed.add(o.position)
+            self._refresh_positions()
+            if o.filled < o.req.volume and self._to_close(o) is not None:
+                o.state = "queued"
+                return None
         return self._reject(cid, o, code, why)
 
     def _on_lookup(self, cid: int, o: _Order, r: np.void) -> None:
@@ -470,11 +522,22 @@ class MT5Broker:
                 if listing:
                     self.fetching[listing] = since
             if o.recovering:  # everything its legs executed before the crash, in one answer
-                tickets = tuple(sorted(o.tickets)) or (ticket,)
-                return self._final(cid, o, "FILLED", 10009, vol, price, tickets, "found at the terminal")
+                vol = self._lots(o, vol)
+                tickets = tuple(sorted({*o.tickets, ticket} - {0}))
+                short = o.req.volume > 0 and vol < o.req.volume - LOT_EPSILON
+                state = "PARTIALLY_FILLED" if short else "FILLED"
+                return self._final(cid, o, state, 10009, vol, price, tickets, "found at the terminal")
             leg = self._lots(o, vol - o.filled)  # the terminal sums this id's deals: less the earlier legs'
             leg_price = (price * vol - o.cost) / leg if leg else price
-            return self._leg_done(cid, o, 10009, leg, leg_price, ticket, "found at the terminal")
+            short = leg < o.leg_volume - LOT_EPSILON  # partly filled, the rest canceled: no further leg
+            return self._leg_done(cid, o, 10009, leg, leg_price, ticket, "found at the terminal", last=short)
+        if o.accepted:  # taken by the terminal: its deals will show; never resent
+            o.nones += 1
+            if o.nones < ACCEPTED_LOOKUPS:
+                o.state, o.at = "hold_lookup", time.monotonic() + self.s.settle_s
+                return None
+            why = f"accepted by the terminal, no deal of it found in {ACCEPTED_LOOKUPS} look-ups: not resent"
+            return self._reject(cid, o, o.last_retcode, why)
         if code == L.SB_LOOKUP_PENDING or (code == L.SB_LOOKUP_NONE and o.nones == 0):
             o.nones += code == L.SB_LOOKUP_NONE
             o.state, o.at = "hold_lookup", time.monotonic() + self.s.settle_s  # look again once it settled
@@ -500,6 +563,7 @@ class MT5Broker:
             o.closed.add(o.position)
         if not last and o.req.reduce_only and o.filled < o.req.volume and self._to_close(o) is not None:
             o.state, o.reprices, o.backoffs, o.resends, o.nones = "queued", 0, 0, 0, 0
+            o.last_retcode, o.accepted = 0, False
             return None
         state = "FILLED" if o.filled >= o.req.volume else "PARTIALLY_FILLED"
         deals = tuple(sorted(set(o.tickets) | set(o.leg_deals)))
@@ -542,7 +606,8 @@ class MT5Broker:
                 o.state = "lookup"
             elif o.state == "wait" and now - o.at > self.s.result_timeout_s:
                 o.state = "lookup"  # no answer: may have executed
-            if o.state == "queued":
+            if o.state == "queued" and not (o.req.reduce_only and self.fetching):
+                # (a reduce-only order waits for a list being fetched: it picks positions by it)
                 self._send_order(cid, o)
             elif o.state == "lookup":
                 o.rid = self._request(self.L.SB_ACTION_LOOKUP, cid=cid)
@@ -562,10 +627,10 @@ class MT5Broker:
         if r.reduce_only:  # closes by a position's ticket, never more than it holds
             pick = self._to_close(o)
             if pick is None:
-                return self._reject(cid, o, 10036, f"{name}: no position to reduce")
+                return self._reject(cid, o, POSITION_CLOSED, f"{name}: no position to reduce")
             position, held = pick
             volume = min(volume - o.filled, held)
-        o.position = position
+        o.position, o.leg_volume = position, volume
         o.rid = self._request(
             self.L.SB_ACTION_DEAL,
             cid=cid,
@@ -605,7 +670,11 @@ class MT5Broker:
         q["deviation"], q["filling"], q["position"] = self.s.deviation, filling, position
         if action == self.L.SB_ACTION_DEAL:
             q["expire_msc"] = time.time_ns() // 1_000_000 + self.s.request_ttl_ms
-        return self._rid if b.request(q) else 0
+        if not b.request(q):
+            return 0
+        if action == self.L.SB_ACTION_POSITIONS:
+            self._list_deals[self._rid] = 0
+        return self._rid
 
     def _final(
         self,

@@ -141,7 +141,7 @@ class Venue:
                 d = {
                     "ticket": ticket,
                     "order": order,
-                    "position": pos["ticket"],
+                    "position": pos.get("identifier", pos["ticket"]),  # DEAL_POSITION_ID
                     "symbol": symbol,
                     "type": 0 if side > 0 else 1,
                     "entry": entry,
@@ -158,13 +158,13 @@ class Venue:
                 t.put(_key(ticket), orjson.dumps(d), db=self.deals)
 
             def opened(vol: float) -> dict[str, Any]:  # a new position of this order's
-                return {"ticket": order, "symbol": symbol, "side": side, "volume": vol, "price": price,
-                        "sl": sl, "tp": tp, "magic": magic, "comment": comment}
+                return {"ticket": order, "identifier": order, "symbol": symbol, "side": side, "volume": vol,
+                        "price": price, "sl": sl, "tp": tp, "magic": magic, "comment": comment}
 
             held = self._held(t, symbol, close_ticket, acc["hedging"])
             remaining = volume
             if held is not None and held["side"] != side:  # closes (part of) a position
-                held_ticket = held["ticket"]
+                held_identifier = held.get("identifier", held["ticket"])
                 closed = min(remaining, held["volume"])
                 profit = round((price - held["price"]) * held["side"] * closed * CONTRACT, 2)
                 held["volume"] = round(held["volume"] - closed, 8)
@@ -177,8 +177,9 @@ class Venue:
                     t.put(_key(held["ticket"]), orjson.dumps(held), db=self.positions_db)
                 held = None if held["volume"] <= 0 else held
                 if remaining > 0 and not acc["hedging"]:  # the reversal's new position, same deal:
-                    # a netting position keeps its identifier (the ticket its deals name) through it
-                    t.put(_key(held_ticket), orjson.dumps({**opened(remaining), "ticket": held_ticket}),
+                    # MT5 gives it the reversing order's ticket (POSITION_TICKET, what a close names)
+                    # and keeps its identifier (POSITION_IDENTIFIER, what its deals name)
+                    t.put(_key(order), orjson.dumps({**opened(remaining), "identifier": held_identifier}),
                           db=self.positions_db)  # fmt: skip
                     remaining = 0
             if remaining > 0:

@@ -248,7 +248,8 @@ class PaperBroker:
         done, self._answers = self._answers, []
         return [_outcome(ex) for ex in done], [_deal(ex) for ex in done if ex.retcode == Retcode.DONE]
 
-    def resolve(self, client_order_ids: Sequence[int]) -> None:
+    def resolve(self, client_order_ids: Sequence[int],
+                requests: dict[int, OrderRequest] | None = None) -> None:  # fmt: skip
         for cid in client_order_ids:
             ex = self.find(cid)
             why = "not executed before a crash"

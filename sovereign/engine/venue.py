@@ -125,6 +125,14 @@ def venue_specs(broker: MT5Broker) -> dict[str, Any]:
                       "stops_level": sp.stops_level}
         for symbol, sp in broker.symbol_specs().items()}}  # fmt: skip
 
+def as_request(order: dict[str, Any]) -> OrderRequest:
+    """An order of the book (order_fields) as the broker was asked it."""
+    reason = Reason.__members__.get(str(order.get("reason")))
+    closes = reason is not None and reduce_only(reason)
+    return OrderRequest(int(order["client_order_id"]), int(order["symbol"]), int(order["side"]),
+                        to_decimal(order["volume"]), reduce_only=closes)  # fmt: skip
+
+
 class VenueGateway:
     """The transport-free part: orders to the broker, its answers into the order book and
     reports, the venue's book after each reconnect, the bridge's status."""
@@ -152,9 +160,11 @@ class VenueGateway:
     def recover(self) -> list[int]:
         """Orders a crash left in SUBMITTING: looked up at the terminal; their outcomes come
         through `turn`, never from sending them again."""
-        cids = [int(o["client_order_id"]) for o in self.book.in_state(OrderState.SUBMITTING)]
+        left = self.book.in_state(OrderState.SUBMITTING)
+        cids = [int(o["client_order_id"]) for o in left]
         if cids:
-            self.broker.resolve(cids)
+            self.broker.resolve(cids, {int(o["client_order_id"]): as_request(o) for o in left
+                                       if "symbol" in o and "volume" in o})  # fmt: skip
             self.store.write(lambda t: t.journal("resolving", client_order_ids=cids[:100], orders=len(cids)))
         return cids
 

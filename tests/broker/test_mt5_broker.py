@@ -214,19 +214,20 @@ def test_a_hedging_close_with_no_position_against_its_side_is_refused(tmp_path: 
     sim.close()
 
 
-def test_a_netting_reversal_keeps_the_position_ticket_and_a_close_by_ticket_is_bounded(
-    tmp_path: Path,
-) -> None:
-    """The venue's rules the broker relies on: a netting position keeps its ticket through a
-    reversal (its deals name it), and a close by ticket for more than the position holds,
-    or on its own side, is refused (10038, 10013) instead of opening a new position."""
+def test_a_netting_reversal_and_a_close_by_ticket_follow_mt5(tmp_path: Path) -> None:
+    """The venue's rules the broker relies on: after a netting reversal the position's
+    ticket (what a close names) is the reversing order's, while its identifier (what its
+    deals name) stays (MQL5's Position Properties); a close by ticket for more than the
+    position holds, or on its own side, is refused (10038, 10013) instead of opening a new
+    position."""
     from sovereign.broker.mt5sim import Venue
 
     v = Venue(tmp_path / "netting")
     (opened,) = v.trade("EURUSD", 1, 0.10, 1.1, 77, "1", 3)
     (rev,) = v.trade("EURUSD", -1, 0.30, 1.1, 77, "2", 3)
     (pos,) = v.positions()
-    assert rev["entry"] == 2 and pos["ticket"] == opened["position"] == rev["position"]
+    assert rev["entry"] == 2 and rev["position"] == opened["position"] == pos["identifier"]
+    assert pos["ticket"] == rev["order"] != opened["position"]
     assert (pos["side"], pos["volume"]) == (-1, 0.2)
     v.close()
     sim, broker = make(tmp_path, hedging=True)
@@ -244,6 +245,113 @@ def test_a_netting_reversal_keeps_the_position_ticket_and_a_close_by_ticket_is_b
         assert results == [code]
     assert [(q["side"], q["volume"]) for q in sim.venue.positions()] == [(1, 0.1)]
     broker.close()
+    sim.close()
+
+
+def test_after_a_netting_reversal_a_close_names_the_new_ticket(tmp_path: Path) -> None:
+    """A trade by hand reverses our netting position: the deal names the old identifier, the
+    position now has the reversing order's ticket. A close by the identifier would be
+    refused (10036) for as long as the engine runs: it closes by the new ticket."""
+    sim, broker = make(tmp_path)
+    broker.submit([order(1)])
+    run(sim, broker, 1)
+    for d in sim.venue.trade("EURUSD", -1, 0.30, 1.1, 0, "", 0):  # by hand, seen on the deal stream
+        sim._deal_out(d)
+    for _ in range(20):
+        sim.step()
+        broker.poll()
+    (pos,) = sim.venue.positions()
+    assert broker.held["EURUSD"] == {pos["ticket"]: Decimal("-0.2")}
+    broker.submit([order(2, side=1, volume="0.20", reduce_only=True)])
+    (o,), _ = run(sim, broker, 1)
+    assert (o.state, float(o.volume)) == ("FILLED", 0.2) and sim.venue.positions() == []
+    broker.close()
+    sim.close()
+
+
+def test_a_close_the_terminal_takes_without_a_volume_is_looked_up_never_doubled(tmp_path: Path) -> None:
+    """The terminal answers a leg PLACED (10008: taken, its deal follows) or DONE without a
+    volume: nothing is known filled, so a next leg for the whole volume would close a second
+    position (the review found 0.20 closed on an order of 0.10). It is looked up instead."""
+    sim, broker, buys = hedged_book(tmp_path, [])
+    real = sim.bridge.result
+
+    def placed(rid, cid, action, code, deal=0, order_=0, volume=0.0, price=0.0, *a, **k):
+        if code == 10009 and action == broker.L.SB_ACTION_DEAL:
+            code, deal, volume = 10008, 0, 0.0
+        return real(rid, cid, action, code, deal, order_, volume, price, *a, **k)
+
+    sim.bridge.result = placed
+    broker.submit([order(2, side=-1, volume="0.10", reduce_only=True)])
+    (o,), _ = run(sim, broker, 1)
+    assert (o.state, float(o.volume)) == ("FILLED", 0.1) and executed(sim)[2] == 0.1, o
+    assert buys[0] not in {p["ticket"] for p in sim.venue.positions()}
+    broker.close()
+    sim.close()
+
+
+def test_a_position_list_older_than_a_deal_does_not_bring_the_position_back(tmp_path: Path) -> None:
+    """The first leg's notice is lost and found by look-up, which fetches the history and the
+    positions; the list the terminal makes may predate the second leg's deal. The old broker
+    took it over its book (the closed position came back, and every later close of the
+    symbol was refused 10036); now it asks again, and its closes wait for the list."""
+    sim, broker, _ = hedged_book(tmp_path, ["connection_exec", "ok"])
+    broker.submit([order(2, side=-1, volume="0.15", reduce_only=True)])
+    (o,), _ = run(sim, broker, 1)
+    for _ in range(50):
+        sim.step()
+        broker.poll()
+    assert (o.state, float(o.volume)) == ("FILLED", 0.15) and not broker.fetching
+    venue = {p["ticket"]: p["side"] * p["volume"] for p in sim.venue.positions()}
+    assert {t: float(v) for t, v in broker.held["EURUSD"].items()} == venue
+    for d in sim.venue.trade("EURUSD", 1, 0.03, 1.1, 0, "", 0):
+        sim._deal_out(d)
+    broker.submit([order(3, side=-1, volume="0.01", reduce_only=True)])
+    (o3,), _ = run(sim, broker, 1)
+    assert (o3.state, float(o3.volume)) == ("FILLED", 0.01), o3
+    broker.close()
+    sim.close()
+
+
+def test_a_close_whose_position_is_gone_goes_on_to_the_next(tmp_path: Path) -> None:
+    """A stop closed the oldest position while the engine was away (its book is behind): the
+    leg for it is refused 10036, the broker drops it, asks for the list, and closes the next."""
+    sim, broker, buys = hedged_book(tmp_path, [])
+    (oldest,) = [p for p in sim.venue.positions() if p["ticket"] == buys[0]]
+    sim.venue.close_position(oldest, 1.1, 4)  # its deal notice never reaches the engine
+    broker.submit([order(2, side=-1, volume="0.05", reduce_only=True)])
+    (o,), _ = run(sim, broker, 1)
+    assert (o.state, float(o.volume)) == ("FILLED", 0.05) and executed(sim)[2] == 0.05, o
+    assert [p["side"] for p in sim.venue.positions()] == [-1]
+    broker.close()
+    sim.close()
+
+
+@pytest.mark.parametrize(("leg2", "state", "volume"), [("ok", "FILLED", "0.15"),
+                                                      ("reject", "PARTIALLY_FILLED", "0.1")])  # fmt: skip
+def test_a_close_cut_by_a_crash_is_resolved_in_whole_lots_as_the_book_has_it(
+    tmp_path: Path, leg2: str, state: str, volume: str
+) -> None:
+    """The gateway dies with the second leg in flight; its successor looks the id up with the
+    order as the book holds it: what the venue executed, in lots, FILLED or PARTIALLY_FILLED
+    (the old one said FILLED 0.15000000000000002, or FILLED 0.1 of 0.15)."""
+    sim, broker, _ = hedged_book(tmp_path, ["ok", leg2])
+    request = order(2, side=-1, volume="0.15", reduce_only=True)
+    broker.submit([request])
+    for _ in range(400):
+        sim.step()
+        broker.poll()
+        o = broker.orders.get(2)
+        if o is not None and o.filled and o.state == "wait":
+            break
+    assert o is not None and o.filled and o.state == "wait"
+    state_kept = broker.to_dict()
+    broker.bridge = None  # the gateway died; the file stays the terminal's
+    again = MT5Broker(settings(tmp_path), state_kept)
+    again.resolve([2], {2: request})
+    (out,), _ = run(sim, again, 1)
+    assert (out.state, str(out.volume)) == (state, volume) and executed(sim)[2] == float(volume), out
+    again.close()
     sim.close()
 
 
