@@ -48,6 +48,10 @@ LOT_EPSILON = Decimal("1e-9")  # volumes the terminal sums as floats: less than 
 # many times, settle_s apart, for its deals; it is never resent.
 ACCEPTED_LOOKUPS = 20
 HEDGING = 2  # ACCOUNT_MARGIN_MODE
+# A list during which deals kept coming is asked for again at most this often in a row, then
+# taken as it is (a close it got wrong is refused 10036 and repairs it): reduce-only orders
+# wait for it, and a flatten must not wait for a quiet account.
+MAX_RELISTS = 5
 INOUT = 2  # DEAL_ENTRY: a netting reversal
 
 
@@ -141,6 +145,7 @@ class MT5Broker:
         # Deals applied while a POSITIONS request is out: a list that may predate one of them
         # does not replace `held` (it would bring back a position a deal closed); another is asked.
         self._list_deals: dict[int, int] = {}
+        self._relists = 0  # lists asked again in a row; past MAX_RELISTS the next one is taken
         self._outcomes: list[Outcome] = []
         self._new_deals: list[Deal] = []
         self._ticks: deque[np.ndarray] = deque()
@@ -452,9 +457,11 @@ class MT5Broker:
                 self.reconciling.discard(rid)
                 if int(r["action"]) == L.SB_ACTION_POSITIONS:
                     self.positions = self._lists.pop(rid, [])
-                    if self._list_deals.pop(rid, 0):
+                    if self._list_deals.pop(rid, 0) and self._relists < MAX_RELISTS:
+                        self._relists += 1
                         self._refresh_positions()
                     else:
+                        self._relists = 0
                         self.held = {}
                         for p in self.positions:
                             book = self.held.setdefault(self.terminal_name(p.symbol), {})
@@ -492,11 +499,13 @@ class MT5Broker:
             return None
         if code == POSITION_CLOSED and o.req.reduce_only and o.position:
             # The position is gone (a stop closed it, or our book of them is behind): forget it,
-            # ask for the terminal's list, and close the next one, if any.
+            # ask for the terminal's list, and close the next one, if any. Not after a resend:
+            # then this leg itself may have closed it (its first answer lost), and the order
+            # ends with what is known.
             self.held.get(self.terminal_name(o.req.symbol), {}).pop(o.position, None)
             o.closed.add(o.position)
             self._refresh_positions()
-            if o.filled < o.req.volume and self._to_close(o) is not None:
+            if not o.resends and o.filled < o.req.volume and self._to_close(o) is not None:
                 o.state = "queued"
                 return None
         return self._reject(cid, o, code, why)

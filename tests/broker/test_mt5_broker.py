@@ -327,6 +327,25 @@ def test_a_close_whose_position_is_gone_goes_on_to_the_next(tmp_path: Path) -> N
     sim.close()
 
 
+def test_a_resent_close_refused_10036_ends_the_order(tmp_path: Path) -> None:
+    """After a resend, 10036 may mean the leg's own first request closed the position (its
+    answer lost, the look-ups behind): the order ends there, and no other position is closed."""
+    sim, broker, buys = hedged_book(tmp_path, ["timeout_noexec"])
+    broker.submit([order(2, side=-1, volume="0.05", reduce_only=True)])
+    for _ in range(2000):
+        sim.step()
+        broker.poll()
+        if broker.orders[2].last_retcode == 10012:
+            break
+    (oldest,) = [p for p in sim.venue.positions() if p["ticket"] == buys[0]]
+    sim.venue.close_position(oldest, 1.1, 4)  # gone meanwhile; its notice never comes
+    (o,), _ = run(sim, broker, 1)
+    assert (o.state, o.retcode) == ("REJECTED", 10036) and 2 not in executed(sim), o
+    assert buys[1] in {p["ticket"] for p in sim.venue.positions()}
+    broker.close()
+    sim.close()
+
+
 @pytest.mark.parametrize(("leg2", "state", "volume"), [("ok", "FILLED", "0.15"),
                                                       ("reject", "PARTIALLY_FILLED", "0.1")])  # fmt: skip
 def test_a_close_cut_by_a_crash_is_resolved_in_whole_lots_as_the_book_has_it(
