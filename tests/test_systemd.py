@@ -211,6 +211,8 @@ def test_the_mt5_files_agree_on_the_bridge_directory_its_users_and_group() -> No
     terminal = _keys((MT5 / "mt5-terminal@.service").read_text())
     dropin = _keys((MT5 / "mt5-bridge.conf").read_text())
     assert (terminal["User"], terminal["Group"], terminal["UMask"]) == (user, group, "0007")
+    # each account its own Wine prefix (a private /tmp per unit: one wineserver per prefix)
+    assert "WINEPREFIX=/srv/mt5/%i/wine" in terminal["Environment"] and terminal["PrivateTmp"] == "yes"
     assert path in terminal["ReadWritePaths"].split() and dropin["ReadWritePaths"] == path
     assert dropin["SupplementaryGroups"] == group and dropin["PrivateUsers"] == "no"
     runbook = (UNITS.parent / "docs" / "runbook.md").read_text()
