@@ -148,7 +148,8 @@ def test_signals_follow_prints_new_signals(live: System) -> None:
         lines = [orjson.loads(proc.stdout.readline()) for _ in range(3)]
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(10)
+        # read what it still writes: a full pipe would hold its exit (its last flush) forever
+        proc.communicate(timeout=30)
     seqs = [s["seq"] for s in lines]
     assert seqs == sorted(seqs) and len(set(seqs)) == 3
     assert proc.returncode == 0
@@ -210,7 +211,7 @@ def test_halt_flatten_closes_everything_and_resume_reopens(live: System) -> None
                 seen += [orjson.loads(line) for line in lines]
     finally:
         follower.send_signal(signal.SIGINT)
-        follower.wait(10)
+        follower.communicate(timeout=30)  # drained: a full pipe would hold its exit forever
     assert both(), [e["event"] for e in seen]
     wait_for(lambda: sov_json("positions", config=live.config) == [], 30, "every position closed")
     s = sov_json("status", config=live.config)

@@ -322,9 +322,16 @@ def _killed_midway_then_resumed(out: Path, spec: Path) -> None:
     assert len(_cells(out)) == 16
 
 
+# 96 cells: Ctrl-C after the second finds the sweep still running, however slow this test's
+# own polling is (with SPEC's 16 the sweep, report and all, once finished first on a loaded
+# machine, and exited 0 before the signal came)
+MANY = SPEC.replace("[0.002, 0.005]", "[0.001, 0.002, 0.003, 0.004, 0.005, 0.006]").replace(
+    "[0.5, 0.7]", "[0.4, 0.5, 0.6, 0.7]")
+
+
 def test_ctrl_c_stops_a_sweep_saying_how_to_resume(folder: Path) -> None:
     out = folder / "out"
-    cmd = [sys.executable, "-m", "sovereign.cli", "sweep", str(spec_at(folder, SPEC)), "--out", str(out),
+    cmd = [sys.executable, "-m", "sovereign.cli", "sweep", str(spec_at(folder, MANY)), "--out", str(out),
            "--workers", "1"]  # fmt: skip
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)  # fmt: skip
@@ -342,7 +349,7 @@ def test_ctrl_c_stops_a_sweep_saying_how_to_resume(folder: Path) -> None:
     assert p.returncode == 130, stderr
     assert "stopped after" in stderr and "the same command resumes" in stderr
     _wait_group_gone(p.pid)  # the pool's workers ended with it
-    assert 2 <= len(list((out / "cells").glob("*.json"))) < 16
+    assert 2 <= len(list((out / "cells").glob("*.json"))) < 96
 
 
 def test_workers_are_for_the_local_pool_alone(folder: Path) -> None:
