@@ -19,6 +19,7 @@ import orjson
 import pytest
 
 from sovereign.engine.control import ControlError, request
+from tests.helpers import interruptible
 
 SOV = [sys.executable, "-m", "sovereign.cli"]
 LIVE = """
@@ -143,7 +144,7 @@ def test_read_commands_while_running(live: System) -> None:
 def test_signals_follow_prints_new_signals(live: System) -> None:
     env = {**os.environ, "SOVEREIGN_CONFIG": str(live.config)}
     proc = subprocess.Popen([*SOV, "signals", "--follow", "--json", "--limit", "1"], stdout=subprocess.PIPE,
-                            text=True, env=env)  # fmt: skip
+                            text=True, env=env, preexec_fn=interruptible)  # fmt: skip
     try:
         lines = [orjson.loads(proc.stdout.readline()) for _ in range(3)]
     finally:
@@ -188,8 +189,8 @@ def test_halt_flatten_closes_everything_and_resume_reopens(live: System) -> None
     positions = wait_for(lambda: sov_json("positions", config=live.config), 60, "an open position")
     assert all("unrealized" in p for p in positions)  # prices while running
     env = {**os.environ, "SOVEREIGN_CONFIG": str(live.config)}
-    follower = subprocess.Popen([*SOV, "journal", "--follow", "--json", "--limit", "1"],
-                                stdout=subprocess.PIPE, bufsize=0, env=env)  # fmt: skip
+    command = [*SOV, "journal", "--follow", "--json", "--limit", "1"]
+    follower = subprocess.Popen(command, stdout=subprocess.PIPE, bufsize=0, env=env, preexec_fn=interruptible)
     fd = follower.stdout.fileno()  # type: ignore[union-attr]
     buf = b""
     while b"\n" not in buf:  # the newest event: the follower is up
