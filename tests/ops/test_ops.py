@@ -95,9 +95,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
     system.start()
     wait_for(lambda: len(sov_json("orders", config=system.config)) >= 3, 90, "a few orders")
     yield system
-    if system.proc is not None and system.proc.poll() is None:
-        system.proc.kill()
-        system.proc.communicate()
+    if system.proc is not None and system.proc.poll() is None:  # tests run alone, or one failed
+        system.proc.send_signal(signal.SIGTERM)  # a clean stop: its shared memory goes with it
+        try:
+            system.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            system.proc.kill()
+            system.proc.communicate()
 
 
 # ---- against the running system (the tests below run in file order on one system)
