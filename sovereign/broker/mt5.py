@@ -574,17 +574,21 @@ class MT5Broker:
             o.state, o.reprices, o.backoffs, o.resends, o.nones = "queued", 0, 0, 0, 0
             o.last_retcode, o.accepted = 0, False
             return None
-        state = "FILLED" if o.filled >= o.req.volume else "PARTIALLY_FILLED"
-        deals = tuple(sorted(set(o.tickets) | set(o.leg_deals)))
-        vwap = o.cost / o.filled if o.filled else price
-        return self._final(cid, o, state, code, o.filled, vwap, deals, why)
+        return self._filled(cid, o, code, why, price)
 
     def _reject(self, cid: int, o: _Order, code: int, why: str) -> None:
         """The order goes no further: rejected, or partly filled where earlier legs executed."""
         if not o.filled:
             return self._final(cid, o, "REJECTED", code, why=why)
+        return self._filled(cid, o, code, why)
+
+    def _filled(self, cid: int, o: _Order, code: int, why: str, price: Decimal = Decimal(0)) -> None:
+        """Final with what its legs executed: FILLED, or PARTIALLY_FILLED when short (`price`:
+        the answer's, where nothing was filled)."""
+        state = "FILLED" if o.filled >= o.req.volume else "PARTIALLY_FILLED"
         deals = tuple(sorted(set(o.tickets) | set(o.leg_deals)))
-        return self._final(cid, o, "PARTIALLY_FILLED", code, o.filled, o.cost / o.filled, deals, why)
+        vwap = o.cost / o.filled if o.filled else price
+        return self._final(cid, o, state, code, o.filled, vwap, deals, why)
 
     def _to_close(self, o: _Order) -> tuple[int, Decimal] | None:
         """The position a reduce-only order's next leg closes: the oldest (lowest ticket) held

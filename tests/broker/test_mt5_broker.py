@@ -135,6 +135,13 @@ def test_a_deal_whose_notice_was_lost_is_reported_once_found(tmp_path: Path, fau
     assert closed.state == "FILLED" and sim.venue.positions() == []
 
 
+def close(sim: Simulator, broker: MT5Broker, cid: int, side: int, volume: str) -> Outcome:
+    """A reduce-only order's one outcome."""
+    broker.submit([order(cid, side=side, volume=volume, reduce_only=True)])
+    (o,), _ = run(sim, broker, 1)
+    return o
+
+
 def hedged_book(tmp_path: Path, script: list[str]) -> tuple[Simulator, MT5Broker, list[int]]:
     """A hedging account holding three EURUSD positions: ours (buy 0.10), then two opened
     while the engine was away (a manual buy 0.05, a manual sell 0.02): the engine learns
@@ -178,8 +185,7 @@ def test_a_close_on_a_hedging_account_closes_each_position_by_ticket_oldest_firs
     (0.13) against the last ticket it had seen (the manual sell): the venue opened a new
     short 0.13 instead of closing anything."""
     sim, broker, buys = hedged_book(tmp_path, ["ok", fault])
-    broker.submit([order(2, side=-1, volume="0.15", reduce_only=True)])
-    (o,), _ = run(sim, broker, 1)
+    o = close(sim, broker, 2, -1, "0.15")
     for _ in range(50):
         sim.step()
         broker.poll()
@@ -204,11 +210,9 @@ def test_a_hedging_close_with_no_position_against_its_side_is_refused(tmp_path: 
     sim, broker, _ = hedged_book(tmp_path, [])
     broker.submit([order(2, side=-1, volume="0.15", reduce_only=True)])
     run(sim, broker, 1)
-    broker.submit([order(3, side=-1, volume="0.10", reduce_only=True)])
-    (o,), _ = run(sim, broker, 1)
+    o = close(sim, broker, 3, -1, "0.10")
     assert (o.state, o.retcode) == ("REJECTED", 10036) and 3 not in executed(sim)
-    broker.submit([order(4, side=1, volume="0.10", reduce_only=True)])
-    (o,), _ = run(sim, broker, 1)
+    o = close(sim, broker, 4, 1, "0.10")
     assert (o.state, float(o.volume)) == ("PARTIALLY_FILLED", 0.02) and sim.venue.positions() == []
     broker.close()
     sim.close()
@@ -262,8 +266,7 @@ def test_after_a_netting_reversal_a_close_names_the_new_ticket(tmp_path: Path) -
         broker.poll()
     (pos,) = sim.venue.positions()
     assert broker.held["EURUSD"] == {pos["ticket"]: Decimal("-0.2")}
-    broker.submit([order(2, side=1, volume="0.20", reduce_only=True)])
-    (o,), _ = run(sim, broker, 1)
+    o = close(sim, broker, 2, 1, "0.20")
     assert (o.state, float(o.volume)) == ("FILLED", 0.2) and sim.venue.positions() == []
     broker.close()
     sim.close()
@@ -282,8 +285,7 @@ def test_a_close_the_terminal_takes_without_a_volume_is_looked_up_never_doubled(
         return real(rid, cid, action, code, deal, order_, volume, price, *a, **k)
 
     sim.bridge.result = placed
-    broker.submit([order(2, side=-1, volume="0.10", reduce_only=True)])
-    (o,), _ = run(sim, broker, 1)
+    o = close(sim, broker, 2, -1, "0.10")
     assert (o.state, float(o.volume)) == ("FILLED", 0.1) and executed(sim)[2] == 0.1, o
     assert buys[0] not in {p["ticket"] for p in sim.venue.positions()}
     broker.close()
@@ -296,8 +298,7 @@ def test_a_position_list_older_than_a_deal_does_not_bring_the_position_back(tmp_
     took it over its book (the closed position came back, and every later close of the
     symbol was refused 10036); now it asks again, and its closes wait for the list."""
     sim, broker, _ = hedged_book(tmp_path, ["connection_exec", "ok"])
-    broker.submit([order(2, side=-1, volume="0.15", reduce_only=True)])
-    (o,), _ = run(sim, broker, 1)
+    o = close(sim, broker, 2, -1, "0.15")
     for _ in range(50):
         sim.step()
         broker.poll()
@@ -306,8 +307,7 @@ def test_a_position_list_older_than_a_deal_does_not_bring_the_position_back(tmp_
     assert {t: float(v) for t, v in broker.held["EURUSD"].items()} == venue
     for d in sim.venue.trade("EURUSD", 1, 0.03, 1.1, 0, "", 0):
         sim._deal_out(d)
-    broker.submit([order(3, side=-1, volume="0.01", reduce_only=True)])
-    (o3,), _ = run(sim, broker, 1)
+    o3 = close(sim, broker, 3, -1, "0.01")
     assert (o3.state, float(o3.volume)) == ("FILLED", 0.01), o3
     broker.close()
     sim.close()
@@ -319,8 +319,7 @@ def test_a_close_whose_position_is_gone_goes_on_to_the_next(tmp_path: Path) -> N
     sim, broker, buys = hedged_book(tmp_path, [])
     (oldest,) = [p for p in sim.venue.positions() if p["ticket"] == buys[0]]
     sim.venue.close_position(oldest, 1.1, 4)  # its deal notice never reaches the engine
-    broker.submit([order(2, side=-1, volume="0.05", reduce_only=True)])
-    (o,), _ = run(sim, broker, 1)
+    o = close(sim, broker, 2, -1, "0.05")
     assert (o.state, float(o.volume)) == ("FILLED", 0.05) and executed(sim)[2] == 0.05, o
     assert [p["side"] for p in sim.venue.positions()] == [-1]
     broker.close()
