@@ -830,21 +830,26 @@ def state_restore(t: Target, backup_dir: str, yes: bool, unsigned: bool) -> None
 @target_options
 @json_option
 def state_compact(t: Target, as_json: bool) -> None:
-    """Rewrite the LMDB file without its free pages. The system must be stopped (the
-    supervisor also does it at start when retention.compact_free_ratio is passed)."""
+    """Rewrite the LMDB file without its free pages. With the system running, its supervisor
+    does it (the processes' writes wait for the copy, then go on in the new file); it also
+    does it by itself when retention.compact_free_ratio is passed."""
     from sovereign.ops.maintenance import size_text
     from sovereign.state.store import StateError, StateLock, compact
 
-    try:
-        with StateLock(t.state_dir, "sovereign state compact"):
-            done = compact(t.state_dir)
-    except StateError as e:
-        raise Fail(f"cannot compact: {e}") from None
+    done = t.live("compact", busy_timeout=5.0)
+    if done is None:  # not running: compacted here, holding the state's lock
+        try:
+            with StateLock(t.state_dir, "sovereign state compact"):
+                done = compact(t.state_dir)
+        except StateError as e:
+            raise Fail(f"cannot compact: {e}") from None
     if as_json:
         _json(done)
     else:
+        ran = f" while the system ran (its writes waited {done['pause_ms']:.0f} ms)"
+        how = ran if done.get("online") else ""
         click.echo(f"compacted {t.state_dir / 'data.mdb'}: {size_text(done['bytes_before'])} -> "
-                   f"{size_text(done['bytes_after'])}")  # fmt: skip
+                   f"{size_text(done['bytes_after'])}{how}")  # fmt: skip
 
 
 @main.group(context_settings=CONTEXT)

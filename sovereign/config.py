@@ -148,8 +148,11 @@ class RetentionConfig:
     days: int = _f(90, 0, 36_500)
     archive_dir: str = _f("")  # empty: <state_dir>/archive
     interval_s: float = _f(600.0, 1.0, 86_400.0)  # how often the supervisor looks for a month to archive
-    # At the supervisor's start, the LMDB file is compacted when free pages are this share
-    # of it (and at least 64 MiB); 1: never. LMDB reuses free pages without it.
+    # (and for free pages to compact)
+    # The LMDB file is compacted when free pages are this share of it (and at least 64 MiB):
+    # at the supervisor's start, and while the system runs (checked every interval_s; the
+    # processes' writes wait for the copy). 1: only at 100% free, that is never. LMDB reuses
+    # free pages without it.
     compact_free_ratio: float = _f(0.5, 0.0, 1.0, lo_open=True)
 
 

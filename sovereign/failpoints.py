@@ -23,7 +23,11 @@ The points:
 - archive.written: a part complete and synced under its name, not in the manifest yet;
 - archive.listed: the part in the manifest, its records still in LMDB;
 - archive.deleting: the first batch of its records deleted from LMDB, the rest not;
-- archive.deleted: every record of the part deleted, the manifest not told yet.
+- archive.deleted: every record of the part deleted, the manifest not told yet;
+- compact.copied: the compacted copy of the state written and synced, nothing swapped yet;
+- compact.marked: the swap's marker written, the data file not replaced yet;
+- compact.swapped: the copy in place of the data file, the old lock file still there;
+- compact.unlocked: the old lock file removed, the marker not yet.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pathlib import Path
 
 POINTS = ("gateway.unlogged", "gateway.submitting", "gateway.untold", "gateway.unsent", "risk.refusing",
           "risk.answered", "archive.temp", "archive.written", "archive.listed", "archive.deleting",
-          "archive.deleted")
+          "archive.deleted", "compact.copied", "compact.marked", "compact.swapped", "compact.unlocked")
 ENV = "SOVEREIGN_FAILPOINTS"
 
 

@@ -93,6 +93,7 @@ COMMANDS: dict[str, dict[str, str]] = {
     "orders": {"open": "bool"},  # the newest orders (open: those not final yet)
     "pnl": {},  # P&L of the trading day, week and month
     "metrics": {},  # one scrape of the exporter, in Prometheus' text format
+    "compact": {},  # compact the LMDB file now, while the system runs
 }
 
 

@@ -56,7 +56,7 @@ from sovereign.state.archive import Archiver
 from sovereign.state.orders import claim_open_index
 from sovereign.state.recorder import new_session
 from sovereign.state.schema import BRIDGE_STATUS_KEY, META_SYMBOLS
-from sovereign.state.store import StateError, StateLock, StateStore, Txn, compact_if_needed
+from sovereign.state.store import StateError, StateLock, StateStore, Txn, compact_due, compact_if_needed
 from sovereign.text import MAX_FIELD, clean
 
 POLL_S = 0.05
@@ -205,6 +205,7 @@ class Supervisor:
         for warning in unmatched:
             self.log("agent_set_unmatched", why=warning)
         self.archiver = Archiver.for_config(self.store, c)
+        self.compact_failing = ""  # the last compaction failure reported (each reason once)
         if reclaimed:
             self.log("shm_reclaimed", segments=len(reclaimed), bytes=sum(reclaimed.values()),
                      why="left by an earlier run of this state that died")  # fmt: skip
@@ -353,6 +354,7 @@ class Supervisor:
 
     def loop(self) -> int:
         last_ping = last_status = next_reader_check = 0.0
+        next_compact_check = time.monotonic() + self.config.retention.interval_s  # (at start: setup did)
         was_healthy = False
         while not self.stopping:
             healthy = all([self.check(p) for p in self.procs.values()])
@@ -380,6 +382,9 @@ class Supervisor:
                     self.log("sidecar_exited", **exited)
             for event, fields in self.archiver.tick(now):  # history past the retention, a piece at a time
                 self.log(event, **fields)
+            if now >= next_compact_check:  # the pages archiving freed, given back while trading goes on
+                next_compact_check = now + self.config.retention.interval_s
+                self.compact_state(forced=False)
             if self.reload_requested:
                 self.reload_requested = False
                 self.reload()
@@ -494,12 +499,41 @@ class Supervisor:
         elif req.cmd == "orders":
             open_only = a.get("open", False)
             self.server.answer(cid, self.store.read(lambda t: views.orders(t, open_only=open_only, limit=30)))
+        elif req.cmd == "compact":
+            self.log("operator", command="compact")
+            try:
+                self.server.answer(cid, self.compact_state(forced=True))
+            except StateError as e:
+                self.server.answer(cid, error=str(e))
         elif req.cmd == "pnl":
             r, now_ns = self.config.risk, self.board.newest_ts()  # market time, as risk's days
             pnl = self.store.read(lambda t: views.pnl(t, now_ns, r.day_timezone, r.day_start))
             self.server.answer(cid, pnl)
         else:
             self.server.answer(cid, error=f"{req.cmd}: in the command table but not handled here")
+
+    def compact_state(self, forced: bool) -> dict[str, Any] | None:
+        """Compact the LMDB file while the system runs (StateStore.compact: the processes'
+        writes wait for the copy, then each opens the new file): when its free pages pass
+        retention.compact_free_ratio, or at once when forced (an operator's command). What
+        it did, or None; a failure (a full disk) is logged once per reason, and it is tried
+        again at the next check."""
+        try:
+            use = self.store.usage()
+            if not forced and not compact_due(use, self.config.retention.compact_free_ratio):
+                return None
+            done = self.store.compact()
+        except StateError as e:
+            if str(e) != self.compact_failing:
+                self.compact_failing = str(e)
+                self.log("compact_failed", why=str(e))
+            if forced:
+                raise
+            return None
+        self.compact_failing = ""
+        done = {**done, "online": True}
+        self.log("state_compacted", **done)
+        return done
 
     def flatten(self, cid: int, symbol: str | None, everything: bool) -> None:
         """Close one symbol's position, or every position: "all" must be asked for by name,

@@ -5,6 +5,13 @@ before `write` returns. If the map fills, the transaction is aborted, the map do
 and the function run again, so callers never see MDB_MAP_FULL. A map grown by another
 process is adopted when a transaction begins. Each process opens its own StateStore
 after it starts (an LMDB environment must never cross a fork).
+
+The data file is compacted while the system runs (`StateStore.compact`): the compactor
+holds LMDB's write lock, copies the environment without its free pages, and puts the copy
+and a fresh lock file in place. Every transaction, in every process, first checks that the
+data file it has open is still the one in the directory, and opens the new one if not, so
+no write ever lands in the replaced file (a writer can only look once the compactor has
+let go of the write lock, that is, after the swap).
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import orjson
 
 from sovereign.credentials import json_default
 from sovereign.errors import OperationalError
+from sovereign.failpoints import failpoint
 from sovereign.state.schema import DATABASES, META_JOURNAL_ARCHIVED, key_u64, u64_key
 
 DEFAULT_MAP_SIZE = 64 << 20
@@ -41,7 +49,7 @@ class StateError(OperationalError):
 class Txn:
     """A transaction's view: records are orjson, keys are bytes, str or u64 ints."""
 
-    def __init__(self, store: StateStore, txn: lmdb.Transaction):
+    def __init__(self, store: _Opening, txn: lmdb.Transaction):
         self._store = store
         self._txn = txn
 
@@ -240,51 +248,106 @@ def lock_holders(path: Path) -> list[int]:
                    if len(f) > 5 and f[1] == "FLOCK" and f[5] == ident and f[4].isdigit()})  # fmt: skip
 
 
+SWAP_MARKER = "compacting"  # in the state directory while a compacted copy replaces the data file
+OPEN_LOCK = "open.lock"  # held exclusive by whoever opens the environment or swaps its files
+
+
+class _Opening:
+    """One opening of the environment: LMDB's handles on the data file and lock file that
+    were in the directory then (their identity: the data file's device and inode)."""
+
+    def __init__(self, env: lmdb.Environment, dbs: dict[str, Any], ident: tuple[int, int]):
+        self.env, self.dbs, self.ident = env, dbs, ident
+        self.users = 0  # this process's transactions on it, now
+        self.retired = False  # the directory holds a newer file: closed when its last user ends
+
+    def db(self, name: str) -> Any:
+        try:
+            return self.dbs[name]
+        except KeyError:
+            raise KeyError(f"no database {name!r}; there are {', '.join(DATABASES)}") from None
+
+
 class StateStore:
     """The LMDB environment under `path` (a directory, created if missing, mode 0700;
-    its files 0600)."""
+    its files 0600). Safe to share between the threads of one process."""
 
     def __init__(self, path: str | Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
-        try:
-            if not readonly:
+        self._guard = threading.Lock()  # the current opening, and its count of users (held briefly)
+        self._reopening = threading.Lock()  # one thread opens a new file: LMDB forbids two openings of one
+        if not readonly:
+            try:
                 private_dirs(self.path)
-            self._env = lmdb.open(
-                str(self.path), map_size=map_size, max_dbs=len(DATABASES), subdir=True, mode=0o600,
-                readonly=readonly, sync=True, metasync=True, lock=True, create=not readonly,
-            )  # fmt: skip
-            self._dbs = {name: self._open_db(name, readonly) for name in DATABASES}
-            if not readonly:
-                self._env.reader_check()  # readers a killed process left: they would pin old pages
-        except lmdb.InvalidError as e:
-            raise StateError(f"state at {self.path} is not a valid LMDB environment (corrupt?): {e}") from e
-        except (lmdb.Error, OSError) as e:
-            raise StateError(f"cannot open state at {self.path}: {e}") from e
+            except OSError as e:
+                raise StateError(f"cannot open state at {self.path}: {e}") from e
+        self._now = self._open(map_size)
 
-    def _open_db(self, name: str, readonly: bool) -> Any:
+    def _open(self, map_size: int) -> _Opening:
+        with self._opening():
+            try:
+                env = lmdb.open(
+                    str(self.path), map_size=map_size, max_dbs=len(DATABASES), subdir=True, mode=0o600,
+                    readonly=self.readonly, sync=True, metasync=True, lock=True, create=not self.readonly,
+                )  # fmt: skip
+                try:
+                    ident = _ident(self.path / "data.mdb")
+                    dbs = {name: self._open_db(env, name) for name in DATABASES}
+                    if not self.readonly:
+                        env.reader_check()  # readers a killed process left: they would pin old pages
+                except BaseException:
+                    env.close()
+                    raise
+            except lmdb.InvalidError as e:
+                why = f"state at {self.path} is not a valid LMDB environment (corrupt?): {e}"
+                raise StateError(why) from e
+            except (lmdb.Error, OSError) as e:
+                raise StateError(f"cannot open state at {self.path}: {e}") from e
+        return _Opening(env, dbs, ident)
+
+    @contextlib.contextmanager
+    def _opening(self) -> Iterator[None]:
+        """The open lock, exclusive: no swap of the files is half done while we open them
+        (a compactor killed halfway is finished here first)."""
+        fd = -1
+        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):  # read-only: a reader without write access
+            try:
+                fd = os.open(self.path / OPEN_LOCK, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+                break
+            except FileNotFoundError:
+                break  # no state directory: lmdb.open says so
+            except OSError:
+                continue
         try:
-            return self._env.open_db(name.encode(), create=not readonly)
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                finish_swap(self.path)
+            yield
+        finally:
+            if fd >= 0:
+                os.close(fd)  # releases the lock
+
+    def _open_db(self, env: lmdb.Environment, name: str) -> Any:
+        try:
+            return env.open_db(name.encode(), create=not self.readonly)
         except lmdb.NotFoundError:  # read-only, and written by a version that lacked it: empty
             return None
 
     def db(self, name: str) -> Any:
-        try:
-            return self._dbs[name]
-        except KeyError:
-            raise KeyError(f"no database {name!r}; there are {', '.join(DATABASES)}") from None
+        return self._now.db(name)
 
     @property
     def map_size(self) -> int:
-        return int(self._env.info()["map_size"])
+        return int(self._now.env.info()["map_size"])
 
     def write(self, fn: Callable[[Txn], T]) -> T:
         """Run fn in a write transaction and commit it durably. fn may run more than once
         (after a map resize), so it must not have effects outside the transaction."""
         while True:
             try:
-                with self._begin(write=True) as txn:
-                    return fn(Txn(self, txn))
+                with self._txn(write=True) as (now, txn):
+                    return fn(Txn(now, txn))
             except lmdb.MapFullError:
                 self._grow()
             except lmdb.Error as e:  # disk full, I/O error: the transaction was aborted whole
@@ -292,27 +355,82 @@ class StateStore:
                 raise StateError(why) from e
 
     def read(self, fn: Callable[[Txn], T]) -> T:
-        with self._begin(write=False) as txn:
-            return fn(Txn(self, txn))
+        with self._txn(write=False) as (now, txn):
+            return fn(Txn(now, txn))
 
-    def _begin(self, write: bool) -> lmdb.Transaction:
+    @contextlib.contextmanager
+    def _txn(self, write: bool) -> Iterator[tuple[_Opening, lmdb.Transaction]]:
+        """A transaction on the data file the directory holds now. A writer checks after it
+        has LMDB's write lock, so that a compaction (which holds it) is either not begun or
+        complete: it never writes to a file that is being, or has been, replaced."""
+        while True:
+            now = self._take()
+            try:
+                txn = self._begin(now.env, write)
+                if not self._moved(now):
+                    break
+                txn.abort()
+            except BaseException:
+                self._give(now)
+                raise
+            self._give(now)
+            self._reopen(now)
         try:
-            return self._env.begin(write=write)
+            with txn:  # commits at the end, aborts on an exception
+                yield now, txn
+        finally:
+            self._give(now)
+
+    def _begin(self, env: lmdb.Environment, write: bool) -> lmdb.Transaction:
+        try:
+            return env.begin(write=write)
         except lmdb.MapResizedError:  # another process grew the map: adopt its size
-            self._env.set_mapsize(0)
-            return self._env.begin(write=write)
+            env.set_mapsize(0)
+            return env.begin(write=write)
+
+    def _moved(self, opening: _Opening) -> bool:
+        try:
+            return _ident(self.path / "data.mdb") != opening.ident
+        except OSError:  # the directory was moved away (a restore): this process must not go on in it
+            return True
+
+    def _take(self) -> _Opening:
+        with self._guard:
+            now = self._now
+            now.users += 1
+            return now
+
+    def _give(self, opening: _Opening) -> None:
+        with self._guard:
+            opening.users -= 1
+            if opening.retired and opening.users == 0:
+                opening.env.close()
+
+    def _reopen(self, old: _Opening) -> None:
+        """Open the data file the directory holds now in place of `old` (whose transactions
+        in other threads end on it; it is closed after the last)."""
+        with self._reopening:
+            if self._now is not old:
+                return  # another thread did it
+            new = self._open(int(old.env.info()["map_size"]))
+            with self._guard:
+                self._now = new
+                old.retired = True
+                if old.users == 0:
+                    old.env.close()
 
     def _grow(self) -> None:
         new = self.map_size * 2
         if new > MAX_MAP_SIZE:
             raise StateError(f"state at {self.path} would exceed {MAX_MAP_SIZE >> 30} GiB")
-        self._env.set_mapsize(new)
+        self._now.env.set_mapsize(new)
 
     def copy_to(self, dest: str | Path) -> None:
         """A consistent hot copy (compacted) into the empty directory dest."""
         try:
             private_dirs(dest)
-            self._env.copy(str(dest), compact=True)
+            with self._txn(write=False) as (now, txn):
+                now.env.copy(str(dest), compact=True, txn=txn)
             for f in Path(dest).iterdir():  # LMDB creates the copy as 0666 less the umask
                 f.chmod(0o600)
         except (lmdb.Error, OSError) as e:  # no space, I/O error: the copy is incomplete
@@ -326,23 +444,56 @@ class StateStore:
         def pages(st: Any) -> int:
             return int(st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
 
-        env = self._env.stat()  # the main database: the named databases' roots
-        with self._begin(write=False) as txn:
-            named = sum(pages(txn.stat(db)) for db in self._dbs.values() if db is not None)
-            high = int(self._env.info()["last_pgno"]) + 1
+        with self._txn(write=False) as (now, txn):
+            env = now.env.stat()  # the main database: the named databases' roots
+            named = sum(pages(txn.stat(db)) for db in now.dbs.values() if db is not None)
+            high = int(now.env.info()["last_pgno"]) + 1
+            size = (self.path / "data.mdb").stat().st_size
         used = min(high, pages(env) + named + 2)  # 2: the meta pages
         psize = int(env["psize"])
-        return {"file_bytes": (self.path / "data.mdb").stat().st_size, "used_bytes": used * psize,
+        return {"file_bytes": size, "used_bytes": used * psize,
                 "free_bytes": (high - used) * psize, "map_bytes": self.map_size}  # fmt: skip
+
+    def compact(self) -> dict[str, Any]:
+        """Put a copy of the environment without its free pages in place of its data file,
+        while other processes use it: they wait for LMDB's write lock meanwhile (the pause,
+        returned in ms, with the sizes before and after), and each opens the new file at its
+        next transaction. A crash at any point leaves the old file or the new one, whole,
+        and no write is lost (a writer that got the lock first wrote to the old file before
+        the copy; one that got it after opens the new file first)."""
+        if self.readonly:
+            raise StateError(f"cannot compact the state at {self.path}: opened read-only")
+        now = self._take()
+        with self._opening():  # nobody opens the files while they are swapped
+            try:
+                t0 = time.monotonic()
+                txn = self._begin(now.env, write=True)  # every process's writers wait from here
+                try:
+                    if self._moved(now):  # a swap this process has not seen yet: that one is it
+                        return {"bytes_before": 0, "bytes_after": 0, "pause_ms": 0.0, "skipped": True}
+                    before = os.stat(self.path / "data.mdb").st_size
+                    _swap_in_copy(self.path, now.env, txn)
+                finally:
+                    txn.abort()
+                pause_ms = (time.monotonic() - t0) * 1e3
+            except (lmdb.Error, OSError) as e:
+                raise StateError(f"cannot compact the state at {self.path}: {e} (the state is whole: "
+                                 "the old file, or the copy if it was already in place)") from e
+            finally:
+                self._give(now)
+        self._reopen(now)
+        return {"bytes_before": before, "bytes_after": os.stat(self.path / "data.mdb").st_size,
+                "pause_ms": round(pause_ms, 1)}  # fmt: skip
 
     def clear_stale_readers(self) -> int:
         """Release the read slots of processes that died inside a read transaction (LMDB
         cannot reuse the pages such a reader pins, so the file grows until the disk is
         full). Returns how many were released."""
-        return int(self._env.reader_check())
+        return int(self._now.env.reader_check())
 
     def close(self) -> None:
-        self._env.close()
+        with self._guard:
+            self._now.env.close()
 
     def __enter__(self) -> StateStore:
         return self
@@ -351,54 +502,101 @@ class StateStore:
         self.close()
 
 
+def _ident(path: Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _swap_in_copy(path: Path, env: lmdb.Environment, txn: lmdb.Transaction) -> None:
+    """Copy the environment as `txn` sees it, compacted, and put the copy in place of the data
+    file with a fresh lock file (the old one's reader table and transaction id are the old
+    file's). The marker says a swap is under way: `finish_swap` completes or undoes one that
+    a crash cut, before anyone opens the files again."""
+    tmp = Path(tempfile.mkdtemp(prefix=".compact-", dir=path))
+    try:
+        env.copy(str(tmp), compact=True, txn=txn)
+        copy = tmp / "data.mdb"
+        copy.chmod(0o600)  # LMDB creates it as 0666 less the umask
+        with copy.open("rb+") as f:
+            os.fsync(f.fileno())
+        failpoint("compact.copied")
+        marker = path / SWAP_MARKER
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        try:
+            os.write(fd, tmp.name.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(path)
+        failpoint("compact.marked")
+        os.replace(copy, path / "data.mdb")
+        failpoint("compact.swapped")
+        with contextlib.suppress(FileNotFoundError):
+            (path / "lock.mdb").unlink()
+        _fsync_dir(path)
+        failpoint("compact.unlocked")
+        marker.unlink()
+        _fsync_dir(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def finish_swap(path: str | Path) -> None:
+    """What a compactor killed halfway left (the caller holds the open lock): if its copy
+    is already in place, the lock file still in the directory is the old file's, and goes;
+    if not, the old file is the state and the copy goes. Then no temporary copy is left."""
+    path = Path(path)
+    marker = path / SWAP_MARKER
+    try:
+        name = marker.read_text().strip()
+        tmp = path / name
+        if not name.startswith(".compact-") or "/" in name or not (tmp / "data.mdb").exists():
+            with contextlib.suppress(FileNotFoundError):  # swapped: the lock file is the old file's
+                (path / "lock.mdb").unlink()
+        marker.unlink()
+        _fsync_dir(path)
+    except FileNotFoundError:
+        pass  # no swap under way
+    except OSError:
+        return  # cannot (a reader without write access): it opens what is there
+    for old in path.glob(".compact-*"):  # copies a crash left behind
+        shutil.rmtree(old, ignore_errors=True)
+
+
 COMPACT_MIN_FREE = 64 << 20  # free bytes below which compacting is not worth a copy of the file
 
 
-def compact(path: str | Path) -> dict[str, int]:
-    """Rewrite the environment at `path` without its free pages (LMDB's compacting copy) and
-    put the copy in place of its data file. The caller must hold the state's StateLock, so
-    that no process of the system has the environment open: one would go on writing to the
-    replaced file. A reader that has it open (a CLI command) keeps reading the old file.
-    A crash leaves the old file or the new one, whole. Returns the sizes before and after."""
+def compact_due(use: dict[str, int], free_ratio: float, min_free: int = COMPACT_MIN_FREE) -> bool:
+    """At least `free_ratio` of the file and `min_free` bytes are free pages."""
+    return use["free_bytes"] >= min_free and use["free_bytes"] >= free_ratio * use["file_bytes"]
+
+
+def compact(path: str | Path) -> dict[str, Any]:
+    """`StateStore.compact` on the environment at `path` (with the system stopped, or from
+    its supervisor: see there)."""
     path = Path(path)
-    data = path / "data.mdb"
-    if not data.is_file():
+    if not (path / "data.mdb").is_file():
         raise StateError(f"no state at {path} to compact")
-    for old in path.glob(".compact-*"):  # a copy a crash left behind
-        shutil.rmtree(old, ignore_errors=True)
-    before = data.stat().st_size
-    tmp = Path(tempfile.mkdtemp(prefix=".compact-", dir=path))
-    try:
-        with StateStore(path, readonly=True) as store:
-            store.copy_to(tmp)
-        with (tmp / "data.mdb").open("rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp / "data.mdb", data)
-        # The lock file's reader table and transaction id are the old file's: a fresh one is
-        # made by the next process that opens the environment.
-        with contextlib.suppress(FileNotFoundError):
-            (path / "lock.mdb").unlink()
-        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError as e:
-        raise StateError(f"cannot compact the state at {path} (it is unchanged): {e}") from e
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return {"bytes_before": before, "bytes_after": data.stat().st_size}
+    with StateStore(path) as store:
+        return store.compact()
 
 
 def compact_if_needed(path: str | Path, free_ratio: float,
-                      min_free: int = COMPACT_MIN_FREE) -> dict[str, int] | None:  # fmt: skip
-    """`compact` when at least `free_ratio` of the file and `min_free` bytes are free pages
-    (the caller holds the StateLock); None when it is not needed or there is no state yet."""
+                      min_free: int = COMPACT_MIN_FREE) -> dict[str, Any] | None:  # fmt: skip
+    """`compact` when `compact_due`; None when it is not needed or there is no state yet."""
     if not (Path(path) / "data.mdb").is_file():
         return None
     with StateStore(path, readonly=True) as store:
         use = store.usage()
-    if use["free_bytes"] < min_free or use["free_bytes"] < free_ratio * use["file_bytes"]:
+    if not compact_due(use, free_ratio, min_free):
         return None
     return compact(path)
 

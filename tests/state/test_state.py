@@ -287,7 +287,7 @@ def test_a_full_disk_is_a_clear_error_and_loses_nothing(tmp_path: Path, fill: An
 
 def _read_forever(path: str, ready: Any) -> None:
     store = StateStore(path, readonly=True)
-    txn = store._env.begin()  # a read transaction that never ends: its process is killed in it
+    txn = store._now.env.begin()  # a read transaction that never ends: its process is killed in it
     txn.get(b"x")
     ready.set()
     time.sleep(3600)
