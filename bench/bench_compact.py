@@ -92,8 +92,8 @@ def measure(work: Path, mib: int) -> dict[str, Any]:
 
 
 def show(rows: list[dict[str, Any]]) -> str:
-    lines = ["| live records | file before -> after | writes paused | slowest commit during | commit p50 / p99 "
-             "before | pause / commit p50 |", "|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| live records | file before -> after | writes paused | slowest commit during "
+             "| commit p50 / p99 before | pause / commit p50 |", "|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         size = f"{r['bytes_before'] / 2**20:.0f} -> {r['bytes_after'] / 2**20:.0f} MiB"
         lines.append(f"| {r['mib']} MiB | {size} | {r['pause_ms']:.0f} ms | {r['slowest_during_ms']:.0f} ms "

@@ -12,7 +12,8 @@ seconds per wall second, with faults on a seeded schedule in market time:
 - not injected, and said so in the summary: a stepped wall clock (it cannot be stepped
   for this system alone: stepping the host's steps every process on the machine, and
   libfaketime either breaks Python's sleep or steps the monotonic clock too), and an MT5
-  terminal restart (there is no bridge yet).
+  terminal restart (the soak trades the paper broker: the terminal's restarts are
+  bench/chaos_mt5.py's, which checks exactly-once against the venue's own books).
 
 Once a simulated month it samples each process's RSS, open files and threads; this
 system's shared-memory segments; the LMDB file, its pages in use and its entries; the
@@ -57,7 +58,7 @@ import lmdb
 import psutil  # type: ignore[import-untyped]
 
 from sovereign.state.schema import FEED_KEY
-from sovereign.state.store import StateStore
+from sovereign.state.store import StateError, StateStore, open_lock
 from tests.engine.invariants import system_violations
 from tests.helpers import LiveSystem, code_snapshot, toml_text
 
@@ -553,8 +554,9 @@ def lmdb_stats(state: Path) -> dict[str, Any]:
     pages), its high-water page, its entries per database, and the deals the broker made."""
     out: dict[str, Any] = {"file_bytes": _size(state / "data.mdb")}
     try:
-        env = lmdb.open(str(state), readonly=True, lock=True, max_dbs=64, subdir=True)
-    except lmdb.Error as e:
+        with open_lock(state):  # never the new data file with the old lock file, mid-compaction
+            env = lmdb.open(str(state), readonly=True, lock=True, max_dbs=64, subdir=True)
+    except (lmdb.Error, StateError) as e:
         return {**out, "error": str(e)}
     try:
         info, main = env.info(), env.stat()

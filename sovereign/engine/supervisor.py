@@ -62,6 +62,10 @@ from sovereign.text import MAX_FIELD, clean
 POLL_S = 0.05
 MAX_BACKOFF_S = 30.0
 START_GRACE_S = 60.0  # a process may take this long to reach RUNNING (imports, agents, snapshot)
+# The most LMDB pages in use the supervisor copies while the system runs (every process's writes
+# wait for the copy: about 2 s here at this size, against a 10 s heartbeat and systemd's 30 s
+# watchdog); a larger state is compacted at the next start.
+ONLINE_COMPACT_MAX = 1 << 30
 
 
 def child_main(role: str, config: Config, layout: Layout, control: Connection) -> None:
@@ -129,6 +133,7 @@ class Supervisor:
     def __init__(self, config: Config, config_path: str | None = None, telegram: bool = True):
         self.config = config
         self.config_path = config_path
+        self.writes_resumed_ns = 0  # monotonic: when the last online compaction let writers go on
         self.telegram = telegram  # start the Telegram bot when [telegram] enables it
         self.sidecars: list[Sidecar] = []
         self.stopping = False
@@ -273,7 +278,8 @@ class Supervisor:
         slot = self.hb.slots[self.layout.slot(p.role)]
         if slot["pid"] != p.process.pid or slot["state"] == STARTING:
             return "hung" if time.monotonic() - p.spawned > START_GRACE_S else "starting"
-        age = (time.monotonic_ns() - int(slot["beat_ns"])) / 1e9
+        # a process whose writes waited for a compaction beats again from its end
+        age = (time.monotonic_ns() - max(int(slot["beat_ns"]), self.writes_resumed_ns)) / 1e9
         return "hung" if age > self.config.system.heartbeat_timeout_s else "ok"
 
     def check(self, p: Proc) -> bool:
@@ -522,7 +528,17 @@ class Supervisor:
             use = self.store.usage()
             if not forced and not compact_due(use, self.config.retention.compact_free_ratio):
                 return None
-            done = self.store.compact()
+            if use["used_bytes"] > ONLINE_COMPACT_MAX:
+                raise StateError(f"the state has {use['used_bytes'] >> 20} MiB in use: copying it while the "
+                                 f"system runs would stall every process's writes for seconds; it is "
+                                 f"compacted at the next start (or stop it and run `sovereign state "
+                                 f"compact`)")  # fmt: skip
+            if self.ping_every_s is not None:
+                self.notify("WATCHDOG=1")  # the copy's time is not the watchdog's
+            try:
+                done = self.store.compact()
+            finally:
+                self.writes_resumed_ns = time.monotonic_ns()
         except StateError as e:
             if str(e) != self.compact_failing:
                 self.compact_failing = str(e)

@@ -306,27 +306,8 @@ class StateStore:
                 raise StateError(f"cannot open state at {self.path}: {e}") from e
         return _Opening(env, dbs, ident)
 
-    @contextlib.contextmanager
-    def _opening(self) -> Iterator[None]:
-        """The open lock, exclusive: no swap of the files is half done while we open them
-        (a compactor killed halfway is finished here first)."""
-        fd = -1
-        for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):  # read-only: a reader without write access
-            try:
-                fd = os.open(self.path / OPEN_LOCK, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-                break
-            except FileNotFoundError:
-                break  # no state directory: lmdb.open says so
-            except OSError:
-                continue
-        try:
-            if fd >= 0:
-                fcntl.flock(fd, fcntl.LOCK_EX)
-                finish_swap(self.path)
-            yield
-        finally:
-            if fd >= 0:
-                os.close(fd)  # releases the lock
+    def _opening(self) -> contextlib.AbstractContextManager[None]:
+        return open_lock(self.path)
 
     def _open_db(self, env: lmdb.Environment, name: str) -> Any:
         try:
@@ -339,7 +320,17 @@ class StateStore:
 
     @property
     def map_size(self) -> int:
-        return int(self._now.env.info()["map_size"])
+        with self._using() as now:
+            return int(now.env.info()["map_size"])
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[_Opening]:
+        """The current opening, kept open meanwhile (another thread may retire it)."""
+        now = self._take()
+        try:
+            yield now
+        finally:
+            self._give(now)
 
     def write(self, fn: Callable[[Txn], T]) -> T:
         """Run fn in a write transaction and commit it durably. fn may run more than once
@@ -410,8 +401,8 @@ class StateStore:
         """Open the data file the directory holds now in place of `old` (whose transactions
         in other threads end on it; it is closed after the last)."""
         with self._reopening:
-            if self._now is not old:
-                return  # another thread did it
+            if self._now is not old or not self._moved(old):
+                return  # another thread did it, or nothing moved
             new = self._open(int(old.env.info()["map_size"]))
             with self._guard:
                 self._now = new
@@ -420,10 +411,11 @@ class StateStore:
                     old.env.close()
 
     def _grow(self) -> None:
-        new = self.map_size * 2
-        if new > MAX_MAP_SIZE:
-            raise StateError(f"state at {self.path} would exceed {MAX_MAP_SIZE >> 30} GiB")
-        self._now.env.set_mapsize(new)
+        with self._using() as now:
+            new = int(now.env.info()["map_size"]) * 2
+            if new > MAX_MAP_SIZE:
+                raise StateError(f"state at {self.path} would exceed {MAX_MAP_SIZE >> 30} GiB")
+            now.env.set_mapsize(new)
 
     def copy_to(self, dest: str | Path) -> None:
         """A consistent hot copy (compacted) into the empty directory dest."""
@@ -460,28 +452,37 @@ class StateStore:
         returned in ms, with the sizes before and after), and each opens the new file at its
         next transaction. A crash at any point leaves the old file or the new one, whole,
         and no write is lost (a writer that got the lock first wrote to the old file before
-        the copy; one that got it after opens the new file first)."""
+        the copy; one that got it after opens the new file first). Refused, before anyone
+        waits, when the disk has no room for the copy."""
         if self.readonly:
             raise StateError(f"cannot compact the state at {self.path}: opened read-only")
-        now = self._take()
-        with self._opening():  # nobody opens the files while they are swapped
+        use = self.usage()
+        room = shutil.disk_usage(self.path).free
+        if room < use["used_bytes"] + COPY_MARGIN:
+            raise StateError(f"cannot compact the state at {self.path}: the copy needs about "
+                             f"{(use['used_bytes'] + COPY_MARGIN) >> 20} MiB free on its disk, and "
+                             f"{room >> 20} MiB are (the state is unchanged)")  # fmt: skip
+        while True:
+            now = self._take()
             try:
-                t0 = time.monotonic()
-                txn = self._begin(now.env, write=True)  # every process's writers wait from here
-                try:
-                    if self._moved(now):  # a swap this process has not seen yet: that one is it
-                        return {"bytes_before": 0, "bytes_after": 0, "pause_ms": 0.0, "skipped": True}
-                    before = os.stat(self.path / "data.mdb").st_size
-                    _swap_in_copy(self.path, now.env, txn)
-                finally:
-                    txn.abort()
-                pause_ms = (time.monotonic() - t0) * 1e3
+                with self._opening():  # nobody opens the files while they are swapped
+                    t0 = time.monotonic()
+                    txn = self._begin(now.env, write=True)  # every process's writers wait from here
+                    try:
+                        if self._moved(now):  # a swap this process has not seen yet: compact that file
+                            continue
+                        before = os.stat(self.path / "data.mdb").st_size
+                        _swap_in_copy(self.path, now.env, txn)
+                    finally:
+                        txn.abort()
+                    pause_ms = (time.monotonic() - t0) * 1e3
+                    break
             except (lmdb.Error, OSError) as e:
                 raise StateError(f"cannot compact the state at {self.path}: {e} (the state is whole: "
                                  "the old file, or the copy if it was already in place)") from e
             finally:
                 self._give(now)
-        self._reopen(now)
+                self._reopen(now)  # (after the open lock: opening takes it) a no-op if nothing moved
         return {"bytes_before": before, "bytes_after": os.stat(self.path / "data.mdb").st_size,
                 "pause_ms": round(pause_ms, 1)}  # fmt: skip
 
@@ -489,17 +490,44 @@ class StateStore:
         """Release the read slots of processes that died inside a read transaction (LMDB
         cannot reuse the pages such a reader pins, so the file grows until the disk is
         full). Returns how many were released."""
-        return int(self._now.env.reader_check())
+        with self._using() as now:
+            return int(now.env.reader_check())
 
     def close(self) -> None:
         with self._guard:
-            self._now.env.close()
+            self._now.retired = True
+            if self._now.users == 0:
+                self._now.env.close()
 
     def __enter__(self) -> StateStore:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def open_lock(path: Path) -> Iterator[None]:
+    """The state's open lock, exclusive: no swap of its files is half done while the holder
+    opens them (a compactor killed halfway is finished here first). Whatever opens the
+    environment without a StateStore (a raw lmdb.open) opens it inside this."""
+    fd = -1
+    for flags in (os.O_RDWR | os.O_CREAT, os.O_RDONLY):  # read-only: a reader without write access
+        try:
+            fd = os.open(path / OPEN_LOCK, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            break
+        except FileNotFoundError:
+            break  # no state directory: the opener says so
+        except OSError:
+            continue
+    try:
+        if fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            finish_swap(path)
+        yield
+    finally:
+        if fd >= 0:
+            os.close(fd)  # releases the lock
 
 
 def _ident(path: Path) -> tuple[int, int]:
@@ -518,9 +546,12 @@ def _fsync_dir(path: Path) -> None:
 def _swap_in_copy(path: Path, env: lmdb.Environment, txn: lmdb.Transaction) -> None:
     """Copy the environment as `txn` sees it, compacted, and put the copy in place of the data
     file with a fresh lock file (the old one's reader table and transaction id are the old
-    file's). The marker says a swap is under way: `finish_swap` completes or undoes one that
-    a crash cut, before anyone opens the files again."""
+    file's). The marker says a swap is under way and names the copy's file (device, inode):
+    `finish_swap` completes one that a crash cut after the copy took the data file's place,
+    and otherwise only removes it."""
     tmp = Path(tempfile.mkdtemp(prefix=".compact-", dir=path))
+    marker = path / SWAP_MARKER
+    replaced = False
     try:
         env.copy(str(tmp), compact=True, txn=txn)
         copy = tmp / "data.mdb"
@@ -528,16 +559,11 @@ def _swap_in_copy(path: Path, env: lmdb.Environment, txn: lmdb.Transaction) -> N
         with copy.open("rb+") as f:
             os.fsync(f.fileno())
         failpoint("compact.copied")
-        marker = path / SWAP_MARKER
-        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, tmp.name.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        _write_atomically(marker, orjson.dumps({"copy": list(_ident(copy))}))
         _fsync_dir(path)
         failpoint("compact.marked")
         os.replace(copy, path / "data.mdb")
+        replaced = True
         failpoint("compact.swapped")
         with contextlib.suppress(FileNotFoundError):
             (path / "lock.mdb").unlink()
@@ -545,33 +571,67 @@ def _swap_in_copy(path: Path, env: lmdb.Environment, txn: lmdb.Transaction) -> N
         failpoint("compact.unlocked")
         marker.unlink()
         _fsync_dir(path)
+    except BaseException:
+        if not replaced:  # the old file stays the state: no marker may say otherwise
+            with contextlib.suppress(OSError):
+                marker.unlink()
+                _fsync_dir(path)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _write_atomically(path: Path, data: bytes) -> None:
+    """path holds data whole, or is as it was: written beside it, synced, renamed."""
+    part = path.with_name(path.name + ".part")
+    fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(part, path)
+
+
 def finish_swap(path: str | Path) -> None:
-    """What a compactor killed halfway left (the caller holds the open lock): if its copy
-    is already in place, the lock file still in the directory is the old file's, and goes;
-    if not, the old file is the state and the copy goes. Then no temporary copy is left."""
+    """What a compactor killed halfway left (the caller holds the open lock): when the data
+    file is the copy the marker names, the lock file still in the directory is the old
+    file's, and goes; otherwise the old file is the state, and only the marker goes. Then no
+    temporary copy is left. Raises StateError when the old lock file should go and this
+    process cannot remove it (opening then would pair the new file with the old lock)."""
     path = Path(path)
     marker = path / SWAP_MARKER
+    with contextlib.suppress(OSError):
+        (path / (SWAP_MARKER + ".part")).unlink()  # a marker never finished: nothing was swapped
     try:
-        name = marker.read_text().strip()
-        tmp = path / name
-        if not name.startswith(".compact-") or "/" in name or not (tmp / "data.mdb").exists():
-            with contextlib.suppress(FileNotFoundError):  # swapped: the lock file is the old file's
-                (path / "lock.mdb").unlink()
-        marker.unlink()
-        _fsync_dir(path)
+        raw = marker.read_bytes()
     except FileNotFoundError:
-        pass  # no swap under way
+        raw = None
     except OSError:
-        return  # cannot (a reader without write access): it opens what is there
+        raw = b""  # unreadable: cannot tell, so the lock file stays
+    if raw is not None:
+        try:
+            copy = tuple(orjson.loads(raw)["copy"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            copy = ()  # not ours (written atomically, ours is whole): the lock file stays
+        try:
+            if copy and _ident(path / "data.mdb") == copy:  # swapped: the lock file is the old file's
+                with contextlib.suppress(FileNotFoundError):
+                    (path / "lock.mdb").unlink()
+            marker.unlink()
+            _fsync_dir(path)
+        except OSError as e:
+            if copy:
+                raise StateError(f"a compaction of the state at {path} was cut short and this process "
+                                 f"cannot finish it ({e}): open it once as its owner") from e
     for old in path.glob(".compact-*"):  # copies a crash left behind
         shutil.rmtree(old, ignore_errors=True)
 
 
 COMPACT_MIN_FREE = 64 << 20  # free bytes below which compacting is not worth a copy of the file
+COPY_MARGIN = 64 << 20  # free disk beyond the copy's size that compacting leaves
 
 
 def compact_due(use: dict[str, int], free_ratio: float, min_free: int = COMPACT_MIN_FREE) -> bool:

@@ -7,13 +7,16 @@ compacts again."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from sovereign.failpoints import POINTS
@@ -173,24 +176,74 @@ def test_a_compactor_killed_at_any_step_leaves_every_write(tmp_path: Path, point
     check_all_there(state, acked)
 
 
-def test_finish_swap_undoes_a_cut_copy_and_completes_a_cut_swap(tmp_path: Path) -> None:
+def test_finish_swap_removes_the_old_lock_only_when_the_copy_is_in_place(tmp_path: Path) -> None:
     state = tmp_path / "s"
     with StateStore(state) as store:
         store.write(lambda t: t.put("meta", "kept", {"v": 1}))
-    # the copy is not in place yet: the old file stays, the copy goes
+    lock = (state / "lock.mdb").stat().st_ino
+    data = state / "data.mdb"
+    other = tmp_path / "other"
+    other.write_bytes(b"x")
+
+    def marker(copy: Path) -> bytes:
+        st = copy.stat()
+        return orjson.dumps({"copy": [st.st_dev, st.st_ino]})
+
+    # the marker names a copy that is not the data file (not in place yet): the lock file stays
     (state / ".compact-x").mkdir()
     (state / ".compact-x" / "data.mdb").write_bytes(b"copy")
-    (state / SWAP_MARKER).write_text(".compact-x")
-    lock = (state / "lock.mdb").stat().st_ino
+    for text in (marker(other), b"", b"garbage", b'{"copy": 5}'):  # cut, or not ours: the same
+        (state / SWAP_MARKER).write_bytes(text)
+        finish_swap(state)
+        assert (state / "lock.mdb").stat().st_ino == lock and not (state / SWAP_MARKER).exists(), text
+    assert not (state / ".compact-x").exists()
+    (state / f"{SWAP_MARKER}.part").write_bytes(b"{")  # a marker cut while written: nothing swapped
     finish_swap(state)
-    assert (state / "lock.mdb").stat().st_ino == lock and not (state / ".compact-x").exists()
-    # the copy is in place: the lock file is the old file's, and goes
-    (state / SWAP_MARKER).write_text(".compact-y")
+    assert (state / "lock.mdb").stat().st_ino == lock and not (state / f"{SWAP_MARKER}.part").exists()
+    # the marker names the data file: the copy is in place, the lock file is the old file's
+    (state / SWAP_MARKER).write_bytes(marker(data))
     finish_swap(state)
     assert not (state / "lock.mdb").exists() and not (state / SWAP_MARKER).exists()
     with StateStore(state) as store:
         assert store.read(lambda t: t.get("meta", "kept")) == {"v": 1}
     assert (state / OPEN_LOCK).exists()
+
+
+def test_a_swap_that_fails_before_the_replace_leaves_no_marker(tmp_path: Path, monkeypatch: Any) -> None:
+    """An I/O error after the marker, before the copy took the data file's place: the old
+    file is the state, and no marker is left to make the next opener drop its lock file
+    (a second lock file on the same data file: two writers at once)."""
+    state = tmp_path / "s"
+    bloated(state, mib=8)
+    real = os.replace
+
+    def failing(src: object, dst: object) -> None:
+        if str(dst).endswith("data.mdb"):
+            raise OSError(5, "Input/output error")
+        real(src, dst)  # type: ignore[arg-type]
+
+    with StateStore(state) as store:
+        lock = (state / "lock.mdb").stat().st_ino
+        monkeypatch.setattr(os, "replace", failing)
+        with pytest.raises(StateError, match="Input/output error"):
+            store.compact()
+        monkeypatch.undo()
+        assert not (state / SWAP_MARKER).exists() and not list(state.glob(".compact-*"))
+        assert (state / "lock.mdb").stat().st_ino == lock
+        store.write(lambda t: t.put("meta", "after", 1))  # on the same file, as before
+        r = subprocess.run([sys.executable, "-c", READER, str(state)], input="\n", capture_output=True,
+                           text=True, timeout=60)  # fmt: skip
+        assert r.stdout == "{'v': 1}\n1\n" and (state / "lock.mdb").stat().st_ino == lock, r.stderr
+
+
+def test_no_compaction_without_room_for_the_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    state = tmp_path / "s"
+    bloated(state, mib=8)
+    before = (state / "data.mdb").stat()
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: shutil._ntuple_diskusage(1 << 30, 1 << 30, 1 << 20))
+    with StateStore(state) as store, pytest.raises(StateError, match=r"needs about \d+ MiB free on its disk"):
+        store.compact()
+    assert (state / "data.mdb").stat().st_ino == before.st_ino and not list(state.glob(".compact-*"))
 
 
 def test_compacting_errors_are_clear(tmp_path: Path) -> None:
