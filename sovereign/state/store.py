@@ -275,6 +275,7 @@ class StateStore:
     def __init__(self, path: str | Path, *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
+        self._data = str(self.path / "data.mdb")  # (a str: stat'ed by every transaction)
         self._guard = threading.Lock()  # the current opening, and its count of users (held briefly)
         self._reopening = threading.Lock()  # one thread opens a new file: LMDB forbids two openings of one
         if not readonly:
@@ -337,8 +338,17 @@ class StateStore:
         (after a map resize), so it must not have effects outside the transaction."""
         while True:
             try:
-                with self._txn(write=True) as (now, txn):
-                    return fn(Txn(now, txn))
+                now, txn = self._start(write=True)
+                try:
+                    try:
+                        out = fn(Txn(now, txn))
+                    except BaseException:
+                        txn.abort()
+                        raise
+                    txn.commit()
+                    return out
+                finally:
+                    self._give(now)
             except lmdb.MapFullError:
                 self._grow()
             except lmdb.Error as e:  # disk full, I/O error: the transaction was aborted whole
@@ -346,31 +356,39 @@ class StateStore:
                 raise StateError(why) from e
 
     def read(self, fn: Callable[[Txn], T]) -> T:
-        with self._txn(write=False) as (now, txn):
+        now, txn = self._start(write=False)
+        try:
             return fn(Txn(now, txn))
+        finally:
+            txn.abort()  # a read-only transaction's end
+            self._give(now)
 
     @contextlib.contextmanager
     def _txn(self, write: bool) -> Iterator[tuple[_Opening, lmdb.Transaction]]:
-        """A transaction on the data file the directory holds now. A writer checks after it
-        has LMDB's write lock, so that a compaction (which holds it) is either not begun or
-        complete: it never writes to a file that is being, or has been, replaced."""
-        while True:
-            now = self._take()
-            try:
-                txn = self._begin(now.env, write)
-                if not self._moved(now):
-                    break
-                txn.abort()
-            except BaseException:
-                self._give(now)
-                raise
-            self._give(now)
-            self._reopen(now)
+        now, txn = self._start(write)
         try:
             with txn:  # commits at the end, aborts on an exception
                 yield now, txn
         finally:
             self._give(now)
+
+    def _start(self, write: bool) -> tuple[_Opening, lmdb.Transaction]:
+        """A transaction on the data file the directory holds now (the caller gives the
+        opening back at its end). A writer checks after it has LMDB's write lock, so that a
+        compaction (which holds it) is either not begun or complete: it never writes to a
+        file that is being, or has been, replaced."""
+        while True:
+            now = self._take()
+            try:
+                txn = self._begin(now.env, write)
+            except BaseException:
+                self._give(now)
+                raise
+            if not self._moved(now):
+                return now, txn
+            txn.abort()
+            self._give(now)
+            self._reopen(now)
 
     def _begin(self, env: lmdb.Environment, write: bool) -> lmdb.Transaction:
         try:
@@ -381,7 +399,8 @@ class StateStore:
 
     def _moved(self, opening: _Opening) -> bool:
         try:
-            return _ident(self.path / "data.mdb") != opening.ident
+            st = os.stat(self._data)
+            return st.st_ino != opening.ident[1] or st.st_dev != opening.ident[0]
         except OSError:  # the directory was moved away (a restore): this process must not go on in it
             return True
 
