@@ -56,7 +56,7 @@ from sovereign.failpoints import failpoint
 from sovereign.files import atomic_writer
 from sovereign.state.orders import OPEN_VALUES
 from sovereign.state.schema import META_JOURNAL_ARCHIVED, exec_key, key_u64, u64_key
-from sovereign.state.store import StateError, StateStore, Txn, private_dirs
+from sovereign.state.store import StateError, StateStore, Txn, fsync_dir, private_dirs
 
 NS = 1_000_000_000
 DAY_NS = 86_400 * NS
@@ -226,7 +226,7 @@ class Archive:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         return Part(name, series, month, len(rows), rows[0][0], rows[-1][0], max(r[1] for r in rows), size,
                     digest.hexdigest(), False)  # fmt: skip
 
@@ -309,14 +309,6 @@ def _parse(line: bytes, path: Path, n: int) -> tuple[int, int, dict[str, Any]]:
     except (orjson.JSONDecodeError, ValueError, TypeError):
         raise ArchiveError(f"{path}: line {n} is not a [key, time, record] line (damaged)") from None
     return key, ts, record
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---- where each series lives in LMDB

@@ -554,7 +554,8 @@ def _ident(path: Path) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries (a rename, an unlink) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -579,22 +580,22 @@ def _swap_in_copy(path: Path, env: lmdb.Environment, txn: lmdb.Transaction) -> N
             os.fsync(f.fileno())
         failpoint("compact.copied")
         _write_atomically(marker, orjson.dumps({"copy": list(_ident(copy))}))
-        _fsync_dir(path)
+        fsync_dir(path)
         failpoint("compact.marked")
         os.replace(copy, path / "data.mdb")
         replaced = True
         failpoint("compact.swapped")
         with contextlib.suppress(FileNotFoundError):
             (path / "lock.mdb").unlink()
-        _fsync_dir(path)
+        fsync_dir(path)
         failpoint("compact.unlocked")
         marker.unlink()
-        _fsync_dir(path)
+        fsync_dir(path)
     except BaseException:
         if not replaced:  # the old file stays the state: no marker may say otherwise
             with contextlib.suppress(OSError):
                 marker.unlink()
-                _fsync_dir(path)
+                fsync_dir(path)
         raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -640,7 +641,7 @@ def finish_swap(path: str | Path) -> None:
                 with contextlib.suppress(FileNotFoundError):
                     (path / "lock.mdb").unlink()
             marker.unlink()
-            _fsync_dir(path)
+            fsync_dir(path)
         except OSError as e:
             if copy:
                 raise StateError(f"a compaction of the state at {path} was cut short and this process "
