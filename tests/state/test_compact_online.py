@@ -306,3 +306,50 @@ def gateway_counts(system: object) -> tuple[int, int]:
 def journal(state: Path) -> list[dict]:
     with StateStore(state, readonly=True) as st:
         return st.read(lambda t: [v for _, v in t.items("journal")])
+
+
+LIMITED = """
+import sys
+from sovereign.config import load, with_absolute_paths
+from sovereign.engine import supervisor
+
+supervisor.ONLINE_COMPACT_MAX = 0  # every state is too big to copy while it runs
+sys.exit(supervisor.Supervisor(with_absolute_paths(load(sys.argv[1]))).run())
+"""
+
+
+def test_a_state_too_big_to_copy_while_running_waits_for_the_next_start(tmp_path: Path) -> None:
+    from tests.helpers import LiveSystem
+
+    state = tmp_path / "state"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[system]\nstate_dir = "{state}"\nrecord_days = 0\nworkers = 1\n'
+                   '[feed]\nsymbols = 2\n[retention]\ninterval_s = 1.0\n')  # fmt: skip
+    log = tmp_path / "log"
+    system = LiveSystem(cfg, log)
+    try:
+        with open(log, "ab") as out:
+            system.proc = subprocess.Popen([sys.executable, "-c", LIMITED, str(cfg)], stdout=out,
+                                           stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        system.wait_healthy(90)
+        bloated(state, mib=80)
+        big = (state / "data.mdb").stat().st_size
+        deadline = time.monotonic() + 60
+        while not [e for e in journal(state) if e["event"] == "compact_failed"]:
+            assert time.monotonic() < deadline, system.tail()
+            time.sleep(0.2)
+        r = subprocess.run([sys.executable, "-m", "sovereign.cli", "state", "compact", "--config", str(cfg)],
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 1 and "compacted at the next start" in r.stderr, (r.stdout, r.stderr)
+        assert (state / "data.mdb").stat().st_size >= big  # nothing was copied
+        assert system.stop() == 0
+        system.start()  # a plain supervisor: it compacts at its start
+        system.wait_healthy(90)
+        assert system.stop() == 0
+    finally:
+        system.close()
+    events = journal(state)
+    failed = [e for e in events if e["event"] == "compact_failed"]
+    assert len(failed) == 1 and "MiB in use" in failed[0]["why"]  # reported once, not every second
+    done = [e for e in events if e["event"] == "state_compacted"]
+    assert len(done) == 1 and "online" not in done[0] and done[0]["bytes_after"] < big // 4
