@@ -62,6 +62,8 @@ class ChaosResult:
     halts: list[dict[str, Any]] = field(default_factory=list)  # drawdown_halts()
     violations: list[str] = field(default_factory=list)
     leaked_segments: list[str] = field(default_factory=list)  # left by killed supervisors
+    compactions: list[float] = field(default_factory=list)  # online compactions between kills: pause ms
+    compactions_unanswered: int = 0  # asked for, no answer (the system busy or restarting)
     segment_names_per_state: bool = False  # names no longer carry the supervisor's pid
     exit_code: int | None = None
     wall_s: float = 0.0
@@ -87,6 +89,8 @@ class ChaosResult:
                 "halt_market_s_to_flat_p90": percentile(flat_s, 90),
                 "halt_market_s_to_flat_max": flat_s[-1] if flat_s else None,
                 "leaked_segments": len(self.leaked_segments), "exit_code": self.exit_code,
+                "compactions": len(self.compactions), "compactions_unanswered": self.compactions_unanswered,
+                "compaction_pause_ms_max": max(self.compactions, default=None),
                 "wall_s": round(self.wall_s, 1)}  # fmt: skip
 
 
@@ -116,10 +120,13 @@ def config(state: Path, *, seed: int, symbols: int, workers: int, max_drawdown: 
 
 def chaos(workdir: Path, kills: int, seed: int, *, symbols: int = 8, workers: int = 2, max_gap_s: float = 1.0,
           system_share: float = 0.25, max_drawdown: float = 0.01, recovery_timeout_s: float = 180.0,
-          env: dict[str, str] | None = None, say: Callable[[str], None] = print) -> ChaosResult:  # fmt: skip
+          compact_share: float = 0.0, env: dict[str, str] | None = None,
+          say: Callable[[str], None] = print) -> ChaosResult:  # fmt: skip
     """Run the chaos in workdir (its state, config and log go there); every process it
     started is gone and this system's shared memory removed when it returns. env: the
-    system's environment (code_snapshot's runs a copy of the code)."""
+    system's environment (code_snapshot's runs a copy of the code). compact_share: the share
+    of kills before which the supervisor is asked to compact the LMDB file (every process
+    then opens the new file while the system trades, and the kills go on)."""
     rng = random.Random(seed)
     state = workdir / "state"
     cfg = workdir / "sovereign.toml"
@@ -138,6 +145,12 @@ def chaos(workdir: Path, kills: int, seed: int, *, symbols: int = 8, workers: in
             _note_ticks(status, gateway_ticks)
             if _halted_flat(status) and system.request("resume") is not None:
                 result.resumes += 1
+            if compact_share and rng.random() < compact_share:
+                done = system.request("compact", timeout=30.0)
+                if done is None:
+                    result.compactions_unanswered += 1
+                else:
+                    result.compactions.append(float(done["pause_ms"]))
             target = SYSTEM if rng.random() < system_share else rng.choice(roles)
             start = time.monotonic()
             victim, status = kill_and_recover(system, target, system.pids(status), recovery_timeout_s)
@@ -291,6 +304,9 @@ def table(result: ChaosResult) -> str:
               f"{s['supervisor_restarts']}",
               f"ticks {s['ticks']:,}; wall {s['wall_s']} s; shared-memory segments left by killed "
               f"supervisors: {s['leaked_segments']}"]  # fmt: skip
+    if result.compactions or result.compactions_unanswered:
+        lines.append(f"online compactions between the kills: {s['compactions']} (writes paused at most "
+                     f"{s['compaction_pause_ms_max'] or 0:.0f} ms), {s['compactions_unanswered']} unanswered")
     if result.halts:
         at, flat = s["halt_past_limit_of_peak_at_halt"], s["halt_past_limit_of_peak_when_flat"]
         lines += ["", f"drawdown halts {len(result.halts)} (resumed {s['resumes']}). Past the limit, as a "
@@ -326,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-gap", type=float, default=1.0, help="healthy seconds before a kill, at most")
     ap.add_argument("--system-share", type=float, default=0.25, help="share of whole-system kills")
     ap.add_argument("--max-drawdown", type=float, default=0.01)
+    ap.add_argument("--compact-share", type=float, default=0.0,
+                    help="share of kills before which the LMDB file is compacted online")
     ap.add_argument("--live-code", action="store_true",
                     help="run the checkout's code, not a copy taken at the start")
     ap.add_argument("--out", type=Path, help="keep the state, log, table and JSON here (default: a temporary "
@@ -337,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chaos: {a.kills} kills, seed {a.seed}, in {work}", flush=True)
         env = None if a.live_code else code_snapshot(Path(tempfile.mkdtemp(prefix="code-", dir=work)))
         result = chaos(work, a.kills, a.seed, symbols=a.symbols, workers=a.workers, max_gap_s=a.max_gap,
-                       system_share=a.system_share, max_drawdown=a.max_drawdown, env=env,
+                       system_share=a.system_share, max_drawdown=a.max_drawdown,
+                       compact_share=a.compact_share, env=env,
                        say=lambda line: print(line, flush=True))  # fmt: skip
         text = table(result)
         print(text)

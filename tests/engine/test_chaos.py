@@ -21,9 +21,10 @@ SEED = int(os.environ.get("SOVEREIGN_CHAOS_SEED", "22"))
 @pytest.mark.slow
 def test_random_kills_leave_every_invariant_whole(tmp_path: Path) -> None:
     again = (f"SOVEREIGN_CHAOS_SEED={SEED} SOVEREIGN_CHAOS_KILLS={KILLS} python3 -m pytest tests/engine/"
-             f"test_chaos.py, or: python3 -m bench.chaos --kills {KILLS} --seed {SEED} --live-code")
+             f"test_chaos.py, or: python3 -m bench.chaos --kills {KILLS} --seed {SEED} --compact-share 0.2 "
+             "--live-code")
     try:
-        result = chaos(tmp_path, KILLS, SEED)
+        result = chaos(tmp_path, KILLS, SEED, compact_share=0.2)  # the LMDB file replaced under the kills
     finally:
         shutil.rmtree(tmp_path / "state" / "recordings", ignore_errors=True)  # not needed: none left behind
     report = table(result)
@@ -32,5 +33,6 @@ def test_random_kills_leave_every_invariant_whole(tmp_path: Path) -> None:
     assert {k.target for k in result.kills} & {SYSTEM, "gateway", "risk"}, report
     assert result.exit_code == 0 and not result.violations, f"{report}\nreproduce: {again}"
     assert result.orders > 0 and result.deals > 0, report
+    assert result.compactions, report
     if result.segment_names_per_state:  # one name per state: a new supervisor reclaims a dead one's
         assert result.leaked_segments == [], f"{report}\nreproduce: {again}"
