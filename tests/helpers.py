@@ -86,6 +86,7 @@ def m1_walk(names: Sequence[str], days: int, seed: int = 3) -> Any:
     recs = np.concatenate(parts)
     return Market("bars", recs[np.argsort(recs["ts_ns"], kind="stable")], list(names))
 
+
 def interruptible() -> None:
     """A child's preexec_fn for a test that stops it with SIGINT (as Ctrl-C): SIGINT back to its
     default, whatever the test runner inherited. A shell without job control starts a

@@ -63,7 +63,7 @@ POLL_S = 0.05
 MAX_BACKOFF_S = 30.0
 START_GRACE_S = 60.0  # a process may take this long to reach RUNNING (imports, agents, snapshot)
 # The most LMDB pages in use the supervisor copies while the system runs (every process's writes
-# wait for the copy: about 2 s here at this size, against a 10 s heartbeat and systemd's 30 s
+# wait for the copy: about 1 s here at this size, against a 10 s heartbeat and systemd's 30 s
 # watchdog); a larger state is compacted at the next start.
 ONLINE_COMPACT_MAX = 1 << 30
 
@@ -134,6 +134,7 @@ class Supervisor:
         self.config = config
         self.config_path = config_path
         self.writes_resumed_ns = 0  # monotonic: when the last online compaction let writers go on
+        self.compact_failing = ""  # the last compaction failure reported (each reason once)
         self.telegram = telegram  # start the Telegram bot when [telegram] enables it
         self.sidecars: list[Sidecar] = []
         self.stopping = False
@@ -210,7 +211,6 @@ class Supervisor:
         for warning in unmatched:
             self.log("agent_set_unmatched", why=warning)
         self.archiver = Archiver.for_config(self.store, c)
-        self.compact_failing = ""  # the last compaction failure reported (each reason once)
         if reclaimed:
             self.log("shm_reclaimed", segments=len(reclaimed), bytes=sum(reclaimed.values()),
                      why="left by an earlier run of this state that died")  # fmt: skip

@@ -49,37 +49,37 @@ class StateError(OperationalError):
 class Txn:
     """A transaction's view: records are orjson, keys are bytes, str or u64 ints."""
 
-    def __init__(self, store: _Opening, txn: lmdb.Transaction):
-        self._store = store
+    def __init__(self, opening: _Opening, txn: lmdb.Transaction):
+        self._dbs = opening
         self._txn = txn
 
     def get(self, db: str, key: bytes | str | int) -> Any:
-        if self._store.db(db) is None:
+        if self._dbs.db(db) is None:
             return None
-        raw = self._txn.get(_key(key), db=self._store.db(db))
+        raw = self._txn.get(_key(key), db=self._dbs.db(db))
         return None if raw is None else orjson.loads(raw)
 
     def put(self, db: str, key: bytes | str | int, record: Any) -> None:
-        self._txn.put(_key(key), orjson.dumps(record, default=json_default), db=self._store.db(db))
+        self._txn.put(_key(key), orjson.dumps(record, default=json_default), db=self._dbs.db(db))
 
     def put_bytes(self, db: str, key: bytes | str | int, blob: bytes) -> None:
-        self._txn.put(_key(key), blob, db=self._store.db(db))
+        self._txn.put(_key(key), blob, db=self._dbs.db(db))
 
     def get_bytes(self, db: str, key: bytes | str | int) -> bytes | None:
-        if self._store.db(db) is None:
+        if self._dbs.db(db) is None:
             return None
-        raw = self._txn.get(_key(key), db=self._store.db(db))
+        raw = self._txn.get(_key(key), db=self._dbs.db(db))
         return None if raw is None else bytes(raw)
 
     def delete(self, db: str, key: bytes | str | int) -> bool:
-        return bool(self._txn.delete(_key(key), db=self._store.db(db)))
+        return bool(self._txn.delete(_key(key), db=self._dbs.db(db)))
 
     def items(self, db: str, start: bytes | str | int | None = None, *, raw: bool = False,
               reverse: bool = False) -> Iterator[tuple[bytes, Any]]:
         """Records in key order from start (or the first; reverse: from the last down)."""
-        if self._store.db(db) is None:
+        if self._dbs.db(db) is None:
             return
-        with self._txn.cursor(db=self._store.db(db)) as cur:
+        with self._txn.cursor(db=self._dbs.db(db)) as cur:
             if reverse:
                 found = cur.last()
             else:
@@ -90,25 +90,25 @@ class Txn:
                 found = cur.prev() if reverse else cur.next()
 
     def count(self, db: str) -> int:
-        if self._store.db(db) is None:
+        if self._dbs.db(db) is None:
             return 0
-        return int(self._txn.stat(self._store.db(db))["entries"])
+        return int(self._txn.stat(self._dbs.db(db))["entries"])
 
     def trim(self, db: str, keep: int) -> int:
         """Delete the oldest records (lowest keys) until at most keep are left."""
         excess = self.count(db) - keep
         if excess <= 0:
             return 0
-        with self._txn.cursor(db=self._store.db(db)) as cur:
+        with self._txn.cursor(db=self._dbs.db(db)) as cur:
             cur.first()
             for _ in range(excess):
                 cur.delete()
         return excess
 
     def last_key(self, db: str) -> bytes | None:
-        if self._store.db(db) is None:
+        if self._dbs.db(db) is None:
             return None
-        with self._txn.cursor(db=self._store.db(db)) as cur:
+        with self._txn.cursor(db=self._dbs.db(db)) as cur:
             return bytes(cur.key()) if cur.last() else None
 
     def journal(self, event: str, **fields: Any) -> int:
@@ -286,14 +286,14 @@ class StateStore:
         self._now = self._open(map_size)
 
     def _open(self, map_size: int) -> _Opening:
-        with self._opening():
+        with open_lock(self.path):
             try:
                 env = lmdb.open(
                     str(self.path), map_size=map_size, max_dbs=len(DATABASES), subdir=True, mode=0o600,
                     readonly=self.readonly, sync=True, metasync=True, lock=True, create=not self.readonly,
                 )  # fmt: skip
                 try:
-                    ident = _ident(self.path / "data.mdb")
+                    ident = _ident(self._data)
                     dbs = {name: self._open_db(env, name) for name in DATABASES}
                     if not self.readonly:
                         env.reader_check()  # readers a killed process left: they would pin old pages
@@ -306,9 +306,6 @@ class StateStore:
             except (lmdb.Error, OSError) as e:
                 raise StateError(f"cannot open state at {self.path}: {e}") from e
         return _Opening(env, dbs, ident)
-
-    def _opening(self) -> contextlib.AbstractContextManager[None]:
-        return open_lock(self.path)
 
     def _open_db(self, env: lmdb.Environment, name: str) -> Any:
         try:
@@ -356,20 +353,17 @@ class StateStore:
                 raise StateError(why) from e
 
     def read(self, fn: Callable[[Txn], T]) -> T:
-        now, txn = self._start(write=False)
-        try:
+        with self._reading() as (now, txn):
             return fn(Txn(now, txn))
-        finally:
-            txn.abort()  # a read-only transaction's end
-            self._give(now)
 
     @contextlib.contextmanager
-    def _txn(self, write: bool) -> Iterator[tuple[_Opening, lmdb.Transaction]]:
-        now, txn = self._start(write)
+    def _reading(self) -> Iterator[tuple[_Opening, lmdb.Transaction]]:
+        """A read-only transaction on the current file, and its opening."""
+        now, txn = self._start(write=False)
         try:
-            with txn:  # commits at the end, aborts on an exception
-                yield now, txn
+            yield now, txn
         finally:
+            txn.abort()  # a read-only transaction's end
             self._give(now)
 
     def _start(self, write: bool) -> tuple[_Opening, lmdb.Transaction]:
@@ -399,8 +393,7 @@ class StateStore:
 
     def _moved(self, opening: _Opening) -> bool:
         try:
-            st = os.stat(self._data)
-            return st.st_ino != opening.ident[1] or st.st_dev != opening.ident[0]
+            return _ident(self._data) != opening.ident
         except OSError:  # the directory was moved away (a restore): this process must not go on in it
             return True
 
@@ -440,7 +433,7 @@ class StateStore:
         """A consistent hot copy (compacted) into the empty directory dest."""
         try:
             private_dirs(dest)
-            with self._txn(write=False) as (now, txn):
+            with self._reading() as (now, txn):
                 now.env.copy(str(dest), compact=True, txn=txn)
             for f in Path(dest).iterdir():  # LMDB creates the copy as 0666 less the umask
                 f.chmod(0o600)
@@ -455,11 +448,11 @@ class StateStore:
         def pages(st: Any) -> int:
             return int(st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"])
 
-        with self._txn(write=False) as (now, txn):
+        with self._reading() as (now, txn):
             env = now.env.stat()  # the main database: the named databases' roots
             named = sum(pages(txn.stat(db)) for db in now.dbs.values() if db is not None)
             high = int(now.env.info()["last_pgno"]) + 1
-            size = (self.path / "data.mdb").stat().st_size
+            size = os.stat(self._data).st_size
         used = min(high, pages(env) + named + 2)  # 2: the meta pages
         psize = int(env["psize"])
         return {"file_bytes": size, "used_bytes": used * psize,
@@ -484,13 +477,13 @@ class StateStore:
         while True:
             now = self._take()
             try:
-                with self._opening():  # nobody opens the files while they are swapped
+                with open_lock(self.path):  # nobody opens the files while they are swapped
                     t0 = time.monotonic()
                     txn = self._begin(now.env, write=True)  # every process's writers wait from here
                     try:
                         if self._moved(now):  # a swap this process has not seen yet: compact that file
                             continue
-                        before = os.stat(self.path / "data.mdb").st_size
+                        before = os.stat(self._data).st_size
                         _swap_in_copy(self.path, now.env, txn)
                     finally:
                         txn.abort()
@@ -502,7 +495,7 @@ class StateStore:
             finally:
                 self._give(now)
                 self._reopen(now)  # (after the open lock: opening takes it) a no-op if nothing moved
-        return {"bytes_before": before, "bytes_after": os.stat(self.path / "data.mdb").st_size,
+        return {"bytes_before": before, "bytes_after": os.stat(self._data).st_size,
                 "pause_ms": round(pause_ms, 1)}  # fmt: skip
 
     def clear_stale_readers(self) -> int:
@@ -549,7 +542,7 @@ def open_lock(path: Path) -> Iterator[None]:
             os.close(fd)  # releases the lock
 
 
-def _ident(path: Path) -> tuple[int, int]:
+def _ident(path: str | Path) -> tuple[int, int]:
     st = os.stat(path)
     return st.st_dev, st.st_ino
 
@@ -674,11 +667,8 @@ def compact_if_needed(path: str | Path, free_ratio: float,
     """`compact` when `compact_due`; None when it is not needed or there is no state yet."""
     if not (Path(path) / "data.mdb").is_file():
         return None
-    with StateStore(path, readonly=True) as store:
-        use = store.usage()
-    if not compact_due(use, free_ratio, min_free):
-        return None
-    return compact(path)
+    with StateStore(path) as store:
+        return store.compact() if compact_due(store.usage(), free_ratio, min_free) else None
 
 
 class Committer:
