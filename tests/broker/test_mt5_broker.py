@@ -208,8 +208,7 @@ def test_a_hedging_close_with_no_position_against_its_side_is_refused(tmp_path: 
     and is refused (10036) though a sell position is open; a reduce-only buy closes that
     sell, never more than it holds."""
     sim, broker, _ = hedged_book(tmp_path, [])
-    broker.submit([order(2, side=-1, volume="0.15", reduce_only=True)])
-    run(sim, broker, 1)
+    close(sim, broker, 2, -1, "0.15")
     o = close(sim, broker, 3, -1, "0.10")
     assert (o.state, o.retcode) == ("REJECTED", 10036) and 3 not in executed(sim)
     o = close(sim, broker, 4, 1, "0.10")
