@@ -66,6 +66,20 @@ long   g_h = 0;
 string g_symbols[];
 long   g_last_msc[];
 int    g_peer = -999;
+// The bridge carries UTC (Unix ms): the engine's market calendar, its trading day and its
+// request expiries are UTC. The trade server stamps ticks and deals in its own zone (brokers
+// commonly GMT+2, +3 in summer, so that midnight is New York's 17:00): its offset, to the
+// quarter hour, from the terminal's computed server time and the computer's GMT, taken at
+// every timer event (it follows the server's daylight saving). A deal replayed from before a
+// switch is converted with today's offset: an hour off, which no decision depends on.
+long   g_offset_ms = 0;
+
+void ServerOffset() {
+   g_offset_ms = (long)(MathRound((double)(TimeTradeServer() - TimeGMT()) / 900.0) * 900.0) * 1000;
+}
+
+// Now in UTC ms, to the second: the computer's clock, the one the engine sets expiries by.
+long NowUtcMs() { return (long)TimeGMT() * 1000; }
 
 string BridgeError() {
    ushort buf[320];
@@ -81,6 +95,7 @@ int OnInit() {
    uint abi; ulong epoch;
    sb_hello(g_h, abi, epoch);                                                 // 2. hello
    PrintFormat("Sovereign bridge ABI %u epoch %I64u", abi, epoch);
+   ServerOffset();                                                            // (UTC before any record)
    SendAccount();                                                             // 3. account
    int n = StringSplit(Symbols, ',', g_symbols);                              // 4. specs
    ArrayResize(g_last_msc, n);
@@ -125,6 +140,7 @@ void OnTimer() {
    long age;
    int peer = sb_peer(g_h, PeerTimeoutMs, age);
    if(peer != g_peer) { g_peer = peer; Print("Sovereign engine: ", peer == SB_OK ? "alive" : BridgeError()); }
+   ServerOffset();
    ForwardTicks();                                                            // 6. ticks
    static ulong beats = 0;
    if(++beats % 50 == 0) SendAccount();
@@ -144,7 +160,7 @@ void ForwardTicks() {
       int n = g_last_msc[i] == 0 ? CopyTicks(g_symbols[i], ticks, COPY_TICKS_ALL, 0, 1)
                                  : CopyTicks(g_symbols[i], ticks, COPY_TICKS_ALL, (ulong)g_last_msc[i] + 1, 100000);
       for(int k = 0; k < n; k++) {
-         int rc = sbt_tick_w(g_h, g_symbols[i], ticks[k].time_msc, ticks[k].bid, ticks[k].ask, ticks[k].last,
+         int rc = sbt_tick_w(g_h, g_symbols[i], ticks[k].time_msc - g_offset_ms, ticks[k].bid, ticks[k].ask, ticks[k].last,
                              ticks[k].volume_real, ticks[k].flags);
          if(rc != SB_OK) break;                                               // full: the rest next time
          g_last_msc[i] = ticks[k].time_msc;
@@ -164,9 +180,11 @@ ENUM_ORDER_TYPE_FILLING Filling(string s, int wanted) {
 
 void Serve(SbRequest &q) {
    string symbol = CharArrayToString(q.symbol, 0, -1, CP_UTF8), comment = CharArrayToString(q.comment, 0, -1, CP_UTF8);
-   long now = (long)TimeCurrent() * 1000;
+   long now = NowUtcMs();
    if(q.action == SB_ACTION_DEAL) {
-      if(q.expire_msc != 0 && (long)TimeTradeServer() * 1000 > q.expire_msc) {
+      // Expired when any moment of this second is past it (never executed late). Not
+      // TimeTradeServer(): the server's zone would expire every request on a GMT+2 server.
+      if(q.expire_msc != 0 && now + 999 > q.expire_msc) {
          sbt_result_w(g_h, q.request_id, q.client_order_id, q.action, TRADE_RETCODE_CANCEL, 0, 0, 0, 0, 0, 0, now,
                       "expired before it was executed");
          return;
@@ -197,7 +215,7 @@ void Serve(SbRequest &q) {
                         (int)PositionGetInteger(POSITION_TYPE), PositionGetDouble(POSITION_VOLUME),
                         PositionGetDouble(POSITION_PRICE_OPEN), PositionGetDouble(POSITION_SL),
                         PositionGetDouble(POSITION_TP), PositionGetDouble(POSITION_PROFIT),
-                        PositionGetInteger(POSITION_MAGIC), PositionGetInteger(POSITION_TIME_MSC),
+                        PositionGetInteger(POSITION_MAGIC), PositionGetInteger(POSITION_TIME_MSC) - g_offset_ms,
                         PositionGetString(POSITION_COMMENT));
       }
       sbt_result_w(g_h, q.request_id, 0, q.action, SB_LIST_DONE, 0, 0, 0, 0, 0, 0, now, "");
@@ -236,7 +254,7 @@ void SendDeal(ulong t, uint replay) {
               HistoryDealGetDouble(t, DEAL_VOLUME), HistoryDealGetDouble(t, DEAL_PRICE),
               HistoryDealGetDouble(t, DEAL_PROFIT), HistoryDealGetDouble(t, DEAL_COMMISSION),
               HistoryDealGetDouble(t, DEAL_SWAP), HistoryDealGetInteger(t, DEAL_MAGIC),
-              HistoryDealGetInteger(t, DEAL_TIME_MSC), replay, HistoryDealGetString(t, DEAL_COMMENT));
+              HistoryDealGetInteger(t, DEAL_TIME_MSC) - g_offset_ms, replay, HistoryDealGetString(t, DEAL_COMMENT));
 }
 
 // Every deal, ours or not (manual, SL/TP, stop-out): the engine adopts what it did not send.

@@ -1430,9 +1430,13 @@ def mt5() -> None:
 @click.option("--duration", type=click.FloatRange(min=0), help="seconds to run (default: until stopped)")
 @click.option("--speed", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="market seconds per wall second of the ticks' times")  # fmt: skip
+@click.option("--server-offset-min", type=click.IntRange(-720, 840), default=120, show_default=True,
+              help="the trade server's zone, minutes ahead of UTC (brokers: commonly 120, 180 in summer); "
+                   "the bridge carries UTC")  # fmt: skip
 @click.option("--dump", is_flag=True, help="print the venue's books as JSON and exit")
 def mt5_simulate(state_dir: str, bridge_path: str | None, symbols: str, seed: int, faults_json: str,
-                 hedging: bool, duration: float | None, speed: float, dump: bool) -> None:  # fmt: skip
+                 hedging: bool, duration: float | None, speed: float, server_offset_min: int,
+                 dump: bool) -> None:  # fmt: skip
     """Stand in for the terminal and its trade server on the bridge file, with seeded faults."""
     from sovereign.broker import mt5sim
 
@@ -1447,7 +1451,8 @@ def mt5_simulate(state_dir: str, bridge_path: str | None, symbols: str, seed: in
     mids = mt5sim.DEFAULT_SYMBOLS
     names = [s for s in symbols.split(",") if s]
     sim = mt5sim.Simulator(state_dir, bridge_path or str(Path(state_dir).resolve() / "bridge.sov"),
-                           {n: mids.get(n, 1.0) for n in names}, faults, hedging, speed=speed)  # fmt: skip
+                           {n: mids.get(n, 1.0) for n in names}, faults, hedging, speed=speed,
+                           server_offset_min=server_offset_min)  # fmt: skip
     sim.run(duration)
 
 

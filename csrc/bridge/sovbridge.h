@@ -105,7 +105,8 @@ enum { SB_SIDE_NONE = 0, SB_SIDE_OPEN = 1, SB_SIDE_CLOSED = 2 };
 enum { SB_FILE_INIT = 0, SB_FILE_READY = 1, SB_FILE_RETIRED = 2 };
 
 typedef struct sb_tick {
-  int64_t time_msc; /* the terminal's tick time, Unix ms */
+  int64_t time_msc; /* the tick's time, Unix ms UTC: every time on the bridge is (the EA converts the
+                     * trade server's zone, commonly GMT+2/+3) */
   double bid, ask, last, volume;
   uint32_t flags; /* MT5's TICK_FLAG_* */
   uint32_t pad;

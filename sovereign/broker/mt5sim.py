@@ -82,6 +82,9 @@ class Venue:
                     db=self.meta,
                 )  # fmt: skip
         self.account = orjson.loads(self._get(b"account", self.meta))
+        # The trade server's clock, in its own zone, which stamps deals (the Simulator's: deals
+        # and ticks on one clock, as a real server has them)
+        self.clock_ms: Callable[[], int] = lambda: int(time.time() * 1000)
 
     def _get(self, key: bytes, db: Any) -> bytes:
         with self.env.begin() as t:
@@ -152,7 +155,7 @@ class Venue:
                     "magic": magic,
                     "comment": comment,
                     "reason": reason,
-                    "time_msc": int(time.time() * 1000),
+                    "time_msc": self.clock_ms(),
                 }
                 deals.append(d)
                 t.put(_key(ticket), orjson.dumps(d), db=self.deals)
@@ -243,6 +246,7 @@ class Venue:
 
 
 DEFAULT_SYMBOLS = {"EURUSD": 1.10, "GBPUSD": 1.27, "USDJPY": 150.0}
+SERVER_OFFSET_MIN = 120  # the trade server's zone: GMT+2, the most common among brokers
 
 
 class Simulator:
@@ -257,6 +261,7 @@ class Simulator:
         hedging: bool = False,
         magic_filter: int | None = None,
         speed: float = 1.0,
+        server_offset_min: int = SERVER_OFFSET_MIN,
     ):
         self.venue = Venue(state_dir, hedging)
         # Market time runs `speed` times the wall clock from the venue's creation (kept in its
@@ -264,6 +269,11 @@ class Simulator:
         # fraction of a second when tests need trades.
         self.speed = speed
         self.origin_ms = int(self.venue.account.get("created_ms", time.time() * 1000))
+        # The server stamps ticks and deals in its own zone, `server_offset_min` ahead of UTC (a
+        # real one's is commonly GMT+2, +3 in summer); the EA converts every time it writes to
+        # the bridge to UTC (mql5/SovereignBridge.mq5: g_offset_ms), as this one does.
+        self.offset_ms = server_offset_min * 60_000
+        self.venue.clock_ms = self.server_ms
         self.path = bridge_path
         self.mid = dict(symbols or DEFAULT_SYMBOLS)
         self.faults = faults or Faults()
@@ -273,6 +283,14 @@ class Simulator:
         self.steps = self.requests = self.restarts = 0
         self.bridge: Bridge | None = None
         self.L = lib()
+
+    def market_ms(self) -> int:
+        """Market time in UTC, as the bridge carries it: ticks, deals and answers."""
+        return int(self.origin_ms + (time.time() * 1000 - self.origin_ms) * self.speed)
+
+    def server_ms(self) -> int:
+        """The trade server's clock, in its own zone."""
+        return self.market_ms() + self.offset_ms
 
     # ---- the EA's sequence: open, hello, account, specs, then timer steps, close
 
@@ -340,8 +358,7 @@ class Simulator:
         b.beat()
         while self.outbox and self.outbox[0]() != self.L.SB_FULL:
             self.outbox.popleft()
-        wall = time.time() * 1000
-        now = int(self.origin_ms + (wall - self.origin_ms) * self.speed)  # market time
+        now = self.server_ms() - self.offset_ms  # the EA's conversion to UTC
         for name in self.mid:  # the price walk, and a tick each
             self.mid[name] *= math.exp(self.rng.gauss(0, 0.0002))
             bid, ask = self.quote(name)
@@ -365,7 +382,8 @@ class Simulator:
     def _deal_out(self, d: dict[str, Any], replay: bool = False) -> None:
         b = self.bridge
         assert b is not None
-        self._send(lambda: b.deal(d, replay))
+        utc = {**d, "time_msc": d["time_msc"] - self.offset_ms}  # stamped by the server, in its zone
+        self._send(lambda: b.deal(utc, replay))
 
     def _position_out(self, rid: int, i: int, n: int, row: dict[str, Any]) -> Callable[[], int]:
         b = self.bridge
@@ -406,7 +424,7 @@ class Simulator:
         b = self.bridge
         assert b is not None
         L, rid, cid, action = self.L, int(q["request_id"]), int(q["client_order_id"]), int(q["action"])
-        now = int(time.time() * 1000)
+        now = self.market_ms()
         magic, comment = int(q["magic"]), text(q["comment"])
         if action == L.SB_ACTION_LOOKUP:
             deals = self.venue.lookup(magic, comment)
@@ -451,7 +469,9 @@ class Simulator:
 
         if symbol not in self.mid:
             return answer(10013, f"Invalid request: no symbol {symbol}")
-        if q["expire_msc"] and now > int(q["expire_msc"]):
+        # The EA's TimeGMT(): the computer's clock, which the engine set the expiry by (not the
+        # server's time, whose zone would expire every request on a GMT+2 server)
+        if q["expire_msc"] and time.time() * 1000 > int(q["expire_msc"]):
             return answer(10007, "Request canceled: it expired before it was executed")
         self.requests += 1
         fault = self._fault()

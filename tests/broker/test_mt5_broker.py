@@ -598,3 +598,47 @@ def test_the_paper_broker_fits_the_same_interface() -> None:
     assert paper.connected() == (True, "") and paper.open_positions()[0].volume == Decimal("0.10")
     paper.resolve([1, 3])
     assert [o.state for o in paper.poll()[0]] == ["FILLED", "REJECTED"]
+
+
+@pytest.mark.parametrize("offset_min", [120, 180, -300, 0])
+def test_the_bridge_carries_utc_whatever_zone_the_server_keeps(tmp_path: Path, offset_min: int) -> None:
+    """A trade server stamps its ticks and deals in its own zone (brokers: commonly GMT+2, +3
+    in summer); the bridge carries UTC, which the engine's calendar, trading day and request
+    expiries are. Found by the MT5 soak: the EA took a request as expired by
+    TimeTradeServer(), the server's zone, against an expiry set by the engine's UTC clock: on
+    a GMT+2 server every order would have been canceled as expired, on a GMT-5 one a request
+    stuck in the ring would have stayed executable for five hours."""
+    sim = Simulator(tmp_path / "venue", str(tmp_path / "bridge.sov"), {"EURUSD": 1.1},
+                    server_offset_min=offset_min)  # fmt: skip
+    sim.open()
+    broker = MT5Broker(settings(tmp_path))
+    broker.submit([order(1)])
+    outcomes, deals = run(sim, broker, 1)
+    now_ms = time.time_ns() // 1_000_000
+    assert [o.state for o in outcomes] == ["FILLED"], outcomes
+    assert deals and all(abs(d.time_ms - now_ms) < 60_000 for d in deals), (deals, now_ms)
+    ticks = broker.ticks()
+    assert len(ticks) and abs(int(ticks["ts_ns"].max()) // 1_000_000 - now_ms) < 60_000
+    assert sim.venue.deals_since(0)[0]["time_msc"] - deals[0].time_ms == offset_min * 60_000  # its zone
+    # An expired request is canceled by the computer's clock, whatever the server's zone
+    broker.s.request_ttl_ms = -1
+    broker.submit([order(2)])
+    outcomes, _ = run(sim, broker, 1)
+    assert [(o.state, o.retcode) for o in outcomes] == [("REJECTED", 10007)], outcomes
+
+
+def test_deals_and_ticks_run_on_one_clock_at_any_speed(tmp_path: Path) -> None:
+    """The server stamps deals with the clock its ticks carry, also when the simulator runs
+    market time faster than the wall: a soak's decade archived its deals in their own months
+    only then (stamped by the wall clock, twelve years of deals all fell in its first month)."""
+    sim = Simulator(tmp_path / "venue", str(tmp_path / "bridge.sov"), {"EURUSD": 1.1}, speed=100_000.0)
+    sim.open()
+    broker = MT5Broker(settings(tmp_path))
+    time.sleep(0.05)  # market time runs ahead of the wall by an hour and more
+    before = sim.market_ms()
+    broker.submit([order(1)])
+    _, deals = run(sim, broker, 1)
+    after = sim.market_ms()
+    ticks_ms = broker.ticks()["ts_ns"] // 1_000_000
+    assert before - time.time_ns() // 1_000_000 > 3_600_000 and int(ticks_ms.max()) >= before
+    assert deals and all(before <= d.time_ms <= after for d in deals), (deals, before, after)
