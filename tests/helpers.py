@@ -466,15 +466,18 @@ def mt5_violations(state: Path, dump: dict[str, Any]) -> list[str]:
     position), and what the engine's order says it filled is what the venue executed; no
     order left in SUBMITTING or APPROVED; risk's book the venue's positions symbol by symbol,
     as of the newest deal risk applied (risk stops before the gateway, and the server goes
-    on closing stops: what came after is risk's at its next start, from the venue's book)."""
+    on closing stops: what came after is risk's at its next start, from the venue's book).
+    Orders the retention moved to the archive count with LMDB's."""
     from sovereign.state.schema import BOOK_KEY, META_SYMBOLS, RISK_STATE_KEY
+    from tests.engine.invariants import history
 
+    h = history(state)  # LMDB's and what the retention archived (verified)
+    orders = h.orders
     with StateStore(state, readonly=True) as st:
-        orders = st.read(lambda t: {int(v["client_order_id"]): v for _, v in t.items("orders")})
         book, names, risk, config = st.read(lambda t: (
             t.get("positions", BOOK_KEY), t.get("meta", META_SYMBOLS), t.get("risk", RISK_STATE_KEY),
             t.get("meta", "config")))  # fmt: skip
-    out = []
+    out = list(h.problems)
     executed = executed_by_client(dump)
     for cid, legs in executed.items():
         o = orders.get(cid)

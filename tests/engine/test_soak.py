@@ -49,3 +49,66 @@ def test_a_simulated_year_of_faults_leaves_nothing_growing_and_every_invariant_w
     if s["violations"]:
         pytest.xfail("known open defects: " + "; ".join(s["violations"]))
     assert run.returncode == 0, report
+
+
+@pytest.mark.slow
+def test_half_a_year_through_the_mt5_bridge_with_terminal_restarts(tmp_path: Path) -> None:
+    """The soak with --broker mt5 (issue 22: "with the MT5 bridge, a terminal restart"): the
+    system trades through the real bridge on `sovereign mt5 simulate` (its trade server's
+    faults on), the terminal SIGKILLed and started again every few simulated days beside the
+    engine's own kills, the retention archiving meanwhile; at the end exactly-once is checked
+    against the venue's own books (every client id executed at most once, risk's book the
+    venue's positions), with the archived orders counted."""
+    out = tmp_path / "soak"
+    command = [sys.executable, "-m", "bench.soak", "--broker", "mt5", "--years", "0.5", "--speed", "200000",
+               "--terminal-every-days", "5", "--retention-days", "14", "--record-days", "5",
+               "--baseline-months", "3", "--window-months", "2", "--no-disk-full", "--live-code",
+               "--out", str(out)]  # fmt: skip
+    try:
+        run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+        doc = json.loads((out / "soak.json").read_text())
+    finally:
+        for kept in ("state", "venue"):
+            shutil.rmtree(out / kept, ignore_errors=True)
+    s = doc["summary"]
+    report = f"{run.stdout[-3000:]}\n{run.stderr[-2000:]}"
+    assert s["broker"] == "mt5" and s["simulated_years"] >= 0.49 and len(doc["samples"]) >= 5, report
+    assert s["faults"].get("terminal", 0) >= 20 and s["faults"].get("system", 0) >= 4, s["faults"]
+    assert "terminal" in s["recovery_max_s_by_kind"], s  # every restart waited for the bridge up again
+    assert any(n.startswith("the venue: ") and not n.startswith("the venue: 0 deals") for n in s["notes"]), s
+    assert s["totals"]["deals"] > 0 and s["totals"]["orders"] > 0, s["totals"]
+    assert not any("terminal restart: not injected" in n for n in s["notes"]), s["notes"]
+    known = ("anonymous memory of ",)  # as above: reported, settled by the long run
+    others = [v for v in s["violations"] if not v.startswith(known)]
+    assert others == [], report
+    if s["violations"]:
+        pytest.xfail("known open defects: " + "; ".join(s["violations"]))
+    assert run.returncode == 0, report
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["--broker", "ib"], "--broker: 'ib' is not one of paper, mt5"),
+    (["--broker", "mt5", "--tick-interval-s", "5"], "with --broker mt5 the ticks are the terminal's"),
+    (["--broker", "mt5", "--symbols", "9"], "--symbols: 1 to 8 with --broker mt5"),
+])  # fmt: skip
+def test_the_soak_refuses_options_it_would_not_honour(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench import soak
+
+    with pytest.raises(SystemExit) as e:
+        soak.main(argv)
+    assert e.value.code == 2 and said in capsys.readouterr().err
+
+
+def test_terminal_restarts_come_on_the_schedule_with_the_mt5_bridge_alone() -> None:
+    import random
+
+    from bench.soak import DAY_NS, TERMINAL, Options, schedule
+
+    def faults(broker: str) -> list[str]:
+        o = Options(broker=broker, terminal_every_days=10.0, disk_full=False)
+        return [f.kind for f in schedule(o, 0, 365 * DAY_NS, random.Random(1), ["gateway", "risk"])]
+
+    assert 25 <= faults("mt5").count(TERMINAL) <= 50
+    assert TERMINAL not in faults("paper")
