@@ -184,6 +184,10 @@ class TelegramBot:
         self.chats, self.users = set(self.tg.chats), set(self.tg.users)
         self.outbox = Outbox(self.tg.queue_max, outbox)  # alerts not yet sent survive a restart there
         self.watch = Watch(config)
+        # Durations (a restart's quiet minute, how long the system did not answer) by the
+        # monotonic clock: a wall clock NTP steps back six hours would silence restarts for
+        # six hours. The wall clock only for the summary's time of day.
+        self.clock, self.wall = time.monotonic, time.time
         self.confirmations: dict[str, Confirmation] = {}
         base = self.tg.api_url.rstrip("/")
         requests = HTTPXRequest(connection_pool_size=4, connect_timeout=5.0, read_timeout=10.0,
@@ -248,7 +252,7 @@ class TelegramBot:
     async def look(self) -> None:
         """One poll: the system's status turned into alerts, the summary when due, and the
         confirmations whose time is up."""
-        now = time.time()
+        now = self.clock()
         try:
             status = await self.ask("status")
         except control.ControlError as e:
@@ -257,7 +261,7 @@ class TelegramBot:
             alerts = self.watch.on_status(status if isinstance(status, dict) else {}, now)
         for a in alerts:
             self.alert(a)
-        if self.watch.summary.due(now):
+        if self.watch.summary.due(self.wall()):
             text = await self.summary()
             for chat in self.tg.chats:
                 self.say(chat, text, critical=False, durable=True)

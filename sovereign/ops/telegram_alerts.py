@@ -50,7 +50,7 @@ class Watch:
         self.risk = config.risk
         self.tg = config.telegram
         self.failures = 0
-        self.unreachable_since: float | None = None  # wall time of the first failed poll
+        self.unreachable_since: float | None = None  # when the first poll failed (monotonic s)
         self.down = False  # the unreachable alert was sent
         self.supervisor: int | None = None
         self.state: str | None = None

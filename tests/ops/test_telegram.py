@@ -583,6 +583,30 @@ def test_watch_restarts_are_coalesced_and_the_broker_goes_down_and_back() -> Non
     assert "supervisor restarted" in w.on_status(s, 66.0)[0].text
 
 
+def test_a_wall_clock_stepped_back_silences_no_restart_alert(tmp_path: Path) -> None:
+    """The bot's durations go by the monotonic clock: with the wall clock's, NTP stepping it
+    back six hours after a restart alert silenced the next restarts for six hours."""
+    cfg = from_dict({"telegram": {"enabled": True, "chats": [CHAT], "users": [USER]}})
+    bot = tgbot.TelegramBot(cfg, tmp_path / "control.sock", Secret(TOKEN), tmp_path / "outbox.json")
+    said: list[str] = []
+    restarts = iter([0, 1, 2])
+
+    async def ask(cmd: str, timeout: float = 0.0, **args: Any) -> Any:
+        s = _status()
+        s["processes"] = [{"role": "risk", "restarts": next(restarts), "health": "ok", "why": "dead"}]
+        return s
+
+    bot.ask, bot.alert = ask, lambda a: said.append(a.text)  # type: ignore[method-assign, assignment]
+    mono, wall = [1000.0], [1.8e9]
+    bot.clock, bot.wall = (lambda: mono[0]), (lambda: wall[0])
+    asyncio.run(bot.look())
+    asyncio.run(bot.look())  # risk restarted: said
+    mono[0] += 61.0  # a minute later, the wall clock stepped six hours back meanwhile
+    wall[0] += 61.0 - 6 * 3600
+    asyncio.run(bot.look())  # restarted again: said, the quiet minute being over
+    assert [t.split(" (")[0] for t in said] == ["🔄 Process risk was restarted"] * 2, said
+
+
 def test_the_daily_summary_is_due_once_a_day_at_its_time() -> None:
     w = Watch(from_dict({"telegram": {"summary_at": "17:05"}, "risk": {"day_timezone": "America/New_York"}}))
     import datetime as dt
