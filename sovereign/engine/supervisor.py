@@ -612,9 +612,10 @@ class Supervisor:
         return said or {"connected": False, "why": "the gateway has not said yet"}
 
     def quote_age(self) -> float | None:
-        """Seconds since the gateway put the newest quote on the board (None: no quote yet)."""
+        """Seconds since the gateway put the newest quote on the board (None: no quote yet),
+        by the monotonic clock the gateway stamps them with (recv_ns)."""
         heard = int(self.board.snapshot()["recv_ns"].max(initial=0))
-        return (time.time_ns() - heard) / 1e9 if heard else None
+        return (time.monotonic_ns() - heard) / 1e9 if heard else None
 
     # ---- stop
 

@@ -281,6 +281,9 @@ def test_the_account_gauges_are_what_sovereign_status_says(system: LiveSystem) -
     assert value(samples, "sovereign_equity", currency="USD") == float(account["equity"])
     assert value(samples, "sovereign_drawdown_ratio") == pytest.approx(account["drawdown"])
     assert value(samples, "sovereign_open_positions") == account["open_positions"] == 0
+    # the feed runs on while halted: its newest quote is seconds old, as the gauge says (the
+    # status once took the wall clock less the board's monotonic stamps: 56 years)
+    assert 0 <= status["newest_quote_age_s"] <= value(samples, "sovereign_quote_age_max_seconds") + 10
     assert value(samples, "sovereign_trading_state", state="active") == 0
     assert value(samples, "sovereign_drawdown_limit_ratio") == 0.10  # the defaults
     assert value(samples, "sovereign_daily_loss_limit_ratio") == 0.03
