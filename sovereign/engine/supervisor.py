@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
+import re
 import signal
 import sys
 import time
@@ -134,7 +135,7 @@ class Supervisor:
         self.config = config
         self.config_path = config_path
         self.writes_resumed_ns = 0  # monotonic: when the last online compaction let writers go on
-        self.compact_failing = ""  # the last compaction failure reported (each reason once)
+        self.compact_failing = ""  # the last compaction failure reported (each reason once, figures aside)
         self.telegram = telegram  # start the Telegram bot when [telegram] enables it
         self.sidecars: list[Sidecar] = []
         self.stopping = False
@@ -540,8 +541,9 @@ class Supervisor:
             finally:
                 self.writes_resumed_ns = time.monotonic_ns()
         except StateError as e:
-            if str(e) != self.compact_failing:
-                self.compact_failing = str(e)
+            reason = re.sub(r"\d[\d.,]*", "#", str(e))  # "0 MiB in use", then "1 MiB": one reason
+            if reason != self.compact_failing:
+                self.compact_failing = reason
                 self.log("compact_failed", why=str(e))
             if forced:
                 raise

@@ -337,6 +337,9 @@ def test_a_state_too_big_to_copy_while_running_waits_for_the_next_start(tmp_path
         while not [e for e in journal(state) if e["event"] == "compact_failed"]:
             assert time.monotonic() < deadline, system.tail()
             time.sleep(0.2)
+        with StateStore(state) as store:  # more in use: the reason's figure changes, not the reason
+            blob = os.urandom(64 << 10)
+            store.write(lambda t: [t.put_bytes("meta", f"kept-{k:03d}", blob) for k in range(48)])
         r = subprocess.run([sys.executable, "-m", "sovereign.cli", "state", "compact", "--config", str(cfg)],
                            capture_output=True, text=True, timeout=120)  # fmt: skip
         assert r.returncode == 1 and "compacted at the next start" in r.stderr, (r.stdout, r.stderr)
