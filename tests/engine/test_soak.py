@@ -1,6 +1,7 @@
 """The soak, small (issue 22, item 3): bench/soak.py over one simulated year at 200,000x
 (about 5 minutes here), with a SIGKILL of a random process every few simulated days and of
-the whole system every simulated month, then its summary checked: every month sampled,
+the whole system every simulated month, the wall clock stepped once a quarter, then its
+summary checked: every month sampled,
 every fault recovered from, every invariant whole, nothing growing after the first half
 year (RSS, the database beyond its retention of 30 days, shared memory, recordings). The disk-full
 fault needs a loop-mounted file system (root): the full run has it, CI does not. Times are
@@ -36,6 +37,9 @@ def test_a_simulated_year_of_faults_leaves_nothing_growing_and_every_invariant_w
     assert s["simulated_years"] >= 0.99 and len(doc["samples"]) >= 12, report
     kills = sum(n for kind, n in s["faults"].items() if kind != "system")
     assert s["faults"].get("system", 0) >= 11 and kills >= 50, s["faults"]
+    # the wall clock stepped once a quarter, for this system alone (bench/clockshift.c preloaded)
+    assert s["faults"].get("clock step", 0) >= 3, s["faults"]
+    assert any(n.startswith("the wall clock stepped ") for n in s["notes"]), s["notes"]
     assert s["recoveries"] > 0 and s["recovery_max_s"] is not None
     assert all(m["processes"].get("risk") or m["processes"].get("gateway") for m in doc["samples"])
     assert (out / "soak.png").stat().st_size > 10_000
@@ -112,3 +116,45 @@ def test_terminal_restarts_come_on_the_schedule_with_the_mt5_bridge_alone() -> N
 
     assert 25 <= faults("mt5").count(TERMINAL) <= 50
     assert TERMINAL not in faults("paper")
+
+
+def test_the_clock_shifter_steps_the_wall_clock_of_its_processes_alone(tmp_path: Path) -> None:
+    """bench/clockshift.c as the soak uses it: a step moves CLOCK_REALTIME (time.time, a
+    child's date) of the processes that preload it, at their next read; never their
+    monotonic clock, nor Python's sleep (which libfaketime broke), nor anyone else's clock."""
+    import random
+    import time
+
+    from bench.soak import ClockShift
+
+    shift = ClockShift(tmp_path)
+    assert not shift.why_not, shift.why_not
+    probe = ("import subprocess, sys, time\n"
+             "for line in sys.stdin:\n"
+             "    m = time.monotonic(); time.sleep(0.01)\n"
+             "    date = subprocess.run(['date', '+%s'], capture_output=True, text=True).stdout.strip()\n"
+             "    print(time.time(), int(date), time.monotonic() - m, flush=True)\n")  # fmt: skip
+    child = subprocess.Popen([sys.executable, "-c", probe], env=shift.env(None), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    stdin, stdout = child.stdin, child.stdout
+    assert stdin is not None and stdout is not None
+
+    def look() -> tuple[float, float, float]:
+        stdin.write("\n")
+        stdin.flush()
+        wall, date, slept = stdout.readline().split()
+        return float(wall) - time.time(), float(date) - time.time(), float(slept)
+
+    try:
+        assert abs(look()[0]) < 5
+        rng = random.Random(3)
+        for _ in range(3):
+            step = shift.step(rng)
+            assert abs(step) >= 60e9
+            wall, date, slept = look()
+            assert abs(wall - shift.offset_ns / 1e9) < 5 and abs(date - shift.offset_ns / 1e9) < 5
+            assert 0.005 < slept < 5  # sleep and the monotonic clock as the kernel's
+    finally:
+        stdin.close()
+        child.wait(10)
+        shift.close()
