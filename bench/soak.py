@@ -322,7 +322,8 @@ class Soak:
                               seed=o.seed * 1000) if self.mt5 else None  # fmt: skip
         self.start_ns = time.time_ns() if self.mt5 else _ns(START)
         self.report.market_start_ns = self.start_ns
-        self.terminal_pending: list[tuple[float, int]] = []  # restarts not recovered: (monotonic, wall ns)
+        # The oldest terminal restart not recovered from: (monotonic, wall ns); None: none waits
+        self.terminal_pending: tuple[float, int] | None = None
         self.end_ns = self.start_ns + int(o.years * 365.25 * DAY_NS)
         cfg = out / "sovereign.toml"
         cfg.write_text(self.config())
@@ -460,9 +461,8 @@ class Soak:
         if sum(self.report.faults.values()) != fired or self.pending or self.full_until is not None:
             return
         status = self.system.status(2.0)
-        now = self.system.pids(status)
-        if now != before or not self.system.healthy(status):
-            healthy = self.system.healthy(status)
+        now, healthy = self.system.pids(status), self.system.healthy(status)
+        if now != before or not healthy:
             self.report.violations.append(f"after the clock step at market {_date(self.market_ns)}: the "
                                           f"processes {before} became {now}, healthy {healthy}")  # fmt: skip
 
@@ -476,22 +476,22 @@ class Soak:
             self.report.violations.append(f"the terminal simulator exited by itself (exit {code}) at market "
                                           f"{_date(self.market_ns)}")  # fmt: skip
             self.restart_terminal()
-        if self.terminal_pending:
-            since, wall_ns = self.terminal_pending[0]
+        if self.terminal_pending is not None:
+            since, wall_ns = self.terminal_pending
             if bridge_up_since(self.state, wall_ns):
                 self.report.recoveries.append((TERMINAL, time.monotonic() - since))
-                self.terminal_pending.clear()
+                self.terminal_pending = None
             elif time.monotonic() - since > self.o.recovery_timeout_s and self.full_until is None:
                 late = f"{self.o.recovery_timeout_s:g} s after a terminal restart"
                 self.report.violations.append(f"the bridge not up {late} at market {_date(self.market_ns)}")
-                self.terminal_pending.clear()
+                self.terminal_pending = None
 
     def restart_terminal(self) -> None:
         assert self.venue is not None
         start = (time.monotonic(), time.time_ns())
         self.venue.kill()
         self.venue.start()
-        self.terminal_pending = self.terminal_pending[:1] or [start]  # one recovery: the first's time
+        self.terminal_pending = self.terminal_pending or start  # one recovery, timed from the first
 
     def recovered(self) -> None:
         """Every process healthy, none of them one that was killed: each fault waiting for
@@ -664,7 +664,7 @@ class Soak:
         if self.pending:
             self.recovered()
         deadline = time.monotonic() + self.o.recovery_timeout_s
-        while self.venue is not None and self.terminal_pending and time.monotonic() < deadline:
+        while self.venue is not None and self.terminal_pending is not None and time.monotonic() < deadline:
             self.terminal()  # the last terminal restart recovered (or said not to be) before the stop
             time.sleep(0.1)
         self.count(self.system.status())
